@@ -1,0 +1,346 @@
+//! Request/response over QUIC: one request is one bidirectional stream carrying one request
+//! frame and one answer frame.
+//!
+//! The server side enforces, in this order and before any handler runs: a completed mutual-TLS
+//! handshake, an AIC identity in the peer certificate, a well-formed frame within the size limit,
+//! and a certificate role allowed to send that request. Every refusal is counted by reason. A bad
+//! frame ends only its own stream with an error answer; the connection keeps serving the others.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::certs::PeerIdentity;
+use crate::error::{Error, ErrorCode, Result, RpcError};
+use crate::frame::{read_frame, write_frame, Frame, FrameKind, DEFAULT_MAX_FRAME_LEN};
+use crate::messages::{
+    ClientRequest, ClientResponse, NodeRequest, NodeResponse, PeerRequest, PeerResponse, Request,
+};
+use crate::metrics::TransportMetrics;
+use crate::transport;
+
+/// How long a client waits for an answer by default.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn unsupported<T>(conversation: &str) -> std::result::Result<T, RpcError> {
+    Err(RpcError::new(
+        ErrorCode::Unsupported,
+        format!("this endpoint does not serve {conversation} requests"),
+    ))
+}
+
+/// What a service answers, one method per conversation. A conversation a service does not serve
+/// keeps the default, which answers `Unsupported`.
+pub trait RpcHandler: Send + Sync + 'static {
+    fn node(
+        &self,
+        _peer: &PeerIdentity,
+        _request: NodeRequest,
+    ) -> impl Future<Output = std::result::Result<NodeResponse, RpcError>> + Send {
+        async { unsupported("node") }
+    }
+
+    fn client(
+        &self,
+        _peer: &PeerIdentity,
+        _request: ClientRequest,
+    ) -> impl Future<Output = std::result::Result<ClientResponse, RpcError>> + Send {
+        async { unsupported("client") }
+    }
+
+    fn peer(
+        &self,
+        _peer: &PeerIdentity,
+        _request: PeerRequest,
+    ) -> impl Future<Output = std::result::Result<PeerResponse, RpcError>> + Send {
+        async { unsupported("peer") }
+    }
+}
+
+/// Serves `handler` on `endpoint` until `shutdown` is cancelled, then closes the endpoint.
+pub async fn serve<H: RpcHandler>(
+    endpoint: quinn::Endpoint,
+    handler: Arc<H>,
+    metrics: TransportMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        let connection = ConnectionContext {
+            handler: handler.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(connection.run(incoming));
+    }
+    endpoint.close(VarInt::from_u32(0), b"shutting down");
+    // Give peers a moment to learn of the close; never hang shutdown on a silent peer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+struct ConnectionContext<H> {
+    handler: Arc<H>,
+    metrics: TransportMetrics,
+    shutdown: CancellationToken,
+}
+
+impl<H: RpcHandler> ConnectionContext<H> {
+    async fn run(self, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let connection = match incoming.await {
+            Ok(connection) => connection,
+            Err(error) => {
+                let reason = crate::tls::handshake_rejection_reason(&error);
+                self.metrics
+                    .handshakes_rejected
+                    .with_label_values(&[reason])
+                    .inc();
+                debug!(%remote, reason, %error, "handshake refused");
+                return;
+            }
+        };
+        let peer = match transport::peer_identity(&connection) {
+            Ok(peer) => Arc::new(peer),
+            Err(error) => {
+                self.metrics
+                    .handshakes_rejected
+                    .with_label_values(&["no_identity"])
+                    .inc();
+                debug!(%remote, %error, "certificate without an AIC identity");
+                connection.close(
+                    VarInt::from_u32(ErrorCode::PermissionDenied as u32),
+                    b"no AIC identity",
+                );
+                return;
+            }
+        };
+        self.metrics.connections_accepted.inc();
+        self.metrics.connections_open.inc();
+        debug!(%remote, role = %peer.role, node = %peer.node_id.short(), "connection up");
+        loop {
+            let stream = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                stream = connection.accept_bi() => stream,
+            };
+            match stream {
+                Ok((send, recv)) => {
+                    let handler = self.handler.clone();
+                    let metrics = self.metrics.clone();
+                    let peer = peer.clone();
+                    tokio::spawn(async move {
+                        serve_stream(&*handler, &peer, &metrics, send, recv).await
+                    });
+                }
+                Err(error) => {
+                    debug!(%remote, %error, "connection closed");
+                    break;
+                }
+            }
+        }
+        self.metrics.connections_open.dec();
+    }
+}
+
+/// Serves one request stream: read, check, dispatch, answer.
+async fn serve_stream<H: RpcHandler>(
+    handler: &H,
+    peer: &PeerIdentity,
+    metrics: &TransportMetrics,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let frame = match read_frame(&mut recv, DEFAULT_MAX_FRAME_LEN).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return,
+        Err(error) => {
+            metrics
+                .frames_rejected
+                .with_label_values(&[frame_rejection_reason(&error)])
+                .inc();
+            // Stop the peer's sending: the rest of an oversized frame is never read.
+            let _ = recv.stop(VarInt::from_u32(error.code() as u32));
+            answer(
+                &mut send,
+                Err(RpcError::new(error.code(), error.to_string())),
+            )
+            .await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let (rpc, result) = match frame.kind {
+        FrameKind::NodeRequest => dispatch(&frame, peer, metrics, |r| handler.node(peer, r)).await,
+        FrameKind::ClientRequest => {
+            dispatch(&frame, peer, metrics, |r| handler.client(peer, r)).await
+        }
+        FrameKind::PeerRequest => dispatch(&frame, peer, metrics, |r| handler.peer(peer, r)).await,
+        FrameKind::Response | FrameKind::Error => {
+            metrics
+                .frames_rejected
+                .with_label_values(&["not_a_request"])
+                .inc();
+            let error = RpcError::new(ErrorCode::MalformedFrame, "expected a request frame");
+            ("invalid", Err(error))
+        }
+    };
+    let result_label = match &result {
+        Ok(_) => "ok",
+        Err(error) => error.code.as_str(),
+    };
+    metrics.rpcs.with_label_values(&[rpc, result_label]).inc();
+    metrics
+        .rpc_duration
+        .with_label_values(&[rpc])
+        .observe(started.elapsed().as_secs_f64());
+    answer(&mut send, result).await;
+}
+
+/// Decodes a typed request, checks the caller's role, and runs the handler.
+async fn dispatch<R, Fut>(
+    frame: &Frame,
+    peer: &PeerIdentity,
+    metrics: &TransportMetrics,
+    handle: impl FnOnce(R) -> Fut,
+) -> (&'static str, std::result::Result<Frame, RpcError>)
+where
+    R: Request,
+    Fut: Future<Output = std::result::Result<R::Response, RpcError>>,
+{
+    let request: R = match frame.decode() {
+        Ok(request) => request,
+        Err(error) => {
+            metrics
+                .frames_rejected
+                .with_label_values(&["malformed"])
+                .inc();
+            return (
+                "invalid",
+                Err(RpcError::new(error.code(), error.to_string())),
+            );
+        }
+    };
+    let rpc = request.rpc_name();
+    if !request.allowed_roles().contains(&peer.role) {
+        return (
+            rpc,
+            Err(RpcError::new(
+                ErrorCode::PermissionDenied,
+                format!("role {} may not call {rpc}", peer.role),
+            )),
+        );
+    }
+    let answer = match handle(request).await {
+        Ok(response) => Frame::encode(FrameKind::Response, &response)
+            .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string())),
+        Err(error) => Err(error),
+    };
+    (rpc, answer)
+}
+
+async fn answer(send: &mut SendStream, result: std::result::Result<Frame, RpcError>) {
+    let frame = result.unwrap_or_else(|error| {
+        Frame::encode(FrameKind::Error, &error).expect("an RpcError always encodes")
+    });
+    if let Err(error) = write_frame(send, &frame).await {
+        debug!(%error, "could not answer: peer went away");
+        return;
+    }
+    let _ = send.finish();
+}
+
+fn frame_rejection_reason(error: &Error) -> &'static str {
+    match error {
+        Error::FrameTooLarge { .. } => "too_large",
+        Error::UnsupportedVersion { .. } => "unsupported_version",
+        Error::UnknownFrameKind(_) => "unknown_kind",
+        Error::TruncatedFrame { .. } => "truncated",
+        Error::Decode { .. } => "malformed",
+        _ => "io",
+    }
+}
+
+/// A connection to a server, on which typed requests are made.
+#[derive(Clone)]
+pub struct RpcClient {
+    connection: quinn::Connection,
+    peer: PeerIdentity,
+    timeout: Duration,
+}
+
+impl RpcClient {
+    /// Dials `addr` and checks the server holds a certificate of role `expected`.
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        addr: &str,
+        expected: crate::Role,
+    ) -> Result<Self> {
+        let (connection, peer) = transport::connect(endpoint, addr, Some(expected)).await?;
+        Ok(RpcClient {
+            connection,
+            peer,
+            timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Who the server is, from its verified certificate.
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+
+    /// The underlying connection, for tests that speak raw frames.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// Whether the connection has closed (the caller should reconnect).
+    pub fn is_closed(&self) -> bool {
+        self.connection.close_reason().is_some()
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn call<R: Request>(&self, request: &R) -> Result<R::Response> {
+        let frame = Frame::encode(R::KIND, request)?;
+        let exchange = async {
+            let answer = self.exchange(&frame).await?;
+            match answer.kind {
+                FrameKind::Response => answer.decode(),
+                FrameKind::Error => Err(Error::Rpc(answer.decode::<RpcError>()?)),
+                _ => Err(Error::UnexpectedFrame("a request where an answer belongs")),
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?
+    }
+
+    /// Sends raw frame bytes and reads the one answer frame. Used by [`Self::call`] and by tests
+    /// that need to send what a well-behaved client never would.
+    pub async fn exchange_raw(&self, bytes: &[u8]) -> Result<Frame> {
+        let (mut send, mut recv) = self.connection.open_bi().await?;
+        if let Err(error) = send.write_all(bytes).await {
+            // The server may stop our stream (oversized frame) and still answer; read it.
+            debug!(%error, "write cut short by the server");
+        }
+        let _ = send.finish();
+        read_frame(&mut recv, DEFAULT_MAX_FRAME_LEN)
+            .await?
+            .ok_or(Error::UnexpectedFrame("the stream ended without an answer"))
+    }
+
+    async fn exchange(&self, frame: &Frame) -> Result<Frame> {
+        self.exchange_raw(&frame.to_bytes()?).await
+    }
+}

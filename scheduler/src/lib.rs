@@ -1,0 +1,100 @@
+//! The AIC control plane: one scheduler replica.
+//!
+//! Today it runs the `Registry` actor (membership, heartbeats, liveness) behind the QUIC API.
+//! It will host the Allocator, Rater, Payroll, BlockGenerator and Job actors on top of a ledger
+//! replica (`aic-ledger`), with decisions in pure functions and actors carrying them out.
+//!
+//! [`start`] must run inside an actix `System` built on a multi-thread tokio runtime
+//! (`actix_rt::System::with_tokio_rt`), so quinn's tasks run on tokio workers and reach the
+//! actors through their addresses.
+
+pub mod api;
+pub mod config;
+pub mod membership;
+pub mod metrics;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use aic_protocol::messages::{Capacity, NodeState, NodeStatus};
+use aic_protocol::node_agent::{advertised, display_name, local_capacity};
+use aic_protocol::service::{BoundSockets, ServiceHandle};
+use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::{metrics_http, rpc, Role};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::SchedulerConfig;
+
+use crate::membership::{Membership, MembershipRules};
+use crate::metrics::SchedulerMetrics;
+use crate::registry::Registry;
+
+/// Starts a scheduler on already-bound sockets. It stops when `shutdown` is cancelled.
+pub fn start(
+    config: SchedulerConfig,
+    bound: BoundSockets,
+    shutdown: CancellationToken,
+) -> aic_protocol::Result<ServiceHandle> {
+    let identity = config.endpoint.tls.load()?;
+    if identity.me.role != Role::Scheduler {
+        return Err(aic_protocol::Error::WrongPeerRole {
+            got: identity.me.role,
+            expected: Role::Scheduler,
+        });
+    }
+    let registry = prometheus::Registry::new();
+    let metrics = SchedulerMetrics::register(&registry)?;
+    let quic_addr = bound.quic_addr()?;
+    let metrics_addr = bound.metrics_addr()?;
+    let endpoint = transport::endpoint(bound.quic, &identity, &TransportTuning::default())?;
+    let name = display_name(&config.endpoint, &identity);
+
+    let me = NodeStatus {
+        node_id: identity.me.node_id,
+        name: name.clone(),
+        role: Role::Scheduler,
+        version: aic_protocol::SOFTWARE_VERSION.to_string(),
+        quic_addr: advertised(&config.endpoint, quic_addr),
+        metrics_addr: metrics_addr.to_string(),
+        state: NodeState::Up,
+        last_heartbeat_ms_ago: None,
+        times_marked_down: 0,
+        capacity: Capacity {
+            device: "none".into(),
+            ..local_capacity()
+        },
+        rtts: Vec::new(),
+    };
+    let rules = MembershipRules {
+        heartbeat_interval: Duration::from_millis(config.membership.heartbeat_interval_ms),
+        missed_heartbeats_before_down: config.membership.missed_heartbeats_before_down,
+        probe_targets_per_node: config.membership.probe_targets_per_node as usize,
+    };
+    let registry_addr = Registry::new(Membership::new(rules, me), metrics.clone()).start();
+    info!(%name, node = %identity.me.node_id.short(), %quic_addr, %metrics_addr, "scheduler starting");
+
+    let mut handle = ServiceHandle::new(name, quic_addr, metrics_addr, shutdown.clone());
+    let api = Arc::new(api::SchedulerApi {
+        registry: registry_addr.clone(),
+    });
+    handle.spawn(rpc::serve(
+        endpoint,
+        api,
+        metrics.transport.clone(),
+        shutdown.clone(),
+    ));
+    let metrics_shutdown = shutdown.clone();
+    handle.spawn(async move {
+        if let Err(error) = metrics_http::serve(bound.metrics, registry, metrics_shutdown).await {
+            warn!(%error, "metrics endpoint failed");
+        }
+    });
+    handle.spawn(async move {
+        shutdown.cancelled().await;
+        let _ = registry_addr.send(registry::Stop).await;
+    });
+    Ok(handle)
+}

@@ -1,0 +1,65 @@
+//! The storage node's configuration (`aic storage-node --config FILE`).
+
+use std::path::PathBuf;
+
+use aic_protocol::config::{Invalid, Validate};
+use aic_protocol::node_agent::SchedulerLink;
+use aic_protocol::service::EndpointSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub endpoint: EndpointSettings,
+    pub scheduler: SchedulerLink,
+    pub storage: StorageSettings,
+}
+
+/// The `[storage]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Where shards are kept.
+    pub data_dir: PathBuf,
+    /// Bytes offered to the grid.
+    pub capacity_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let mut endpoint = EndpointSettings::with_ports(7410, 9410);
+        endpoint.tls.cert = "certs/storage.pem".into();
+        endpoint.tls.key = "certs/storage.key".into();
+        StorageConfig {
+            endpoint,
+            scheduler: SchedulerLink::default(),
+            storage: StorageSettings {
+                data_dir: "data/storage".into(),
+                capacity_bytes: 100 * 1024 * 1024 * 1024,
+            },
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageConfig::default().storage
+    }
+}
+
+impl Validate for StorageConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        self.endpoint.validate("endpoint")?;
+        self.scheduler.validate("scheduler")?;
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(Invalid::new("storage.data_dir", "must name a directory"));
+        }
+        if self.storage.capacity_bytes == 0 {
+            return Err(Invalid::new(
+                "storage.capacity_bytes",
+                "must be more than 0",
+            ));
+        }
+        Ok(())
+    }
+}
