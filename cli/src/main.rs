@@ -1,1 +1,87 @@
-fn main() {}
+//! `aic`: the one command line of the grid. Each subcommand parses its flags and config and
+//! calls into a library crate; nothing here decides anything the libraries could.
+
+mod ca;
+mod devnet;
+mod nodes;
+mod roles;
+
+use clap::{Parser, Subcommand};
+
+use aic_protocol::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "aic",
+    version,
+    about = "AIC: a grid for sharing GPUs, data and models, paid for verified value"
+)]
+struct Cli {
+    /// Log format on stderr: human or json. The filter comes from AIC_LOG (RUST_LOG syntax).
+    #[arg(long, global = true, default_value = "human", env = "AIC_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the cluster certificate authority and issue certificates.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Run a scheduler replica.
+    Scheduler(roles::SchedulerArgs),
+    /// Run a storage node.
+    StorageNode(roles::NodeArgs),
+    /// Run a compute node.
+    ComputeNode(roles::NodeArgs),
+    /// List the grid's nodes as the scheduler sees them.
+    Nodes(nodes::NodesArgs),
+    /// Start a whole grid on this machine with a throw-away CA.
+    Devnet(devnet::DevnetArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    aic_protocol::install_crypto_provider();
+    let cli = Cli::parse();
+    // Services log at info; one-shot tools only warn, so their output stays readable.
+    let default_level = match cli.command {
+        Command::Scheduler(_) | Command::StorageNode(_) | Command::ComputeNode(_) => "info",
+        _ => "warn",
+    };
+    logging::init(cli.log_format, default_level);
+
+    let result = match cli.command {
+        Command::Ca(command) => ca::run(command),
+        command => run_async(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command inside an actix system on a multi-thread tokio runtime: quinn's tasks run on
+/// the tokio workers, actors on the system's arbiter.
+fn run_async(command: Command) -> anyhow::Result<()> {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    });
+    system.block_on(async move {
+        match command {
+            Command::Scheduler(args) => roles::run_scheduler(args).await,
+            Command::StorageNode(args) => roles::run_storage(args).await,
+            Command::ComputeNode(args) => roles::run_compute(args).await,
+            Command::Nodes(args) => nodes::run(args).await,
+            Command::Devnet(args) => devnet::run(args).await,
+            Command::Ca(_) => unreachable!("handled synchronously"),
+        }
+    })
+}

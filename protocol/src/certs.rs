@@ -132,16 +132,16 @@ impl CertificateAuthority {
             if path.exists() {
                 return Err(Error::WriteFile {
                     path: path.clone(),
-                    source: std::io::Error::new(
+                    cause: std::io::Error::new(
                         std::io::ErrorKind::AlreadyExists,
                         "a CA already exists here; remove it first if you mean to replace it",
                     ),
                 });
             }
         }
-        fs::create_dir_all(dir).map_err(|source| Error::WriteFile {
+        fs::create_dir_all(dir).map_err(|cause| Error::WriteFile {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })?;
         write_file(&cert_path, &self.cert_pem, false)?;
         write_file(&key_path, &self.key.serialize_pem(), true)
@@ -236,9 +236,9 @@ impl IssuedCertificate {
     /// Writes `<name>.pem` and `<name>.key` (0600) into `dir`, next to the CA's `ca.pem`, and
     /// returns the file set a config's `[tls]` table names.
     pub fn save(&self, dir: &Path, file_stem: &str) -> Result<IdentityFiles> {
-        fs::create_dir_all(dir).map_err(|source| Error::WriteFile {
+        fs::create_dir_all(dir).map_err(|cause| Error::WriteFile {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })?;
         let files = IdentityFiles {
             ca: dir.join("ca.pem"),
@@ -353,18 +353,18 @@ fn rcgen_error(e: rcgen::Error) -> Error {
 }
 
 fn read_file(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| Error::ReadFile {
+    fs::read_to_string(path).map_err(|cause| Error::ReadFile {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let wrap = |source| Error::WriteFile {
+    let wrap = |cause| Error::WriteFile {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut file = fs::OpenOptions::new()
         .write(true)

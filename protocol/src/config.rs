@@ -90,7 +90,7 @@ where
 pub fn sample<T: Serialize + Default>(title: &str) -> String {
     let body =
         toml::to_string_pretty(&T::default()).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-    format!("# {title}\n# Every key may also be set as AIC_<KEY> (nested keys joined by __) or by a flag.\n\n{body}")
+    format!("# {title}\n# Every key may also be set as AIC_<KEY> (nested keys joined by __) or by a flag.\n\n{body}\n")
 }
 
 fn top_level_keys<T: Serialize>(defaults: &T) -> Vec<String> {

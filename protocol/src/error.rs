@@ -81,15 +81,15 @@ pub enum Error {
     UnknownFrameKind(u8),
     #[error("stream ended after {got} of {expected} bytes of a frame")]
     TruncatedFrame { got: usize, expected: usize },
-    #[error("cannot decode {what}: {source}")]
+    #[error("cannot decode {what}: {cause}")]
     Decode {
         what: &'static str,
-        source: postcard::Error,
+        cause: postcard::Error,
     },
-    #[error("cannot encode {what}: {source}")]
+    #[error("cannot encode {what}: {cause}")]
     Encode {
         what: &'static str,
-        source: postcard::Error,
+        cause: postcard::Error,
     },
     #[error("unexpected frame: {0}")]
     UnexpectedFrame(&'static str),
@@ -105,21 +105,21 @@ pub enum Error {
     Transport(String),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     ReadFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     WriteFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot bind {what} on {addr}: {source}")]
+    #[error("cannot bind {what} on {addr}: {cause}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot resolve address {addr:?}: {reason}")]
     Resolve { addr: String, reason: String },

@@ -105,9 +105,9 @@ pub struct Frame {
 impl Frame {
     /// Encodes a message as the payload of a frame of `kind`.
     pub fn encode<T: Serialize>(kind: FrameKind, message: &T) -> Result<Self> {
-        let payload = postcard::to_stdvec(message).map_err(|source| Error::Encode {
+        let payload = postcard::to_stdvec(message).map_err(|cause| Error::Encode {
             what: std::any::type_name::<T>(),
-            source,
+            cause,
         })?;
         Ok(Frame { kind, payload })
     }
@@ -116,11 +116,11 @@ impl Frame {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         let what = std::any::type_name::<T>();
         let (message, rest) = postcard::take_from_bytes(&self.payload)
-            .map_err(|source| Error::Decode { what, source })?;
+            .map_err(|cause| Error::Decode { what, cause })?;
         if !rest.is_empty() {
             return Err(Error::Decode {
                 what,
-                source: postcard::Error::DeserializeBadEncoding,
+                cause: postcard::Error::DeserializeBadEncoding,
             });
         }
         Ok(message)

@@ -18,10 +18,10 @@ use crate::error::{Error, Result};
 
 /// Binds the metrics listener; a port in use is an error that names the address.
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind {
+    let listener = std::net::TcpListener::bind(addr).map_err(|cause| Error::Bind {
         what: "metrics endpoint",
         addr,
-        source,
+        cause,
     })?;
     listener.set_nonblocking(true)?;
     Ok(listener)

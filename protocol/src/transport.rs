@@ -107,10 +107,10 @@ impl TransportTuning {
 /// Binds the UDP socket of an endpoint. Kept apart from [`endpoint`] so a binary can report a
 /// port in use before anything starts, and tests and the devnet can bind port 0.
 pub fn bind_udp(addr: SocketAddr, tuning: &TransportTuning) -> Result<UdpSocket> {
-    let bind_error = |source| Error::Bind {
+    let bind_error = |cause| Error::Bind {
         what: "QUIC endpoint",
         addr,
-        source,
+        cause,
     };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_error)?;

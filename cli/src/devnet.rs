@@ -1,0 +1,415 @@
+//! `aic devnet`: a whole grid on this machine — a throw-away CA, one scheduler, two storage and
+//! three compute nodes, each on its own loopback QUIC port — in this process or, with
+//! `--processes`, each as its own OS process started from the same binary and config files.
+//!
+//! ```text
+//! data dir/
+//!   .aic-devnet            marks the dir as ours (only such a dir is ever wiped)
+//!   certs/                 ca.pem, ca.key, <name>.pem, <name>.key
+//!   config/<name>.toml     each service's config, the same files in both modes
+//!   client.toml            the profile for `aic nodes --profile …`
+//!   run/<name>.ready       bound addresses (process mode)
+//!   logs/<name>.log        each process's log (process mode)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aic_protocol::certs::{CertificateAuthority, IdentityFiles, Validity};
+use aic_protocol::config;
+use aic_protocol::messages::{NodeState, NodeStatus};
+use aic_protocol::service::{EndpointSettings, ServiceHandle};
+use aic_protocol::Role;
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::nodes::{self, ClientProfile};
+use crate::roles::{shutdown_signal, ReadyFile};
+
+const MARKER: &str = ".aic-devnet";
+const STORAGE_NODES: [&str; 2] = ["storage-1", "storage-2"];
+const COMPUTE_NODES: [&str; 3] = ["compute-1", "compute-2", "compute-3"];
+/// Devnet heartbeats are brisk so the grid settles in about a second.
+const HEARTBEAT_INTERVAL_MS: u64 = 300;
+
+#[derive(Args, Clone, Debug)]
+pub struct DevnetArgs {
+    /// Where to put the CA, configs and logs. Default: a new temporary directory. An existing
+    /// directory is reused only if an earlier devnet made it.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Exit once the grid is up and the status is printed.
+    #[arg(long)]
+    pub once: bool,
+    /// Print the status as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Run each service as its own OS process.
+    #[arg(long)]
+    pub processes: bool,
+    /// Give up if the grid is not up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
+pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
+    let (dir, temporary) = prepare_data_dir(args.data_dir.as_deref())?;
+    let result = run_in(&dir, &args).await;
+    if temporary && args.once {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
+    let certs = dir.join("certs");
+    let ca = CertificateAuthority::generate("devnet")?;
+    ca.save(&certs)?;
+    let issue = |role: Role, name: &str| -> anyhow::Result<IdentityFiles> {
+        Ok(ca
+            .issue(role, name, &[], Validity::default())?
+            .save(&certs, name)?)
+    };
+
+    let mut grid = if args.processes {
+        Grid::Processes(Vec::new())
+    } else {
+        Grid::InProcess {
+            handles: Vec::new(),
+            shutdown: CancellationToken::new(),
+        }
+    };
+    let outcome = async {
+        let mut scheduler_config = aic_scheduler::SchedulerConfig {
+            endpoint: loopback_endpoint("scheduler", issue(Role::Scheduler, "scheduler")?),
+            ..Default::default()
+        };
+        scheduler_config.membership.heartbeat_interval_ms = HEARTBEAT_INTERVAL_MS;
+        let scheduler_addr = grid
+            .start(dir, "scheduler", "scheduler", &scheduler_config)
+            .await?;
+
+        let link = aic_protocol::node_agent::SchedulerLink {
+            addr: scheduler_addr.to_string(),
+        };
+        for name in STORAGE_NODES {
+            let mut config = aic_storage_node::StorageConfig {
+                endpoint: loopback_endpoint(name, issue(Role::Storage, name)?),
+                scheduler: link.clone(),
+                ..Default::default()
+            };
+            config.storage.data_dir = dir.join("data").join(name);
+            grid.start(dir, name, "storage-node", &config).await?;
+        }
+        for name in COMPUTE_NODES {
+            let config = aic_compute_node::ComputeConfig {
+                endpoint: loopback_endpoint(name, issue(Role::Compute, name)?),
+                scheduler: link.clone(),
+            };
+            grid.start(dir, name, "compute-node", &config).await?;
+        }
+
+        let profile = ClientProfile {
+            scheduler: scheduler_addr.to_string(),
+            tls: issue(Role::Client, "client")?,
+        };
+        let profile_path = dir.join("client.toml");
+        write_toml(&profile_path, &profile)?;
+
+        let nodes =
+            wait_until_up(&profile, Duration::from_secs(args.timeout_secs), &mut grid).await?;
+        report(dir, args, &profile_path, &nodes)?;
+        if !args.once {
+            shutdown_signal().await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    grid.stop().await;
+    outcome
+}
+
+/// An endpoint on ephemeral loopback ports: nothing to collide with, on any machine.
+fn loopback_endpoint(name: &str, tls: IdentityFiles) -> EndpointSettings {
+    EndpointSettings {
+        name: name.to_string(),
+        tls,
+        ..EndpointSettings::with_ports(0, 0)
+    }
+}
+
+/// The running services, in this process or as child processes.
+enum Grid {
+    InProcess {
+        handles: Vec<ServiceHandle>,
+        shutdown: CancellationToken,
+    },
+    Processes(Vec<(String, tokio::process::Child)>),
+}
+
+impl Grid {
+    /// Writes the service's config file and starts it from that file; returns its QUIC address.
+    async fn start<C>(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        command: &str,
+        config: &C,
+    ) -> anyhow::Result<std::net::SocketAddr>
+    where
+        C: Serialize + serde::de::DeserializeOwned + Default + config::Validate,
+    {
+        let config_path = dir.join("config").join(format!("{name}.toml"));
+        write_toml(&config_path, config)?;
+        match self {
+            Grid::InProcess { handles, shutdown } => {
+                // Load the file back through the same layers the binaries use.
+                let no_flags = Value::Object(Map::new());
+                let handle = match command {
+                    "scheduler" => {
+                        let c: aic_scheduler::SchedulerConfig =
+                            config::load(Some(&config_path), &no_flags)?;
+                        let bound = c.endpoint.bind()?;
+                        aic_scheduler::start(c, bound, shutdown.clone())?
+                    }
+                    "storage-node" => {
+                        let c: aic_storage_node::StorageConfig =
+                            config::load(Some(&config_path), &no_flags)?;
+                        let bound = c.endpoint.bind()?;
+                        aic_storage_node::start(c, bound, shutdown.clone())?
+                    }
+                    "compute-node" => {
+                        let c: aic_compute_node::ComputeConfig =
+                            config::load(Some(&config_path), &no_flags)?;
+                        let bound = c.endpoint.bind()?;
+                        aic_compute_node::start(c, bound, shutdown.clone())?
+                    }
+                    other => bail!("unknown service {other}"),
+                };
+                let addr = handle.quic_addr;
+                handles.push(handle);
+                Ok(addr)
+            }
+            Grid::Processes(children) => {
+                let ready_path = dir.join("run").join(format!("{name}.ready"));
+                let log_path = dir.join("logs").join(format!("{name}.log"));
+                for parent in [&ready_path, &log_path] {
+                    std::fs::create_dir_all(parent.parent().expect("has a parent"))?;
+                }
+                let log = std::fs::File::create(&log_path)
+                    .with_context(|| format!("creating {}", log_path.display()))?;
+                let mut child = tokio::process::Command::new(std::env::current_exe()?);
+                child
+                    .arg(command)
+                    .arg("--config")
+                    .arg(&config_path)
+                    .arg("--ready-file")
+                    .arg(&ready_path)
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .kill_on_drop(true);
+                // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of
+                // the parent; it makes the child exit if the devnet dies without stopping it.
+                unsafe {
+                    child.pre_exec(|| {
+                        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                            .map_err(std::io::Error::from)
+                    });
+                }
+                let mut child = child.spawn().with_context(|| format!("starting {name}"))?;
+                let ready = wait_for_ready(&ready_path, &log_path, &mut child).await;
+                children.push((name.to_string(), child));
+                Ok(ready?.quic)
+            }
+        }
+    }
+
+    /// Stops every service gracefully and waits for it.
+    async fn stop(self) {
+        match self {
+            Grid::InProcess { handles, shutdown } => {
+                shutdown.cancel();
+                for handle in handles {
+                    handle.stopped().await;
+                }
+            }
+            Grid::Processes(children) => {
+                for (_, child) in &children {
+                    if let Some(pid) = child.id() {
+                        let pid =
+                            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                    }
+                }
+                for (name, mut child) in children {
+                    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                        Ok(Ok(status)) if status.success() => {}
+                        Ok(Ok(status)) => eprintln!("devnet: {name} exited with {status}"),
+                        _ => {
+                            eprintln!("devnet: {name} did not stop in time; killing it");
+                            let _ = child.kill().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_ready(
+    ready: &Path,
+    log: &Path,
+    child: &mut tokio::process::Child,
+) -> anyhow::Result<ReadyFile> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut poll = tokio::time::interval(Duration::from_millis(25));
+    loop {
+        poll.tick().await;
+        if let Ok(bytes) = std::fs::read(ready) {
+            return Ok(serde_json::from_slice(&bytes)?);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log_text = std::fs::read_to_string(log).unwrap_or_default();
+            bail!(
+                "{} exited with {status} before listening:\n{log_text}",
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no ready file {} after 30 s; see {}",
+                ready.display(),
+                log.display()
+            );
+        }
+    }
+}
+
+/// Polls the scheduler until every node is registered, up, and has measured an RTT.
+async fn wait_until_up(
+    profile: &ClientProfile,
+    timeout: Duration,
+    grid: &mut Grid,
+) -> anyhow::Result<Vec<NodeStatus>> {
+    let expected = STORAGE_NODES.len() + COMPUTE_NODES.len();
+    let deadline = Instant::now() + timeout;
+    let client = nodes::connect(profile).await?;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        poll.tick().await;
+        let listed = nodes::list_nodes(&client).await?;
+        let members: Vec<&NodeStatus> = listed
+            .iter()
+            .filter(|n| n.role != Role::Scheduler)
+            .collect();
+        let settled = members.len() == expected
+            && members
+                .iter()
+                .all(|n| n.state == NodeState::Up && !n.rtts.is_empty());
+        if settled {
+            return Ok(listed);
+        }
+        if let Grid::Processes(children) = grid {
+            for (name, child) in children.iter_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("{name} exited with {status}; see its log under logs/");
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the grid did not come up within {timeout:?}; the scheduler sees:\n{}",
+                nodes::render_table(&listed)
+            );
+        }
+    }
+}
+
+fn report(
+    dir: &Path,
+    args: &DevnetArgs,
+    profile_path: &Path,
+    nodes: &[NodeStatus],
+) -> anyhow::Result<()> {
+    let mode = if args.processes {
+        "processes"
+    } else {
+        "in-process"
+    };
+    let metrics: Map<String, Value> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                json!(format!("http://{}/metrics", n.metrics_addr)),
+            )
+        })
+        .collect();
+    let nodes_command = format!("aic nodes --profile {}", profile_path.display());
+    if args.json {
+        let status = json!({
+            "data_dir": dir.display().to_string(),
+            "mode": mode,
+            "nodes": nodes::nodes_json(nodes),
+            "metrics": metrics,
+            "profile": profile_path.display().to_string(),
+        });
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(());
+    }
+    println!(
+        "AIC devnet is up ({mode}): 1 scheduler, {} storage nodes, {} compute nodes\ndata dir: {}\n",
+        STORAGE_NODES.len(),
+        COMPUTE_NODES.len(),
+        dir.display()
+    );
+    print!("{}", nodes::render_table(nodes));
+    println!("\nmetrics:");
+    for (name, url) in &metrics {
+        println!("  {name:<10} {}", url.as_str().unwrap_or_default());
+    }
+    println!("\nlist the nodes yourself:  {nodes_command}");
+    if !args.once {
+        println!("Ctrl-C stops the devnet.");
+    }
+    Ok(())
+}
+
+/// Makes a fresh data dir: a new temporary one, or `dir` if it is empty or an earlier devnet's.
+/// Returns the dir and whether it is temporary.
+fn prepare_data_dir(dir: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
+    let Some(dir) = dir else {
+        let temp = tempfile::Builder::new().prefix("aic-devnet-").tempdir()?;
+        let path = temp.keep();
+        std::fs::write(path.join(MARKER), b"made by aic devnet\n")?;
+        return Ok((path, true));
+    };
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)?.next().is_none();
+        if !empty {
+            if !dir.join(MARKER).exists() {
+                bail!(
+                    "{} is not empty and was not made by `aic devnet`; refusing to wipe it",
+                    dir.display()
+                );
+            }
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), b"made by aic devnet\n")?;
+    Ok((dir.to_path_buf(), false))
+}
+
+fn write_toml(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let text = toml::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

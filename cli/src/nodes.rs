@@ -1,0 +1,223 @@
+//! `aic nodes`, and the client side every user command shares: a profile naming the scheduler
+//! and the client's certificate, a client endpoint, and the node table's text and JSON forms.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use aic_protocol::certs::IdentityFiles;
+use aic_protocol::config::{self, Invalid, Validate};
+use aic_protocol::messages::{ClientRequest, ClientResponse, NodeStatus};
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::Role;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// A client profile (`client.toml`): where the scheduler is and who we are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientProfile {
+    /// The scheduler's QUIC address (host:port).
+    pub scheduler: String,
+    pub tls: IdentityFiles,
+}
+
+impl Default for ClientProfile {
+    fn default() -> Self {
+        ClientProfile {
+            scheduler: "127.0.0.1:7400".into(),
+            tls: IdentityFiles {
+                ca: "certs/ca.pem".into(),
+                cert: "certs/client.pem".into(),
+                key: "certs/client.key".into(),
+            },
+        }
+    }
+}
+
+impl Validate for ClientProfile {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !self.scheduler.contains(':') {
+            return Err(Invalid::new("scheduler", "must be host:port"));
+        }
+        Ok(())
+    }
+}
+
+/// Flags shared by every client command.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ClientArgs {
+    /// Client profile (TOML with `scheduler` and `[tls]`); `aic devnet` writes one.
+    #[arg(long, env = "AIC_PROFILE")]
+    pub profile: Option<PathBuf>,
+    /// The scheduler's QUIC address, overriding the profile.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn load(&self) -> anyhow::Result<ClientProfile> {
+        let mut flags = Map::new();
+        if let Some(scheduler) = &self.scheduler {
+            flags.insert("scheduler".into(), json!(scheduler));
+        }
+        Ok(config::load(
+            self.profile.as_deref(),
+            &Value::Object(flags),
+        )?)
+    }
+}
+
+/// Connects to the scheduler named by `profile` with the profile's client certificate.
+pub async fn connect(profile: &ClientProfile) -> anyhow::Result<RpcClient> {
+    let identity = profile.tls.load()?;
+    let any: SocketAddr = if profile.scheduler.starts_with('[') {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let tuning = TransportTuning::default();
+    let endpoint = transport::endpoint(transport::bind_udp(any, &tuning)?, &identity, &tuning)?;
+    Ok(RpcClient::connect(&endpoint, &profile.scheduler, Role::Scheduler).await?)
+}
+
+pub async fn list_nodes(client: &RpcClient) -> anyhow::Result<Vec<NodeStatus>> {
+    match client.call(&ClientRequest::ListNodes).await? {
+        ClientResponse::Nodes(nodes) => Ok(nodes),
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
+    let profile = args.client.load()?;
+    let client = connect(&profile).await?;
+    let nodes = list_nodes(&client).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&nodes_json(&nodes))?);
+    } else {
+        print!("{}", render_table(&nodes));
+    }
+    Ok(())
+}
+
+/// The node list as JSON: ids in full, RTT peers by id and name.
+pub fn nodes_json(nodes: &[NodeStatus]) -> Value {
+    let names = names_by_id(nodes);
+    Value::Array(
+        nodes
+            .iter()
+            .map(|node| {
+                json!({
+                    "id": node.node_id.to_string(),
+                    "name": node.name,
+                    "role": node.role,
+                    "addr": node.quic_addr,
+                    "metrics_addr": node.metrics_addr,
+                    "state": node.state,
+                    "version": node.version,
+                    "last_heartbeat_ms_ago": node.last_heartbeat_ms_ago,
+                    "times_marked_down": node.times_marked_down,
+                    "capacity": {
+                        "cpu_cores": node.capacity.cpu_cores,
+                        "memory_bytes": node.capacity.memory_bytes,
+                        "storage_bytes": node.capacity.storage_bytes,
+                        "device": node.capacity.device,
+                    },
+                    "rtts": node.rtts.iter().map(|rtt| json!({
+                        "peer": rtt.peer.to_string(),
+                        "peer_name": names.get(&rtt.peer.to_string()).cloned().unwrap_or_default(),
+                        "rtt_us": rtt.rtt_micros,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn names_by_id(nodes: &[NodeStatus]) -> HashMap<String, String> {
+    nodes
+        .iter()
+        .map(|n| (n.node_id.to_string(), n.name.clone()))
+        .collect()
+}
+
+/// The node list as an aligned text table.
+pub fn render_table(nodes: &[NodeStatus]) -> String {
+    let names = names_by_id(nodes);
+    let header = [
+        "NAME",
+        "ROLE",
+        "STATE",
+        "ADDRESS",
+        "LAST HEARTBEAT",
+        "NODE ID",
+        "DOWN",
+        "RTT TO PEERS",
+    ];
+    let rows: Vec<[String; 8]> = nodes
+        .iter()
+        .map(|node| {
+            let heartbeat = node.last_heartbeat_ms_ago.map_or_else(
+                || "-".to_string(),
+                |ms| format!("{:.1}s ago", ms as f64 / 1000.0),
+            );
+            let rtts = if node.rtts.is_empty() {
+                "-".to_string()
+            } else {
+                node.rtts
+                    .iter()
+                    .map(|rtt| {
+                        let peer = names
+                            .get(&rtt.peer.to_string())
+                            .cloned()
+                            .unwrap_or_else(|| rtt.peer.short());
+                        format!("{peer} {:.2}ms", rtt.rtt_micros as f64 / 1000.0)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            [
+                node.name.clone(),
+                node.role.to_string(),
+                node.state.as_str().to_string(),
+                node.quic_addr.clone(),
+                heartbeat,
+                node.node_id.short(),
+                node.times_marked_down.to_string(),
+                rtts,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut table = line(header.to_vec());
+    for row in &rows {
+        table.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    table
+}

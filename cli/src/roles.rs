@@ -1,0 +1,195 @@
+//! `aic scheduler|storage-node|compute-node`: load the layered config, bind, start the service
+//! from its library crate, and stop it gracefully on Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use aic_protocol::config::{self, Validate};
+use aic_protocol::service::{EndpointSettings, ServiceHandle};
+use anyhow::Context;
+use clap::Args;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Flags every service shares.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ServiceArgs {
+    /// TOML config file (layers: defaults, this file, AIC_* environment, flags).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the default config as TOML and exit.
+    #[arg(long)]
+    pub print_sample_config: bool,
+    /// Display name (default: the certificate's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// QUIC listen address (UDP).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// host:port peers should dial.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Metrics listen address (TCP); loopback unless set otherwise.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Write the bound addresses as JSON to this file once listening (used by `aic devnet`).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Heartbeat interval asked of nodes, in milliseconds.
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The scheduler's QUIC address (host:port).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+}
+
+/// The flags as a config layer: only flags that were given appear.
+fn endpoint_overrides(args: &ServiceArgs) -> Map<String, Value> {
+    let mut endpoint = Map::new();
+    if let Some(name) = &args.name {
+        endpoint.insert("name".into(), json!(name));
+    }
+    if let Some(listen) = args.listen {
+        endpoint.insert("listen".into(), json!(listen.to_string()));
+    }
+    if let Some(advertise) = &args.advertise {
+        endpoint.insert("advertise".into(), json!(advertise));
+    }
+    if let Some(metrics) = args.metrics_listen {
+        endpoint.insert("metrics_listen".into(), json!(metrics.to_string()));
+    }
+    let mut layer = Map::new();
+    if !endpoint.is_empty() {
+        layer.insert("endpoint".into(), Value::Object(endpoint));
+    }
+    layer
+}
+
+pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let mut flags = endpoint_overrides(&args.service);
+    if let Some(interval) = args.heartbeat_interval_ms {
+        flags.insert(
+            "membership".into(),
+            json!({ "heartbeat_interval_ms": interval }),
+        );
+    }
+    run_service::<aic_scheduler::SchedulerConfig>(
+        &args.service,
+        flags,
+        "aic scheduler",
+        |c| &c.endpoint,
+        aic_scheduler::start,
+    )
+    .await
+}
+
+pub async fn run_storage(args: NodeArgs) -> anyhow::Result<()> {
+    run_service::<aic_storage_node::StorageConfig>(
+        &args.service,
+        node_overrides(&args),
+        "aic storage-node",
+        |c| &c.endpoint,
+        aic_storage_node::start,
+    )
+    .await
+}
+
+pub async fn run_compute(args: NodeArgs) -> anyhow::Result<()> {
+    run_service::<aic_compute_node::ComputeConfig>(
+        &args.service,
+        node_overrides(&args),
+        "aic compute-node",
+        |c| &c.endpoint,
+        aic_compute_node::start,
+    )
+    .await
+}
+
+fn node_overrides(args: &NodeArgs) -> Map<String, Value> {
+    let mut flags = endpoint_overrides(&args.service);
+    if let Some(scheduler) = &args.scheduler {
+        flags.insert("scheduler".into(), json!({ "addr": scheduler }));
+    }
+    flags
+}
+
+type StartFn<C> = fn(
+    C,
+    aic_protocol::service::BoundSockets,
+    CancellationToken,
+) -> aic_protocol::Result<ServiceHandle>;
+
+async fn run_service<C>(
+    args: &ServiceArgs,
+    flags: Map<String, Value>,
+    title: &str,
+    endpoint_of: fn(&C) -> &EndpointSettings,
+    start: StartFn<C>,
+) -> anyhow::Result<()>
+where
+    C: Serialize + DeserializeOwned + Default + Validate,
+{
+    if args.print_sample_config {
+        print!("{}", config::sample::<C>(&format!("{title} configuration")));
+        return Ok(());
+    }
+    let config: C = config::load(args.config.as_deref(), &Value::Object(flags))?;
+    let bound = endpoint_of(&config).bind()?;
+    let shutdown = CancellationToken::new();
+    let handle = start(config, bound, shutdown.clone())?;
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, &handle)?;
+    }
+    info!(quic = %handle.quic_addr, metrics = %handle.metrics_url(), "serving; Ctrl-C or SIGTERM stops");
+    shutdown_signal().await?;
+    info!("stopping");
+    handle.stop().await;
+    Ok(())
+}
+
+/// The addresses a started service bound, for a parent process that asked for port 0.
+#[derive(Serialize, serde::Deserialize)]
+pub struct ReadyFile {
+    pub quic: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+fn write_ready_file(path: &Path, handle: &ServiceHandle) -> anyhow::Result<()> {
+    let ready = ReadyFile {
+        quic: handle.quic_addr,
+        metrics: handle.metrics_addr,
+    };
+    // Write then rename, so a reader never sees half a file.
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, serde_json::to_vec(&ready)?)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The `aic` binary end to end: the devnet in both modes, and the errors an operator meets first.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn aic(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(args)
+        .env_remove("AIC_LOG")
+        .output()
+        .expect("the aic binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs a devnet to completion and checks the status it prints.
+fn check_devnet(extra: &[&str]) {
+    let mut args = vec!["devnet", "--once", "--json", "--timeout-secs", "60"];
+    args.extend_from_slice(extra);
+    let output = aic(&args);
+    assert!(
+        output.status.success(),
+        "devnet failed: {}",
+        stderr(&output)
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+
+    let nodes = status["nodes"].as_array().expect("nodes");
+    let mut roles = BTreeMap::new();
+    for node in nodes {
+        *roles
+            .entry(node["role"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+        assert_eq!(node["state"], "up", "{node}");
+        let id = node["id"].as_str().unwrap();
+        assert_eq!(id.len(), 64, "a node id is a 32-byte hash in hex: {id}");
+        let addr: std::net::SocketAddr = node["addr"].as_str().unwrap().parse().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() != 0);
+        if node["role"] != "scheduler" {
+            assert!(
+                !node["rtts"].as_array().unwrap().is_empty(),
+                "RTTs measured: {node}"
+            );
+        }
+    }
+    let expected: BTreeMap<String, i32> = [("scheduler", 1), ("storage", 2), ("compute", 3)]
+        .into_iter()
+        .map(|(role, count)| (role.to_string(), count))
+        .collect();
+    assert_eq!(roles, expected);
+    let ports: std::collections::BTreeSet<&str> =
+        nodes.iter().map(|n| n["addr"].as_str().unwrap()).collect();
+    assert_eq!(ports.len(), 6, "each service has its own QUIC port");
+
+    let metrics = status["metrics"].as_object().expect("metrics");
+    assert_eq!(metrics.len(), 6);
+    for url in metrics.values() {
+        let url = url.as_str().unwrap();
+        assert!(
+            url.starts_with("http://127.0.0.1:") && url.ends_with("/metrics"),
+            "{url}"
+        );
+    }
+    let data_dir = status["data_dir"].as_str().unwrap();
+    assert!(
+        !std::path::Path::new(data_dir).exists(),
+        "a temporary devnet dir is removed after --once"
+    );
+}
+
+#[test]
+fn devnet_in_process_comes_up_and_reports_json() {
+    check_devnet(&[]);
+}
+
+#[test]
+fn devnet_with_one_process_per_service_comes_up_the_same() {
+    check_devnet(&["--processes"]);
+}
+
+#[test]
+fn devnet_refuses_to_wipe_a_directory_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious.txt"), b"keep me").unwrap();
+    let output = aic(&[
+        "devnet",
+        "--once",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("refusing to wipe"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("precious.txt")).unwrap(),
+        b"keep me"
+    );
+}
+
+#[test]
+fn a_bad_config_file_names_the_file_the_key_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scheduler.toml");
+    std::fs::write(&file, "[membership]\nheartbeat_interval_ms = \"fast\"\n").unwrap();
+    let output = aic(&["scheduler", "--config", file.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains(file.to_str().unwrap()), "{message}");
+    assert!(
+        message.contains("membership.heartbeat_interval_ms"),
+        "{message}"
+    );
+    assert!(message.contains("string"), "{message}");
+
+    std::fs::write(
+        &file,
+        "[endpoint]\nlisten = \"127.0.0.1:7400\"\nlisen = 1\n",
+    )
+    .unwrap();
+    let message = stderr(&aic(&["scheduler", "--config", file.to_str().unwrap()]));
+    assert!(message.contains("lisen"), "{message}");
+}
+
+#[test]
+fn sample_configs_are_valid_toml_for_every_role() {
+    for role in ["scheduler", "storage-node", "compute-node"] {
+        let output = aic(&[role, "--print-sample-config"]);
+        assert!(output.status.success(), "{role}: {}", stderr(&output));
+        let text = String::from_utf8(output.stdout).unwrap();
+        let parsed: toml::Table =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{role}: {e}\n{text}"));
+        assert!(parsed.contains_key("endpoint"), "{role}");
+    }
+}
+
+#[test]
+fn ca_issue_then_a_metrics_port_in_use_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    assert!(aic(&["ca", "init", "--dir", certs]).status.success());
+    let again = aic(&["ca", "init", "--dir", certs]);
+    assert!(
+        !again.status.success(),
+        "an existing CA is never overwritten"
+    );
+    let issued = aic(&[
+        "ca",
+        "issue",
+        "--dir",
+        certs,
+        "--role",
+        "scheduler",
+        "--name",
+        "sched",
+    ]);
+    assert!(issued.status.success(), "{}", stderr(&issued));
+    let bad_role = aic(&[
+        "ca", "issue", "--dir", certs, "--role", "admin", "--name", "x",
+    ]);
+    assert!(!bad_role.status.success());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("s.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[endpoint]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:{port}\"\n[endpoint.tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/sched.pem\"\nkey = \"{certs}/sched.key\"\n"
+        ),
+    )
+    .unwrap();
+    let output = aic(&["scheduler", "--config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}")) && message.contains("metrics"),
+        "{message}"
+    );
+}
