@@ -56,8 +56,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
                 !name.is_empty() && !name.contains(['/', '\\']) && name != "ca",
                 "--name must be a plain name (no slashes, not \"ca\")"
             );
-            let ca = CertificateAuthority::load(&dir)
-                .context("loading the CA (run `aic ca init` first)")?;
+            let ca = CertificateAuthority::load(&dir).context("loading the CA (run `aic ca init` first)")?;
             let issued = ca.issue(role, &name, &extra_names, Validity::Days(days))?;
             let files = issued.save(&dir, &name)?;
             println!(

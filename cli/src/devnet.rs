@@ -120,8 +120,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let profile_path = dir.join("client.toml");
         write_toml(&profile_path, &profile)?;
 
-        let nodes =
-            wait_until_up(&profile, Duration::from_secs(args.timeout_secs), &mut grid).await?;
+        let nodes = wait_until_up(&profile, Duration::from_secs(args.timeout_secs), &mut grid).await?;
         report(dir, args, &profile_path, &nodes)?;
         if !args.once {
             shutdown_signal().await?;
@@ -171,20 +170,17 @@ impl Grid {
                 let no_flags = Value::Object(Map::new());
                 let handle = match command {
                     "scheduler" => {
-                        let c: aic_scheduler::SchedulerConfig =
-                            config::load(Some(&config_path), &no_flags)?;
+                        let c: aic_scheduler::SchedulerConfig = config::load(Some(&config_path), &no_flags)?;
                         let bound = c.endpoint.bind()?;
                         aic_scheduler::start(c, bound, shutdown.clone())?
                     }
                     "storage-node" => {
-                        let c: aic_storage_node::StorageConfig =
-                            config::load(Some(&config_path), &no_flags)?;
+                        let c: aic_storage_node::StorageConfig = config::load(Some(&config_path), &no_flags)?;
                         let bound = c.endpoint.bind()?;
                         aic_storage_node::start(c, bound, shutdown.clone())?
                     }
                     "compute-node" => {
-                        let c: aic_compute_node::ComputeConfig =
-                            config::load(Some(&config_path), &no_flags)?;
+                        let c: aic_compute_node::ComputeConfig = config::load(Some(&config_path), &no_flags)?;
                         let bound = c.endpoint.bind()?;
                         aic_compute_node::start(c, bound, shutdown.clone())?
                     }
@@ -241,8 +237,7 @@ impl Grid {
             Grid::Processes(children) => {
                 for (_, child) in &children {
                     if let Some(pid) = child.id() {
-                        let pid =
-                            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+                        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
                         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
                     }
                 }
@@ -303,10 +298,7 @@ async fn wait_until_up(
     loop {
         poll.tick().await;
         let listed = nodes::list_nodes(&client).await?;
-        let members: Vec<&NodeStatus> = listed
-            .iter()
-            .filter(|n| n.role != Role::Scheduler)
-            .collect();
+        let members: Vec<&NodeStatus> = listed.iter().filter(|n| n.role != Role::Scheduler).collect();
         let settled = members.len() == expected
             && members
                 .iter()
@@ -330,17 +322,8 @@ async fn wait_until_up(
     }
 }
 
-fn report(
-    dir: &Path,
-    args: &DevnetArgs,
-    profile_path: &Path,
-    nodes: &[NodeStatus],
-) -> anyhow::Result<()> {
-    let mode = if args.processes {
-        "processes"
-    } else {
-        "in-process"
-    };
+fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, nodes: &[NodeStatus]) -> anyhow::Result<()> {
+    let mode = if args.processes { "processes" } else { "in-process" };
     let metrics: Map<String, Value> = nodes
         .iter()
         .map(|n| {

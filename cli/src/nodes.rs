@@ -63,10 +63,7 @@ impl ClientArgs {
         if let Some(scheduler) = &self.scheduler {
             flags.insert("scheduler".into(), json!(scheduler));
         }
-        Ok(config::load(
-            self.profile.as_deref(),
-            &Value::Object(flags),
-        )?)
+        Ok(config::load(self.profile.as_deref(), &Value::Object(flags))?)
     }
 }
 
@@ -167,10 +164,9 @@ pub fn render_table(nodes: &[NodeStatus]) -> String {
     let rows: Vec<[String; 8]> = nodes
         .iter()
         .map(|node| {
-            let heartbeat = node.last_heartbeat_ms_ago.map_or_else(
-                || "-".to_string(),
-                |ms| format!("{:.1}s ago", ms as f64 / 1000.0),
-            );
+            let heartbeat = node
+                .last_heartbeat_ms_ago
+                .map_or_else(|| "-".to_string(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
             let rtts = if node.rtts.is_empty() {
                 "-".to_string()
             } else {

@@ -83,10 +83,7 @@ fn endpoint_overrides(args: &ServiceArgs) -> Map<String, Value> {
 pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let mut flags = endpoint_overrides(&args.service);
     if let Some(interval) = args.heartbeat_interval_ms {
-        flags.insert(
-            "membership".into(),
-            json!({ "heartbeat_interval_ms": interval }),
-        );
+        flags.insert("membership".into(), json!({ "heartbeat_interval_ms": interval }));
     }
     run_service::<aic_scheduler::SchedulerConfig>(
         &args.service,
@@ -128,11 +125,8 @@ fn node_overrides(args: &NodeArgs) -> Map<String, Value> {
     flags
 }
 
-type StartFn<C> = fn(
-    C,
-    aic_protocol::service::BoundSockets,
-    CancellationToken,
-) -> aic_protocol::Result<ServiceHandle>;
+type StartFn<C> =
+    fn(C, aic_protocol::service::BoundSockets, CancellationToken) -> aic_protocol::Result<ServiceHandle>;
 
 async fn run_service<C>(
     args: &ServiceArgs,
@@ -185,8 +179,7 @@ fn write_ready_file(path: &Path, handle: &ServiceHandle) -> anyhow::Result<()> {
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
         _ = terminate.recv() => {}

@@ -22,11 +22,7 @@ fn check_devnet(extra: &[&str]) {
     let mut args = vec!["devnet", "--once", "--json", "--timeout-secs", "60"];
     args.extend_from_slice(extra);
     let output = aic(&args);
-    assert!(
-        output.status.success(),
-        "devnet failed: {}",
-        stderr(&output)
-    );
+    assert!(output.status.success(), "devnet failed: {}", stderr(&output));
     let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
 
     let nodes = status["nodes"].as_array().expect("nodes");
@@ -52,8 +48,7 @@ fn check_devnet(extra: &[&str]) {
         .map(|(role, count)| (role.to_string(), count))
         .collect();
     assert_eq!(roles, expected);
-    let ports: std::collections::BTreeSet<&str> =
-        nodes.iter().map(|n| n["addr"].as_str().unwrap()).collect();
+    let ports: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n["addr"].as_str().unwrap()).collect();
     assert_eq!(ports.len(), 6, "each service has its own QUIC port");
 
     let metrics = status["metrics"].as_object().expect("metrics");
@@ -86,12 +81,7 @@ fn devnet_with_one_process_per_service_comes_up_the_same() {
 fn devnet_refuses_to_wipe_a_directory_it_did_not_make() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("precious.txt"), b"keep me").unwrap();
-    let output = aic(&[
-        "devnet",
-        "--once",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let output = aic(&["devnet", "--once", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("refusing to wipe"),
@@ -113,17 +103,10 @@ fn a_bad_config_file_names_the_file_the_key_and_the_problem() {
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(message.contains(file.to_str().unwrap()), "{message}");
-    assert!(
-        message.contains("membership.heartbeat_interval_ms"),
-        "{message}"
-    );
+    assert!(message.contains("membership.heartbeat_interval_ms"), "{message}");
     assert!(message.contains("string"), "{message}");
 
-    std::fs::write(
-        &file,
-        "[endpoint]\nlisten = \"127.0.0.1:7400\"\nlisen = 1\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "[endpoint]\nlisten = \"127.0.0.1:7400\"\nlisen = 1\n").unwrap();
     let message = stderr(&aic(&["scheduler", "--config", file.to_str().unwrap()]));
     assert!(message.contains("lisen"), "{message}");
 }
@@ -134,8 +117,7 @@ fn sample_configs_are_valid_toml_for_every_role() {
         let output = aic(&[role, "--print-sample-config"]);
         assert!(output.status.success(), "{role}: {}", stderr(&output));
         let text = String::from_utf8(output.stdout).unwrap();
-        let parsed: toml::Table =
-            toml::from_str(&text).unwrap_or_else(|e| panic!("{role}: {e}\n{text}"));
+        let parsed: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{role}: {e}\n{text}"));
         assert!(parsed.contains_key("endpoint"), "{role}");
     }
 }
@@ -147,10 +129,7 @@ fn ca_issue_then_a_metrics_port_in_use_is_named() {
     let certs = certs.to_str().unwrap();
     assert!(aic(&["ca", "init", "--dir", certs]).status.success());
     let again = aic(&["ca", "init", "--dir", certs]);
-    assert!(
-        !again.status.success(),
-        "an existing CA is never overwritten"
-    );
+    assert!(!again.status.success(), "an existing CA is never overwritten");
     let issued = aic(&[
         "ca",
         "issue",
@@ -162,9 +141,7 @@ fn ca_issue_then_a_metrics_port_in_use_is_named() {
         "sched",
     ]);
     assert!(issued.status.success(), "{}", stderr(&issued));
-    let bad_role = aic(&[
-        "ca", "issue", "--dir", certs, "--role", "admin", "--name", "x",
-    ]);
+    let bad_role = aic(&["ca", "issue", "--dir", certs, "--role", "admin", "--name", "x"]);
     assert!(!bad_role.status.success());
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -184,4 +161,72 @@ fn ca_issue_then_a_metrics_port_in_use_is_named() {
         message.contains(&format!("127.0.0.1:{port}")) && message.contains("metrics"),
         "{message}"
     );
+}
+
+#[test]
+fn environment_overrides_are_validated_and_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(["scheduler"])
+        .env("AIC_MEMBERSHIP__HEARTBEAT_INTERVAL_MS", "5")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("membership.heartbeat_interval_ms"), "{message}");
+    assert!(
+        message.contains("AIC_"),
+        "the environment is named as the source: {message}"
+    );
+}
+
+#[test]
+fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("devnet");
+    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(["devnet", "--json", "--timeout-secs", "60", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The status line appears once the grid is up; the devnet then keeps serving.
+    let mut status_line = String::new();
+    BufReader::new(devnet.stdout.take().unwrap())
+        .read_line(&mut status_line)
+        .unwrap();
+    let status: Value = serde_json::from_str(&status_line).expect("a status line");
+    let profile = status["profile"].as_str().unwrap();
+
+    let listed = aic(&["nodes", "--json", "--profile", profile]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let nodes: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 6);
+    let table = aic(&["nodes", "--profile", profile]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    for column in [
+        "NAME",
+        "ROLE",
+        "STATE",
+        "ADDRESS",
+        "LAST HEARTBEAT",
+        "RTT TO PEERS",
+    ] {
+        assert!(table.contains(column), "{table}");
+    }
+    assert_eq!(
+        table.lines().filter(|line| line.contains(" up ")).count(),
+        6,
+        "{table}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(devnet.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = devnet.wait().unwrap();
+    assert!(exit.success(), "SIGTERM is a graceful stop: {exit}");
+    assert!(data_dir.join("client.toml").exists(), "a named data dir is kept");
 }

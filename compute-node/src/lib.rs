@@ -22,11 +22,7 @@ pub use config::ComputeConfig;
 struct ComputeApi;
 
 impl RpcHandler for ComputeApi {
-    async fn peer(
-        &self,
-        _peer: &PeerIdentity,
-        request: PeerRequest,
-    ) -> Result<PeerResponse, RpcError> {
+    async fn peer(&self, _peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
         answer_peer(request)
     }
 }

@@ -10,8 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ED25519,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType, PKCS_ED25519,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -304,9 +304,7 @@ impl Identity {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| Error::Certificate(format!("bad {what} PEM: {e}")))?;
             if certs.is_empty() {
-                return Err(Error::Certificate(format!(
-                    "no certificate in the {what} PEM"
-                )));
+                return Err(Error::Certificate(format!("no certificate in the {what} PEM")));
             }
             Ok(certs)
         };
@@ -395,12 +393,8 @@ mod tests {
     #[test]
     fn two_certificates_get_two_ids() {
         let ca = CertificateAuthority::generate("test").unwrap();
-        let a = ca
-            .issue(Role::Storage, "s", &[], Validity::default())
-            .unwrap();
-        let b = ca
-            .issue(Role::Storage, "s", &[], Validity::default())
-            .unwrap();
+        let a = ca.issue(Role::Storage, "s", &[], Validity::default()).unwrap();
+        let b = ca.issue(Role::Storage, "s", &[], Validity::default()).unwrap();
         assert_ne!(a.node_id, b.node_id);
     }
 
@@ -432,9 +426,7 @@ mod tests {
             "an existing CA must not be replaced"
         );
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &fs::metadata(dir.path().join("ca.key"))
-                .unwrap()
-                .permissions(),
+            &fs::metadata(dir.path().join("ca.key")).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
     }

@@ -65,9 +65,8 @@ where
     }
     let known = top_level_keys(&T::default());
     let env = Env::prefixed("AIC_").split("__").filter(move |key| {
-        known
-            .iter()
-            .any(|k| key.as_str().split('.').next() == Some(k.as_str()))
+        let first = key.as_str().split('.').next().unwrap_or_default();
+        known.iter().any(|k| k.eq_ignore_ascii_case(first))
     });
     figment = figment.merge(env).merge(Serialized::defaults(flags));
 
@@ -88,8 +87,7 @@ where
 
 /// The default configuration as commented TOML, for `--print-sample-config`.
 pub fn sample<T: Serialize + Default>(title: &str) -> String {
-    let body =
-        toml::to_string_pretty(&T::default()).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+    let body = toml::to_string_pretty(&T::default()).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
     format!("# {title}\n# Every key may also be set as AIC_<KEY> (nested keys joined by __) or by a flag.\n\n{body}\n")
 }
 
@@ -191,10 +189,7 @@ mod tests {
         };
         let loaded: Sample = load(Some(file.path()), &flags).unwrap();
         assert_eq!(loaded.name, "from-flag");
-        assert_eq!(
-            loaded.port, 7500,
-            "a flag left unset keeps the file's value"
-        );
+        assert_eq!(loaded.port, 7500, "a flag left unset keeps the file's value");
     }
 
     #[test]
@@ -232,8 +227,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_error() {
-        let err = load::<Sample>(Some(Path::new("/nonexistent/aic.toml")), &Flags::default())
-            .unwrap_err();
+        let err = load::<Sample>(Some(Path::new("/nonexistent/aic.toml")), &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/aic.toml"), "{err}");
     }
 

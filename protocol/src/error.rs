@@ -106,15 +106,9 @@ pub enum Error {
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot read {path}: {cause}")]
-    ReadFile {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    ReadFile { path: PathBuf, cause: std::io::Error },
     #[error("cannot write {path}: {cause}")]
-    WriteFile {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    WriteFile { path: PathBuf, cause: std::io::Error },
     #[error("cannot bind {what} on {addr}: {cause}")]
     Bind {
         what: &'static str,

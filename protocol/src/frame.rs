@@ -115,8 +115,8 @@ impl Frame {
     /// Decodes the payload as a `T`; trailing bytes are an error, not silently ignored.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         let what = std::any::type_name::<T>();
-        let (message, rest) = postcard::take_from_bytes(&self.payload)
-            .map_err(|cause| Error::Decode { what, cause })?;
+        let (message, rest) =
+            postcard::take_from_bytes(&self.payload).map_err(|cause| Error::Decode { what, cause })?;
         if !rest.is_empty() {
             return Err(Error::Decode {
                 what,
@@ -166,10 +166,7 @@ pub fn decode_frame(buf: &[u8], max_len: u32) -> Result<Option<(Frame, usize)>> 
 }
 
 /// Reads one frame. `Ok(None)` when the stream ended cleanly before a header began.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    max_len: u32,
-) -> Result<Option<Frame>> {
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_len: u32) -> Result<Option<Frame>> {
     let mut header_bytes = [0u8; HEADER_LEN];
     let got = read_full(reader, &mut header_bytes).await?;
     if got == 0 {
@@ -232,12 +229,9 @@ mod tests {
 
     #[test]
     fn a_message_round_trips_through_bytes() {
-        let frame =
-            Frame::encode(FrameKind::PeerRequest, &PeerRequest::Ping { nonce: 42 }).unwrap();
+        let frame = Frame::encode(FrameKind::PeerRequest, &PeerRequest::Ping { nonce: 42 }).unwrap();
         let bytes = frame.to_bytes().unwrap();
-        let (decoded, used) = decode_frame(&bytes, DEFAULT_MAX_FRAME_LEN)
-            .unwrap()
-            .unwrap();
+        let (decoded, used) = decode_frame(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
         assert_eq!(used, bytes.len());
         assert_eq!(decoded, frame);
         assert_eq!(
@@ -261,20 +255,10 @@ mod tests {
 
     #[test]
     fn a_length_over_the_limit_is_refused_from_the_header_alone() {
-        let err = decode_frame(
-            &header(u32::MAX, PROTOCOL_VERSION, 1),
-            DEFAULT_MAX_FRAME_LEN,
-        )
-        .unwrap_err();
+        let err = decode_frame(&header(u32::MAX, PROTOCOL_VERSION, 1), DEFAULT_MAX_FRAME_LEN).unwrap_err();
         assert!(matches!(err, Error::FrameTooLarge { len, .. } if len == u64::from(u32::MAX)));
         let err = decode_frame(&header(1025, PROTOCOL_VERSION, 1), 1024).unwrap_err();
-        assert!(matches!(
-            err,
-            Error::FrameTooLarge {
-                len: 1025,
-                max: 1024
-            }
-        ));
+        assert!(matches!(err, Error::FrameTooLarge { len: 1025, max: 1024 }));
         // Exactly at the limit is fine.
         assert!(decode_frame(&header(1024, PROTOCOL_VERSION, 1), 1024)
             .unwrap()
@@ -284,9 +268,7 @@ mod tests {
     #[test]
     fn unknown_versions_and_kinds_are_refused() {
         let err = decode_frame(&header(0, PROTOCOL_VERSION + 1, 1), 1024).unwrap_err();
-        assert!(
-            matches!(err, Error::UnsupportedVersion { got, .. } if got == PROTOCOL_VERSION + 1)
-        );
+        assert!(matches!(err, Error::UnsupportedVersion { got, .. } if got == PROTOCOL_VERSION + 1));
         let err = decode_frame(&header(0, 0, 1), 1024).unwrap_err();
         assert!(matches!(err, Error::UnsupportedVersion { got: 0, .. }));
         let err = decode_frame(&header(0, PROTOCOL_VERSION, 0x42), 1024).unwrap_err();
@@ -303,8 +285,7 @@ mod tests {
             garbage.decode::<PeerRequest>(),
             Err(Error::Decode { .. })
         ));
-        let mut trailing =
-            Frame::encode(FrameKind::PeerRequest, &PeerRequest::Ping { nonce: 1 }).unwrap();
+        let mut trailing = Frame::encode(FrameKind::PeerRequest, &PeerRequest::Ping { nonce: 1 }).unwrap();
         trailing.payload.push(0);
         assert!(matches!(
             trailing.decode::<PeerRequest>(),
@@ -314,10 +295,7 @@ mod tests {
             kind: FrameKind::PeerRequest,
             payload: Vec::new(),
         };
-        assert!(matches!(
-            empty.decode::<PeerRequest>(),
-            Err(Error::Decode { .. })
-        ));
+        assert!(matches!(empty.decode::<PeerRequest>(), Err(Error::Decode { .. })));
     }
 
     #[tokio::test]
@@ -358,8 +336,7 @@ mod tests {
     async fn frames_written_by_the_writer_are_read_back_in_order() {
         let mut wire = Vec::new();
         for nonce in 0..3 {
-            let frame =
-                Frame::encode(FrameKind::PeerRequest, &PeerRequest::Ping { nonce }).unwrap();
+            let frame = Frame::encode(FrameKind::PeerRequest, &PeerRequest::Ping { nonce }).unwrap();
             write_frame(&mut wire, &frame).await.unwrap();
         }
         let mut reader = &wire[..];

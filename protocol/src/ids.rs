@@ -211,10 +211,7 @@ mod tests {
         let job = JobId::random();
         assert_eq!(job.to_string().parse::<JobId>().unwrap(), job);
         let node = NodeId::from_public_key(b"k").to_string();
-        assert!(
-            node.parse::<JobId>().is_err(),
-            "a 32-byte id is not a job id"
-        );
+        assert!(node.parse::<JobId>().is_err(), "a 32-byte id is not a job id");
     }
 
     #[test]

@@ -21,9 +21,7 @@ impl FromStr for LogFormat {
         match s {
             "human" => Ok(LogFormat::Human),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format {other:?} (expected human or json)"
-            )),
+            other => Err(format!("unknown log format {other:?} (expected human or json)")),
         }
     }
 }
@@ -31,8 +29,7 @@ impl FromStr for LogFormat {
 /// Installs the global subscriber, writing to stderr. The filter comes from `AIC_LOG` (same
 /// syntax as `RUST_LOG`), else `default_directive`. A second call does nothing.
 pub fn init(format: LogFormat, default_directive: &str) {
-    let filter =
-        EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| EnvFilter::new(default_directive));
+    let filter = EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| EnvFilter::new(default_directive));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

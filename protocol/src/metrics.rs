@@ -4,9 +4,7 @@
 //! devnet and in tests), so metrics are registered per component rather than globally. Label
 //! values come from closed sets: RPC names, error codes and rejection reasons.
 
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::error::Result;
 
@@ -25,7 +23,7 @@ impl TransportMetrics {
     /// Registers the metrics of `component` (`scheduler`, `storage`, `compute`) in `registry`.
     pub fn register(registry: &Registry, component: &str) -> Result<Self> {
         let name = |what: &str| format!("aic_{component}_{what}");
-        Ok(TransportMetrics {
+        let metrics = TransportMetrics {
             connections_open: registered(
                 registry,
                 IntGauge::new(name("connections_open"), "QUIC connections currently open")?,
@@ -67,15 +65,19 @@ impl TransportMetrics {
             rpc_duration: registered(
                 registry,
                 HistogramVec::new(
-                    HistogramOpts::new(
-                        name("rpc_duration_seconds"),
-                        "Time to serve a request, by RPC",
-                    )
-                    .buckets(prometheus::exponential_buckets(0.0001, 4.0, 9)?),
+                    HistogramOpts::new(name("rpc_duration_seconds"), "Time to serve a request, by RPC")
+                        .buckets(prometheus::exponential_buckets(0.0001, 4.0, 9)?),
                     &["rpc"],
                 )?,
             )?,
-        })
+        };
+        for reason in crate::tls::HANDSHAKE_REJECTION_REASONS {
+            metrics.handshakes_rejected.with_label_values(&[reason]);
+        }
+        for reason in crate::rpc::FRAME_REJECTION_REASONS {
+            metrics.frames_rejected.with_label_values(&[reason]);
+        }
+        Ok(metrics)
     }
 }
 

@@ -27,8 +27,8 @@ use crate::config::Invalid;
 use crate::error::{Error, ErrorCode, Result, RpcError};
 use crate::ids::{NodeId, Role};
 use crate::messages::{
-    Capacity, Heartbeat, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ProbeTarget,
-    Registration, RttSample,
+    Capacity, Heartbeat, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ProbeTarget, Registration,
+    RttSample,
 };
 use crate::metrics::{registered, TransportMetrics};
 use crate::rpc::{self, RpcClient, RpcHandler};
@@ -103,28 +103,19 @@ impl AgentMetrics {
             )?,
             scheduler_connected: registered(
                 registry,
-                IntGauge::new(
-                    name("scheduler_connected"),
-                    "1 while registered with a scheduler",
-                )?,
+                IntGauge::new(name("scheduler_connected"), "1 while registered with a scheduler")?,
             )?,
             peer_rtt: registered(
                 registry,
                 Histogram::with_opts(
-                    HistogramOpts::new(
-                        name("peer_rtt_seconds"),
-                        "Measured round-trip time to peer nodes",
-                    )
-                    .buckets(prometheus::exponential_buckets(0.00005, 2.0, 14)?),
+                    HistogramOpts::new(name("peer_rtt_seconds"), "Measured round-trip time to peer nodes")
+                        .buckets(prometheus::exponential_buckets(0.00005, 2.0, 14)?),
                 )?,
             )?,
             probe_failures: registered(
                 registry,
                 IntCounterVec::new(
-                    Opts::new(
-                        name("probe_failures_total"),
-                        "RTT probes that failed, by reason",
-                    ),
+                    Opts::new(name("probe_failures_total"), "RTT probes that failed, by reason"),
                     &["reason"],
                 )?,
             )?,
@@ -191,9 +182,7 @@ pub fn start_node<H: RpcHandler>(
     ));
     let metrics_shutdown = shutdown.clone();
     handle.spawn(async move {
-        if let Err(error) =
-            crate::metrics_http::serve(bound.metrics, registry, metrics_shutdown).await
-        {
+        if let Err(error) = crate::metrics_http::serve(bound.metrics, registry, metrics_shutdown).await {
             warn!(%error, "metrics endpoint failed");
         }
     });
@@ -240,8 +229,7 @@ pub async fn run_agent(
     let mut sequence = 0u64;
     while !shutdown.is_cancelled() {
         let session = async {
-            let client =
-                RpcClient::connect(&endpoint, &settings.scheduler_addr, Role::Scheduler).await?;
+            let client = RpcClient::connect(&endpoint, &settings.scheduler_addr, Role::Scheduler).await?;
             let (interval, targets) = register(&client, &settings).await?;
             metrics.registrations.with_label_values(&["ok"]).inc();
             metrics.scheduler_connected.set(1);
@@ -273,12 +261,7 @@ pub async fn run_agent(
                 _ = ticker.tick() => {}
             }
             sequence += 1;
-            let rtts: Vec<RttSample> = latest_rtts
-                .lock()
-                .expect("rtt map")
-                .values()
-                .copied()
-                .collect();
+            let rtts: Vec<RttSample> = latest_rtts.lock().expect("rtt map").values().copied().collect();
             let heartbeat = NodeRequest::Heartbeat(Heartbeat { sequence, rtts });
             match client.call(&heartbeat).await {
                 Ok(NodeResponse::HeartbeatAccepted { probe_targets }) => {
@@ -294,10 +277,7 @@ pub async fn run_agent(
                     ..
                 })) => {
                     // The scheduler lost us (it restarted): register again on a fresh session.
-                    metrics
-                        .heartbeats
-                        .with_label_values(&["unknown_node"])
-                        .inc();
+                    metrics.heartbeats.with_label_values(&["unknown_node"]).inc();
                     info!("scheduler does not know this node; registering again");
                     break;
                 }
@@ -313,10 +293,7 @@ pub async fn run_agent(
     debug!("membership agent stopped");
 }
 
-async fn register(
-    client: &RpcClient,
-    settings: &AgentSettings,
-) -> Result<(Duration, Vec<ProbeTarget>)> {
+async fn register(client: &RpcClient, settings: &AgentSettings) -> Result<(Duration, Vec<ProbeTarget>)> {
     let registration = NodeRequest::Register(Registration {
         role: settings.role,
         name: settings.name.clone(),
@@ -334,9 +311,9 @@ async fn register(
             Duration::from_millis(heartbeat_interval_ms.max(10)),
             probe_targets,
         )),
-        NodeResponse::HeartbeatAccepted { .. } => Err(Error::UnexpectedFrame(
-            "a heartbeat answer to a registration",
-        )),
+        NodeResponse::HeartbeatAccepted { .. } => {
+            Err(Error::UnexpectedFrame("a heartbeat answer to a registration"))
+        }
     }
 }
 
@@ -357,8 +334,7 @@ async fn run_prober(
             let connections = connections.clone();
             probes.spawn(async move {
                 let outcome =
-                    tokio::time::timeout(PROBE_TIMEOUT, probe(&endpoint, &target, &connections))
-                        .await;
+                    tokio::time::timeout(PROBE_TIMEOUT, probe(&endpoint, &target, &connections)).await;
                 (
                     target.node_id,
                     outcome.unwrap_or(Err(Error::Timeout(PROBE_TIMEOUT))),
@@ -438,9 +414,7 @@ async fn probe(
         let started = Instant::now();
         match client.call(&PeerRequest::Ping { nonce }).await? {
             PeerResponse::Pong { nonce: echoed } if echoed == nonce => {}
-            PeerResponse::Pong { .. } => {
-                return Err(Error::UnexpectedFrame("a pong with the wrong nonce"))
-            }
+            PeerResponse::Pong { .. } => return Err(Error::UnexpectedFrame("a pong with the wrong nonce")),
         }
         best = best.min(started.elapsed());
     }
@@ -471,13 +445,7 @@ pub fn local_capacity() -> Capacity {
             meminfo
                 .lines()
                 .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .and_then(|kib| kib.checked_mul(1024))
         .unwrap_or(0);

@@ -135,9 +135,7 @@ impl<H: RpcHandler> ConnectionContext<H> {
                     let handler = self.handler.clone();
                     let metrics = self.metrics.clone();
                     let peer = peer.clone();
-                    tokio::spawn(async move {
-                        serve_stream(&*handler, &peer, &metrics, send, recv).await
-                    });
+                    tokio::spawn(async move { serve_stream(&*handler, &peer, &metrics, send, recv).await });
                 }
                 Err(error) => {
                     debug!(%remote, %error, "connection closed");
@@ -167,20 +165,14 @@ async fn serve_stream<H: RpcHandler>(
                 .inc();
             // Stop the peer's sending: the rest of an oversized frame is never read.
             let _ = recv.stop(VarInt::from_u32(error.code() as u32));
-            answer(
-                &mut send,
-                Err(RpcError::new(error.code(), error.to_string())),
-            )
-            .await;
+            answer(&mut send, Err(RpcError::new(error.code(), error.to_string()))).await;
             return;
         }
     };
     let started = Instant::now();
     let (rpc, result) = match frame.kind {
         FrameKind::NodeRequest => dispatch(&frame, peer, metrics, |r| handler.node(peer, r)).await,
-        FrameKind::ClientRequest => {
-            dispatch(&frame, peer, metrics, |r| handler.client(peer, r)).await
-        }
+        FrameKind::ClientRequest => dispatch(&frame, peer, metrics, |r| handler.client(peer, r)).await,
         FrameKind::PeerRequest => dispatch(&frame, peer, metrics, |r| handler.peer(peer, r)).await,
         FrameKind::Response | FrameKind::Error => {
             metrics
@@ -217,14 +209,8 @@ where
     let request: R = match frame.decode() {
         Ok(request) => request,
         Err(error) => {
-            metrics
-                .frames_rejected
-                .with_label_values(&["malformed"])
-                .inc();
-            return (
-                "invalid",
-                Err(RpcError::new(error.code(), error.to_string())),
-            );
+            metrics.frames_rejected.with_label_values(&["malformed"]).inc();
+            return ("invalid", Err(RpcError::new(error.code(), error.to_string())));
         }
     };
     let rpc = request.rpc_name();
@@ -246,15 +232,25 @@ where
 }
 
 async fn answer(send: &mut SendStream, result: std::result::Result<Frame, RpcError>) {
-    let frame = result.unwrap_or_else(|error| {
-        Frame::encode(FrameKind::Error, &error).expect("an RpcError always encodes")
-    });
+    let frame = result
+        .unwrap_or_else(|error| Frame::encode(FrameKind::Error, &error).expect("an RpcError always encodes"));
     if let Err(error) = write_frame(send, &frame).await {
         debug!(%error, "could not answer: peer went away");
         return;
     }
     let _ = send.finish();
 }
+
+/// Every reason a request frame is refused, so each series exists from the start.
+pub const FRAME_REJECTION_REASONS: &[&str] = &[
+    "too_large",
+    "unsupported_version",
+    "unknown_kind",
+    "truncated",
+    "malformed",
+    "not_a_request",
+    "io",
+];
 
 fn frame_rejection_reason(error: &Error) -> &'static str {
     match error {
@@ -277,11 +273,7 @@ pub struct RpcClient {
 
 impl RpcClient {
     /// Dials `addr` and checks the server holds a certificate of role `expected`.
-    pub async fn connect(
-        endpoint: &quinn::Endpoint,
-        addr: &str,
-        expected: crate::Role,
-    ) -> Result<Self> {
+    pub async fn connect(endpoint: &quinn::Endpoint, addr: &str, expected: crate::Role) -> Result<Self> {
         let (connection, peer) = transport::connect(endpoint, addr, Some(expected)).await?;
         Ok(RpcClient {
             connection,

@@ -55,10 +55,7 @@ impl EndpointSettings {
     /// Checks the table; `prefix` is the table's key (`endpoint`).
     pub fn validate(&self, prefix: &str) -> Result<(), Invalid> {
         if !self.advertise.is_empty() && !self.advertise.contains(':') {
-            return Err(Invalid::new(
-                format!("{prefix}.advertise"),
-                "must be host:port",
-            ));
+            return Err(Invalid::new(format!("{prefix}.advertise"), "must be host:port"));
         }
         for (key, path) in [
             ("ca", &self.tls.ca),

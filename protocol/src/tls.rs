@@ -56,6 +56,27 @@ pub fn client_config(identity: &Identity) -> Result<rustls::ClientConfig> {
     Ok(config)
 }
 
+/// Every value [`handshake_rejection_reason`] can return, plus `no_identity` (a CA-signed
+/// certificate without an AIC identity), so each series exists from the start.
+pub const HANDSHAKE_REJECTION_REASONS: &[&str] = &[
+    "no_certificate",
+    "unknown_ca",
+    "expired",
+    "revoked",
+    "bad_certificate",
+    "unsupported_certificate",
+    "certificate_unknown",
+    "no_application_protocol",
+    "tls_alert",
+    "transport_error",
+    "timeout",
+    "version_mismatch",
+    "peer_closed",
+    "shutting_down",
+    "other",
+    "no_identity",
+];
+
 /// Why an incoming connection failed its handshake, as a metric label from a closed set.
 ///
 /// QUIC carries a TLS alert as the transport error code `0x100 + alert`; rustls picks the alert

@@ -112,8 +112,8 @@ pub fn bind_udp(addr: SocketAddr, tuning: &TransportTuning) -> Result<UdpSocket>
         addr,
         cause,
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(bind_error)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_error)?;
     if tuning.socket_buffer_bytes > 0 {
         // The kernel caps these at net.core.{r,w}mem_max; a smaller buffer is not an error.
         let _ = socket.set_recv_buffer_size(tuning.socket_buffer_bytes);
@@ -126,11 +126,7 @@ pub fn bind_udp(addr: SocketAddr, tuning: &TransportTuning) -> Result<UdpSocket>
 
 /// Makes an endpoint on a bound socket that serves with mutual TLS and dials out with the same
 /// identity. Must be called inside a tokio runtime.
-pub fn endpoint(
-    socket: UdpSocket,
-    identity: &Identity,
-    tuning: &TransportTuning,
-) -> Result<quinn::Endpoint> {
+pub fn endpoint(socket: UdpSocket, identity: &Identity, tuning: &TransportTuning) -> Result<quinn::Endpoint> {
     let transport = Arc::new(tuning.transport_config());
 
     let server_crypto = QuicServerConfig::try_from(tls::server_config(identity)?)

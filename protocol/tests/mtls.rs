@@ -30,11 +30,7 @@ impl RpcHandler for CountingHandler {
         Ok(ClientResponse::Nodes(Vec::new()))
     }
 
-    async fn peer(
-        &self,
-        _peer: &PeerIdentity,
-        request: PeerRequest,
-    ) -> Result<PeerResponse, RpcError> {
+    async fn peer(&self, _peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         aic_protocol::node_agent::answer_peer(request)
     }
@@ -107,8 +103,7 @@ async fn client_of(
     role: Role,
     validity: Validity,
 ) -> Result<RpcClient, Error> {
-    let identity =
-        Identity::from_issued(ca, &ca.issue(role, "caller", &[], validity).unwrap()).unwrap();
+    let identity = Identity::from_issued(ca, &ca.issue(role, "caller", &[], validity).unwrap()).unwrap();
     RpcClient::connect(&client_endpoint(&identity), &server.addr, Role::Scheduler).await
 }
 
@@ -124,12 +119,7 @@ async fn wait_for_count(counter: &prometheus::IntCounterVec, label: &str) -> u64
     let seen: Vec<String> = counter
         .collect()
         .iter()
-        .flat_map(|family| {
-            family
-                .get_metric()
-                .iter()
-                .map(|m| format!("{:?}", m.get_label()))
-        })
+        .flat_map(|family| family.get_metric().iter().map(|m| format!("{:?}", m.get_label())))
         .collect();
     panic!("no {label:?} count within 5 s; series seen: {seen:?}");
 }
@@ -141,10 +131,7 @@ async fn request_fails(result: Result<RpcClient, Error>) {
         Err(_) => {}
         Ok(client) => {
             let outcome = client.call(&ClientRequest::ListNodes).await;
-            assert!(
-                outcome.is_err(),
-                "a rejected client got an answer: {outcome:?}"
-            );
+            assert!(outcome.is_err(), "a rejected client got an answer: {outcome:?}");
         }
     }
 }
@@ -159,11 +146,7 @@ async fn a_client_with_a_valid_certificate_is_served() {
     let answer = client.call(&ClientRequest::ListNodes).await.unwrap();
     assert_eq!(answer, ClientResponse::Nodes(Vec::new()));
     assert_eq!(
-        server
-            .metrics
-            .rpcs
-            .with_label_values(&["list_nodes", "ok"])
-            .get(),
+        server.metrics.rpcs.with_label_values(&["list_nodes", "ok"]).get(),
         1
     );
 }
@@ -174,18 +157,14 @@ async fn a_client_without_a_certificate_is_refused_in_the_handshake() {
     // A client that presents no certificate at all (a plain TLS client of our CA).
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(
-            rustls::pki_types::CertificateDer::from_pem_slice(server.ca.cert_pem().as_bytes())
-                .unwrap(),
-        )
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(server.ca.cert_pem().as_bytes()).unwrap())
         .unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     tls.alpn_protocols = vec![aic_protocol::tls::ALPN.to_vec()];
     let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
@@ -200,9 +179,7 @@ async fn a_client_without_a_certificate_is_refused_in_the_handshake() {
         let frame = Frame::encode(FrameKind::ClientRequest, &ClientRequest::ListNodes).unwrap();
         send.write_all(&frame.to_bytes().unwrap()).await?;
         send.finish()?;
-        Ok::<_, Box<dyn std::error::Error>>(
-            aic_protocol::frame::read_frame(&mut recv, 1 << 20).await?,
-        )
+        Ok::<_, Box<dyn std::error::Error>>(aic_protocol::frame::read_frame(&mut recv, 1 << 20).await?)
     }
     .await;
     assert!(
@@ -226,12 +203,8 @@ async fn a_certificate_from_another_ca_is_refused() {
     let stranger = stranger_ca
         .issue(Role::Client, "mallory", &[], Validity::default())
         .unwrap();
-    let identity =
-        Identity::from_pem(server.ca.cert_pem(), &stranger.cert_pem, &stranger.key_pem).unwrap();
-    request_fails(
-        RpcClient::connect(&client_endpoint(&identity), &server.addr, Role::Scheduler).await,
-    )
-    .await;
+    let identity = Identity::from_pem(server.ca.cert_pem(), &stranger.cert_pem, &stranger.key_pem).unwrap();
+    request_fails(RpcClient::connect(&client_endpoint(&identity), &server.addr, Role::Scheduler).await).await;
     assert_eq!(
         wait_for_count(&server.metrics.handshakes_rejected, "unknown_ca").await,
         1
@@ -243,10 +216,7 @@ async fn a_certificate_from_another_ca_is_refused() {
 async fn an_expired_certificate_is_refused() {
     let server = start_server();
     let now = time::OffsetDateTime::now_utc();
-    let expired = Validity::Between(
-        now - time::Duration::days(10),
-        now - time::Duration::days(1),
-    );
+    let expired = Validity::Between(now - time::Duration::days(10), now - time::Duration::days(1));
     request_fails(client_of(&server, &server.ca, Role::Client, expired).await).await;
     assert_eq!(
         wait_for_count(&server.metrics.handshakes_rejected, "expired").await,
@@ -290,10 +260,7 @@ async fn a_role_that_may_not_call_an_rpc_is_refused_before_the_handler() {
     let client = client_of(&server, &server.ca, Role::Client, Validity::default())
         .await
         .unwrap();
-    let err = client
-        .call(&PeerRequest::Ping { nonce: 1 })
-        .await
-        .unwrap_err();
+    let err = client.call(&PeerRequest::Ping { nonce: 1 }).await.unwrap_err();
     assert!(matches!(
         err,
         Error::Rpc(RpcError {
@@ -361,11 +328,7 @@ async fn bad_frames_get_error_answers_and_the_connection_keeps_serving() {
         "not_a_request",
     ] {
         assert_eq!(
-            server
-                .metrics
-                .frames_rejected
-                .with_label_values(&[reason])
-                .get(),
+            server.metrics.frames_rejected.with_label_values(&[reason]).get(),
             1,
             "reason {reason}"
         );

@@ -14,18 +14,11 @@ pub struct SchedulerApi {
 }
 
 fn unavailable(error: actix::MailboxError) -> RpcError {
-    RpcError::new(
-        ErrorCode::Unavailable,
-        format!("registry unavailable: {error}"),
-    )
+    RpcError::new(ErrorCode::Unavailable, format!("registry unavailable: {error}"))
 }
 
 impl RpcHandler for SchedulerApi {
-    async fn node(
-        &self,
-        peer: &PeerIdentity,
-        request: NodeRequest,
-    ) -> Result<NodeResponse, RpcError> {
+    async fn node(&self, peer: &PeerIdentity, request: NodeRequest) -> Result<NodeResponse, RpcError> {
         let peer = peer.clone();
         match request {
             NodeRequest::Register(registration) => self
@@ -41,11 +34,7 @@ impl RpcHandler for SchedulerApi {
         }
     }
 
-    async fn client(
-        &self,
-        _peer: &PeerIdentity,
-        request: ClientRequest,
-    ) -> Result<ClientResponse, RpcError> {
+    async fn client(&self, _peer: &PeerIdentity, request: ClientRequest) -> Result<ClientResponse, RpcError> {
         match request {
             ClientRequest::ListNodes => Ok(ClientResponse::Nodes(
                 self.registry.send(ListNodes).await.map_err(unavailable)?,

@@ -52,10 +52,7 @@ impl Validate for SchedulerConfig {
         if !(10..=60_000).contains(&m.heartbeat_interval_ms) {
             return Err(Invalid::new(
                 "membership.heartbeat_interval_ms",
-                format!(
-                    "must be between 10 and 60000, got {}",
-                    m.heartbeat_interval_ms
-                ),
+                format!("must be between 10 and 60000, got {}", m.heartbeat_interval_ms),
             ));
         }
         if !(1..=100).contains(&m.missed_heartbeats_before_down) {

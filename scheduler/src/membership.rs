@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aic_protocol::certs::PeerIdentity;
-use aic_protocol::messages::{
-    Heartbeat, NodeState, NodeStatus, ProbeTarget, Registration, RttSample,
-};
+use aic_protocol::messages::{Heartbeat, NodeState, NodeStatus, ProbeTarget, Registration, RttSample};
 use aic_protocol::{ErrorCode, NodeId, Role, RpcError};
 
 /// Limits on what a node may tell us, so one node cannot grow the registry without bound.
@@ -106,11 +104,7 @@ impl Membership {
         check_len("quic_addr", &registration.quic_addr, MAX_ADDR_LEN)?;
         check_len("metrics_addr", &registration.metrics_addr, MAX_ADDR_LEN)?;
         check_len("version", &registration.version, MAX_NAME_LEN)?;
-        check_len(
-            "capacity.device",
-            &registration.capacity.device,
-            MAX_NAME_LEN,
-        )?;
+        check_len("capacity.device", &registration.capacity.device, MAX_NAME_LEN)?;
         if !registration.quic_addr.contains(':') {
             return Err(RpcError::new(
                 ErrorCode::InvalidArgument,
@@ -185,9 +179,7 @@ impl Membership {
         let down_after = self.rules.down_after();
         let mut events = Vec::new();
         for (node, member) in &mut self.members {
-            if member.state == NodeState::Up
-                && now.saturating_duration_since(member.last_seen) > down_after
-            {
+            if member.state == NodeState::Up && now.saturating_duration_since(member.last_seen) > down_after {
                 member.state = NodeState::Down;
                 member.times_marked_down = member.times_marked_down.saturating_add(1);
                 events.push(MembershipEvent::MarkedDown {
@@ -256,13 +248,7 @@ impl Membership {
         }
         let start = member.probe_cursor % peers.len();
         member.probe_cursor = (start + 1) % peers.len();
-        peers
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(wanted)
-            .cloned()
-            .collect()
+        peers.iter().cycle().skip(start).take(wanted).cloned().collect()
     }
 }
 
@@ -373,11 +359,7 @@ mod tests {
     fn a_heartbeat_from_an_unregistered_node_asks_it_to_register() {
         let mut membership = Membership::new(rules(), scheduler_row());
         let err = membership
-            .heartbeat(
-                NodeId::from_public_key(b"stranger"),
-                heartbeat(),
-                Instant::now(),
-            )
+            .heartbeat(NodeId::from_public_key(b"stranger"), heartbeat(), Instant::now())
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownNode);
     }
@@ -390,11 +372,7 @@ mod tests {
         claim.role = Role::Storage;
         let err = membership.register(&a, claim, Instant::now()).unwrap_err();
         assert_eq!(err.code, ErrorCode::PermissionDenied);
-        assert_eq!(
-            membership.list(Instant::now()).len(),
-            1,
-            "nothing was registered"
-        );
+        assert_eq!(membership.list(Instant::now()).len(), 1, "nothing was registered");
     }
 
     #[test]
@@ -404,10 +382,7 @@ mod tests {
         let mut claim = registration(&a, 1);
         claim.name = "x".repeat(MAX_NAME_LEN + 1);
         assert_eq!(
-            membership
-                .register(&a, claim, Instant::now())
-                .unwrap_err()
-                .code,
+            membership.register(&a, claim, Instant::now()).unwrap_err().code,
             ErrorCode::InvalidArgument
         );
         membership
@@ -436,9 +411,7 @@ mod tests {
     fn probe_targets_exclude_the_node_and_down_peers_and_rotate() {
         let t0 = Instant::now();
         let mut membership = Membership::new(rules(), scheduler_row());
-        let nodes: Vec<PeerIdentity> = (0..4)
-            .map(|i| peer(&format!("n{i}"), Role::Storage))
-            .collect();
+        let nodes: Vec<PeerIdentity> = (0..4).map(|i| peer(&format!("n{i}"), Role::Storage)).collect();
         for (i, node) in nodes.iter().enumerate() {
             membership
                 .register(node, registration(node, i as u16 + 1), t0)

@@ -45,20 +45,13 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(membership: Membership, metrics: SchedulerMetrics) -> Self {
-        Registry {
-            membership,
-            metrics,
-        }
+        Registry { membership, metrics }
     }
 
     fn apply(&mut self, events: Vec<MembershipEvent>) {
         for event in events {
             match event {
-                MembershipEvent::Registered {
-                    node,
-                    role,
-                    rejoined,
-                } => {
+                MembershipEvent::Registered { node, role, rejoined } => {
                     self.metrics
                         .registrations
                         .with_label_values(&[role.as_str(), "ok"])
@@ -148,10 +141,7 @@ impl Handler<ReceiveHeartbeat> for Registry {
             .heartbeat(message.peer.node_id, message.heartbeat, Instant::now())
         {
             Ok((probe_targets, events)) => {
-                self.metrics
-                    .heartbeats_received
-                    .with_label_values(&["ok"])
-                    .inc();
+                self.metrics.heartbeats_received.with_label_values(&["ok"]).inc();
                 if !events.is_empty() {
                     self.apply(events);
                 }

@@ -164,11 +164,7 @@ fn nodes_register_are_marked_down_when_killed_and_up_when_back() {
                     .all(|n| n.state == NodeState::Up && n.rtts.len() == 2)
         })
         .await;
-        assert_eq!(
-            nodes[0].role,
-            Role::Scheduler,
-            "the scheduler lists itself first"
-        );
+        assert_eq!(nodes[0].role, Role::Scheduler, "the scheduler lists itself first");
         let victim_before = by_name(&nodes, "compute-2").unwrap().clone();
         assert_eq!(victim_before.quic_addr, victim.quic_addr.to_string());
         let ids: Vec<_> = nodes.iter().map(|n| n.node_id).collect();
@@ -191,11 +187,7 @@ fn nodes_register_are_marked_down_when_killed_and_up_when_back() {
         assert_eq!(down.times_marked_down, 1);
         assert!(down.last_heartbeat_ms_ago.unwrap() >= 3 * HEARTBEAT_MS);
         for name in ["storage-1", "compute-1"] {
-            assert_eq!(
-                by_name(&nodes, name).unwrap().state,
-                NodeState::Up,
-                "{name}"
-            );
+            assert_eq!(by_name(&nodes, name).unwrap().state, NodeState::Up, "{name}");
         }
         // Peers stop being asked to probe the dead node, so their reports drop it.
         wait_until(&client, "no node reports an RTT to the dead one", |nodes| {

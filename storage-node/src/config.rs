@@ -55,10 +55,7 @@ impl Validate for StorageConfig {
             return Err(Invalid::new("storage.data_dir", "must name a directory"));
         }
         if self.storage.capacity_bytes == 0 {
-            return Err(Invalid::new(
-                "storage.capacity_bytes",
-                "must be more than 0",
-            ));
+            return Err(Invalid::new("storage.capacity_bytes", "must be more than 0"));
         }
         Ok(())
     }

@@ -22,11 +22,7 @@ pub use config::StorageConfig;
 struct StorageApi;
 
 impl RpcHandler for StorageApi {
-    async fn peer(
-        &self,
-        _peer: &PeerIdentity,
-        request: PeerRequest,
-    ) -> Result<PeerResponse, RpcError> {
+    async fn peer(&self, _peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
         answer_peer(request)
     }
 }
