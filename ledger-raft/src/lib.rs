@@ -1,9 +1,27 @@
-//! The AIC ledger: who owns what.
+//! The AIC ledger: who owns what, replicated by Raft.
 //!
-//! This crate will own the ledger state machine (accounts with u128 balances, ERC20 allowances,
-//! ERC721 assets, job escrow, stakes, issuance), its openraft log store and snapshots, the Raft
-//! network over the protocol crate's QUIC transport, signed transactions and blocks, and the
-//! ledger client. It is filled by the ledger issue; until then it only re-exports the ids the
-//! ledger will key its state by, so the workspace's dependency graph is already in its final shape.
+//! ```text
+//!  SignedTransaction ─┐                        ┌─► LedgerState::apply_transaction (pure, checked)
+//!  BlockHeader ───────┴─► LedgerCommand ─► Raft log (fsync) ─► state machine ─► audit (tests)
+//!                                              │
+//!                                 snapshots ◄──┘  (install on lagging followers)
+//! ```
+//!
+//! `state` is the deterministic core: accounts, ERC20 and ERC721 semantics, escrow, stake,
+//! issuance and blocks, with an audit of the invariants. `raft` wires it into openraft with a
+//! durable log and a QUIC network on the protocol crate's transport.
 
-pub use aic_protocol::{AssetId, JobId, NodeId};
+pub mod amount;
+pub mod block;
+pub mod error;
+pub mod genesis;
+pub mod issuance;
+pub mod keys;
+pub mod state;
+pub mod tx;
+
+pub use amount::Amount;
+pub use error::{InvariantViolation, TxError};
+pub use keys::{Address, Keypair};
+pub use state::LedgerState;
+pub use tx::{Call, SignedTransaction, Transaction};

@@ -1,0 +1,161 @@
+//! AIC amounts: u128 base units with 18 decimals, checked arithmetic only, and the decimal text
+//! form people type and read ("12.5").
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TxError;
+
+/// Decimal places of one AIC.
+pub const DECIMALS: u32 = 18;
+/// Base units in one AIC.
+pub const ONE_AIC: u128 = 1_000_000_000_000_000_000;
+
+/// An amount of AIC in base units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Amount(pub u128);
+
+impl Amount {
+    pub const ZERO: Amount = Amount(0);
+
+    pub const fn base_units(units: u128) -> Self {
+        Amount(units)
+    }
+
+    /// Whole AIC; `None` if it does not fit.
+    pub fn aic(whole: u128) -> Option<Self> {
+        whole.checked_mul(ONE_AIC).map(Amount)
+    }
+
+    pub fn checked_add(self, other: Amount) -> Result<Amount, TxError> {
+        self.0.checked_add(other.0).map(Amount).ok_or(TxError::Overflow)
+    }
+
+    pub fn checked_sub(self, other: Amount) -> Option<Amount> {
+        self.0.checked_sub(other.0).map(Amount)
+    }
+
+    /// `self × numerator / denominator` without intermediate overflow for the sizes a ledger
+    /// holds (the remainder term stays below `denominator²`).
+    pub fn mul_div(self, numerator: u128, denominator: u128) -> Option<Amount> {
+        if denominator == 0 {
+            return None;
+        }
+        let whole = (self.0 / denominator).checked_mul(numerator)?;
+        let part = (self.0 % denominator).checked_mul(numerator)? / denominator;
+        whole.checked_add(part).map(Amount)
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for Amount {
+    /// Decimal AIC with trailing zeros trimmed: `12.5`, `0.000000000000000001`, `3`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.0 / ONE_AIC;
+        let fraction = self.0 % ONE_AIC;
+        if fraction == 0 {
+            return write!(f, "{whole}");
+        }
+        let digits = format!("{fraction:018}");
+        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+/// Why a decimal amount did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid amount {input:?}: {reason}")]
+pub struct AmountParseError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+impl FromStr for Amount {
+    type Err = AmountParseError;
+
+    /// Parses decimal AIC (`"12.5"`), or base units with a `base:` prefix (`"base:1"`).
+    fn from_str(s: &str) -> Result<Self, AmountParseError> {
+        let error = |reason| AmountParseError {
+            input: s.to_string(),
+            reason,
+        };
+        if let Some(units) = s.strip_prefix("base:") {
+            return units
+                .parse::<u128>()
+                .map(Amount)
+                .map_err(|_| error("base units must be a whole number that fits u128"));
+        }
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return Err(error("empty"));
+        }
+        if !whole.chars().all(|c| c.is_ascii_digit()) || !fraction.chars().all(|c| c.is_ascii_digit()) {
+            return Err(error("only digits and one decimal point are allowed"));
+        }
+        if fraction.len() > DECIMALS as usize {
+            return Err(error("more than 18 decimal places"));
+        }
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| error("too large"))?
+        };
+        let fraction_units: u128 = if fraction.is_empty() {
+            0
+        } else {
+            format!("{fraction:0<18}")
+                .parse()
+                .map_err(|_| error("bad fraction"))?
+        };
+        whole
+            .checked_mul(ONE_AIC)
+            .and_then(|w| w.checked_add(fraction_units))
+            .map(Amount)
+            .ok_or_else(|| error("too large"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_text_round_trips() {
+        for text in ["0", "1", "12.5", "0.000000000000000001", "10000000000"] {
+            let amount: Amount = text.parse().unwrap();
+            assert_eq!(amount.to_string(), text);
+        }
+        assert_eq!("1.50".parse::<Amount>().unwrap().to_string(), "1.5");
+        assert_eq!("base:7".parse::<Amount>().unwrap(), Amount(7));
+    }
+
+    #[test]
+    fn bad_text_is_refused() {
+        for text in [
+            "",
+            ".",
+            "1.2.3",
+            "-1",
+            "1e5",
+            "0.0000000000000000001",
+            "999999999999999999999999",
+        ] {
+            assert!(text.parse::<Amount>().is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn arithmetic_is_checked() {
+        assert_eq!(Amount(u128::MAX).checked_add(Amount(1)), Err(TxError::Overflow));
+        assert_eq!(Amount(0).checked_sub(Amount(1)), None);
+        assert_eq!(
+            Amount(u128::MAX).mul_div(3, 4),
+            Some(Amount(u128::MAX / 4 * 3 + 2))
+        );
+        assert_eq!(Amount(10).mul_div(1, 0), None);
+    }
+}

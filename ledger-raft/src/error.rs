@@ -1,0 +1,101 @@
+//! Why a transaction was refused (each with a stable code), and the ledger's own faults.
+
+use serde::{Deserialize, Serialize};
+
+/// A transaction's refusal. The state is unchanged whenever one of these is returned. The codes
+/// are part of the protocol: append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum TxError {
+    #[error("signature does not verify (strict Ed25519)")]
+    BadSignature,
+    #[error("transaction is for chain {got:?}, this ledger is {expected:?}")]
+    WrongChain { expected: String, got: String },
+    #[error("nonce {got} is not the account's next nonce {expected}")]
+    BadNonce { expected: u64, got: u64 },
+    #[error("balance {available} base units is less than {needed}")]
+    InsufficientBalance { available: u128, needed: u128 },
+    #[error("allowance {available} base units is less than {needed}")]
+    InsufficientAllowance { available: u128, needed: u128 },
+    #[error("{locked} base units are still locked by vesting")]
+    Locked { locked: u128 },
+    #[error("amount would overflow")]
+    Overflow,
+    #[error("unknown asset {0}")]
+    UnknownAsset(String),
+    #[error("caller is neither the owner nor approved for asset {0}")]
+    NotOwnerOrApproved(String),
+    #[error("asset {asset} is owned by {owner}, not {claimed}")]
+    WrongOwner {
+        asset: String,
+        owner: String,
+        claimed: String,
+    },
+    #[error("only the scheduler's system key may send this")]
+    NotSystem,
+    #[error("unknown escrow for job {0}")]
+    UnknownEscrow(String),
+    #[error("an escrow for job {0} already exists")]
+    EscrowExists(String),
+    #[error("stake {available} base units is less than {needed}")]
+    InsufficientStake { available: u128, needed: u128 },
+    #[error("issuance of {requested} base units exceeds what may be issued now ({allowed})")]
+    IssuanceCap { requested: u128, allowed: u128 },
+    #[error("invalid transaction: {0}")]
+    Invalid(String),
+    #[error("block does not extend the chain: {0}")]
+    BadBlock(String),
+}
+
+impl TxError {
+    /// The stable numeric code of this refusal.
+    pub fn code(&self) -> u16 {
+        match self {
+            TxError::BadSignature => 100,
+            TxError::WrongChain { .. } => 101,
+            TxError::BadNonce { .. } => 102,
+            TxError::InsufficientBalance { .. } => 103,
+            TxError::InsufficientAllowance { .. } => 104,
+            TxError::Locked { .. } => 105,
+            TxError::Overflow => 106,
+            TxError::UnknownAsset(_) => 107,
+            TxError::NotOwnerOrApproved(_) => 108,
+            TxError::WrongOwner { .. } => 109,
+            TxError::NotSystem => 110,
+            TxError::UnknownEscrow(_) => 111,
+            TxError::EscrowExists(_) => 112,
+            TxError::InsufficientStake { .. } => 113,
+            TxError::IssuanceCap { .. } => 114,
+            TxError::Invalid(_) => 115,
+            TxError::BadBlock(_) => 116,
+        }
+    }
+
+    /// A snake_case name for metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TxError::BadSignature => "bad_signature",
+            TxError::WrongChain { .. } => "wrong_chain",
+            TxError::BadNonce { .. } => "bad_nonce",
+            TxError::InsufficientBalance { .. } => "insufficient_balance",
+            TxError::InsufficientAllowance { .. } => "insufficient_allowance",
+            TxError::Locked { .. } => "locked",
+            TxError::Overflow => "overflow",
+            TxError::UnknownAsset(_) => "unknown_asset",
+            TxError::NotOwnerOrApproved(_) => "not_owner_or_approved",
+            TxError::WrongOwner { .. } => "wrong_owner",
+            TxError::NotSystem => "not_system",
+            TxError::UnknownEscrow(_) => "unknown_escrow",
+            TxError::EscrowExists(_) => "escrow_exists",
+            TxError::InsufficientStake { .. } => "insufficient_stake",
+            TxError::IssuanceCap { .. } => "issuance_cap",
+            TxError::Invalid(_) => "invalid",
+            TxError::BadBlock(_) => "bad_block",
+        }
+    }
+}
+
+/// A broken ledger invariant. Never a transaction's fault: the replica stops.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("ledger invariant violated: {0}")]
+pub struct InvariantViolation(pub String);

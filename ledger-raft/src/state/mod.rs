@@ -1,0 +1,427 @@
+//! The ledger's state and the deterministic application of transactions and blocks to it.
+//!
+//! Every operation checks everything it needs before it changes anything, so a refused
+//! transaction leaves the state exactly as it was. The concerns live in sibling files:
+//! `erc20` (balances, allowances, burn), `erc721` (assets), `escrow` (jobs, stake, slash,
+//! rewards), `blocks` (sealing), `invariants` (the audit).
+
+mod blocks;
+mod erc20;
+mod erc721;
+mod escrow;
+mod invariants;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use aic_protocol::{AssetId, JobId};
+use serde::{Deserialize, Serialize};
+
+use crate::amount::Amount;
+use crate::block::BlockHeader;
+use crate::error::{InvariantViolation, TxError};
+use crate::genesis::{Genesis, VestingSchedule};
+use crate::keys::Address;
+use crate::tx::{AssetKind, AssetMetadata, Call, PayoutKind, SignedTransaction};
+
+/// How many recent events each account's history keeps.
+pub const HISTORY_PER_ACCOUNT: usize = 256;
+
+/// A vesting lock on part of an account's balance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vesting {
+    pub total: Amount,
+    pub schedule: VestingSchedule,
+}
+
+impl Vesting {
+    /// What is still locked at ledger time `now_ms`.
+    pub fn locked_at(&self, now_ms: u64) -> Amount {
+        let s = self.schedule;
+        if now_ms < s.start_ms.saturating_add(s.cliff_ms) {
+            return self.total;
+        }
+        let elapsed = now_ms - s.start_ms;
+        if elapsed >= s.duration_ms {
+            return Amount::ZERO;
+        }
+        let vested = self
+            .total
+            .mul_div(u128::from(elapsed), u128::from(s.duration_ms))
+            .unwrap_or(self.total);
+        self.total.checked_sub(vested).unwrap_or(Amount::ZERO)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: Amount,
+    /// The nonce the account's next transaction must carry.
+    pub nonce: u64,
+    pub stake: Amount,
+    pub vesting: Option<Vesting>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Asset {
+    pub kind: AssetKind,
+    pub owner: Address,
+    pub approved: Option<Address>,
+    pub metadata: AssetMetadata,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escrow {
+    pub payer: Address,
+    pub remaining: Amount,
+}
+
+/// What a successful transaction did, as the standards name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// ERC20 Transfer; `None` is the zero address (mint or burn).
+    Transfer {
+        from: Option<Address>,
+        to: Option<Address>,
+        amount: Amount,
+    },
+    /// ERC20 Approval.
+    Approval {
+        owner: Address,
+        spender: Address,
+        amount: Amount,
+    },
+    /// ERC721 Transfer; `None` is the zero address (mint or burn).
+    AssetTransfer {
+        from: Option<Address>,
+        to: Option<Address>,
+        asset: AssetId,
+    },
+    /// ERC721 Approval.
+    AssetApproval {
+        owner: Address,
+        approved: Option<Address>,
+        asset: AssetId,
+    },
+    /// ERC721 ApprovalForAll.
+    ApprovalForAll {
+        owner: Address,
+        operator: Address,
+        approved: bool,
+    },
+    EscrowOpened {
+        job: JobId,
+        payer: Address,
+        amount: Amount,
+    },
+    EscrowPaid {
+        job: JobId,
+        to: Address,
+        amount: Amount,
+        kind: PayoutKind,
+    },
+    EscrowRefunded {
+        job: JobId,
+        to: Address,
+        amount: Amount,
+    },
+    PlatformFeeBurned {
+        job: JobId,
+        amount: Amount,
+    },
+    Staked {
+        account: Address,
+        amount: Amount,
+    },
+    Unstaked {
+        account: Address,
+        amount: Amount,
+    },
+    Slashed {
+        account: Address,
+        amount: Amount,
+        reason: String,
+    },
+    Rewarded {
+        to: Address,
+        amount: Amount,
+    },
+}
+
+impl Event {
+    /// The accounts whose history this event belongs in.
+    fn parties(&self) -> Vec<Address> {
+        let mut parties = Vec::new();
+        match self {
+            Event::Transfer { from, to, .. } | Event::AssetTransfer { from, to, .. } => {
+                parties.extend(from.iter().chain(to.iter()).copied())
+            }
+            Event::Approval { owner, spender, .. } => parties.extend([*owner, *spender]),
+            Event::AssetApproval { owner, approved, .. } => {
+                parties.extend(std::iter::once(*owner).chain(*approved))
+            }
+            Event::ApprovalForAll { owner, operator, .. } => parties.extend([*owner, *operator]),
+            Event::EscrowOpened { payer, .. } => parties.push(*payer),
+            Event::EscrowPaid { to, .. } | Event::EscrowRefunded { to, .. } | Event::Rewarded { to, .. } => {
+                parties.push(*to)
+            }
+            Event::PlatformFeeBurned { .. } => {}
+            Event::Staked { account, .. }
+            | Event::Unstaked { account, .. }
+            | Event::Slashed { account, .. } => parties.push(*account),
+        }
+        parties.dedup();
+        parties
+    }
+}
+
+/// One line of an account's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub tx_hash: [u8; 32],
+    pub block_height: u64,
+    pub event: Event,
+}
+
+/// The whole ledger state. Ordered maps keep its encoding, and so its hash, canonical.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LedgerState {
+    pub genesis: Genesis,
+    pub accounts: BTreeMap<Address, Account>,
+    pub allowances: BTreeMap<(Address, Address), Amount>,
+    pub assets: BTreeMap<AssetId, Asset>,
+    pub asset_counts: BTreeMap<Address, u64>,
+    pub operators: BTreeSet<(Address, Address)>,
+    pub escrows: BTreeMap<JobId, Escrow>,
+    /// AIC minted into accounts at genesis (the reserve excluded).
+    pub genesis_supply: Amount,
+    pub burned: Amount,
+    /// AIC issued from the reserve so far.
+    pub issued: Amount,
+    /// Fees paid through escrow (platform fee and usage fees): the issuance curve's input.
+    pub cumulative_fees: Amount,
+    /// Ledger time: the last block's timestamp.
+    pub time_ms: u64,
+    pub history: BTreeMap<Address, VecDeque<HistoryEntry>>,
+    pub blocks: Vec<BlockHeader>,
+    /// Transaction hashes of each sealed block, by height.
+    pub block_transactions: Vec<Vec<[u8; 32]>>,
+    /// Transactions applied since the last block.
+    pub pending: Vec<[u8; 32]>,
+    pub applied_transactions: u64,
+}
+
+/// The result of one transaction.
+pub type TxResult = Result<Vec<Event>, TxError>;
+
+impl LedgerState {
+    pub fn from_genesis(genesis: Genesis) -> Self {
+        let mut state = LedgerState {
+            accounts: BTreeMap::new(),
+            allowances: BTreeMap::new(),
+            assets: BTreeMap::new(),
+            asset_counts: BTreeMap::new(),
+            operators: BTreeSet::new(),
+            escrows: BTreeMap::new(),
+            genesis_supply: Amount::ZERO,
+            burned: genesis.unsold_fundraiser,
+            issued: Amount::ZERO,
+            cumulative_fees: Amount::ZERO,
+            time_ms: genesis.time_ms,
+            history: BTreeMap::new(),
+            blocks: vec![BlockHeader::genesis(genesis.time_ms)],
+            block_transactions: vec![Vec::new()],
+            pending: Vec::new(),
+            applied_transactions: 0,
+            genesis,
+        };
+        for share in state.genesis.shares() {
+            let account = state.accounts.entry(share.holder).or_default();
+            account.balance = account
+                .balance
+                .checked_add(share.amount)
+                .expect("genesis fits u128");
+            if share.vested {
+                let total = account.vesting.map_or(Amount::ZERO, |v| v.total);
+                account.vesting = Some(Vesting {
+                    total: total.checked_add(share.amount).expect("genesis fits u128"),
+                    schedule: state.genesis.vesting,
+                });
+            }
+            state.genesis_supply = state
+                .genesis_supply
+                .checked_add(share.amount)
+                .expect("genesis fits u128");
+        }
+        // The unsold fundraiser part was minted and burned: it counts in the genesis supply.
+        state.genesis_supply = state
+            .genesis_supply
+            .checked_add(state.genesis.unsold_fundraiser)
+            .expect("genesis fits u128");
+        state
+    }
+
+    pub fn chain_id(&self) -> &str {
+        &self.genesis.chain_id
+    }
+
+    /// ERC20 totalSupply: everything in accounts, escrow and stakes.
+    pub fn total_supply(&self) -> Amount {
+        Amount(
+            (self.genesis_supply.0 + self.issued.0)
+                .checked_sub(self.burned.0)
+                .expect("burned never exceeds supply (audited)"),
+        )
+    }
+
+    pub fn account(&self, address: &Address) -> Account {
+        self.accounts.get(address).cloned().unwrap_or_default()
+    }
+
+    pub fn balance_of(&self, address: &Address) -> Amount {
+        self.accounts.get(address).map_or(Amount::ZERO, |a| a.balance)
+    }
+
+    pub fn allowance(&self, owner: &Address, spender: &Address) -> Amount {
+        self.allowances
+            .get(&(*owner, *spender))
+            .copied()
+            .unwrap_or(Amount::ZERO)
+    }
+
+    pub fn height(&self) -> u64 {
+        self.blocks.last().map_or(0, |b| b.height)
+    }
+
+    /// What `address` may move now: its balance less what vesting still locks.
+    pub fn spendable(&self, address: &Address) -> Amount {
+        let account = self.account(address);
+        let locked = account
+            .vesting
+            .map_or(Amount::ZERO, |v| v.locked_at(self.time_ms));
+        account.balance.checked_sub(locked).unwrap_or(Amount::ZERO)
+    }
+
+    /// The hash of the whole state: equal on every replica at the same log index.
+    pub fn state_hash(&self) -> [u8; 32] {
+        *blake3::hash(&postcard::to_stdvec(self).expect("state always encodes")).as_bytes()
+    }
+
+    /// Applies one signed transaction. On `Err` nothing changed; on `Ok` the sender's nonce moved
+    /// on by one, and the events are in the parties' histories.
+    pub fn apply_transaction(&mut self, signed: &SignedTransaction) -> TxResult {
+        let tx = &signed.tx;
+        if tx.chain_id != self.genesis.chain_id {
+            return Err(TxError::WrongChain {
+                expected: self.genesis.chain_id.clone(),
+                got: tx.chain_id.clone(),
+            });
+        }
+        if !signed.verify() {
+            return Err(TxError::BadSignature);
+        }
+        if tx.call.is_system() && tx.from != self.genesis.system_key {
+            return Err(TxError::NotSystem);
+        }
+        let expected = self.account(&tx.from).nonce;
+        if tx.nonce != expected {
+            return Err(TxError::BadNonce {
+                expected,
+                got: tx.nonce,
+            });
+        }
+        let next_nonce = expected.checked_add(1).ok_or(TxError::Overflow)?;
+
+        let hash = signed.hash();
+        let events = self.dispatch(&tx.from, tx.nonce, &tx.call)?;
+
+        self.accounts.entry(tx.from).or_default().nonce = next_nonce;
+        self.applied_transactions += 1;
+        self.pending.push(hash);
+        let height = self.height() + 1;
+        for event in &events {
+            for party in event.parties() {
+                let history = self.history.entry(party).or_default();
+                if history.len() == HISTORY_PER_ACCOUNT {
+                    history.pop_front();
+                }
+                history.push_back(HistoryEntry {
+                    tx_hash: hash,
+                    block_height: height,
+                    event: event.clone(),
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    fn dispatch(&mut self, from: &Address, nonce: u64, call: &Call) -> TxResult {
+        match call {
+            Call::Transfer { to, amount } => self.transfer(from, to, *amount),
+            Call::Approve { spender, amount } => self.approve(from, spender, *amount),
+            Call::TransferFrom { owner, to, amount } => self.transfer_from(from, owner, to, *amount),
+            Call::Burn { amount } => self.burn(from, *amount),
+            Call::MintAsset { kind, metadata } => self.mint_asset(from, from, nonce, *kind, metadata),
+            Call::MintAssetTo {
+                owner,
+                kind,
+                metadata,
+            } => self.mint_asset(from, owner, nonce, *kind, metadata),
+            Call::TransferAsset {
+                from: owner,
+                to,
+                asset,
+            } => self.transfer_asset(from, owner, to, asset),
+            Call::ApproveAsset { approved, asset } => self.approve_asset(from, *approved, asset),
+            Call::SetApprovalForAll { operator, approved } => {
+                self.set_approval_for_all(from, operator, *approved)
+            }
+            Call::BurnAsset { asset } => self.burn_asset(from, asset),
+            Call::OpenEscrow { job, amount } => self.open_escrow(from, job, *amount),
+            Call::Stake { amount } => self.stake(from, *amount),
+            Call::Unstake { amount } => self.unstake(from, *amount),
+            Call::ReleaseEscrow {
+                job,
+                payouts,
+                platform_fee,
+            } => self.release_escrow(job, payouts, *platform_fee),
+            Call::RefundEscrow { job } => self.refund_escrow(job),
+            Call::Slash {
+                account,
+                amount,
+                reason,
+            } => self.slash(account, *amount, reason),
+            Call::Reward { to, amount } => self.reward(to, *amount),
+        }
+    }
+
+    /// Credits `amount` to `to`, creating the account; fails before changing anything if the
+    /// balance would overflow.
+    fn credit(&mut self, to: &Address, amount: Amount) -> Result<(), TxError> {
+        let balance = self.balance_of(to).checked_add(amount)?;
+        self.accounts.entry(*to).or_default().balance = balance;
+        Ok(())
+    }
+
+    /// Checks that `from` can spend `amount` now.
+    fn check_spendable(&self, from: &Address, amount: Amount) -> Result<(), TxError> {
+        let balance = self.balance_of(from);
+        if balance < amount {
+            return Err(TxError::InsufficientBalance {
+                available: balance.0,
+                needed: amount.0,
+            });
+        }
+        let spendable = self.spendable(from);
+        if spendable < amount {
+            return Err(TxError::Locked {
+                locked: (balance.0 - spendable.0),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the audit; a violation is fatal for the replica.
+    pub fn audit(&self) -> Result<(), InvariantViolation> {
+        invariants::audit(self)
+    }
+}

@@ -1,0 +1,221 @@
+//! Transactions: what an account asks the ledger to do, signed over a canonical encoding that
+//! binds the chain id and the account's next nonce (so neither replays nor cross-chain replays
+//! apply twice).
+
+use aic_protocol::{AssetId, JobId};
+use serde::{Deserialize, Serialize};
+
+use crate::amount::Amount;
+use crate::keys::{verify_strict, Address, Keypair};
+
+/// Kinds of ERC721 asset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetKind {
+    Dataset,
+    Model,
+    TrainedModel,
+}
+
+/// What an asset's token records about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetMetadata {
+    pub name: String,
+    /// BLAKE3 of the asset's content (manifest or weights).
+    pub content_hash: [u8; 32],
+    /// The manifest, as JSON text.
+    pub manifest: String,
+    /// What a user pays the owner each time a job uses the asset.
+    pub usage_fee: Amount,
+}
+
+/// Why escrow money goes to someone; fees count towards the issuance curve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayoutKind {
+    Compute,
+    Storage,
+    DatasetFee,
+    ModelFee,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payout {
+    pub to: Address,
+    pub amount: Amount,
+    pub kind: PayoutKind,
+}
+
+/// The operations of the ledger. User calls are signed by `from`; system calls only by the
+/// scheduler's system key named in genesis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Call {
+    // ERC20
+    Transfer {
+        to: Address,
+        amount: Amount,
+    },
+    Approve {
+        spender: Address,
+        amount: Amount,
+    },
+    TransferFrom {
+        owner: Address,
+        to: Address,
+        amount: Amount,
+    },
+    Burn {
+        amount: Amount,
+    },
+    // ERC721
+    MintAsset {
+        kind: AssetKind,
+        metadata: AssetMetadata,
+    },
+    TransferAsset {
+        from: Address,
+        to: Address,
+        asset: AssetId,
+    },
+    ApproveAsset {
+        approved: Option<Address>,
+        asset: AssetId,
+    },
+    SetApprovalForAll {
+        operator: Address,
+        approved: bool,
+    },
+    BurnAsset {
+        asset: AssetId,
+    },
+    // Jobs and stake
+    OpenEscrow {
+        job: JobId,
+        amount: Amount,
+    },
+    Stake {
+        amount: Amount,
+    },
+    Unstake {
+        amount: Amount,
+    },
+    // System calls
+    ReleaseEscrow {
+        job: JobId,
+        payouts: Vec<Payout>,
+        platform_fee: Amount,
+    },
+    RefundEscrow {
+        job: JobId,
+    },
+    Slash {
+        account: Address,
+        amount: Amount,
+        reason: String,
+    },
+    Reward {
+        to: Address,
+        amount: Amount,
+    },
+    MintAssetTo {
+        owner: Address,
+        kind: AssetKind,
+        metadata: AssetMetadata,
+    },
+}
+
+impl Call {
+    pub fn is_system(&self) -> bool {
+        matches!(
+            self,
+            Call::ReleaseEscrow { .. }
+                | Call::RefundEscrow { .. }
+                | Call::Slash { .. }
+                | Call::Reward { .. }
+                | Call::MintAssetTo { .. }
+        )
+    }
+
+    /// The call's name, a closed set for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Call::Transfer { .. } => "transfer",
+            Call::Approve { .. } => "approve",
+            Call::TransferFrom { .. } => "transfer_from",
+            Call::Burn { .. } => "burn",
+            Call::MintAsset { .. } => "mint_asset",
+            Call::TransferAsset { .. } => "transfer_asset",
+            Call::ApproveAsset { .. } => "approve_asset",
+            Call::SetApprovalForAll { .. } => "set_approval_for_all",
+            Call::BurnAsset { .. } => "burn_asset",
+            Call::OpenEscrow { .. } => "open_escrow",
+            Call::Stake { .. } => "stake",
+            Call::Unstake { .. } => "unstake",
+            Call::ReleaseEscrow { .. } => "release_escrow",
+            Call::RefundEscrow { .. } => "refund_escrow",
+            Call::Slash { .. } => "slash",
+            Call::Reward { .. } => "reward",
+            Call::MintAssetTo { .. } => "mint_asset_to",
+        }
+    }
+}
+
+/// The signed part of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub chain_id: String,
+    pub from: Address,
+    pub nonce: u64,
+    pub call: Call,
+}
+
+impl Transaction {
+    /// The canonical bytes that are signed: a domain tag, then the postcard encoding.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut bytes = b"aic-tx-v1\0".to_vec();
+        bytes.extend(postcard::to_stdvec(self).expect("a transaction always encodes"));
+        bytes
+    }
+
+    pub fn sign(self, key: &Keypair) -> SignedTransaction {
+        let signature = key.sign(&self.signing_bytes());
+        SignedTransaction { tx: self, signature }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTransaction {
+    pub tx: Transaction,
+    #[serde(with = "signature_bytes")]
+    pub signature: [u8; 64],
+}
+
+impl SignedTransaction {
+    pub fn verify(&self) -> bool {
+        verify_strict(&self.tx.from, &self.tx.signing_bytes(), &self.signature)
+    }
+
+    /// The transaction's id: BLAKE3 of its signed bytes and signature.
+    pub fn hash(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.tx.signing_bytes());
+        hasher.update(&self.signature);
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// serde for `[u8; 64]` (serde derives arrays only up to 32).
+pub(crate) mod signature_bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8; 64], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 64], D::Error> {
+        let bytes: Vec<u8> = serde::de::Deserialize::deserialize(deserializer)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a signature is 64 bytes"))
+    }
+}

@@ -1,0 +1,646 @@
+//! The ledger state machine against the standards and against bad input: every refusal has its
+//! own error and leaves the state unchanged, and the audit holds after every step.
+
+use aic_ledger::amount::Amount;
+use aic_ledger::genesis::{Genesis, Holders};
+use aic_ledger::state::Event;
+use aic_ledger::tx::{AssetKind, AssetMetadata, Call, Payout, PayoutKind, Transaction};
+use aic_ledger::{Address, Keypair, LedgerState, TxError};
+use aic_protocol::JobId;
+
+struct World {
+    state: LedgerState,
+    system: Keypair,
+    fundraiser: Keypair,
+    team: Keypair,
+    alice: Keypair,
+    bob: Keypair,
+}
+
+fn world() -> World {
+    let system = Keypair::generate();
+    let fundraiser = Keypair::generate();
+    let team = Keypair::generate();
+    let holders = Holders {
+        fundraiser: fundraiser.address(),
+        advisors: Keypair::generate().address(),
+        company: Keypair::generate().address(),
+        team: team.address(),
+        operations: Keypair::generate().address(),
+    };
+    let genesis = Genesis::local("aic-test", 1_000_000, holders, system.address());
+    let state = LedgerState::from_genesis(genesis);
+    state.audit().unwrap();
+    World {
+        state,
+        system,
+        fundraiser,
+        team,
+        alice: Keypair::generate(),
+        bob: Keypair::generate(),
+    }
+}
+
+fn aic(n: u128) -> Amount {
+    Amount::aic(n).unwrap()
+}
+
+impl World {
+    fn send(&mut self, key: &Keypair, call: Call) -> Result<Vec<Event>, TxError> {
+        let nonce = self.state.account(&key.address()).nonce;
+        let signed = Transaction {
+            chain_id: "aic-test".into(),
+            from: key.address(),
+            nonce,
+            call,
+        }
+        .sign(key);
+        let before = self.state.clone();
+        let result = self.state.apply_transaction(&signed);
+        if result.is_err() {
+            assert_eq!(self.state, before, "a refused transaction changed the state");
+        }
+        self.state.audit().unwrap();
+        result
+    }
+
+    fn fund(&mut self, to: Address, amount: Amount) {
+        let fundraiser = self.fundraiser.clone();
+        self.send(&fundraiser, Call::Transfer { to, amount }).unwrap();
+    }
+}
+
+#[test]
+fn genesis_follows_the_whitepaper_split() {
+    let w = world();
+    let g = &w.state.genesis;
+    assert_eq!(w.state.balance_of(&g.holders.fundraiser), aic(3_000_000_000));
+    assert_eq!(w.state.balance_of(&g.holders.team), aic(2_500_000_000));
+    assert_eq!(w.state.balance_of(&g.holders.advisors), aic(1_000_000_000));
+    assert_eq!(w.state.balance_of(&g.holders.company), aic(1_000_000_000));
+    assert_eq!(w.state.balance_of(&g.holders.operations), aic(500_000_000));
+    assert_eq!(g.reserve(), aic(2_000_000_000));
+    assert_eq!(
+        w.state.total_supply(),
+        aic(8_000_000_000),
+        "the reserve is not circulating"
+    );
+}
+
+#[test]
+fn unsold_fundraiser_tokens_are_burned_at_genesis() {
+    let mut w = world();
+    let mut genesis = w.state.genesis.clone();
+    genesis.unsold_fundraiser = aic(1_000_000_000);
+    w.state = LedgerState::from_genesis(genesis);
+    w.state.audit().unwrap();
+    assert_eq!(w.state.balance_of(&w.fundraiser.address()), aic(2_000_000_000));
+    assert_eq!(w.state.burned, aic(1_000_000_000));
+    assert_eq!(w.state.total_supply(), aic(7_000_000_000));
+}
+
+#[test]
+fn erc20_transfers_self_transfers_and_zero_amounts() {
+    let mut w = world();
+    w.fund(w.alice.address(), aic(100));
+    let alice = w.alice.clone();
+    let events = w
+        .send(
+            &alice,
+            Call::Transfer {
+                to: w.bob.address(),
+                amount: aic(40),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![Event::Transfer {
+            from: Some(alice.address()),
+            to: Some(w.bob.address()),
+            amount: aic(40)
+        }]
+    );
+    assert_eq!(w.state.balance_of(&alice.address()), aic(60));
+    assert_eq!(w.state.balance_of(&w.bob.address()), aic(40));
+    // Self-transfer: allowed, emits Transfer, changes nothing.
+    w.send(
+        &alice,
+        Call::Transfer {
+            to: alice.address(),
+            amount: aic(60),
+        },
+    )
+    .unwrap();
+    assert_eq!(w.state.balance_of(&alice.address()), aic(60));
+    // Zero amount: allowed.
+    w.send(
+        &alice,
+        Call::Transfer {
+            to: w.bob.address(),
+            amount: Amount::ZERO,
+        },
+    )
+    .unwrap();
+    // Above balance: refused, nothing changes (checked in `send`).
+    let err = w
+        .send(
+            &alice,
+            Call::Transfer {
+                to: w.bob.address(),
+                amount: aic(61),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, TxError::InsufficientBalance { .. }));
+    assert_eq!(err.code(), 103);
+    // Amounts near u128::MAX are refused, not wrapped.
+    let err = w
+        .send(
+            &alice,
+            Call::Transfer {
+                to: w.bob.address(),
+                amount: Amount(u128::MAX),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, TxError::InsufficientBalance { .. }));
+}
+
+#[test]
+fn erc20_allowances_overwrite_and_are_spent_down() {
+    let mut w = world();
+    w.fund(w.alice.address(), aic(100));
+    let (alice, bob) = (w.alice.clone(), w.bob.clone());
+    w.send(
+        &alice,
+        Call::Approve {
+            spender: bob.address(),
+            amount: aic(10),
+        },
+    )
+    .unwrap();
+    w.send(
+        &alice,
+        Call::Approve {
+            spender: bob.address(),
+            amount: aic(30),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        w.state.allowance(&alice.address(), &bob.address()),
+        aic(30),
+        "approve overwrites"
+    );
+    let carol = Keypair::generate().address();
+    let err = w
+        .send(
+            &bob,
+            Call::TransferFrom {
+                owner: alice.address(),
+                to: carol,
+                amount: aic(31),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, TxError::InsufficientAllowance { .. }));
+    assert_eq!(err.code(), 104);
+    w.send(
+        &bob,
+        Call::TransferFrom {
+            owner: alice.address(),
+            to: carol,
+            amount: aic(20),
+        },
+    )
+    .unwrap();
+    assert_eq!(w.state.allowance(&alice.address(), &bob.address()), aic(10));
+    assert_eq!(w.state.balance_of(&carol), aic(20));
+    // Allowance above balance: the balance limits.
+    w.send(
+        &alice,
+        Call::Approve {
+            spender: bob.address(),
+            amount: aic(1000),
+        },
+    )
+    .unwrap();
+    let err = w
+        .send(
+            &bob,
+            Call::TransferFrom {
+                owner: alice.address(),
+                to: carol,
+                amount: aic(81),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, TxError::InsufficientBalance { .. }));
+}
+
+#[test]
+fn replays_wrong_chains_and_bad_signatures_are_refused_with_their_own_codes() {
+    let mut w = world();
+    w.fund(w.alice.address(), aic(10));
+    let alice = w.alice.clone();
+    let tx = Transaction {
+        chain_id: "aic-test".into(),
+        from: alice.address(),
+        nonce: 0,
+        call: Call::Transfer {
+            to: w.bob.address(),
+            amount: aic(1),
+        },
+    };
+    let signed = tx.clone().sign(&alice);
+    w.state.apply_transaction(&signed).unwrap();
+    let before = w.state.clone();
+    let replay = w.state.apply_transaction(&signed).unwrap_err();
+    assert_eq!(replay, TxError::BadNonce { expected: 1, got: 0 });
+    assert_eq!(replay.code(), 102);
+
+    let other_chain = Transaction {
+        chain_id: "aic-other".into(),
+        nonce: 1,
+        ..tx.clone()
+    }
+    .sign(&alice);
+    assert_eq!(w.state.apply_transaction(&other_chain).unwrap_err().code(), 101);
+
+    let mut forged = Transaction {
+        nonce: 1,
+        ..tx.clone()
+    }
+    .sign(&alice);
+    forged.signature[0] ^= 1;
+    assert_eq!(
+        w.state.apply_transaction(&forged).unwrap_err(),
+        TxError::BadSignature
+    );
+
+    // A non-canonical signature: S + L (the group order) verifies under lax rules, never here.
+    let mut malleable = Transaction {
+        nonce: 1,
+        ..tx.clone()
+    }
+    .sign(&alice);
+    let order: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut carry = 0u16;
+    for i in 0..32 {
+        let sum = u16::from(malleable.signature[32 + i]) + u16::from(order[i]) + carry;
+        malleable.signature[32 + i] = sum as u8;
+        carry = sum >> 8;
+    }
+    assert_eq!(
+        w.state.apply_transaction(&malleable).unwrap_err(),
+        TxError::BadSignature
+    );
+
+    // Signed by someone else on alice's behalf.
+    let impostor = Transaction { nonce: 1, ..tx }.sign(&w.bob);
+    assert_eq!(
+        w.state.apply_transaction(&impostor).unwrap_err(),
+        TxError::BadSignature
+    );
+    assert_eq!(w.state, before, "no refusal changed anything");
+}
+
+#[test]
+fn vesting_locks_the_team_share_until_it_vests() {
+    let mut w = world();
+    let team = w.team.clone();
+    let err = w
+        .send(
+            &team,
+            Call::Transfer {
+                to: w.alice.address(),
+                amount: aic(1),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, TxError::Locked { .. }), "{err:?}");
+    // Half a year later, about half is spendable.
+    w.state.time_ms += 365 * 24 * 3600 * 1000 / 2;
+    let spendable = w.state.spendable(&team.address());
+    assert!(
+        spendable > aic(1_249_000_000) && spendable < aic(1_251_000_000),
+        "{spendable}"
+    );
+    w.send(
+        &team,
+        Call::Transfer {
+            to: w.alice.address(),
+            amount: aic(1_000_000_000),
+        },
+    )
+    .unwrap();
+}
+
+fn metadata(name: &str) -> AssetMetadata {
+    AssetMetadata {
+        name: name.into(),
+        content_hash: *blake3::hash(name.as_bytes()).as_bytes(),
+        manifest: "{}".into(),
+        usage_fee: aic(1),
+    }
+}
+
+fn minted(events: &[Event]) -> aic_protocol::AssetId {
+    match &events[0] {
+        Event::AssetTransfer {
+            from: None, asset, ..
+        } => *asset,
+        other => panic!("not a mint: {other:?}"),
+    }
+}
+
+#[test]
+fn erc721_ownership_approvals_and_burns() {
+    let mut w = world();
+    let (alice, bob) = (w.alice.clone(), w.bob.clone());
+    let carol = Keypair::generate();
+    let asset = minted(
+        &w.send(
+            &alice,
+            Call::MintAsset {
+                kind: AssetKind::Dataset,
+                metadata: metadata("digits"),
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(w.state.owner_of(&asset).unwrap(), alice.address());
+    assert_eq!(w.state.asset_balance_of(&alice.address()), 1);
+
+    // Bob may not move it.
+    let err = w
+        .send(
+            &bob,
+            Call::TransferAsset {
+                from: alice.address(),
+                to: bob.address(),
+                asset,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), 108);
+    // Approved, he may; the approval is cleared by the transfer.
+    w.send(
+        &alice,
+        Call::ApproveAsset {
+            approved: Some(bob.address()),
+            asset,
+        },
+    )
+    .unwrap();
+    w.send(
+        &bob,
+        Call::TransferAsset {
+            from: alice.address(),
+            to: carol.address(),
+            asset,
+        },
+    )
+    .unwrap();
+    assert_eq!(w.state.owner_of(&asset).unwrap(), carol.address());
+    assert_eq!(
+        w.state.assets[&asset].approved, None,
+        "approval cleared on transfer"
+    );
+    assert_eq!(w.state.asset_balance_of(&alice.address()), 0);
+    // The wrong `from` is refused even for the owner.
+    let err = w
+        .send(
+            &carol,
+            Call::TransferAsset {
+                from: alice.address(),
+                to: bob.address(),
+                asset,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), 109);
+    // Operators manage everything of an owner, until revoked.
+    w.send(
+        &carol,
+        Call::SetApprovalForAll {
+            operator: bob.address(),
+            approved: true,
+        },
+    )
+    .unwrap();
+    assert!(w.state.is_approved_for_all(&carol.address(), &bob.address()));
+    w.send(
+        &bob,
+        Call::TransferAsset {
+            from: carol.address(),
+            to: carol.address(),
+            asset,
+        },
+    )
+    .unwrap();
+    w.send(
+        &carol,
+        Call::SetApprovalForAll {
+            operator: bob.address(),
+            approved: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(w.send(&bob, Call::BurnAsset { asset }).unwrap_err().code(), 108);
+    // Approval to the owner itself is refused, as ERC721 does.
+    assert_eq!(
+        w.send(
+            &carol,
+            Call::ApproveAsset {
+                approved: Some(carol.address()),
+                asset
+            }
+        )
+        .unwrap_err()
+        .code(),
+        115
+    );
+    w.send(&carol, Call::BurnAsset { asset }).unwrap();
+    assert_eq!(
+        w.state.owner_of(&asset).unwrap_err().code(),
+        107,
+        "ownerOf a burned token"
+    );
+    let unknown = aic_protocol::AssetId::random();
+    assert_eq!(
+        w.send(
+            &carol,
+            Call::TransferAsset {
+                from: carol.address(),
+                to: bob.address(),
+                asset: unknown
+            }
+        )
+        .unwrap_err()
+        .code(),
+        107
+    );
+}
+
+#[test]
+fn escrow_pays_out_burns_the_platform_fee_and_refunds_the_rest() {
+    let mut w = world();
+    w.fund(w.alice.address(), aic(1000));
+    let alice = w.alice.clone();
+    let system = w.system.clone();
+    let job = JobId::random();
+    w.send(
+        &alice,
+        Call::OpenEscrow {
+            job,
+            amount: aic(100),
+        },
+    )
+    .unwrap();
+    assert_eq!(w.state.balance_of(&alice.address()), aic(900));
+    assert_eq!(
+        w.send(&alice, Call::OpenEscrow { job, amount: aic(1) })
+            .unwrap_err()
+            .code(),
+        112
+    );
+
+    // Only the scheduler's key may release.
+    let release = Call::ReleaseEscrow {
+        job,
+        payouts: vec![
+            Payout {
+                to: w.bob.address(),
+                amount: aic(50),
+                kind: PayoutKind::Compute,
+            },
+            Payout {
+                to: w.bob.address(),
+                amount: aic(5),
+                kind: PayoutKind::DatasetFee,
+            },
+        ],
+        platform_fee: aic(10),
+    };
+    assert_eq!(w.send(&alice, release.clone()).unwrap_err(), TxError::NotSystem);
+    let too_much = Call::ReleaseEscrow {
+        job,
+        payouts: vec![],
+        platform_fee: aic(101),
+    };
+    assert!(matches!(
+        w.send(&system, too_much).unwrap_err(),
+        TxError::InsufficientBalance { .. }
+    ));
+    w.send(&system, release).unwrap();
+    assert_eq!(w.state.balance_of(&w.bob.address()), aic(55));
+    assert_eq!(w.state.burned, aic(10));
+    assert_eq!(w.state.cumulative_fees, aic(15));
+    w.send(&system, Call::RefundEscrow { job }).unwrap();
+    assert_eq!(w.state.balance_of(&alice.address()), aic(935));
+    assert!(w.state.escrows.is_empty());
+    assert_eq!(
+        w.send(&system, Call::RefundEscrow { job }).unwrap_err().code(),
+        111
+    );
+}
+
+#[test]
+fn stakes_are_slashed_into_the_burn_and_rewards_stay_under_the_curve_and_the_burn() {
+    let mut w = world();
+    w.fund(w.alice.address(), aic(1000));
+    let (alice, system) = (w.alice.clone(), w.system.clone());
+    w.send(&alice, Call::Stake { amount: aic(100) }).unwrap();
+    assert_eq!(w.state.account(&alice.address()).stake, aic(100));
+    w.send(
+        &system,
+        Call::Slash {
+            account: alice.address(),
+            amount: aic(30),
+            reason: "mismatch".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(w.state.account(&alice.address()).stake, aic(70));
+    assert_eq!(w.state.burned, aic(30));
+    assert_eq!(
+        w.send(
+            &system,
+            Call::Slash {
+                account: alice.address(),
+                amount: aic(71),
+                reason: "x".into()
+            }
+        )
+        .unwrap_err()
+        .code(),
+        113
+    );
+    w.send(&alice, Call::Unstake { amount: aic(70) }).unwrap();
+
+    // No fees paid yet: nothing may be issued, however much was burned.
+    assert_eq!(w.state.issuable(), Amount::ZERO);
+    assert_eq!(
+        w.send(
+            &system,
+            Call::Reward {
+                to: alice.address(),
+                amount: Amount(1)
+            }
+        )
+        .unwrap_err()
+        .code(),
+        114
+    );
+    // Pay a large fee through escrow: the curve opens, but the burn still bounds issuance.
+    let job = JobId::random();
+    w.fund(alice.address(), aic(300_000_000));
+    w.send(
+        &alice,
+        Call::OpenEscrow {
+            job,
+            amount: aic(200_000_000),
+        },
+    )
+    .unwrap();
+    w.send(
+        &system,
+        Call::ReleaseEscrow {
+            job,
+            payouts: vec![],
+            platform_fee: aic(200_000_000),
+        },
+    )
+    .unwrap();
+    let issuable = w.state.issuable();
+    assert_eq!(
+        issuable, w.state.burned,
+        "the curve allows more than was burned; the burn binds"
+    );
+    w.send(
+        &system,
+        Call::Reward {
+            to: w.bob.address(),
+            amount: issuable,
+        },
+    )
+    .unwrap();
+    assert_eq!(w.state.issued, issuable);
+    assert_eq!(
+        w.send(
+            &system,
+            Call::Reward {
+                to: w.bob.address(),
+                amount: Amount(1)
+            }
+        )
+        .unwrap_err()
+        .code(),
+        114
+    );
+}
