@@ -290,9 +290,9 @@ fn replays_wrong_chains_and_bad_signatures_are_refused_with_their_own_codes() {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
     ];
     let mut carry = 0u16;
-    for i in 0..32 {
-        let sum = u16::from(malleable.signature[32 + i]) + u16::from(order[i]) + carry;
-        malleable.signature[32 + i] = sum as u8;
+    for (s_byte, order_byte) in malleable.signature[32..].iter_mut().zip(order) {
+        let sum = u16::from(*s_byte) + u16::from(order_byte) + carry;
+        *s_byte = sum as u8;
         carry = sum >> 8;
     }
     assert_eq!(
