@@ -17,6 +17,8 @@ pub mod error;
 pub mod genesis;
 pub mod issuance;
 pub mod keys;
+pub mod metrics;
+pub mod raft;
 pub mod state;
 pub mod tx;
 

@@ -36,6 +36,8 @@ pub enum FrameKind {
     ClientRequest = 0x02,
     /// A node talking to another node.
     PeerRequest = 0x03,
+    /// A scheduler replica talking to another (Raft traffic, forwarded writes).
+    ReplicaRequest = 0x04,
     /// A successful answer to the request on the same stream.
     Response = 0x80,
     /// An [`crate::RpcError`] answering the request on the same stream.
@@ -48,6 +50,7 @@ impl FrameKind {
             0x01 => FrameKind::NodeRequest,
             0x02 => FrameKind::ClientRequest,
             0x03 => FrameKind::PeerRequest,
+            0x04 => FrameKind::ReplicaRequest,
             0x80 => FrameKind::Response,
             0x81 => FrameKind::Error,
             other => return Err(Error::UnknownFrameKind(other)),

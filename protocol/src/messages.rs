@@ -5,6 +5,7 @@
 //! | node → scheduler  | `NodeRequest`   | [`NodeRequest`]   | [`NodeResponse`]   |
 //! | client → scheduler| `ClientRequest` | [`ClientRequest`] | [`ClientResponse`] |
 //! | node → node       | `PeerRequest`   | [`PeerRequest`]   | [`PeerResponse`]   |
+//! | replica → replica | `ReplicaRequest`| [`ReplicaRequest`]| [`ReplicaResponse`]|
 //!
 //! Versioning: the frame header carries the protocol version. Within a version, variants and
 //! fields are append-only (postcard encodes variants by index); anything else bumps
@@ -31,6 +32,7 @@ pub trait Request: Serialize + DeserializeOwned + Send + 'static {
 const NODES: &[Role] = &[Role::Storage, Role::Compute];
 const ANY_NODE: &[Role] = &[Role::Scheduler, Role::Storage, Role::Compute];
 const OPERATORS: &[Role] = &[Role::Client, Role::Scheduler];
+const REPLICAS: &[Role] = &[Role::Scheduler];
 
 // ---------------------------------------------------------------------------------------------
 // node → scheduler
@@ -158,11 +160,15 @@ pub struct NodeStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     ListNodes,
+    /// A ledger request (transaction, query or admin), encoded by `aic-ledger`'s API types:
+    /// the protocol carries it without depending on the ledger.
+    Ledger(Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
     Nodes(Vec<NodeStatus>),
+    Ledger(Vec<u8>),
 }
 
 impl Request for ClientRequest {
@@ -172,6 +178,7 @@ impl Request for ClientRequest {
     fn rpc_name(&self) -> &'static str {
         match self {
             ClientRequest::ListNodes => "list_nodes",
+            ClientRequest::Ledger(_) => "ledger",
         }
     }
 
@@ -206,5 +213,40 @@ impl Request for PeerRequest {
 
     fn allowed_roles(&self) -> &'static [Role] {
         ANY_NODE
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// replica → replica
+
+/// Traffic between scheduler replicas. Payloads are encoded by `aic-ledger` (openraft's types
+/// and the ledger API), so the protocol does not depend on the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaRequest {
+    AppendEntries(Vec<u8>),
+    Vote(Vec<u8>),
+    InstallSnapshot(Vec<u8>),
+    /// A client's ledger request forwarded by a follower to the leader.
+    Forward(Vec<u8>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaResponse(pub Vec<u8>);
+
+impl Request for ReplicaRequest {
+    type Response = ReplicaResponse;
+    const KIND: FrameKind = FrameKind::ReplicaRequest;
+
+    fn rpc_name(&self) -> &'static str {
+        match self {
+            ReplicaRequest::AppendEntries(_) => "raft_append_entries",
+            ReplicaRequest::Vote(_) => "raft_vote",
+            ReplicaRequest::InstallSnapshot(_) => "raft_install_snapshot",
+            ReplicaRequest::Forward(_) => "forward",
+        }
+    }
+
+    fn allowed_roles(&self) -> &'static [Role] {
+        REPLICAS
     }
 }

@@ -18,7 +18,8 @@ use crate::certs::PeerIdentity;
 use crate::error::{Error, ErrorCode, Result, RpcError};
 use crate::frame::{read_frame, write_frame, Frame, FrameKind, DEFAULT_MAX_FRAME_LEN};
 use crate::messages::{
-    ClientRequest, ClientResponse, NodeRequest, NodeResponse, PeerRequest, PeerResponse, Request,
+    ClientRequest, ClientResponse, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ReplicaRequest,
+    ReplicaResponse, Request,
 };
 use crate::metrics::TransportMetrics;
 use crate::transport;
@@ -58,6 +59,14 @@ pub trait RpcHandler: Send + Sync + 'static {
         _request: PeerRequest,
     ) -> impl Future<Output = std::result::Result<PeerResponse, RpcError>> + Send {
         async { unsupported("peer") }
+    }
+
+    fn replica(
+        &self,
+        _peer: &PeerIdentity,
+        _request: ReplicaRequest,
+    ) -> impl Future<Output = std::result::Result<ReplicaResponse, RpcError>> + Send {
+        async { unsupported("replica") }
     }
 }
 
@@ -174,6 +183,7 @@ async fn serve_stream<H: RpcHandler>(
         FrameKind::NodeRequest => dispatch(&frame, peer, metrics, |r| handler.node(peer, r)).await,
         FrameKind::ClientRequest => dispatch(&frame, peer, metrics, |r| handler.client(peer, r)).await,
         FrameKind::PeerRequest => dispatch(&frame, peer, metrics, |r| handler.peer(peer, r)).await,
+        FrameKind::ReplicaRequest => dispatch(&frame, peer, metrics, |r| handler.replica(peer, r)).await,
         FrameKind::Response | FrameKind::Error => {
             metrics
                 .frames_rejected

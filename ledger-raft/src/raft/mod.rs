@@ -1,0 +1,6 @@
+//! The ledger on openraft: type configuration, durable log store, state machine with
+//! snapshots, and the replica that ties them to the QUIC network.
+
+pub mod log_store;
+pub mod state_machine;
+pub mod types;

@@ -1,0 +1,263 @@
+//! The Raft state machine: applies committed commands to the [`LedgerState`], audits it, and
+//! builds, persists and installs snapshots.
+//!
+//! Only the latest snapshot is kept, on disk (`dir/snapshot`, replaced atomically) and in memory.
+//! After a restart the state is the snapshot's; openraft re-applies the committed log after it.
+
+use std::fs::{self, File};
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::types::{
+    CommandOutcome, Entry, LedgerCommand, LedgerRaft, LogId, ReplicaAddr, ReplicaId, StorageError,
+};
+use crate::error::InvariantViolation;
+use crate::genesis::Genesis;
+use crate::metrics::LedgerMetrics;
+use crate::state::LedgerState;
+
+/// What the replica's readers see: the state and how far it is applied.
+pub struct Applied {
+    pub state: LedgerState,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership<ReplicaId, ReplicaAddr>,
+}
+
+/// A shared, read-only view of the applied state.
+pub type SharedState = Arc<RwLock<Applied>>;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<ReplicaId, ReplicaAddr>,
+    data: Vec<u8>,
+}
+
+pub struct LedgerStateMachine {
+    shared: SharedState,
+    dir: PathBuf,
+    snapshot: Option<SnapshotFile>,
+    /// Audit after every entry (tests); production audits on demand.
+    audit_every_entry: bool,
+    metrics: LedgerMetrics,
+}
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+}
+
+impl LedgerStateMachine {
+    /// Opens the state machine in `dir`: from its snapshot if there is one, else from genesis.
+    pub fn open(
+        dir: &Path,
+        genesis: Genesis,
+        audit_every_entry: bool,
+        metrics: LedgerMetrics,
+    ) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let snapshot: Option<SnapshotFile> = match fs::read(dir.join("snapshot")) {
+            Ok(bytes) => Some(postcard::from_bytes(&bytes).map_err(io::Error::other)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let applied = match &snapshot {
+            Some(file) => Applied {
+                state: postcard::from_bytes(&file.data).map_err(io::Error::other)?,
+                last_applied: file.meta.last_log_id,
+                membership: file.meta.last_membership.clone(),
+            },
+            None => Applied {
+                state: LedgerState::from_genesis(genesis),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            },
+        };
+        metrics.block_height.set(applied.state.height() as i64);
+        Ok(LedgerStateMachine {
+            shared: Arc::new(RwLock::new(applied)),
+            dir: dir.to_path_buf(),
+            snapshot,
+            audit_every_entry,
+            metrics,
+        })
+    }
+
+    pub fn shared(&self) -> SharedState {
+        self.shared.clone()
+    }
+
+    fn apply_one(&self, applied: &mut Applied, entry: Entry) -> Result<CommandOutcome, InvariantViolation> {
+        applied.last_applied = Some(entry.log_id);
+        let outcome = match entry.payload {
+            EntryPayload::Blank => CommandOutcome::None,
+            EntryPayload::Membership(membership) => {
+                applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                CommandOutcome::None
+            }
+            EntryPayload::Normal(LedgerCommand::Transaction(signed)) => {
+                let kind = signed.tx.call.kind();
+                let result = applied.state.apply_transaction(&signed);
+                let label = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.label(),
+                };
+                self.metrics.transactions.with_label_values(&[kind, label]).inc();
+                CommandOutcome::Transaction {
+                    hash: signed.hash(),
+                    result,
+                }
+            }
+            EntryPayload::Normal(LedgerCommand::SealBlock(header)) => {
+                let result = applied.state.apply_block(&header);
+                if result.is_ok() {
+                    self.metrics.blocks_sealed.inc();
+                    self.metrics.block_height.set(header.height as i64);
+                }
+                CommandOutcome::Block(result)
+            }
+        };
+        self.metrics.applied_index.set(entry.log_id.index as i64);
+        if self.audit_every_entry {
+            applied.state.audit()?;
+        }
+        Ok(outcome)
+    }
+
+    fn persist(&self, file: &SnapshotFile) -> io::Result<()> {
+        let bytes = postcard::to_stdvec(file).map_err(io::Error::other)?;
+        let temp = self.dir.join("snapshot.tmp");
+        let mut out = File::create(&temp)?;
+        out.write_all(&bytes)?;
+        out.sync_all()?;
+        fs::rename(&temp, self.dir.join("snapshot"))?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl RaftSnapshotBuilder<LedgerRaft> for LedgerStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<LedgerRaft>, StorageError> {
+        let file = {
+            let applied = self.shared.read().expect("state lock");
+            let data = postcard::to_stdvec(&applied.state).map_err(sm_err)?;
+            let snapshot_id = match applied.last_applied {
+                Some(id) => format!(
+                    "{}-{}-{}",
+                    id.leader_id,
+                    id.index,
+                    hex::encode(&applied.state.state_hash()[..6])
+                ),
+                None => "empty".to_string(),
+            };
+            SnapshotFile {
+                meta: SnapshotMeta {
+                    last_log_id: applied.last_applied,
+                    last_membership: applied.membership.clone(),
+                    snapshot_id,
+                },
+                data,
+            }
+        };
+        self.persist(&file)
+            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
+        let snapshot = Snapshot {
+            meta: file.meta.clone(),
+            snapshot: Box::new(Cursor::new(file.data.clone())),
+        };
+        self.snapshot = Some(file);
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<LedgerRaft> for LedgerStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<ReplicaId, ReplicaAddr>), StorageError> {
+        let applied = self.shared.read().expect("state lock");
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self.shared.write().expect("state lock");
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            match self.apply_one(&mut applied, entry) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(violation) => {
+                    // Fatal by design: openraft stops this replica on a storage error.
+                    self.metrics.invariant_violations.inc();
+                    tracing::error!(index = log_id.index, %violation, "ledger invariant violated; stopping the replica");
+                    return Err(StorageIOError::apply(log_id, AnyError::error(violation.to_string())).into());
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self {
+        LedgerStateMachine {
+            shared: self.shared.clone(),
+            dir: self.dir.clone(),
+            snapshot: None,
+            audit_every_entry: self.audit_every_entry,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<ReplicaId, ReplicaAddr>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state: LedgerState = postcard::from_bytes(&data)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
+        if self.audit_every_entry {
+            state.audit().map_err(sm_err)?;
+        }
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data,
+        };
+        self.persist(&file)
+            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
+        {
+            let mut applied = self.shared.write().expect("state lock");
+            self.metrics.block_height.set(state.height() as i64);
+            applied.state = state;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+        }
+        self.snapshot = Some(file);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<LedgerRaft>>, StorageError> {
+        if self.snapshot.is_none() {
+            // A builder (a clone) may have written a newer snapshot to disk.
+            if let Ok(bytes) = fs::read(self.dir.join("snapshot")) {
+                self.snapshot = postcard::from_bytes(&bytes).ok();
+            }
+        }
+        Ok(self.snapshot.as_ref().map(|file| Snapshot {
+            meta: file.meta.clone(),
+            snapshot: Box::new(Cursor::new(file.data.clone())),
+        }))
+    }
+}
