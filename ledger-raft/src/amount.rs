@@ -13,9 +13,31 @@ pub const DECIMALS: u32 = 18;
 /// Base units in one AIC.
 pub const ONE_AIC: u128 = 1_000_000_000_000_000_000;
 
-/// An amount of AIC in base units.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// An amount of AIC in base units. Human-readable formats (JSON, TOML) carry it as decimal AIC
+/// text, since their numbers cannot hold a u128; binary formats carry the integer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Amount(pub u128);
+
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_u128(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            u128::deserialize(deserializer).map(Amount)
+        }
+    }
+}
 
 impl Amount {
     pub const ZERO: Amount = Amount(0);

@@ -12,6 +12,7 @@
 //! durable log and a QUIC network on the protocol crate's transport.
 
 pub mod amount;
+pub mod api;
 pub mod block;
 pub mod error;
 pub mod genesis;
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod metrics;
 pub mod raft;
 pub mod state;
+pub mod testkit;
 pub mod tx;
 
 pub use amount::Amount;

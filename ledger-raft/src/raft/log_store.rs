@@ -31,11 +31,14 @@ use super::types::{Entry, LedgerRaft, LogId, ReplicaId, StorageError};
 /// Largest record accepted when reading the log back (a corrupt length is not trusted).
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 
+/// Entries by index, each with the byte offset of its record.
+type Indexed = BTreeMap<u64, (Entry, u64)>;
+
 struct Inner {
     dir: PathBuf,
     file: File,
     /// Entries by index, with each record's byte offset for truncation.
-    entries: BTreeMap<u64, (Entry, u64)>,
+    entries: Indexed,
     /// Bytes of valid records in the file.
     end: u64,
     vote: Option<Vote<ReplicaId>>,
@@ -112,7 +115,7 @@ impl FileLogStore {
         })
     }
 
-    fn read_records(file: &File) -> io::Result<(BTreeMap<u64, (Entry, u64)>, u64)> {
+    fn read_records(file: &File) -> io::Result<(Indexed, u64)> {
         let mut reader = BufReader::new(file);
         let mut entries = BTreeMap::new();
         let mut offset = 0u64;

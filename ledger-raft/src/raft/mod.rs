@@ -2,5 +2,7 @@
 //! snapshots, and the replica that ties them to the QUIC network.
 
 pub mod log_store;
+pub mod network;
+pub mod replica;
 pub mod state_machine;
 pub mod types;

@@ -7,7 +7,7 @@
 use std::fs::{self, File};
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -42,7 +42,8 @@ struct SnapshotFile {
 pub struct LedgerStateMachine {
     shared: SharedState,
     dir: PathBuf,
-    snapshot: Option<SnapshotFile>,
+    /// The latest snapshot, shared with the builders openraft runs beside this state machine.
+    snapshot: Arc<Mutex<Option<Arc<SnapshotFile>>>>,
     /// Audit after every entry (tests); production audits on demand.
     audit_every_entry: bool,
     metrics: LedgerMetrics,
@@ -82,7 +83,7 @@ impl LedgerStateMachine {
         Ok(LedgerStateMachine {
             shared: Arc::new(RwLock::new(applied)),
             dir: dir.to_path_buf(),
-            snapshot,
+            snapshot: Arc::new(Mutex::new(snapshot.map(Arc::new))),
             audit_every_entry,
             metrics,
         })
@@ -169,7 +170,7 @@ impl RaftSnapshotBuilder<LedgerRaft> for LedgerStateMachine {
             meta: file.meta.clone(),
             snapshot: Box::new(Cursor::new(file.data.clone())),
         };
-        self.snapshot = Some(file);
+        *self.snapshot.lock().expect("snapshot lock") = Some(Arc::new(file));
         Ok(snapshot)
     }
 }
@@ -210,7 +211,7 @@ impl RaftStateMachine<LedgerRaft> for LedgerStateMachine {
         LedgerStateMachine {
             shared: self.shared.clone(),
             dir: self.dir.clone(),
-            snapshot: None,
+            snapshot: self.snapshot.clone(),
             audit_every_entry: self.audit_every_entry,
             metrics: self.metrics.clone(),
         }
@@ -244,18 +245,13 @@ impl RaftStateMachine<LedgerRaft> for LedgerStateMachine {
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
         }
-        self.snapshot = Some(file);
+        *self.snapshot.lock().expect("snapshot lock") = Some(Arc::new(file));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<LedgerRaft>>, StorageError> {
-        if self.snapshot.is_none() {
-            // A builder (a clone) may have written a newer snapshot to disk.
-            if let Ok(bytes) = fs::read(self.dir.join("snapshot")) {
-                self.snapshot = postcard::from_bytes(&bytes).ok();
-            }
-        }
-        Ok(self.snapshot.as_ref().map(|file| Snapshot {
+        let current = self.snapshot.lock().expect("snapshot lock").clone();
+        Ok(current.map(|file| Snapshot {
             meta: file.meta.clone(),
             snapshot: Box::new(Cursor::new(file.data.clone())),
         }))

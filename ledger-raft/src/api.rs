@@ -1,0 +1,141 @@
+//! The ledger's client API: what a client asks a scheduler replica and what it answers. Carried
+//! as postcard bytes inside the protocol's `ClientRequest::Ledger` (and `ReplicaRequest::Forward`
+//! when a follower passes a request to the leader).
+
+use aic_protocol::AssetId;
+use serde::{Deserialize, Serialize};
+
+use crate::amount::Amount;
+use crate::block::BlockHeader;
+use crate::error::TxError;
+use crate::keys::Address;
+use crate::raft::types::{ReplicaAddr, ReplicaId};
+use crate::state::{Account, Asset, Event, HistoryEntry};
+use crate::tx::SignedTransaction;
+
+/// Most blocks one `Blocks` answer carries.
+pub const MAX_BLOCKS_PER_REQUEST: u64 = 500;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerRequest {
+    /// Append a signed transaction; answers once it is committed and applied.
+    Submit(Box<SignedTransaction>),
+    Account(Address),
+    Allowance {
+        owner: Address,
+        spender: Address,
+    },
+    History {
+        account: Address,
+        limit: u32,
+    },
+    /// Assets, all or one owner's.
+    Assets {
+        owner: Option<Address>,
+    },
+    Asset(AssetId),
+    /// Blocks `from..from+count` with their transaction hashes.
+    Blocks {
+        from: u64,
+        count: u64,
+    },
+    Status,
+    Audit,
+    AddLearner {
+        id: ReplicaId,
+        addr: ReplicaAddr,
+    },
+    /// Set the voting members (promote learners, remove replicas).
+    ChangeMembership {
+        voters: Vec<ReplicaId>,
+    },
+}
+
+impl LedgerRequest {
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            LedgerRequest::Submit(_)
+                | LedgerRequest::AddLearner { .. }
+                | LedgerRequest::ChangeMembership { .. }
+        )
+    }
+}
+
+/// An account as the CLI shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub address: Address,
+    pub account: Account,
+    pub spendable: Amount,
+    pub assets: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub id: ReplicaId,
+    pub addr: ReplicaAddr,
+    pub voter: bool,
+}
+
+/// The ledger at a glance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerStatus {
+    pub chain_id: String,
+    pub leader: Option<ReplicaId>,
+    pub term: u64,
+    pub replicas: Vec<ReplicaView>,
+    pub applied_index: u64,
+    pub total_supply: Amount,
+    pub burned: Amount,
+    pub issued: Amount,
+    pub block_height: u64,
+    pub head_hash: [u8; 32],
+    pub state_hash: [u8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerResponse {
+    Submitted {
+        hash: [u8; 32],
+        index: u64,
+        result: Result<Vec<Event>, TxError>,
+    },
+    Account(AccountView),
+    Allowance(Amount),
+    History(Vec<HistoryEntry>),
+    Assets(Vec<(AssetId, Asset)>),
+    Asset(Option<Asset>),
+    Blocks(Vec<(BlockHeader, Vec<[u8; 32]>)>),
+    Status(LedgerStatus),
+    Audit(Result<(), String>),
+    MembershipChanged {
+        index: u64,
+    },
+}
+
+/// Why a ledger request could not be served (distinct from a transaction's refusal, which is a
+/// successful answer carrying a [`TxError`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum LedgerApiError {
+    #[error("no leader is known yet; retry shortly")]
+    NoLeader,
+    #[error("this replica is not the leader and could not reach it: {0}")]
+    LeaderUnreachable(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+pub type LedgerResult = Result<LedgerResponse, LedgerApiError>;
+
+/// Encodes a value for the wire.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("ledger API values always encode")
+}
+
+/// Decodes a value from the wire (the frame codec already bounded its size).
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, LedgerApiError> {
+    postcard::from_bytes(bytes).map_err(|e| LedgerApiError::BadRequest(format!("undecodable: {e}")))
+}

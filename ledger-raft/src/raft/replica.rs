@@ -1,0 +1,416 @@
+//! One ledger replica: openraft with the durable log, the state machine and the QUIC network,
+//! plus the client API on top — writes go through the leader (a follower forwards them), reads
+//! are linearizable (served by the leader after it confirms its leadership).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aic_protocol::messages::{ReplicaRequest, ReplicaResponse};
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::{ErrorCode, NodeId, Role, RpcError};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+use tokio::sync::Mutex;
+
+use super::log_store::FileLogStore;
+use super::network::QuicNetwork;
+use super::state_machine::{Applied, LedgerStateMachine, SharedState};
+use super::types::{replica_id_of, CommandOutcome, LedgerCommand, Raft, ReplicaAddr, ReplicaId};
+use crate::api::{
+    decode, encode, AccountView, LedgerApiError, LedgerRequest, LedgerResponse, LedgerResult, LedgerStatus,
+    ReplicaView, MAX_BLOCKS_PER_REQUEST,
+};
+use crate::genesis::Genesis;
+use crate::keys::Keypair;
+use crate::metrics::LedgerMetrics;
+
+/// How a replica runs.
+#[derive(Clone, Debug)]
+pub struct ReplicaSettings {
+    pub dir: PathBuf,
+    pub genesis: Genesis,
+    /// Audit the state after every applied entry (tests; costs O(state) per entry).
+    pub audit_every_entry: bool,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// Build a snapshot after this many entries.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept after a snapshot (for followers that lag a little).
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl ReplicaSettings {
+    pub fn new(dir: PathBuf, genesis: Genesis) -> Self {
+        ReplicaSettings {
+            dir,
+            genesis,
+            audit_every_entry: false,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every_entries: 5000,
+            logs_kept_after_snapshot: 1000,
+        }
+    }
+
+    fn raft_config(&self) -> Result<Config, String> {
+        let config = Config {
+            cluster_name: self.genesis.chain_id.clone(),
+            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: self.election_timeout.0.as_millis() as u64,
+            election_timeout_max: self.election_timeout.1.as_millis() as u64,
+            // Entries carry at most ~66 KiB; 48 of them stay under the 4 MiB frame limit.
+            max_payload_entries: 48,
+            snapshot_max_chunk_size: 1024 * 1024,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("ledger storage in {dir}: {reason}")]
+    Storage { dir: PathBuf, reason: String },
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+pub struct LedgerReplica {
+    pub id: ReplicaId,
+    pub me: ReplicaAddr,
+    raft: Raft,
+    shared: SharedState,
+    endpoint: quinn::Endpoint,
+    metrics: LedgerMetrics,
+    leader_client: Mutex<Option<(ReplicaId, RpcClient)>>,
+}
+
+fn raft_error(error: impl std::fmt::Display) -> LedgerApiError {
+    LedgerApiError::Raft(error.to_string())
+}
+
+impl LedgerReplica {
+    /// Starts the replica of node `node_id`, reachable at `advertised`, on `endpoint`.
+    pub async fn start(
+        settings: ReplicaSettings,
+        node_id: NodeId,
+        advertised: String,
+        endpoint: quinn::Endpoint,
+        metrics: LedgerMetrics,
+    ) -> Result<Arc<Self>, ReplicaError> {
+        let storage_error = |reason: String| ReplicaError::Storage {
+            dir: settings.dir.clone(),
+            reason,
+        };
+        let log = FileLogStore::open(&settings.dir.join("log")).map_err(|e| storage_error(e.to_string()))?;
+        let machine = LedgerStateMachine::open(
+            &settings.dir.join("state"),
+            settings.genesis.clone(),
+            settings.audit_every_entry,
+            metrics.clone(),
+        )
+        .map_err(|e| storage_error(e.to_string()))?;
+        let shared = machine.shared();
+        let config = Arc::new(settings.raft_config().map_err(ReplicaError::Config)?);
+        let id = replica_id_of(&node_id);
+        let network = QuicNetwork {
+            endpoint: endpoint.clone(),
+        };
+        let raft = Raft::new(id, config, network, log, machine)
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let replica = Arc::new(LedgerReplica {
+            id,
+            me: ReplicaAddr {
+                addr: advertised,
+                node_id: node_id.to_string(),
+            },
+            raft,
+            shared,
+            endpoint,
+            metrics,
+            leader_client: Mutex::new(None),
+        });
+        tokio::spawn(watch_leadership(replica.raft.clone(), replica.metrics.clone()));
+        Ok(replica)
+    }
+
+    /// Makes this replica a one-member cluster if it has never been part of one.
+    pub async fn bootstrap(&self) -> Result<(), ReplicaError> {
+        let members = BTreeMap::from([(self.id, self.me.clone())]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Reads the applied state (not linearizable by itself: see [`Self::execute`]).
+    pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
+        f(&self.shared.read().expect("state lock"))
+    }
+
+    pub fn current_leader(&self) -> Option<ReplicaId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.current_leader() == Some(self.id)
+    }
+
+    /// Serves Raft traffic from another replica.
+    pub async fn handle_replica(&self, request: ReplicaRequest) -> Result<ReplicaResponse, RpcError> {
+        let bad = |e: postcard::Error| RpcError::new(ErrorCode::MalformedFrame, format!("raft payload: {e}"));
+        let bytes = match request {
+            ReplicaRequest::AppendEntries(payload) => {
+                let rpc = postcard::from_bytes(&payload).map_err(bad)?;
+                encode(&self.raft.append_entries(rpc).await)
+            }
+            ReplicaRequest::Vote(payload) => {
+                let rpc = postcard::from_bytes(&payload).map_err(bad)?;
+                encode(&self.raft.vote(rpc).await)
+            }
+            ReplicaRequest::InstallSnapshot(payload) => {
+                let rpc = postcard::from_bytes(&payload).map_err(bad)?;
+                encode(&self.raft.install_snapshot(rpc).await)
+            }
+            ReplicaRequest::Forward(payload) => {
+                let result = match decode::<LedgerRequest>(&payload) {
+                    Ok(request) => self.execute_here(request).await,
+                    Err(e) => Err(e),
+                };
+                encode(&result)
+            }
+        };
+        Ok(ReplicaResponse(bytes))
+    }
+
+    /// Serves a client's encoded ledger request; the answer is an encoded [`LedgerResult`].
+    pub async fn handle_client(&self, payload: &[u8]) -> Vec<u8> {
+        let result = match decode::<LedgerRequest>(payload) {
+            Ok(request) => self.execute(request).await,
+            Err(e) => Err(e),
+        };
+        encode(&result)
+    }
+
+    /// Executes a request here if this replica leads, else on the leader.
+    pub async fn execute(&self, request: LedgerRequest) -> LedgerResult {
+        match self.current_leader() {
+            Some(leader) if leader == self.id => self.execute_here(request).await,
+            Some(leader) => self.forward(leader, &request).await,
+            None => Err(LedgerApiError::NoLeader),
+        }
+    }
+
+    async fn forward(&self, leader: ReplicaId, request: &LedgerRequest) -> LedgerResult {
+        let addr = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, addr)| addr.clone())
+            .ok_or(LedgerApiError::NoLeader)?;
+        let mut cached = self.leader_client.lock().await;
+        let client = match cached.as_ref() {
+            Some((id, client)) if *id == leader && !client.is_closed() => client.clone(),
+            _ => {
+                let client = RpcClient::connect(&self.endpoint, &addr.addr, Role::Scheduler)
+                    .await
+                    .map_err(|e| LedgerApiError::LeaderUnreachable(e.to_string()))?;
+                *cached = Some((leader, client.clone()));
+                client
+            }
+        };
+        drop(cached);
+        let ReplicaResponse(bytes) = client
+            .call(&ReplicaRequest::Forward(encode(request)))
+            .await
+            .map_err(|e| LedgerApiError::LeaderUnreachable(e.to_string()))?;
+        decode::<LedgerResult>(&bytes)?
+    }
+
+    /// Executes a request on this replica, which must be the leader.
+    async fn execute_here(&self, request: LedgerRequest) -> LedgerResult {
+        if !request.is_write() {
+            self.raft.ensure_linearizable().await.map_err(raft_error)?;
+        }
+        match request {
+            LedgerRequest::Submit(signed) => self.write(LedgerCommand::Transaction(*signed)).await,
+            LedgerRequest::Account(address) => Ok(self.read(|a| {
+                LedgerResponse::Account(AccountView {
+                    address,
+                    account: a.state.account(&address),
+                    spendable: a.state.spendable(&address),
+                    assets: a.state.asset_balance_of(&address),
+                })
+            })),
+            LedgerRequest::Allowance { owner, spender } => Ok(LedgerResponse::Allowance(
+                self.read(|a| a.state.allowance(&owner, &spender)),
+            )),
+            LedgerRequest::History { account, limit } => Ok(LedgerResponse::History(self.read(|a| {
+                let history = a.state.history.get(&account);
+                let skip = history.map_or(0, |h| h.len().saturating_sub(limit as usize));
+                history.into_iter().flatten().skip(skip).cloned().collect()
+            }))),
+            LedgerRequest::Assets { owner } => Ok(LedgerResponse::Assets(self.read(|a| {
+                a.state
+                    .assets
+                    .iter()
+                    .filter(|(_, asset)| owner.is_none_or(|o| asset.owner == o))
+                    .map(|(id, asset)| (*id, asset.clone()))
+                    .collect()
+            }))),
+            LedgerRequest::Asset(id) => Ok(LedgerResponse::Asset(
+                self.read(|a| a.state.assets.get(&id).cloned()),
+            )),
+            LedgerRequest::Blocks { from, count } => Ok(LedgerResponse::Blocks(self.read(|a| {
+                let from = from as usize;
+                let count = count.min(MAX_BLOCKS_PER_REQUEST) as usize;
+                a.state
+                    .blocks
+                    .iter()
+                    .zip(&a.state.block_transactions)
+                    .skip(from)
+                    .take(count)
+                    .map(|(header, txs)| (header.clone(), txs.clone()))
+                    .collect()
+            }))),
+            LedgerRequest::Status => Ok(LedgerResponse::Status(self.status())),
+            LedgerRequest::Audit => Ok(LedgerResponse::Audit(
+                self.read(|a| a.state.audit().map_err(|v| v.to_string())),
+            )),
+            LedgerRequest::AddLearner { id, addr } => {
+                let response = self.raft.add_learner(id, addr, true).await.map_err(raft_error)?;
+                Ok(LedgerResponse::MembershipChanged {
+                    index: response.log_id.index,
+                })
+            }
+            LedgerRequest::ChangeMembership { voters } => {
+                let voters: BTreeSet<ReplicaId> = voters.into_iter().collect();
+                let response = self
+                    .raft
+                    .change_membership(voters, false)
+                    .await
+                    .map_err(raft_error)?;
+                Ok(LedgerResponse::MembershipChanged {
+                    index: response.log_id.index,
+                })
+            }
+        }
+    }
+
+    async fn write(&self, command: LedgerCommand) -> LedgerResult {
+        let started = Instant::now();
+        let response = self.raft.client_write(command).await.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                LedgerApiError::Raft("leadership moved; retry".into())
+            }
+            other => raft_error(other),
+        })?;
+        self.metrics
+            .commit_latency
+            .observe(started.elapsed().as_secs_f64());
+        match response.data {
+            CommandOutcome::Transaction { hash, result } => Ok(LedgerResponse::Submitted {
+                hash,
+                index: response.log_id.index,
+                result,
+            }),
+            CommandOutcome::Block(result) => Ok(LedgerResponse::Submitted {
+                hash: [0; 32],
+                index: response.log_id.index,
+                result: result.map(|_| Vec::new()),
+            }),
+            CommandOutcome::None => Err(LedgerApiError::Raft("a command gave no outcome".into())),
+        }
+    }
+
+    /// On the leader: seals the pending transactions into a block signed by `key`. Returns the
+    /// new height, or `None` when this replica does not lead.
+    pub async fn seal_block(&self, key: &Keypair) -> Option<Result<u64, String>> {
+        if !self.is_leader() {
+            return None;
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut header = self.read(|a| a.state.next_block_template(now_ms, None));
+        header.proposer = NodeId::from_public_key(&key.address().0);
+        header.proposer_key = key.address();
+        header.sign(key);
+        let height = header.height;
+        Some(match self.write(LedgerCommand::SealBlock(header)).await {
+            Ok(LedgerResponse::Submitted { result: Ok(_), .. }) => Ok(height),
+            Ok(LedgerResponse::Submitted { result: Err(e), .. }) => Err(e.to_string()),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    pub fn status(&self) -> LedgerStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<ReplicaId> = membership.voter_ids().collect();
+        let replicas = membership
+            .nodes()
+            .map(|(id, addr)| ReplicaView {
+                id: *id,
+                addr: addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        self.read(|a| LedgerStatus {
+            chain_id: a.state.chain_id().to_string(),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            replicas,
+            applied_index: a.last_applied.map_or(0, |id| id.index),
+            total_supply: a.state.total_supply(),
+            burned: a.state.burned,
+            issued: a.state.issued,
+            block_height: a.state.height(),
+            head_hash: a.state.blocks.last().map_or([0; 32], |b| b.hash()),
+            state_hash: a.state.state_hash(),
+        })
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Publishes term and leadership as metrics, counting leader changes.
+async fn watch_leadership(raft: Raft, metrics: LedgerMetrics) {
+    let mut watch = raft.metrics();
+    let mut leader = None;
+    loop {
+        let (term, current, me) = {
+            let m = watch.borrow_and_update();
+            (m.current_term, m.current_leader, m.id)
+        };
+        metrics.raft_term.set(term as i64);
+        metrics.is_leader.set(i64::from(current == Some(me)));
+        if current != leader {
+            if current.is_some() {
+                metrics.leader_changes.inc();
+            }
+            leader = current;
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
+}

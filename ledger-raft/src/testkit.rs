@@ -1,0 +1,262 @@
+//! Ledger clusters on loopback QUIC for tests and benchmarks: each replica gets a scheduler
+//! certificate from one CA, its own endpoint and data directory, and a minimal server that
+//! routes replica traffic and client ledger requests to it (the scheduler does the same).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aic_protocol::certs::{CertificateAuthority, Identity, PeerIdentity, Validity};
+use aic_protocol::messages::{ClientRequest, ClientResponse, ReplicaRequest, ReplicaResponse};
+use aic_protocol::metrics::TransportMetrics;
+use aic_protocol::rpc::{self, RpcClient, RpcHandler};
+use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::{Role, RpcError};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{decode, encode, LedgerApiError, LedgerRequest, LedgerResponse, LedgerResult};
+use crate::genesis::{Genesis, Holders};
+use crate::keys::Keypair;
+use crate::metrics::LedgerMetrics;
+use crate::raft::replica::{LedgerReplica, ReplicaSettings};
+use crate::raft::types::ReplicaId;
+
+/// Routes a replica's RPCs, as the scheduler's API does.
+pub struct ReplicaServer(pub Arc<LedgerReplica>);
+
+impl RpcHandler for ReplicaServer {
+    async fn client(&self, _peer: &PeerIdentity, request: ClientRequest) -> Result<ClientResponse, RpcError> {
+        match request {
+            ClientRequest::Ledger(payload) => {
+                Ok(ClientResponse::Ledger(self.0.handle_client(&payload).await))
+            }
+            ClientRequest::ListNodes => Ok(ClientResponse::Nodes(Vec::new())),
+        }
+    }
+
+    async fn replica(
+        &self,
+        _peer: &PeerIdentity,
+        request: ReplicaRequest,
+    ) -> Result<ReplicaResponse, RpcError> {
+        self.0.handle_replica(request).await
+    }
+}
+
+/// The genesis holders' keys, so tests can spend the genesis shares.
+pub struct GenesisKeys {
+    pub fundraiser: Keypair,
+    pub operations: Keypair,
+    pub system: Keypair,
+}
+
+pub fn test_genesis(chain_id: &str) -> (Genesis, GenesisKeys) {
+    let keys = GenesisKeys {
+        fundraiser: Keypair::generate(),
+        operations: Keypair::generate(),
+        system: Keypair::generate(),
+    };
+    let holders = Holders {
+        fundraiser: keys.fundraiser.address(),
+        advisors: Keypair::generate().address(),
+        company: Keypair::generate().address(),
+        team: Keypair::generate().address(),
+        operations: keys.operations.address(),
+    };
+    (Genesis::local(chain_id, 0, holders, keys.system.address()), keys)
+}
+
+pub struct RunningReplica {
+    pub replica: Arc<LedgerReplica>,
+    pub addr: String,
+    shutdown: CancellationToken,
+}
+
+impl RunningReplica {
+    /// Stops the replica as a crash would look to its peers: server and Raft gone at once.
+    pub async fn kill(self) {
+        self.shutdown.cancel();
+        self.replica.shutdown().await;
+    }
+}
+
+/// A loopback cluster of up to N replicas sharing one genesis and CA.
+pub struct TestCluster {
+    pub ca: CertificateAuthority,
+    pub genesis: Genesis,
+    pub keys: GenesisKeys,
+    pub base: PathBuf,
+    /// Each replica's identity, kept so a stopped replica can be restarted as itself.
+    identities: Vec<Identity>,
+    pub replicas: Vec<Option<RunningReplica>>,
+    pub settings: Box<dyn Fn(PathBuf, Genesis) -> ReplicaSettings + Send + Sync>,
+}
+
+impl TestCluster {
+    pub fn new(base: &Path, size: usize) -> Self {
+        aic_protocol::install_crypto_provider();
+        let ca = CertificateAuthority::generate("ledger-test").expect("a CA");
+        let (genesis, keys) = test_genesis("aic-test");
+        let identities = (0..size)
+            .map(|i| {
+                let issued = ca
+                    .issue(
+                        Role::Scheduler,
+                        &format!("scheduler-{}", i + 1),
+                        &[],
+                        Validity::default(),
+                    )
+                    .expect("a certificate");
+                Identity::from_issued(&ca, &issued).expect("an identity")
+            })
+            .collect();
+        TestCluster {
+            ca,
+            genesis,
+            keys,
+            base: base.to_path_buf(),
+            identities,
+            replicas: (0..size).map(|_| None).collect(),
+            settings: Box::new(|dir, genesis| {
+                let mut settings = ReplicaSettings::new(dir, genesis);
+                settings.audit_every_entry = true;
+                settings
+            }),
+        }
+    }
+
+    /// Starts (or restarts, on its old data) replica `i`.
+    pub async fn start(&mut self, i: usize) -> Arc<LedgerReplica> {
+        let tuning = TransportTuning::default();
+        let socket = transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).expect("a socket");
+        let addr = socket.local_addr().unwrap().to_string();
+        let endpoint = transport::endpoint(socket, &self.identities[i], &tuning).expect("an endpoint");
+        let settings = (self.settings)(self.base.join(format!("replica-{}", i + 1)), self.genesis.clone());
+        let replica = LedgerReplica::start(
+            settings,
+            self.identities[i].me.node_id,
+            addr.clone(),
+            endpoint.clone(),
+            LedgerMetrics::unregistered(),
+        )
+        .await
+        .expect("a replica");
+        let shutdown = CancellationToken::new();
+        let metrics = TransportMetrics::register(&prometheus::Registry::new(), "scheduler").unwrap();
+        tokio::spawn(rpc::serve(
+            endpoint,
+            Arc::new(ReplicaServer(replica.clone())),
+            metrics,
+            shutdown.clone(),
+        ));
+        self.replicas[i] = Some(RunningReplica {
+            replica: replica.clone(),
+            addr,
+            shutdown,
+        });
+        replica
+    }
+
+    pub fn replica(&self, i: usize) -> &Arc<LedgerReplica> {
+        &self.replicas[i].as_ref().expect("replica running").replica
+    }
+
+    /// Starts every replica, bootstraps the first and makes the others voters.
+    pub async fn start_all(&mut self) {
+        for i in 0..self.replicas.len() {
+            self.start(i).await;
+        }
+        let first = self.replica(0).clone();
+        first.bootstrap().await.expect("bootstrap");
+        wait_for(|| first.is_leader()).await;
+        let mut voters = vec![first.id];
+        for i in 1..self.replicas.len() {
+            let replica = self.replica(i).clone();
+            first
+                .execute(LedgerRequest::AddLearner {
+                    id: replica.id,
+                    addr: replica.me.clone(),
+                })
+                .await
+                .expect("add learner");
+            voters.push(replica.id);
+        }
+        first
+            .execute(LedgerRequest::ChangeMembership { voters })
+            .await
+            .expect("change membership");
+    }
+
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(running) = self.replicas[i].take() {
+            running.kill().await;
+        }
+    }
+
+    pub fn leader_index(&self) -> Option<usize> {
+        (0..self.replicas.len()).find(|&i| self.replicas[i].as_ref().is_some_and(|r| r.replica.is_leader()))
+    }
+
+    /// A client connection to replica `i`, with a client certificate of the cluster CA.
+    pub async fn client(&self, i: usize) -> LedgerClient {
+        let issued = self
+            .ca
+            .issue(Role::Client, "client", &[], Validity::default())
+            .unwrap();
+        let identity = Identity::from_issued(&self.ca, &issued).unwrap();
+        let tuning = TransportTuning::default();
+        let endpoint = transport::endpoint(
+            transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
+            &identity,
+            &tuning,
+        )
+        .unwrap();
+        let addr = &self.replicas[i].as_ref().expect("running").addr;
+        LedgerClient(
+            RpcClient::connect(&endpoint, addr, Role::Scheduler)
+                .await
+                .expect("connect"),
+        )
+    }
+
+    /// Replica ids by index, for membership checks.
+    pub fn ids(&self) -> BTreeMap<usize, ReplicaId> {
+        (0..self.replicas.len())
+            .filter_map(|i| self.replicas[i].as_ref().map(|r| (i, r.replica.id)))
+            .collect()
+    }
+}
+
+/// A typed ledger client over an RPC connection.
+#[derive(Clone)]
+pub struct LedgerClient(pub RpcClient);
+
+impl LedgerClient {
+    pub async fn request(&self, request: &LedgerRequest) -> LedgerResult {
+        match self.0.call(&ClientRequest::Ledger(encode(request))).await {
+            Ok(ClientResponse::Ledger(bytes)) => decode::<LedgerResult>(&bytes)?,
+            Ok(other) => Err(LedgerApiError::BadRequest(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(LedgerApiError::LeaderUnreachable(e.to_string())),
+        }
+    }
+
+    pub async fn nonce(&self, address: crate::keys::Address) -> Result<u64, LedgerApiError> {
+        match self.request(&LedgerRequest::Account(address)).await? {
+            LedgerResponse::Account(view) => Ok(view.account.nonce),
+            other => Err(LedgerApiError::BadRequest(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
+
+/// Waits (bounded: 20 s) until `condition` holds.
+pub async fn wait_for(condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(20));
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within 20 s"
+        );
+        poll.tick().await;
+    }
+}

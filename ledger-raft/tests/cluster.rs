@@ -1,0 +1,224 @@
+//! Three replicas on loopback QUIC: a leader killed in the middle of a stream of transfers is
+//! replaced and no acknowledged transfer is lost; a follower that missed a purged log catches up
+//! by snapshot and reaches the same state hash; replays stay refused after both.
+
+use std::time::Duration;
+
+use aic_ledger::amount::Amount;
+use aic_ledger::api::{LedgerRequest, LedgerResponse};
+use aic_ledger::raft::replica::ReplicaSettings;
+use aic_ledger::testkit::{wait_for, LedgerClient, TestCluster};
+use aic_ledger::tx::{Call, Transaction};
+use aic_ledger::{Address, Keypair, SignedTransaction, TxError};
+
+fn transfer(cluster: &TestCluster, nonce: u64, to: Address, amount: Amount) -> SignedTransaction {
+    Transaction {
+        chain_id: cluster.genesis.chain_id.clone(),
+        from: cluster.keys.fundraiser.address(),
+        nonce,
+        call: Call::Transfer { to, amount },
+    }
+    .sign(&cluster.keys.fundraiser)
+}
+
+/// Submits through any live replica, retrying while leadership settles. Returns whether the
+/// ledger acknowledged the transfer as applied.
+async fn submit(clients: &[LedgerClient], signed: &SignedTransaction) -> Option<Result<(), TxError>> {
+    for attempt in 0..40 {
+        let client = &clients[attempt % clients.len()];
+        match client
+            .request(&LedgerRequest::Submit(Box::new(signed.clone())))
+            .await
+        {
+            Ok(LedgerResponse::Submitted { result, .. }) => return Some(result.map(|_| ())),
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    None
+}
+
+async fn next_nonce(clients: &[LedgerClient], who: Address) -> u64 {
+    for attempt in 0..40 {
+        if let Ok(nonce) = clients[attempt % clients.len()].nonce(who).await {
+            return nonce;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no replica answered a nonce query");
+}
+
+async fn same_state_everywhere(cluster: &TestCluster, indices: &[usize]) -> [u8; 32] {
+    let target = indices
+        .iter()
+        .map(|&i| cluster.replica(i).status().applied_index)
+        .max()
+        .unwrap();
+    for &i in indices {
+        let replica = cluster.replica(i).clone();
+        wait_for(|| replica.status().applied_index >= target).await;
+    }
+    // Blocks and transactions have stopped; every replica is at the same index now.
+    let hashes: Vec<([u8; 32], u64)> = indices
+        .iter()
+        .map(|&i| {
+            let s = cluster.replica(i).status();
+            (s.state_hash, s.applied_index)
+        })
+        .collect();
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "replicas differ: {hashes:?}"
+    );
+    hashes[0].0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::new(dir.path(), 3);
+    cluster.start_all().await;
+    let clients = [
+        cluster.client(0).await,
+        cluster.client(1).await,
+        cluster.client(2).await,
+    ];
+    let fundraiser = cluster.keys.fundraiser.address();
+
+    let mut acknowledged: Vec<(Address, Amount)> = Vec::new();
+    let mut killed = None;
+    for i in 0..40u128 {
+        if i == 15 {
+            let leader = cluster.leader_index().expect("a leader");
+            cluster.kill(leader).await;
+            killed = Some(leader);
+        }
+        let live: Vec<LedgerClient> = (0..3)
+            .filter(|j| Some(*j) != killed)
+            .map(|j| clients[j].clone())
+            .collect();
+        let nonce = next_nonce(&live, fundraiser).await;
+        let to = Keypair::generate().address();
+        let amount = Amount::aic(i + 1).unwrap();
+        if let Some(Ok(())) = submit(&live, &transfer(&cluster, nonce, to, amount)).await {
+            acknowledged.push((to, amount));
+        }
+    }
+    assert!(
+        acknowledged.len() >= 35,
+        "most transfers were acknowledged: {}",
+        acknowledged.len()
+    );
+
+    let survivors: Vec<usize> = (0..3).filter(|j| Some(*j) != killed).collect();
+    let new_leader = cluster.leader_index().expect("a new leader");
+    assert_ne!(Some(new_leader), killed);
+    let client = &clients[new_leader];
+    for (to, amount) in &acknowledged {
+        match client.request(&LedgerRequest::Account(*to)).await.unwrap() {
+            LedgerResponse::Account(view) => assert_eq!(view.account.balance, *amount, "transfer to {to:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    same_state_everywhere(&cluster, &survivors).await;
+    match client.request(&LedgerRequest::Audit).await.unwrap() {
+        LedgerResponse::Audit(result) => result.unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_a_purged_log_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::new(dir.path(), 3);
+    cluster.settings = Box::new(|dir, genesis| {
+        let mut settings = ReplicaSettings::new(dir, genesis);
+        settings.audit_every_entry = true;
+        settings.snapshot_every_entries = 10;
+        settings.logs_kept_after_snapshot = 0;
+        settings
+    });
+    cluster.start_all().await;
+    let leader = cluster.leader_index().unwrap();
+    let lagging = (0..3).find(|&i| i != leader).unwrap();
+    let clients = vec![cluster.client(leader).await];
+    let fundraiser = cluster.keys.fundraiser.address();
+
+    // The follower crashes and the operator removes it, so the leader may purge its log.
+    cluster.kill(lagging).await;
+    let ids = cluster.ids();
+    let remaining: Vec<_> = ids.values().copied().collect();
+    let lagging_id = cluster
+        .replica(leader)
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .find(|id| !remaining.contains(id))
+        .unwrap();
+    cluster
+        .replica(leader)
+        .execute(LedgerRequest::ChangeMembership {
+            voters: remaining.clone(),
+        })
+        .await
+        .unwrap();
+    let mut first_signed = None;
+    for i in 0..30u128 {
+        let nonce = next_nonce(&clients, fundraiser).await;
+        let signed = transfer(
+            &cluster,
+            nonce,
+            Keypair::generate().address(),
+            Amount::aic(i + 1).unwrap(),
+        );
+        assert_eq!(submit(&clients, &signed).await, Some(Ok(())));
+        first_signed.get_or_insert(signed);
+    }
+    // The leader has snapshotted and purged the entries the lagging follower lacks.
+    let leader_replica = cluster.replica(leader).clone();
+    wait_for(|| {
+        leader_replica
+            .raft()
+            .metrics()
+            .borrow()
+            .purged
+            .is_some_and(|purged| purged.index >= 20)
+    })
+    .await;
+
+    // It comes back on its old data and rejoins: first as a learner, then as a voter.
+    let restarted = cluster.start(lagging).await;
+    assert_eq!(restarted.id, lagging_id);
+    leader_replica
+        .execute(LedgerRequest::AddLearner {
+            id: restarted.id,
+            addr: restarted.me.clone(),
+        })
+        .await
+        .unwrap();
+    let mut voters = remaining;
+    voters.push(restarted.id);
+    leader_replica
+        .execute(LedgerRequest::ChangeMembership { voters })
+        .await
+        .unwrap();
+    let target = leader_replica.status().applied_index;
+    wait_for(|| restarted.status().applied_index >= target).await;
+    assert!(
+        restarted.raft().metrics().borrow().snapshot.is_some(),
+        "the follower installed a snapshot"
+    );
+    same_state_everywhere(&cluster, &[0, 1, 2]).await;
+
+    // A replay of an early transfer is refused after the snapshot restore, on every replica.
+    let replay = first_signed.unwrap();
+    let refused = submit(&[cluster.client(lagging).await], &replay).await;
+    assert!(
+        matches!(refused, Some(Err(TxError::BadNonce { .. }))),
+        "{refused:?}"
+    );
+    same_state_everywhere(&cluster, &[0, 1, 2]).await;
+}
