@@ -1,6 +1,7 @@
-//! `aic devnet`: a whole grid on this machine — a throw-away CA, one scheduler, two storage and
-//! three compute nodes, each on its own loopback QUIC port — in this process or, with
-//! `--processes`, each as its own OS process started from the same binary and config files.
+//! `aic devnet`: a whole grid on this machine — a throw-away CA and genesis, three scheduler
+//! replicas sharing a Raft ledger, two storage and three compute nodes, each on its own loopback
+//! QUIC port — in this process or, with `--processes`, each as its own OS process started from
+//! the same binary and config files.
 //!
 //! ```text
 //! data dir/
@@ -8,13 +9,22 @@
 //!   certs/                 ca.pem, ca.key, <name>.pem, <name>.key
 //!   config/<name>.toml     each service's config, the same files in both modes
 //!   client.toml            the profile for `aic nodes --profile …`
+//!   genesis.toml           the ledger's genesis; wallets/<holder>.key spend its shares
+//!   ledger/<scheduler>/    each replica's Raft log and snapshots
 //!   run/<name>.ready       bound addresses (process mode)
 //!   logs/<name>.log        each process's log (process mode)
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aic_ledger::api::{LedgerRequest, LedgerResponse, LedgerStatus};
+use aic_ledger::genesis::{Genesis, Holders};
+use aic_ledger::raft::types::{replica_id_of, ReplicaAddr};
+use aic_ledger::{Address, Keypair};
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::NodeId;
 
 use aic_protocol::certs::{CertificateAuthority, IdentityFiles, Validity};
 use aic_protocol::config;
@@ -27,10 +37,12 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::ledger_client;
 use crate::nodes::{self, ClientProfile};
 use crate::roles::{shutdown_signal, ReadyFile};
 
 const MARKER: &str = ".aic-devnet";
+const SCHEDULERS: [&str; 3] = ["scheduler-1", "scheduler-2", "scheduler-3"];
 const STORAGE_NODES: [&str; 2] = ["storage-1", "storage-2"];
 const COMPUTE_NODES: [&str; 3] = ["compute-1", "compute-2", "compute-3"];
 /// Devnet heartbeats are brisk so the grid settles in about a second.
@@ -69,11 +81,11 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
     let certs = dir.join("certs");
     let ca = CertificateAuthority::generate("devnet")?;
     ca.save(&certs)?;
-    let issue = |role: Role, name: &str| -> anyhow::Result<IdentityFiles> {
-        Ok(ca
-            .issue(role, name, &[], Validity::default())?
-            .save(&certs, name)?)
+    let issue = |role: Role, name: &str| -> anyhow::Result<(IdentityFiles, NodeId)> {
+        let issued = ca.issue(role, name, &[], Validity::default())?;
+        Ok((issued.save(&certs, name)?, issued.node_id))
     };
+    let genesis_path = write_genesis(dir)?;
 
     let mut grid = if args.processes {
         Grid::Processes(Vec::new())
@@ -84,44 +96,71 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         }
     };
     let outcome = async {
-        let mut scheduler_config = aic_scheduler::SchedulerConfig {
-            endpoint: loopback_endpoint("scheduler", issue(Role::Scheduler, "scheduler")?),
-            ..Default::default()
-        };
-        scheduler_config.membership.heartbeat_interval_ms = HEARTBEAT_INTERVAL_MS;
-        let scheduler_addr = grid
-            .start(dir, "scheduler", "scheduler", &scheduler_config)
-            .await?;
+        let mut metrics_urls = Map::new();
+        let mut replicas = Vec::new();
+        for (i, name) in SCHEDULERS.iter().enumerate() {
+            let (tls, node_id) = issue(Role::Scheduler, name)?;
+            let mut config = aic_scheduler::SchedulerConfig {
+                endpoint: loopback_endpoint(name, tls),
+                ..Default::default()
+            };
+            config.membership.heartbeat_interval_ms = HEARTBEAT_INTERVAL_MS;
+            config.ledger.genesis = genesis_path.clone();
+            config.ledger.data_dir = dir.join("ledger").join(name);
+            config.ledger.bootstrap = i == 0;
+            let (addr, metrics) = grid.start(dir, name, "scheduler", &config).await?;
+            metrics_urls.insert(name.to_string(), json!(metrics));
+            replicas.push(ReplicaAddr {
+                addr: addr.to_string(),
+                node_id: node_id.to_string(),
+            });
+        }
+        let scheduler_addr = replicas[0].addr.clone();
 
         let link = aic_protocol::node_agent::SchedulerLink {
-            addr: scheduler_addr.to_string(),
+            addr: scheduler_addr.clone(),
         };
         for name in STORAGE_NODES {
             let mut config = aic_storage_node::StorageConfig {
-                endpoint: loopback_endpoint(name, issue(Role::Storage, name)?),
+                endpoint: loopback_endpoint(name, issue(Role::Storage, name)?.0),
                 scheduler: link.clone(),
                 ..Default::default()
             };
             config.storage.data_dir = dir.join("data").join(name);
-            grid.start(dir, name, "storage-node", &config).await?;
+            let (_, metrics) = grid.start(dir, name, "storage-node", &config).await?;
+            metrics_urls.insert(name.to_string(), json!(metrics));
         }
         for name in COMPUTE_NODES {
             let config = aic_compute_node::ComputeConfig {
-                endpoint: loopback_endpoint(name, issue(Role::Compute, name)?),
+                endpoint: loopback_endpoint(name, issue(Role::Compute, name)?.0),
                 scheduler: link.clone(),
             };
-            grid.start(dir, name, "compute-node", &config).await?;
+            let (_, metrics) = grid.start(dir, name, "compute-node", &config).await?;
+            metrics_urls.insert(name.to_string(), json!(metrics));
         }
 
         let profile = ClientProfile {
-            scheduler: scheduler_addr.to_string(),
-            tls: issue(Role::Client, "client")?,
+            scheduler: scheduler_addr,
+            tls: issue(Role::Client, "client")?.0,
         };
         let profile_path = dir.join("client.toml");
         write_toml(&profile_path, &profile)?;
 
-        let nodes = wait_until_up(&profile, Duration::from_secs(args.timeout_secs), &mut grid).await?;
-        report(dir, args, &profile_path, &nodes)?;
+        let client = nodes::connect(&profile).await?;
+        join_replicas(&client, &replicas).await?;
+        let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+        let nodes = wait_until_up(&client, deadline, &mut grid).await?;
+        let ledger = wait_for_ledger(&client, deadline).await?;
+        let chain_verified = ledger_client::verify(&client).await.is_ok();
+        report(
+            dir,
+            args,
+            &profile_path,
+            &nodes,
+            &metrics_urls,
+            &ledger,
+            chain_verified,
+        )?;
         if !args.once {
             shutdown_signal().await?;
         }
@@ -130,6 +169,64 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
     .await;
     grid.stop().await;
     outcome
+}
+
+/// Makes a wallet for each genesis holder and the system key, and writes the genesis file.
+fn write_genesis(dir: &Path) -> anyhow::Result<PathBuf> {
+    let wallets = dir.join("wallets");
+    let key = |name: &str| -> anyhow::Result<Address> {
+        let key = Keypair::generate();
+        ledger_client::save_wallet(&wallets.join(format!("{name}.key")), &key)?;
+        Ok(key.address())
+    };
+    let holders = Holders {
+        fundraiser: key("fundraiser")?,
+        advisors: key("advisors")?,
+        company: key("company")?,
+        team: key("team")?,
+        operations: key("operations")?,
+    };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let genesis = Genesis::local("aic-devnet", now_ms, holders, key("system")?);
+    let path = dir.join("genesis.toml");
+    genesis.save(&path).map_err(anyhow::Error::msg)?;
+    Ok(path)
+}
+
+/// Adds the second and third scheduler as learners, then makes all three voters — the same
+/// requests `aic ledger add-learner` and `aic ledger promote` send.
+async fn join_replicas(client: &RpcClient, replicas: &[ReplicaAddr]) -> anyhow::Result<()> {
+    let id_of = |r: &ReplicaAddr| -> anyhow::Result<u64> { Ok(replica_id_of(&r.node_id.parse()?)) };
+    for replica in &replicas[1..] {
+        let add = LedgerRequest::AddLearner {
+            id: id_of(replica)?,
+            addr: replica.clone(),
+        };
+        ledger_client::request(client, &add).await?;
+    }
+    let voters = replicas.iter().map(id_of).collect::<anyhow::Result<Vec<_>>>()?;
+    ledger_client::request(client, &LedgerRequest::ChangeMembership { voters }).await?;
+    Ok(())
+}
+
+/// Waits until the ledger has three voters, a leader and a sealed block.
+async fn wait_for_ledger(client: &RpcClient, deadline: Instant) -> anyhow::Result<LedgerStatus> {
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        poll.tick().await;
+        if let LedgerResponse::Status(status) = ledger_client::request(client, &LedgerRequest::Status).await?
+        {
+            let voters = status.replicas.iter().filter(|r| r.voter).count();
+            if voters == SCHEDULERS.len() && status.leader.is_some() && status.block_height >= 1 {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the ledger did not settle in time: {status:?}");
+            }
+        }
+    }
 }
 
 /// An endpoint on ephemeral loopback ports: nothing to collide with, on any machine.
@@ -151,14 +248,15 @@ enum Grid {
 }
 
 impl Grid {
-    /// Writes the service's config file and starts it from that file; returns its QUIC address.
+    /// Writes the service's config file and starts it from that file; returns its QUIC
+    /// address and its metrics URL.
     async fn start<C>(
         &mut self,
         dir: &Path,
         name: &str,
         command: &str,
         config: &C,
-    ) -> anyhow::Result<std::net::SocketAddr>
+    ) -> anyhow::Result<(std::net::SocketAddr, String)>
     where
         C: Serialize + serde::de::DeserializeOwned + Default + config::Validate,
     {
@@ -172,7 +270,7 @@ impl Grid {
                     "scheduler" => {
                         let c: aic_scheduler::SchedulerConfig = config::load(Some(&config_path), &no_flags)?;
                         let bound = c.endpoint.bind()?;
-                        aic_scheduler::start(c, bound, shutdown.clone())?
+                        aic_scheduler::start(c, bound, shutdown.clone()).await?
                     }
                     "storage-node" => {
                         let c: aic_storage_node::StorageConfig = config::load(Some(&config_path), &no_flags)?;
@@ -186,9 +284,9 @@ impl Grid {
                     }
                     other => bail!("unknown service {other}"),
                 };
-                let addr = handle.quic_addr;
+                let started = (handle.quic_addr, handle.metrics_url());
                 handles.push(handle);
-                Ok(addr)
+                Ok(started)
             }
             Grid::Processes(children) => {
                 let ready_path = dir.join("run").join(format!("{name}.ready"));
@@ -220,7 +318,8 @@ impl Grid {
                 let mut child = child.spawn().with_context(|| format!("starting {name}"))?;
                 let ready = wait_for_ready(&ready_path, &log_path, &mut child).await;
                 children.push((name.to_string(), child));
-                Ok(ready?.quic)
+                let ready = ready?;
+                Ok((ready.quic, format!("http://{}/metrics", ready.metrics)))
             }
         }
     }
@@ -287,17 +386,15 @@ async fn wait_for_ready(
 
 /// Polls the scheduler until every node is registered, up, and has measured an RTT.
 async fn wait_until_up(
-    profile: &ClientProfile,
-    timeout: Duration,
+    client: &RpcClient,
+    deadline: Instant,
     grid: &mut Grid,
 ) -> anyhow::Result<Vec<NodeStatus>> {
     let expected = STORAGE_NODES.len() + COMPUTE_NODES.len();
-    let deadline = Instant::now() + timeout;
-    let client = nodes::connect(profile).await?;
     let mut poll = tokio::time::interval(Duration::from_millis(100));
     loop {
         poll.tick().await;
-        let listed = nodes::list_nodes(&client).await?;
+        let listed = nodes::list_nodes(client).await?;
         let members: Vec<&NodeStatus> = listed.iter().filter(|n| n.role != Role::Scheduler).collect();
         let settled = members.len() == expected
             && members
@@ -315,24 +412,44 @@ async fn wait_until_up(
         }
         if Instant::now() > deadline {
             bail!(
-                "the grid did not come up within {timeout:?}; the scheduler sees:\n{}",
+                "the grid did not come up in time; the scheduler sees:\n{}",
                 nodes::render_table(&listed)
             );
         }
     }
 }
 
-fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, nodes: &[NodeStatus]) -> anyhow::Result<()> {
+fn report(
+    dir: &Path,
+    args: &DevnetArgs,
+    profile_path: &Path,
+    nodes: &[NodeStatus],
+    metrics: &Map<String, Value>,
+    ledger: &LedgerStatus,
+    chain_verified: bool,
+) -> anyhow::Result<()> {
     let mode = if args.processes { "processes" } else { "in-process" };
-    let metrics: Map<String, Value> = nodes
-        .iter()
-        .map(|n| {
-            (
-                n.name.clone(),
-                json!(format!("http://{}/metrics", n.metrics_addr)),
-            )
-        })
-        .collect();
+    let replica_name = |id: u64| {
+        nodes
+            .iter()
+            .find(|n| n.role == Role::Scheduler && replica_id_of(&n.node_id) == id)
+            .map_or_else(|| id.to_string(), |n| n.name.clone())
+    };
+    let ledger_json = json!({
+        "chain_id": ledger.chain_id,
+        "leader": ledger.leader.map(replica_name),
+        "term": ledger.term,
+        "replicas": ledger.replicas.iter().map(|r| json!({
+            "id": r.id.to_string(),
+            "addr": r.addr.addr,
+            "node_id": r.addr.node_id,
+            "voter": r.voter,
+        })).collect::<Vec<_>>(),
+        "applied_index": ledger.applied_index,
+        "total_supply": ledger.total_supply,
+        "block_height": ledger.block_height,
+        "chain_verified": chain_verified,
+    });
     let nodes_command = format!("aic nodes --profile {}", profile_path.display());
     if args.json {
         let status = json!({
@@ -340,23 +457,46 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, nodes: &[NodeStatu
             "mode": mode,
             "nodes": nodes::nodes_json(nodes),
             "metrics": metrics,
+            "ledger": ledger_json,
             "profile": profile_path.display().to_string(),
         });
         println!("{}", serde_json::to_string(&status)?);
         return Ok(());
     }
     println!(
-        "AIC devnet is up ({mode}): 1 scheduler, {} storage nodes, {} compute nodes\ndata dir: {}\n",
+        "AIC devnet is up ({mode}): {} scheduler replicas, {} storage nodes, {} compute nodes\ndata dir: {}\n",
+        SCHEDULERS.len(),
         STORAGE_NODES.len(),
         COMPUTE_NODES.len(),
         dir.display()
     );
     print!("{}", nodes::render_table(nodes));
+    println!(
+        "\nledger {}: leader {}, term {}, applied index {}, total supply {} AIC, block height {}, chain {}",
+        ledger.chain_id,
+        ledger.leader.map_or_else(|| "none".to_string(), replica_name),
+        ledger.term,
+        ledger.applied_index,
+        ledger.total_supply,
+        ledger.block_height,
+        if chain_verified {
+            "verified"
+        } else {
+            "NOT verified"
+        }
+    );
     println!("\nmetrics:");
-    for (name, url) in &metrics {
-        println!("  {name:<10} {}", url.as_str().unwrap_or_default());
+    for (name, url) in metrics {
+        println!("  {name:<12} {}", url.as_str().unwrap_or_default());
     }
-    println!("\nlist the nodes yourself:  {nodes_command}");
+    println!("\ntry:");
+    println!("  {nodes_command}");
+    println!(
+        "  aic wallet balance --profile {} --wallet {}",
+        profile_path.display(),
+        dir.join("wallets/fundraiser.key").display()
+    );
+    println!("  aic chain verify --profile {}", profile_path.display());
     if !args.once {
         println!("Ctrl-C stops the devnet.");
     }

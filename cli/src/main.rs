@@ -3,6 +3,7 @@
 
 mod ca;
 mod devnet;
+mod ledger_client;
 mod nodes;
 mod roles;
 
@@ -48,7 +49,8 @@ fn main() -> std::process::ExitCode {
     // Services log at info; one-shot tools only warn, so their output stays readable.
     let default_level = match cli.command {
         Command::Scheduler(_) | Command::StorageNode(_) | Command::ComputeNode(_) => "info",
-        _ => "warn",
+        // openraft warns about routine election races; operators of one-shot tools need not see them.
+        _ => "warn,openraft=error",
     };
     logging::init(cli.log_format, default_level);
 

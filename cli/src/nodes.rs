@@ -83,6 +83,7 @@ pub async fn connect(profile: &ClientProfile) -> anyhow::Result<RpcClient> {
 pub async fn list_nodes(client: &RpcClient) -> anyhow::Result<Vec<NodeStatus>> {
     match client.call(&ClientRequest::ListNodes).await? {
         ClientResponse::Nodes(nodes) => Ok(nodes),
+        other => anyhow::bail!("unexpected answer to ListNodes: {other:?}"),
     }
 }
 

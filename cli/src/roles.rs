@@ -85,34 +85,34 @@ pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     if let Some(interval) = args.heartbeat_interval_ms {
         flags.insert("membership".into(), json!({ "heartbeat_interval_ms": interval }));
     }
-    run_service::<aic_scheduler::SchedulerConfig>(
+    run_service::<aic_scheduler::SchedulerConfig, _>(
         &args.service,
         flags,
         "aic scheduler",
         |c| &c.endpoint,
-        aic_scheduler::start,
+        |config, bound, shutdown| async move { Ok(aic_scheduler::start(config, bound, shutdown).await?) },
     )
     .await
 }
 
 pub async fn run_storage(args: NodeArgs) -> anyhow::Result<()> {
-    run_service::<aic_storage_node::StorageConfig>(
+    run_service::<aic_storage_node::StorageConfig, _>(
         &args.service,
         node_overrides(&args),
         "aic storage-node",
         |c| &c.endpoint,
-        aic_storage_node::start,
+        |config, bound, shutdown| async move { Ok(aic_storage_node::start(config, bound, shutdown)?) },
     )
     .await
 }
 
 pub async fn run_compute(args: NodeArgs) -> anyhow::Result<()> {
-    run_service::<aic_compute_node::ComputeConfig>(
+    run_service::<aic_compute_node::ComputeConfig, _>(
         &args.service,
         node_overrides(&args),
         "aic compute-node",
         |c| &c.endpoint,
-        aic_compute_node::start,
+        |config, bound, shutdown| async move { Ok(aic_compute_node::start(config, bound, shutdown)?) },
     )
     .await
 }
@@ -125,18 +125,16 @@ fn node_overrides(args: &NodeArgs) -> Map<String, Value> {
     flags
 }
 
-type StartFn<C> =
-    fn(C, aic_protocol::service::BoundSockets, CancellationToken) -> aic_protocol::Result<ServiceHandle>;
-
-async fn run_service<C>(
+async fn run_service<C, Fut>(
     args: &ServiceArgs,
     flags: Map<String, Value>,
     title: &str,
     endpoint_of: fn(&C) -> &EndpointSettings,
-    start: StartFn<C>,
+    start: impl FnOnce(C, aic_protocol::service::BoundSockets, CancellationToken) -> Fut,
 ) -> anyhow::Result<()>
 where
     C: Serialize + DeserializeOwned + Default + Validate,
+    Fut: std::future::Future<Output = anyhow::Result<ServiceHandle>>,
 {
     if args.print_sample_config {
         print!("{}", config::sample::<C>(&format!("{title} configuration")));
@@ -145,7 +143,7 @@ where
     let config: C = config::load(args.config.as_deref(), &Value::Object(flags))?;
     let bound = endpoint_of(&config).bind()?;
     let shutdown = CancellationToken::new();
-    let handle = start(config, bound, shutdown.clone())?;
+    let handle = start(config, bound, shutdown.clone()).await?;
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &handle)?;
     }

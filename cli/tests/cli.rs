@@ -52,7 +52,30 @@ fn check_devnet(extra: &[&str]) {
     assert_eq!(ports.len(), 6, "each service has its own QUIC port");
 
     let metrics = status["metrics"].as_object().expect("metrics");
-    assert_eq!(metrics.len(), 6);
+    assert_eq!(
+        metrics.len(),
+        8,
+        "three scheduler replicas and five nodes: {metrics:?}"
+    );
+
+    let ledger = &status["ledger"];
+    assert_eq!(ledger["replicas"].as_array().unwrap().len(), 3, "{ledger}");
+    assert!(ledger["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["voter"] == true));
+    assert!(
+        ledger["leader"].as_str().unwrap().starts_with("scheduler-"),
+        "{ledger}"
+    );
+    assert_eq!(
+        ledger["total_supply"], "8000000000",
+        "10 billion AIC less the 20 % reserve"
+    );
+    assert!(ledger["block_height"].as_u64().unwrap() >= 1);
+    assert!(ledger["applied_index"].as_u64().unwrap() >= 1);
+    assert_eq!(ledger["chain_verified"], true);
     for url in metrics.values() {
         let url = url.as_str().unwrap();
         assert!(

@@ -118,6 +118,24 @@ impl Genesis {
         ]
     }
 
+    /// Reads and validates a genesis file (TOML).
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("genesis file {}: {e}", path.display()))?;
+        let genesis: Genesis =
+            toml::from_str(&text).map_err(|e| format!("genesis file {}: {e}", path.display()))?;
+        genesis
+            .validate()
+            .map_err(|e| format!("genesis file {}: {e}", path.display()))?;
+        Ok(genesis)
+    }
+
+    /// Writes the genesis as TOML.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), String> {
+        let text = toml::to_string_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.chain_id.is_empty() || self.chain_id.len() > 64 {
             return Err("chain_id must be 1 to 64 characters".into());

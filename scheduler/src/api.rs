@@ -1,9 +1,15 @@
-//! The scheduler's QUIC API: turns node and client requests into messages to its actors.
-//! Roles are already checked by the RPC layer; this only routes.
+//! The scheduler's QUIC API: turns node and client requests into messages to its actors, and
+//! ledger and replica traffic into calls on its ledger replica. Roles are already checked by the
+//! RPC layer; this only routes.
+
+use std::sync::Arc;
 
 use actix::Addr;
+use aic_ledger::raft::replica::LedgerReplica;
 use aic_protocol::certs::PeerIdentity;
-use aic_protocol::messages::{ClientRequest, ClientResponse, NodeRequest, NodeResponse};
+use aic_protocol::messages::{
+    ClientRequest, ClientResponse, NodeRequest, NodeResponse, ReplicaRequest, ReplicaResponse,
+};
 use aic_protocol::rpc::RpcHandler;
 use aic_protocol::{ErrorCode, RpcError};
 
@@ -11,6 +17,7 @@ use crate::registry::{ListNodes, ReceiveHeartbeat, Register, Registry};
 
 pub struct SchedulerApi {
     pub registry: Addr<Registry>,
+    pub ledger: Arc<LedgerReplica>,
 }
 
 fn unavailable(error: actix::MailboxError) -> RpcError {
@@ -39,6 +46,17 @@ impl RpcHandler for SchedulerApi {
             ClientRequest::ListNodes => Ok(ClientResponse::Nodes(
                 self.registry.send(ListNodes).await.map_err(unavailable)?,
             )),
+            ClientRequest::Ledger(payload) => {
+                Ok(ClientResponse::Ledger(self.ledger.handle_client(&payload).await))
+            }
         }
+    }
+
+    async fn replica(
+        &self,
+        _peer: &PeerIdentity,
+        request: ReplicaRequest,
+    ) -> Result<ReplicaResponse, RpcError> {
+        self.ledger.handle_replica(request).await
     }
 }

@@ -2,6 +2,8 @@
 
 use aic_protocol::config::{Invalid, Validate};
 use aic_protocol::service::EndpointSettings;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -9,6 +11,39 @@ use serde::{Deserialize, Serialize};
 pub struct SchedulerConfig {
     pub endpoint: EndpointSettings,
     pub membership: MembershipSettings,
+    pub ledger: LedgerSettings,
+}
+
+/// The `[ledger]` table: this scheduler's ledger replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// Where the Raft log and snapshots live.
+    pub data_dir: PathBuf,
+    /// The genesis file (TOML); every replica of a cluster must use the same one.
+    pub genesis: PathBuf,
+    /// Start a one-replica cluster if this replica has never been part of one. Set on exactly
+    /// one replica of a new cluster; add the others with `aic ledger add-learner`/`promote`.
+    pub bootstrap: bool,
+    /// How often the leader seals a block.
+    pub block_interval_ms: u64,
+    /// Snapshot after this many log entries.
+    pub snapshot_every_entries: u64,
+    /// Audit the ledger after every applied entry (slow; for tests and investigations).
+    pub audit_every_entry: bool,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            data_dir: "data/ledger".into(),
+            genesis: "genesis.toml".into(),
+            bootstrap: false,
+            block_interval_ms: 2000,
+            snapshot_every_entries: 5000,
+            audit_every_entry: false,
+        }
+    }
 }
 
 /// The `[membership]` table.
@@ -31,6 +66,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             endpoint,
             membership: MembershipSettings::default(),
+            ledger: LedgerSettings::default(),
         }
     }
 }
@@ -62,6 +98,25 @@ impl Validate for SchedulerConfig {
                     "must be between 1 and 100, got {}",
                     m.missed_heartbeats_before_down
                 ),
+            ));
+        }
+        let l = &self.ledger;
+        if !(100..=600_000).contains(&l.block_interval_ms) {
+            return Err(Invalid::new(
+                "ledger.block_interval_ms",
+                format!("must be between 100 and 600000, got {}", l.block_interval_ms),
+            ));
+        }
+        if l.snapshot_every_entries < 10 {
+            return Err(Invalid::new(
+                "ledger.snapshot_every_entries",
+                "must be at least 10",
+            ));
+        }
+        if l.data_dir.as_os_str().is_empty() || l.genesis.as_os_str().is_empty() {
+            return Err(Invalid::new(
+                "ledger.data_dir",
+                "ledger.data_dir and ledger.genesis must name paths",
             ));
         }
         if m.probe_targets_per_node > 16 {

@@ -1,14 +1,16 @@
 //! The AIC control plane: one scheduler replica.
 //!
-//! Today it runs the `Registry` actor (membership, heartbeats, liveness) behind the QUIC API.
-//! It will host the Allocator, Rater, Payroll, BlockGenerator and Job actors on top of a ledger
-//! replica (`aic-ledger`), with decisions in pure functions and actors carrying them out.
+//! It runs the `Registry` actor (membership, heartbeats, liveness), a ledger replica
+//! (`aic-ledger`, Raft over QUIC) and the `BlockGenerator` actor behind the QUIC API. The
+//! Allocator, Rater, Payroll and Job actors come with the scheduler issue, with decisions in
+//! pure functions and actors carrying them out.
 //!
 //! [`start`] must run inside an actix `System` built on a multi-thread tokio runtime
 //! (`actix_rt::System::with_tokio_rt`), so quinn's tasks run on tokio workers and reach the
 //! actors through their addresses.
 
 pub mod api;
+pub mod block_generator;
 pub mod config;
 pub mod membership;
 pub mod metrics;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
+use aic_ledger::raft::replica::{LedgerReplica, ReplicaSettings};
 use aic_protocol::messages::{Capacity, NodeState, NodeStatus};
 use aic_protocol::node_agent::{advertised, display_name, local_capacity};
 use aic_protocol::service::{BoundSockets, ServiceHandle};
@@ -28,25 +31,37 @@ use tracing::{info, warn};
 
 pub use config::SchedulerConfig;
 
+use crate::block_generator::BlockGenerator;
 use crate::membership::{Membership, MembershipRules};
 use crate::metrics::SchedulerMetrics;
 use crate::registry::Registry;
 
+/// Why a scheduler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Protocol(#[from] aic_protocol::Error),
+    #[error("ledger: {0}")]
+    Ledger(String),
+}
+
 /// Starts a scheduler on already-bound sockets. It stops when `shutdown` is cancelled.
-pub fn start(
+pub async fn start(
     config: SchedulerConfig,
     bound: BoundSockets,
     shutdown: CancellationToken,
-) -> aic_protocol::Result<ServiceHandle> {
+) -> Result<ServiceHandle, StartError> {
     let identity = config.endpoint.tls.load()?;
     if identity.me.role != Role::Scheduler {
         return Err(aic_protocol::Error::WrongPeerRole {
             got: identity.me.role,
             expected: Role::Scheduler,
-        });
+        }
+        .into());
     }
     let registry = prometheus::Registry::new();
     let metrics = SchedulerMetrics::register(&registry)?;
+    let ledger_metrics = aic_ledger::metrics::LedgerMetrics::register(&registry)?;
     let quic_addr = bound.quic_addr()?;
     let metrics_addr = bound.metrics_addr()?;
     let endpoint = transport::endpoint(bound.quic, &identity, &TransportTuning::default())?;
@@ -74,11 +89,40 @@ pub fn start(
         probe_targets_per_node: config.membership.probe_targets_per_node as usize,
     };
     let registry_addr = Registry::new(Membership::new(rules, me), metrics.clone()).start();
+
+    let genesis = aic_ledger::genesis::Genesis::load(&config.ledger.genesis).map_err(StartError::Ledger)?;
+    let mut settings = ReplicaSettings::new(config.ledger.data_dir.clone(), genesis);
+    settings.snapshot_every_entries = config.ledger.snapshot_every_entries;
+    settings.audit_every_entry = config.ledger.audit_every_entry;
+    let ledger = LedgerReplica::start(
+        settings,
+        identity.me.node_id,
+        advertised(&config.endpoint, quic_addr),
+        endpoint.clone(),
+        ledger_metrics,
+    )
+    .await
+    .map_err(|e| StartError::Ledger(e.to_string()))?;
+    if config.ledger.bootstrap {
+        ledger
+            .bootstrap()
+            .await
+            .map_err(|e| StartError::Ledger(e.to_string()))?;
+    }
+    let node_key = aic_ledger::Keypair::from_pkcs8_der(identity.key.secret_der())
+        .map_err(|e| StartError::Ledger(format!("the scheduler key cannot sign blocks: {e}")))?;
+    let generator = BlockGenerator::new(
+        ledger.clone(),
+        node_key,
+        Duration::from_millis(config.ledger.block_interval_ms),
+    )
+    .start();
     info!(%name, node = %identity.me.node_id.short(), %quic_addr, %metrics_addr, "scheduler starting");
 
     let mut handle = ServiceHandle::new(name, quic_addr, metrics_addr, shutdown.clone());
     let api = Arc::new(api::SchedulerApi {
         registry: registry_addr.clone(),
+        ledger: ledger.clone(),
     });
     handle.spawn(rpc::serve(
         endpoint,
@@ -95,6 +139,8 @@ pub fn start(
     handle.spawn(async move {
         shutdown.cancelled().await;
         let _ = registry_addr.send(registry::Stop).await;
+        let _ = generator.send(block_generator::StopGenerator).await;
+        ledger.shutdown().await;
     });
     Ok(handle)
 }

@@ -51,6 +51,7 @@ fn start_compute(files: &IdentityFiles, scheduler: &str) -> (ServiceHandle, Canc
 async fn list(client: &RpcClient) -> Vec<NodeStatus> {
     match client.call(&ClientRequest::ListNodes).await.unwrap() {
         ClientResponse::Nodes(nodes) => nodes,
+        other => panic!("unexpected answer {other:?}"),
     }
 }
 
@@ -111,12 +112,19 @@ fn nodes_register_are_marked_down_when_killed_and_up_when_back() {
         };
         config.membership.heartbeat_interval_ms = HEARTBEAT_MS;
         config.membership.missed_heartbeats_before_down = 3;
+        let (genesis, _) = aic_ledger::testkit::test_genesis("cluster-test");
+        config.ledger.genesis = dir.path().join("genesis.toml");
+        genesis.save(&config.ledger.genesis).unwrap();
+        config.ledger.data_dir = dir.path().join("ledger");
+        config.ledger.bootstrap = true;
+        config.ledger.block_interval_ms = 200;
         let scheduler_shutdown = CancellationToken::new();
         let scheduler = aic_scheduler::start(
             config,
             BoundSockets::loopback_ephemeral().unwrap(),
             scheduler_shutdown.clone(),
         )
+        .await
         .unwrap();
         let scheduler_addr = scheduler.quic_addr.to_string();
 
@@ -218,6 +226,17 @@ fn nodes_register_are_marked_down_when_killed_and_up_when_back() {
             assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
         }
         assert!(metrics.contains("aic_scheduler_heartbeats_received_total{result=\"ok\"}"));
+        // The one-replica ledger leads itself and its block generator has been sealing blocks
+        // signed with the scheduler's certificate key.
+        let height: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("aic_ledger_block_height "))
+            .expect("block height exported")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(height >= 1, "blocks are sealed: height {height}");
+        assert!(metrics.contains("aic_ledger_is_leader 1"));
 
         for (handle, token) in [
             (returned, returned_shutdown),

@@ -1,0 +1,131 @@
+//! The client side of the ledger API for every `aic` command: typed requests over the
+//! scheduler connection, waiting out a leader election, and wallet key files.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aic_ledger::api::{decode, encode, LedgerApiError, LedgerRequest, LedgerResponse, LedgerResult};
+use aic_ledger::block::{verify_chain, BlockHeader};
+use aic_ledger::tx::{Call, Transaction};
+use aic_ledger::{Address, Keypair};
+use aic_protocol::messages::{ClientRequest, ClientResponse};
+use aic_protocol::rpc::RpcClient;
+use anyhow::{bail, Context};
+
+/// How long a command waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(15);
+
+/// Sends one ledger request; while no leader is known (an election), retries for a while.
+pub async fn request(client: &RpcClient, request: &LedgerRequest) -> anyhow::Result<LedgerResponse> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        let bytes = match client.call(&ClientRequest::Ledger(encode(request))).await? {
+            ClientResponse::Ledger(bytes) => bytes,
+            other => bail!("unexpected answer to a ledger request: {other:?}"),
+        };
+        match decode::<LedgerResult>(&bytes)? {
+            Ok(response) => return Ok(response),
+            Err(LedgerApiError::NoLeader | LedgerApiError::LeaderUnreachable(_))
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Signs `call` with `key` at the account's next nonce and submits it; a refusal is an error.
+pub async fn submit(
+    client: &RpcClient,
+    key: &Keypair,
+    call: Call,
+) -> anyhow::Result<(String, u64, Vec<aic_ledger::state::Event>)> {
+    let LedgerResponse::Status(status) = request(client, &LedgerRequest::Status).await? else {
+        bail!("unexpected answer to a status request");
+    };
+    let LedgerResponse::Account(view) = request(client, &LedgerRequest::Account(key.address())).await? else {
+        bail!("unexpected answer to an account request");
+    };
+    let signed = Transaction {
+        chain_id: status.chain_id,
+        from: key.address(),
+        nonce: view.account.nonce,
+        call,
+    }
+    .sign(key);
+    match request(client, &LedgerRequest::Submit(Box::new(signed))).await? {
+        LedgerResponse::Submitted { hash, index, result } => match result {
+            Ok(events) => Ok((hex::encode(hash), index, events)),
+            Err(refusal) => bail!("refused (code {}): {refusal}", refusal.code()),
+        },
+        other => bail!("unexpected answer to a transaction: {other:?}"),
+    }
+}
+
+/// Every block from genesis with its transaction hashes, fetched page by page.
+pub async fn all_blocks(client: &RpcClient) -> anyhow::Result<Vec<(BlockHeader, Vec<[u8; 32]>)>> {
+    let mut blocks = Vec::new();
+    loop {
+        let page = LedgerRequest::Blocks {
+            from: blocks.len() as u64,
+            count: aic_ledger::api::MAX_BLOCKS_PER_REQUEST,
+        };
+        let LedgerResponse::Blocks(mut got) = request(client, &page).await? else {
+            bail!("unexpected answer to a blocks request");
+        };
+        if got.is_empty() {
+            return Ok(blocks);
+        }
+        blocks.append(&mut got);
+    }
+}
+
+/// Re-checks the whole chain from genesis: hash links, Merkle roots, proposer signatures.
+pub async fn verify(client: &RpcClient) -> anyhow::Result<u64> {
+    let blocks = all_blocks(client).await?;
+    let (headers, transactions): (Vec<_>, Vec<_>) = blocks.into_iter().unzip();
+    verify_chain(&headers, &transactions).map_err(|e| anyhow::anyhow!("chain does not verify: {e}"))?;
+    Ok(headers.last().map_or(0, |h| h.height))
+}
+
+/// Writes a new wallet key (hex secret, mode 0600); refuses to overwrite one.
+pub fn save_wallet(path: &Path, key: &Keypair) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "creating wallet {} (an existing wallet is never overwritten)",
+                path.display()
+            )
+        })?;
+    writeln!(file, "{}", hex::encode(key.secret_bytes()))?;
+    Ok(())
+}
+
+pub fn load_wallet(path: &Path) -> anyhow::Result<Keypair> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading wallet {}", path.display()))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .map_err(|_| anyhow::anyhow!("wallet {} does not hold a 64-digit hex key", path.display()))?;
+    Ok(Keypair::from_secret(secret))
+}
+
+/// The wallet file: `--wallet`, else `AIC_WALLET`, else `wallet.key`.
+pub fn wallet_path(flag: Option<&PathBuf>) -> PathBuf {
+    flag.cloned()
+        .or_else(|| std::env::var_os("AIC_WALLET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("wallet.key"))
+}
+
+pub fn parse_address(text: &str) -> anyhow::Result<Address> {
+    text.parse().map_err(|e: String| anyhow::anyhow!(e))
+}
