@@ -1,11 +1,14 @@
 //! `aic`: the one command line of the grid. Each subcommand parses its flags and config and
 //! calls into a library crate; nothing here decides anything the libraries could.
 
+mod asset;
 mod ca;
+mod chain;
 mod devnet;
 mod ledger_client;
 mod nodes;
 mod roles;
+mod wallet;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +44,14 @@ enum Command {
     Nodes(nodes::NodesArgs),
     /// Start a whole grid on this machine with a throw-away CA.
     Devnet(devnet::DevnetArgs),
+    /// Keys, balances, transfers and approvals of AIC.
+    Wallet(wallet::WalletArgs),
+    /// Dataset, Model and TrainedModel tokens.
+    Asset(asset::AssetArgs),
+    /// Blocks: head, one block, verify the chain, audit the ledger.
+    Chain(chain::ChainArgs),
+    /// The ledger's replicas: status and membership changes.
+    Ledger(chain::LedgerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,6 +94,10 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::ComputeNode(args) => roles::run_compute(args).await,
             Command::Nodes(args) => nodes::run(args).await,
             Command::Devnet(args) => devnet::run(args).await,
+            Command::Wallet(args) => wallet::run(args).await,
+            Command::Asset(args) => asset::run(args).await,
+            Command::Chain(args) => chain::run(args).await,
+            Command::Ledger(args) => chain::run_ledger(args).await,
             Command::Ca(_) => unreachable!("handled synchronously"),
         }
     })

@@ -50,10 +50,10 @@ impl Validate for ClientProfile {
 #[derive(Args, Clone, Debug, Default)]
 pub struct ClientArgs {
     /// Client profile (TOML with `scheduler` and `[tls]`); `aic devnet` writes one.
-    #[arg(long, env = "AIC_PROFILE")]
+    #[arg(long, env = "AIC_PROFILE", global = true)]
     pub profile: Option<PathBuf>,
     /// The scheduler's QUIC address, overriding the profile.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub scheduler: Option<String>,
 }
 

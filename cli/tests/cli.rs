@@ -244,6 +244,70 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
         "{table}"
     );
 
+    // The ledger through the CLI: a transfer, an overdraft refused with its code, the chain
+    // verified and the invariants audited.
+    let fundraiser = data_dir.join("wallets/fundraiser.key");
+    let fundraiser = fundraiser.to_str().unwrap();
+    let alice = dir.path().join("alice.key");
+    let alice = alice.to_str().unwrap();
+    assert!(aic(&["wallet", "new", "--wallet", alice]).status.success());
+    assert!(
+        !aic(&["wallet", "new", "--wallet", alice]).status.success(),
+        "a wallet is never overwritten"
+    );
+    let address = String::from_utf8(aic(&["wallet", "address", "--wallet", alice]).stdout).unwrap();
+    let address = address.trim();
+    let sent = aic(&[
+        "wallet",
+        "transfer",
+        address,
+        "12.5",
+        "--profile",
+        profile,
+        "--wallet",
+        fundraiser,
+        "--json",
+    ]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let balance = aic(&[
+        "wallet",
+        "balance",
+        "--profile",
+        profile,
+        "--wallet",
+        alice,
+        "--json",
+    ]);
+    let balance: Value = serde_json::from_slice(&balance.stdout).unwrap();
+    assert_eq!(balance["account"]["balance"], "12.5", "{balance}");
+    let overdraft = aic(&[
+        "wallet",
+        "transfer",
+        address,
+        "13",
+        "--profile",
+        profile,
+        "--wallet",
+        alice,
+    ]);
+    assert!(!overdraft.status.success());
+    assert!(stderr(&overdraft).contains("code 103"), "{}", stderr(&overdraft));
+    let verify = aic(&["chain", "verify", "--profile", profile, "--json"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let audit = aic(&["chain", "audit", "--profile", profile]);
+    assert!(audit.status.success(), "{}", stderr(&audit));
+    let history = aic(&[
+        "wallet",
+        "history",
+        "--profile",
+        profile,
+        "--wallet",
+        alice,
+        "--json",
+    ]);
+    let history: Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(devnet.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -1,0 +1,149 @@
+//! `aic asset …`: ERC721 Dataset, Model and TrainedModel tokens.
+
+use std::path::PathBuf;
+
+use aic_ledger::api::{LedgerRequest, LedgerResponse};
+use aic_ledger::state::Asset;
+use aic_ledger::tx::Call;
+use aic_protocol::AssetId;
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::ledger_client::{self, load_wallet, parse_address, wallet_path};
+use crate::nodes::{self, ClientArgs};
+use crate::wallet::print_out;
+
+#[derive(Args, Clone, Debug)]
+pub struct AssetArgs {
+    #[command(subcommand)]
+    pub command: AssetCommand,
+    #[arg(long, global = true)]
+    pub wallet: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum AssetCommand {
+    /// All assets, or one owner's.
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// One asset's owner, approval and metadata.
+    Show { asset: AssetId },
+    /// Move an asset you own (or may manage) to another address.
+    Transfer { asset: AssetId, to: String },
+    /// Let SPENDER move the asset (or `--clear` the approval).
+    Approve {
+        asset: AssetId,
+        spender: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+fn asset_json(id: &AssetId, asset: &Asset) -> serde_json::Value {
+    json!({
+        "id": id.to_string(),
+        "kind": asset.kind,
+        "owner": asset.owner,
+        "approved": asset.approved,
+        "name": asset.metadata.name,
+        "content_hash": hex::encode(asset.metadata.content_hash),
+        "usage_fee": asset.metadata.usage_fee,
+        "manifest": asset.metadata.manifest,
+    })
+}
+
+pub async fn run(args: AssetArgs) -> anyhow::Result<()> {
+    let client = nodes::connect(&args.client.load()?).await?;
+    match args.command {
+        AssetCommand::List { owner } => {
+            let owner = owner.as_deref().map(parse_address).transpose()?;
+            let LedgerResponse::Assets(assets) =
+                ledger_client::request(&client, &LedgerRequest::Assets { owner }).await?
+            else {
+                bail!("unexpected answer");
+            };
+            let rows: Vec<_> = assets.iter().map(|(id, a)| asset_json(id, a)).collect();
+            print_out(args.json, json!(rows), || {
+                if assets.is_empty() {
+                    return "no assets".to_string();
+                }
+                assets
+                    .iter()
+                    .map(|(id, a)| {
+                        format!(
+                            "{id}  {:?}  {}  owner {}",
+                            a.kind,
+                            a.metadata.name,
+                            a.owner.short()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        AssetCommand::Show { asset } => {
+            let LedgerResponse::Asset(found) =
+                ledger_client::request(&client, &LedgerRequest::Asset(asset)).await?
+            else {
+                bail!("unexpected answer");
+            };
+            let Some(found) = found else {
+                bail!("unknown asset {asset} (never minted, or burned)");
+            };
+            let value = asset_json(&asset, &found);
+            print_out(args.json, value.clone(), || {
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            });
+        }
+        AssetCommand::Transfer { asset, to } => {
+            let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+            let to = parse_address(&to)?;
+            let LedgerResponse::Asset(Some(found)) =
+                ledger_client::request(&client, &LedgerRequest::Asset(asset)).await?
+            else {
+                bail!("unknown asset {asset}");
+            };
+            let call = Call::TransferAsset {
+                from: found.owner,
+                to,
+                asset,
+            };
+            let (hash, index, _) = ledger_client::submit(&client, &key, call).await?;
+            print_out(
+                args.json,
+                json!({"tx": hash, "index": index, "asset": asset.to_string(), "to": to}),
+                || format!("asset {asset} now belongs to {to}\ntx {hash}"),
+            );
+        }
+        AssetCommand::Approve {
+            asset,
+            spender,
+            clear,
+        } => {
+            let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+            let approved = match (spender, clear) {
+                (Some(spender), false) => Some(parse_address(&spender)?),
+                (None, true) => None,
+                _ => bail!("name a SPENDER or pass --clear, not both"),
+            };
+            let (hash, index, _) =
+                ledger_client::submit(&client, &key, Call::ApproveAsset { approved, asset }).await?;
+            print_out(
+                args.json,
+                json!({"tx": hash, "index": index, "approved": approved}),
+                || match approved {
+                    Some(a) => format!("{a} may now move asset {asset}\ntx {hash}"),
+                    None => format!("approval of asset {asset} cleared\ntx {hash}"),
+                },
+            );
+        }
+    }
+    Ok(())
+}
