@@ -73,6 +73,12 @@ async fn same_state_everywhere(cluster: &TestCluster, indices: &[usize]) -> [u8;
     hashes[0].0
 }
 
+fn new_leader_hint(cluster: &TestCluster) -> usize {
+    cluster
+        .leader_index()
+        .unwrap_or_else(|| (0..3).find(|&i| cluster.replicas[i].is_some()).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_transfer() {
     let dir = tempfile::tempdir().unwrap();
@@ -86,6 +92,7 @@ async fn killing_the_leader_loses_no_acknowledged_transfer() {
     let fundraiser = cluster.keys.fundraiser.address();
 
     let mut acknowledged: Vec<(Address, Amount)> = Vec::new();
+    let mut first_acknowledged: Option<SignedTransaction> = None;
     let mut killed = None;
     for i in 0..40u128 {
         if i == 15 {
@@ -100,14 +107,34 @@ async fn killing_the_leader_loses_no_acknowledged_transfer() {
         let nonce = next_nonce(&live, fundraiser).await;
         let to = Keypair::generate().address();
         let amount = Amount::aic(i + 1).unwrap();
-        if let Some(Ok(())) = submit(&live, &transfer(&cluster, nonce, to, amount)).await {
+        let signed = transfer(&cluster, nonce, to, amount);
+        if let Some(Ok(())) = submit(&live, &signed).await {
             acknowledged.push((to, amount));
+            first_acknowledged.get_or_insert(signed);
         }
     }
     assert!(
         acknowledged.len() >= 35,
         "most transfers were acknowledged: {}",
         acknowledged.len()
+    );
+
+    // Raft traffic is for scheduler certificates only: a client may not vote.
+    let vote = aic_protocol::messages::ReplicaRequest::Vote(Vec::new());
+    let refused = clients[new_leader_hint(&cluster)]
+        .0
+        .call(&vote)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            aic_protocol::Error::Rpc(aic_protocol::RpcError {
+                code: aic_protocol::ErrorCode::PermissionDenied,
+                ..
+            })
+        ),
+        "{refused}"
     );
 
     let survivors: Vec<usize> = (0..3).filter(|j| Some(*j) != killed).collect();
@@ -120,6 +147,12 @@ async fn killing_the_leader_loses_no_acknowledged_transfer() {
             other => panic!("{other:?}"),
         }
     }
+    // A transaction acknowledged by the old leader is refused as a replay by the new one.
+    let replay = submit(&[client.clone()], &first_acknowledged.unwrap()).await;
+    assert!(
+        matches!(replay, Some(Err(TxError::BadNonce { .. }))),
+        "{replay:?}"
+    );
     same_state_everywhere(&cluster, &survivors).await;
     match client.request(&LedgerRequest::Audit).await.unwrap() {
         LedgerResponse::Audit(result) => result.unwrap(),
