@@ -2,6 +2,7 @@
 //! snapshots, and the replica that ties them to the QUIC network.
 
 pub mod log_store;
+pub mod mem_log_store;
 pub mod network;
 pub mod replica;
 pub mod state_machine;

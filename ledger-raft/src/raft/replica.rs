@@ -15,6 +15,7 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::sync::Mutex;
 
 use super::log_store::FileLogStore;
+use super::mem_log_store::MemLogStore;
 use super::network::QuicNetwork;
 use super::state_machine::{Applied, LedgerStateMachine, SharedState};
 use super::types::{replica_id_of, CommandOutcome, LedgerCommand, Raft, ReplicaAddr, ReplicaId};
@@ -39,6 +40,8 @@ pub struct ReplicaSettings {
     pub snapshot_every_entries: u64,
     /// Log entries kept after a snapshot (for followers that lag a little).
     pub logs_kept_after_snapshot: u64,
+    /// Keep the Raft log in memory only. For the benchmark's baseline; never durable.
+    pub volatile_log: bool,
 }
 
 impl ReplicaSettings {
@@ -51,6 +54,7 @@ impl ReplicaSettings {
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every_entries: 5000,
             logs_kept_after_snapshot: 1000,
+            volatile_log: false,
         }
     }
 
@@ -108,7 +112,6 @@ impl LedgerReplica {
             dir: settings.dir.clone(),
             reason,
         };
-        let log = FileLogStore::open(&settings.dir.join("log")).map_err(|e| storage_error(e.to_string()))?;
         let machine = LedgerStateMachine::open(
             &settings.dir.join("state"),
             settings.genesis.clone(),
@@ -122,9 +125,14 @@ impl LedgerReplica {
         let network = QuicNetwork {
             endpoint: endpoint.clone(),
         };
-        let raft = Raft::new(id, config, network, log, machine)
-            .await
-            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let raft = if settings.volatile_log {
+            Raft::new(id, config, network, MemLogStore::default(), machine).await
+        } else {
+            let log =
+                FileLogStore::open(&settings.dir.join("log")).map_err(|e| storage_error(e.to_string()))?;
+            Raft::new(id, config, network, log, machine).await
+        }
+        .map_err(|e| ReplicaError::Raft(e.to_string()))?;
         let replica = Arc::new(LedgerReplica {
             id,
             me: ReplicaAddr {
