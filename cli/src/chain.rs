@@ -141,9 +141,75 @@ pub enum LedgerCommand {
     Promote { node_ids: Vec<NodeId> },
     /// Remove replicas from the voter set and the cluster.
     Remove { node_ids: Vec<NodeId> },
+    /// Write a genesis file for a new cluster (every replica must be given the same file).
+    Genesis(GenesisArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct GenesisArgs {
+    #[arg(long)]
+    pub chain_id: String,
+    #[arg(long)]
+    pub fundraiser: String,
+    #[arg(long)]
+    pub advisors: String,
+    #[arg(long)]
+    pub company: String,
+    #[arg(long)]
+    pub team: String,
+    #[arg(long)]
+    pub operations: String,
+    /// The key that signs system transactions (escrow release, slash, reward).
+    #[arg(long)]
+    pub system_key: String,
+    /// Unsold part of the fundraiser's share, burned at genesis (AIC).
+    #[arg(long, default_value = "0")]
+    pub unsold: aic_ledger::Amount,
+    /// Vesting of the advisors', company's and team's shares.
+    #[arg(long, default_value_t = 365)]
+    pub vesting_days: u64,
+    #[arg(long, default_value_t = 0)]
+    pub cliff_days: u64,
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+fn write_genesis(args: GenesisArgs) -> anyhow::Result<()> {
+    use aic_ledger::genesis::{Genesis, Holders, VestingSchedule};
+    use crate::ledger_client::parse_address;
+    anyhow::ensure!(!args.out.exists(), "{} exists; a genesis is never overwritten", args.out.display());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let day_ms = 24 * 3600 * 1000;
+    let mut genesis = Genesis::local(
+        &args.chain_id,
+        now_ms,
+        Holders {
+            fundraiser: parse_address(&args.fundraiser)?,
+            advisors: parse_address(&args.advisors)?,
+            company: parse_address(&args.company)?,
+            team: parse_address(&args.team)?,
+            operations: parse_address(&args.operations)?,
+        },
+        parse_address(&args.system_key)?,
+    );
+    genesis.unsold_fundraiser = args.unsold;
+    genesis.vesting = VestingSchedule {
+        start_ms: now_ms,
+        cliff_ms: args.cliff_days.saturating_mul(day_ms),
+        duration_ms: args.vesting_days.saturating_mul(day_ms),
+    };
+    genesis.validate().map_err(anyhow::Error::msg)?;
+    genesis.save(&args.out).map_err(anyhow::Error::msg)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
 }
 
 pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
+    if let LedgerCommand::Genesis(genesis) = args.command {
+        return write_genesis(genesis);
+    }
     let client = nodes::connect(&args.client.load()?).await?;
     let LedgerResponse::Status(status) = ledger_client::request(&client, &LedgerRequest::Status).await?
     else {
@@ -151,6 +217,7 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
     };
     let voters: Vec<u64> = status.replicas.iter().filter(|r| r.voter).map(|r| r.id).collect();
     let request = match args.command {
+        LedgerCommand::Genesis(_) => unreachable!("handled above"),
         LedgerCommand::Status => {
             let value = serde_json::to_value(&status)?;
             print_out(args.json, value, || {

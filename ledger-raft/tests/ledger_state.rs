@@ -644,3 +644,22 @@ fn stakes_are_slashed_into_the_burn_and_rewards_stay_under_the_curve_and_the_bur
         114
     );
 }
+
+#[test]
+fn sums_that_would_overflow_are_refused_with_the_overflow_code() {
+    let mut w = world();
+    w.fund(w.alice.address(), aic(10));
+    let (alice, system) = (w.alice.clone(), w.system.clone());
+    let job = JobId::random();
+    w.send(&alice, Call::OpenEscrow { job, amount: aic(10) }).unwrap();
+    let half = Amount(u128::MAX / 2 + 1);
+    let payouts = vec![
+        Payout { to: w.bob.address(), amount: half, kind: PayoutKind::Compute },
+        Payout { to: w.bob.address(), amount: half, kind: PayoutKind::Compute },
+    ];
+    let err = w
+        .send(&system, Call::ReleaseEscrow { job, payouts, platform_fee: Amount::ZERO })
+        .unwrap_err();
+    assert_eq!(err, TxError::Overflow);
+    assert_eq!(err.code(), 106);
+}
