@@ -175,9 +175,13 @@ pub struct GenesisArgs {
 }
 
 fn write_genesis(args: GenesisArgs) -> anyhow::Result<()> {
-    use aic_ledger::genesis::{Genesis, Holders, VestingSchedule};
     use crate::ledger_client::parse_address;
-    anyhow::ensure!(!args.out.exists(), "{} exists; a genesis is never overwritten", args.out.display());
+    use aic_ledger::genesis::{Genesis, Holders, VestingSchedule};
+    anyhow::ensure!(
+        !args.out.exists(),
+        "{} exists; a genesis is never overwritten",
+        args.out.display()
+    );
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

@@ -151,7 +151,7 @@ fn main() {
         .await;
 
         let mut cluster = TestCluster::new(&dir.path().join("cluster"), 3);
-        cluster.settings = Box::new(|dir, genesis| ReplicaSettings::new(dir, genesis));
+        cluster.settings = Box::new(ReplicaSettings::new);
         cluster.start_all().await;
         let leader = cluster.leader_index().expect("a leader");
         let client = cluster.client(leader).await;

@@ -34,6 +34,11 @@ pub enum LedgerRequest {
         owner: Option<Address>,
     },
     Asset(AssetId),
+    /// ERC721 isApprovedForAll.
+    IsApprovedForAll {
+        owner: Address,
+        operator: Address,
+    },
     /// Blocks `from..from+count` with their transaction hashes.
     Blocks {
         from: u64,
@@ -106,6 +111,7 @@ pub enum LedgerResponse {
     History(Vec<HistoryEntry>),
     Assets(Vec<(AssetId, Asset)>),
     Asset(Option<Asset>),
+    ApprovedForAll(bool),
     Blocks(Vec<(BlockHeader, Vec<[u8; 32]>)>),
     Status(LedgerStatus),
     Audit(Result<(), String>),

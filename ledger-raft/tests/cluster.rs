@@ -148,7 +148,7 @@ async fn killing_the_leader_loses_no_acknowledged_transfer() {
         }
     }
     // A transaction acknowledged by the old leader is refused as a replay by the new one.
-    let replay = submit(&[client.clone()], &first_acknowledged.unwrap()).await;
+    let replay = submit(std::slice::from_ref(client), &first_acknowledged.unwrap()).await;
     assert!(
         matches!(replay, Some(Err(TxError::BadNonce { .. }))),
         "{replay:?}"

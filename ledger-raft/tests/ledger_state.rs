@@ -654,11 +654,26 @@ fn sums_that_would_overflow_are_refused_with_the_overflow_code() {
     w.send(&alice, Call::OpenEscrow { job, amount: aic(10) }).unwrap();
     let half = Amount(u128::MAX / 2 + 1);
     let payouts = vec![
-        Payout { to: w.bob.address(), amount: half, kind: PayoutKind::Compute },
-        Payout { to: w.bob.address(), amount: half, kind: PayoutKind::Compute },
+        Payout {
+            to: w.bob.address(),
+            amount: half,
+            kind: PayoutKind::Compute,
+        },
+        Payout {
+            to: w.bob.address(),
+            amount: half,
+            kind: PayoutKind::Compute,
+        },
     ];
     let err = w
-        .send(&system, Call::ReleaseEscrow { job, payouts, platform_fee: Amount::ZERO })
+        .send(
+            &system,
+            Call::ReleaseEscrow {
+                job,
+                payouts,
+                platform_fee: Amount::ZERO,
+            },
+        )
         .unwrap_err();
     assert_eq!(err, TxError::Overflow);
     assert_eq!(err.code(), 106);

@@ -284,6 +284,9 @@ impl LedgerReplica {
             LedgerRequest::Asset(id) => Ok(LedgerResponse::Asset(
                 self.read(|a| a.state.assets.get(&id).cloned()),
             )),
+            LedgerRequest::IsApprovedForAll { owner, operator } => Ok(LedgerResponse::ApprovedForAll(
+                self.read(|a| a.state.is_approved_for_all(&owner, &operator)),
+            )),
             LedgerRequest::Blocks { from, count } => Ok(LedgerResponse::Blocks(self.read(|a| {
                 let from = from as usize;
                 let count = count.min(MAX_BLOCKS_PER_REQUEST) as usize;
