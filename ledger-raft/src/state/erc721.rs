@@ -14,10 +14,7 @@ const MAX_NAME_BYTES: usize = 256;
 
 impl LedgerState {
     pub fn owner_of(&self, asset: &AssetId) -> Result<Address, TxError> {
-        self.assets
-            .get(asset)
-            .map(|a| a.owner)
-            .ok_or_else(|| TxError::UnknownAsset(asset.to_string()))
+        self.asset(asset).map(|a| a.owner)
     }
 
     pub fn asset_balance_of(&self, owner: &Address) -> u64 {
@@ -37,6 +34,21 @@ impl LedgerState {
         let mut id = [0u8; 16];
         id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
         AssetId::from_bytes(id)
+    }
+
+    fn asset(&self, asset_id: &AssetId) -> Result<&Asset, TxError> {
+        self.assets
+            .get(asset_id)
+            .ok_or_else(|| TxError::UnknownAsset(asset_id.to_string()))
+    }
+
+    /// The asset, if `caller` owns it, is approved for it, or operates for its owner.
+    fn managed_asset(&self, caller: &Address, asset_id: &AssetId) -> Result<&Asset, TxError> {
+        let asset = self.asset(asset_id)?;
+        if !self.may_manage(caller, asset) {
+            return Err(TxError::NotOwnerOrApproved(asset_id.to_string()));
+        }
+        Ok(asset)
     }
 
     fn may_manage(&self, caller: &Address, asset: &Asset) -> bool {
@@ -98,13 +110,7 @@ impl LedgerState {
         to: &Address,
         asset_id: &AssetId,
     ) -> TxResult {
-        let asset = self
-            .assets
-            .get(asset_id)
-            .ok_or_else(|| TxError::UnknownAsset(asset_id.to_string()))?;
-        if !self.may_manage(caller, asset) {
-            return Err(TxError::NotOwnerOrApproved(asset_id.to_string()));
-        }
+        let asset = self.managed_asset(caller, asset_id)?;
         if asset.owner != *from {
             return Err(TxError::WrongOwner {
                 asset: asset_id.to_string(),
@@ -130,10 +136,7 @@ impl LedgerState {
         approved: Option<Address>,
         asset_id: &AssetId,
     ) -> TxResult {
-        let asset = self
-            .assets
-            .get(asset_id)
-            .ok_or_else(|| TxError::UnknownAsset(asset_id.to_string()))?;
+        let asset = self.asset(asset_id)?;
         let owner = asset.owner;
         if owner != *caller && !self.is_approved_for_all(&owner, caller) {
             return Err(TxError::NotOwnerOrApproved(asset_id.to_string()));
@@ -171,13 +174,7 @@ impl LedgerState {
     }
 
     pub(super) fn burn_asset(&mut self, caller: &Address, asset_id: &AssetId) -> TxResult {
-        let asset = self
-            .assets
-            .get(asset_id)
-            .ok_or_else(|| TxError::UnknownAsset(asset_id.to_string()))?;
-        if !self.may_manage(caller, asset) {
-            return Err(TxError::NotOwnerOrApproved(asset_id.to_string()));
-        }
+        let asset = self.managed_asset(caller, asset_id)?;
         let owner = asset.owner;
         self.assets.remove(asset_id);
         self.bump_count(&owner, false);

@@ -137,15 +137,20 @@ impl LedgerState {
         }])
     }
 
-    pub(super) fn unstake(&mut self, account: &Address, amount: Amount) -> TxResult {
-        let current = self.account(account);
-        let stake = current
+    /// The account's stake after taking `amount` from it.
+    fn stake_less(account: &super::Account, amount: Amount) -> Result<Amount, TxError> {
+        account
             .stake
             .checked_sub(amount)
             .ok_or(TxError::InsufficientStake {
-                available: current.stake.0,
+                available: account.stake.0,
                 needed: amount.0,
-            })?;
+            })
+    }
+
+    pub(super) fn unstake(&mut self, account: &Address, amount: Amount) -> TxResult {
+        let current = self.account(account);
+        let stake = Self::stake_less(&current, amount)?;
         let balance = current.balance.checked_add(amount)?;
         let entry = self.accounts.entry(*account).or_default();
         entry.stake = stake;
@@ -163,13 +168,7 @@ impl LedgerState {
             ));
         }
         let current = self.account(account);
-        let stake = current
-            .stake
-            .checked_sub(amount)
-            .ok_or(TxError::InsufficientStake {
-                available: current.stake.0,
-                needed: amount.0,
-            })?;
+        let stake = Self::stake_less(&current, amount)?;
         let burned = self.burned.checked_add(amount)?;
         self.accounts.entry(*account).or_default().stake = stake;
         self.burned = burned;
