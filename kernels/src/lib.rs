@@ -1,14 +1,27 @@
-//! AIC training kernels.
+//! AIC training kernels: the math of a training step on any vendor's GPU through Vulkan, with a
+//! CPU implementation of every op as the reference and the fallback.
 //!
-//! This crate will own the GLSL compute shaders (compiled to SPIR-V at build time), the vulkano
-//! executor behind a `Backend` trait, the CPU reference implementation of every op (also the
-//! fallback without a Vulkan device), and the `train_step` / `evaluate` API over Arrow batches.
-//! It is filled by the kernels issue; it has no dependencies yet so it costs nothing to build.
+//! ```text
+//!  arrow RecordBatch ──► batch::from_record_batch ──► Batch (features, labels), checked
+//!                                                       │
+//!  ModelSpec + Weights ──► Backend::train_step / evaluate ──► loss, gradients / accuracy
+//!                              ├─ CpuBackend     (matrixmultiply SGEMM, loops in index order)
+//!                              └─ VulkanBackend  (GLSL → SPIR-V shaders, one submission a step)
+//!  compare::agree: the cross-backend tolerance the rater applies
+//! ```
 
-/// The backends a compute node can ask for; `Auto` prefers a GPU and falls back to the CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
-    Auto,
-    Cpu,
-    Vulkan,
-}
+pub mod backend;
+pub mod batch;
+pub mod compare;
+pub mod cpu;
+pub mod error;
+pub mod model;
+pub mod tensor;
+pub mod vulkan;
+
+pub use backend::{open, AdamParams, Backend, BackendChoice};
+pub use cpu::CpuBackend;
+pub use error::{KernelError, Result};
+pub use model::{Batch, ModelSpec, Weights};
+pub use tensor::Matrix;
+pub use vulkan::{VulkanBackend, VulkanOptions};

@@ -1,0 +1,142 @@
+//! The models a job can train, their parameters, and a batch of training data.
+
+use crate::error::{check_finite, KernelError, Result};
+use crate::tensor::Matrix;
+
+/// A model's architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelSpec {
+    /// logits = X·W + b
+    SoftmaxRegression { features: usize, classes: usize },
+    /// logits = relu(X·W1 + b1)·W2 + b2
+    Mlp {
+        features: usize,
+        hidden: usize,
+        classes: usize,
+    },
+}
+
+impl ModelSpec {
+    pub fn features(&self) -> usize {
+        match *self {
+            ModelSpec::SoftmaxRegression { features, .. } | ModelSpec::Mlp { features, .. } => features,
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        match *self {
+            ModelSpec::SoftmaxRegression { classes, .. } | ModelSpec::Mlp { classes, .. } => classes,
+        }
+    }
+
+    /// (rows, cols) of each parameter tensor in order: W, b (and W2, b2 for the MLP).
+    pub fn shapes(&self) -> Vec<(usize, usize)> {
+        match *self {
+            ModelSpec::SoftmaxRegression { features, classes } => vec![(features, classes), (1, classes)],
+            ModelSpec::Mlp {
+                features,
+                hidden,
+                classes,
+            } => {
+                vec![(features, hidden), (1, hidden), (hidden, classes), (1, classes)]
+            }
+        }
+    }
+
+    /// Parameters with small deterministic pseudo-random weights and zero biases.
+    pub fn init(&self, seed: u64) -> Weights {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let tensors = self
+            .shapes()
+            .into_iter()
+            .map(|(rows, cols)| {
+                let scale = if rows == 1 {
+                    0.0
+                } else {
+                    (2.0 / rows as f32).sqrt()
+                };
+                Matrix {
+                    rows,
+                    cols,
+                    data: (0..rows * cols).map(|_| next() * scale).collect(),
+                }
+            })
+            .collect();
+        Weights { tensors }
+    }
+
+    /// Checks that `weights` have this model's shapes and finite values.
+    pub fn check_weights(&self, weights: &Weights) -> Result<()> {
+        let expected = self.shapes();
+        let got: Vec<(usize, usize)> = weights.tensors.iter().map(|t| (t.rows, t.cols)).collect();
+        if expected != got {
+            return Err(KernelError::Shape {
+                op: "weights",
+                detail: format!("model {self:?} needs {expected:?}, got {got:?}"),
+            });
+        }
+        for (i, tensor) in weights.tensors.iter().enumerate() {
+            check_finite(&format!("weight tensor {i}"), &tensor.data)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that a batch fits this model.
+    pub fn check_batch(&self, batch: &Batch) -> Result<()> {
+        if batch.x.cols != self.features() {
+            return Err(KernelError::Batch(format!(
+                "{} feature columns, the model takes {}",
+                batch.x.cols,
+                self.features()
+            )));
+        }
+        if batch.labels.len() != batch.x.rows || batch.x.rows == 0 {
+            return Err(KernelError::Batch(format!(
+                "{} rows of features and {} labels",
+                batch.x.rows,
+                batch.labels.len()
+            )));
+        }
+        if let Some((row, &label)) = batch
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= self.classes())
+        {
+            return Err(KernelError::Label {
+                row,
+                label,
+                classes: self.classes(),
+            });
+        }
+        check_finite("batch features", &batch.x.data)
+    }
+}
+
+/// A model's parameters (or their gradients), in [`ModelSpec::shapes`] order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    pub tensors: Vec<Matrix>,
+}
+
+impl Weights {
+    /// All values, tensor after tensor.
+    pub fn flat(&self) -> Vec<f32> {
+        self.tensors.iter().flat_map(|t| t.data.iter().copied()).collect()
+    }
+}
+
+/// Features (rows × features) and a class label per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub x: Matrix,
+    pub labels: Vec<u32>,
+}

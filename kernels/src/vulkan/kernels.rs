@@ -1,0 +1,103 @@
+//! The compute shaders as SPIR-V (compiled at build time, see `build.rs`) and their pipelines,
+//! created once per backend and cached.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use vulkano::device::Device;
+use vulkano::pipeline::compute::ComputePipelineCreateInfo;
+use vulkano::pipeline::layout::PipelineDescriptorSetLayoutCreateInfo;
+use vulkano::pipeline::{ComputePipeline, PipelineLayout, PipelineShaderStageCreateInfo};
+use vulkano::shader::{ShaderModule, ShaderModuleCreateInfo};
+
+use crate::error::{KernelError, Result};
+
+macro_rules! spirv {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".spv"))
+    };
+}
+
+/// One compute shader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Matmul,
+    BiasAct,
+    ReluBackward,
+    SoftmaxXent,
+    ColumnSum,
+    Reduce,
+    Sgd,
+    Adam,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 8] = [
+        Kernel::Matmul,
+        Kernel::BiasAct,
+        Kernel::ReluBackward,
+        Kernel::SoftmaxXent,
+        Kernel::ColumnSum,
+        Kernel::Reduce,
+        Kernel::Sgd,
+        Kernel::Adam,
+    ];
+
+    fn spirv(self) -> &'static [u8] {
+        match self {
+            Kernel::Matmul => spirv!("matmul"),
+            Kernel::BiasAct => spirv!("bias_act"),
+            Kernel::ReluBackward => spirv!("relu_backward"),
+            Kernel::SoftmaxXent => spirv!("softmax_xent"),
+            Kernel::ColumnSum => spirv!("column_sum"),
+            Kernel::Reduce => spirv!("reduce"),
+            Kernel::Sgd => spirv!("sgd"),
+            Kernel::Adam => spirv!("adam"),
+        }
+    }
+}
+
+/// Compiled pipelines, made on first use.
+#[derive(Default)]
+pub struct Pipelines {
+    cache: HashMap<Kernel, Arc<ComputePipeline>>,
+}
+
+impl Pipelines {
+    pub fn get(&mut self, device: &Arc<Device>, kernel: Kernel) -> Result<Arc<ComputePipeline>> {
+        if let Some(pipeline) = self.cache.get(&kernel) {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = build(device, kernel)?;
+        self.cache.insert(kernel, pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+fn build(device: &Arc<Device>, kernel: Kernel) -> Result<Arc<ComputePipeline>> {
+    let vk = |e: &dyn std::fmt::Display| KernelError::Vulkan(format!("{kernel:?} pipeline: {e}"));
+    let bytes = kernel.spirv();
+    // Copy into u32 words: the embedded bytes carry no alignment guarantee.
+    let words: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    // SAFETY: the words are SPIR-V compiled by glslc from our own shaders (or the committed copy
+    // of them, checked against the sources by a test).
+    let module = unsafe { ShaderModule::new(device.clone(), ShaderModuleCreateInfo::new(&words)) }
+        .map_err(|e| vk(&e))?;
+    let entry = module
+        .entry_point("main")
+        .ok_or_else(|| vk(&"no main entry point"))?;
+    let stage = PipelineShaderStageCreateInfo::new(entry);
+    let layout_info = PipelineDescriptorSetLayoutCreateInfo::from_stages([&stage])
+        .into_pipeline_layout_create_info(device.clone())
+        .map_err(|e| vk(&e.error))?;
+    let layout = PipelineLayout::new(device.clone(), layout_info).map_err(|e| vk(&e))?;
+    ComputePipeline::new(
+        device.clone(),
+        None,
+        ComputePipelineCreateInfo::stage_layout(stage, layout),
+    )
+    .map_err(|e| vk(&e))
+}
