@@ -101,6 +101,22 @@ impl VulkanBackend {
         Ok(())
     }
 
+    /// Times `repeats` n×n matrix multiplies recorded into one submission, the inputs already on
+    /// the device: the kernel's own speed, without uploads and downloads.
+    pub fn time_matmul(&mut self, a: &Matrix, b: &Matrix, repeats: usize) -> Result<std::time::Duration> {
+        let dims = check_matmul(a, b, false, false)?;
+        let mut rec = Recorder::new(self)?;
+        let (a_buf, b_buf) = (rec.input(&a.data)?, rec.input(&b.data)?);
+        for _ in 0..repeats {
+            rec.matmul(&a_buf, &b_buf, dims, false, false)?;
+        }
+        let started = std::time::Instant::now();
+        let done = rec.submit()?;
+        let elapsed = started.elapsed();
+        self.recycle(done);
+        Ok(elapsed)
+    }
+
     /// Submits an empty command buffer and waits: the floor under every step's host overhead.
     pub fn empty_round_trip(&mut self) -> Result<()> {
         let done = Recorder::new(self)?.submit()?;
