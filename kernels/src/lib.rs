@@ -16,6 +16,7 @@ pub mod compare;
 pub mod cpu;
 pub mod error;
 pub mod model;
+pub mod step;
 pub mod tensor;
 pub mod vulkan;
 
