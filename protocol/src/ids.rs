@@ -141,6 +141,19 @@ impl fmt::Display for ShardId {
     }
 }
 
+impl FromStr for ShardId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(s, &mut bytes).map_err(|_| Error::InvalidId {
+            kind: "shard id",
+            value: s.to_string(),
+        })?;
+        Ok(ShardId(bytes))
+    }
+}
+
 impl fmt::Debug for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ShardId({})", hex::encode(&self.0[..6]))

@@ -1,10 +1,13 @@
 //! An AIC storage node.
 //!
-//! Today it joins the grid: registers its capacity with the scheduler, heartbeats, measures RTTs
-//! to its peers and answers theirs. It will own the shard store over object_store, dataset
-//! import and preprocessing, ticket-checked shard serving, scrubbing and replica repair.
+//! It joins the grid (registers its capacity with the scheduler, heartbeats, measures RTTs to its
+//! peers and answers theirs) and owns the shard store over object_store with encryption at rest.
+//! Dataset import and preprocessing, ticket-checked shard serving, scrubbing and replica repair
+//! come with the rest of the storage issue.
 
 pub mod config;
+pub mod sealing;
+pub mod shard_store;
 
 use std::sync::Arc;
 
