@@ -1,8 +1,9 @@
 //! An AIC compute node.
 //!
-//! Today it joins the grid: registers with the scheduler, heartbeats, measures RTTs to its peers
-//! and answers theirs. It will own the device probe (Vulkan or CPU), shard fetch with a bounded
-//! cache, and the execution of training tasks through `aic-kernels`.
+//! It joins the grid (registers with the scheduler, naming the compute backend it found —
+//! a Vulkan GPU or the CPU — heartbeats, measures RTTs to its peers and answers theirs). Shard
+//! fetch with a bounded cache and the execution of training tasks through `aic-kernels` come with
+//! the scheduler issue.
 
 pub mod config;
 
@@ -33,9 +34,14 @@ pub fn start(
     bound: BoundSockets,
     shutdown: CancellationToken,
 ) -> aic_protocol::Result<ServiceHandle> {
-    // Until the kernels land the node computes on its CPU, and says so in its registration.
+    // The device this node would train on: a Vulkan GPU if there is one, else the CPU backend;
+    // the registration says which.
+    let device = match aic_kernels::open(aic_kernels::BackendChoice::Auto) {
+        Ok(backend) => backend.describe(),
+        Err(error) => format!("cpu (backend probe failed: {error})"),
+    };
     let capacity = Capacity {
-        device: "cpu".into(),
+        device,
         ..local_capacity()
     };
     start_node(
