@@ -6,6 +6,8 @@
 //! come with the rest of the storage issue.
 
 pub mod config;
+pub mod import;
+pub mod manifest;
 pub mod sealing;
 pub mod shard_store;
 

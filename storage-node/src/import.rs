@@ -1,0 +1,476 @@
+//! Dataset import: a CSV file becomes preprocessed, sealed Parquet shards in a [`ShardStore`].
+//!
+//! ```text
+//!  pass 1: stream the file → per-column mean/std or categories, label classes, row count
+//!  pass 2: stream again → standardise/encode, split train/test by a seeded hash of the row
+//!          number, cut shards of `shard_rows`, write Parquet (zstd), name by BLAKE3, seal, store
+//! ```
+//!
+//! Memory stays bounded by the batch size and one shard per split, whatever the file's size.
+//! Everything that can be wrong with the input is found in pass 1, before anything is stored.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+
+use aic_protocol::ShardId;
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch, UInt32Array};
+use arrow_csv::reader::Format;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::manifest::{Feature, FeatureEncoding, Manifest, ShardEntry};
+use crate::sealing::DatasetKey;
+use crate::shard_store::ShardStore;
+
+/// Most distinct values a text column may have to be encoded as categories.
+pub const MAX_CATEGORIES: usize = 1024;
+/// Rows inspected to infer the schema.
+const INFER_ROWS: usize = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    pub label: String,
+    pub shard_rows: usize,
+    pub test_fraction: f64,
+    pub seed: u64,
+    pub batch_rows: usize,
+}
+
+impl ImportOptions {
+    pub fn new(label: &str) -> Self {
+        ImportOptions {
+            label: label.to_string(),
+            shard_rows: 512,
+            test_fraction: 0.2,
+            seed: 42,
+            batch_rows: 8192,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    #[error("{file}: {reason}")]
+    Input { file: String, reason: String },
+    #[error("{file}: the file has no data rows")]
+    Empty { file: String },
+    #[error("{file}: no label column {label:?}; the columns are {columns:?}")]
+    UnknownLabel {
+        file: String,
+        label: String,
+        columns: Vec<String>,
+    },
+    #[error("{file}: column {column:?} cannot be encoded: {reason}")]
+    Unencodable {
+        file: String,
+        column: String,
+        reason: String,
+    },
+    #[error("invalid import options: {0}")]
+    Options(String),
+    #[error("writing a shard: {0}")]
+    Shard(String),
+    #[error(transparent)]
+    Store(#[from] crate::shard_store::StoreError),
+}
+
+/// What pass 1 learns about one column.
+enum ColumnStats {
+    Numeric { count: u64, mean: f64, m2: f64 },
+    Text(BTreeSet<String>),
+}
+
+/// Imports `file` into `store`, sealing shards under a fresh dataset key.
+pub async fn import_csv(
+    file: &Path,
+    name: &str,
+    options: &ImportOptions,
+    store: &ShardStore,
+) -> Result<(Manifest, DatasetKey), ImportError> {
+    if options.shard_rows == 0 || !(0.0..1.0).contains(&options.test_fraction) || options.batch_rows == 0 {
+        return Err(ImportError::Options(
+            "shard rows and batch rows must be > 0 and the test fraction in [0, 1)".into(),
+        ));
+    }
+    let file_name = file.display().to_string();
+    let input = |reason: String| ImportError::Input {
+        file: file_name.clone(),
+        reason,
+    };
+    let mut source = File::open(file).map_err(|e| input(e.to_string()))?;
+    let format = Format::default().with_header(true);
+    let (schema, _) = format
+        .infer_schema(BufReader::new(&mut source), Some(INFER_ROWS))
+        .map_err(|e| input(e.to_string()))?;
+    let schema: SchemaRef = Arc::new(schema);
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let label_index =
+        columns
+            .iter()
+            .position(|c| *c == options.label)
+            .ok_or_else(|| ImportError::UnknownLabel {
+                file: file_name.clone(),
+                label: options.label.clone(),
+                columns: columns.clone(),
+            })?;
+
+    // Pass 1: statistics, categories, classes; every malformed value is found here.
+    let mut stats: Vec<ColumnStats> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => ColumnStats::Text(BTreeSet::new()),
+            _ => ColumnStats::Numeric {
+                count: 0,
+                mean: 0.0,
+                m2: 0.0,
+            },
+        })
+        .collect();
+    let mut classes: BTreeSet<String> = BTreeSet::new();
+    let mut rows: u64 = 0;
+    for batch in read_batches(&mut source, &schema, options.batch_rows).map_err(&input)? {
+        let batch = batch.map_err(|e| input(e.to_string()))?;
+        rows += batch.num_rows() as u64;
+        for (i, column) in batch.columns().iter().enumerate() {
+            if i == label_index {
+                for value in as_strings(column) {
+                    let value = value.ok_or_else(|| {
+                        input(format!("label column {:?} has an empty value", options.label))
+                    })?;
+                    classes.insert(value);
+                }
+                continue;
+            }
+            accumulate(&mut stats[i], column, &columns[i], &file_name)?;
+        }
+    }
+    if rows == 0 {
+        return Err(ImportError::Empty { file: file_name });
+    }
+    let classes = order_classes(classes);
+    let features: Vec<Feature> = stats
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != label_index)
+        .map(|(i, s)| Feature {
+            name: columns[i].clone(),
+            encoding: match s {
+                ColumnStats::Numeric { count, mean, m2 } => {
+                    let std = if *count > 1 {
+                        (m2 / *count as f64).sqrt()
+                    } else {
+                        0.0
+                    };
+                    FeatureEncoding::Numeric {
+                        mean: *mean,
+                        std: if std > 0.0 { std } else { 1.0 },
+                    }
+                }
+                ColumnStats::Text(set) => FeatureEncoding::Categorical {
+                    categories: set.iter().cloned().collect(),
+                },
+            },
+        })
+        .collect();
+
+    // Pass 2: encode, split, shard, seal, store.
+    let key = DatasetKey::generate();
+    let mut writer = ShardWriter::new(&features, &options.label, options.shard_rows, store, &key);
+    let feature_columns: Vec<usize> = (0..columns.len()).filter(|&i| i != label_index).collect();
+    let mut row_number: u64 = 0;
+    for batch in read_batches(&mut source, &schema, options.batch_rows).map_err(&input)? {
+        let batch = batch.map_err(|e| input(e.to_string()))?;
+        let encoded: Vec<Vec<f32>> = feature_columns
+            .iter()
+            .zip(&features)
+            .map(|(&c, feature)| encode(batch.column(c), &feature.encoding))
+            .collect();
+        let labels: Vec<u32> = as_strings(batch.column(label_index))
+            .map(|v| {
+                classes
+                    .iter()
+                    .position(|c| Some(c) == v.as_ref())
+                    .expect("seen in pass 1") as u32
+            })
+            .collect();
+        for r in 0..batch.num_rows() {
+            let row: Vec<f32> = encoded.iter().map(|column| column[r]).collect();
+            let test = is_test_row(options.seed, row_number, options.test_fraction);
+            writer.push(test, row, labels[r]).await?;
+            row_number += 1;
+        }
+    }
+    let (train, test) = writer.finish().await?;
+    Ok((
+        Manifest {
+            name: name.to_string(),
+            rows,
+            features,
+            label: options.label.clone(),
+            classes,
+            seed: options.seed,
+            test_fraction: options.test_fraction,
+            shard_rows: options.shard_rows,
+            train,
+            test,
+        },
+        key,
+    ))
+}
+
+fn read_batches<'a>(
+    source: &'a mut File,
+    schema: &SchemaRef,
+    batch_rows: usize,
+) -> Result<arrow_csv::Reader<BufReader<&'a mut File>>, String> {
+    source.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    arrow_csv::ReaderBuilder::new(schema.clone())
+        .with_header(true)
+        .with_batch_size(batch_rows)
+        .build(BufReader::new(source))
+        .map_err(|e| e.to_string())
+}
+
+/// Whether row `row` of the file belongs to the held-out test split: a seeded hash, so the split
+/// is the same on every run and independent of batch boundaries.
+pub fn is_test_row(seed: u64, row: u64, fraction: f64) -> bool {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&seed.to_le_bytes());
+    hasher.update(&row.to_le_bytes());
+    let draw = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+    (draw as f64 / u64::MAX as f64) < fraction
+}
+
+/// Classes in numeric order when every label is a number, else in text order.
+fn order_classes(classes: BTreeSet<String>) -> Vec<String> {
+    let mut classes: Vec<String> = classes.into_iter().collect();
+    if classes.iter().all(|c| c.parse::<f64>().is_ok()) {
+        classes.sort_by(|a, b| a.parse::<f64>().unwrap().total_cmp(&b.parse::<f64>().unwrap()));
+    }
+    classes
+}
+
+fn as_strings(column: &ArrayRef) -> impl Iterator<Item = Option<String>> + '_ {
+    let text = arrow_csv_display(column);
+    (0..column.len()).map(move |i| if column.is_null(i) { None } else { Some(text(i)) })
+}
+
+/// Renders a cell of a numeric or text column as the text the label map uses.
+fn arrow_csv_display(column: &ArrayRef) -> impl Fn(usize) -> String + '_ {
+    move |i| match column.data_type() {
+        DataType::Utf8 => column.as_string::<i32>().value(i).to_string(),
+        DataType::Int64 => column
+            .as_primitive::<arrow_array::types::Int64Type>()
+            .value(i)
+            .to_string(),
+        DataType::Float64 => column
+            .as_primitive::<arrow_array::types::Float64Type>()
+            .value(i)
+            .to_string(),
+        DataType::Boolean => column.as_boolean().value(i).to_string(),
+        _ => String::new(),
+    }
+}
+
+fn numeric_values(column: &ArrayRef) -> Option<Vec<Option<f64>>> {
+    let values = match column.data_type() {
+        DataType::Int64 => {
+            let a = column.as_primitive::<arrow_array::types::Int64Type>();
+            (0..a.len())
+                .map(|i| (!a.is_null(i)).then(|| a.value(i) as f64))
+                .collect()
+        }
+        DataType::Float64 => {
+            let a = column.as_primitive::<arrow_array::types::Float64Type>();
+            (0..a.len())
+                .map(|i| (!a.is_null(i)).then(|| a.value(i)))
+                .collect()
+        }
+        DataType::Boolean => {
+            let a = column.as_boolean();
+            (0..a.len())
+                .map(|i| (!a.is_null(i)).then(|| f64::from(u8::from(a.value(i)))))
+                .collect()
+        }
+        _ => return None,
+    };
+    Some(values)
+}
+
+fn accumulate(stats: &mut ColumnStats, column: &ArrayRef, name: &str, file: &str) -> Result<(), ImportError> {
+    let unencodable = |reason: String| ImportError::Unencodable {
+        file: file.to_string(),
+        column: name.to_string(),
+        reason,
+    };
+    match stats {
+        ColumnStats::Numeric { count, mean, m2 } => {
+            let values =
+                numeric_values(column).ok_or_else(|| unencodable(format!("type {}", column.data_type())))?;
+            for (row, value) in values.into_iter().enumerate() {
+                let value = value.ok_or_else(|| unencodable(format!("empty value in batch row {row}")))?;
+                if !value.is_finite() {
+                    return Err(unencodable(format!("non-finite value {value}")));
+                }
+                // Welford's update: stable for long columns.
+                *count += 1;
+                let delta = value - *mean;
+                *mean += delta / *count as f64;
+                *m2 += delta * (value - *mean);
+            }
+        }
+        ColumnStats::Text(set) => {
+            for value in column.as_string::<i32>().iter() {
+                let value = value.ok_or_else(|| unencodable("empty value".into()))?;
+                if set.len() == MAX_CATEGORIES && !set.contains(value) {
+                    return Err(unencodable(format!(
+                        "more than {MAX_CATEGORIES} distinct text values: not a category, and not a number"
+                    )));
+                }
+                set.insert(value.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode(column: &ArrayRef, encoding: &FeatureEncoding) -> Vec<f32> {
+    match encoding {
+        FeatureEncoding::Numeric { mean, std } => numeric_values(column)
+            .expect("checked in pass 1")
+            .into_iter()
+            .map(|v| ((v.expect("checked in pass 1") - mean) / std) as f32)
+            .collect(),
+        FeatureEncoding::Categorical { categories } => column
+            .as_string::<i32>()
+            .iter()
+            .map(|v| {
+                categories
+                    .binary_search_by(|c| c.as_str().cmp(v.expect("checked")))
+                    .expect("seen in pass 1") as f32
+            })
+            .collect(),
+    }
+}
+
+/// Collects rows per split and writes a shard whenever one is full.
+struct ShardWriter<'a> {
+    schema: SchemaRef,
+    shard_rows: usize,
+    store: &'a ShardStore,
+    key: &'a DatasetKey,
+    pending: [(Vec<Vec<f32>>, Vec<u32>); 2],
+    written: [Vec<ShardEntry>; 2],
+}
+
+impl<'a> ShardWriter<'a> {
+    fn new(
+        features: &[Feature],
+        label: &str,
+        shard_rows: usize,
+        store: &'a ShardStore,
+        key: &'a DatasetKey,
+    ) -> Self {
+        let mut fields: Vec<Field> = features
+            .iter()
+            .map(|f| Field::new(&f.name, DataType::Float32, false))
+            .collect();
+        fields.push(Field::new(label, DataType::UInt32, false));
+        ShardWriter {
+            schema: Arc::new(Schema::new(fields)),
+            shard_rows,
+            store,
+            key,
+            pending: [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())],
+            written: [Vec::new(), Vec::new()],
+        }
+    }
+
+    async fn push(&mut self, test: bool, row: Vec<f32>, label: u32) -> Result<(), ImportError> {
+        let split = usize::from(test);
+        self.pending[split].0.push(row);
+        self.pending[split].1.push(label);
+        if self.pending[split].1.len() == self.shard_rows {
+            self.flush(split).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, split: usize) -> Result<(), ImportError> {
+        let (rows, labels) = std::mem::take(&mut self.pending[split]);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let features = self.schema.fields().len() - 1;
+        let mut columns: Vec<ArrayRef> = (0..features)
+            .map(|f| Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r[f]))) as ArrayRef)
+            .collect();
+        columns.push(Arc::new(UInt32Array::from(labels)) as ArrayRef);
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| ImportError::Shard(e.to_string()))?;
+        let parquet = write_parquet(&batch).map_err(ImportError::Shard)?;
+        let id = ShardId::of_content(&parquet);
+        let sealed = self
+            .key
+            .seal(&id, &parquet)
+            .map_err(|e| ImportError::Shard(e.to_string()))?;
+        self.store.put(&id, Bytes::from(sealed)).await?;
+        self.written[split].push(ShardEntry {
+            id: id.to_string(),
+            rows: batch.num_rows() as u64,
+            bytes: parquet.len() as u64,
+        });
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(Vec<ShardEntry>, Vec<ShardEntry>), ImportError> {
+        self.flush(0).await?;
+        self.flush(1).await?;
+        let [train, test] = self.written;
+        Ok((train, test))
+    }
+}
+
+/// One shard as Parquet: zstd, one row group.
+fn write_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
+        ))
+        .set_max_row_group_row_count(Some(batch.num_rows().max(1)))
+        .build();
+    let mut out = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).map_err(|e| e.to_string())?;
+    writer.write(batch).map_err(|e| e.to_string())?;
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Reads a stored shard back: fetch, open (authenticity and content hash), decode Parquet.
+pub async fn read_shard(
+    store: &ShardStore,
+    key: &DatasetKey,
+    id: &ShardId,
+) -> Result<Vec<RecordBatch>, ImportError> {
+    let sealed = store.get(id).await?;
+    let plaintext = key
+        .open(id, &sealed)
+        .map_err(|e| ImportError::Shard(e.to_string()))?;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(Bytes::from(plaintext))
+            .and_then(|b| b.build())
+            .map_err(|e| ImportError::Shard(e.to_string()))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ImportError::Shard(e.to_string()))
+}

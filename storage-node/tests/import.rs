@@ -1,0 +1,205 @@
+//! Import of the bundled digits data: every shard read back equals the preprocessed input; a
+//! flipped byte at rest is refused; bad input is refused before anything is stored.
+
+use std::io::Write;
+
+use aic_protocol::ShardId;
+use aic_storage_node::import::{import_csv, is_test_row, read_shard, ImportOptions};
+use aic_storage_node::manifest::ShardEntry;
+use aic_storage_node::shard_store::ShardStore;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, UInt32Type};
+use bytes::Bytes;
+
+fn digits_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits/digits.csv")
+}
+
+/// The preprocessing, recomputed independently: standardised features (population std, 1 for a
+/// constant column) and the digit as its class, rows in file order.
+fn expected_rows() -> Vec<(Vec<f32>, u32)> {
+    let text = std::fs::read_to_string(digits_path()).unwrap();
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let n = rows.len() as f64;
+    let features = rows[0].len() - 1;
+    let mean: Vec<f64> = (0..features)
+        .map(|f| rows.iter().map(|r| r[f]).sum::<f64>() / n)
+        .collect();
+    let std: Vec<f64> = (0..features)
+        .map(|f| {
+            let s = (rows.iter().map(|r| (r[f] - mean[f]).powi(2)).sum::<f64>() / n).sqrt();
+            if s > 0.0 {
+                s
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let x = (0..features)
+                .map(|f| ((r[f] - mean[f]) / std[f]) as f32)
+                .collect();
+            (x, r[features] as u32)
+        })
+        .collect()
+}
+
+async fn read_split(
+    store: &ShardStore,
+    key: &aic_storage_node::sealing::DatasetKey,
+    shards: &[ShardEntry],
+) -> Vec<(Vec<f32>, u32)> {
+    let mut rows = Vec::new();
+    for entry in shards {
+        let id: ShardId = entry.id.parse().unwrap();
+        for batch in read_shard(store, key, &id).await.unwrap() {
+            let columns = batch.num_columns();
+            let labels = batch.column(columns - 1).as_primitive::<UInt32Type>();
+            for r in 0..batch.num_rows() {
+                let x = (0..columns - 1)
+                    .map(|c| batch.column(c).as_primitive::<Float32Type>().value(r))
+                    .collect();
+                rows.push((x, labels.value(r)));
+            }
+        }
+        let total: usize = read_shard(store, key, &id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(total as u64, entry.rows);
+    }
+    rows
+}
+
+#[tokio::test]
+async fn digits_import_round_trips_every_row() {
+    let store = ShardStore::memory();
+    let mut options = ImportOptions::new("digit");
+    options.shard_rows = 256;
+    let (manifest, key) = import_csv(&digits_path(), "digits", &options, &store)
+        .await
+        .unwrap();
+    assert_eq!(manifest.rows, 1797);
+    assert_eq!(manifest.features.len(), 64);
+    assert_eq!(
+        manifest.classes,
+        (0..10).map(|d| d.to_string()).collect::<Vec<_>>()
+    );
+    let test_rows: u64 = manifest.test.iter().map(|s| s.rows).sum();
+    let train_rows: u64 = manifest.train.iter().map(|s| s.rows).sum();
+    assert_eq!(train_rows + test_rows, 1797);
+    assert!(
+        (290..=430).contains(&test_rows),
+        "about 20 % held out: {test_rows}"
+    );
+    assert_eq!(
+        store.list().await.unwrap().len(),
+        manifest.train.len() + manifest.test.len()
+    );
+
+    let expected = expected_rows();
+    let (expected_train, expected_test): (Vec<_>, Vec<_>) = expected
+        .into_iter()
+        .enumerate()
+        .partition(|(r, _)| !is_test_row(options.seed, *r as u64, options.test_fraction));
+    for (got, want) in [
+        (read_split(&store, &key, &manifest.train).await, expected_train),
+        (read_split(&store, &key, &manifest.test).await, expected_test),
+    ] {
+        assert_eq!(got.len(), want.len());
+        for ((x, label), (row, (wx, wlabel))) in got.iter().zip(&want) {
+            assert_eq!(label, wlabel, "row {row}");
+            for (a, b) in x.iter().zip(wx) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "row {row}: {a} vs {b}");
+            }
+        }
+    }
+
+    // The same file and seed give the same shards (content-addressed, deterministic split).
+    let again = ShardStore::memory();
+    let (manifest_again, _) = import_csv(&digits_path(), "digits", &options, &again)
+        .await
+        .unwrap();
+    assert_eq!(
+        manifest_again.train.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        manifest.train.iter().map(|s| &s.id).collect::<Vec<_>>()
+    );
+
+    // A flipped byte at rest is never served.
+    let id: ShardId = manifest.train[0].id.parse().unwrap();
+    let mut sealed = store.get(&id).await.unwrap().to_vec();
+    sealed[40] ^= 0x01;
+    store.put(&id, Bytes::from(sealed)).await.unwrap();
+    let err = read_shard(&store, &key, &id).await.unwrap_err();
+    assert!(err.to_string().contains("fails authentication"), "{err}");
+}
+
+fn csv(contents: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".csv").tempfile().unwrap();
+    file.write_all(contents.as_bytes()).unwrap();
+    file
+}
+
+async fn refused(contents: &str, label: &str) -> String {
+    let store = ShardStore::memory();
+    let file = csv(contents);
+    let err = import_csv(file.path(), "bad", &ImportOptions::new(label), &store)
+        .await
+        .unwrap_err();
+    assert!(
+        store.list().await.unwrap().is_empty(),
+        "nothing stored after: {err}"
+    );
+    err.to_string()
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_stored() {
+    let err = refused("a,b,label\n1,2,0\n3,4\n5,6,1\n", "label").await;
+    assert!(err.contains("line") && err.contains(".csv"), "{err}");
+
+    let err = refused("a,b,label\n1,2,0\n", "class").await;
+    assert!(
+        matches!(err, _ if err.contains("no label column \"class\"")),
+        "{err}"
+    );
+
+    let err = refused("a,b,label\n", "label").await;
+    assert!(err.contains("no data rows"), "{err}");
+
+    let many: String = (0..1100).map(|i| format!("name{i},{}\n", i % 2)).collect();
+    let err = refused(&format!("name,label\n{many}"), "label").await;
+    assert!(
+        err.contains("\"name\"") && err.contains("cannot be encoded"),
+        "{err}"
+    );
+
+    let err = refused("a,label\n1,0\n1e999,1\n", "label").await;
+    assert!(err.contains("\"a\""), "{err}");
+}
+
+#[tokio::test]
+async fn text_features_become_categories() {
+    let store = ShardStore::memory();
+    let file = csv("colour,size,label\nred,1.5,yes\nblue,2.5,no\nred,3.5,yes\n");
+    let mut options = ImportOptions::new("label");
+    options.test_fraction = 0.0;
+    let (manifest, key) = import_csv(file.path(), "colours", &options, &store)
+        .await
+        .unwrap();
+    assert_eq!(manifest.classes, vec!["no".to_string(), "yes".to_string()]);
+    let rows = read_split(&store, &key, &manifest.train).await;
+    assert_eq!(
+        rows.iter().map(|(x, _)| x[0]).collect::<Vec<_>>(),
+        vec![1.0, 0.0, 1.0],
+        "blue=0, red=1"
+    );
+    assert_eq!(rows.iter().map(|(_, l)| *l).collect::<Vec<_>>(), vec![1, 0, 1]);
+}
