@@ -5,9 +5,11 @@
 //! Dataset import and preprocessing, ticket-checked shard serving, scrubbing and replica repair
 //! come with the rest of the storage issue.
 
+pub mod catalog;
 pub mod config;
 pub mod import;
 pub mod manifest;
+pub mod scrub;
 pub mod sealing;
 pub mod shard_store;
 

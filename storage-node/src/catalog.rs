@@ -1,0 +1,113 @@
+//! The datasets a storage node holds: each one's manifest and its key, kept on the node's disk
+//! (`<data_dir>/datasets/<id>.json` and `<id>.key`, mode 0600). The key never leaves the storage
+//! nodes; the manifest is what the Dataset asset publishes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use aic_protocol::ShardId;
+
+use crate::manifest::Manifest;
+use crate::sealing::DatasetKey;
+
+#[derive(Debug, thiserror::Error)]
+#[error("dataset catalog {path}: {reason}")]
+pub struct CatalogError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A dataset's id: the first 16 bytes of the BLAKE3 hash of its manifest, in hex.
+pub fn dataset_id(manifest: &Manifest) -> String {
+    hex::encode(&blake3::hash(manifest.to_json().as_bytes()).as_bytes()[..16])
+}
+
+pub struct Catalog {
+    dir: PathBuf,
+    datasets: BTreeMap<String, (Manifest, DatasetKey)>,
+}
+
+impl Catalog {
+    /// Opens the catalog in `dir`, loading every dataset recorded there.
+    pub fn open(dir: &Path) -> Result<Self, CatalogError> {
+        let error = |path: &Path, reason: String| CatalogError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| error(dir, e.to_string()))?;
+        let mut datasets = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))? {
+            let path = entry.map_err(|e| error(dir, e.to_string()))?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let id = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let manifest: Manifest = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+                .map_err(|reason| error(&path, reason))?;
+            let key_path = dir.join(format!("{id}.key"));
+            let key_bytes = std::fs::read(&key_path).map_err(|e| error(&key_path, e.to_string()))?;
+            let key: [u8; 32] = key_bytes
+                .try_into()
+                .map_err(|_| error(&key_path, "a dataset key is 32 bytes".into()))?;
+            datasets.insert(id, (manifest, DatasetKey::from_bytes(key)));
+        }
+        Ok(Catalog {
+            dir: dir.to_path_buf(),
+            datasets,
+        })
+    }
+
+    /// Records a dataset (key first: a manifest without its key would be unreadable).
+    pub fn add(&mut self, manifest: Manifest, key: DatasetKey) -> Result<String, CatalogError> {
+        let id = dataset_id(&manifest);
+        let write = |name: String, bytes: &[u8], secret: bool| -> Result<(), CatalogError> {
+            let path = self.dir.join(&name);
+            let temp = self.dir.join(format!("{name}.tmp"));
+            let result = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(if secret { 0o600 } else { 0o644 })
+                .open(&temp)
+                .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+                .and_then(|()| std::fs::rename(&temp, &path));
+            result.map_err(|e| CatalogError {
+                path,
+                reason: e.to_string(),
+            })
+        };
+        write(format!("{id}.key"), key.as_bytes(), true)?;
+        write(format!("{id}.json"), manifest.to_json().as_bytes(), false)?;
+        self.datasets.insert(id.clone(), (manifest, key));
+        Ok(id)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&(Manifest, DatasetKey)> {
+        self.datasets.get(id)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &String> {
+        self.datasets.keys()
+    }
+
+    /// Every shard the catalog expects, with the dataset it belongs to.
+    pub fn expected_shards(&self) -> BTreeMap<ShardId, String> {
+        let mut shards = BTreeMap::new();
+        for (id, (manifest, _)) in &self.datasets {
+            for entry in manifest.train.iter().chain(&manifest.test) {
+                if let Ok(shard) = entry.id.parse() {
+                    shards.insert(shard, id.clone());
+                }
+            }
+        }
+        shards
+    }
+}
