@@ -51,6 +51,7 @@ pub fn start(
         capacity,
         bound,
         Arc::new(ComputeApi),
+        prometheus::Registry::new(),
         shutdown,
     )
 }

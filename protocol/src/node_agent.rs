@@ -142,8 +142,10 @@ pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
     }
 }
 
-/// Starts a node service: the QUIC server with `handler`, the metrics endpoint, the membership
-/// agent and the RTT prober.
+/// Starts a node service: the QUIC server with `handler`, the metrics endpoint serving
+/// `registry` (where the role may have registered metrics of its own), the membership agent and
+/// the RTT prober.
+#[allow(clippy::too_many_arguments)]
 pub fn start_node<H: RpcHandler>(
     role: Role,
     settings: &EndpointSettings,
@@ -151,11 +153,11 @@ pub fn start_node<H: RpcHandler>(
     capacity: Capacity,
     bound: BoundSockets,
     handler: Arc<H>,
+    registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<ServiceHandle> {
     let identity = settings.tls.load()?;
     let component = role.as_str();
-    let registry = Registry::new();
     let transport_metrics = TransportMetrics::register(&registry, component)?;
     let agent_metrics = AgentMetrics::register(&registry, component)?;
 

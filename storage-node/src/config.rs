@@ -23,6 +23,10 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     /// Bytes offered to the grid.
     pub capacity_bytes: u64,
+    /// Where shards live: empty for `<data_dir>/shards`, a directory, `file://…` or `memory://`.
+    pub store: String,
+    /// How often the scrubber re-checks every shard at rest.
+    pub scrub_interval_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -36,6 +40,8 @@ impl Default for StorageConfig {
             storage: StorageSettings {
                 data_dir: "data/storage".into(),
                 capacity_bytes: 100 * 1024 * 1024 * 1024,
+                store: String::new(),
+                scrub_interval_secs: 3600,
             },
         }
     }
@@ -53,6 +59,9 @@ impl Validate for StorageConfig {
         self.scheduler.validate("scheduler")?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(Invalid::new("storage.data_dir", "must name a directory"));
+        }
+        if self.storage.scrub_interval_secs == 0 {
+            return Err(Invalid::new("storage.scrub_interval_secs", "must be at least 1"));
         }
         if self.storage.capacity_bytes == 0 {
             return Err(Invalid::new("storage.capacity_bytes", "must be more than 0"));
