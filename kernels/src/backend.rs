@@ -242,6 +242,14 @@ pub(crate) fn check_len(op: &'static str, expected: usize, got: usize) -> Result
     Ok(())
 }
 
+/// Adam's weights, gradient and both moments must have one length.
+pub(crate) fn check_adam(w: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> Result<()> {
+    for len in [g.len(), m.len(), v.len()] {
+        check_len("adam", w.len(), len)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn check_labels(logits: &Matrix, labels: &[u32]) -> Result<()> {
     check_len("softmax_xent", logits.rows, labels.len())?;
     if let Some((row, &label)) = labels

@@ -2,7 +2,7 @@
 //! without a GPU. Matrix multiply is `matrixmultiply`'s single-threaded SGEMM; reductions run in
 //! index order, so results are reproducible.
 
-use crate::backend::{check_labels, check_len, check_matmul, check_same, AdamParams, Backend};
+use crate::backend::{check_adam, check_labels, check_len, check_matmul, check_same, AdamParams, Backend};
 use crate::error::{check_finite, Result};
 use crate::tensor::Matrix;
 
@@ -131,9 +131,7 @@ impl Backend for CpuBackend {
         v: &mut [f32],
         params: AdamParams,
     ) -> Result<()> {
-        check_len("adam", w.len(), g.len())?;
-        check_len("adam", w.len(), m.len())?;
-        check_len("adam", w.len(), v.len())?;
+        check_adam(w, g, m, v)?;
         let (step_size, epsilon_hat) = params.corrected();
         for i in 0..w.len() {
             m[i] = params.beta1 * m[i] + (1.0 - params.beta1) * g[i];

@@ -23,7 +23,7 @@ use context::Context;
 pub use context::VulkanOptions;
 use kernels::{Kernel, Pipelines};
 
-use crate::backend::{check_labels, check_len, check_matmul, check_same, AdamParams, Backend};
+use crate::backend::{check_adam, check_labels, check_len, check_matmul, check_same, AdamParams, Backend};
 use crate::error::{check_finite, KernelError, Result};
 use crate::model::{Batch, ModelSpec, Weights};
 use crate::tensor::Matrix;
@@ -531,9 +531,7 @@ impl Backend for VulkanBackend {
         v: &mut [f32],
         params: AdamParams,
     ) -> Result<()> {
-        check_len("adam", w.len(), g.len())?;
-        check_len("adam", w.len(), m.len())?;
-        check_len("adam", w.len(), v.len())?;
+        check_adam(w, g, m, v)?;
         let (step_size, epsilon_hat) = params.corrected();
         let mut rec = Recorder::new(self)?;
         let (w_buf, g_buf, m_buf, v_buf) = (rec.input(w)?, rec.input(g)?, rec.input(m)?, rec.input(v)?);
