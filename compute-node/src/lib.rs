@@ -52,6 +52,7 @@ pub fn start(
         bound,
         Arc::new(ComputeApi),
         prometheus::Registry::new(),
+        None,
         shutdown,
     )
 }

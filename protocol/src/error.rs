@@ -33,6 +33,8 @@ pub enum ErrorCode {
     Unavailable = 8,
     /// A fault on the receiver's side.
     Internal = 9,
+    /// The named thing (dataset, shard) is not held here.
+    NotFound = 10,
 }
 
 impl ErrorCode {
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
         }
     }
 }

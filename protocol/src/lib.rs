@@ -24,6 +24,7 @@ pub mod metrics_http;
 pub mod node_agent;
 pub mod rpc;
 pub mod service;
+pub mod ticket;
 pub mod tls;
 pub mod transport;
 

@@ -194,11 +194,23 @@ impl Request for ClientRequest {
 pub enum PeerRequest {
     /// An RTT probe: the answer echoes the nonce.
     Ping { nonce: u64 },
+    /// A shard of a dataset, against a scheduler-signed ticket (compute nodes only).
+    GetShard {
+        dataset: String,
+        shard: crate::ShardId,
+        ticket: crate::ticket::SignedTicket,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
-    Pong { nonce: u64 },
+    Pong {
+        nonce: u64,
+    },
+    /// The shard's plaintext Parquet bytes (their BLAKE3 hash is the shard id).
+    Shard {
+        parquet: Vec<u8>,
+    },
 }
 
 impl Request for PeerRequest {
@@ -208,11 +220,15 @@ impl Request for PeerRequest {
     fn rpc_name(&self) -> &'static str {
         match self {
             PeerRequest::Ping { .. } => "ping",
+            PeerRequest::GetShard { .. } => "get_shard",
         }
     }
 
     fn allowed_roles(&self) -> &'static [Role] {
-        ANY_NODE
+        match self {
+            PeerRequest::Ping { .. } => ANY_NODE,
+            PeerRequest::GetShard { .. } => &[Role::Compute],
+        }
     }
 }
 

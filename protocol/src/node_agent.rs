@@ -123,8 +123,11 @@ impl AgentMetrics {
     }
 }
 
+/// Called with the scheduler's identity after each successful registration.
+pub type RegisteredHook = Arc<dyn Fn(&PeerIdentity) + Send + Sync>;
+
 /// What the agent tells the scheduler about its node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentSettings {
     pub role: Role,
     pub name: String,
@@ -132,6 +135,9 @@ pub struct AgentSettings {
     pub quic_addr: String,
     pub metrics_addr: String,
     pub capacity: Capacity,
+    /// Called with the scheduler's identity after each successful registration (a storage node
+    /// trusts the tickets that scheduler signs).
+    pub on_registered: Option<RegisteredHook>,
 }
 
 /// Answers the node↔node conversation every node serves. Storage and compute handlers call it
@@ -139,6 +145,9 @@ pub struct AgentSettings {
 pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
     match request {
         PeerRequest::Ping { nonce } => Ok(PeerResponse::Pong { nonce }),
+        PeerRequest::GetShard { .. } => {
+            Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards"))
+        }
     }
 }
 
@@ -154,6 +163,7 @@ pub fn start_node<H: RpcHandler>(
     bound: BoundSockets,
     handler: Arc<H>,
     registry: Registry,
+    on_registered: Option<RegisteredHook>,
     shutdown: CancellationToken,
 ) -> Result<ServiceHandle> {
     let identity = settings.tls.load()?;
@@ -172,6 +182,7 @@ pub fn start_node<H: RpcHandler>(
         quic_addr: advertised(settings, quic_addr),
         metrics_addr: metrics_addr.to_string(),
         capacity,
+        on_registered,
     };
     info!(%name, %role, node = %identity.me.node_id.short(), %quic_addr, %metrics_addr, "node starting");
 
@@ -235,6 +246,9 @@ pub async fn run_agent(
             let (interval, targets) = register(&client, &settings).await?;
             metrics.registrations.with_label_values(&["ok"]).inc();
             metrics.scheduler_connected.set(1);
+            if let Some(hook) = &settings.on_registered {
+                hook(client.peer());
+            }
             let _ = targets_tx.send((interval, targets));
             Ok::<_, Error>((client, interval))
         };
@@ -416,7 +430,7 @@ async fn probe(
         let started = Instant::now();
         match client.call(&PeerRequest::Ping { nonce }).await? {
             PeerResponse::Pong { nonce: echoed } if echoed == nonce => {}
-            PeerResponse::Pong { .. } => return Err(Error::UnexpectedFrame("a pong with the wrong nonce")),
+            _ => return Err(Error::UnexpectedFrame("a pong with the wrong nonce")),
         }
         best = best.min(started.elapsed());
     }

@@ -27,6 +27,9 @@ pub struct StorageSettings {
     pub store: String,
     /// How often the scrubber re-checks every shard at rest.
     pub scrub_interval_secs: u64,
+    /// Node ids (hex) of schedulers whose shard tickets are honoured, besides the scheduler this
+    /// node registers with.
+    pub trusted_schedulers: Vec<String>,
 }
 
 impl Default for StorageConfig {
@@ -42,6 +45,7 @@ impl Default for StorageConfig {
                 capacity_bytes: 100 * 1024 * 1024 * 1024,
                 store: String::new(),
                 scrub_interval_secs: 3600,
+                trusted_schedulers: Vec::new(),
             },
         }
     }
@@ -59,6 +63,17 @@ impl Validate for StorageConfig {
         self.scheduler.validate("scheduler")?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(Invalid::new("storage.data_dir", "must name a directory"));
+        }
+        if let Some(bad) = self
+            .storage
+            .trusted_schedulers
+            .iter()
+            .find(|id| id.parse::<aic_protocol::NodeId>().is_err())
+        {
+            return Err(Invalid::new(
+                "storage.trusted_schedulers",
+                format!("{bad:?} is not a 64-digit hex node id"),
+            ));
         }
         if self.storage.scrub_interval_secs == 0 {
             return Err(Invalid::new("storage.scrub_interval_secs", "must be at least 1"));

@@ -21,17 +21,93 @@ use aic_protocol::messages::{Capacity, PeerRequest, PeerResponse};
 use aic_protocol::node_agent::{answer_peer, local_capacity, start_node};
 use aic_protocol::rpc::RpcHandler;
 use aic_protocol::service::{BoundSockets, ServiceHandle};
-use aic_protocol::{Role, RpcError};
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aic_protocol::ticket::SignedTicket;
+use aic_protocol::{ErrorCode, NodeId, Role, RpcError, ShardId};
 use tokio_util::sync::CancellationToken;
 
 pub use config::StorageConfig;
 
 /// What a storage node answers over QUIC.
-struct StorageApi;
+struct StorageApi {
+    store: shard_store::ShardStore,
+    catalog: Arc<tokio::sync::RwLock<catalog::Catalog>>,
+    /// Schedulers whose tickets are honoured.
+    trusted: Arc<std::sync::RwLock<HashSet<NodeId>>>,
+    metrics: metrics::StorageMetrics,
+}
 
 impl RpcHandler for StorageApi {
-    async fn peer(&self, _peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
-        answer_peer(request)
+    async fn peer(&self, peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
+        match request {
+            PeerRequest::GetShard {
+                dataset,
+                shard,
+                ticket,
+            } => self.get_shard(peer, &dataset, &shard, &ticket).await,
+            other => answer_peer(other),
+        }
+    }
+}
+
+impl StorageApi {
+    fn refuse(&self, reason: &'static str, code: ErrorCode, message: String) -> RpcError {
+        self.metrics.rejected.with_label_values(&[reason]).inc();
+        RpcError::new(code, message)
+    }
+
+    /// Serves a shard: the ticket first, then the catalog, then the bytes — which are checked
+    /// (authentic, and hashing to their name) before any of them leaves the node.
+    async fn get_shard(
+        &self,
+        peer: &PeerIdentity,
+        dataset: &str,
+        shard: &ShardId,
+        ticket: &SignedTicket,
+    ) -> Result<PeerResponse, RpcError> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let trusted = self.trusted.read().expect("trusted set").clone();
+        if let Err(e) = ticket.check(&peer.node_id, dataset, now_ms, |id| trusted.contains(id)) {
+            return Err(self.refuse(e.reason(), ErrorCode::PermissionDenied, e.to_string()));
+        }
+        let catalog = self.catalog.read().await;
+        let Some((manifest, key)) = catalog.get(dataset) else {
+            return Err(self.refuse(
+                "unknown_dataset",
+                ErrorCode::NotFound,
+                format!("no dataset {dataset} here"),
+            ));
+        };
+        let id = shard.to_string();
+        if !manifest.train.iter().chain(&manifest.test).any(|s| s.id == id) {
+            return Err(self.refuse(
+                "unknown_shard",
+                ErrorCode::NotFound,
+                format!("dataset {dataset} has no shard {id}"),
+            ));
+        }
+        let sealed = match self.store.get(shard).await {
+            Ok(sealed) => sealed,
+            Err(e) => return Err(self.refuse("unknown_shard", ErrorCode::NotFound, e.to_string())),
+        };
+        match key.open(shard, &sealed) {
+            Ok(parquet) => {
+                self.metrics.served_bytes.inc_by(parquet.len() as u64);
+                Ok(PeerResponse::Shard { parquet })
+            }
+            Err(e) => {
+                tracing::warn!(%shard, error = %e, "refusing to serve a damaged shard");
+                Err(self.refuse(
+                    "corrupt_shard",
+                    ErrorCode::Unavailable,
+                    format!("shard {id} failed its integrity check here; ask another replica"),
+                ))
+            }
+        }
     }
 }
 
@@ -51,8 +127,26 @@ pub fn start(
         .map_err(|e| aic_protocol::Error::Transport(format!("shard store {store_url}: {e}")))?;
     let catalog = catalog::Catalog::open(&storage.data_dir.join("datasets"))
         .map_err(|e| aic_protocol::Error::Transport(e.to_string()))?;
+    let catalog = Arc::new(tokio::sync::RwLock::new(catalog));
     let registry = prometheus::Registry::new();
     let metrics = metrics::StorageMetrics::register(&registry)?;
+    let trusted: HashSet<NodeId> = storage
+        .trusted_schedulers
+        .iter()
+        .map(|id| id.parse())
+        .collect::<Result<_, _>>()?;
+    let trusted = Arc::new(std::sync::RwLock::new(trusted));
+    let api = StorageApi {
+        store: store.clone(),
+        catalog: catalog.clone(),
+        trusted: trusted.clone(),
+        metrics: metrics.clone(),
+    };
+    // The scheduler this node registers with signs the tickets it will be shown.
+    let trust_scheduler: Arc<dyn Fn(&PeerIdentity) + Send + Sync> =
+        Arc::new(move |scheduler: &PeerIdentity| {
+            trusted.write().expect("trusted set").insert(scheduler.node_id);
+        });
     let capacity = Capacity {
         storage_bytes: storage.capacity_bytes,
         device: "none".into(),
@@ -64,8 +158,9 @@ pub fn start(
         &config.scheduler,
         capacity,
         bound,
-        Arc::new(StorageApi),
+        Arc::new(api),
         registry,
+        Some(trust_scheduler),
         shutdown.clone(),
     )?;
     let interval = std::time::Duration::from_secs(storage.scrub_interval_secs);
@@ -76,7 +171,7 @@ pub fn start(
 /// Scrubs once at start and then every `interval` until shutdown, publishing what it finds.
 async fn scrub_loop(
     store: shard_store::ShardStore,
-    catalog: catalog::Catalog,
+    catalog: Arc<tokio::sync::RwLock<catalog::Catalog>>,
     metrics: metrics::StorageMetrics,
     interval: std::time::Duration,
     shutdown: CancellationToken,
@@ -88,7 +183,8 @@ async fn scrub_loop(
             _ = ticker.tick() => {}
         }
         let started = std::time::Instant::now();
-        match (scrub::scrub(&store, &catalog).await, store.list().await) {
+        let report = scrub::scrub(&store, &*catalog.read().await).await;
+        match (report, store.list().await) {
             (Ok(report), Ok(held)) => {
                 metrics.record(&report);
                 metrics

@@ -1,9 +1,23 @@
 //! The storage node's own metrics: what it holds and what the scrubber found.
 
 use aic_protocol::metrics::registered;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::scrub::ScrubReport;
+
+/// Every reason a shard request is refused.
+pub const REJECTION_REASONS: [&str; 8] = [
+    "ticket_expired",
+    "ticket_wrong_node",
+    "ticket_wrong_dataset",
+    "ticket_untrusted",
+    "ticket_forged",
+    "unknown_dataset",
+    "unknown_shard",
+    "corrupt_shard",
+];
 
 #[derive(Clone)]
 pub struct StorageMetrics {
@@ -11,6 +25,8 @@ pub struct StorageMetrics {
     pub shards: IntGaugeVec,
     pub scrubs: IntCounterVec,
     pub scrub_duration: Histogram,
+    pub served_bytes: IntCounter,
+    pub rejected: IntCounterVec,
 }
 
 impl StorageMetrics {
@@ -41,7 +57,27 @@ impl StorageMetrics {
                         .buckets(prometheus::exponential_buckets(0.001, 4.0, 10)?),
                 )?,
             )?,
+            served_bytes: registered(
+                registry,
+                IntCounter::new(
+                    "aic_storage_served_bytes_total",
+                    "Shard bytes served to compute nodes",
+                )?,
+            )?,
+            rejected: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_storage_requests_rejected_total",
+                        "Shard requests refused, by reason",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
         };
+        for reason in REJECTION_REASONS {
+            metrics.rejected.with_label_values(&[reason]);
+        }
         for state in ["healthy", "corrupt", "missing", "unknown"] {
             metrics.shards.with_label_values(&[state]).set(0);
         }

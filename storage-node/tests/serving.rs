@@ -1,0 +1,206 @@
+//! Shard serving over QUIC: a compute node with a valid ticket gets the shard's Parquet (which
+//! hashes to its name); a missing-the-mark ticket (expired, another node, another dataset,
+//! untrusted or forged), a client certificate, or a corrupt shard is refused, and counted.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aic_protocol::certs::{CertificateAuthority, Identity, Validity};
+use aic_protocol::messages::{PeerRequest, PeerResponse};
+use aic_protocol::node_agent::SchedulerLink;
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::service::{BoundSockets, EndpointSettings};
+use aic_protocol::ticket::ShardTicket;
+use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::{Error, ErrorCode, JobId, NodeId, Role, RpcError, ShardId};
+use aic_storage_node::catalog::Catalog;
+use aic_storage_node::import::{import_csv, ImportOptions};
+use aic_storage_node::shard_store::ShardStore;
+use aic_storage_node::StorageConfig;
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use tokio_util::sync::CancellationToken;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A connection with a fresh certificate of `role`, and the node id that certificate gives it.
+async fn client(ca: &CertificateAuthority, role: Role, addr: &str) -> (RpcClient, NodeId) {
+    let identity =
+        Identity::from_issued(ca, &ca.issue(role, "caller", &[], Validity::default()).unwrap()).unwrap();
+    let id = identity.me.node_id;
+    let tuning = TransportTuning::default();
+    let endpoint = transport::endpoint(
+        transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
+        &identity,
+        &tuning,
+    )
+    .unwrap();
+    (
+        RpcClient::connect(&endpoint, addr, Role::Storage).await.unwrap(),
+        id,
+    )
+}
+
+fn refusal(result: Result<PeerResponse, Error>) -> (ErrorCode, String) {
+    match result {
+        Err(Error::Rpc(RpcError { code, message })) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_are_served_only_against_valid_tickets() {
+    aic_protocol::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("storage-1");
+    let digits = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits/digits.csv");
+    let store = ShardStore::local(&data_dir.join("shards")).unwrap();
+    let (manifest, key) = import_csv(&digits, "digits", &ImportOptions::new("digit"), &store)
+        .await
+        .unwrap();
+    let dataset = Catalog::open(&data_dir.join("datasets"))
+        .unwrap()
+        .add(manifest.clone(), key)
+        .unwrap();
+
+    let ca = CertificateAuthority::generate("serving").unwrap();
+    ca.save(dir.path()).unwrap();
+    let tls = ca
+        .issue(Role::Storage, "storage-1", &[], Validity::default())
+        .unwrap()
+        .save(dir.path(), "storage-1")
+        .unwrap();
+    let scheduler_key = SigningKey::from_bytes(&[7u8; 32]);
+    let scheduler_id = NodeId::from_public_key(&scheduler_key.verifying_key().to_bytes());
+    let mut config = StorageConfig {
+        endpoint: EndpointSettings {
+            tls,
+            ..EndpointSettings::with_ports(0, 0)
+        },
+        // No scheduler runs here; the agent retries in the background while we test serving.
+        scheduler: SchedulerLink {
+            addr: "127.0.0.1:9".into(),
+        },
+        ..Default::default()
+    };
+    config.storage.data_dir = data_dir.clone();
+    config.storage.trusted_schedulers = vec![scheduler_id.to_string()];
+    let shutdown = CancellationToken::new();
+    let node = aic_storage_node::start(
+        config,
+        BoundSockets::loopback_ephemeral().unwrap(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let addr = node.quic_addr.to_string();
+
+    let (compute, compute_id) = client(&ca, Role::Compute, &addr).await;
+    let shard: ShardId = manifest.train[0].id.parse().unwrap();
+    let ticket = |node: NodeId, dataset: &str, expires_ms: u64, key: &SigningKey| {
+        ShardTicket {
+            job: JobId::random(),
+            node,
+            dataset: dataset.to_string(),
+            expires_ms,
+        }
+        .sign(key)
+    };
+    let get = |dataset: &str, ticket| PeerRequest::GetShard {
+        dataset: dataset.to_string(),
+        shard,
+        ticket,
+    };
+
+    // A valid ticket: the Parquet bytes hash to the shard's name.
+    let valid = ticket(compute_id, &dataset, now_ms() + 60_000, &scheduler_key);
+    match compute.call(&get(&dataset, valid.clone())).await.unwrap() {
+        PeerResponse::Shard { parquet } => assert_eq!(ShardId::of_content(&parquet), shard),
+        other => panic!("{other:?}"),
+    }
+
+    let expired = ticket(compute_id, &dataset, now_ms() - 1, &scheduler_key);
+    assert_eq!(
+        refusal(compute.call(&get(&dataset, expired)).await).1,
+        "the ticket expired"
+    );
+    let elsewhere = ticket(
+        NodeId::from_public_key(b"other"),
+        &dataset,
+        now_ms() + 60_000,
+        &scheduler_key,
+    );
+    assert!(refusal(compute.call(&get(&dataset, elsewhere)).await)
+        .1
+        .contains("another node"));
+    let other_dataset = ticket(compute_id, "0123", now_ms() + 60_000, &scheduler_key);
+    assert!(refusal(compute.call(&get(&dataset, other_dataset)).await)
+        .1
+        .contains("another dataset"));
+    let stranger = ticket(
+        compute_id,
+        &dataset,
+        now_ms() + 60_000,
+        &SigningKey::from_bytes(&[9u8; 32]),
+    );
+    assert!(refusal(compute.call(&get(&dataset, stranger)).await)
+        .1
+        .contains("not a trusted"));
+    let mut forged = valid.clone();
+    forged.ticket.expires_ms += 1;
+    let (code, message) = refusal(compute.call(&get(&dataset, forged)).await);
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            ErrorCode::PermissionDenied,
+            "the ticket's signature does not verify"
+        )
+    );
+
+    // A client certificate may not fetch shards at all, ticket or not.
+    let (user, _) = client(&ca, Role::Client, &addr).await;
+    assert_eq!(
+        refusal(user.call(&get(&dataset, valid.clone())).await).0,
+        ErrorCode::PermissionDenied
+    );
+
+    // A corrupt shard is never served.
+    let mut sealed = store.get(&shard).await.unwrap().to_vec();
+    sealed[64] ^= 0x10;
+    store.put(&shard, Bytes::from(sealed)).await.unwrap();
+    let (code, message) = refusal(compute.call(&get(&dataset, valid)).await);
+    assert_eq!(code, ErrorCode::Unavailable, "{message}");
+
+    // Each refusal is counted by its reason, and the bytes served are counted too.
+    let metrics = scrape(node.metrics_addr).await;
+    for reason in [
+        "ticket_expired",
+        "ticket_wrong_node",
+        "ticket_wrong_dataset",
+        "ticket_untrusted",
+        "ticket_forged",
+        "corrupt_shard",
+    ] {
+        let line = format!("aic_storage_requests_rejected_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "missing {line} in:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("aic_storage_served_bytes_total 0\n"),
+        "{metrics}"
+    );
+
+    shutdown.cancel();
+    node.stopped().await;
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
