@@ -4,6 +4,7 @@
 mod asset;
 mod ca;
 mod chain;
+mod dataset;
 mod devnet;
 mod ledger_client;
 mod nodes;
@@ -52,6 +53,8 @@ enum Command {
     Chain(chain::ChainArgs),
     /// The ledger's replicas: status and membership changes.
     Ledger(chain::LedgerArgs),
+    /// Datasets on storage nodes: list, preview.
+    Dataset(dataset::DatasetArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,6 +101,7 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::Asset(args) => asset::run(args).await,
             Command::Chain(args) => chain::run(args).await,
             Command::Ledger(args) => chain::run_ledger(args).await,
+            Command::Dataset(args) => dataset::run(args).await,
             Command::Ca(_) => unreachable!("handled synchronously"),
         }
     })

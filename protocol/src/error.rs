@@ -96,7 +96,8 @@ pub enum Error {
     },
     #[error("unexpected frame: {0}")]
     UnexpectedFrame(&'static str),
-    #[error("peer answered with an error: {0}")]
+    /// The peer refused the request (its code and reason).
+    #[error(transparent)]
     Rpc(#[from] RpcError),
     #[error("invalid {kind}: {value:?}")]
     InvalidId { kind: &'static str, value: String },

@@ -157,18 +157,46 @@ pub struct NodeStatus {
     pub rtts: Vec<RttSample>,
 }
 
+/// A dataset as a storage node lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetSummary {
+    pub id: String,
+    pub name: String,
+    pub rows: u64,
+    pub shards: u64,
+    /// The manifest, as JSON (schema, preprocessing, shard hashes).
+    pub manifest: String,
+}
+
+/// A few preprocessed rows of a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatasetPreview {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<f32>>,
+    pub labels: Vec<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     ListNodes,
     /// A ledger request (transaction, query or admin), encoded by `aic-ledger`'s API types:
     /// the protocol carries it without depending on the ledger.
     Ledger(Vec<u8>),
+    /// The datasets a storage node holds.
+    ListDatasets,
+    /// Up to `rows` random rows of a dataset (capped at 1 % of it and at 100 rows).
+    Preview {
+        dataset: String,
+        rows: u32,
+    },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
     Nodes(Vec<NodeStatus>),
     Ledger(Vec<u8>),
+    Datasets(Vec<DatasetSummary>),
+    Preview(DatasetPreview),
 }
 
 impl Request for ClientRequest {
@@ -179,6 +207,8 @@ impl Request for ClientRequest {
         match self {
             ClientRequest::ListNodes => "list_nodes",
             ClientRequest::Ledger(_) => "ledger",
+            ClientRequest::ListDatasets => "list_datasets",
+            ClientRequest::Preview { .. } => "preview",
         }
     }
 

@@ -49,6 +49,10 @@ impl RpcHandler for SchedulerApi {
             ClientRequest::Ledger(payload) => {
                 Ok(ClientResponse::Ledger(self.ledger.handle_client(&payload).await))
             }
+            ClientRequest::ListDatasets | ClientRequest::Preview { .. } => Err(RpcError::new(
+                ErrorCode::Unsupported,
+                "datasets are served by storage nodes, not the scheduler",
+            )),
         }
     }
 

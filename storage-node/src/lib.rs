@@ -17,7 +17,9 @@ pub mod shard_store;
 use std::sync::Arc;
 
 use aic_protocol::certs::PeerIdentity;
-use aic_protocol::messages::{Capacity, PeerRequest, PeerResponse};
+use aic_protocol::messages::{
+    Capacity, ClientRequest, ClientResponse, DatasetPreview, DatasetSummary, PeerRequest, PeerResponse,
+};
 use aic_protocol::node_agent::{answer_peer, local_capacity, start_node};
 use aic_protocol::rpc::RpcHandler;
 use aic_protocol::service::{BoundSockets, ServiceHandle};
@@ -40,6 +42,33 @@ struct StorageApi {
 }
 
 impl RpcHandler for StorageApi {
+    async fn client(&self, _peer: &PeerIdentity, request: ClientRequest) -> Result<ClientResponse, RpcError> {
+        match request {
+            ClientRequest::ListDatasets => {
+                let catalog = self.catalog.read().await;
+                let datasets = catalog
+                    .ids()
+                    .filter_map(|id| catalog.get(id).map(|(m, _)| (id, m)))
+                    .map(|(id, manifest)| DatasetSummary {
+                        id: id.clone(),
+                        name: manifest.name.clone(),
+                        rows: manifest.rows,
+                        shards: (manifest.train.len() + manifest.test.len()) as u64,
+                        manifest: manifest.to_json(),
+                    })
+                    .collect();
+                Ok(ClientResponse::Datasets(datasets))
+            }
+            ClientRequest::Preview { dataset, rows } => {
+                self.preview(&dataset, rows).await.map(ClientResponse::Preview)
+            }
+            _ => Err(RpcError::new(
+                ErrorCode::Unsupported,
+                "storage nodes serve datasets, not this request",
+            )),
+        }
+    }
+
     async fn peer(&self, peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
         match request {
             PeerRequest::GetShard {
@@ -53,6 +82,31 @@ impl RpcHandler for StorageApi {
 }
 
 impl StorageApi {
+    /// A free look at a dataset: random rows of one random shard, never more than 1 % of the
+    /// dataset or 100 rows, whatever was asked.
+    async fn preview(&self, dataset: &str, asked: u32) -> Result<DatasetPreview, RpcError> {
+        let catalog = self.catalog.read().await;
+        let Some((manifest, key)) = catalog.get(dataset) else {
+            return Err(self.refuse(
+                "unknown_dataset",
+                ErrorCode::NotFound,
+                format!("no dataset {dataset} here"),
+            ));
+        };
+        let cap = manifest.rows.div_ceil(100).min(100) as usize;
+        let wanted = (asked as usize).min(cap);
+        let shards: Vec<_> = manifest.train.iter().chain(&manifest.test).collect();
+        let entry = shards[rand::random_range(0..shards.len())];
+        let shard: ShardId = entry
+            .id
+            .parse()
+            .map_err(|_| RpcError::new(ErrorCode::Internal, "a manifest names a bad shard id"))?;
+        let batches = import::read_shard(&self.store, key, &shard)
+            .await
+            .map_err(|e| self.refuse("corrupt_shard", ErrorCode::Unavailable, e.to_string()))?;
+        preview_rows(manifest, &batches, wanted).map_err(|e| RpcError::new(ErrorCode::Internal, e))
+    }
+
     fn refuse(&self, reason: &'static str, code: ErrorCode, message: String) -> RpcError {
         self.metrics.rejected.with_label_values(&[reason]).inc();
         RpcError::new(code, message)
@@ -109,6 +163,34 @@ impl StorageApi {
             }
         }
     }
+}
+
+/// Picks `wanted` random rows out of a shard's batches.
+fn preview_rows(
+    manifest: &manifest::Manifest,
+    batches: &[arrow_array::RecordBatch],
+    wanted: usize,
+) -> Result<DatasetPreview, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, UInt32Type};
+    let mut all: Vec<(Vec<f32>, u32)> = Vec::new();
+    for batch in batches {
+        let features = batch.num_columns() - 1;
+        let labels = batch.column(features).as_primitive::<UInt32Type>();
+        for r in 0..batch.num_rows() {
+            let row = (0..features)
+                .map(|c| batch.column(c).as_primitive::<Float32Type>().value(r))
+                .collect();
+            all.push((row, labels.value(r)));
+        }
+    }
+    let picked = rand::seq::index::sample(&mut rand::rng(), all.len(), wanted.min(all.len()));
+    let (rows, labels) = picked.into_iter().map(|i| all[i].clone()).unzip();
+    Ok(DatasetPreview {
+        columns: manifest.features.iter().map(|f| f.name.clone()).collect(),
+        rows,
+        labels,
+    })
 }
 
 /// Starts a storage node on already-bound sockets. It stops when `shutdown` is cancelled.

@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aic_protocol::certs::{CertificateAuthority, Identity, Validity};
-use aic_protocol::messages::{PeerRequest, PeerResponse};
+use aic_protocol::messages::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
 use aic_protocol::node_agent::SchedulerLink;
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::service::{BoundSockets, EndpointSettings};
@@ -163,6 +163,27 @@ async fn shards_are_served_only_against_valid_tickets() {
         refusal(user.call(&get(&dataset, valid.clone())).await).0,
         ErrorCode::PermissionDenied
     );
+    // Any authenticated client may list datasets and take a capped free look.
+    match user.call(&ClientRequest::ListDatasets).await.unwrap() {
+        ClientResponse::Datasets(list) => {
+            assert_eq!(list.len(), 1);
+            assert_eq!((list[0].id.as_str(), list[0].rows), (dataset.as_str(), 1797));
+        }
+        other => panic!("{other:?}"),
+    }
+    let preview = ClientRequest::Preview {
+        dataset: dataset.clone(),
+        rows: 1000,
+    };
+    match user.call(&preview).await.unwrap() {
+        ClientResponse::Preview(preview) => {
+            assert_eq!(preview.columns.len(), 64);
+            assert_eq!(preview.rows.len(), 18, "1 % of 1,797 rows, rounded up");
+            assert_eq!(preview.labels.len(), 18);
+            assert!(preview.labels.iter().all(|&l| l < 10));
+        }
+        other => panic!("{other:?}"),
+    }
 
     // A corrupt shard is never served.
     let mut sealed = store.get(&shard).await.unwrap().to_vec();
