@@ -1,0 +1,227 @@
+//! Storage benchmark, measured in one run:
+//! 1. Import of a generated CSV of at least `AIC_BENCH_IMPORT_MB` MiB (default 1024): rows/s and
+//!    MB/s, beside a plain arrow-csv parse of the same file (the floor any import pays).
+//! 2. Shard serving over loopback QUIC with mutual TLS (GetShard, ticket checked, shard opened and
+//!    hash-checked), beside reading and opening the same shards straight from the local store.
+//!
+//! ```text
+//! cargo bench -p aic-storage-node --bench storage
+//! AIC_BENCH_IMPORT_MB=256 cargo bench -p aic-storage-node --bench storage
+//! ```
+
+use std::io::{BufWriter, Write};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use aic_protocol::certs::{CertificateAuthority, Identity, Validity};
+use aic_protocol::messages::{PeerRequest, PeerResponse};
+use aic_protocol::node_agent::SchedulerLink;
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::service::{BoundSockets, EndpointSettings};
+use aic_protocol::ticket::ShardTicket;
+use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::{JobId, NodeId, Role, ShardId};
+use aic_storage_node::catalog::Catalog;
+use aic_storage_node::import::{import_csv, ImportOptions};
+use aic_storage_node::shard_store::ShardStore;
+use aic_storage_node::StorageConfig;
+use ed25519_dalek::SigningKey;
+use tokio_util::sync::CancellationToken;
+
+const FEATURES: usize = 32;
+const SERVED_SHARDS: usize = 200;
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// Writes rows of `FEATURES` decimals and a label until the file holds `target` bytes.
+fn generate(path: &std::path::Path, target: u64) -> (u64, u64) {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let header: Vec<String> = (0..FEATURES)
+        .map(|f| format!("f{f}"))
+        .chain(["label".to_string()])
+        .collect();
+    writeln!(out, "{}", header.join(",")).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    let mut line = String::with_capacity(512);
+    while bytes < target {
+        line.clear();
+        for _ in 0..FEATURES {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            line.push_str(&format!("{:.5},", (state % 2_000_000) as f64 / 1_000_000.0 - 1.0));
+        }
+        line.push_str(&format!("{}\n", state % 10));
+        out.write_all(line.as_bytes()).unwrap();
+        bytes += line.len() as u64;
+        rows += 1;
+    }
+    out.flush().unwrap();
+    (rows, bytes)
+}
+
+fn plain_parse(path: &std::path::Path) -> u64 {
+    let file = std::fs::File::open(path).unwrap();
+    let format = arrow_csv::reader::Format::default().with_header(true);
+    let (schema, _) = format
+        .infer_schema(std::fs::File::open(path).unwrap(), Some(10_000))
+        .unwrap();
+    let reader = arrow_csv::ReaderBuilder::new(Arc::new(schema))
+        .with_header(true)
+        .with_batch_size(8192)
+        .build(std::io::BufReader::new(file))
+        .unwrap();
+    reader.map(|b| b.unwrap().num_rows() as u64).sum()
+}
+
+fn main() {
+    aic_protocol::install_crypto_provider();
+    let target_mb: u64 = std::env::var("AIC_BENCH_IMPORT_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("generated.csv");
+        let (rows, bytes) = generate(&csv, target_mb * 1024 * 1024);
+        println!(
+            "AIC storage benchmark\n\nimport of a generated CSV: {rows} rows × {FEATURES} features, {:.0} MB",
+            mb(bytes)
+        );
+
+        let started = Instant::now();
+        let parsed = plain_parse(&csv);
+        let parse_secs = started.elapsed().as_secs_f64();
+        assert_eq!(parsed, rows);
+
+        let store = ShardStore::local(&dir.path().join("node/shards")).unwrap();
+        let started = Instant::now();
+        let (manifest, key) = import_csv(&csv, "generated", &ImportOptions::new("label"), &store)
+            .await
+            .unwrap();
+        let import_secs = started.elapsed().as_secs_f64();
+        std::fs::remove_file(&csv).unwrap();
+        println!(
+            "  import (2 passes, standardise, split, Parquet zstd, seal, store): {:>9.0} rows/s {:>7.1} MB/s",
+            rows as f64 / import_secs,
+            mb(bytes) / import_secs
+        );
+        println!(
+            "  baseline: one arrow-csv parse of the file:                       {:>9.0} rows/s {:>7.1} MB/s",
+            rows as f64 / parse_secs,
+            mb(bytes) / parse_secs
+        );
+        println!("  ratio import/parse: {:.2}×", parse_secs / import_secs);
+
+        // Serving: a storage node on loopback, a compute client with a valid ticket.
+        let dataset = Catalog::open(&dir.path().join("node/datasets"))
+            .unwrap()
+            .add(manifest.clone(), key.clone())
+            .unwrap();
+        let ca = CertificateAuthority::generate("bench").unwrap();
+        ca.save(dir.path()).unwrap();
+        let tls = ca
+            .issue(Role::Storage, "storage", &[], Validity::default())
+            .unwrap()
+            .save(dir.path(), "storage")
+            .unwrap();
+        let scheduler = SigningKey::from_bytes(&[3u8; 32]);
+        let mut config = StorageConfig {
+            endpoint: EndpointSettings {
+                tls,
+                ..EndpointSettings::with_ports(0, 0)
+            },
+            scheduler: SchedulerLink {
+                addr: "127.0.0.1:9".into(),
+            },
+            ..Default::default()
+        };
+        config.storage.data_dir = dir.path().join("node");
+        config.storage.trusted_schedulers =
+            vec![NodeId::from_public_key(&scheduler.verifying_key().to_bytes()).to_string()];
+        let shutdown = CancellationToken::new();
+        let node = aic_storage_node::start(
+            config,
+            BoundSockets::loopback_ephemeral().unwrap(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let identity = Identity::from_issued(
+            &ca,
+            &ca.issue(Role::Compute, "compute", &[], Validity::default())
+                .unwrap(),
+        )
+        .unwrap();
+        let tuning = TransportTuning::default();
+        let endpoint = transport::endpoint(
+            transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
+            &identity,
+            &tuning,
+        )
+        .unwrap();
+        let client = RpcClient::connect(&endpoint, &node.quic_addr.to_string(), Role::Storage)
+            .await
+            .unwrap();
+        let expires_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64 + 600_000;
+        let ticket = ShardTicket {
+            job: JobId::random(),
+            node: identity.me.node_id,
+            dataset: dataset.clone(),
+            expires_ms,
+        }
+        .sign(&scheduler);
+        let shards: Vec<ShardId> = manifest
+            .train
+            .iter()
+            .take(SERVED_SHARDS)
+            .map(|s| s.id.parse().unwrap())
+            .collect();
+
+        let started = Instant::now();
+        let mut local_bytes = 0u64;
+        for shard in &shards {
+            let sealed = store.get(shard).await.unwrap();
+            local_bytes += key.open(shard, &sealed).unwrap().len() as u64;
+        }
+        let local_secs = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let mut served_bytes = 0u64;
+        for shard in &shards {
+            let request = PeerRequest::GetShard {
+                dataset: dataset.clone(),
+                shard: *shard,
+                ticket: ticket.clone(),
+            };
+            match client.call(&request).await.unwrap() {
+                PeerResponse::Shard { parquet } => served_bytes += parquet.len() as u64,
+                other => panic!("{other:?}"),
+            }
+        }
+        let served_secs = started.elapsed().as_secs_f64();
+        assert_eq!(served_bytes, local_bytes);
+        println!(
+            "\nshard serving, {} shards, {:.1} MB of Parquet",
+            shards.len(),
+            mb(served_bytes)
+        );
+        println!(
+            "  over loopback QUIC + mTLS (GetShard, sequential): {:>8.1} MB/s",
+            mb(served_bytes) / served_secs
+        );
+        println!(
+            "  baseline: local store read + open:                {:>8.1} MB/s",
+            mb(local_bytes) / local_secs
+        );
+        println!("  ratio served/local: {:.2}×", local_secs / served_secs);
+        shutdown.cancel();
+        node.stopped().await;
+    });
+}
