@@ -82,8 +82,8 @@ impl RpcHandler for StorageApi {
 }
 
 impl StorageApi {
-    /// A free look at a dataset: random rows of one random shard, never more than 1 % of the
-    /// dataset or 100 rows, whatever was asked.
+    /// A free look at a dataset: random rows from randomly chosen shards, never more than 1 % of
+    /// the dataset or 100 rows, whatever was asked.
     async fn preview(&self, dataset: &str, asked: u32) -> Result<DatasetPreview, RpcError> {
         let catalog = self.catalog.read().await;
         let Some((manifest, key)) = catalog.get(dataset) else {
@@ -95,15 +95,25 @@ impl StorageApi {
         };
         let cap = manifest.rows.div_ceil(100).min(100) as usize;
         let wanted = (asked as usize).min(cap);
-        let shards: Vec<_> = manifest.train.iter().chain(&manifest.test).collect();
-        let entry = shards[rand::random_range(0..shards.len())];
-        let shard: ShardId = entry
-            .id
-            .parse()
-            .map_err(|_| RpcError::new(ErrorCode::Internal, "a manifest names a bad shard id"))?;
-        let batches = import::read_shard(&self.store, key, &shard)
-            .await
-            .map_err(|e| self.refuse("corrupt_shard", ErrorCode::Unavailable, e.to_string()))?;
+        // Shards in random order, read until they hold enough rows to sample from.
+        let mut shards: Vec<_> = manifest.train.iter().chain(&manifest.test).collect();
+        rand::seq::SliceRandom::shuffle(shards.as_mut_slice(), &mut rand::rng());
+        let mut batches = Vec::new();
+        let mut held = 0usize;
+        for entry in shards {
+            if held >= wanted {
+                break;
+            }
+            let shard: ShardId = entry
+                .id
+                .parse()
+                .map_err(|_| RpcError::new(ErrorCode::Internal, "a manifest names a bad shard id"))?;
+            let read = import::read_shard(&self.store, key, &shard)
+                .await
+                .map_err(|e| self.refuse("corrupt_shard", ErrorCode::Unavailable, e.to_string()))?;
+            held += read.iter().map(|b| b.num_rows()).sum::<usize>();
+            batches.extend(read);
+        }
         preview_rows(manifest, &batches, wanted).map_err(|e| RpcError::new(ErrorCode::Internal, e))
     }
 
