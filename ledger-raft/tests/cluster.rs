@@ -2,8 +2,6 @@
 //! replaced and no acknowledged transfer is lost; a follower that missed a purged log catches up
 //! by snapshot and reaches the same state hash; replays stay refused after both.
 
-use std::time::Duration;
-
 use aic_ledger::amount::Amount;
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::raft::replica::ReplicaSettings;
@@ -21,9 +19,13 @@ fn transfer(cluster: &TestCluster, nonce: u64, to: Address, amount: Amount) -> S
     .sign(&cluster.keys.fundraiser)
 }
 
-/// Submits through any live replica, retrying while leadership settles. Returns whether the
-/// ledger acknowledged the transfer as applied.
-async fn submit(clients: &[LedgerClient], signed: &SignedTransaction) -> Option<Result<(), TxError>> {
+/// Submits through any live replica; after a failure (leadership moving) it waits until a live
+/// replica leads again, then retries. Returns whether the ledger acknowledged the transfer.
+async fn submit(
+    cluster: &TestCluster,
+    clients: &[LedgerClient],
+    signed: &SignedTransaction,
+) -> Option<Result<(), TxError>> {
     for attempt in 0..40 {
         let client = &clients[attempt % clients.len()];
         match client
@@ -32,18 +34,18 @@ async fn submit(clients: &[LedgerClient], signed: &SignedTransaction) -> Option<
         {
             Ok(LedgerResponse::Submitted { result, .. }) => return Some(result.map(|_| ())),
             Ok(other) => panic!("unexpected answer {other:?}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => wait_for(|| cluster.leader_index().is_some()).await,
         }
     }
     None
 }
 
-async fn next_nonce(clients: &[LedgerClient], who: Address) -> u64 {
+async fn next_nonce(cluster: &TestCluster, clients: &[LedgerClient], who: Address) -> u64 {
     for attempt in 0..40 {
         if let Ok(nonce) = clients[attempt % clients.len()].nonce(who).await {
             return nonce;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for(|| cluster.leader_index().is_some()).await;
     }
     panic!("no replica answered a nonce query");
 }
@@ -104,11 +106,11 @@ async fn killing_the_leader_loses_no_acknowledged_transfer() {
             .filter(|j| Some(*j) != killed)
             .map(|j| clients[j].clone())
             .collect();
-        let nonce = next_nonce(&live, fundraiser).await;
+        let nonce = next_nonce(&cluster, &live, fundraiser).await;
         let to = Keypair::generate().address();
         let amount = Amount::aic(i + 1).unwrap();
         let signed = transfer(&cluster, nonce, to, amount);
-        if let Some(Ok(())) = submit(&live, &signed).await {
+        if let Some(Ok(())) = submit(&cluster, &live, &signed).await {
             acknowledged.push((to, amount));
             first_acknowledged.get_or_insert(signed);
         }
@@ -148,7 +150,12 @@ async fn killing_the_leader_loses_no_acknowledged_transfer() {
         }
     }
     // A transaction acknowledged by the old leader is refused as a replay by the new one.
-    let replay = submit(std::slice::from_ref(client), &first_acknowledged.unwrap()).await;
+    let replay = submit(
+        &cluster,
+        std::slice::from_ref(client),
+        &first_acknowledged.unwrap(),
+    )
+    .await;
     assert!(
         matches!(replay, Some(Err(TxError::BadNonce { .. }))),
         "{replay:?}"
@@ -200,14 +207,14 @@ async fn a_follower_that_missed_a_purged_log_catches_up_by_snapshot() {
         .unwrap();
     let mut first_signed = None;
     for i in 0..30u128 {
-        let nonce = next_nonce(&clients, fundraiser).await;
+        let nonce = next_nonce(&cluster, &clients, fundraiser).await;
         let signed = transfer(
             &cluster,
             nonce,
             Keypair::generate().address(),
             Amount::aic(i + 1).unwrap(),
         );
-        assert_eq!(submit(&clients, &signed).await, Some(Ok(())));
+        assert_eq!(submit(&cluster, &clients, &signed).await, Some(Ok(())));
         first_signed.get_or_insert(signed);
     }
     // The leader has snapshotted and purged the entries the lagging follower lacks.
@@ -248,7 +255,7 @@ async fn a_follower_that_missed_a_purged_log_catches_up_by_snapshot() {
 
     // A replay of an early transfer is refused after the snapshot restore, on every replica.
     let replay = first_signed.unwrap();
-    let refused = submit(&[cluster.client(lagging).await], &replay).await;
+    let refused = submit(&cluster, &[cluster.client(lagging).await], &replay).await;
     assert!(
         matches!(refused, Some(Err(TxError::BadNonce { .. }))),
         "{refused:?}"

@@ -87,3 +87,15 @@ fn respond(registry: &Registry, request: &Request<Incoming>) -> Response<Full<By
         ),
     }
 }
+
+/// Fetches `/metrics` from `addr` (an operator's check, and what the cluster tests read).
+pub async fn scrape(addr: SocketAddr) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}

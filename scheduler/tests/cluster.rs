@@ -12,7 +12,6 @@ use aic_protocol::service::{BoundSockets, EndpointSettings, ServiceHandle};
 use aic_protocol::transport::{self, TransportTuning};
 use aic_protocol::Role;
 use aic_scheduler::SchedulerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const HEARTBEAT_MS: u64 = 100;
@@ -78,17 +77,6 @@ async fn wait_until(
 
 fn by_name<'a>(nodes: &'a [NodeStatus], name: &str) -> Option<&'a NodeStatus> {
     nodes.iter().find(|n| n.name == name)
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
 }
 
 #[test]
@@ -217,7 +205,9 @@ fn nodes_register_are_marked_down_when_killed_and_up_when_back() {
         assert_eq!(back.times_marked_down, 1);
         assert_eq!(nodes.len(), 4, "a returning node is not listed twice");
 
-        let metrics = scrape(scheduler.metrics_addr).await;
+        let metrics = aic_protocol::metrics_http::scrape(scheduler.metrics_addr)
+            .await
+            .unwrap();
         for line in [
             "aic_scheduler_nodes{role=\"compute\",state=\"up\"} 2",
             "aic_scheduler_nodes{role=\"storage\",state=\"up\"} 1",

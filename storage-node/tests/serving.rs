@@ -193,7 +193,9 @@ async fn shards_are_served_only_against_valid_tickets() {
     assert_eq!(code, ErrorCode::Unavailable, "{message}");
 
     // Each refusal is counted by its reason, and the bytes served are counted too.
-    let metrics = scrape(node.metrics_addr).await;
+    let metrics = aic_protocol::metrics_http::scrape(node.metrics_addr)
+        .await
+        .unwrap();
     for reason in [
         "ticket_expired",
         "ticket_wrong_node",
@@ -212,16 +214,4 @@ async fn shards_are_served_only_against_valid_tickets() {
 
     shutdown.cancel();
     node.stopped().await;
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
 }
