@@ -2,37 +2,17 @@
 //! scheduler connection, waiting out a leader election, and wallet key files.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use aic_ledger::api::{decode, encode, LedgerApiError, LedgerRequest, LedgerResponse, LedgerResult};
+use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::block::{verify_chain, BlockHeader};
 use aic_ledger::tx::{Call, Transaction};
 use aic_ledger::{Address, Keypair};
-use aic_protocol::messages::{ClientRequest, ClientResponse};
 use aic_protocol::rpc::RpcClient;
 use anyhow::{bail, Context};
 
-/// How long a command waits for a leader before giving up.
-const LEADER_WAIT: Duration = Duration::from_secs(15);
-
-/// Sends one ledger request; while no leader is known (an election), retries for a while.
+/// Sends one ledger request, waiting out an election.
 pub async fn request(client: &RpcClient, request: &LedgerRequest) -> anyhow::Result<LedgerResponse> {
-    let deadline = Instant::now() + LEADER_WAIT;
-    loop {
-        let bytes = match client.call(&ClientRequest::Ledger(encode(request))).await? {
-            ClientResponse::Ledger(bytes) => bytes,
-            other => bail!("unexpected answer to a ledger request: {other:?}"),
-        };
-        match decode::<LedgerResult>(&bytes)? {
-            Ok(response) => return Ok(response),
-            Err(LedgerApiError::NoLeader | LedgerApiError::LeaderUnreachable(_))
-                if Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
+    Ok(aic_ledger::remote::request(client, request).await?)
 }
 
 /// Signs `call` with `key` at the account's next nonce and submits it; a refusal is an error.

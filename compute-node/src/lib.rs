@@ -52,7 +52,7 @@ pub fn start(
         bound,
         Arc::new(ComputeApi),
         prometheus::Registry::new(),
-        None,
+        aic_protocol::node_agent::NodeExtras::default(),
         shutdown,
     )
 }

@@ -20,6 +20,7 @@ pub mod issuance;
 pub mod keys;
 pub mod metrics;
 pub mod raft;
+pub mod remote;
 pub mod state;
 pub mod testkit;
 pub mod tx;

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Internal = 9,
     /// The named thing (dataset, shard) is not held here.
     NotFound = 10,
+    /// The thing to create exists already.
+    AlreadyExists = 11,
 }
 
 impl ErrorCode {
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
         }
     }
 }

@@ -33,6 +33,8 @@ const NODES: &[Role] = &[Role::Storage, Role::Compute];
 const ANY_NODE: &[Role] = &[Role::Scheduler, Role::Storage, Role::Compute];
 const OPERATORS: &[Role] = &[Role::Client, Role::Scheduler];
 const REPLICAS: &[Role] = &[Role::Scheduler];
+const STORAGE: &[Role] = &[Role::Storage];
+const ALL_ROLES: &[Role] = &[Role::Client, Role::Scheduler, Role::Storage, Role::Compute];
 
 // ---------------------------------------------------------------------------------------------
 // node → scheduler
@@ -69,11 +71,24 @@ pub struct RttSample {
     pub rtt_micros: u64,
 }
 
-/// A node's periodic sign of life, carrying its latest RTT measurements.
+/// What a storage node holds of one dataset, as it reports it to the scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetHolding {
+    pub dataset: String,
+    /// Shards present and intact at the last scrub.
+    pub healthy_shards: u32,
+    /// Shards the dataset has in all.
+    pub shards: u32,
+    pub bytes: u64,
+}
+
+/// A node's periodic sign of life, carrying its latest RTT measurements and, for storage
+/// nodes, what they hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub sequence: u64,
     pub rtts: Vec<RttSample>,
+    pub holdings: Vec<DatasetHolding>,
 }
 
 /// A peer a node should measure its round-trip time to.
@@ -155,6 +170,8 @@ pub struct NodeStatus {
     pub capacity: Capacity,
     /// The node's latest RTT to each peer it measured.
     pub rtts: Vec<RttSample>,
+    /// What a storage node last reported holding.
+    pub holdings: Vec<DatasetHolding>,
 }
 
 /// A dataset as a storage node lists it.
@@ -176,6 +193,68 @@ pub struct DatasetPreview {
     pub labels: Vec<u32>,
 }
 
+/// How one shard of a dataset stands on a storage node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardState {
+    Healthy,
+    Damaged,
+    Missing,
+}
+
+impl ShardState {
+    pub const ALL: [ShardState; 3] = [ShardState::Healthy, ShardState::Damaged, ShardState::Missing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardState::Healthy => "healthy",
+            ShardState::Damaged => "damaged",
+            ShardState::Missing => "missing",
+        }
+    }
+}
+
+/// One shard in a [`DatasetStat`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStat {
+    pub id: crate::ShardId,
+    pub test: bool,
+    pub rows: u64,
+    pub bytes: u64,
+    pub state: ShardState,
+}
+
+/// A dataset on one storage node, shard by shard (`aic dataset stat`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetStat {
+    pub summary: DatasetSummary,
+    pub shards: Vec<ShardStat>,
+}
+
+/// Proof that the caller holds the key of a Dataset asset's owner: an Ed25519 signature over
+/// [`OwnerProof::message`], which binds the asset, the dataset, the caller's certificate and
+/// an expiry. The storage node checks the owner on the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerProof {
+    pub asset: crate::AssetId,
+    pub owner: [u8; 32],
+    pub expires_ms: u64,
+    pub signature: Vec<u8>,
+}
+
+impl OwnerProof {
+    /// The bytes the owner signs.
+    pub fn message(asset: &crate::AssetId, dataset: &str, requester: &NodeId, expires_ms: u64) -> Vec<u8> {
+        let mut message = b"aic-owner-proof-v1".to_vec();
+        message.extend_from_slice(asset.as_bytes());
+        message.extend_from_slice(&(dataset.len() as u32).to_le_bytes());
+        message.extend_from_slice(dataset.as_bytes());
+        message.extend_from_slice(requester.as_bytes());
+        message.extend_from_slice(&expires_ms.to_le_bytes());
+        message
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     ListNodes,
@@ -189,6 +268,37 @@ pub enum ClientRequest {
         dataset: String,
         rows: u32,
     },
+    /// A dataset's shards and their state on this storage node.
+    Stat {
+        dataset: String,
+    },
+    /// Opens an upload: plaintext shards arrive next, then the manifest that names them.
+    BeginImport,
+    /// Part of one preprocessed Parquet shard. Parts arrive in order; the last one completes
+    /// the shard, which must hash to its id.
+    UploadShard {
+        upload: u64,
+        shard: crate::ShardId,
+        offset: u64,
+        total: u64,
+        bytes: Vec<u8>,
+    },
+    /// Seals the upload: every shard the manifest names must have arrived. The node stores
+    /// the dataset on itself and on the replicas the manifest lists, or on none of them.
+    CommitImport {
+        upload: u64,
+        manifest: String,
+    },
+    /// Removes a dataset this client imported (an import whose asset could not be minted).
+    DropDataset {
+        dataset: String,
+    },
+    /// Plain Parquet of one shard, streamed, for the Dataset asset's owner only.
+    Export {
+        dataset: String,
+        shard: crate::ShardId,
+        proof: OwnerProof,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,6 +307,22 @@ pub enum ClientResponse {
     Ledger(Vec<u8>),
     Datasets(Vec<DatasetSummary>),
     Preview(DatasetPreview),
+    Stat(DatasetStat),
+    ImportStarted {
+        upload: u64,
+    },
+    ShardReceived {
+        received: u64,
+    },
+    Imported {
+        dataset: String,
+        replicas: Vec<NodeId>,
+    },
+    Dropped,
+    /// A piece of an exported shard's Parquet bytes.
+    ExportChunk {
+        bytes: Vec<u8>,
+    },
 }
 
 impl Request for ClientRequest {
@@ -209,11 +335,21 @@ impl Request for ClientRequest {
             ClientRequest::Ledger(_) => "ledger",
             ClientRequest::ListDatasets => "list_datasets",
             ClientRequest::Preview { .. } => "preview",
+            ClientRequest::Stat { .. } => "stat",
+            ClientRequest::BeginImport => "begin_import",
+            ClientRequest::UploadShard { .. } => "upload_shard",
+            ClientRequest::CommitImport { .. } => "commit_import",
+            ClientRequest::DropDataset { .. } => "drop_dataset",
+            ClientRequest::Export { .. } => "export",
         }
     }
 
     fn allowed_roles(&self) -> &'static [Role] {
-        OPERATORS
+        match self {
+            // Nodes read the ledger too: a storage node checks an asset's owner before export.
+            ClientRequest::Ledger(_) => ALL_ROLES,
+            _ => OPERATORS,
+        }
     }
 }
 
@@ -224,12 +360,24 @@ impl Request for ClientRequest {
 pub enum PeerRequest {
     /// An RTT probe: the answer echoes the nonce.
     Ping { nonce: u64 },
-    /// A shard of a dataset, against a scheduler-signed ticket (compute nodes only).
+    /// A shard of a dataset, against a scheduler-signed ticket (compute nodes only). The answer
+    /// is streamed: [`PeerResponse::ShardBatch`] frames, then [`PeerResponse::ShardEnd`].
     GetShard {
         dataset: String,
         shard: crate::ShardId,
         ticket: crate::ticket::SignedTicket,
     },
+    /// Storage to storage: hold a replica of `dataset`, pulling its sealed shards from `source`.
+    Replicate {
+        manifest: String,
+        key: Vec<u8>,
+        importer: NodeId,
+        source: String,
+    },
+    /// Storage to storage: a sealed shard, streamed as [`PeerResponse::SealedChunk`]s.
+    FetchSealed { dataset: String, shard: crate::ShardId },
+    /// Storage to storage: forget a replica (an import that did not complete).
+    DropReplica { dataset: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,10 +385,23 @@ pub enum PeerResponse {
     Pong {
         nonce: u64,
     },
-    /// The shard's plaintext Parquet bytes (their BLAKE3 hash is the shard id).
-    Shard {
-        parquet: Vec<u8>,
+    /// Record batches of a shard as an Arrow IPC stream (schema and batches), within the frame
+    /// limit.
+    ShardBatch {
+        ipc: Vec<u8>,
     },
+    /// The end of a shard: how many rows and batches were sent, so a cut stream is noticed.
+    ShardEnd {
+        rows: u64,
+        batches: u32,
+    },
+    Replicated {
+        shards: u32,
+    },
+    SealedChunk {
+        bytes: Vec<u8>,
+    },
+    Dropped,
 }
 
 impl Request for PeerRequest {
@@ -251,6 +412,9 @@ impl Request for PeerRequest {
         match self {
             PeerRequest::Ping { .. } => "ping",
             PeerRequest::GetShard { .. } => "get_shard",
+            PeerRequest::Replicate { .. } => "replicate",
+            PeerRequest::FetchSealed { .. } => "fetch_sealed",
+            PeerRequest::DropReplica { .. } => "drop_replica",
         }
     }
 
@@ -258,6 +422,9 @@ impl Request for PeerRequest {
         match self {
             PeerRequest::Ping { .. } => ANY_NODE,
             PeerRequest::GetShard { .. } => &[Role::Compute],
+            PeerRequest::Replicate { .. }
+            | PeerRequest::FetchSealed { .. }
+            | PeerRequest::DropReplica { .. } => STORAGE,
         }
     }
 }

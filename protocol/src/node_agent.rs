@@ -27,8 +27,8 @@ use crate::config::Invalid;
 use crate::error::{Error, ErrorCode, Result, RpcError};
 use crate::ids::{NodeId, Role};
 use crate::messages::{
-    Capacity, Heartbeat, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ProbeTarget, Registration,
-    RttSample,
+    Capacity, DatasetHolding, Heartbeat, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ProbeTarget,
+    Registration, RttSample,
 };
 use crate::metrics::{registered, TransportMetrics};
 use crate::rpc::{self, RpcClient, RpcHandler};
@@ -138,6 +138,15 @@ pub struct AgentSettings {
     /// Called with the scheduler's identity after each successful registration (a storage node
     /// trusts the tickets that scheduler signs).
     pub on_registered: Option<RegisteredHook>,
+    /// What a storage node holds, sent with every heartbeat.
+    pub holdings: Option<watch::Receiver<Vec<DatasetHolding>>>,
+}
+
+/// What a role adds to the common node runtime.
+#[derive(Default)]
+pub struct NodeExtras {
+    pub on_registered: Option<RegisteredHook>,
+    pub holdings: Option<watch::Receiver<Vec<DatasetHolding>>>,
 }
 
 /// Answers the node↔node conversation every node serves. Storage and compute handlers call it
@@ -145,7 +154,10 @@ pub struct AgentSettings {
 pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
     match request {
         PeerRequest::Ping { nonce } => Ok(PeerResponse::Pong { nonce }),
-        PeerRequest::GetShard { .. } => {
+        PeerRequest::GetShard { .. }
+        | PeerRequest::Replicate { .. }
+        | PeerRequest::FetchSealed { .. }
+        | PeerRequest::DropReplica { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards"))
         }
     }
@@ -163,7 +175,7 @@ pub fn start_node<H: RpcHandler>(
     bound: BoundSockets,
     handler: Arc<H>,
     registry: Registry,
-    on_registered: Option<RegisteredHook>,
+    extras: NodeExtras,
     shutdown: CancellationToken,
 ) -> Result<ServiceHandle> {
     let identity = settings.tls.load()?;
@@ -182,7 +194,8 @@ pub fn start_node<H: RpcHandler>(
         quic_addr: advertised(settings, quic_addr),
         metrics_addr: metrics_addr.to_string(),
         capacity,
-        on_registered,
+        on_registered: extras.on_registered,
+        holdings: extras.holdings,
     };
     info!(%name, %role, node = %identity.me.node_id.short(), %quic_addr, %metrics_addr, "node starting");
 
@@ -278,7 +291,16 @@ pub async fn run_agent(
             }
             sequence += 1;
             let rtts: Vec<RttSample> = latest_rtts.lock().expect("rtt map").values().copied().collect();
-            let heartbeat = NodeRequest::Heartbeat(Heartbeat { sequence, rtts });
+            let holdings = settings
+                .holdings
+                .as_ref()
+                .map(|h| h.borrow().clone())
+                .unwrap_or_default();
+            let heartbeat = NodeRequest::Heartbeat(Heartbeat {
+                sequence,
+                rtts,
+                holdings,
+            });
             match client.call(&heartbeat).await {
                 Ok(NodeResponse::HeartbeatAccepted { probe_targets }) => {
                     metrics.heartbeats.with_label_values(&["ok"]).inc();

@@ -1,5 +1,6 @@
 //! Request/response over QUIC: one request is one bidirectional stream carrying one request
-//! frame and one answer frame.
+//! frame and its answer: one frame, or — for a [`Reply::Stream`] — a sequence of answer frames,
+//! each within the frame size limit, ended by the stream's clean finish.
 //!
 //! The server side enforces, in this order and before any handler runs: a completed mutual-TLS
 //! handshake, an AIC identity in the peer certificate, a well-formed frame within the size limit,
@@ -10,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{BoxStream, StreamExt};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -34,8 +36,22 @@ fn unsupported<T>(conversation: &str) -> std::result::Result<T, RpcError> {
     ))
 }
 
+/// A handler's answer: one response, or a stream of them (a shard as a sequence of bounded
+/// record-batch frames). An error item ends the stream with an error frame.
+pub enum Reply<T> {
+    One(T),
+    Stream(BoxStream<'static, std::result::Result<T, RpcError>>),
+}
+
+impl<T> From<T> for Reply<T> {
+    fn from(response: T) -> Self {
+        Reply::One(response)
+    }
+}
+
 /// What a service answers, one method per conversation. A conversation a service does not serve
-/// keeps the default, which answers `Unsupported`.
+/// keeps the default, which answers `Unsupported`. Services that stream some answers implement
+/// `client_reply`/`peer_reply` instead of `client`/`peer`; the server always calls those.
 pub trait RpcHandler: Send + Sync + 'static {
     fn node(
         &self,
@@ -59,6 +75,22 @@ pub trait RpcHandler: Send + Sync + 'static {
         _request: PeerRequest,
     ) -> impl Future<Output = std::result::Result<PeerResponse, RpcError>> + Send {
         async { unsupported("peer") }
+    }
+
+    fn client_reply(
+        &self,
+        peer: &PeerIdentity,
+        request: ClientRequest,
+    ) -> impl Future<Output = std::result::Result<Reply<ClientResponse>, RpcError>> + Send {
+        async move { self.client(peer, request).await.map(Reply::One) }
+    }
+
+    fn peer_reply(
+        &self,
+        peer: &PeerIdentity,
+        request: PeerRequest,
+    ) -> impl Future<Output = std::result::Result<Reply<PeerResponse>, RpcError>> + Send {
+        async move { self.peer(peer, request).await.map(Reply::One) }
     }
 
     fn replica(
@@ -180,10 +212,20 @@ async fn serve_stream<H: RpcHandler>(
     };
     let started = Instant::now();
     let (rpc, result) = match frame.kind {
-        FrameKind::NodeRequest => dispatch(&frame, peer, metrics, |r| handler.node(peer, r)).await,
-        FrameKind::ClientRequest => dispatch(&frame, peer, metrics, |r| handler.client(peer, r)).await,
-        FrameKind::PeerRequest => dispatch(&frame, peer, metrics, |r| handler.peer(peer, r)).await,
-        FrameKind::ReplicaRequest => dispatch(&frame, peer, metrics, |r| handler.replica(peer, r)).await,
+        FrameKind::NodeRequest => {
+            dispatch(&frame, peer, metrics, |r| async {
+                handler.node(peer, r).await.map(Reply::One)
+            })
+            .await
+        }
+        FrameKind::ClientRequest => dispatch(&frame, peer, metrics, |r| handler.client_reply(peer, r)).await,
+        FrameKind::PeerRequest => dispatch(&frame, peer, metrics, |r| handler.peer_reply(peer, r)).await,
+        FrameKind::ReplicaRequest => {
+            dispatch(&frame, peer, metrics, |r| async {
+                handler.replica(peer, r).await.map(Reply::One)
+            })
+            .await
+        }
         FrameKind::Response | FrameKind::Error => {
             metrics
                 .frames_rejected
@@ -198,11 +240,16 @@ async fn serve_stream<H: RpcHandler>(
         Err(error) => error.code.as_str(),
     };
     metrics.rpcs.with_label_values(&[rpc, result_label]).inc();
+    match result {
+        Ok(Reply::Stream(frames)) => answer_stream(&mut send, frames).await,
+        Ok(Reply::One(frame)) => answer(&mut send, Ok(frame)).await,
+        Err(error) => answer(&mut send, Err(error)).await,
+    }
+    // For a streamed answer this is the time until its last frame was written.
     metrics
         .rpc_duration
         .with_label_values(&[rpc])
         .observe(started.elapsed().as_secs_f64());
-    answer(&mut send, result).await;
 }
 
 /// Decodes a typed request, checks the caller's role, and runs the handler.
@@ -211,10 +258,10 @@ async fn dispatch<R, Fut>(
     peer: &PeerIdentity,
     metrics: &TransportMetrics,
     handle: impl FnOnce(R) -> Fut,
-) -> (&'static str, std::result::Result<Frame, RpcError>)
+) -> (&'static str, std::result::Result<Reply<Frame>, RpcError>)
 where
     R: Request,
-    Fut: Future<Output = std::result::Result<R::Response, RpcError>>,
+    Fut: Future<Output = std::result::Result<Reply<R::Response>, RpcError>>,
 {
     let request: R = match frame.decode() {
         Ok(request) => request,
@@ -233,12 +280,39 @@ where
             )),
         );
     }
+    let encode = |response: &R::Response| {
+        Frame::encode(FrameKind::Response, response)
+            .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))
+    };
     let answer = match handle(request).await {
-        Ok(response) => Frame::encode(FrameKind::Response, &response)
-            .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string())),
+        Ok(Reply::One(response)) => encode(&response).map(Reply::One),
+        Ok(Reply::Stream(responses)) => Ok(Reply::Stream(Box::pin(
+            responses.map(move |item| item.and_then(|response| encode(&response))),
+        ))),
         Err(error) => Err(error),
     };
     (rpc, answer)
+}
+
+/// Writes a streamed answer frame by frame; an error item is sent as the last frame.
+async fn answer_stream(
+    send: &mut SendStream,
+    mut frames: BoxStream<'static, std::result::Result<Frame, RpcError>>,
+) {
+    while let Some(item) = frames.next().await {
+        let failed = item.is_err();
+        let frame = item.unwrap_or_else(|error| {
+            Frame::encode(FrameKind::Error, &error).expect("an RpcError always encodes")
+        });
+        if let Err(error) = write_frame(send, &frame).await {
+            debug!(%error, "could not stream the answer: peer went away");
+            return;
+        }
+        if failed {
+            break;
+        }
+    }
+    let _ = send.finish();
 }
 
 async fn answer(send: &mut SendStream, result: std::result::Result<Frame, RpcError>) {
@@ -342,7 +416,68 @@ impl RpcClient {
             .ok_or(Error::UnexpectedFrame("the stream ended without an answer"))
     }
 
+    /// Sends one request whose answer is streamed; read it with [`ReplyStream::next`].
+    pub async fn call_stream<R: Request>(&self, request: &R) -> Result<ReplyStream<R::Response>> {
+        let frame = Frame::encode(R::KIND, request)?;
+        let open = async {
+            let (mut send, recv) = self.connection.open_bi().await?;
+            send.write_all(&frame.to_bytes()?)
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+            let _ = send.finish();
+            Ok::<_, Error>(recv)
+        };
+        let recv = tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))??;
+        Ok(ReplyStream {
+            recv,
+            timeout: self.timeout,
+            ended: false,
+            _response: std::marker::PhantomData,
+        })
+    }
+
     async fn exchange(&self, frame: &Frame) -> Result<Frame> {
         self.exchange_raw(&frame.to_bytes()?).await
+    }
+}
+
+/// The answer frames of a streamed request, read one at a time (each waits at most the
+/// client's timeout).
+pub struct ReplyStream<T> {
+    recv: RecvStream,
+    timeout: Duration,
+    ended: bool,
+    _response: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: serde::de::DeserializeOwned> ReplyStream<T> {
+    /// The next answer; `None` once the server finished the stream. An error frame is returned
+    /// as `Err(Error::Rpc)` and ends the stream.
+    pub async fn next(&mut self) -> Option<Result<T>> {
+        if self.ended {
+            return None;
+        }
+        let frame =
+            match tokio::time::timeout(self.timeout, read_frame(&mut self.recv, DEFAULT_MAX_FRAME_LEN)).await
+            {
+                Err(_) => Err(Error::Timeout(self.timeout)),
+                Ok(Ok(None)) => {
+                    self.ended = true;
+                    return None;
+                }
+                Ok(Ok(Some(frame))) => Ok(frame),
+                Ok(Err(error)) => Err(error),
+            };
+        let item = frame.and_then(|frame| match frame.kind {
+            FrameKind::Response => frame.decode(),
+            FrameKind::Error => Err(Error::Rpc(frame.decode::<RpcError>()?)),
+            _ => Err(Error::UnexpectedFrame("a request where an answer belongs")),
+        });
+        if item.is_err() {
+            self.ended = true;
+        }
+        Some(item)
     }
 }

@@ -49,7 +49,14 @@ impl RpcHandler for SchedulerApi {
             ClientRequest::Ledger(payload) => {
                 Ok(ClientResponse::Ledger(self.ledger.handle_client(&payload).await))
             }
-            ClientRequest::ListDatasets | ClientRequest::Preview { .. } => Err(RpcError::new(
+            ClientRequest::ListDatasets
+            | ClientRequest::Preview { .. }
+            | ClientRequest::Stat { .. }
+            | ClientRequest::BeginImport
+            | ClientRequest::UploadShard { .. }
+            | ClientRequest::CommitImport { .. }
+            | ClientRequest::DropDataset { .. }
+            | ClientRequest::Export { .. } => Err(RpcError::new(
                 ErrorCode::Unsupported,
                 "datasets are served by storage nodes, not the scheduler",
             )),

@@ -82,6 +82,7 @@ pub async fn start(
             ..local_capacity()
         },
         rtts: Vec::new(),
+        holdings: Vec::new(),
     };
     let rules = MembershipRules {
         heartbeat_interval: Duration::from_millis(config.membership.heartbeat_interval_ms),

@@ -7,13 +7,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aic_protocol::certs::PeerIdentity;
-use aic_protocol::messages::{Heartbeat, NodeState, NodeStatus, ProbeTarget, Registration, RttSample};
+use aic_protocol::messages::{
+    DatasetHolding, Heartbeat, NodeState, NodeStatus, ProbeTarget, Registration, RttSample,
+};
 use aic_protocol::{ErrorCode, NodeId, Role, RpcError};
 
 /// Limits on what a node may tell us, so one node cannot grow the registry without bound.
 const MAX_NAME_LEN: usize = 128;
 const MAX_ADDR_LEN: usize = 256;
 const MAX_RTT_SAMPLES: usize = 64;
+const MAX_HOLDINGS: usize = 4096;
 
 /// Tunables of membership.
 #[derive(Clone, Debug)]
@@ -57,6 +60,7 @@ struct Member {
     last_seen: Instant,
     times_marked_down: u64,
     rtts: Vec<RttSample>,
+    holdings: Vec<DatasetHolding>,
     /// Where this node's next round of probe targets starts, so it covers all peers over time.
     probe_cursor: usize,
 }
@@ -124,6 +128,7 @@ impl Membership {
                 last_seen: now,
                 times_marked_down: previous.as_ref().map_or(0, |m| m.times_marked_down),
                 rtts: Vec::new(),
+                holdings: previous.as_ref().map(|m| m.holdings.clone()).unwrap_or_default(),
                 probe_cursor: 0,
             },
         );
@@ -154,6 +159,14 @@ impl Membership {
                 format!("at most {MAX_RTT_SAMPLES} RTT samples per heartbeat"),
             ));
         }
+        if heartbeat.holdings.len() > MAX_HOLDINGS
+            || heartbeat.holdings.iter().any(|h| h.dataset.len() > MAX_NAME_LEN)
+        {
+            return Err(RpcError::new(
+                ErrorCode::InvalidArgument,
+                format!("at most {MAX_HOLDINGS} dataset holdings per heartbeat, ids of at most {MAX_NAME_LEN} bytes"),
+            ));
+        }
         let member = self.members.get_mut(&node).ok_or_else(|| {
             RpcError::new(
                 ErrorCode::UnknownNode,
@@ -163,6 +176,7 @@ impl Membership {
         member.last_seen = now;
         member.rtts = heartbeat.rtts;
         member.rtts.retain(|sample| sample.peer != node);
+        member.holdings = heartbeat.holdings;
         let mut events = Vec::new();
         if member.state == NodeState::Down {
             member.state = NodeState::Up;
@@ -211,6 +225,7 @@ impl Membership {
                 times_marked_down: member.times_marked_down,
                 capacity: member.registration.capacity.clone(),
                 rtts: member.rtts.clone(),
+                holdings: member.holdings.clone(),
             })
             .collect();
         rows.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
@@ -288,6 +303,7 @@ mod tests {
             times_marked_down: 0,
             capacity: Capacity::default(),
             rtts: Vec::new(),
+            holdings: Vec::new(),
         }
     }
 
@@ -314,6 +330,7 @@ mod tests {
         Heartbeat {
             sequence: 1,
             rtts: Vec::new(),
+            holdings: Vec::new(),
         }
     }
 
@@ -397,6 +414,7 @@ mod tests {
                 };
                 MAX_RTT_SAMPLES + 1
             ],
+            holdings: Vec::new(),
         };
         assert_eq!(
             membership

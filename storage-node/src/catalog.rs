@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use aic_protocol::ShardId;
+use aic_protocol::{NodeId, ShardId};
 
 use crate::manifest::Manifest;
 use crate::sealing::DatasetKey;
@@ -21,12 +21,24 @@ pub struct CatalogError {
 
 /// A dataset's id: the first 16 bytes of the BLAKE3 hash of its manifest, in hex.
 pub fn dataset_id(manifest: &Manifest) -> String {
-    hex::encode(&blake3::hash(manifest.to_json().as_bytes()).as_bytes()[..16])
+    dataset_id_of_hash(&manifest_hash(manifest))
+}
+
+/// The BLAKE3 hash of a manifest's JSON: the Dataset asset's content hash.
+pub fn manifest_hash(manifest: &Manifest) -> [u8; 32] {
+    *blake3::hash(manifest.to_json().as_bytes()).as_bytes()
+}
+
+/// The dataset id a Dataset asset's content hash names.
+pub fn dataset_id_of_hash(hash: &[u8; 32]) -> String {
+    hex::encode(&hash[..16])
 }
 
 pub struct Catalog {
     dir: PathBuf,
     datasets: BTreeMap<String, (Manifest, DatasetKey)>,
+    /// Who imported each dataset (a client certificate's node id), for `DropDataset`.
+    importers: BTreeMap<String, NodeId>,
 }
 
 impl Catalog {
@@ -38,6 +50,7 @@ impl Catalog {
         };
         std::fs::create_dir_all(dir).map_err(|e| error(dir, e.to_string()))?;
         let mut datasets = BTreeMap::new();
+        let mut importers = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))? {
             let path = entry.map_err(|e| error(dir, e.to_string()))?.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -57,16 +70,31 @@ impl Catalog {
             let key: [u8; 32] = key_bytes
                 .try_into()
                 .map_err(|_| error(&key_path, "a dataset key is 32 bytes".into()))?;
+            let importer_path = dir.join(format!("{id}.importer"));
+            if let Ok(text) = std::fs::read_to_string(&importer_path) {
+                let importer = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| error(&importer_path, "not a node id".into()))?;
+                importers.insert(id.clone(), importer);
+            }
             datasets.insert(id, (manifest, DatasetKey::from_bytes(key)));
         }
         Ok(Catalog {
             dir: dir.to_path_buf(),
             datasets,
+            importers,
         })
     }
 
-    /// Records a dataset (key first: a manifest without its key would be unreadable).
-    pub fn add(&mut self, manifest: Manifest, key: DatasetKey) -> Result<String, CatalogError> {
+    /// Records a dataset (key first: a manifest without its key would be unreadable; the
+    /// manifest last: a dataset is in the catalog once its manifest is).
+    pub fn add(
+        &mut self,
+        manifest: Manifest,
+        key: DatasetKey,
+        importer: Option<NodeId>,
+    ) -> Result<String, CatalogError> {
         let id = dataset_id(&manifest);
         let write = |name: String, bytes: &[u8], secret: bool| -> Result<(), CatalogError> {
             let path = self.dir.join(&name);
@@ -85,9 +113,48 @@ impl Catalog {
             })
         };
         write(format!("{id}.key"), key.as_bytes(), true)?;
+        if let Some(importer) = importer {
+            write(format!("{id}.importer"), importer.to_string().as_bytes(), false)?;
+            self.importers.insert(id.clone(), importer);
+        }
         write(format!("{id}.json"), manifest.to_json().as_bytes(), false)?;
         self.datasets.insert(id.clone(), (manifest, key));
         Ok(id)
+    }
+
+    /// Forgets a dataset (manifest first, so a crash half-way leaves no listed dataset). Its
+    /// shards are deleted by the caller.
+    pub fn remove(&mut self, id: &str) -> Result<Option<Manifest>, CatalogError> {
+        let Some((manifest, _)) = self.datasets.remove(id) else {
+            return Ok(None);
+        };
+        self.importers.remove(id);
+        for suffix in ["json", "importer", "key"] {
+            let path = self.dir.join(format!("{id}.{suffix}"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(CatalogError {
+                        path,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(Some(manifest))
+    }
+
+    pub fn importer(&self, id: &str) -> Option<&NodeId> {
+        self.importers.get(id)
+    }
+
+    /// Whether another dataset still names `shard` (content-addressed shards can be shared).
+    pub fn references(&self, shard: &ShardId) -> bool {
+        let id = shard.to_string();
+        self.datasets
+            .values()
+            .any(|(m, _)| m.shards().any(|e| e.id == id))
     }
 
     pub fn get(&self, id: &str) -> Option<&(Manifest, DatasetKey)> {

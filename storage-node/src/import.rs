@@ -1,4 +1,5 @@
-//! Dataset import: a CSV file becomes preprocessed, sealed Parquet shards in a [`ShardStore`].
+//! Dataset import: a CSV or Parquet file becomes preprocessed Parquet shards, sealed into a
+//! [`ShardStore`] or uploaded to a storage node (see [`ShardSink`]).
 //!
 //! ```text
 //!  pass 1: stream the file → per-column mean/std or categories, label classes, row count
@@ -11,8 +12,10 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::future::Future;
+use std::io::BufReader;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use aic_protocol::ShardId;
@@ -21,6 +24,7 @@ use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch, UInt32Array};
 use arrow_csv::reader::Format;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -80,6 +84,8 @@ pub enum ImportError {
     Shard(String),
     #[error(transparent)]
     Store(#[from] crate::shard_store::StoreError),
+    #[error("uploading to the storage node: {0}")]
+    Upload(#[source] aic_protocol::Error),
 }
 
 /// What pass 1 learns about one column.
@@ -88,13 +94,88 @@ enum ColumnStats {
     Text(BTreeSet<String>),
 }
 
+/// Where finished shards go: sealed into this node's store, or uploaded to a storage node.
+pub trait ShardSink {
+    /// Takes one plaintext Parquet shard named by its BLAKE3 hash.
+    fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> impl Future<Output = Result<(), ImportError>>;
+}
+
+/// Seals each shard under a dataset key and writes it to a store.
+pub struct SealingSink<'a> {
+    pub store: &'a ShardStore,
+    pub key: &'a DatasetKey,
+}
+
+impl ShardSink for SealingSink<'_> {
+    async fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> Result<(), ImportError> {
+        let sealed = self
+            .key
+            .seal(&id, &parquet)
+            .map_err(|e| ImportError::Shard(e.to_string()))?;
+        self.store.put(&id, Bytes::from(sealed)).await?;
+        Ok(())
+    }
+}
+
+/// How far an import has come, for a progress bar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// 1: reading statistics; 2: encoding and writing shards.
+    pub pass: u8,
+    pub rows: u64,
+    /// Bytes of the input file read so far in this pass.
+    pub bytes: u64,
+}
+
 /// Imports `file` into `store`, sealing shards under a fresh dataset key.
-pub async fn import_csv(
+pub async fn import_file(
     file: &Path,
     name: &str,
     options: &ImportOptions,
     store: &ShardStore,
 ) -> Result<(Manifest, DatasetKey), ImportError> {
+    let key = DatasetKey::generate();
+    let manifest = preprocess(
+        file,
+        name,
+        options,
+        &mut SealingSink { store, key: &key },
+        &|_| {},
+    )
+    .await?;
+    Ok((manifest, key))
+}
+
+/// The input formats an import reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    Csv,
+    Parquet,
+}
+
+impl InputFormat {
+    /// Parquet when the file starts with Parquet's magic bytes, CSV otherwise.
+    pub fn detect(file: &Path) -> std::io::Result<InputFormat> {
+        let mut magic = [0u8; 4];
+        let mut source = File::open(file)?;
+        let read = std::io::Read::read(&mut source, &mut magic)?;
+        Ok(if read == 4 && &magic == b"PAR1" {
+            InputFormat::Parquet
+        } else {
+            InputFormat::Csv
+        })
+    }
+}
+
+/// Preprocesses `file` (CSV or Parquet) into shards handed to `sink`, and returns the manifest
+/// that names them. Nothing reaches the sink before the whole file has been checked.
+pub async fn preprocess(
+    file: &Path,
+    name: &str,
+    options: &ImportOptions,
+    sink: &mut impl ShardSink,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Manifest, ImportError> {
     if options.shard_rows == 0 || !(0.0..1.0).contains(&options.test_fraction) || options.batch_rows == 0 {
         return Err(ImportError::Options(
             "shard rows and batch rows must be > 0 and the test fraction in [0, 1)".into(),
@@ -105,12 +186,9 @@ pub async fn import_csv(
         file: file_name.clone(),
         reason,
     };
-    let mut source = File::open(file).map_err(|e| input(e.to_string()))?;
-    let format = Format::default().with_header(true);
-    let (schema, _) = format
-        .infer_schema(BufReader::new(&mut source), Some(INFER_ROWS))
-        .map_err(|e| input(e.to_string()))?;
-    let schema: SchemaRef = Arc::new(schema);
+    let format = InputFormat::detect(file).map_err(|e| input(e.to_string()))?;
+    let source = BatchSource::open(file, format, options.batch_rows).map_err(&input)?;
+    let schema = source.schema.clone();
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let label_index =
         columns
@@ -137,20 +215,31 @@ pub async fn import_csv(
         .collect();
     let mut classes: BTreeSet<String> = BTreeSet::new();
     let mut rows: u64 = 0;
-    for batch in read_batches(&mut source, &schema, options.batch_rows).map_err(&input)? {
-        let batch = batch.map_err(|e| input(e.to_string()))?;
+    let mut batches = source.batches().map_err(&input)?;
+    while let Some(batch) = batches.next() {
+        let batch = batch.map_err(&input)?;
+        let first_line = rows;
         rows += batch.num_rows() as u64;
+        progress(Progress {
+            pass: 1,
+            rows,
+            bytes: batches.bytes_read(),
+        });
         for (i, column) in batch.columns().iter().enumerate() {
             if i == label_index {
-                for value in as_strings(column) {
+                for (r, value) in as_strings(column).enumerate() {
                     let value = value.ok_or_else(|| {
-                        input(format!("label column {:?} has an empty value", options.label))
+                        input(format!(
+                            "row {}: label column {:?} has an empty value",
+                            first_line + r as u64 + 1,
+                            options.label
+                        ))
                     })?;
                     classes.insert(value);
                 }
                 continue;
             }
-            accumulate(&mut stats[i], column, &columns[i], &file_name)?;
+            accumulate(&mut stats[i], column, &columns[i], &file_name, first_line)?;
         }
     }
     if rows == 0 {
@@ -181,14 +270,17 @@ pub async fn import_csv(
             },
         })
         .collect();
+    if features.is_empty() {
+        return Err(input("the file has no feature column besides the label".into()));
+    }
 
-    // Pass 2: encode, split, shard, seal, store.
-    let key = DatasetKey::generate();
-    let mut writer = ShardWriter::new(&features, &options.label, options.shard_rows, store, &key);
+    // Pass 2: encode, split, shard, hand to the sink.
+    let mut writer = ShardWriter::new(&features, &options.label, options.shard_rows, sink);
     let feature_columns: Vec<usize> = (0..columns.len()).filter(|&i| i != label_index).collect();
     let mut row_number: u64 = 0;
-    for batch in read_batches(&mut source, &schema, options.batch_rows).map_err(&input)? {
-        let batch = batch.map_err(|e| input(e.to_string()))?;
+    let mut batches = source.batches().map_err(&input)?;
+    while let Some(batch) = batches.next() {
+        let batch = batch.map_err(&input)?;
         let encoded: Vec<Vec<f32>> = feature_columns
             .iter()
             .zip(&features)
@@ -208,36 +300,196 @@ pub async fn import_csv(
             writer.push(test, row, labels[r]).await?;
             row_number += 1;
         }
+        progress(Progress {
+            pass: 2,
+            rows: row_number,
+            bytes: batches.bytes_read(),
+        });
     }
     let (train, test) = writer.finish().await?;
-    Ok((
-        Manifest {
-            name: name.to_string(),
-            rows,
-            features,
-            label: options.label.clone(),
-            classes,
-            seed: options.seed,
-            test_fraction: options.test_fraction,
-            shard_rows: options.shard_rows,
-            train,
-            test,
-        },
-        key,
-    ))
+    Ok(Manifest {
+        name: name.to_string(),
+        rows,
+        features,
+        label: options.label.clone(),
+        classes,
+        seed: options.seed,
+        test_fraction: options.test_fraction,
+        shard_rows: options.shard_rows,
+        train,
+        test,
+        replicas: Vec::new(),
+        fee: String::new(),
+    })
 }
 
-fn read_batches<'a>(
-    source: &'a mut File,
-    schema: &SchemaRef,
+/// A file read as record batches with the column types preprocessing understands: Int64,
+/// Float64, Boolean and Utf8 (other integer, float and text types are widened to those).
+struct BatchSource {
+    file: std::path::PathBuf,
+    format: InputFormat,
     batch_rows: usize,
-) -> Result<arrow_csv::Reader<BufReader<&'a mut File>>, String> {
-    source.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    arrow_csv::ReaderBuilder::new(schema.clone())
-        .with_header(true)
-        .with_batch_size(batch_rows)
-        .build(BufReader::new(source))
-        .map_err(|e| e.to_string())
+    /// The schema as read from the file.
+    file_schema: SchemaRef,
+    /// The schema after widening.
+    schema: SchemaRef,
+}
+
+impl BatchSource {
+    fn open(file: &Path, format: InputFormat, batch_rows: usize) -> Result<Self, String> {
+        let file_schema: SchemaRef = match format {
+            InputFormat::Csv => {
+                let mut source = File::open(file).map_err(|e| e.to_string())?;
+                let (schema, _) = Format::default()
+                    .with_header(true)
+                    .infer_schema(BufReader::new(&mut source), Some(INFER_ROWS))
+                    .map_err(|e| e.to_string())?;
+                Arc::new(schema)
+            }
+            InputFormat::Parquet => {
+                let source = File::open(file).map_err(|e| e.to_string())?;
+                ParquetRecordBatchReaderBuilder::try_new(source)
+                    .map_err(|e| e.to_string())?
+                    .schema()
+                    .clone()
+            }
+        };
+        let fields: Vec<Field> = file_schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), widened(f.data_type()), true))
+            .collect();
+        Ok(BatchSource {
+            file: file.to_path_buf(),
+            format,
+            batch_rows,
+            file_schema,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// The file from the start, batch by batch.
+    fn batches(&self) -> Result<Batches, String> {
+        let source = File::open(&self.file).map_err(|e| e.to_string())?;
+        let total = source.metadata().map_err(|e| e.to_string())?.len();
+        let read = Arc::new(AtomicU64::new(0));
+        let inner: Box<dyn Iterator<Item = Result<RecordBatch, String>> + Send> = match self.format {
+            InputFormat::Csv => {
+                let counting = CountingReader {
+                    inner: source,
+                    read: read.clone(),
+                };
+                let reader = arrow_csv::ReaderBuilder::new(self.file_schema.clone())
+                    .with_header(true)
+                    .with_batch_size(self.batch_rows)
+                    .build(BufReader::new(counting))
+                    .map_err(|e| e.to_string())?;
+                Box::new(reader.map(|b| b.map_err(|e| e.to_string())))
+            }
+            InputFormat::Parquet => {
+                let builder = ParquetRecordBatchReaderBuilder::try_new(source).map_err(|e| e.to_string())?;
+                let total_rows = builder.metadata().file_metadata().num_rows().max(1) as u64;
+                let reader = builder
+                    .with_batch_size(self.batch_rows)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let read = read.clone();
+                let mut rows = 0u64;
+                // Parquet is read by row group; bytes are estimated from the rows read.
+                Box::new(reader.map(move |b| {
+                    let batch = b.map_err(|e| e.to_string())?;
+                    rows += batch.num_rows() as u64;
+                    read.store(total.saturating_mul(rows) / total_rows, Ordering::Relaxed);
+                    Ok(batch)
+                }))
+            }
+        };
+        Ok(Batches {
+            inner,
+            schema: self.schema.clone(),
+            read,
+            rows: 0,
+        })
+    }
+}
+
+struct Batches {
+    inner: Box<dyn Iterator<Item = Result<RecordBatch, String>> + Send>,
+    schema: SchemaRef,
+    read: Arc<AtomicU64>,
+    rows: u64,
+}
+
+impl Batches {
+    fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+}
+
+impl Iterator for Batches {
+    type Item = Result<RecordBatch, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = match self.inner.next()? {
+            Ok(batch) => batch,
+            // arrow-csv names the line (counting the header as line 1) and the column.
+            Err(e) => return Some(Err(e)),
+        };
+        let first = self.rows;
+        self.rows += batch.num_rows() as u64;
+        let columns: Result<Vec<ArrayRef>, String> = batch
+            .columns()
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(column, field)| {
+                if column.data_type() == field.data_type() {
+                    Ok(column.clone())
+                } else {
+                    arrow_cast::cast(column, field.data_type())
+                        .map_err(|e| format!("rows {}..: column {:?}: {e}", first + 1, field.name()))
+                }
+            })
+            .collect();
+        Some(columns.and_then(|columns| {
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())
+        }))
+    }
+}
+
+/// The type a column is read as: integers as Int64, floats as Float64, text as Utf8.
+fn widened(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
+            DataType::Float64
+        }
+        DataType::Boolean => DataType::Boolean,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..) => {
+            DataType::Utf8
+        }
+        other => other.clone(),
+    }
+}
+
+/// Counts the bytes a reader hands out, for progress.
+struct CountingReader<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// Whether row `row` of the file belongs to the held-out test split: a seeded hash, so the split
@@ -306,7 +558,15 @@ fn numeric_values(column: &ArrayRef) -> Option<Vec<Option<f64>>> {
     Some(values)
 }
 
-fn accumulate(stats: &mut ColumnStats, column: &ArrayRef, name: &str, file: &str) -> Result<(), ImportError> {
+/// Adds a batch's column to its statistics; `first_row` numbers the batch's rows in the file
+/// (1-based data rows, header excluded) for error messages.
+fn accumulate(
+    stats: &mut ColumnStats,
+    column: &ArrayRef,
+    name: &str,
+    file: &str,
+    first_row: u64,
+) -> Result<(), ImportError> {
     let unencodable = |reason: String| ImportError::Unencodable {
         file: file.to_string(),
         column: name.to_string(),
@@ -317,9 +577,10 @@ fn accumulate(stats: &mut ColumnStats, column: &ArrayRef, name: &str, file: &str
             let values =
                 numeric_values(column).ok_or_else(|| unencodable(format!("type {}", column.data_type())))?;
             for (row, value) in values.into_iter().enumerate() {
-                let value = value.ok_or_else(|| unencodable(format!("empty value in batch row {row}")))?;
+                let row = first_row + row as u64 + 1;
+                let value = value.ok_or_else(|| unencodable(format!("row {row}: empty value")))?;
                 if !value.is_finite() {
-                    return Err(unencodable(format!("non-finite value {value}")));
+                    return Err(unencodable(format!("row {row}: non-finite value {value}")));
                 }
                 // Welford's update: stable for long columns.
                 *count += 1;
@@ -329,8 +590,9 @@ fn accumulate(stats: &mut ColumnStats, column: &ArrayRef, name: &str, file: &str
             }
         }
         ColumnStats::Text(set) => {
-            for value in column.as_string::<i32>().iter() {
-                let value = value.ok_or_else(|| unencodable("empty value".into()))?;
+            for (row, value) in column.as_string::<i32>().iter().enumerate() {
+                let row = first_row + row as u64 + 1;
+                let value = value.ok_or_else(|| unencodable(format!("row {row}: empty value")))?;
                 if set.len() == MAX_CATEGORIES && !set.contains(value) {
                     return Err(unencodable(format!(
                         "more than {MAX_CATEGORIES} distinct text values: not a category, and not a number"
@@ -363,23 +625,16 @@ fn encode(column: &ArrayRef, encoding: &FeatureEncoding) -> Vec<f32> {
 }
 
 /// Collects rows per split and writes a shard whenever one is full.
-struct ShardWriter<'a> {
+struct ShardWriter<'a, S> {
     schema: SchemaRef,
     shard_rows: usize,
-    store: &'a ShardStore,
-    key: &'a DatasetKey,
+    sink: &'a mut S,
     pending: [(Vec<Vec<f32>>, Vec<u32>); 2],
     written: [Vec<ShardEntry>; 2],
 }
 
-impl<'a> ShardWriter<'a> {
-    fn new(
-        features: &[Feature],
-        label: &str,
-        shard_rows: usize,
-        store: &'a ShardStore,
-        key: &'a DatasetKey,
-    ) -> Self {
+impl<'a, S: ShardSink> ShardWriter<'a, S> {
+    fn new(features: &[Feature], label: &str, shard_rows: usize, sink: &'a mut S) -> Self {
         let mut fields: Vec<Field> = features
             .iter()
             .map(|f| Field::new(&f.name, DataType::Float32, false))
@@ -388,8 +643,7 @@ impl<'a> ShardWriter<'a> {
         ShardWriter {
             schema: Arc::new(Schema::new(fields)),
             shard_rows,
-            store,
-            key,
+            sink,
             pending: [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())],
             written: [Vec::new(), Vec::new()],
         }
@@ -419,15 +673,12 @@ impl<'a> ShardWriter<'a> {
             .map_err(|e| ImportError::Shard(e.to_string()))?;
         let parquet = write_parquet(&batch).map_err(ImportError::Shard)?;
         let id = ShardId::of_content(&parquet);
-        let sealed = self
-            .key
-            .seal(&id, &parquet)
-            .map_err(|e| ImportError::Shard(e.to_string()))?;
-        self.store.put(&id, Bytes::from(sealed)).await?;
+        let bytes = parquet.len() as u64;
+        self.sink.put(id, parquet).await?;
         self.written[split].push(ShardEntry {
             id: id.to_string(),
             rows: batch.num_rows() as u64,
-            bytes: parquet.len() as u64,
+            bytes,
         });
         Ok(())
     }
@@ -441,7 +692,7 @@ impl<'a> ShardWriter<'a> {
 }
 
 /// One shard as Parquet: zstd, one row group.
-fn write_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+pub fn write_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).map_err(|e| e.to_string())?,

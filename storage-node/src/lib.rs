@@ -1,207 +1,43 @@
 //! An AIC storage node.
 //!
-//! It joins the grid (registers its capacity with the scheduler, heartbeats, measures RTTs to its
-//! peers and answers theirs) and owns the shard store over object_store with encryption at rest.
-//! Dataset import and preprocessing, ticket-checked shard serving, scrubbing and replica repair
-//! come with the rest of the storage issue.
+//! It joins the grid (registers its capacity with the scheduler, heartbeats with what it holds,
+//! measures RTTs to its peers), takes dataset uploads and places them on their replicas, keeps
+//! shards sealed in an object store, serves them to compute nodes holding a scheduler's ticket,
+//! exports them to the Dataset asset's owner, and scrubs and repairs them from other replicas.
 
+mod api;
 pub mod catalog;
 pub mod config;
+mod export;
 pub mod import;
 pub mod manifest;
 pub mod metrics;
+mod node;
+mod replication;
 pub mod scrub;
 pub mod sealing;
+mod serving;
+pub mod shard_fetch;
 pub mod shard_store;
+pub mod upload_client;
+mod uploads;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use aic_protocol::certs::PeerIdentity;
-use aic_protocol::messages::{
-    Capacity, ClientRequest, ClientResponse, DatasetPreview, DatasetSummary, PeerRequest, PeerResponse,
-};
-use aic_protocol::node_agent::{answer_peer, local_capacity, start_node};
-use aic_protocol::rpc::RpcHandler;
+use aic_protocol::messages::Capacity;
+use aic_protocol::node_agent::{local_capacity, start_node, NodeExtras};
 use aic_protocol::service::{BoundSockets, ServiceHandle};
-use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use aic_protocol::ticket::SignedTicket;
-use aic_protocol::{ErrorCode, NodeId, Role, RpcError, ShardId};
+use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::{NodeId, Role};
 use tokio_util::sync::CancellationToken;
 
 pub use config::StorageConfig;
+pub use serving::{encode_ipc, MAX_BATCH_BYTES};
+pub use uploads::{MAX_OPEN_UPLOADS, MAX_SHARD_BYTES};
 
-/// What a storage node answers over QUIC.
-struct StorageApi {
-    store: shard_store::ShardStore,
-    catalog: Arc<tokio::sync::RwLock<catalog::Catalog>>,
-    /// Schedulers whose tickets are honoured.
-    trusted: Arc<std::sync::RwLock<HashSet<NodeId>>>,
-    metrics: metrics::StorageMetrics,
-}
-
-impl RpcHandler for StorageApi {
-    async fn client(&self, _peer: &PeerIdentity, request: ClientRequest) -> Result<ClientResponse, RpcError> {
-        match request {
-            ClientRequest::ListDatasets => {
-                let catalog = self.catalog.read().await;
-                let datasets = catalog
-                    .ids()
-                    .filter_map(|id| catalog.get(id).map(|(m, _)| (id, m)))
-                    .map(|(id, manifest)| DatasetSummary {
-                        id: id.clone(),
-                        name: manifest.name.clone(),
-                        rows: manifest.rows,
-                        shards: (manifest.train.len() + manifest.test.len()) as u64,
-                        manifest: manifest.to_json(),
-                    })
-                    .collect();
-                Ok(ClientResponse::Datasets(datasets))
-            }
-            ClientRequest::Preview { dataset, rows } => {
-                self.preview(&dataset, rows).await.map(ClientResponse::Preview)
-            }
-            _ => Err(RpcError::new(
-                ErrorCode::Unsupported,
-                "storage nodes serve datasets, not this request",
-            )),
-        }
-    }
-
-    async fn peer(&self, peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
-        match request {
-            PeerRequest::GetShard {
-                dataset,
-                shard,
-                ticket,
-            } => self.get_shard(peer, &dataset, &shard, &ticket).await,
-            other => answer_peer(other),
-        }
-    }
-}
-
-impl StorageApi {
-    /// A free look at a dataset: random rows from randomly chosen shards, never more than 1 % of
-    /// the dataset or 100 rows, whatever was asked.
-    async fn preview(&self, dataset: &str, asked: u32) -> Result<DatasetPreview, RpcError> {
-        let catalog = self.catalog.read().await;
-        let Some((manifest, key)) = catalog.get(dataset) else {
-            return Err(self.refuse(
-                "unknown_dataset",
-                ErrorCode::NotFound,
-                format!("no dataset {dataset} here"),
-            ));
-        };
-        let cap = manifest.rows.div_ceil(100).min(100) as usize;
-        let wanted = (asked as usize).min(cap);
-        // Shards in random order, read until they hold enough rows to sample from.
-        let mut shards: Vec<_> = manifest.train.iter().chain(&manifest.test).collect();
-        rand::seq::SliceRandom::shuffle(shards.as_mut_slice(), &mut rand::rng());
-        let mut batches = Vec::new();
-        let mut held = 0usize;
-        for entry in shards {
-            if held >= wanted {
-                break;
-            }
-            let shard: ShardId = entry
-                .id
-                .parse()
-                .map_err(|_| RpcError::new(ErrorCode::Internal, "a manifest names a bad shard id"))?;
-            let read = import::read_shard(&self.store, key, &shard)
-                .await
-                .map_err(|e| self.refuse("corrupt_shard", ErrorCode::Unavailable, e.to_string()))?;
-            held += read.iter().map(|b| b.num_rows()).sum::<usize>();
-            batches.extend(read);
-        }
-        preview_rows(manifest, &batches, wanted).map_err(|e| RpcError::new(ErrorCode::Internal, e))
-    }
-
-    fn refuse(&self, reason: &'static str, code: ErrorCode, message: String) -> RpcError {
-        self.metrics.rejected.with_label_values(&[reason]).inc();
-        RpcError::new(code, message)
-    }
-
-    /// Serves a shard: the ticket first, then the catalog, then the bytes — which are checked
-    /// (authentic, and hashing to their name) before any of them leaves the node.
-    async fn get_shard(
-        &self,
-        peer: &PeerIdentity,
-        dataset: &str,
-        shard: &ShardId,
-        ticket: &SignedTicket,
-    ) -> Result<PeerResponse, RpcError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let trusted = self.trusted.read().expect("trusted set").clone();
-        if let Err(e) = ticket.check(&peer.node_id, dataset, now_ms, |id| trusted.contains(id)) {
-            return Err(self.refuse(e.reason(), ErrorCode::PermissionDenied, e.to_string()));
-        }
-        let catalog = self.catalog.read().await;
-        let Some((manifest, key)) = catalog.get(dataset) else {
-            return Err(self.refuse(
-                "unknown_dataset",
-                ErrorCode::NotFound,
-                format!("no dataset {dataset} here"),
-            ));
-        };
-        let id = shard.to_string();
-        if !manifest.train.iter().chain(&manifest.test).any(|s| s.id == id) {
-            return Err(self.refuse(
-                "unknown_shard",
-                ErrorCode::NotFound,
-                format!("dataset {dataset} has no shard {id}"),
-            ));
-        }
-        let sealed = match self.store.get(shard).await {
-            Ok(sealed) => sealed,
-            Err(e) => return Err(self.refuse("unknown_shard", ErrorCode::NotFound, e.to_string())),
-        };
-        match key.open(shard, &sealed) {
-            Ok(parquet) => {
-                self.metrics.served_bytes.inc_by(parquet.len() as u64);
-                Ok(PeerResponse::Shard { parquet })
-            }
-            Err(e) => {
-                tracing::warn!(%shard, error = %e, "refusing to serve a damaged shard");
-                Err(self.refuse(
-                    "corrupt_shard",
-                    ErrorCode::Unavailable,
-                    format!("shard {id} failed its integrity check here; ask another replica"),
-                ))
-            }
-        }
-    }
-}
-
-/// Picks `wanted` random rows out of a shard's batches.
-fn preview_rows(
-    manifest: &manifest::Manifest,
-    batches: &[arrow_array::RecordBatch],
-    wanted: usize,
-) -> Result<DatasetPreview, String> {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float32Type, UInt32Type};
-    let mut all: Vec<(Vec<f32>, u32)> = Vec::new();
-    for batch in batches {
-        let features = batch.num_columns() - 1;
-        let labels = batch.column(features).as_primitive::<UInt32Type>();
-        for r in 0..batch.num_rows() {
-            let row = (0..features)
-                .map(|c| batch.column(c).as_primitive::<Float32Type>().value(r))
-                .collect();
-            all.push((row, labels.value(r)));
-        }
-    }
-    let picked = rand::seq::index::sample(&mut rand::rng(), all.len(), wanted.min(all.len()));
-    let (rows, labels) = picked.into_iter().map(|i| all[i].clone()).unzip();
-    Ok(DatasetPreview {
-        columns: manifest.features.iter().map(|f| f.name.clone()).collect(),
-        rows,
-        labels,
-    })
-}
+use node::StorageNode;
 
 /// Starts a storage node on already-bound sockets. It stops when `shutdown` is cancelled.
 pub fn start(
@@ -219,7 +55,6 @@ pub fn start(
         .map_err(|e| aic_protocol::Error::Transport(format!("shard store {store_url}: {e}")))?;
     let catalog = catalog::Catalog::open(&storage.data_dir.join("datasets"))
         .map_err(|e| aic_protocol::Error::Transport(e.to_string()))?;
-    let catalog = Arc::new(tokio::sync::RwLock::new(catalog));
     let registry = prometheus::Registry::new();
     let metrics = metrics::StorageMetrics::register(&registry)?;
     let trusted: HashSet<NodeId> = storage
@@ -227,17 +62,34 @@ pub fn start(
         .iter()
         .map(|id| id.parse())
         .collect::<Result<_, _>>()?;
-    let trusted = Arc::new(std::sync::RwLock::new(trusted));
-    let api = StorageApi {
-        store: store.clone(),
-        catalog: catalog.clone(),
-        trusted: trusted.clone(),
-        metrics: metrics.clone(),
-    };
+    let identity = config.endpoint.tls.load()?;
+    let tuning = TransportTuning::default();
+    let outbound = transport::endpoint(
+        transport::bind_udp("0.0.0.0:0".parse().expect("an address"), &tuning)?,
+        &identity,
+        &tuning,
+    )?;
+    let (holdings, holdings_rx) = tokio::sync::watch::channel(Vec::new());
+    let node = Arc::new(StorageNode {
+        me: identity.me.node_id,
+        store,
+        catalog: tokio::sync::RwLock::new(catalog),
+        trusted: std::sync::RwLock::new(trusted),
+        uploads: Default::default(),
+        outbound,
+        scheduler_addr: config.scheduler.addr.clone(),
+        metrics,
+        holdings,
+    });
     // The scheduler this node registers with signs the tickets it will be shown.
+    let trusting = node.clone();
     let trust_scheduler: Arc<dyn Fn(&PeerIdentity) + Send + Sync> =
         Arc::new(move |scheduler: &PeerIdentity| {
-            trusted.write().expect("trusted set").insert(scheduler.node_id);
+            trusting
+                .trusted
+                .write()
+                .expect("trusted set")
+                .insert(scheduler.node_id);
         });
     let capacity = Capacity {
         storage_bytes: storage.capacity_bytes,
@@ -250,24 +102,22 @@ pub fn start(
         &config.scheduler,
         capacity,
         bound,
-        Arc::new(api),
+        Arc::new(api::StorageApi(node.clone())),
         registry,
-        Some(trust_scheduler),
+        NodeExtras {
+            on_registered: Some(trust_scheduler),
+            holdings: Some(holdings_rx),
+        },
         shutdown.clone(),
     )?;
     let interval = std::time::Duration::from_secs(storage.scrub_interval_secs);
-    handle.spawn(scrub_loop(store, catalog, metrics, interval, shutdown));
+    handle.spawn(scrub_loop(node, interval, shutdown));
     Ok(handle)
 }
 
-/// Scrubs once at start and then every `interval` until shutdown, publishing what it finds.
-async fn scrub_loop(
-    store: shard_store::ShardStore,
-    catalog: Arc<tokio::sync::RwLock<catalog::Catalog>>,
-    metrics: metrics::StorageMetrics,
-    interval: std::time::Duration,
-    shutdown: CancellationToken,
-) {
+/// Scrubs once at start and then every `interval` until shutdown: publishes what it finds,
+/// repairs damaged shards from other replicas, and reports the holdings to the scheduler.
+async fn scrub_loop(node: Arc<StorageNode>, interval: std::time::Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
@@ -275,22 +125,40 @@ async fn scrub_loop(
             _ = ticker.tick() => {}
         }
         let started = std::time::Instant::now();
-        let report = scrub::scrub(&store, &*catalog.read().await).await;
-        match (report, store.list().await) {
+        let report = scrub::scrub(&node.store, &*node.catalog.read().await).await;
+        match (report, node.store.list().await) {
             (Ok(report), Ok(held)) => {
-                metrics.record(&report);
-                metrics
+                node.metrics.record(&report);
+                node.metrics
                     .bytes_stored
                     .set(held.iter().map(|s| s.bytes as i64).sum());
-                for shard in report.damaged() {
+                let damaged: Vec<_> = report.damaged().copied().collect();
+                for shard in &damaged {
                     tracing::warn!(%shard, "scrub found a damaged shard");
                 }
+                let repaired = if damaged.is_empty() {
+                    0
+                } else {
+                    node.repair_from_peers(&damaged).await
+                };
+                // What is still damaged after repair is reported as such.
+                let still: HashSet<_> = if repaired == damaged.len() {
+                    HashSet::new()
+                } else {
+                    scrub::scrub(&node.store, &*node.catalog.read().await)
+                        .await
+                        .map(|r| r.damaged().copied().collect())
+                        .unwrap_or_else(|_| damaged.iter().copied().collect())
+                };
+                node.publish_holdings(&still).await;
             }
             (Err(error), _) | (_, Err(error)) => {
-                metrics.scrubs.with_label_values(&["error"]).inc();
+                node.metrics.scrubs.with_label_values(&["error"]).inc();
                 tracing::warn!(%error, "scrub failed");
             }
         }
-        metrics.scrub_duration.observe(started.elapsed().as_secs_f64());
+        node.metrics
+            .scrub_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 }

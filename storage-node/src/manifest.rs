@@ -28,6 +28,15 @@ pub struct ShardEntry {
     pub bytes: u64,
 }
 
+/// A storage node that holds every shard of the dataset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaLocation {
+    /// The node's id (hex), from its certificate.
+    pub node: String,
+    /// Where it serves, `host:port`.
+    pub quic_addr: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub name: String,
@@ -41,10 +50,70 @@ pub struct Manifest {
     pub shard_rows: usize,
     pub train: Vec<ShardEntry>,
     pub test: Vec<ShardEntry>,
+    /// Where the dataset was placed at import (the first is the node that took the upload).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaLocation>,
+    /// What a job pays the owner each time it uses the dataset, in AIC (decimal text).
+    #[serde(default)]
+    pub fee: String,
 }
+
+/// Most shards one manifest may name.
+pub const MAX_SHARDS: usize = 1 << 20;
+/// Most replicas one manifest may name.
+pub const MAX_REPLICAS: usize = 16;
 
 impl Manifest {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a manifest always encodes")
+    }
+
+    /// Parses and checks a manifest that came over the network.
+    pub fn from_json(text: &str) -> Result<Manifest, String> {
+        let manifest: Manifest = serde_json::from_str(text).map_err(|e| format!("manifest: {e}"))?;
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    /// Internal consistency: shard ids are ids, rows add up, the counts are bounded.
+    pub fn check(&self) -> Result<(), String> {
+        let shards = self.train.len() + self.test.len();
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(format!("a manifest names 1 to {MAX_SHARDS} shards, not {shards}"));
+        }
+        if self.replicas.len() > MAX_REPLICAS {
+            return Err(format!("at most {MAX_REPLICAS} replicas"));
+        }
+        let mut rows: u64 = 0;
+        for entry in self.shards() {
+            entry
+                .id
+                .parse::<aic_protocol::ShardId>()
+                .map_err(|_| format!("bad shard id {:?}", entry.id))?;
+            rows = rows.checked_add(entry.rows).ok_or("shard row counts overflow")?;
+        }
+        if rows != self.rows {
+            return Err(format!(
+                "the shards hold {rows} rows but the manifest says {}",
+                self.rows
+            ));
+        }
+        if self.classes.is_empty() || self.features.is_empty() {
+            return Err("a manifest needs at least one feature and one class".into());
+        }
+        Ok(())
+    }
+
+    /// Every shard, train first, with whether it is in the held-out test split.
+    pub fn shards(&self) -> impl Iterator<Item = &ShardEntry> {
+        self.train.iter().chain(&self.test)
+    }
+
+    pub fn shard(&self, id: &str) -> Option<(&ShardEntry, bool)> {
+        self.train
+            .iter()
+            .map(|e| (e, false))
+            .chain(self.test.iter().map(|e| (e, true)))
+            .find(|(e, _)| e.id == id)
     }
 }

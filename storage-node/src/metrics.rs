@@ -1,14 +1,15 @@
-//! The storage node's own metrics: what it holds and what the scrubber found.
+//! The storage node's own metrics: what it holds, what it served, how long requests took, what
+//! the scrubber found and repaired, and every refusal by reason.
 
 use aic_protocol::metrics::registered;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::scrub::ScrubReport;
 
 /// Every reason a shard request is refused.
-pub const REJECTION_REASONS: [&str; 8] = [
+pub const REJECTION_REASONS: [&str; 18] = [
     "ticket_expired",
     "ticket_wrong_node",
     "ticket_wrong_dataset",
@@ -16,8 +17,21 @@ pub const REJECTION_REASONS: [&str; 8] = [
     "ticket_forged",
     "unknown_dataset",
     "unknown_shard",
+    "missing_shard",
     "corrupt_shard",
+    "too_many_uploads",
+    "bad_upload",
+    "unknown_upload",
+    "not_your_upload",
+    "bad_manifest",
+    "not_the_importer",
+    "not_a_replica",
+    "proof_expired",
+    "proof_forged",
 ];
+
+/// Every request whose latency is observed.
+pub const TIMED_REQUESTS: [&str; 3] = ["get_shard", "preview", "export"];
 
 #[derive(Clone)]
 pub struct StorageMetrics {
@@ -26,7 +40,12 @@ pub struct StorageMetrics {
     pub scrubs: IntCounterVec,
     pub scrub_duration: Histogram,
     pub served_bytes: IntCounter,
+    pub exported_bytes: IntCounter,
     pub rejected: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub datasets: IntGauge,
+    pub replications: IntCounterVec,
+    pub repairs: IntCounterVec,
 }
 
 impl StorageMetrics {
@@ -64,12 +83,54 @@ impl StorageMetrics {
                     "Shard bytes served to compute nodes",
                 )?,
             )?,
+            exported_bytes: registered(
+                registry,
+                IntCounter::new(
+                    "aic_storage_exported_bytes_total",
+                    "Plain Parquet bytes exported to dataset owners",
+                )?,
+            )?,
+            request_duration: registered(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "aic_storage_request_duration_seconds",
+                        "Time to answer a data request, to the last byte of a streamed answer",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 4.0, 10)?),
+                    &["request"],
+                )?,
+            )?,
+            datasets: registered(
+                registry,
+                IntGauge::new("aic_storage_datasets", "Datasets held (each on every replica)")?,
+            )?,
+            replications: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_storage_replications_total",
+                        "Replicas placed on other storage nodes at import, by result",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            repairs: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_storage_repairs_total",
+                        "Damaged shards re-created from another replica, by result",
+                    ),
+                    &["result"],
+                )?,
+            )?,
             rejected: registered(
                 registry,
                 IntCounterVec::new(
                     Opts::new(
                         "aic_storage_requests_rejected_total",
-                        "Shard requests refused, by reason",
+                        "Storage requests refused, by reason",
                     ),
                     &["reason"],
                 )?,
@@ -83,6 +144,15 @@ impl StorageMetrics {
         }
         for result in ["clean", "damaged", "error"] {
             metrics.scrubs.with_label_values(&[result]);
+        }
+        for request in TIMED_REQUESTS {
+            metrics.request_duration.with_label_values(&[request]);
+        }
+        for result in ["ok", "error"] {
+            metrics.replications.with_label_values(&[result]);
+        }
+        for result in ["repaired", "failed"] {
+            metrics.repairs.with_label_values(&[result]);
         }
         Ok(metrics)
     }

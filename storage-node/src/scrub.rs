@@ -1,6 +1,5 @@
 //! The scrubber: re-checks every shard at rest (present, authentic under its dataset's key,
-//! content matching its name) and repairs a corrupt or lost replica from a healthy copy on
-//! another store, checking the copy before it is written.
+//! content matching its name). Repair from another replica is the node's (see `replication`).
 
 use std::collections::BTreeSet;
 
@@ -47,43 +46,4 @@ pub async fn scrub(store: &ShardStore, catalog: &Catalog) -> Result<ScrubReport,
     }
     report.unknown = held.into_iter().filter(|s| !expected.contains_key(s)).collect();
     Ok(report)
-}
-
-/// Why a shard could not be repaired.
-#[derive(Debug, thiserror::Error)]
-pub enum RepairError {
-    #[error("shard {0} is in no dataset of the catalog")]
-    Unknown(ShardId),
-    #[error("the replica of shard {0} is damaged too")]
-    NoHealthyCopy(ShardId),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Re-creates each damaged shard of `report` in `store` from `replica`.
-pub async fn repair(
-    store: &ShardStore,
-    replica: &ShardStore,
-    catalog: &Catalog,
-    report: &ScrubReport,
-) -> Result<usize, RepairError> {
-    let expected = catalog.expected_shards();
-    let mut repaired = 0;
-    for shard in report.damaged() {
-        let dataset = expected.get(shard).ok_or(RepairError::Unknown(*shard))?;
-        let (_, key) = catalog
-            .get(dataset)
-            .expect("expected shards come from the catalog");
-        let copy = match replica.get(shard).await {
-            Ok(copy) => copy,
-            Err(StoreError::NotFound(_)) => return Err(RepairError::NoHealthyCopy(*shard)),
-            Err(e) => return Err(e.into()),
-        };
-        if key.open(shard, &copy).is_err() {
-            return Err(RepairError::NoHealthyCopy(*shard));
-        }
-        store.put(shard, copy).await?;
-        repaired += 1;
-    }
-    Ok(repaired)
 }

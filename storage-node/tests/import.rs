@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use aic_protocol::ShardId;
-use aic_storage_node::import::{import_csv, is_test_row, read_shard, ImportOptions};
+use aic_storage_node::import::{import_file, is_test_row, read_shard, ImportOptions};
 use aic_storage_node::manifest::ShardEntry;
 use aic_storage_node::shard_store::ShardStore;
 use arrow_array::cast::AsArray;
@@ -83,7 +83,7 @@ async fn digits_import_round_trips_every_row() {
     let store = ShardStore::memory();
     let mut options = ImportOptions::new("digit");
     options.shard_rows = 256;
-    let (manifest, key) = import_csv(&digits_path(), "digits", &options, &store)
+    let (manifest, key) = import_file(&digits_path(), "digits", &options, &store)
         .await
         .unwrap();
     assert_eq!(manifest.rows, 1797);
@@ -124,7 +124,7 @@ async fn digits_import_round_trips_every_row() {
 
     // The same file and seed give the same shards (content-addressed, deterministic split).
     let again = ShardStore::memory();
-    let (manifest_again, _) = import_csv(&digits_path(), "digits", &options, &again)
+    let (manifest_again, _) = import_file(&digits_path(), "digits", &options, &again)
         .await
         .unwrap();
     assert_eq!(
@@ -150,7 +150,7 @@ fn csv(contents: &str) -> tempfile::NamedTempFile {
 async fn refused(contents: &str, label: &str) -> String {
     let store = ShardStore::memory();
     let file = csv(contents);
-    let err = import_csv(file.path(), "bad", &ImportOptions::new(label), &store)
+    let err = import_file(file.path(), "bad", &ImportOptions::new(label), &store)
         .await
         .unwrap_err();
     assert!(
@@ -191,7 +191,7 @@ async fn text_features_become_categories() {
     let file = csv("colour,size,label\nred,1.5,yes\nblue,2.5,no\nred,3.5,yes\n");
     let mut options = ImportOptions::new("label");
     options.test_fraction = 0.0;
-    let (manifest, key) = import_csv(file.path(), "colours", &options, &store)
+    let (manifest, key) = import_file(file.path(), "colours", &options, &store)
         .await
         .unwrap();
     assert_eq!(manifest.classes, vec!["no".to_string(), "yes".to_string()]);
@@ -202,4 +202,62 @@ async fn text_features_become_categories() {
         "blue=0, red=1"
     );
     assert_eq!(rows.iter().map(|(_, l)| *l).collect::<Vec<_>>(), vec![1, 0, 1]);
+}
+
+/// The digits data as Parquet with narrower column types (Int32 features, the label as text in
+/// small row groups): the import reads it like the CSV and produces the very same shards.
+#[tokio::test]
+async fn parquet_input_imports_like_the_csv() {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+
+    let text = std::fs::read_to_string(digits_path()).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<Vec<i64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let label = header.len() - 1;
+    let mut fields: Vec<Field> = header[..label]
+        .iter()
+        .map(|name| Field::new(*name, DataType::Int32, false))
+        .collect();
+    fields.push(Field::new(header[label], DataType::Utf8, false));
+    let schema = Arc::new(Schema::new(fields));
+    let mut columns: Vec<ArrayRef> = (0..label)
+        .map(|c| {
+            Arc::new(arrow_array::Int32Array::from_iter_values(
+                rows.iter().map(|r| r[c] as i32),
+            )) as ArrayRef
+        })
+        .collect();
+    columns.push(Arc::new(arrow_array::StringArray::from_iter_values(
+        rows.iter().map(|r| r[label].to_string()),
+    )));
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let file = tempfile::Builder::new().suffix(".parquet").tempfile().unwrap();
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(300))
+        .build();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file.reopen().unwrap(), schema, Some(properties)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let options = ImportOptions::new("digit");
+    let (from_csv, _) = import_file(&digits_path(), "digits", &options, &ShardStore::memory())
+        .await
+        .unwrap();
+    let (from_parquet, _) = import_file(file.path(), "digits", &options, &ShardStore::memory())
+        .await
+        .unwrap();
+    assert_eq!(from_parquet.rows, 1797);
+    assert_eq!(from_parquet.classes, from_csv.classes);
+    assert_eq!(from_parquet.features, from_csv.features);
+    assert_eq!(
+        (from_parquet.train, from_parquet.test),
+        (from_csv.train, from_csv.test)
+    );
 }

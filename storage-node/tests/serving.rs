@@ -1,21 +1,23 @@
-//! Shard serving over QUIC: a compute node with a valid ticket gets the shard's Parquet (which
-//! hashes to its name); a missing-the-mark ticket (expired, another node, another dataset,
+//! Shard serving over QUIC: a compute node with a valid ticket gets the shard's rows as Arrow
+//! IPC batches; a missing-the-mark ticket (expired, another node, another dataset,
 //! untrusted or forged), a client certificate, or a corrupt shard is refused, and counted.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aic_protocol::certs::{CertificateAuthority, Identity, Validity};
-use aic_protocol::messages::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
+use aic_protocol::messages::{ClientRequest, ClientResponse};
 use aic_protocol::node_agent::SchedulerLink;
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::service::{BoundSockets, EndpointSettings};
-use aic_protocol::ticket::ShardTicket;
+use aic_protocol::ticket::{ShardTicket, SignedTicket};
 use aic_protocol::transport::{self, TransportTuning};
 use aic_protocol::{Error, ErrorCode, JobId, NodeId, Role, RpcError, ShardId};
 use aic_storage_node::catalog::Catalog;
-use aic_storage_node::import::{import_csv, ImportOptions};
+use aic_storage_node::import::{import_file, read_shard, ImportOptions};
+use aic_storage_node::shard_fetch::{fetch_shard, FetchError};
 use aic_storage_node::shard_store::ShardStore;
 use aic_storage_node::StorageConfig;
+use arrow_array::RecordBatch;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use tokio_util::sync::CancellationToken;
@@ -42,9 +44,9 @@ async fn client(ca: &CertificateAuthority, role: Role, addr: &str) -> (RpcClient
     )
 }
 
-fn refusal(result: Result<PeerResponse, Error>) -> (ErrorCode, String) {
+fn refusal(result: Result<Vec<RecordBatch>, FetchError>) -> (ErrorCode, String) {
     match result {
-        Err(Error::Rpc(RpcError { code, message })) => (code, message),
+        Err(FetchError::Transport(Error::Rpc(RpcError { code, message }))) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -56,12 +58,12 @@ async fn shards_are_served_only_against_valid_tickets() {
     let data_dir = dir.path().join("storage-1");
     let digits = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits/digits.csv");
     let store = ShardStore::local(&data_dir.join("shards")).unwrap();
-    let (manifest, key) = import_csv(&digits, "digits", &ImportOptions::new("digit"), &store)
+    let (manifest, key) = import_file(&digits, "digits", &ImportOptions::new("digit"), &store)
         .await
         .unwrap();
     let dataset = Catalog::open(&data_dir.join("datasets"))
         .unwrap()
-        .add(manifest.clone(), key)
+        .add(manifest.clone(), key.clone(), None)
         .unwrap();
 
     let ca = CertificateAuthority::generate("serving").unwrap();
@@ -106,22 +108,24 @@ async fn shards_are_served_only_against_valid_tickets() {
         }
         .sign(key)
     };
-    let get = |dataset: &str, ticket| PeerRequest::GetShard {
-        dataset: dataset.to_string(),
-        shard,
-        ticket,
+    let get = |client: &RpcClient, dataset: &str, ticket: SignedTicket| {
+        let (client, dataset) = (client.clone(), dataset.to_string());
+        async move { fetch_shard(&client, &dataset, &shard, &ticket).await }
     };
 
-    // A valid ticket: the Parquet bytes hash to the shard's name.
+    // A valid ticket: the streamed batches are the shard's rows.
     let valid = ticket(compute_id, &dataset, now_ms() + 60_000, &scheduler_key);
-    match compute.call(&get(&dataset, valid.clone())).await.unwrap() {
-        PeerResponse::Shard { parquet } => assert_eq!(ShardId::of_content(&parquet), shard),
-        other => panic!("{other:?}"),
-    }
+    let served = get(&compute, &dataset, valid.clone()).await.unwrap();
+    let stored = read_shard(&store, &key, &shard).await.unwrap();
+    assert_eq!(served, stored);
+    assert_eq!(
+        served.iter().map(|b| b.num_rows() as u64).sum::<u64>(),
+        manifest.train[0].rows
+    );
 
     let expired = ticket(compute_id, &dataset, now_ms() - 1, &scheduler_key);
     assert_eq!(
-        refusal(compute.call(&get(&dataset, expired)).await).1,
+        refusal(get(&compute, &dataset, expired).await).1,
         "the ticket expired"
     );
     let elsewhere = ticket(
@@ -130,11 +134,11 @@ async fn shards_are_served_only_against_valid_tickets() {
         now_ms() + 60_000,
         &scheduler_key,
     );
-    assert!(refusal(compute.call(&get(&dataset, elsewhere)).await)
+    assert!(refusal(get(&compute, &dataset, elsewhere).await)
         .1
         .contains("another node"));
     let other_dataset = ticket(compute_id, "0123", now_ms() + 60_000, &scheduler_key);
-    assert!(refusal(compute.call(&get(&dataset, other_dataset)).await)
+    assert!(refusal(get(&compute, &dataset, other_dataset).await)
         .1
         .contains("another dataset"));
     let stranger = ticket(
@@ -143,12 +147,12 @@ async fn shards_are_served_only_against_valid_tickets() {
         now_ms() + 60_000,
         &SigningKey::from_bytes(&[9u8; 32]),
     );
-    assert!(refusal(compute.call(&get(&dataset, stranger)).await)
+    assert!(refusal(get(&compute, &dataset, stranger).await)
         .1
         .contains("not a trusted"));
     let mut forged = valid.clone();
     forged.ticket.expires_ms += 1;
-    let (code, message) = refusal(compute.call(&get(&dataset, forged)).await);
+    let (code, message) = refusal(get(&compute, &dataset, forged).await);
     assert_eq!(
         (code, message.as_str()),
         (
@@ -160,7 +164,7 @@ async fn shards_are_served_only_against_valid_tickets() {
     // A client certificate may not fetch shards at all, ticket or not.
     let (user, _) = client(&ca, Role::Client, &addr).await;
     assert_eq!(
-        refusal(user.call(&get(&dataset, valid.clone())).await).0,
+        refusal(get(&user, &dataset, valid.clone()).await).0,
         ErrorCode::PermissionDenied
     );
     // Any authenticated client may list datasets and take a capped free look.
@@ -189,7 +193,7 @@ async fn shards_are_served_only_against_valid_tickets() {
     let mut sealed = store.get(&shard).await.unwrap().to_vec();
     sealed[64] ^= 0x10;
     store.put(&shard, Bytes::from(sealed)).await.unwrap();
-    let (code, message) = refusal(compute.call(&get(&dataset, valid)).await);
+    let (code, message) = refusal(get(&compute, &dataset, valid).await);
     assert_eq!(code, ErrorCode::Unavailable, "{message}");
 
     // Each refusal is counted by its reason, and the bytes served are counted too.

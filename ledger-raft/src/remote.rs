@@ -1,0 +1,44 @@
+//! Calling the ledger over a scheduler connection: ledger requests carried in client frames,
+//! waiting out a leader election. Used by the `aic` commands and by nodes that read the ledger.
+
+use std::time::{Duration, Instant};
+
+use aic_protocol::messages::{ClientRequest, ClientResponse};
+use aic_protocol::rpc::RpcClient;
+
+use crate::api::{decode, encode, LedgerApiError, LedgerRequest, LedgerResponse, LedgerResult};
+
+/// How long a caller waits for a leader before giving up.
+pub const LEADER_WAIT: Duration = Duration::from_secs(15);
+
+/// Why a remote ledger request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Transport(#[from] aic_protocol::Error),
+    #[error("the ledger refused the request: {0}")]
+    Ledger(#[from] LedgerApiError),
+    #[error("unexpected answer to a ledger request: {0}")]
+    Unexpected(String),
+}
+
+/// Sends one ledger request; while no leader is known (an election), retries until
+/// [`LEADER_WAIT`] has passed.
+pub async fn request(client: &RpcClient, request: &LedgerRequest) -> Result<LedgerResponse, RemoteError> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        let bytes = match client.call(&ClientRequest::Ledger(encode(request))).await? {
+            ClientResponse::Ledger(bytes) => bytes,
+            other => return Err(RemoteError::Unexpected(format!("{other:?}"))),
+        };
+        match decode::<LedgerResult>(&bytes)? {
+            Ok(response) => return Ok(response),
+            Err(LedgerApiError::NoLeader | LedgerApiError::LeaderUnreachable(_))
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}

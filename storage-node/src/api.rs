@@ -1,0 +1,97 @@
+//! The storage node's RPC surface: which request goes to which part of the node.
+
+use std::sync::Arc;
+
+use aic_protocol::certs::PeerIdentity;
+use aic_protocol::messages::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
+use aic_protocol::node_agent::answer_peer;
+use aic_protocol::rpc::{Reply, RpcHandler};
+use aic_protocol::{ErrorCode, RpcError};
+
+use crate::node::StorageNode;
+
+pub(crate) struct StorageApi(pub Arc<StorageNode>);
+
+impl RpcHandler for StorageApi {
+    async fn client_reply(
+        &self,
+        peer: &PeerIdentity,
+        request: ClientRequest,
+    ) -> Result<Reply<ClientResponse>, RpcError> {
+        let node = &self.0;
+        let response = match request {
+            ClientRequest::ListDatasets => ClientResponse::Datasets(node.list().await),
+            ClientRequest::Preview { dataset, rows } => {
+                ClientResponse::Preview(node.preview(&dataset, rows).await?)
+            }
+            ClientRequest::Stat { dataset } => ClientResponse::Stat(node.stat(&dataset).await?),
+            ClientRequest::BeginImport => ClientResponse::ImportStarted {
+                upload: node.begin_import(peer).await?,
+            },
+            ClientRequest::UploadShard {
+                upload,
+                shard,
+                offset,
+                total,
+                bytes,
+            } => ClientResponse::ShardReceived {
+                received: node
+                    .upload_shard(peer, upload, shard, offset, total, bytes)
+                    .await?,
+            },
+            ClientRequest::CommitImport { upload, manifest } => {
+                let (dataset, replicas) = node.commit_import(peer, upload, &manifest).await?;
+                ClientResponse::Imported { dataset, replicas }
+            }
+            ClientRequest::DropDataset { dataset } => {
+                node.drop_dataset(peer, &dataset).await?;
+                ClientResponse::Dropped
+            }
+            ClientRequest::Export {
+                dataset,
+                shard,
+                proof,
+            } => {
+                return node.export(peer, &dataset, &shard, &proof).await;
+            }
+            ClientRequest::ListNodes | ClientRequest::Ledger(_) => {
+                return Err(RpcError::new(
+                    ErrorCode::Unsupported,
+                    "storage nodes serve datasets; ask a scheduler",
+                ))
+            }
+        };
+        Ok(Reply::One(response))
+    }
+
+    async fn peer_reply(
+        &self,
+        peer: &PeerIdentity,
+        request: PeerRequest,
+    ) -> Result<Reply<PeerResponse>, RpcError> {
+        let node = &self.0;
+        match request {
+            PeerRequest::GetShard {
+                dataset,
+                shard,
+                ticket,
+            } => node.get_shard(peer, &dataset, &shard, &ticket).await,
+            PeerRequest::FetchSealed { dataset, shard } => node.serve_sealed(peer, &dataset, &shard).await,
+            PeerRequest::Replicate {
+                manifest,
+                key,
+                importer,
+                source,
+            } => Ok(Reply::One(PeerResponse::Replicated {
+                shards: node
+                    .accept_replica(peer, &manifest, &key, importer, &source)
+                    .await?,
+            })),
+            PeerRequest::DropReplica { dataset } => {
+                node.drop_replica(peer, &dataset).await?;
+                Ok(Reply::One(PeerResponse::Dropped))
+            }
+            other => answer_peer(other).map(Reply::One),
+        }
+    }
+}
