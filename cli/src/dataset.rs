@@ -1,13 +1,28 @@
-//! `aic dataset list|preview`: what storage nodes hold, and a capped free look at a dataset.
+//! `aic dataset list|stat|preview|import|export`: what storage nodes hold, a capped free look,
+//! importing a CSV or Parquet file onto R storage nodes with its Dataset asset minted to the
+//! importer, and exporting plain Parquet to the asset's owner.
 
-use aic_protocol::messages::{ClientRequest, ClientResponse, NodeState};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aic_ledger::api::{LedgerRequest, LedgerResponse};
+use aic_ledger::state::Event;
+use aic_ledger::tx::{AssetKind, AssetMetadata, Call};
+use aic_ledger::{Amount, Keypair};
+use aic_protocol::messages::{ClientRequest, ClientResponse, DatasetStat, NodeState, NodeStatus, OwnerProof};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::transport::{self, TransportTuning};
-use aic_protocol::Role;
+use aic_protocol::{AssetId, NodeId, Role, ShardId};
+use aic_storage_node::catalog::{dataset_id_of_hash, manifest_hash};
+use aic_storage_node::import::{preprocess, ImportOptions, Progress};
+use aic_storage_node::manifest::{Manifest, ReplicaLocation};
+use aic_storage_node::upload_client::UploadSink;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::ledger_client::{self, load_wallet, wallet_path};
 use crate::nodes::{self, ClientArgs};
 use crate::wallet::print_out;
 
@@ -17,98 +32,511 @@ pub struct DatasetArgs {
     pub command: DatasetCommand,
     #[command(flatten)]
     pub client: ClientArgs,
-    /// A storage node's QUIC address (default: the first storage node the scheduler lists up).
+    /// A storage node's QUIC address (default: chosen from the nodes the scheduler lists up).
     #[arg(long, global = true)]
     pub storage: Option<String>,
+    /// The wallet that owns imported datasets and signs export proofs.
+    #[arg(long, global = true)]
+    pub wallet: Option<PathBuf>,
     #[arg(long, global = true)]
     pub json: bool,
 }
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum DatasetCommand {
-    /// Datasets held by the storage node.
+    /// Datasets held by a storage node.
     List,
+    /// A dataset's shards and their state (healthy, damaged, missing) on a storage node.
+    Stat { dataset: String },
     /// Up to ROWS random preprocessed rows (never more than 1 % of the dataset or 100 rows).
     Preview {
         dataset: String,
         #[arg(long, default_value_t = 10)]
         rows: u32,
     },
+    /// Preprocess a CSV or Parquet file, store it on R storage nodes, mint its Dataset asset.
+    Import(ImportArgs),
+    /// Write a dataset you own as plain Parquet files (and its manifest) into DIR.
+    Export {
+        asset: AssetId,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
-async fn storage_client(args: &DatasetArgs) -> anyhow::Result<RpcClient> {
-    let profile = args.client.load()?;
-    let addr = match &args.storage {
-        Some(addr) => addr.clone(),
-        None => {
-            let scheduler = nodes::connect(&profile).await?;
-            nodes::list_nodes(&scheduler)
-                .await?
-                .into_iter()
-                .find(|n| n.role == Role::Storage && n.state == NodeState::Up)
-                .map(|n| n.quic_addr)
-                .context("the scheduler lists no storage node that is up; pass --storage")?
-        }
-    };
-    let identity = profile.tls.load()?;
+#[derive(Args, Clone, Debug)]
+pub struct ImportArgs {
+    pub file: PathBuf,
+    /// The column holding the class label.
+    #[arg(long)]
+    pub label: String,
+    /// The dataset's name (default: the file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value_t = 512)]
+    pub shard_rows: usize,
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Seeds the train/test split.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// What a job pays you each time it uses the dataset, in AIC.
+    #[arg(long, default_value = "0")]
+    pub fee: Amount,
+    /// How many storage nodes hold the dataset.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+}
+
+async fn dial_storage(args: &DatasetArgs, addr: &str) -> anyhow::Result<RpcClient> {
+    let identity = args.client.load()?.tls.load()?;
     let tuning = TransportTuning::default();
     let endpoint = transport::endpoint(
         transport::bind_udp("0.0.0.0:0".parse()?, &tuning)?,
         &identity,
         &tuning,
     )?;
-    Ok(RpcClient::connect(&endpoint, &addr, Role::Storage).await?)
+    RpcClient::connect(&endpoint, addr, Role::Storage)
+        .await
+        .with_context(|| format!("connecting to storage node {addr}"))
+}
+
+async fn storage_nodes_up(args: &DatasetArgs) -> anyhow::Result<Vec<NodeStatus>> {
+    let scheduler = nodes::connect(&args.client.load()?).await?;
+    Ok(nodes::list_nodes(&scheduler)
+        .await?
+        .into_iter()
+        .filter(|n| n.role == Role::Storage && n.state == NodeState::Up)
+        .collect())
+}
+
+/// `--storage`, else a storage node the scheduler lists up (one holding `dataset` whole, when
+/// one is named).
+async fn pick_storage(args: &DatasetArgs, dataset: Option<&str>) -> anyhow::Result<String> {
+    if let Some(addr) = &args.storage {
+        return Ok(addr.clone());
+    }
+    let up = storage_nodes_up(args).await?;
+    let holder = up.iter().find(|n| {
+        dataset.is_none_or(|d| {
+            n.holdings
+                .iter()
+                .any(|h| h.dataset == d && h.healthy_shards == h.shards)
+        })
+    });
+    match (holder, dataset) {
+        (Some(node), _) => Ok(node.quic_addr.clone()),
+        (None, Some(d)) => {
+            bail!("no storage node that is up reports holding dataset {d} intact; pass --storage")
+        }
+        (None, None) => bail!("the scheduler lists no storage node that is up; pass --storage"),
+    }
 }
 
 pub async fn run(args: DatasetArgs) -> anyhow::Result<()> {
-    let client = storage_client(&args).await?;
     match &args.command {
-        DatasetCommand::List => {
-            let ClientResponse::Datasets(datasets) = client.call(&ClientRequest::ListDatasets).await? else {
-                bail!("unexpected answer");
-            };
-            let rows: Vec<_> = datasets
-                .iter()
-                .map(|d| json!({"id": d.id, "name": d.name, "rows": d.rows, "shards": d.shards}))
-                .collect();
-            print_out(args.json, json!(rows), || {
-                if datasets.is_empty() {
-                    return "no datasets".to_string();
-                }
-                datasets
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "{}  {:<20} {:>9} rows  {:>4} shards",
-                            d.id, d.name, d.rows, d.shards
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
+        DatasetCommand::List => list(&args).await,
+        DatasetCommand::Stat { dataset } => {
+            let client = dial_storage(&args, &pick_storage(&args, None).await?).await?;
+            let stat = stat(&client, dataset).await?;
+            print_stat(args.json, &stat);
+            Ok(())
         }
-        DatasetCommand::Preview { dataset, rows } => {
-            let request = ClientRequest::Preview {
-                dataset: dataset.clone(),
-                rows: *rows,
-            };
-            let ClientResponse::Preview(preview) = client.call(&request).await? else {
-                bail!("unexpected answer");
-            };
-            let value = json!({"columns": preview.columns, "rows": preview.rows, "labels": preview.labels});
-            print_out(args.json, value, || {
-                let mut text = format!(
-                    "{} rows of {} features (standardised)\n",
-                    preview.rows.len(),
-                    preview.columns.len()
-                );
-                for (row, label) in preview.rows.iter().zip(&preview.labels) {
-                    let head: Vec<String> = row.iter().take(6).map(|v| format!("{v:>6.2}")).collect();
-                    text.push_str(&format!("class {label:>3}: {} …\n", head.join(" ")));
+        DatasetCommand::Preview { dataset, rows } => preview(&args, dataset, *rows).await,
+        DatasetCommand::Import(import) => run_import(&args, import).await,
+        DatasetCommand::Export { asset, out } => export(&args, asset, out).await,
+    }
+}
+
+async fn list(args: &DatasetArgs) -> anyhow::Result<()> {
+    let client = dial_storage(args, &pick_storage(args, None).await?).await?;
+    let ClientResponse::Datasets(datasets) = client.call(&ClientRequest::ListDatasets).await? else {
+        bail!("unexpected answer");
+    };
+    let rows: Vec<_> = datasets
+        .iter()
+        .map(|d| json!({"id": d.id, "name": d.name, "rows": d.rows, "shards": d.shards}))
+        .collect();
+    print_out(args.json, json!(rows), || {
+        if datasets.is_empty() {
+            return "no datasets".to_string();
+        }
+        datasets
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}  {:<20} {:>9} rows  {:>4} shards",
+                    d.id, d.name, d.rows, d.shards
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+async fn stat(client: &RpcClient, dataset: &str) -> anyhow::Result<DatasetStat> {
+    match client
+        .call(&ClientRequest::Stat {
+            dataset: dataset.to_string(),
+        })
+        .await?
+    {
+        ClientResponse::Stat(stat) => Ok(stat),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+fn print_stat(as_json: bool, stat: &DatasetStat) {
+    let shards: Vec<_> = stat
+        .shards
+        .iter()
+        .map(|s| json!({"id": s.id.to_string(), "split": if s.test {"test"} else {"train"}, "rows": s.rows, "bytes": s.bytes, "state": s.state.as_str()}))
+        .collect();
+    let value = json!({"id": stat.summary.id, "name": stat.summary.name, "rows": stat.summary.rows, "shards": shards});
+    print_out(as_json, value, || {
+        let mut text = format!(
+            "{}  {}  {} rows in {} shards\n",
+            stat.summary.id,
+            stat.summary.name,
+            stat.summary.rows,
+            stat.shards.len()
+        );
+        for s in &stat.shards {
+            text.push_str(&format!(
+                "  {}  {:<5} {:>7} rows {:>9} bytes  {}\n",
+                s.id,
+                if s.test { "test" } else { "train" },
+                s.rows,
+                s.bytes,
+                s.state.as_str()
+            ));
+        }
+        text.trim_end().to_string()
+    });
+}
+
+async fn preview(args: &DatasetArgs, dataset: &str, rows: u32) -> anyhow::Result<()> {
+    let client = dial_storage(args, &pick_storage(args, None).await?).await?;
+    let request = ClientRequest::Preview {
+        dataset: dataset.to_string(),
+        rows,
+    };
+    let ClientResponse::Preview(preview) = client.call(&request).await? else {
+        bail!("unexpected answer");
+    };
+    let value = json!({"columns": preview.columns, "rows": preview.rows, "labels": preview.labels});
+    print_out(args.json, value, || {
+        let mut text = format!(
+            "{} rows of {} features (standardised)\n",
+            preview.rows.len(),
+            preview.columns.len()
+        );
+        for (row, label) in preview.rows.iter().zip(&preview.labels) {
+            let head: Vec<String> = row.iter().take(6).map(|v| format!("{v:>6.2}")).collect();
+            text.push_str(&format!("class {label:>3}: {} …\n", head.join(" ")));
+        }
+        text
+    });
+    Ok(())
+}
+
+/// Where the dataset goes: `--storage` (or the roomiest node) first, then the roomiest others.
+async fn placement(args: &DatasetArgs, replicas: usize) -> anyhow::Result<Vec<ReplicaLocation>> {
+    if replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    let mut up = storage_nodes_up(args).await?;
+    let free = |n: &NodeStatus| {
+        let held: u64 = n.holdings.iter().map(|h| h.bytes).sum();
+        n.capacity.storage_bytes.saturating_sub(held)
+    };
+    up.sort_by_key(|n| std::cmp::Reverse(free(n)));
+    if let Some(addr) = &args.storage {
+        let Some(at) = up.iter().position(|n| &n.quic_addr == addr) else {
+            bail!("--storage {addr} is not a storage node the scheduler lists up");
+        };
+        let first = up.remove(at);
+        up.insert(0, first);
+    }
+    if up.len() < replicas {
+        bail!(
+            "--replicas {replicas} needs {replicas} storage nodes up, but the scheduler lists {}",
+            up.len()
+        );
+    }
+    Ok(up
+        .into_iter()
+        .take(replicas)
+        .map(|n| ReplicaLocation {
+            node: n.node_id.to_string(),
+            quic_addr: n.quic_addr,
+        })
+        .collect())
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+async fn run_import(args: &DatasetArgs, import: &ImportArgs) -> anyhow::Result<()> {
+    // Everything that can be refused is checked before a byte is sent.
+    let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+    let file_size = std::fs::metadata(&import.file)
+        .with_context(|| format!("reading {}", import.file.display()))?
+        .len();
+    let replicas = placement(args, import.replicas).await?;
+    let name = import.name.clone().unwrap_or_else(|| {
+        import
+            .file
+            .file_stem()
+            .map_or("dataset".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let options = ImportOptions {
+        label: import.label.clone(),
+        shard_rows: import.shard_rows,
+        test_fraction: import.test_fraction,
+        seed: import.seed,
+        ..ImportOptions::new(&import.label)
+    };
+    let storage = dial_storage(args, &replicas[0].quic_addr).await?;
+
+    // Two passes over the file: the bar covers both; the message counts rows and bytes sent.
+    let bar = progress_bar(file_size.saturating_mul(2));
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let show = |p: Progress| {
+        bar.set_position(u64::from(p.pass.saturating_sub(1)) * file_size + p.bytes.min(file_size));
+        let uploaded = sent.load(std::sync::atomic::Ordering::Relaxed);
+        let what = if p.pass == 1 {
+            "checking"
+        } else {
+            "encoding, uploading"
+        };
+        bar.set_message(format!(
+            "pass {}/2 {what}: {} rows, {} sent",
+            p.pass,
+            p.rows,
+            human_bytes(uploaded)
+        ));
+    };
+    let mut sink = UploadSink::begin(&storage, |n| {
+        sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await?;
+    let mut manifest = preprocess(&import.file, &name, &options, &mut sink, &show).await?;
+    manifest.replicas = replicas;
+    manifest.fee = import.fee.to_string();
+    bar.set_message(format!("placing on {} storage nodes", manifest.replicas.len()));
+    let (dataset, placed) = sink.commit(&manifest).await?;
+    bar.finish_and_clear();
+
+    let asset = match mint(args, &key, &name, &manifest, import.fee).await {
+        Ok(asset) => asset,
+        Err(error) => {
+            // No half dataset: without its asset, the stored copies are removed again.
+            let dropped = storage
+                .call(&ClientRequest::DropDataset {
+                    dataset: dataset.clone(),
+                })
+                .await;
+            let cleanup = match dropped {
+                Ok(_) => "the stored copies were removed".to_string(),
+                Err(e) => {
+                    format!("removing the stored copies failed too ({e}); their importer may drop them")
                 }
-                text
-            });
+            };
+            bail!("minting the Dataset asset failed: {error:#}; {cleanup}");
+        }
+    };
+    let shards = manifest.shards().count();
+    let value = json!({
+        "dataset": dataset,
+        "asset": asset.to_string(),
+        "name": name,
+        "rows": manifest.rows,
+        "train_shards": manifest.train.len(),
+        "test_shards": manifest.test.len(),
+        "classes": manifest.classes.len(),
+        "features": manifest.features.len(),
+        "replicas": placed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "fee": manifest.fee,
+    });
+    print_out(args.json, value, || {
+        format!(
+            "imported {name}: {} rows, {} features, {} classes, {shards} shards on {} storage nodes\n\
+             dataset {dataset}\nasset   {asset} (owner {})",
+            manifest.rows,
+            manifest.features.len(),
+            manifest.classes.len(),
+            placed.len(),
+            key.address()
+        )
+    });
+    Ok(())
+}
+
+/// Mints the Dataset asset whose content hash names the manifest; answers its id.
+async fn mint(
+    args: &DatasetArgs,
+    key: &Keypair,
+    name: &str,
+    manifest: &Manifest,
+    fee: Amount,
+) -> anyhow::Result<AssetId> {
+    let scheduler = nodes::connect(&args.client.load()?).await?;
+    let full = manifest.to_json();
+    // The ledger keeps at most 64 KiB of manifest: a larger one is published without its
+    // shard lists (the storage nodes hold it whole; its hash is still the content hash).
+    let published = if full.len() <= aic_ledger::state::MAX_MANIFEST_BYTES {
+        full
+    } else {
+        let mut summary = serde_json::to_value(manifest)?;
+        summary["train"] = json!(manifest.train.len());
+        summary["test"] = json!(manifest.test.len());
+        summary.to_string()
+    };
+    let call = Call::MintAsset {
+        kind: AssetKind::Dataset,
+        metadata: AssetMetadata {
+            name: name.to_string(),
+            content_hash: manifest_hash(manifest),
+            manifest: published,
+            usage_fee: fee,
+        },
+    };
+    let (_, _, events) = ledger_client::submit(&scheduler, key, call).await?;
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::AssetTransfer {
+                from: None, asset, ..
+            } => Some(*asset),
+            _ => None,
+        })
+        .context("the mint reported no new asset")
+}
+
+async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::Result<()> {
+    let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+    let profile = args.client.load()?;
+    let me: NodeId = profile.tls.load()?.me.node_id;
+    let scheduler = nodes::connect(&profile).await?;
+    let LedgerResponse::Asset(asset) =
+        ledger_client::request(&scheduler, &LedgerRequest::Asset(*asset_id)).await?
+    else {
+        bail!("unexpected answer to an asset request");
+    };
+    let Some(asset) = asset else {
+        bail!("no asset {asset_id} on the ledger");
+    };
+    if asset.kind != AssetKind::Dataset {
+        bail!("asset {asset_id} is a {:?}, not a Dataset", asset.kind);
+    }
+    if asset.owner != key.address() {
+        bail!(
+            "asset {asset_id} belongs to {}, not to this wallet ({}); only the owner may export",
+            asset.owner,
+            key.address()
+        );
+    }
+    let dataset = dataset_id_of_hash(&asset.metadata.content_hash);
+    let storage = dial_storage(args, &pick_storage(args, Some(&dataset)).await?).await?;
+    // The storage node's manifest must be the one the asset names.
+    let held = stat(&storage, &dataset).await?;
+    let manifest = Manifest::from_json(&held.summary.manifest).map_err(|e| anyhow::anyhow!(e))?;
+    if manifest_hash(&manifest) != asset.metadata.content_hash {
+        bail!("the storage node's manifest for {dataset} does not match the asset's content hash");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let total: u64 = manifest.shards().map(|s| s.bytes).sum();
+    let bar = progress_bar(total);
+    let mut files = Vec::new();
+    for (split, entries) in [("train", &manifest.train), ("test", &manifest.test)] {
+        for (i, entry) in entries.iter().enumerate() {
+            let shard: ShardId = entry
+                .id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad shard id in manifest"))?;
+            let parquet = export_shard(&storage, &key, me, asset_id, &dataset, &shard, &bar).await?;
+            let path = out.join(format!("{split}-{i:05}.parquet"));
+            write_atomically(&path, &parquet)?;
+            files.push(path.display().to_string());
         }
     }
+    write_atomically(
+        &out.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    bar.finish_and_clear();
+    let value =
+        json!({"dataset": dataset, "asset": asset_id.to_string(), "rows": manifest.rows, "files": files});
+    print_out(args.json, value, || {
+        format!(
+            "exported {} ({} rows) to {}: {} Parquet files and manifest.json",
+            manifest.name,
+            manifest.rows,
+            out.display(),
+            files.len()
+        )
+    });
     Ok(())
+}
+
+/// One shard's plain Parquet, checked against its name.
+async fn export_shard(
+    storage: &RpcClient,
+    key: &Keypair,
+    me: NodeId,
+    asset: &AssetId,
+    dataset: &str,
+    shard: &ShardId,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<u8>> {
+    let expires_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64
+        + Duration::from_secs(600).as_millis() as u64;
+    let signature = key.sign(&OwnerProof::message(asset, dataset, &me, expires_ms));
+    let request = ClientRequest::Export {
+        dataset: dataset.to_string(),
+        shard: *shard,
+        proof: OwnerProof {
+            asset: *asset,
+            owner: key.address().0,
+            expires_ms,
+            signature: signature.to_vec(),
+        },
+    };
+    let mut stream = storage.call_stream(&request).await?;
+    let mut parquet = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item? {
+            ClientResponse::ExportChunk { bytes } => {
+                if (parquet.len() + bytes.len()) as u64 > aic_storage_node::MAX_SHARD_BYTES {
+                    bail!("shard {shard}: more bytes than any shard holds");
+                }
+                bar.inc(bytes.len() as u64);
+                parquet.extend_from_slice(&bytes);
+            }
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+    if ShardId::of_content(&parquet) != *shard {
+        bail!("shard {shard}: the exported bytes do not hash to the shard's name");
+    }
+    Ok(parquet)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temp = path.with_extension("partial");
+    std::fs::write(&temp, bytes).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn human_bytes(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
 }

@@ -308,6 +308,8 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     let history: Value = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
 
+    check_dataset_commands(dir.path(), profile, alice, fundraiser);
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(devnet.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -316,4 +318,103 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     let exit = devnet.wait().unwrap();
     assert!(exit.success(), "SIGTERM is a graceful stop: {exit}");
     assert!(data_dir.join("client.toml").exists(), "a named data dir is kept");
+}
+
+/// `aic dataset` against the running devnet: bad imports refused before anything is stored; the
+/// digits imported onto both storage nodes with a Dataset asset minted to the importer; every
+/// shard healthy on each node; export for the owner only, as Parquet the parquet reader reads.
+fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, stranger: &str) {
+    let digits = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../storage-node/data/digits/digits.csv"
+    );
+    let dataset = |args: &[&str], wallet: &str| {
+        let mut all = vec!["dataset"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--profile", profile, "--wallet", wallet]);
+        aic(&all)
+    };
+    let unknown_label = dataset(&["import", digits, "--label", "class"], owner);
+    assert!(!unknown_label.status.success());
+    assert!(
+        stderr(&unknown_label).contains("no label column \"class\""),
+        "{}",
+        stderr(&unknown_label)
+    );
+    let too_many = dataset(&["import", digits, "--label", "digit", "--replicas", "3"], owner);
+    assert!(!too_many.status.success());
+    assert!(
+        stderr(&too_many).contains("--replicas 3 needs 3 storage nodes"),
+        "{}",
+        stderr(&too_many)
+    );
+    let listed = dataset(&["list", "--json"], owner);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([]),
+        "nothing stored by a refused import"
+    );
+
+    let imported = dataset(
+        &["import", digits, "--label", "digit", "--fee", "0.5", "--json"],
+        owner,
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let imported: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(imported["rows"], 1797, "{imported}");
+    assert_eq!(imported["replicas"].as_array().unwrap().len(), 2, "{imported}");
+    let id = imported["dataset"].as_str().unwrap();
+    let asset = imported["asset"].as_str().unwrap();
+
+    let shown = aic(&["asset", "show", asset, "--profile", profile, "--json"]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["kind"], "dataset", "{shown}");
+    assert_eq!(shown["usage_fee"], "0.5", "{shown}");
+    let manifest: Value = serde_json::from_str(shown["manifest"].as_str().unwrap()).unwrap();
+    assert_eq!(manifest["rows"], 1797);
+    assert_eq!(manifest["replicas"].as_array().unwrap().len(), 2);
+
+    let stat = dataset(&["stat", id, "--json"], owner);
+    assert!(stat.status.success(), "{}", stderr(&stat));
+    let stat: Value = serde_json::from_slice(&stat.stdout).unwrap();
+    let shards = stat["shards"].as_array().unwrap();
+    assert!(shards.iter().all(|s| s["state"] == "healthy"), "{stat}");
+
+    let refused = dataset(
+        &["export", asset, "--out", dir.join("stolen").to_str().unwrap()],
+        stranger,
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("only the owner may export"),
+        "{}",
+        stderr(&refused)
+    );
+    let out = dir.join("export");
+    let exported = dataset(
+        &["export", asset, "--out", out.to_str().unwrap(), "--json"],
+        owner,
+    );
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let mut rows = 0usize;
+    let mut files = 0;
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "parquet") {
+            files += 1;
+            let file = std::fs::File::open(&path).unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                assert_eq!(batch.num_columns(), 65, "64 features and the label");
+                rows += batch.num_rows();
+            }
+        }
+    }
+    assert_eq!((files, rows), (shards.len(), 1797));
+    assert!(out.join("manifest.json").exists());
 }

@@ -8,6 +8,7 @@
 mod blocks;
 mod erc20;
 mod erc721;
+pub use erc721::MAX_MANIFEST_BYTES;
 mod escrow;
 mod invariants;
 
