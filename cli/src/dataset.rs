@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::ledger_client::{self, load_wallet, wallet_path};
-use crate::nodes::{self, ClientArgs};
+use crate::nodes::{self, ClientArgs, ClientProfile};
 use crate::wallet::print_out;
 
 #[derive(Args, Clone, Debug)]
@@ -88,8 +88,8 @@ pub struct ImportArgs {
     pub replicas: usize,
 }
 
-async fn dial_storage(args: &DatasetArgs, addr: &str) -> anyhow::Result<RpcClient> {
-    let identity = args.client.load()?.tls.load()?;
+async fn dial_storage(profile: &ClientProfile, addr: &str) -> anyhow::Result<RpcClient> {
+    let identity = profile.tls.load()?;
     let tuning = TransportTuning::default();
     let endpoint = transport::endpoint(
         transport::bind_udp("0.0.0.0:0".parse()?, &tuning)?,
@@ -101,8 +101,8 @@ async fn dial_storage(args: &DatasetArgs, addr: &str) -> anyhow::Result<RpcClien
         .with_context(|| format!("connecting to storage node {addr}"))
 }
 
-async fn storage_nodes_up(args: &DatasetArgs) -> anyhow::Result<Vec<NodeStatus>> {
-    let scheduler = nodes::connect(&args.client.load()?).await?;
+async fn storage_nodes_up(profile: &ClientProfile) -> anyhow::Result<Vec<NodeStatus>> {
+    let scheduler = nodes::connect(profile).await?;
     Ok(nodes::list_nodes(&scheduler)
         .await?
         .into_iter()
@@ -116,7 +116,7 @@ async fn pick_storage(args: &DatasetArgs, dataset: Option<&str>) -> anyhow::Resu
     if let Some(addr) = &args.storage {
         return Ok(addr.clone());
     }
-    let up = storage_nodes_up(args).await?;
+    let up = storage_nodes_up(&args.client.load()?).await?;
     let holder = up.iter().find(|n| {
         dataset.is_none_or(|d| {
             n.holdings
@@ -137,7 +137,7 @@ pub async fn run(args: DatasetArgs) -> anyhow::Result<()> {
     match &args.command {
         DatasetCommand::List => list(&args).await,
         DatasetCommand::Stat { dataset } => {
-            let client = dial_storage(&args, &pick_storage(&args, None).await?).await?;
+            let client = dial_storage(&args.client.load()?, &pick_storage(&args, None).await?).await?;
             let stat = stat(&client, dataset).await?;
             print_stat(args.json, &stat);
             Ok(())
@@ -149,7 +149,7 @@ pub async fn run(args: DatasetArgs) -> anyhow::Result<()> {
 }
 
 async fn list(args: &DatasetArgs) -> anyhow::Result<()> {
-    let client = dial_storage(args, &pick_storage(args, None).await?).await?;
+    let client = dial_storage(&args.client.load()?, &pick_storage(args, None).await?).await?;
     let ClientResponse::Datasets(datasets) = client.call(&ClientRequest::ListDatasets).await? else {
         bail!("unexpected answer");
     };
@@ -217,7 +217,7 @@ fn print_stat(as_json: bool, stat: &DatasetStat) {
 }
 
 async fn preview(args: &DatasetArgs, dataset: &str, rows: u32) -> anyhow::Result<()> {
-    let client = dial_storage(args, &pick_storage(args, None).await?).await?;
+    let client = dial_storage(&args.client.load()?, &pick_storage(args, None).await?).await?;
     let request = ClientRequest::Preview {
         dataset: dataset.to_string(),
         rows,
@@ -241,19 +241,23 @@ async fn preview(args: &DatasetArgs, dataset: &str, rows: u32) -> anyhow::Result
     Ok(())
 }
 
-/// Where the dataset goes: `--storage` (or the roomiest node) first, then the roomiest others.
-async fn placement(args: &DatasetArgs, replicas: usize) -> anyhow::Result<Vec<ReplicaLocation>> {
+/// Where the dataset goes: `storage` (or the roomiest node) first, then the roomiest others.
+async fn placement(
+    profile: &ClientProfile,
+    storage: Option<&str>,
+    replicas: usize,
+) -> anyhow::Result<Vec<ReplicaLocation>> {
     if replicas == 0 {
         bail!("--replicas must be at least 1");
     }
-    let mut up = storage_nodes_up(args).await?;
+    let mut up = storage_nodes_up(profile).await?;
     let free = |n: &NodeStatus| {
         let held: u64 = n.holdings.iter().map(|h| h.bytes).sum();
         n.capacity.storage_bytes.saturating_sub(held)
     };
     up.sort_by_key(|n| std::cmp::Reverse(free(n)));
-    if let Some(addr) = &args.storage {
-        let Some(at) = up.iter().position(|n| &n.quic_addr == addr) else {
+    if let Some(addr) = storage {
+        let Some(at) = up.iter().position(|n| n.quic_addr == addr) else {
             bail!("--storage {addr} is not a storage node the scheduler lists up");
         };
         let first = up.remove(at);
@@ -285,12 +289,61 @@ fn progress_bar(total: u64) -> ProgressBar {
 }
 
 async fn run_import(args: &DatasetArgs, import: &ImportArgs) -> anyhow::Result<()> {
-    // Everything that can be refused is checked before a byte is sent.
     let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+    let profile = args.client.load()?;
+    let imported = import_dataset(&profile, args.storage.as_deref(), &key, import).await?;
+    let manifest = &imported.manifest;
+    let value = json!({
+        "dataset": imported.dataset,
+        "asset": imported.asset.to_string(),
+        "name": manifest.name,
+        "rows": manifest.rows,
+        "train_shards": manifest.train.len(),
+        "test_shards": manifest.test.len(),
+        "classes": manifest.classes.len(),
+        "features": manifest.features.len(),
+        "replicas": imported.replicas.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "fee": manifest.fee,
+    });
+    print_out(args.json, value, || {
+        format!(
+            "imported {}: {} rows, {} features, {} classes, {} shards on {} storage nodes\n\
+             dataset {}\nasset   {} (owner {})",
+            manifest.name,
+            manifest.rows,
+            manifest.features.len(),
+            manifest.classes.len(),
+            manifest.shards().count(),
+            imported.replicas.len(),
+            imported.dataset,
+            imported.asset,
+            key.address()
+        )
+    });
+    Ok(())
+}
+
+/// A dataset on the grid: stored on its replicas, its asset minted.
+pub struct Imported {
+    pub dataset: String,
+    pub asset: AssetId,
+    pub manifest: Manifest,
+    pub replicas: Vec<NodeId>,
+}
+
+/// Preprocesses `import.file`, uploads it to the first of its replicas (placed on all of them),
+/// and mints its Dataset asset to `key`; if the mint fails, the stored copies are removed.
+pub async fn import_dataset(
+    profile: &ClientProfile,
+    storage: Option<&str>,
+    key: &Keypair,
+    import: &ImportArgs,
+) -> anyhow::Result<Imported> {
+    // Everything that can be refused is checked before a byte is sent.
     let file_size = std::fs::metadata(&import.file)
         .with_context(|| format!("reading {}", import.file.display()))?
         .len();
-    let replicas = placement(args, import.replicas).await?;
+    let replicas = placement(profile, storage, import.replicas).await?;
     let name = import.name.clone().unwrap_or_else(|| {
         import
             .file
@@ -304,7 +357,7 @@ async fn run_import(args: &DatasetArgs, import: &ImportArgs) -> anyhow::Result<(
         seed: import.seed,
         ..ImportOptions::new(&import.label)
     };
-    let storage = dial_storage(args, &replicas[0].quic_addr).await?;
+    let storage = dial_storage(profile, &replicas[0].quic_addr).await?;
 
     // Two passes over the file: the bar covers both; the message counts rows and bytes sent.
     let bar = progress_bar(file_size.saturating_mul(2));
@@ -335,8 +388,13 @@ async fn run_import(args: &DatasetArgs, import: &ImportArgs) -> anyhow::Result<(
     let (dataset, placed) = sink.commit(&manifest).await?;
     bar.finish_and_clear();
 
-    let asset = match mint(args, &key, &name, &manifest, import.fee).await {
-        Ok(asset) => asset,
+    match mint(profile, key, &name, &manifest, import.fee).await {
+        Ok(asset) => Ok(Imported {
+            dataset,
+            asset,
+            manifest,
+            replicas: placed,
+        }),
         Err(error) => {
             // No half dataset: without its asset, the stored copies are removed again.
             let dropped = storage
@@ -352,43 +410,18 @@ async fn run_import(args: &DatasetArgs, import: &ImportArgs) -> anyhow::Result<(
             };
             bail!("minting the Dataset asset failed: {error:#}; {cleanup}");
         }
-    };
-    let shards = manifest.shards().count();
-    let value = json!({
-        "dataset": dataset,
-        "asset": asset.to_string(),
-        "name": name,
-        "rows": manifest.rows,
-        "train_shards": manifest.train.len(),
-        "test_shards": manifest.test.len(),
-        "classes": manifest.classes.len(),
-        "features": manifest.features.len(),
-        "replicas": placed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        "fee": manifest.fee,
-    });
-    print_out(args.json, value, || {
-        format!(
-            "imported {name}: {} rows, {} features, {} classes, {shards} shards on {} storage nodes\n\
-             dataset {dataset}\nasset   {asset} (owner {})",
-            manifest.rows,
-            manifest.features.len(),
-            manifest.classes.len(),
-            placed.len(),
-            key.address()
-        )
-    });
-    Ok(())
+    }
 }
 
 /// Mints the Dataset asset whose content hash names the manifest; answers its id.
 async fn mint(
-    args: &DatasetArgs,
+    profile: &ClientProfile,
     key: &Keypair,
     name: &str,
     manifest: &Manifest,
     fee: Amount,
 ) -> anyhow::Result<AssetId> {
-    let scheduler = nodes::connect(&args.client.load()?).await?;
+    let scheduler = nodes::connect(profile).await?;
     let full = manifest.to_json();
     // The ledger keeps at most 64 KiB of manifest: a larger one is published without its
     // shard lists (the storage nodes hold it whole; its hash is still the content hash).
@@ -445,9 +478,45 @@ async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::R
         );
     }
     let dataset = dataset_id_of_hash(&asset.metadata.content_hash);
-    let storage = dial_storage(args, &pick_storage(args, Some(&dataset)).await?).await?;
+    // Where to read it: --storage, else the nodes reporting it intact, else the replicas its
+    // published manifest names (reports lag an import by a heartbeat).
+    let mut candidates: Vec<String> = match pick_storage(args, Some(&dataset)).await {
+        Ok(addr) => vec![addr],
+        Err(_) => Vec::new(),
+    };
+    if args.storage.is_none() {
+        let published: serde_json::Value = serde_json::from_str(&asset.metadata.manifest).unwrap_or_default();
+        if let Some(replicas) = published["replicas"].as_array() {
+            candidates.extend(
+                replicas
+                    .iter()
+                    .filter_map(|r| r["quic_addr"].as_str().map(String::from)),
+            );
+        }
+    }
+    let mut found = None;
+    let mut failures = Vec::new();
+    for addr in &candidates {
+        let attempt = async {
+            let storage = dial_storage(&profile, addr).await?;
+            let held = stat(&storage, &dataset).await?;
+            anyhow::Ok((storage, held))
+        };
+        match attempt.await {
+            Ok(ok) => {
+                found = Some(ok);
+                break;
+            }
+            Err(e) => failures.push(format!("{addr}: {e:#}")),
+        }
+    }
+    let Some((storage, held)) = found else {
+        bail!(
+            "no storage node could serve dataset {dataset}: {}",
+            failures.join("; ")
+        );
+    };
     // The storage node's manifest must be the one the asset names.
-    let held = stat(&storage, &dataset).await?;
     let manifest = Manifest::from_json(&held.summary.manifest).map_err(|e| anyhow::anyhow!(e))?;
     if manifest_hash(&manifest) != asset.metadata.content_hash {
         bail!("the storage node's manifest for {dataset} does not match the asset's content hash");

@@ -10,6 +10,8 @@
 //!   config/<name>.toml     each service's config, the same files in both modes
 //!   client.toml            the profile for `aic nodes --profile …`
 //!   genesis.toml           the ledger's genesis; wallets/<holder>.key spend its shares
+//!   data/digits.csv        the bundled dataset, imported at start (wallets/data-owner.key owns it)
+//!   data/<storage node>/   each storage node's shards and catalog
 //!   ledger/<scheduler>/    each replica's Raft log and snapshots
 //!   run/<name>.ready       bound addresses (process mode)
 //!   logs/<name>.log        each process's log (process mode)
@@ -150,6 +152,8 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         join_replicas(&client, &replicas).await?;
         let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
         let nodes = wait_until_up(&client, deadline, &mut grid).await?;
+        wait_for_ledger(&client, deadline).await?;
+        let digits = import_digits(dir, &profile).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
         let chain_verified = ledger_client::verify(&client).await.is_ok();
         report(
@@ -160,6 +164,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             &metrics_urls,
             &ledger,
             chain_verified,
+            &digits,
         )?;
         if !args.once {
             shutdown_signal().await?;
@@ -169,6 +174,29 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
     .await;
     grid.stop().await;
     outcome
+}
+
+/// The bundled digits data imported the way `aic dataset import` does it: preprocessed, placed on
+/// both storage nodes, its Dataset asset minted to the `data-owner` wallet (fee 1 AIC per use).
+async fn import_digits(dir: &Path, profile: &ClientProfile) -> anyhow::Result<crate::dataset::Imported> {
+    let file = dir.join("data").join("digits.csv");
+    std::fs::create_dir_all(dir.join("data"))?;
+    std::fs::write(&file, aic_storage_node::bundled::DIGITS_CSV)?;
+    let owner = Keypair::generate();
+    ledger_client::save_wallet(&dir.join("wallets").join("data-owner.key"), &owner)?;
+    let import = crate::dataset::ImportArgs {
+        file,
+        label: aic_storage_node::bundled::DIGITS_LABEL.into(),
+        name: Some("digits".into()),
+        shard_rows: 256,
+        test_fraction: 0.2,
+        seed: 42,
+        fee: "1".parse().expect("an amount"),
+        replicas: STORAGE_NODES.len(),
+    };
+    crate::dataset::import_dataset(profile, None, &owner, &import)
+        .await
+        .context("importing the bundled digits dataset")
 }
 
 /// Makes a wallet for each genesis holder and the system key, and writes the genesis file.
@@ -427,6 +455,7 @@ fn report(
     metrics: &Map<String, Value>,
     ledger: &LedgerStatus,
     chain_verified: bool,
+    digits: &crate::dataset::Imported,
 ) -> anyhow::Result<()> {
     let mode = if args.processes { "processes" } else { "in-process" };
     let replica_name = |id: u64| {
@@ -451,6 +480,15 @@ fn report(
         "chain_verified": chain_verified,
     });
     let nodes_command = format!("aic nodes --profile {}", profile_path.display());
+    let dataset_json = json!({
+        "id": digits.dataset,
+        "asset": digits.asset.to_string(),
+        "name": digits.manifest.name,
+        "rows": digits.manifest.rows,
+        "train_shards": digits.manifest.train.len(),
+        "test_shards": digits.manifest.test.len(),
+        "replicas": digits.replicas.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+    });
     if args.json {
         let status = json!({
             "data_dir": dir.display().to_string(),
@@ -458,6 +496,7 @@ fn report(
             "nodes": nodes::nodes_json(nodes),
             "metrics": metrics,
             "ledger": ledger_json,
+            "datasets": [dataset_json],
             "profile": profile_path.display().to_string(),
         });
         println!("{}", serde_json::to_string(&status)?);
@@ -485,6 +524,16 @@ fn report(
             "NOT verified"
         }
     );
+    println!(
+        "\ndataset {} ({}): {} rows in {} train + {} test shards on {} storage nodes, asset {}",
+        digits.manifest.name,
+        digits.dataset,
+        digits.manifest.rows,
+        digits.manifest.train.len(),
+        digits.manifest.test.len(),
+        digits.replicas.len(),
+        digits.asset
+    );
     println!("\nmetrics:");
     for (name, url) in metrics {
         println!("  {name:<12} {}", url.as_str().unwrap_or_default());
@@ -497,6 +546,11 @@ fn report(
         dir.join("wallets/fundraiser.key").display()
     );
     println!("  aic chain verify --profile {}", profile_path.display());
+    println!(
+        "  aic dataset stat {} --profile {}",
+        digits.dataset,
+        profile_path.display()
+    );
     if !args.once {
         println!("Ctrl-C stops the devnet.");
     }

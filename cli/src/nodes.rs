@@ -136,6 +136,12 @@ pub fn nodes_json(nodes: &[NodeStatus]) -> Value {
                         "peer_name": names.get(&rtt.peer.to_string()).cloned().unwrap_or_default(),
                         "rtt_us": rtt.rtt_micros,
                     })).collect::<Vec<_>>(),
+                    "holdings": node.holdings.iter().map(|h| json!({
+                        "dataset": h.dataset,
+                        "healthy_shards": h.healthy_shards,
+                        "shards": h.shards,
+                        "bytes": h.bytes,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect(),

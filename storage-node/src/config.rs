@@ -23,7 +23,9 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     /// Bytes offered to the grid.
     pub capacity_bytes: u64,
-    /// Where shards live: empty for `<data_dir>/shards`, a directory, `file://…` or `memory://`.
+    /// Where shards live: empty for `<data_dir>/shards`, a directory, `file://…`, `memory://`,
+    /// or a bucket: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`
+    /// (credentials from the `AWS_*`, `GOOGLE_*` or `AZURE_*` environment variables).
     pub store: String,
     /// How often the scrubber re-checks every shard at rest.
     pub scrub_interval_secs: u64,
@@ -74,6 +76,16 @@ impl Validate for StorageConfig {
                 "storage.trusted_schedulers",
                 format!("{bad:?} is not a 64-digit hex node id"),
             ));
+        }
+        if let Some((scheme, _)) = self.storage.store.split_once("://") {
+            if !["file", "memory", "s3", "gs", "az", "azure"].contains(&scheme) {
+                return Err(Invalid::new(
+                    "storage.store",
+                    format!(
+                        "unknown scheme {scheme}://; use a path, file://, memory://, s3://, gs:// or az://"
+                    ),
+                ));
+            }
         }
         if self.storage.scrub_interval_secs == 0 {
             return Err(Invalid::new("storage.scrub_interval_secs", "must be at least 1"));

@@ -6,6 +6,7 @@
 //! exports them to the Dataset asset's owner, and scrubs and repairs them from other replicas.
 
 mod api;
+pub mod bundled;
 pub mod catalog;
 pub mod config;
 mod export;

@@ -84,27 +84,28 @@ impl ShardStore {
         if bucket.is_empty() {
             return Err(bad("the URL names no bucket".into()));
         }
-        let inner: Arc<dyn ObjectStore> =
-            match scheme {
-                "s3" => Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
-                        .with_bucket_name(bucket)
-                        .build()?,
-                ),
-                "gs" => Arc::new(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                        .with_bucket_name(bucket)
-                        .build()?,
-                ),
-                "az" | "azure" => Arc::new(
-                    object_store::azure::MicrosoftAzureBuilder::from_env()
-                        .with_container_name(bucket)
-                        .build()?,
-                ),
-                other => return Err(bad(format!(
+        let inner: Arc<dyn ObjectStore> = match scheme {
+            "s3" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()?,
+            ),
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()?,
+            ),
+            "az" | "azure" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .build()?,
+            ),
+            other => {
+                return Err(bad(format!(
                     "unknown store scheme {other}://; use a path, file://, memory://, s3://, gs:// or az://"
-                ))),
-            };
+                )))
+            }
+        };
         let prefix = prefix.trim_matches('/');
         Ok(ShardStore {
             inner,
