@@ -156,16 +156,14 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let digits = import_digits(dir, &profile).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
         let chain_verified = ledger_client::verify(&client).await.is_ok();
-        report(
-            dir,
-            args,
-            &profile_path,
-            &nodes,
-            &metrics_urls,
-            &ledger,
+        let status = GridStatus {
+            nodes,
+            metrics: metrics_urls,
+            ledger,
             chain_verified,
-            &digits,
-        )?;
+            digits,
+        };
+        report(dir, args, &profile_path, &status)?;
         if !args.once {
             shutdown_signal().await?;
         }
@@ -447,16 +445,24 @@ async fn wait_until_up(
     }
 }
 
-fn report(
-    dir: &Path,
-    args: &DevnetArgs,
-    profile_path: &Path,
-    nodes: &[NodeStatus],
-    metrics: &Map<String, Value>,
-    ledger: &LedgerStatus,
+/// What the devnet reports once it is up.
+struct GridStatus {
+    nodes: Vec<NodeStatus>,
+    metrics: Map<String, Value>,
+    ledger: LedgerStatus,
     chain_verified: bool,
-    digits: &crate::dataset::Imported,
-) -> anyhow::Result<()> {
+    digits: crate::dataset::Imported,
+}
+
+fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatus) -> anyhow::Result<()> {
+    let GridStatus {
+        nodes,
+        metrics,
+        ledger,
+        chain_verified,
+        digits,
+    } = status;
+    let chain_verified = *chain_verified;
     let mode = if args.processes { "processes" } else { "in-process" };
     let replica_name = |id: u64| {
         nodes
