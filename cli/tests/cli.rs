@@ -359,6 +359,23 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
         "only the devnet's own digits; nothing stored by a refused import: {listed}"
     );
 
+    // The ledger refuses the asset (its name is too long): the stored copies are dropped again.
+    let long_name = "n".repeat(300);
+    let unminted = dataset(
+        &["import", digits, "--label", "digit", "--name", &long_name],
+        owner,
+    );
+    assert!(!unminted.status.success());
+    let message = stderr(&unminted);
+    assert!(
+        message.contains("minting the Dataset asset failed")
+            && message.contains("the stored copies were removed"),
+        "{message}"
+    );
+    let listed = dataset(&["list", "--json"], owner);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "no half dataset: {listed}");
+
     let imported = dataset(
         &["import", digits, "--label", "digit", "--fee", "0.5", "--json"],
         owner,
