@@ -14,7 +14,9 @@ pub mod block_generator;
 pub mod config;
 pub mod membership;
 pub mod metrics;
+pub mod placement;
 pub mod registry;
+pub mod vivaldi;
 
 use std::sync::Arc;
 use std::time::Duration;
