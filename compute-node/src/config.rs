@@ -10,6 +10,47 @@ use serde::{Deserialize, Serialize};
 pub struct ComputeConfig {
     pub endpoint: EndpointSettings,
     pub scheduler: SchedulerLink,
+    pub compute: ComputeSettings,
+}
+
+/// Which backend runs the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendSetting {
+    /// A Vulkan GPU if there is one, else the CPU (the registration says which).
+    Auto,
+    Cpu,
+    /// Vulkan, admitting a CPU-type device (lavapipe): for tests and drills.
+    Lavapipe,
+}
+
+/// The `[compute]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeSettings {
+    pub backend: BackendSetting,
+    /// Tasks run at once (they share the one device, one after another).
+    pub task_slots: u32,
+    /// Bytes of decoded shards kept for later rounds.
+    pub cache_bytes: u64,
+    /// The ledger account paid for verified work (hex address); empty for none.
+    pub payout_address: String,
+    /// FAULT INJECTION, for verification tests and drills only: the percentage of gradient
+    /// results this node corrupts (with a digest that matches the corrupted numbers, as a
+    /// dishonest node would). 0 in production.
+    pub corrupt_results_percent: u8,
+}
+
+impl Default for ComputeSettings {
+    fn default() -> Self {
+        ComputeSettings {
+            backend: BackendSetting::Auto,
+            task_slots: 2,
+            cache_bytes: 512 * 1024 * 1024,
+            payout_address: String::new(),
+            corrupt_results_percent: 0,
+        }
+    }
 }
 
 impl Default for ComputeConfig {
@@ -20,6 +61,7 @@ impl Default for ComputeConfig {
         ComputeConfig {
             endpoint,
             scheduler: SchedulerLink::default(),
+            compute: ComputeSettings::default(),
         }
     }
 }
@@ -27,6 +69,16 @@ impl Default for ComputeConfig {
 impl Validate for ComputeConfig {
     fn validate(&self) -> Result<(), Invalid> {
         self.endpoint.validate("endpoint")?;
-        self.scheduler.validate("scheduler")
+        self.scheduler.validate("scheduler")?;
+        if self.compute.task_slots == 0 {
+            return Err(Invalid::new("compute.task_slots", "must be at least 1"));
+        }
+        if self.compute.corrupt_results_percent > 100 {
+            return Err(Invalid::new(
+                "compute.corrupt_results_percent",
+                "is a percentage, 0 to 100",
+            ));
+        }
+        aic_protocol::config::check_payout_address("compute.payout_address", &self.compute.payout_address)
     }
 }

@@ -1,30 +1,193 @@
 //! An AIC compute node.
 //!
-//! It joins the grid (registers with the scheduler, naming the compute backend it found —
-//! a Vulkan GPU or the CPU — heartbeats, measures RTTs to its peers and answers theirs). Shard
-//! fetch with a bounded cache and the execution of training tasks through `aic-kernels` come with
-//! the scheduler issue.
+//! It probes its device at start (a Vulkan GPU, else the CPU: name, memory, a short matrix-
+//! multiply benchmark) and registers it; then runs the tasks the scheduler sends: fetches the
+//! shards a task names from the storage node the allocator chose (keeping a bounded cache for
+//! later rounds), runs the kernels on the device thread, and returns the result with a digest
+//! and timings.
 
 pub mod config;
+pub mod executor;
+pub mod metrics;
+pub mod shard_cache;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aic_protocol::certs::PeerIdentity;
-use aic_protocol::messages::{Capacity, PeerRequest, PeerResponse};
-use aic_protocol::node_agent::{answer_peer, local_capacity, start_node};
-use aic_protocol::rpc::RpcHandler;
+use aic_protocol::messages::{
+    Capacity, PeerRequest, PeerResponse, TaskKind, TaskResult, TaskSpec, MAX_PARAMETERS, MAX_TASK_SHARDS,
+};
+use aic_protocol::node_agent::{answer_peer, local_capacity, start_node, NodeExtras};
+use aic_protocol::rpc::{RpcClient, RpcHandler};
 use aic_protocol::service::{BoundSockets, ServiceHandle};
-use aic_protocol::{Role, RpcError};
+use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::{ErrorCode, Role, RpcError};
+use arrow_array::RecordBatch;
+use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use config::BackendSetting;
 pub use config::ComputeConfig;
+use executor::Executor;
+use shard_cache::ShardCache;
 
-/// What a compute node answers over QUIC.
-struct ComputeApi;
+/// How long dialing a storage node may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one shard fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct ComputeNode {
+    executor: Executor,
+    backend: String,
+    cache: Mutex<ShardCache>,
+    slots: Semaphore,
+    outbound: quinn::Endpoint,
+    storage: Mutex<HashMap<String, RpcClient>>,
+    metrics: metrics::ComputeMetrics,
+    corrupt_percent: u8,
+}
+
+struct ComputeApi(Arc<ComputeNode>);
 
 impl RpcHandler for ComputeApi {
     async fn peer(&self, _peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
-        answer_peer(request)
+        match request {
+            PeerRequest::RunTask(spec) => {
+                let kind = kind_label(spec.kind);
+                let started = Instant::now();
+                let result = self.0.run_task(*spec).await;
+                self.0
+                    .metrics
+                    .tasks
+                    .with_label_values(&[kind, if result.is_ok() { "ok" } else { "error" }])
+                    .inc();
+                self.0
+                    .metrics
+                    .task_duration
+                    .with_label_values(&[kind])
+                    .observe(started.elapsed().as_secs_f64());
+                result.map(|r| PeerResponse::TaskDone(Box::new(r)))
+            }
+            other => answer_peer(other),
+        }
+    }
+}
+
+fn kind_label(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Gradient => "gradient",
+        TaskKind::Evaluate => "evaluate",
+    }
+}
+
+impl ComputeNode {
+    async fn run_task(&self, spec: TaskSpec) -> Result<TaskResult, RpcError> {
+        let invalid = |m: String| RpcError::new(ErrorCode::InvalidArgument, m);
+        if spec.shards.is_empty() || spec.shards.len() > MAX_TASK_SHARDS {
+            return Err(invalid(format!("a task names 1 to {MAX_TASK_SHARDS} shards")));
+        }
+        if spec.weights.len() > MAX_PARAMETERS || spec.weights.len() as u64 != spec.model.parameters() {
+            return Err(invalid(format!(
+                "the model has {} parameters, the task sent {}",
+                spec.model.parameters(),
+                spec.weights.len()
+            )));
+        }
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| RpcError::new(ErrorCode::Unavailable, "shutting down"))?;
+        let fetch_started = Instant::now();
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        let mut cache_hits = 0u32;
+        for source in &spec.shards {
+            if let Some(cached) = self.cache.lock().await.get(&source.dataset, &source.shard) {
+                cache_hits += 1;
+                self.metrics.cache.with_label_values(&["hit"]).inc();
+                batches.extend(cached.iter().cloned());
+                continue;
+            }
+            self.metrics.cache.with_label_values(&["miss"]).inc();
+            let fetched = Arc::new(self.fetch(source).await?);
+            self.metrics
+                .fetched_bytes
+                .inc_by(fetched.iter().map(|b| b.get_array_memory_size() as u64).sum());
+            batches.extend(fetched.iter().cloned());
+            self.cache
+                .lock()
+                .await
+                .insert(&source.dataset, source.shard, fetched);
+        }
+        let fetch_micros = fetch_started.elapsed().as_micros() as u64;
+        let compute_started = Instant::now();
+        let mut computed = self
+            .executor
+            .run(spec.kind, spec.model, spec.weights, spec.label, batches)
+            .await
+            .map_err(|e| RpcError::new(ErrorCode::InvalidArgument, e))?;
+        let compute_micros = compute_started.elapsed().as_micros() as u64;
+        if spec.kind == TaskKind::Gradient
+            && self.corrupt_percent > 0
+            && rand::random_range(0..100u8) < self.corrupt_percent
+        {
+            // Fault injection (tests and drills): a plausible-looking wrong gradient.
+            tracing::warn!(task = %spec.task, "fault injection: corrupting this result");
+            computed.values.iter_mut().for_each(|g| *g = -*g * 3.0 + 0.01);
+        }
+        let digest = TaskResult::compute_digest(
+            &spec.task,
+            computed.rows,
+            computed.loss,
+            &computed.values,
+            computed.correct,
+        );
+        Ok(TaskResult {
+            task: spec.task,
+            rows: computed.rows,
+            loss: computed.loss,
+            values: computed.values,
+            correct: computed.correct,
+            digest,
+            fetch_micros,
+            compute_micros,
+            cache_hits,
+            backend: self.backend.clone(),
+        })
+    }
+
+    async fn fetch(
+        &self,
+        source: &aic_protocol::messages::ShardSource,
+    ) -> Result<Vec<RecordBatch>, RpcError> {
+        let unavailable = |m: String| RpcError::new(ErrorCode::Unavailable, m);
+        let client = {
+            let mut clients = self.storage.lock().await;
+            match clients.get(&source.storage).filter(|c| !c.is_closed()) {
+                Some(client) => client.clone(),
+                None => {
+                    let connect = RpcClient::connect(&self.outbound, &source.storage, Role::Storage);
+                    let client = tokio::time::timeout(DIAL_TIMEOUT, connect)
+                        .await
+                        .map_err(|_| unavailable(format!("storage node {} did not answer", source.storage)))?
+                        .map_err(|e| unavailable(format!("storage node {}: {e}", source.storage)))?
+                        .with_timeout(FETCH_TIMEOUT);
+                    clients.insert(source.storage.clone(), client.clone());
+                    client
+                }
+            }
+        };
+        aic_storage_node::shard_fetch::fetch_shard(&client, &source.dataset, &source.shard, &source.ticket)
+            .await
+            .map_err(|e| match e {
+                aic_storage_node::shard_fetch::FetchError::Transport(aic_protocol::Error::Rpc(e)) => e,
+                other => unavailable(format!(
+                    "fetching shard {} from {}: {other}",
+                    source.shard, source.storage
+                )),
+            })
     }
 }
 
@@ -34,25 +197,55 @@ pub fn start(
     bound: BoundSockets,
     shutdown: CancellationToken,
 ) -> aic_protocol::Result<ServiceHandle> {
-    // The device this node would train on: a Vulkan GPU if there is one, else the CPU backend;
-    // the registration says which.
-    let device = match aic_kernels::open(aic_kernels::BackendChoice::Auto) {
-        Ok(backend) => backend.describe(),
-        Err(error) => format!("cpu (backend probe failed: {error})"),
+    let choice = match config.compute.backend {
+        BackendSetting::Auto => aic_kernels::BackendChoice::Auto,
+        BackendSetting::Cpu => aic_kernels::BackendChoice::Cpu,
+        BackendSetting::Lavapipe => aic_kernels::BackendChoice::Vulkan {
+            allow_cpu_device: true,
+        },
     };
+    let (executor, probe) = Executor::start(choice)
+        .map_err(|e| aic_protocol::Error::Transport(format!("opening the compute backend: {e}")))?;
+    let host = local_capacity();
+    tracing::info!(device = %probe.describe, mflops = probe.mflops, "device probed");
     let capacity = Capacity {
-        device,
-        ..local_capacity()
+        device: probe.describe.clone(),
+        device_memory_bytes: probe.memory_bytes.unwrap_or(host.memory_bytes),
+        measured_mflops: probe.mflops,
+        task_slots: config.compute.task_slots,
+        ..host
     };
+    let identity = config.endpoint.tls.load()?;
+    let tuning = TransportTuning::default();
+    let outbound = transport::endpoint(
+        transport::bind_udp("0.0.0.0:0".parse().expect("an address"), &tuning)?,
+        &identity,
+        &tuning,
+    )?;
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::ComputeMetrics::register(&registry, probe.mflops)?;
+    let node = Arc::new(ComputeNode {
+        executor,
+        backend: probe.describe,
+        cache: Mutex::new(ShardCache::new(config.compute.cache_bytes)),
+        slots: Semaphore::new(config.compute.task_slots as usize),
+        outbound,
+        storage: Mutex::new(HashMap::new()),
+        metrics,
+        corrupt_percent: config.compute.corrupt_results_percent,
+    });
     start_node(
         Role::Compute,
         &config.endpoint,
         &config.scheduler,
         capacity,
         bound,
-        Arc::new(ComputeApi),
-        prometheus::Registry::new(),
-        aic_protocol::node_agent::NodeExtras::default(),
+        Arc::new(ComputeApi(node)),
+        registry,
+        NodeExtras {
+            payout_address: config.compute.payout_address.clone(),
+            ..Default::default()
+        },
         shutdown,
     )
 }

@@ -31,6 +31,12 @@ pub trait Backend {
     /// Which backend and device, for logs and registrations.
     fn describe(&self) -> String;
 
+    /// Bytes of memory the device computes in, where the backend knows (the largest
+    /// device-local heap of a GPU); `None` for the CPU, whose memory the node reports itself.
+    fn device_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// op(a)·op(b), where op transposes when asked.
     fn matmul(&mut self, a: &Matrix, b: &Matrix, transpose_a: bool, transpose_b: bool) -> Result<Matrix>;
     /// x + bias (per column), then ReLU when `relu`.

@@ -34,6 +34,8 @@ pub enum LedgerRequest {
         owner: Option<Address>,
     },
     Asset(AssetId),
+    /// A job's escrow, if open.
+    Escrow(aic_protocol::JobId),
     /// ERC721 isApprovedForAll.
     IsApprovedForAll {
         owner: Address,
@@ -111,6 +113,7 @@ pub enum LedgerResponse {
     History(Vec<HistoryEntry>),
     Assets(Vec<(AssetId, Asset)>),
     Asset(Option<Asset>),
+    Escrow(Option<crate::state::Escrow>),
     ApprovedForAll(bool),
     Blocks(Vec<(BlockHeader, Vec<[u8; 32]>)>),
     Status(LedgerStatus),

@@ -48,6 +48,12 @@ pub struct Capacity {
     pub storage_bytes: u64,
     /// The compute device in use, e.g. "cpu" or a Vulkan device name.
     pub device: String,
+    /// Memory of that device (host memory for the CPU backend).
+    pub device_memory_bytes: u64,
+    /// Measured by the node's own matrix-multiply benchmark at start; 0 for storage nodes.
+    pub measured_mflops: u64,
+    /// Tasks it runs at once.
+    pub task_slots: u32,
 }
 
 /// A node announcing itself. The node id and role are not claimed here: the scheduler takes
@@ -62,6 +68,8 @@ pub struct Registration {
     /// Where Prometheus scrapes this node (`host:port`).
     pub metrics_addr: String,
     pub capacity: Capacity,
+    /// The ledger account paid for this node's work (hex Ed25519 public key); empty if none.
+    pub payout_address: String,
 }
 
 /// A measured round trip from the reporting node to a peer.
@@ -172,6 +180,8 @@ pub struct NodeStatus {
     pub rtts: Vec<RttSample>,
     /// What a storage node last reported holding.
     pub holdings: Vec<DatasetHolding>,
+    /// The ledger account paid for the node's work (hex); empty if none.
+    pub payout_address: String,
 }
 
 /// A dataset as a storage node lists it.
@@ -356,7 +366,133 @@ impl Request for ClientRequest {
 // ---------------------------------------------------------------------------------------------
 // node → node
 
+/// The architecture a task trains, as it travels (the kernels crate has the executable form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ModelShape {
+    SoftmaxRegression {
+        features: u32,
+        classes: u32,
+    },
+    Mlp {
+        features: u32,
+        hidden: u32,
+        classes: u32,
+    },
+}
+
+impl ModelShape {
+    /// How many parameters the model has (weights and biases).
+    pub fn parameters(&self) -> u64 {
+        match *self {
+            ModelShape::SoftmaxRegression { features, classes } => (features as u64 + 1) * classes as u64,
+            ModelShape::Mlp {
+                features,
+                hidden,
+                classes,
+            } => (features as u64 + 1) * hidden as u64 + (hidden as u64 + 1) * classes as u64,
+        }
+    }
+
+    pub fn features(&self) -> u32 {
+        match *self {
+            ModelShape::SoftmaxRegression { features, .. } | ModelShape::Mlp { features, .. } => features,
+        }
+    }
+
+    pub fn classes(&self) -> u32 {
+        match *self {
+            ModelShape::SoftmaxRegression { classes, .. } | ModelShape::Mlp { classes, .. } => classes,
+        }
+    }
+}
+
+/// Where a task reads one shard, with the ticket that lets it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSource {
+    pub dataset: String,
+    pub shard: crate::ShardId,
+    /// The storage node to read from (`host:port`), chosen by the allocator.
+    pub storage: String,
+    pub ticket: crate::ticket::SignedTicket,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Mean loss and mean gradient over the shards' rows.
+    Gradient,
+    /// Mean loss and the count of correctly classified rows.
+    Evaluate,
+}
+
+/// Most shards one task may name, and most parameters a model may have on the wire.
+pub const MAX_TASK_SHARDS: usize = 256;
+pub const MAX_PARAMETERS: usize = 512 * 1024;
+
+/// One unit of work the scheduler gives a compute node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub job: crate::JobId,
+    pub task: crate::TaskId,
+    pub round: u32,
+    pub kind: TaskKind,
+    pub model: ModelShape,
+    /// Parameters in the model's tensor order, flattened.
+    pub weights: Vec<f32>,
+    /// The label column of the shards.
+    pub label: String,
+    pub shards: Vec<ShardSource>,
+}
+
+/// What a compute node returns for a task, with a digest binding the numbers to the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task: crate::TaskId,
+    pub rows: u64,
+    pub loss: f32,
+    /// Gradient: the mean gradient, flattened like the weights. Evaluate: empty.
+    pub values: Vec<f32>,
+    /// Evaluate: rows classified correctly. Gradient: 0.
+    pub correct: u64,
+    pub digest: [u8; 32],
+    pub fetch_micros: u64,
+    pub compute_micros: u64,
+    /// Shards served from the node's cache rather than fetched.
+    pub cache_hits: u32,
+    /// The backend that ran it, e.g. a Vulkan device name or "cpu".
+    pub backend: String,
+}
+
+impl TaskResult {
+    /// The digest of the result's numbers for `task`: what the node signs off on and what a
+    /// re-execution is compared against besides the tolerance check.
+    pub fn compute_digest(
+        task: &crate::TaskId,
+        rows: u64,
+        loss: f32,
+        values: &[f32],
+        correct: u64,
+    ) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"aic-task-result-v1");
+        hasher.update(task.as_bytes());
+        hasher.update(&rows.to_le_bytes());
+        hasher.update(&loss.to_le_bytes());
+        hasher.update(&correct.to_le_bytes());
+        for v in values {
+            hasher.update(&v.to_le_bytes());
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    /// Whether the digest matches the numbers carried.
+    pub fn digest_matches(&self) -> bool {
+        self.digest == Self::compute_digest(&self.task, self.rows, self.loss, &self.values, self.correct)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PeerRequest {
     /// An RTT probe: the answer echoes the nonce.
     Ping { nonce: u64 },
@@ -378,9 +514,11 @@ pub enum PeerRequest {
     FetchSealed { dataset: String, shard: crate::ShardId },
     /// Storage to storage: forget a replica (an import that did not complete).
     DropReplica { dataset: String },
+    /// Scheduler to compute node: run a task and answer its result.
+    RunTask(Box<TaskSpec>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PeerResponse {
     Pong {
         nonce: u64,
@@ -402,6 +540,7 @@ pub enum PeerResponse {
         bytes: Vec<u8>,
     },
     Dropped,
+    TaskDone(Box<TaskResult>),
 }
 
 impl Request for PeerRequest {
@@ -415,6 +554,7 @@ impl Request for PeerRequest {
             PeerRequest::Replicate { .. } => "replicate",
             PeerRequest::FetchSealed { .. } => "fetch_sealed",
             PeerRequest::DropReplica { .. } => "drop_replica",
+            PeerRequest::RunTask(_) => "run_task",
         }
     }
 
@@ -425,6 +565,7 @@ impl Request for PeerRequest {
             PeerRequest::Replicate { .. }
             | PeerRequest::FetchSealed { .. }
             | PeerRequest::DropReplica { .. } => STORAGE,
+            PeerRequest::RunTask(_) => REPLICAS,
         }
     }
 }

@@ -140,6 +140,8 @@ pub struct AgentSettings {
     pub on_registered: Option<RegisteredHook>,
     /// What a storage node holds, sent with every heartbeat.
     pub holdings: Option<watch::Receiver<Vec<DatasetHolding>>>,
+    /// The ledger account paid for this node's work.
+    pub payout_address: String,
 }
 
 /// What a role adds to the common node runtime.
@@ -147,6 +149,7 @@ pub struct AgentSettings {
 pub struct NodeExtras {
     pub on_registered: Option<RegisteredHook>,
     pub holdings: Option<watch::Receiver<Vec<DatasetHolding>>>,
+    pub payout_address: String,
 }
 
 /// Answers the node↔node conversation every node serves. Storage and compute handlers call it
@@ -160,6 +163,7 @@ pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
         | PeerRequest::DropReplica { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards"))
         }
+        PeerRequest::RunTask(_) => Err(RpcError::new(ErrorCode::Unsupported, "this node runs no tasks")),
     }
 }
 
@@ -196,6 +200,7 @@ pub fn start_node<H: RpcHandler>(
         capacity,
         on_registered: extras.on_registered,
         holdings: extras.holdings,
+        payout_address: extras.payout_address,
     };
     info!(%name, %role, node = %identity.me.node_id.short(), %quic_addr, %metrics_addr, "node starting");
 
@@ -339,6 +344,7 @@ async fn register(client: &RpcClient, settings: &AgentSettings) -> Result<(Durat
         quic_addr: settings.quic_addr.clone(),
         metrics_addr: settings.metrics_addr.clone(),
         capacity: settings.capacity.clone(),
+        payout_address: settings.payout_address.clone(),
     });
     match client.call(&registration).await? {
         NodeResponse::Registered {

@@ -14,7 +14,9 @@ pub mod block_generator;
 pub mod config;
 pub mod membership;
 pub mod metrics;
+pub mod payroll;
 pub mod placement;
+pub mod rating;
 pub mod registry;
 pub mod vivaldi;
 
@@ -85,6 +87,7 @@ pub async fn start(
         },
         rtts: Vec::new(),
         holdings: Vec::new(),
+        payout_address: String::new(),
     };
     let rules = MembershipRules {
         heartbeat_interval: Duration::from_millis(config.membership.heartbeat_interval_ms),

@@ -109,6 +109,7 @@ impl Membership {
         check_len("metrics_addr", &registration.metrics_addr, MAX_ADDR_LEN)?;
         check_len("version", &registration.version, MAX_NAME_LEN)?;
         check_len("capacity.device", &registration.capacity.device, MAX_NAME_LEN)?;
+        check_len("payout_address", &registration.payout_address, 64)?;
         if !registration.quic_addr.contains(':') {
             return Err(RpcError::new(
                 ErrorCode::InvalidArgument,
@@ -226,6 +227,7 @@ impl Membership {
                 capacity: member.registration.capacity.clone(),
                 rtts: member.rtts.clone(),
                 holdings: member.holdings.clone(),
+                payout_address: member.registration.payout_address.clone(),
             })
             .collect();
         rows.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
@@ -304,6 +306,7 @@ mod tests {
             capacity: Capacity::default(),
             rtts: Vec::new(),
             holdings: Vec::new(),
+            payout_address: String::new(),
         }
     }
 
@@ -323,6 +326,7 @@ mod tests {
             quic_addr: format!("127.0.0.1:{port}"),
             metrics_addr: format!("127.0.0.1:{}", port + 1000),
             capacity: Capacity::default(),
+            payout_address: String::new(),
         }
     }
 

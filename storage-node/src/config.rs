@@ -32,6 +32,8 @@ pub struct StorageSettings {
     /// Node ids (hex) of schedulers whose shard tickets are honoured, besides the scheduler this
     /// node registers with.
     pub trusted_schedulers: Vec<String>,
+    /// The ledger account paid for bytes served (hex address); empty for none.
+    pub payout_address: String,
 }
 
 impl Default for StorageConfig {
@@ -48,6 +50,7 @@ impl Default for StorageConfig {
                 store: String::new(),
                 scrub_interval_secs: 3600,
                 trusted_schedulers: Vec::new(),
+                payout_address: String::new(),
             },
         }
     }
@@ -87,6 +90,7 @@ impl Validate for StorageConfig {
                 ));
             }
         }
+        aic_protocol::config::check_payout_address("storage.payout_address", &self.storage.payout_address)?;
         if self.storage.scrub_interval_secs == 0 {
             return Err(Invalid::new("storage.scrub_interval_secs", "must be at least 1"));
         }

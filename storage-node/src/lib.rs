@@ -108,6 +108,7 @@ pub fn start(
         NodeExtras {
             on_registered: Some(trust_scheduler),
             holdings: Some(holdings_rx),
+            payout_address: storage.payout_address.clone(),
         },
         shutdown.clone(),
     )?;

@@ -434,6 +434,19 @@ impl Backend for VulkanBackend {
         )
     }
 
+    fn device_memory_bytes(&self) -> Option<u64> {
+        let properties = self.context.device.physical_device().memory_properties();
+        properties
+            .memory_heaps
+            .iter()
+            .filter(|heap| {
+                heap.flags
+                    .intersects(vulkano::memory::MemoryHeapFlags::DEVICE_LOCAL)
+            })
+            .map(|heap| heap.size)
+            .max()
+    }
+
     fn matmul(&mut self, a: &Matrix, b: &Matrix, transpose_a: bool, transpose_b: bool) -> Result<Matrix> {
         let dims = check_matmul(a, b, transpose_a, transpose_b)?;
         check_finite("matmul input a", &a.data)?;

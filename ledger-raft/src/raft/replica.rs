@@ -284,6 +284,9 @@ impl LedgerReplica {
             LedgerRequest::Asset(id) => Ok(LedgerResponse::Asset(
                 self.read(|a| a.state.assets.get(&id).cloned()),
             )),
+            LedgerRequest::Escrow(job) => Ok(LedgerResponse::Escrow(
+                self.read(|a| a.state.escrows.get(&job).cloned()),
+            )),
             LedgerRequest::IsApprovedForAll { owner, operator } => Ok(LedgerResponse::ApprovedForAll(
                 self.read(|a| a.state.is_approved_for_all(&owner, &operator)),
             )),

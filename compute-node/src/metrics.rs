@@ -1,0 +1,74 @@
+//! The compute node's own metrics: tasks by kind and result, their duration, shard bytes
+//! fetched, cache hits, and the device's measured speed.
+
+use aic_protocol::metrics::registered;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct ComputeMetrics {
+    pub tasks: IntCounterVec,
+    pub task_duration: HistogramVec,
+    pub fetched_bytes: IntCounter,
+    pub cache: IntCounterVec,
+    pub device_mflops: IntGauge,
+}
+
+impl ComputeMetrics {
+    pub fn register(registry: &Registry, mflops: u64) -> aic_protocol::Result<Self> {
+        let metrics = ComputeMetrics {
+            tasks: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("aic_compute_tasks_total", "Tasks run, by kind and result"),
+                    &["kind", "result"],
+                )?,
+            )?,
+            task_duration: registered(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "aic_compute_task_duration_seconds",
+                        "Time from a task's arrival to its result, shard fetch included",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.001, 4.0, 10)?),
+                    &["kind"],
+                )?,
+            )?,
+            fetched_bytes: registered(
+                registry,
+                IntCounter::new(
+                    "aic_compute_shard_fetched_bytes_total",
+                    "Decoded shard bytes fetched from storage nodes",
+                )?,
+            )?,
+            cache: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_compute_shard_cache_total",
+                        "Shard lookups in the local cache, by result",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            device_mflops: registered(
+                registry,
+                IntGauge::new(
+                    "aic_compute_device_mflops",
+                    "The device's matrix-multiply speed measured at start, MFLOP/s",
+                )?,
+            )?,
+        };
+        for kind in ["gradient", "evaluate"] {
+            metrics.task_duration.with_label_values(&[kind]);
+            for result in ["ok", "error"] {
+                metrics.tasks.with_label_values(&[kind, result]);
+            }
+        }
+        for result in ["hit", "miss"] {
+            metrics.cache.with_label_values(&[result]);
+        }
+        metrics.device_mflops.set(mflops as i64);
+        Ok(metrics)
+    }
+}
