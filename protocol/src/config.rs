@@ -126,6 +126,18 @@ fn describe_errors(errors: figment::Error) -> ConfigError {
     ConfigError::Layers(lines.join("\n"))
 }
 
+/// A node's payout address: empty (unpaid), or a ledger address in 64 hex digits.
+pub fn check_payout_address(key: &str, address: &str) -> Result<(), Invalid> {
+    if address.is_empty() || (address.len() == 64 && address.chars().all(|c| c.is_ascii_hexdigit())) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            key,
+            "must be a 64-digit hex ledger address (or empty)",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,17 +248,5 @@ mod tests {
         let sample = sample::<Sample>("test");
         let parsed: Sample = toml::from_str(&sample).unwrap();
         assert_eq!(parsed, Sample::default());
-    }
-}
-
-/// A node's payout address: empty (unpaid), or a ledger address in 64 hex digits.
-pub fn check_payout_address(key: &str, address: &str) -> Result<(), Invalid> {
-    if address.is_empty() || (address.len() == 64 && address.chars().all(|c| c.is_ascii_hexdigit())) {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            key,
-            "must be a 64-digit hex ledger address (or empty)",
-        ))
     }
 }
