@@ -136,6 +136,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             let config = aic_compute_node::ComputeConfig {
                 endpoint: loopback_endpoint(name, issue(Role::Compute, name)?.0),
                 scheduler: link.clone(),
+                ..Default::default()
             };
             let (_, metrics) = grid.start(dir, name, "compute-node", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));

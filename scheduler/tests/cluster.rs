@@ -37,6 +37,10 @@ fn start_compute(files: &IdentityFiles, scheduler: &str) -> (ServiceHandle, Canc
         scheduler: SchedulerLink {
             addr: scheduler.to_string(),
         },
+        compute: aic_compute_node::config::ComputeSettings {
+            backend: aic_compute_node::config::BackendSetting::Cpu,
+            ..Default::default()
+        },
     };
     let handle = aic_compute_node::start(
         config,
