@@ -68,6 +68,13 @@ pub struct DevnetArgs {
     /// Give up if the grid is not up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+    /// Epochs of the main job (softmax regression on the digits).
+    #[arg(long, default_value_t = 20)]
+    pub epochs: u32,
+    /// Start compute-3 corrupting this percentage of its results (fault injection, to watch
+    /// the rater catch and slash it).
+    #[arg(long, default_value_t = 0)]
+    pub faulty_percent: u8,
 }
 
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
@@ -88,6 +95,13 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         Ok((issued.save(&certs, name)?, issued.node_id))
     };
     let genesis_path = write_genesis(dir)?;
+    // Payout wallets for the providers and the model owner, and the user who pays for the job.
+    let mut payout = std::collections::BTreeMap::new();
+    for name in STORAGE_NODES.iter().chain(COMPUTE_NODES.iter()).chain(["model-owner", "user"].iter()) {
+        let key = Keypair::generate();
+        ledger_client::save_wallet(&dir.join("wallets").join(format!("{name}.key")), &key)?;
+        payout.insert(name.to_string(), key);
+    }
 
     let mut grid = if args.processes {
         Grid::Processes(Vec::new())
@@ -110,6 +124,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             config.ledger.genesis = genesis_path.clone();
             config.ledger.data_dir = dir.join("ledger").join(name);
             config.ledger.bootstrap = i == 0;
+            config.jobs.system_key = dir.join("wallets").join("system.key");
             let (addr, metrics) = grid.start(dir, name, "scheduler", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
             replicas.push(ReplicaAddr {
@@ -129,6 +144,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
                 ..Default::default()
             };
             config.storage.data_dir = dir.join("data").join(name);
+            config.storage.payout_address = payout[name].address().to_string();
             let (_, metrics) = grid.start(dir, name, "storage-node", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
         }
@@ -136,7 +152,11 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             let config = aic_compute_node::ComputeConfig {
                 endpoint: loopback_endpoint(name, issue(Role::Compute, name)?.0),
                 scheduler: link.clone(),
-                ..Default::default()
+                compute: aic_compute_node::config::ComputeSettings {
+                    payout_address: payout[name].address().to_string(),
+                    corrupt_results_percent: if name == "compute-3" { args.faulty_percent } else { 0 },
+                    ..Default::default()
+                },
             };
             let (_, metrics) = grid.start(dir, name, "compute-node", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
@@ -155,6 +175,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let nodes = wait_until_up(&client, deadline, &mut grid).await?;
         wait_for_ledger(&client, deadline).await?;
         let digits = import_digits(dir, &profile).await?;
+        let job = main_job(dir, &client, &profile, &payout, &digits, args).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
         let chain_verified = ledger_client::verify(&client).await.is_ok();
         let status = GridStatus {
@@ -163,6 +184,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             ledger,
             chain_verified,
             digits,
+            job,
         };
         report(dir, args, &profile_path, &status)?;
         if !args.once {
@@ -173,6 +195,49 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
     .await;
     grid.stop().await;
     outcome
+}
+
+/// The whole story on the digits: providers stake, a model is registered, a user funds and
+/// submits a job, the grid trains it with spot checks, the escrow settles and the trained model
+/// is minted. Answers the job's report.
+async fn main_job(
+    dir: &Path,
+    client: &RpcClient,
+    profile: &ClientProfile,
+    wallets: &std::collections::BTreeMap<String, Keypair>,
+    digits: &crate::dataset::Imported,
+    args: &DevnetArgs,
+) -> anyhow::Result<Value> {
+    let fundraiser = ledger_client::load_wallet(&dir.join("wallets").join("fundraiser.key"))?;
+    let aic = |n: &str| n.parse::<aic_ledger::Amount>().expect("an amount");
+    for (name, amount) in [("user", "1000"), ("compute-1", "100"), ("compute-2", "100"), ("compute-3", "100")] {
+        let to = wallets[name].address();
+        ledger_client::submit(client, &fundraiser, aic_ledger::Call::Transfer { to, amount: aic(amount) }).await?;
+    }
+    for name in COMPUTE_NODES {
+        ledger_client::submit(client, &wallets[name], aic_ledger::Call::Stake { amount: aic("50") }).await?;
+    }
+    let model = crate::job::register_model(
+        profile,
+        &wallets["model-owner"],
+        "softmax-64x10",
+        aic_protocol::messages::ModelShape::SoftmaxRegression {
+            features: 64,
+            classes: 10,
+        },
+        aic("0.5"),
+    )
+    .await?;
+    let submit = crate::job::SubmitArgs {
+        dataset: digits.asset,
+        model,
+        epochs: args.epochs,
+        budget: aic("50"),
+        learning_rate: 0.5,
+        detach: true,
+    };
+    let job = crate::job::submit_job(client, &wallets["user"], &submit).await?;
+    crate::job::follow(client, job, !args.json).await
 }
 
 /// The bundled digits data imported the way `aic dataset import` does it: preprocessed, placed on
@@ -453,6 +518,7 @@ struct GridStatus {
     ledger: LedgerStatus,
     chain_verified: bool,
     digits: crate::dataset::Imported,
+    job: Value,
 }
 
 fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatus) -> anyhow::Result<()> {
@@ -462,6 +528,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
         ledger,
         chain_verified,
         digits,
+        job,
     } = status;
     let chain_verified = *chain_verified;
     let mode = if args.processes { "processes" } else { "in-process" };
@@ -504,6 +571,8 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
             "metrics": metrics,
             "ledger": ledger_json,
             "datasets": [dataset_json],
+            "job": job,
+            "chain": {"height": ledger.block_height, "verified": chain_verified},
             "profile": profile_path.display().to_string(),
         });
         println!("{}", serde_json::to_string(&status)?);
@@ -541,6 +610,8 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
         digits.replicas.len(),
         digits.asset
     );
+    println!("\nthe main job: softmax regression on the digits, paid from escrow\n");
+    print!("{}", crate::job::render_report(job));
     println!("\nmetrics:");
     for (name, url) in metrics {
         println!("  {name:<12} {}", url.as_str().unwrap_or_default());

@@ -6,6 +6,7 @@ mod ca;
 mod chain;
 mod dataset;
 mod devnet;
+mod job;
 mod ledger_client;
 mod nodes;
 mod roles;
@@ -53,8 +54,12 @@ enum Command {
     Chain(chain::ChainArgs),
     /// The ledger's replicas: status and membership changes.
     Ledger(chain::LedgerArgs),
-    /// Datasets on storage nodes: list, preview.
+    /// Datasets on storage nodes: list, stat, preview, import, export.
     Dataset(dataset::DatasetArgs),
+    /// Model assets: register an architecture others may train.
+    Model(job::ModelArgs),
+    /// Training jobs: submit, status, result, cancel.
+    Job(job::JobArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -102,6 +107,8 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::Chain(args) => chain::run(args).await,
             Command::Ledger(args) => chain::run_ledger(args).await,
             Command::Dataset(args) => dataset::run(args).await,
+            Command::Model(args) => job::run_model(args).await,
+            Command::Job(args) => job::run_job(args).await,
             Command::Ca(_) => unreachable!("handled synchronously"),
         }
     })

@@ -265,6 +265,18 @@ impl OwnerProof {
     }
 }
 
+/// A training job as a user asks for it. The budget is the job's escrow on the ledger, opened
+/// by the payer before the job is submitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub job: crate::JobId,
+    pub dataset_asset: crate::AssetId,
+    pub model_asset: crate::AssetId,
+    pub epochs: u32,
+    /// The SGD learning rate in thousandths.
+    pub learning_rate_milli: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     ListNodes,
@@ -309,6 +321,18 @@ pub enum ClientRequest {
         shard: crate::ShardId,
         proof: OwnerProof,
     },
+    /// What a job would cost at most: the budget its escrow must hold.
+    QuoteJob(JobRequest),
+    /// Starts a job whose escrow is open on the ledger.
+    SubmitJob(JobRequest),
+    JobStatus {
+        job: crate::JobId,
+    },
+    CancelJob {
+        job: crate::JobId,
+    },
+    /// Each node's spot-check record and the penalties the rater has given.
+    Ratings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -333,6 +357,13 @@ pub enum ClientResponse {
     ExportChunk {
         bytes: Vec<u8>,
     },
+    /// The most the job may cost (decimal AIC), and how that was reckoned.
+    JobQuote { amount: String, detail: String },
+    /// A job's state and its report (JSON: tasks and their cost terms, spot checks,
+    /// penalties, payments, accuracy).
+    Job { state: String, report: String },
+    /// The rater's records and penalties, as JSON.
+    Ratings { report: String },
 }
 
 impl Request for ClientRequest {
@@ -351,6 +382,11 @@ impl Request for ClientRequest {
             ClientRequest::CommitImport { .. } => "commit_import",
             ClientRequest::DropDataset { .. } => "drop_dataset",
             ClientRequest::Export { .. } => "export",
+            ClientRequest::QuoteJob(_) => "quote_job",
+            ClientRequest::SubmitJob(_) => "submit_job",
+            ClientRequest::JobStatus { .. } => "job_status",
+            ClientRequest::CancelJob { .. } => "cancel_job",
+            ClientRequest::Ratings => "ratings",
         }
     }
 
@@ -367,8 +403,9 @@ impl Request for ClientRequest {
 // node → node
 
 /// The architecture a task trains, as it travels (the kernels crate has the executable form).
+/// Externally tagged: postcard cannot decode internally tagged enums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case")]
 pub enum ModelShape {
     SoftmaxRegression {
         features: u32,

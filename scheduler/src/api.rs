@@ -18,10 +18,23 @@ use crate::registry::{ListNodes, ReceiveHeartbeat, Register, Registry};
 pub struct SchedulerApi {
     pub registry: Addr<Registry>,
     pub ledger: Arc<LedgerReplica>,
+    pub jobs: crate::job::JobContext,
 }
 
 fn unavailable(error: actix::MailboxError) -> RpcError {
     RpcError::new(ErrorCode::Unavailable, format!("registry unavailable: {error}"))
+}
+
+impl SchedulerApi {
+    async fn job_status(&self, job: aic_protocol::JobId) -> Result<ClientResponse, RpcError> {
+        match self.jobs.board.send(crate::job::Status { job }).await.map_err(unavailable)? {
+            Some((state, report)) => Ok(ClientResponse::Job {
+                state: state.as_str().to_string(),
+                report: report.to_string(),
+            }),
+            None => Err(RpcError::new(ErrorCode::NotFound, format!("no job {job} on this scheduler"))),
+        }
+    }
 }
 
 impl RpcHandler for SchedulerApi {
@@ -41,13 +54,52 @@ impl RpcHandler for SchedulerApi {
         }
     }
 
-    async fn client(&self, _peer: &PeerIdentity, request: ClientRequest) -> Result<ClientResponse, RpcError> {
+    async fn client(&self, peer: &PeerIdentity, request: ClientRequest) -> Result<ClientResponse, RpcError> {
         match request {
             ClientRequest::ListNodes => Ok(ClientResponse::Nodes(
                 self.registry.send(ListNodes).await.map_err(unavailable)?,
             )),
             ClientRequest::Ledger(payload) => {
                 Ok(ClientResponse::Ledger(self.ledger.handle_client(&payload).await))
+            }
+            ClientRequest::QuoteJob(request) => {
+                let (amount, detail) = crate::job::quote(&self.jobs, &request).await?;
+                Ok(ClientResponse::JobQuote {
+                    amount: amount.to_string(),
+                    detail,
+                })
+            }
+            ClientRequest::SubmitJob(request) => {
+                let job = request.job;
+                crate::job::submit(&self.jobs, request, peer.node_id).await?;
+                self.job_status(job).await
+            }
+            ClientRequest::JobStatus { job } => self.job_status(job).await,
+            ClientRequest::CancelJob { job } => {
+                self.jobs
+                    .board
+                    .send(crate::job::Cancel {
+                        job,
+                        caller: peer.node_id,
+                    })
+                    .await
+                    .map_err(unavailable)??;
+                self.job_status(job).await
+            }
+            ClientRequest::Ratings => {
+                let (records, penalties) = self.jobs.rater.send(crate::rater::Records).await.map_err(unavailable)?;
+                let records: serde_json::Map<String, serde_json::Value> = records
+                    .iter()
+                    .map(|(node, r)| {
+                        (
+                            node.to_string(),
+                            serde_json::json!({"matches": r.matches, "mismatches": r.mismatches, "reputation": r.reputation, "check_rate": r.check_rate()}),
+                        )
+                    })
+                    .collect();
+                Ok(ClientResponse::Ratings {
+                    report: serde_json::json!({"records": records, "penalties": penalties}).to_string(),
+                })
             }
             ClientRequest::ListDatasets
             | ClientRequest::Preview { .. }

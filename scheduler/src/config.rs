@@ -12,6 +12,42 @@ pub struct SchedulerConfig {
     pub endpoint: EndpointSettings,
     pub membership: MembershipSettings,
     pub ledger: LedgerSettings,
+    pub jobs: JobSettings,
+}
+
+/// The `[jobs]` table: training jobs run by this scheduler and what they cost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// The genesis system key (a wallet file: 64 hex digits) that signs payroll, slashing and
+    /// minting; without it this scheduler refuses jobs.
+    pub system_key: PathBuf,
+    /// AIC per million rows through a kernel (decimal text).
+    pub compute_per_million_rows: String,
+    /// AIC per 10^9 bytes of shards served (decimal text).
+    pub storage_per_gb: String,
+    /// Share of compute and storage pay burned as the platform fee.
+    pub platform_fee_percent: u8,
+    /// AIC slashed from a node's stake for a confirmed wrong result (at most its stake).
+    pub slash_aic: String,
+    /// Synchronous SGD steps per epoch (the training shards are split among them).
+    pub steps_per_epoch: u32,
+    /// How long one task may run before it is placed elsewhere.
+    pub task_timeout_ms: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            system_key: PathBuf::new(),
+            compute_per_million_rows: "1".into(),
+            storage_per_gb: "1".into(),
+            platform_fee_percent: 5,
+            slash_aic: "10".into(),
+            steps_per_epoch: 2,
+            task_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// The `[ledger]` table: this scheduler's ledger replica.
@@ -67,6 +103,7 @@ impl Default for SchedulerConfig {
             endpoint,
             membership: MembershipSettings::default(),
             ledger: LedgerSettings::default(),
+            jobs: JobSettings::default(),
         }
     }
 }
@@ -117,6 +154,25 @@ impl Validate for SchedulerConfig {
             return Err(Invalid::new(
                 "ledger.data_dir",
                 "ledger.data_dir and ledger.genesis must name paths",
+            ));
+        }
+        let j = &self.jobs;
+        for (key, value) in [
+            ("jobs.compute_per_million_rows", &j.compute_per_million_rows),
+            ("jobs.storage_per_gb", &j.storage_per_gb),
+            ("jobs.slash_aic", &j.slash_aic),
+        ] {
+            if value.parse::<aic_ledger::Amount>().is_err() {
+                return Err(Invalid::new(key, format!("{value:?} is not an AIC amount")));
+            }
+        }
+        if j.platform_fee_percent > 100 {
+            return Err(Invalid::new("jobs.platform_fee_percent", "is a percentage, 0 to 100"));
+        }
+        if j.steps_per_epoch == 0 || j.task_timeout_ms < 100 {
+            return Err(Invalid::new(
+                "jobs.steps_per_epoch",
+                "steps_per_epoch must be at least 1 and task_timeout_ms at least 100",
             ));
         }
         if m.probe_targets_per_node > 16 {

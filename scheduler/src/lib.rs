@@ -9,13 +9,16 @@
 //! (`actix_rt::System::with_tokio_rt`), so quinn's tasks run on tokio workers and reach the
 //! actors through their addresses.
 
+pub mod allocator;
 pub mod api;
 pub mod block_generator;
 pub mod config;
+pub mod job;
 pub mod membership;
 pub mod metrics;
 pub mod payroll;
 pub mod placement;
+pub mod rater;
 pub mod rating;
 pub mod registry;
 pub mod vivaldi;
@@ -119,16 +122,53 @@ pub async fn start(
         .map_err(|e| StartError::Ledger(format!("the scheduler key cannot sign blocks: {e}")))?;
     let generator = BlockGenerator::new(
         ledger.clone(),
-        node_key,
+        node_key.clone(),
         Duration::from_millis(config.ledger.block_interval_ms),
     )
     .start();
     info!(%name, node = %identity.me.node_id.short(), %quic_addr, %metrics_addr, "scheduler starting");
 
+    let allocator = allocator::Allocator::default().start();
+    let rater = rater::Rater::new(allocator.clone()).start();
+    let system = if config.jobs.system_key.as_os_str().is_empty() {
+        None
+    } else {
+        let text = std::fs::read_to_string(&config.jobs.system_key)
+            .map_err(|e| StartError::Ledger(format!("jobs.system_key {}: {e}", config.jobs.system_key.display())))?;
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut secret).map_err(|_| {
+            StartError::Ledger(format!(
+                "jobs.system_key {}: not a 64-digit hex key",
+                config.jobs.system_key.display()
+            ))
+        })?;
+        Some(Arc::new(job::SystemSigner::new(aic_ledger::Keypair::from_secret(secret))))
+    };
+    let amount = |text: &str| text.parse::<aic_ledger::Amount>().map_err(|e| StartError::Ledger(e.to_string()));
+    let jobs = job::JobContext {
+        registry: registry_addr.clone(),
+        allocator,
+        rater,
+        board: job::JobBoard::default().start(),
+        ledger: ledger.clone(),
+        endpoint: endpoint.clone(),
+        ticket_key: ed25519_dalek::SigningKey::from_bytes(&node_key.secret_bytes()),
+        system,
+        pricing: payroll::Pricing {
+            compute_per_million_rows: amount(&config.jobs.compute_per_million_rows)?,
+            storage_per_gb: amount(&config.jobs.storage_per_gb)?,
+            platform_fee_percent: config.jobs.platform_fee_percent,
+        },
+        slash: amount(&config.jobs.slash_aic)?,
+        steps_per_epoch: config.jobs.steps_per_epoch,
+        task_timeout: Duration::from_millis(config.jobs.task_timeout_ms),
+    };
+
     let mut handle = ServiceHandle::new(name, quic_addr, metrics_addr, shutdown.clone());
     let api = Arc::new(api::SchedulerApi {
         registry: registry_addr.clone(),
         ledger: ledger.clone(),
+        jobs,
     });
     handle.spawn(rpc::serve(
         endpoint,

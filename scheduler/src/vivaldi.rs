@@ -52,9 +52,15 @@ impl Coordinate {
 }
 
 /// The coordinates of every node, updated sample by sample.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Coordinates<K> {
     nodes: HashMap<K, Coordinate>,
+}
+
+impl<K> Default for Coordinates<K> {
+    fn default() -> Self {
+        Coordinates { nodes: HashMap::new() }
+    }
 }
 
 impl<K: Eq + Hash + Clone + Ord> Coordinates<K> {

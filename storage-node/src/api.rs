@@ -54,7 +54,13 @@ impl RpcHandler for StorageApi {
             } => {
                 return node.export(peer, &dataset, &shard, &proof).await;
             }
-            ClientRequest::ListNodes | ClientRequest::Ledger(_) => {
+            ClientRequest::ListNodes
+            | ClientRequest::Ledger(_)
+            | ClientRequest::QuoteJob(_)
+            | ClientRequest::SubmitJob(_)
+            | ClientRequest::JobStatus { .. }
+            | ClientRequest::CancelJob { .. }
+            | ClientRequest::Ratings => {
                 return Err(RpcError::new(
                     ErrorCode::Unsupported,
                     "storage nodes serve datasets; ask a scheduler",

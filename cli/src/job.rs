@@ -1,0 +1,358 @@
+//! `aic model register` and `aic job submit|status|result|cancel`: a model asset, and a training
+//! job paid from an escrow the submitter opens.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aic_ledger::api::{LedgerRequest, LedgerResponse};
+use aic_ledger::state::Event;
+use aic_ledger::tx::{AssetKind, AssetMetadata, Call};
+use aic_ledger::{Amount, Keypair};
+use aic_protocol::messages::{ClientRequest, ClientResponse, JobRequest, ModelShape};
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::{AssetId, JobId};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::ledger_client::{self, load_wallet, wallet_path};
+use crate::nodes::{self, ClientArgs, ClientProfile};
+use crate::wallet::print_out;
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    #[command(subcommand)]
+    pub command: ModelCommand,
+    #[arg(long, global = true)]
+    pub wallet: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModelKindArg {
+    Softmax,
+    Mlp,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum ModelCommand {
+    /// Mint a Model asset: an architecture others may train, for a fee per job.
+    Register {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        kind: ModelKindArg,
+        #[arg(long)]
+        features: u32,
+        #[arg(long)]
+        classes: u32,
+        /// Hidden units (MLP only).
+        #[arg(long, default_value_t = 64)]
+        hidden: u32,
+        /// AIC paid to you each time a job uses the model.
+        #[arg(long, default_value = "0")]
+        fee: Amount,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct JobArgs {
+    #[command(subcommand)]
+    pub command: JobCommand,
+    #[arg(long, global = true)]
+    pub wallet: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum JobCommand {
+    /// Train MODEL on DATASET: quote, open the escrow, start, and follow it to the end.
+    Submit(SubmitArgs),
+    /// A job's state and progress.
+    Status { job: JobId },
+    /// A finished job's report: accuracy, tasks and their cost terms, checks, payments.
+    Result { job: JobId },
+    /// Stop a job: the work done is paid, the rest refunded.
+    Cancel { job: JobId },
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SubmitArgs {
+    #[arg(long)]
+    pub dataset: AssetId,
+    #[arg(long)]
+    pub model: AssetId,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: u32,
+    /// The most you will pay, in AIC: it goes into escrow; what is not spent comes back.
+    #[arg(long)]
+    pub budget: Amount,
+    #[arg(long, default_value_t = 0.5)]
+    pub learning_rate: f64,
+    /// Return once the job runs instead of following it.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
+    let ModelCommand::Register {
+        name,
+        kind,
+        features,
+        classes,
+        hidden,
+        fee,
+    } = &args.command;
+    let shape = match kind {
+        ModelKindArg::Softmax => ModelShape::SoftmaxRegression {
+            features: *features,
+            classes: *classes,
+        },
+        ModelKindArg::Mlp => ModelShape::Mlp {
+            features: *features,
+            hidden: *hidden,
+            classes: *classes,
+        },
+    };
+    let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+    let profile = args.client.load()?;
+    let asset = register_model(&profile, &key, name, shape, *fee).await?;
+    print_out(args.json, json!({"asset": asset.to_string(), "model": shape}), || {
+        format!("model {name} registered as asset {asset}")
+    });
+    Ok(())
+}
+
+/// Mints a Model asset whose manifest is the model's shape.
+pub async fn register_model(
+    profile: &ClientProfile,
+    key: &Keypair,
+    name: &str,
+    shape: ModelShape,
+    fee: Amount,
+) -> anyhow::Result<AssetId> {
+    if shape.features() == 0 || shape.classes() < 2 {
+        bail!("a model needs at least one feature and two classes");
+    }
+    let scheduler = nodes::connect(profile).await?;
+    let manifest = serde_json::to_string(&shape)?;
+    let call = Call::MintAsset {
+        kind: AssetKind::Model,
+        metadata: AssetMetadata {
+            name: name.to_string(),
+            content_hash: *blake3::hash(manifest.as_bytes()).as_bytes(),
+            manifest,
+            usage_fee: fee,
+        },
+    };
+    let (_, _, events) = ledger_client::submit(&scheduler, key, call).await?;
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::AssetTransfer { from: None, asset, .. } => Some(*asset),
+            _ => None,
+        })
+        .context("the mint reported no new asset")
+}
+
+pub async fn run_job(args: JobArgs) -> anyhow::Result<()> {
+    let profile = args.client.load()?;
+    let scheduler = nodes::connect(&profile).await?;
+    match &args.command {
+        JobCommand::Submit(submit) => {
+            let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+            let job = submit_job(&scheduler, &key, submit).await?;
+            if submit.detach {
+                print_out(args.json, json!({"job": job.to_string()}), || format!("job {job} is running"));
+                return Ok(());
+            }
+            let report = follow(&scheduler, job, !args.json).await?;
+            print_report(args.json, &report);
+        }
+        JobCommand::Status { job } => {
+            let (state, report) = status(&scheduler, *job).await?;
+            print_out(args.json, json!({"state": state, "rounds": report["rounds"], "epoch": report["epoch"], "loss": report["loss"]}), || {
+                format!("job {job}: {state}, round {}, loss {}", report["rounds"], report["loss"])
+            });
+        }
+        JobCommand::Result { job } => {
+            let (_, report) = status(&scheduler, *job).await?;
+            print_report(args.json, &report);
+        }
+        JobCommand::Cancel { job } => {
+            match scheduler.call(&ClientRequest::CancelJob { job: *job }).await? {
+                ClientResponse::Job { state, .. } => {
+                    print_out(args.json, json!({"job": job.to_string(), "state": state}), || {
+                        format!("job {job}: cancel requested ({state}); the work done is paid, the rest refunded")
+                    })
+                }
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Quotes the job, checks the budget and the balance, opens the escrow and starts the job.
+/// Everything refusable is refused before the escrow is opened.
+pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArgs) -> anyhow::Result<JobId> {
+    if !(submit.learning_rate > 0.0 && submit.learning_rate <= 100.0) {
+        bail!("--learning-rate must be in (0, 100]");
+    }
+    let request = JobRequest {
+        job: JobId::random(),
+        dataset_asset: submit.dataset,
+        model_asset: submit.model,
+        epochs: submit.epochs,
+        learning_rate_milli: (submit.learning_rate * 1000.0).round() as u32,
+    };
+    let (quote, detail) = match scheduler.call(&ClientRequest::QuoteJob(request.clone())).await? {
+        ClientResponse::JobQuote { amount, detail } => (amount.parse::<Amount>().map_err(anyhow::Error::msg)?, detail),
+        other => bail!("unexpected answer {other:?}"),
+    };
+    if submit.budget < quote {
+        bail!("the budget {} AIC is below what this job may cost, {quote} AIC ({detail}); nothing was escrowed", submit.budget);
+    }
+    let LedgerResponse::Account(view) =
+        ledger_client::request(scheduler, &LedgerRequest::Account(key.address())).await?
+    else {
+        bail!("unexpected answer to an account request");
+    };
+    if view.spendable < submit.budget {
+        bail!(
+            "the budget {} AIC is more than this wallet can spend ({} AIC); nothing was escrowed",
+            submit.budget,
+            view.spendable
+        );
+    }
+    ledger_client::submit(
+        scheduler,
+        key,
+        Call::OpenEscrow {
+            job: request.job,
+            amount: submit.budget,
+        },
+    )
+    .await
+    .context("opening the escrow")?;
+    match scheduler.call(&ClientRequest::SubmitJob(request.clone())).await {
+        Ok(_) => Ok(request.job),
+        Err(error) => bail!(
+            "the scheduler refused the job after the escrow was opened: {error}; the escrow for job {} \
+             stays until the scheduler refunds it",
+            request.job
+        ),
+    }
+}
+
+async fn status(scheduler: &RpcClient, job: JobId) -> anyhow::Result<(String, Value)> {
+    match scheduler.call(&ClientRequest::JobStatus { job }).await? {
+        ClientResponse::Job { state, report } => Ok((state, serde_json::from_str(&report)?)),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+/// Polls the job until it ends, with a progress bar over its rounds.
+pub async fn follow(scheduler: &RpcClient, job: JobId, show: bool) -> anyhow::Result<Value> {
+    let bar = if show {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} round {pos}/{len} {msg}")
+                .expect("a valid template"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    loop {
+        let (state, report) = status(scheduler, job).await?;
+        if let (Some(epochs), Some(rounds)) = (report["epochs"].as_u64(), report["rounds"].as_u64()) {
+            let tasks = report["tasks"].as_array().map_or(0, |t| t.len());
+            bar.set_length(epochs * 2);
+            bar.set_position(rounds);
+            bar.set_message(format!("loss {:.4}, {tasks} tasks", report["loss"].as_f64().unwrap_or(f64::NAN)));
+        }
+        if state != "running" {
+            bar.finish_and_clear();
+            if state == "failed" {
+                bail!("job {job} failed: {}", report["error"]);
+            }
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub fn print_report(as_json: bool, report: &Value) {
+    print_out(as_json, report.clone(), || render_report(report));
+}
+
+/// The report as text: accuracy, where tasks ran and why, spot checks, payments.
+pub fn render_report(report: &Value) -> String {
+    let mut text = format!(
+        "job {} {}: held-out accuracy {:.4} on {} rows after {} rounds ({:.1} s)\n",
+        report["id"].as_str().unwrap_or_default(),
+        report["state"].as_str().unwrap_or_default(),
+        report["accuracy"].as_f64().unwrap_or(f64::NAN),
+        report["test_rows"],
+        report["rounds"],
+        report["seconds"].as_f64().unwrap_or(0.0)
+    );
+    let tasks = report["tasks"].as_array().cloned().unwrap_or_default();
+    text.push_str(&format!("\ntasks ({}), first round and evaluation:\n", tasks.len()));
+    for task in tasks.iter().filter(|t| t["round"] == 0 || t["kind"] == "evaluate") {
+        let cost = &task["cost"];
+        text.push_str(&format!(
+            "  {:<8} {:<10} shard {}… from {:<10} rtt {:>6.2} ms transfer {:.4} s queue {:.4} s compute {:.4} s rep {:.2} → cost {:.4}\n",
+            task["kind"].as_str().unwrap_or_default(),
+            task["node"].as_str().unwrap_or_default(),
+            &task["shard"].as_str().unwrap_or_default().chars().take(8).collect::<String>(),
+            task["storage_node"].as_str().unwrap_or_default(),
+            cost["rtt_ms"].as_f64().unwrap_or(0.0),
+            cost["transfer_secs"].as_f64().unwrap_or(0.0),
+            cost["queue_secs"].as_f64().unwrap_or(0.0),
+            cost["compute_secs"].as_f64().unwrap_or(0.0),
+            cost["reputation"].as_f64().unwrap_or(0.0),
+            cost["total"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let checks = report["spot_checks"].as_array().cloned().unwrap_or_default();
+    text.push_str(&format!("\nspot checks ({}):\n", checks.len()));
+    for check in checks.iter().take(12) {
+        text.push_str(&format!(
+            "  round {:>3} {} checked by {}: {}\n",
+            check["round"],
+            check["original"].as_str().unwrap_or_default(),
+            check["checker"].as_str().unwrap_or_default(),
+            check["verdict"].as_str().unwrap_or_default()
+        ));
+    }
+    if checks.len() > 12 {
+        text.push_str(&format!("  … {} more\n", checks.len() - 12));
+    }
+    text.push_str(&format!("\npenalties: {}\n", report["penalties"]));
+    text.push_str("\npayments:\n");
+    for payment in report["payments"].as_array().cloned().unwrap_or_default() {
+        text.push_str(&format!(
+            "  {:>14} AIC  {}\n",
+            payment["amount"].as_str().unwrap_or_default(),
+            payment["role"].as_str().unwrap_or_default()
+        ));
+    }
+    text.push_str(&format!(
+        "  {:>14} AIC  platform fee (burned)\n  {:>14} AIC  refunded\n",
+        report["platform_fee_burned"].as_str().unwrap_or_default(),
+        report["refund"].as_str().unwrap_or_default()
+    ));
+    if let Some(model) = report["trained_model"].as_str() {
+        text.push_str(&format!("\ntrained model: asset {model}\n"));
+    }
+    text
+}

@@ -1,0 +1,1060 @@
+//! Training jobs: the `JobBoard` actor keeps every job's state and report; each job runs as its
+//! own task, data-parallel SGD over the dataset's training shards.
+//!
+//! ```text
+//!  per step:  place one task per shard (Allocator) → ticket → RunTask on the compute node
+//!             → check digest and shape → maybe re-execute elsewhere (Rater; a third run decides)
+//!             → average the gradients by rows → w ← w − lr·g
+//!  at the end: evaluate on the held-out shards → settle the escrow (payroll) → slash confirmed
+//!             cheaters → mint the TrainedModel asset to the payer
+//! ```
+//!
+//! A node that fails or times out has its task placed elsewhere; a node confirmed wrong is cut
+//! from the job, its other results of the step are re-run, and none of its work is paid.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use aic_ledger::api::{LedgerRequest, LedgerResponse};
+use aic_ledger::raft::replica::LedgerReplica;
+use aic_ledger::tx::{AssetKind, AssetMetadata, Call, PayoutKind, Transaction};
+use aic_ledger::{Address, Amount, Keypair};
+use aic_protocol::messages::{
+    JobRequest, ModelShape, NodeState, NodeStatus, PeerRequest, PeerResponse, ShardSource, TaskKind, TaskResult,
+    TaskSpec,
+};
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::ticket::ShardTicket;
+use aic_protocol::{AssetId, ErrorCode, JobId, NodeId, Role, RpcError, ShardId, TaskId};
+use aic_storage_node::manifest::{Manifest, ShardEntry};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::allocator::{Allocator, Finished, Place, UpdateTopology};
+use crate::payroll::{self, Pricing, WorkDone};
+use crate::placement::Placement;
+use crate::rater::{Penalty, Rater, RecordCheck, RecordPenalty, ShouldCheck};
+use crate::rating::{self, Verdict};
+use crate::registry::{ListNodes, Registry};
+
+/// How many nodes a task is tried on before the job fails.
+const MAX_ATTEMPTS: usize = 4;
+/// How long a new job waits for storage nodes to report its dataset.
+const REPLICA_WAIT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// The board
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+struct Entry {
+    state: JobState,
+    report: Value,
+    submitter: NodeId,
+    cancel: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+pub struct JobBoard {
+    jobs: HashMap<JobId, Entry>,
+}
+
+impl Actor for JobBoard {
+    type Context = Context<Self>;
+}
+
+/// Registers a new job; fails if the id is taken.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<AtomicBool>, RpcError>")]
+pub struct Open {
+    pub job: JobId,
+    pub submitter: NodeId,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Update {
+    pub job: JobId,
+    pub state: JobState,
+    pub report: Value,
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<(JobState, Value)>")]
+pub struct Status {
+    pub job: JobId,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), RpcError>")]
+pub struct Cancel {
+    pub job: JobId,
+    pub caller: NodeId,
+}
+
+impl Handler<Open> for JobBoard {
+    type Result = Result<Arc<AtomicBool>, RpcError>;
+
+    fn handle(&mut self, message: Open, _: &mut Self::Context) -> Self::Result {
+        if self.jobs.contains_key(&message.job) {
+            return Err(RpcError::new(ErrorCode::AlreadyExists, format!("job {} exists", message.job)));
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.jobs.insert(
+            message.job,
+            Entry {
+                state: JobState::Running,
+                report: json!({"id": message.job.to_string(), "state": "running"}),
+                submitter: message.submitter,
+                cancel: cancel.clone(),
+            },
+        );
+        Ok(cancel)
+    }
+}
+
+impl Handler<Update> for JobBoard {
+    type Result = ();
+
+    fn handle(&mut self, message: Update, _: &mut Self::Context) {
+        if let Some(entry) = self.jobs.get_mut(&message.job) {
+            entry.state = message.state;
+            entry.report = message.report;
+        }
+    }
+}
+
+impl Handler<Status> for JobBoard {
+    type Result = Option<(JobState, Value)>;
+
+    fn handle(&mut self, message: Status, _: &mut Self::Context) -> Self::Result {
+        self.jobs.get(&message.job).map(|e| (e.state, e.report.clone()))
+    }
+}
+
+impl Handler<Cancel> for JobBoard {
+    type Result = Result<(), RpcError>;
+
+    fn handle(&mut self, message: Cancel, _: &mut Self::Context) -> Self::Result {
+        let entry = self
+            .jobs
+            .get(&message.job)
+            .ok_or_else(|| RpcError::new(ErrorCode::NotFound, format!("no job {}", message.job)))?;
+        if entry.submitter != message.caller {
+            return Err(RpcError::new(ErrorCode::PermissionDenied, "only the submitter may cancel a job"));
+        }
+        entry.cancel.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a job needs
+
+/// Signs system transactions (payroll, slashing, minting) one at a time, so nonces follow.
+pub struct SystemSigner {
+    key: Keypair,
+    lock: Mutex<()>,
+}
+
+impl SystemSigner {
+    pub fn new(key: Keypair) -> Self {
+        SystemSigner {
+            key,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn address(&self) -> Address {
+        self.key.address()
+    }
+
+    /// Submits `call` as the system account; a refusal is an error.
+    pub async fn submit(&self, ledger: &LedgerReplica, call: Call) -> Result<Vec<aic_ledger::state::Event>, String> {
+        let _one_at_a_time = self.lock.lock().await;
+        let status = match ledger.execute(LedgerRequest::Status).await {
+            Ok(LedgerResponse::Status(status)) => status,
+            other => return Err(format!("ledger status: {other:?}")),
+        };
+        let nonce = match ledger.execute(LedgerRequest::Account(self.key.address())).await {
+            Ok(LedgerResponse::Account(view)) => view.account.nonce,
+            other => return Err(format!("system account: {other:?}")),
+        };
+        let signed = Transaction {
+            chain_id: status.chain_id,
+            from: self.key.address(),
+            nonce,
+            call,
+        }
+        .sign(&self.key);
+        match ledger.execute(LedgerRequest::Submit(Box::new(signed))).await {
+            Ok(LedgerResponse::Submitted { result: Ok(events), .. }) => Ok(events),
+            Ok(LedgerResponse::Submitted { result: Err(refusal), .. }) => Err(refusal.to_string()),
+            other => Err(format!("unexpected ledger answer {other:?}")),
+        }
+    }
+}
+
+/// Everything a job talks to.
+#[derive(Clone)]
+pub struct JobContext {
+    pub registry: Addr<Registry>,
+    pub allocator: Addr<Allocator>,
+    pub rater: Addr<Rater>,
+    pub board: Addr<JobBoard>,
+    pub ledger: Arc<LedgerReplica>,
+    /// Dials compute nodes with the scheduler's certificate.
+    pub endpoint: quinn::Endpoint,
+    /// Signs shard tickets (the scheduler's certificate key, which storage nodes trust).
+    pub ticket_key: ed25519_dalek::SigningKey,
+    pub system: Option<Arc<SystemSigner>>,
+    pub pricing: Pricing,
+    pub slash: Amount,
+    pub steps_per_epoch: u32,
+    pub task_timeout: Duration,
+}
+
+/// A job's inputs, resolved from the ledger.
+struct Plan {
+    request: JobRequest,
+    payer: Address,
+    budget: Amount,
+    dataset: String,
+    manifest: Manifest,
+    dataset_owner: Address,
+    dataset_fee: Amount,
+    model: ModelShape,
+    model_owner: Address,
+    model_fee: Amount,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> RpcError {
+    RpcError::new(code, message.into())
+}
+
+async fn read(ledger: &LedgerReplica, request: LedgerRequest) -> Result<LedgerResponse, RpcError> {
+    ledger
+        .execute(request)
+        .await
+        .map_err(|e| refuse(ErrorCode::Unavailable, format!("reading the ledger: {e}")))
+}
+
+async fn asset(ledger: &LedgerReplica, id: AssetId) -> Result<aic_ledger::state::Asset, RpcError> {
+    match read(ledger, LedgerRequest::Asset(id)).await? {
+        LedgerResponse::Asset(Some(asset)) => Ok(asset),
+        LedgerResponse::Asset(None) => Err(refuse(ErrorCode::NotFound, format!("no asset {id} on the ledger"))),
+        other => Err(refuse(ErrorCode::Internal, format!("unexpected ledger answer {other:?}"))),
+    }
+}
+
+/// Checks a request against the ledger: the assets exist and fit each other. Everything here
+/// is refused before any escrow is touched.
+async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, RpcError> {
+    if request.epochs == 0 || request.epochs > 1000 {
+        return Err(refuse(ErrorCode::InvalidArgument, "epochs must be 1 to 1000"));
+    }
+    if request.learning_rate_milli == 0 || request.learning_rate_milli > 100_000 {
+        return Err(refuse(ErrorCode::InvalidArgument, "the learning rate must be in (0, 100]"));
+    }
+    let dataset = asset(ledger, request.dataset_asset).await?;
+    if dataset.kind != AssetKind::Dataset {
+        return Err(refuse(ErrorCode::InvalidArgument, format!("asset {} is not a Dataset", request.dataset_asset)));
+    }
+    let manifest = Manifest::from_json(&dataset.metadata.manifest).map_err(|e| {
+        refuse(
+            ErrorCode::InvalidArgument,
+            format!("the dataset's published manifest is not usable for training ({e})"),
+        )
+    })?;
+    let model = asset(ledger, request.model_asset).await?;
+    if model.kind != AssetKind::Model {
+        return Err(refuse(ErrorCode::InvalidArgument, format!("asset {} is not a Model", request.model_asset)));
+    }
+    let shape: ModelShape = serde_json::from_str(&model.metadata.manifest)
+        .map_err(|e| refuse(ErrorCode::InvalidArgument, format!("the model's manifest is not a model shape: {e}")))?;
+    if shape.features() as usize != manifest.features.len() || shape.classes() as usize != manifest.classes.len() {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the model takes {} features into {} classes; the dataset has {} features and {} classes",
+                shape.features(),
+                shape.classes(),
+                manifest.features.len(),
+                manifest.classes.len()
+            ),
+        ));
+    }
+    if shape.parameters() as usize > aic_protocol::messages::MAX_PARAMETERS {
+        return Err(refuse(ErrorCode::InvalidArgument, "the model has too many parameters"));
+    }
+    if manifest.train.is_empty() || manifest.test.is_empty() {
+        return Err(refuse(ErrorCode::InvalidArgument, "the dataset needs training and held-out shards"));
+    }
+    Ok(Plan {
+        request: request.clone(),
+        payer: Address([0; 32]),
+        budget: Amount::ZERO,
+        dataset: aic_storage_node::catalog::dataset_id_of_hash(&dataset.metadata.content_hash),
+        manifest,
+        dataset_owner: dataset.owner,
+        dataset_fee: dataset.metadata.usage_fee,
+        model: shape,
+        model_owner: model.owner,
+        model_fee: model.metadata.usage_fee,
+    })
+}
+
+fn fees(plan: &Plan) -> Result<Amount, RpcError> {
+    plan.dataset_fee
+        .checked_add(plan.model_fee)
+        .map_err(|_| refuse(ErrorCode::InvalidArgument, "fees overflow"))
+}
+
+/// The most `request` may cost.
+pub async fn quote(ctx: &JobContext, request: &JobRequest) -> Result<(Amount, String), RpcError> {
+    let plan = resolve(&ctx.ledger, request).await?;
+    let nodes = ctx.registry.send(ListNodes).await.map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))?;
+    let compute = nodes.iter().filter(|n| n.role == Role::Compute && n.state == NodeState::Up).count() as u64;
+    let rows = |entries: &[ShardEntry]| entries.iter().map(|e| e.rows).sum::<u64>();
+    let bytes = plan.manifest.shards().map(|e| e.bytes).sum::<u64>();
+    let fees = fees(&plan)?;
+    let amount = ctx
+        .pricing
+        .quote(fees, rows(&plan.manifest.train), rows(&plan.manifest.test), request.epochs, bytes, compute)
+        .ok_or_else(|| refuse(ErrorCode::InvalidArgument, "the quote overflows"))?;
+    let detail = format!(
+        "usage fees {fees} AIC; {} training rows × {} epochs (spot checks counted at the new-node rate) at {} AIC \
+         per million rows; {bytes} bytes to up to {compute} compute nodes at {} AIC per GB; platform fee {} %",
+        rows(&plan.manifest.train),
+        request.epochs,
+        ctx.pricing.compute_per_million_rows,
+        ctx.pricing.storage_per_gb,
+        ctx.pricing.platform_fee_percent
+    );
+    Ok((amount, detail))
+}
+
+/// Checks the job and its escrow, registers it and starts it. Answers once it runs.
+pub async fn submit(ctx: &JobContext, request: JobRequest, submitter: NodeId) -> Result<(), RpcError> {
+    if ctx.system.is_none() {
+        return Err(refuse(
+            ErrorCode::Unavailable,
+            "this scheduler holds no system key (jobs.system_key) and cannot settle jobs",
+        ));
+    }
+    let mut plan = resolve(&ctx.ledger, &request).await?;
+    let escrow = match read(&ctx.ledger, LedgerRequest::Escrow(request.job)).await? {
+        LedgerResponse::Escrow(Some(escrow)) => escrow,
+        LedgerResponse::Escrow(None) => {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!("job {} has no escrow on the ledger; open it first", request.job),
+            ))
+        }
+        other => return Err(refuse(ErrorCode::Internal, format!("unexpected ledger answer {other:?}"))),
+    };
+    let (needed, _) = quote(ctx, &request).await?;
+    if escrow.remaining < needed {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!("the escrow holds {} AIC; this job may cost up to {needed} AIC", escrow.remaining),
+        ));
+    }
+    plan.payer = escrow.payer;
+    plan.budget = escrow.remaining;
+    let cancel = ctx
+        .board
+        .send(Open {
+            job: request.job,
+            submitter,
+        })
+        .await
+        .map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))??;
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let job = plan.request.job;
+        let mut run = Run::new(ctx.clone(), plan, cancel);
+        let outcome = run.train().await;
+        let state = match &outcome {
+            Ok(()) if run.cancelled() => JobState::Cancelled,
+            Ok(()) => JobState::Done,
+            Err(_) => JobState::Failed,
+        };
+        if let Err(error) = &outcome {
+            warn!(%job, %error, "job failed; settling the work done");
+            run.report["error"] = json!(error);
+        }
+        if let Err(error) = run.settle(state == JobState::Done).await {
+            warn!(%job, %error, "settling the job failed");
+            run.report["settlement_error"] = json!(error);
+        }
+        run.report["state"] = json!(state.as_str());
+        info!(%job, state = state.as_str(), accuracy = ?run.report["accuracy"], "job finished");
+        let report = run.report.clone();
+        let _ = ctx.board.send(Update { job, state, report }).await;
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A running job
+
+/// One task's outcome with where it ran.
+#[derive(Clone)]
+struct Done {
+    result: TaskResult,
+    placement: Placement<NodeId>,
+}
+
+struct Run {
+    ctx: JobContext,
+    plan: Plan,
+    cancel: Arc<AtomicBool>,
+    weights: Vec<f32>,
+    nodes: Vec<NodeStatus>,
+    /// Nodes confirmed wrong in this job: never used again, never paid.
+    banned: HashSet<NodeId>,
+    /// Verified row-passes and shard bytes served, by node.
+    compute_rows: BTreeMap<NodeId, u64>,
+    storage_bytes: BTreeMap<NodeId, u64>,
+    clients: HashMap<NodeId, RpcClient>,
+    report: Value,
+    started: Instant,
+}
+
+impl Run {
+    fn new(ctx: JobContext, plan: Plan, cancel: Arc<AtomicBool>) -> Self {
+        let spec = crate::job::kernel_spec(plan.model);
+        let weights = spec.init(u64::from_le_bytes(plan.request.job.as_bytes()[..8].try_into().expect("8 bytes"))).flat();
+        let report = json!({
+            "id": plan.request.job.to_string(),
+            "state": "running",
+            "dataset": plan.dataset,
+            "dataset_asset": plan.request.dataset_asset.to_string(),
+            "model_asset": plan.request.model_asset.to_string(),
+            "model": plan.model,
+            "epochs": plan.request.epochs,
+            "budget": plan.budget.to_string(),
+            "rounds": 0,
+            "tasks": [],
+            "spot_checks": [],
+            "penalties": [],
+            "payments": [],
+        });
+        Run {
+            ctx,
+            plan,
+            cancel,
+            weights,
+            nodes: Vec::new(),
+            banned: HashSet::new(),
+            compute_rows: BTreeMap::new(),
+            storage_bytes: BTreeMap::new(),
+            clients: HashMap::new(),
+            report,
+            started: Instant::now(),
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    async fn publish(&self) {
+        let _ = self
+            .ctx
+            .board
+            .send(Update {
+                job: self.plan.request.job,
+                state: JobState::Running,
+                report: self.report.clone(),
+            })
+            .await;
+    }
+
+    async fn refresh_nodes(&mut self) -> Result<(), String> {
+        self.nodes = self.ctx.registry.send(ListNodes).await.map_err(|e| e.to_string())?;
+        self.ctx
+            .allocator
+            .send(UpdateTopology {
+                nodes: self.nodes.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Storage nodes that report the dataset whole.
+    fn replicas(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.role == Role::Storage
+                    && n.state == NodeState::Up
+                    && n.holdings
+                        .iter()
+                        .any(|h| h.dataset == self.plan.dataset && h.healthy_shards == h.shards)
+            })
+            .map(|n| n.node_id)
+            .collect()
+    }
+
+    fn node(&self, id: &NodeId) -> Option<&NodeStatus> {
+        self.nodes.iter().find(|n| &n.node_id == id)
+    }
+
+    fn name(&self, id: &NodeId) -> String {
+        self.node(id).map_or_else(|| id.short(), |n| n.name.clone())
+    }
+
+    async fn train(&mut self) -> Result<(), String> {
+        let steps = self.ctx.steps_per_epoch.min(self.plan.manifest.train.len() as u32).max(1) as usize;
+        let train = self.plan.manifest.train.clone();
+        let groups: Vec<Vec<ShardEntry>> = (0..steps)
+            .map(|s| train.iter().skip(s).step_by(steps).cloned().collect())
+            .collect();
+        let lr = self.plan.request.learning_rate_milli as f32 / 1000.0;
+        // Storage nodes report what they hold with their heartbeats: a dataset imported a
+        // moment ago may not be reported yet.
+        let deadline = Instant::now() + REPLICA_WAIT;
+        loop {
+            self.refresh_nodes().await?;
+            if !self.replicas().is_empty() || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut round = 0u32;
+        for epoch in 0..self.plan.request.epochs {
+            for group in &groups {
+                if self.cancelled() {
+                    return Ok(());
+                }
+                self.refresh_nodes().await?;
+                let results = self.run_step(round, TaskKind::Gradient, group).await?;
+                let rows: u64 = results.iter().map(|d| d.result.rows).sum();
+                let mut gradient = vec![0.0f64; self.weights.len()];
+                let mut loss = 0.0f64;
+                for done in &results {
+                    let share = done.result.rows as f64 / rows as f64;
+                    loss += f64::from(done.result.loss) * share;
+                    for (g, v) in gradient.iter_mut().zip(&done.result.values) {
+                        *g += f64::from(*v) * share;
+                    }
+                }
+                for (w, g) in self.weights.iter_mut().zip(&gradient) {
+                    *w -= lr * *g as f32;
+                }
+                round += 1;
+                self.report["rounds"] = json!(round);
+                self.report["epoch"] = json!(epoch + 1);
+                self.report["loss"] = json!(loss);
+                self.publish().await;
+            }
+        }
+        // Held-out evaluation.
+        self.refresh_nodes().await?;
+        let test = self.plan.manifest.test.clone();
+        let results = self.run_step(round, TaskKind::Evaluate, &test).await?;
+        let rows: u64 = results.iter().map(|d| d.result.rows).sum();
+        let correct: u64 = results.iter().map(|d| d.result.correct).sum();
+        let loss: f64 = results
+            .iter()
+            .map(|d| f64::from(d.result.loss) * d.result.rows as f64)
+            .sum::<f64>()
+            / rows.max(1) as f64;
+        self.report["accuracy"] = json!(correct as f64 / rows.max(1) as f64);
+        self.report["test_rows"] = json!(rows);
+        self.report["test_loss"] = json!(loss);
+        self.report["seconds"] = json!(self.started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Runs one task per shard of `shards` (concurrently), spot-checks them, and re-runs the
+    /// results of any node found wrong.
+    async fn run_step(&mut self, round: u32, kind: TaskKind, shards: &[ShardEntry]) -> Result<Vec<Done>, String> {
+        let mut results: Vec<Option<Done>> = vec![None; shards.len()];
+        let mut verified: Vec<bool> = vec![false; shards.len()];
+        let mut pending: Vec<usize> = (0..shards.len()).collect();
+        for _ in 0..MAX_ATTEMPTS {
+            let this = &*self;
+            let runs = pending.iter().map(|&i| {
+                let entry = shards[i].clone();
+                async move { (i, this.execute_checked(round, kind, &entry).await) }
+            });
+            let outcomes = futures::future::join_all(runs).await;
+            let mut newly_banned = Vec::new();
+            for (i, outcome) in outcomes {
+                let (done, was_verified, checks, wrong) = outcome?;
+                for check in checks {
+                    push(&mut self.report["spot_checks"], check);
+                }
+                newly_banned.extend(wrong);
+                results[i] = Some(done);
+                verified[i] = was_verified;
+            }
+            for node in &newly_banned {
+                self.banned.insert(*node);
+            }
+            // Unverified results from a node found wrong in this step are re-run elsewhere.
+            pending = (0..shards.len())
+                .filter(|&i| {
+                    !verified[i] && results[i].as_ref().is_some_and(|d| self.banned.contains(&d.placement.node))
+                })
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            return Err("results kept coming from nodes found wrong; giving up".into());
+        }
+        let results: Vec<Done> = results.into_iter().map(|d| d.expect("every shard ran")).collect();
+        for (done, entry) in results.iter().zip(shards) {
+            self.account(done, entry);
+            let task = self.task_json(round, kind, entry, done);
+            push(&mut self.report["tasks"], task);
+        }
+        Ok(results)
+    }
+
+    /// Credits a task's work: its rows to the compute node, the shard's bytes to the storage
+    /// node it came from (unless the compute node had it cached).
+    fn account(&mut self, done: &Done, entry: &ShardEntry) {
+        *self.compute_rows.entry(done.placement.node).or_insert(0) += done.result.rows;
+        if done.result.cache_hits == 0 {
+            *self.storage_bytes.entry(done.placement.replica).or_insert(0) += entry.bytes;
+        }
+    }
+
+    fn task_json(&self, round: u32, kind: TaskKind, entry: &ShardEntry, done: &Done) -> Value {
+        let p = &done.placement;
+        json!({
+            "round": round,
+            "kind": if kind == TaskKind::Gradient { "gradient" } else { "evaluate" },
+            "task": done.result.task.to_string(),
+            "node": self.name(&p.node),
+            "node_id": p.node.to_string(),
+            "shard": entry.id,
+            "storage_node": self.name(&p.replica),
+            "rows": done.result.rows,
+            "loss": done.result.loss,
+            "cached": done.result.cache_hits > 0,
+            "fetch_ms": done.result.fetch_micros as f64 / 1000.0,
+            "compute_ms": done.result.compute_micros as f64 / 1000.0,
+            "cost": {
+                "rtt_ms": p.rtt_ms,
+                "transfer_secs": p.transfer_secs,
+                "queue_secs": p.queue_secs,
+                "compute_secs": p.compute_secs,
+                "reputation": p.reputation,
+                "total": p.cost,
+            },
+        })
+    }
+
+    /// One task, maybe spot-checked: returns the accepted result, whether it was verified by
+    /// a re-execution, the spot-check records, and nodes found wrong.
+    async fn execute_checked(
+        &self,
+        round: u32,
+        kind: TaskKind,
+        entry: &ShardEntry,
+    ) -> Result<(Done, bool, Vec<Value>, Vec<NodeId>), String> {
+        let task = TaskId::random();
+        let original = self.execute(task, kind, entry, &[]).await?;
+        let node = original.placement.node;
+        let check = kind == TaskKind::Gradient
+            && self
+                .ctx
+                .rater
+                .send(ShouldCheck { node })
+                .await
+                .map_err(|e| e.to_string())?;
+        if !check {
+            return Ok((original, false, Vec::new(), Vec::new()));
+        }
+        let Ok(checker) = self.execute(task, kind, entry, &[node]).await else {
+            // No other node could re-run it now: the result stands unverified.
+            return Ok((original, false, Vec::new(), Vec::new()));
+        };
+        let mut record = json!({
+            "round": round,
+            "task": task.to_string(),
+            "shard": entry.id,
+            "original": self.name(&node),
+            "checker": self.name(&checker.placement.node),
+        });
+        if rating::results_agree(&original.result, &checker.result) {
+            self.rate(node, true).await;
+            self.rate(checker.placement.node, true).await;
+            record["verdict"] = json!("agreed");
+            return Ok((original, true, vec![record], Vec::new()));
+        }
+        let third = self
+            .execute(task, kind, entry, &[node, checker.placement.node])
+            .await
+            .ok();
+        let verdict = rating::decide(&original.result, &checker.result, third.as_ref().map(|d| &d.result));
+        record["third"] = json!(third.as_ref().map(|d| self.name(&d.placement.node)));
+        let (accepted, wrong) = match verdict {
+            Verdict::Agreed => (original.clone(), None),
+            Verdict::OriginalWrong => (checker.clone(), Some(node)),
+            Verdict::CheckerWrong => (original.clone(), Some(checker.placement.node)),
+            Verdict::Undecided => {
+                record["verdict"] = json!("undecided");
+                return Err(format!("task {task}: three executions disagree; the round cannot be trusted"));
+            }
+        };
+        record["verdict"] = json!(match verdict {
+            Verdict::OriginalWrong => "original_wrong",
+            Verdict::CheckerWrong => "checker_wrong",
+            _ => "agreed",
+        });
+        let mut banned = Vec::new();
+        if let Some(wrong) = wrong {
+            self.rate(wrong, false).await;
+            for honest in [Some(&original), Some(&checker), third.as_ref()].into_iter().flatten() {
+                if honest.placement.node != wrong {
+                    self.rate(honest.placement.node, true).await;
+                }
+            }
+            self.penalise(wrong, task, "gradient disagreed with two other executions of the same task")
+                .await;
+            banned.push(wrong);
+        }
+        Ok((accepted, true, vec![record], banned))
+    }
+
+    async fn rate(&self, node: NodeId, matched: bool) {
+        let _ = self.ctx.rater.send(RecordCheck { node, matched }).await;
+    }
+
+    async fn penalise(&self, node: NodeId, task: TaskId, reason: &str) {
+        let records = self.ctx.rater.send(crate::rater::Records).await.ok();
+        let reputation = records
+            .and_then(|(r, _)| r.get(&node).map(|n| n.reputation))
+            .unwrap_or(0.0);
+        let penalty = Penalty {
+            node: self.name(&node),
+            job: self.plan.request.job.to_string(),
+            task: task.to_string(),
+            reason: reason.to_string(),
+            slashed: "0".into(),
+            reputation_after: reputation,
+        };
+        warn!(node = %penalty.node, %task, reason, "penalty");
+        let _ = self.ctx.rater.send(RecordPenalty(penalty)).await;
+    }
+
+    /// Runs `task` on the best node not excluded (nor banned), retrying elsewhere on failure.
+    async fn execute(&self, task: TaskId, kind: TaskKind, entry: &ShardEntry, exclude: &[NodeId]) -> Result<Done, String> {
+        let shard: ShardId = entry.id.parse().map_err(|_| "a bad shard id in the manifest".to_string())?;
+        let replicas = self.replicas();
+        if replicas.is_empty() {
+            return Err(format!("no storage node reports dataset {} whole", self.plan.dataset));
+        }
+        let mut excluded: Vec<NodeId> = exclude.iter().copied().chain(self.banned.iter().copied()).collect();
+        let flops = entry.rows as f64 * self.plan.model.parameters() as f64 * 6.0;
+        let mut failures = Vec::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let placed = self
+                .ctx
+                .allocator
+                .send(Place {
+                    shard_bytes: entry.bytes,
+                    flops,
+                    memory_bytes: entry.bytes.saturating_mul(4),
+                    replicas: replicas.clone(),
+                    exclude: excluded.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(placement) = placed else {
+                failures.push("no eligible compute node".to_string());
+                break;
+            };
+            let outcome = self.run_on(task, kind, entry, shard, &placement).await;
+            self.ctx.allocator.do_send(Finished { node: placement.node });
+            match outcome {
+                Ok(result) => return Ok(Done { result, placement }),
+                Err(error) => {
+                    warn!(node = %self.name(&placement.node), %task, %error, "task failed; placing it elsewhere");
+                    failures.push(format!("{}: {error}", self.name(&placement.node)));
+                    excluded.push(placement.node);
+                }
+            }
+        }
+        Err(format!("task on shard {}: {}", entry.id, failures.join("; ")))
+    }
+
+    async fn run_on(
+        &self,
+        task: TaskId,
+        kind: TaskKind,
+        entry: &ShardEntry,
+        shard: ShardId,
+        placement: &Placement<NodeId>,
+    ) -> Result<TaskResult, String> {
+        let compute = self.node(&placement.node).ok_or("the node left")?;
+        let storage = self.node(&placement.replica).ok_or("the storage node left")?;
+        let expires_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            + self.ctx.task_timeout.as_millis() as u64
+            + 60_000;
+        let ticket = ShardTicket {
+            job: self.plan.request.job,
+            node: placement.node,
+            dataset: self.plan.dataset.clone(),
+            expires_ms,
+        }
+        .sign(&self.ctx.ticket_key);
+        let spec = TaskSpec {
+            job: self.plan.request.job,
+            task,
+            round: 0,
+            kind,
+            model: self.plan.model,
+            weights: self.weights.clone(),
+            label: self.plan.manifest.label.clone(),
+            shards: vec![ShardSource {
+                dataset: self.plan.dataset.clone(),
+                shard,
+                storage: storage.quic_addr.clone(),
+                ticket,
+            }],
+        };
+        let call = async {
+            let client = match self.clients.get(&placement.node).filter(|c| !c.is_closed()) {
+                Some(client) => client.clone(),
+                None => RpcClient::connect(&self.ctx.endpoint, &compute.quic_addr, Role::Compute)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .with_timeout(self.ctx.task_timeout),
+            };
+            if client.peer().node_id != placement.node {
+                return Err("the node at that address is another node".to_string());
+            }
+            client
+                .call(&PeerRequest::RunTask(Box::new(spec)))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let answer = tokio::time::timeout(self.ctx.task_timeout, call)
+            .await
+            .map_err(|_| format!("no result within {:?}", self.ctx.task_timeout))??;
+        let PeerResponse::TaskDone(result) = answer else {
+            return Err("unexpected answer to a task".into());
+        };
+        // Rejected outright: a digest that does not match, the wrong task, shape or rows.
+        if result.task != task || !result.digest_matches() {
+            return Err("the result's digest does not match its numbers".into());
+        }
+        let expected_values = if kind == TaskKind::Gradient {
+            self.plan.model.parameters() as usize
+        } else {
+            0
+        };
+        if result.values.len() != expected_values
+            || result.rows != entry.rows
+            || !result.loss.is_finite()
+            || result.values.iter().any(|v| !v.is_finite())
+        {
+            return Err(format!(
+                "the result has the wrong shape ({} values, {} rows; expected {expected_values} and {})",
+                result.values.len(),
+                result.rows,
+                entry.rows
+            ));
+        }
+        Ok(*result)
+    }
+
+    /// Pays the work done from the escrow, refunds the rest, slashes confirmed cheaters, and
+    /// mints the trained model when the job completed.
+    async fn settle(&mut self, completed: bool) -> Result<(), String> {
+        let system = self.ctx.system.clone().ok_or("no system key")?;
+        let addresses: HashMap<NodeId, Address> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.payout_address.parse::<Address>().ok().map(|a| (n.node_id, a)))
+            .collect();
+        let address = |node: &NodeId| addresses.get(node).copied();
+        let mut work = WorkDone::default();
+        for (node, rows) in &self.compute_rows {
+            if self.banned.contains(node) {
+                continue;
+            }
+            if let Some(to) = address(node) {
+                *work.compute_rows.entry(to).or_insert(0) += rows;
+            }
+        }
+        for (node, bytes) in &self.storage_bytes {
+            if let Some(to) = address(node) {
+                *work.storage_bytes.entry(to).or_insert(0) += bytes;
+            }
+        }
+        if completed {
+            work.fees.push((self.plan.dataset_owner, self.plan.dataset_fee, PayoutKind::DatasetFee));
+            work.fees.push((self.plan.model_owner, self.plan.model_fee, PayoutKind::ModelFee));
+        }
+        let settlement = payroll::settle(self.plan.budget, &work, &self.ctx.pricing).map_err(|e| e.to_string())?;
+        let job = self.plan.request.job;
+        let role_of = |to: &Address, kind: PayoutKind| -> String {
+            let who = self
+                .nodes
+                .iter()
+                .find(|n| n.payout_address.parse::<Address>().ok().as_ref() == Some(to))
+                .map(|n| n.name.clone());
+            match kind {
+                PayoutKind::Compute => format!("compute ({})", who.unwrap_or_default()),
+                PayoutKind::Storage => format!("storage ({})", who.unwrap_or_default()),
+                PayoutKind::DatasetFee => "dataset owner".into(),
+                PayoutKind::ModelFee => "model owner".into(),
+            }
+        };
+        let payments: Vec<Value> = settlement
+            .payouts
+            .iter()
+            .map(|p| json!({"to": p.to.to_string(), "role": role_of(&p.to, p.kind), "amount": p.amount.to_string()}))
+            .collect();
+        system
+            .submit(
+                &self.ctx.ledger,
+                Call::ReleaseEscrow {
+                    job,
+                    payouts: settlement.payouts.clone(),
+                    platform_fee: settlement.platform_fee,
+                },
+            )
+            .await?;
+        if !settlement.refund.is_zero() {
+            system.submit(&self.ctx.ledger, Call::RefundEscrow { job }).await?;
+        }
+        self.report["payments"] = json!(payments);
+        self.report["platform_fee_burned"] = json!(settlement.platform_fee.to_string());
+        self.report["refund"] = json!(settlement.refund.to_string());
+
+        // Slash each node confirmed wrong in this job, as far as its stake allows.
+        for node in self.banned.clone() {
+            let Some(account) = address(&node) else { continue };
+            let stake = match self.ctx.ledger.execute(LedgerRequest::Account(account)).await {
+                Ok(LedgerResponse::Account(view)) => view.account.stake,
+                _ => Amount::ZERO,
+            };
+            let amount = stake.min(self.ctx.slash);
+            if amount.is_zero() {
+                continue;
+            }
+            let reason = format!("job {job}: confirmed wrong result");
+            match system
+                .submit(&self.ctx.ledger, Call::Slash { account, amount, reason })
+                .await
+            {
+                Ok(_) => {
+                    let slashed = json!({"node": self.name(&node), "slashed": amount.to_string()});
+                    push(&mut self.report["penalties"], slashed);
+                }
+                Err(error) => warn!(node = %self.name(&node), %error, "slash refused"),
+            }
+        }
+        let (_, penalties) = self
+            .ctx
+            .rater
+            .send(crate::rater::Records)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mine: Vec<&Penalty> = penalties.iter().filter(|p| p.job == job.to_string()).collect();
+        self.report["penalties"] = json!({
+            "records": mine,
+            "slashed": self.report["penalties"].clone(),
+        });
+
+        if completed {
+            let bytes: Vec<u8> = self.weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let manifest = json!({
+                "model": self.plan.model,
+                "dataset_asset": self.plan.request.dataset_asset.to_string(),
+                "model_asset": self.plan.request.model_asset.to_string(),
+                "job": job.to_string(),
+                "accuracy": self.report["accuracy"],
+                "weights_f32_le_hex": hex::encode(&bytes),
+            })
+            .to_string();
+            let manifest = if manifest.len() <= aic_ledger::state::MAX_MANIFEST_BYTES {
+                manifest
+            } else {
+                json!({"model": self.plan.model, "job": job.to_string(), "weights": "too large for the ledger"})
+                    .to_string()
+            };
+            let events = system
+                .submit(
+                    &self.ctx.ledger,
+                    Call::MintAssetTo {
+                        owner: self.plan.payer,
+                        kind: AssetKind::TrainedModel,
+                        metadata: AssetMetadata {
+                            name: format!("trained on {}", self.plan.manifest.name),
+                            content_hash: *blake3::hash(&bytes).as_bytes(),
+                            manifest,
+                            usage_fee: Amount::ZERO,
+                        },
+                    },
+                )
+                .await?;
+            if let Some(asset) = events.iter().find_map(|e| match e {
+                aic_ledger::state::Event::AssetTransfer { from: None, asset, .. } => Some(*asset),
+                _ => None,
+            }) {
+                self.report["trained_model"] = json!(asset.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn push(array: &mut Value, item: Value) {
+    if let Some(items) = array.as_array_mut() {
+        items.push(item);
+    }
+}
+
+/// The kernels' model for a wire shape.
+pub fn kernel_spec(shape: ModelShape) -> aic_kernels::ModelSpec {
+    match shape {
+        ModelShape::SoftmaxRegression { features, classes } => aic_kernels::ModelSpec::SoftmaxRegression {
+            features: features as usize,
+            classes: classes as usize,
+        },
+        ModelShape::Mlp {
+            features,
+            hidden,
+            classes,
+        } => aic_kernels::ModelSpec::Mlp {
+            features: features as usize,
+            hidden: hidden as usize,
+            classes: classes as usize,
+        },
+    }
+}
