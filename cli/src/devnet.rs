@@ -69,7 +69,7 @@ pub struct DevnetArgs {
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
     /// Epochs of the main job (softmax regression on the digits).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 30)]
     pub epochs: u32,
     /// Start compute-3 corrupting this percentage of its results (fault injection, to watch
     /// the rater catch and slash it).
@@ -97,7 +97,11 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
     let genesis_path = write_genesis(dir)?;
     // Payout wallets for the providers and the model owner, and the user who pays for the job.
     let mut payout = std::collections::BTreeMap::new();
-    for name in STORAGE_NODES.iter().chain(COMPUTE_NODES.iter()).chain(["model-owner", "user"].iter()) {
+    for name in STORAGE_NODES
+        .iter()
+        .chain(COMPUTE_NODES.iter())
+        .chain(["model-owner", "user"].iter())
+    {
         let key = Keypair::generate();
         ledger_client::save_wallet(&dir.join("wallets").join(format!("{name}.key")), &key)?;
         payout.insert(name.to_string(), key);
@@ -154,7 +158,11 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
                 scheduler: link.clone(),
                 compute: aic_compute_node::config::ComputeSettings {
                     payout_address: payout[name].address().to_string(),
-                    corrupt_results_percent: if name == "compute-3" { args.faulty_percent } else { 0 },
+                    corrupt_results_percent: if name == "compute-3" {
+                        args.faulty_percent
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 },
             };
@@ -210,12 +218,30 @@ async fn main_job(
 ) -> anyhow::Result<Value> {
     let fundraiser = ledger_client::load_wallet(&dir.join("wallets").join("fundraiser.key"))?;
     let aic = |n: &str| n.parse::<aic_ledger::Amount>().expect("an amount");
-    for (name, amount) in [("user", "1000"), ("compute-1", "100"), ("compute-2", "100"), ("compute-3", "100")] {
+    for (name, amount) in [
+        ("user", "1000"),
+        ("compute-1", "100"),
+        ("compute-2", "100"),
+        ("compute-3", "100"),
+    ] {
         let to = wallets[name].address();
-        ledger_client::submit(client, &fundraiser, aic_ledger::Call::Transfer { to, amount: aic(amount) }).await?;
+        ledger_client::submit(
+            client,
+            &fundraiser,
+            aic_ledger::Call::Transfer {
+                to,
+                amount: aic(amount),
+            },
+        )
+        .await?;
     }
     for name in COMPUTE_NODES {
-        ledger_client::submit(client, &wallets[name], aic_ledger::Call::Stake { amount: aic("50") }).await?;
+        ledger_client::submit(
+            client,
+            &wallets[name],
+            aic_ledger::Call::Stake { amount: aic("50") },
+        )
+        .await?;
     }
     let model = crate::job::register_model(
         profile,

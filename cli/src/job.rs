@@ -124,9 +124,11 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
     let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
     let profile = args.client.load()?;
     let asset = register_model(&profile, &key, name, shape, *fee).await?;
-    print_out(args.json, json!({"asset": asset.to_string(), "model": shape}), || {
-        format!("model {name} registered as asset {asset}")
-    });
+    print_out(
+        args.json,
+        json!({"asset": asset.to_string(), "model": shape}),
+        || format!("model {name} registered as asset {asset}"),
+    );
     Ok(())
 }
 
@@ -156,7 +158,9 @@ pub async fn register_model(
     events
         .iter()
         .find_map(|e| match e {
-            Event::AssetTransfer { from: None, asset, .. } => Some(*asset),
+            Event::AssetTransfer {
+                from: None, asset, ..
+            } => Some(*asset),
             _ => None,
         })
         .context("the mint reported no new asset")
@@ -170,7 +174,9 @@ pub async fn run_job(args: JobArgs) -> anyhow::Result<()> {
             let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
             let job = submit_job(&scheduler, &key, submit).await?;
             if submit.detach {
-                print_out(args.json, json!({"job": job.to_string()}), || format!("job {job} is running"));
+                print_out(args.json, json!({"job": job.to_string()}), || {
+                    format!("job {job} is running")
+                });
                 return Ok(());
             }
             let report = follow(&scheduler, job, !args.json).await?;
@@ -178,24 +184,29 @@ pub async fn run_job(args: JobArgs) -> anyhow::Result<()> {
         }
         JobCommand::Status { job } => {
             let (state, report) = status(&scheduler, *job).await?;
-            print_out(args.json, json!({"state": state, "rounds": report["rounds"], "epoch": report["epoch"], "loss": report["loss"]}), || {
-                format!("job {job}: {state}, round {}, loss {}", report["rounds"], report["loss"])
-            });
+            print_out(
+                args.json,
+                json!({"state": state, "rounds": report["rounds"], "epoch": report["epoch"], "loss": report["loss"]}),
+                || {
+                    format!(
+                        "job {job}: {state}, round {}, loss {}",
+                        report["rounds"], report["loss"]
+                    )
+                },
+            );
         }
         JobCommand::Result { job } => {
             let (_, report) = status(&scheduler, *job).await?;
             print_report(args.json, &report);
         }
-        JobCommand::Cancel { job } => {
-            match scheduler.call(&ClientRequest::CancelJob { job: *job }).await? {
-                ClientResponse::Job { state, .. } => {
-                    print_out(args.json, json!({"job": job.to_string(), "state": state}), || {
-                        format!("job {job}: cancel requested ({state}); the work done is paid, the rest refunded")
-                    })
-                }
-                other => bail!("unexpected answer {other:?}"),
+        JobCommand::Cancel { job } => match scheduler.call(&ClientRequest::CancelJob { job: *job }).await? {
+            ClientResponse::Job { state, .. } => {
+                print_out(args.json, json!({"job": job.to_string(), "state": state}), || {
+                    format!("job {job}: cancel requested ({state}); the work done is paid, the rest refunded")
+                })
             }
-        }
+            other => bail!("unexpected answer {other:?}"),
+        },
     }
     Ok(())
 }
@@ -214,11 +225,16 @@ pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArg
         learning_rate_milli: (submit.learning_rate * 1000.0).round() as u32,
     };
     let (quote, detail) = match scheduler.call(&ClientRequest::QuoteJob(request.clone())).await? {
-        ClientResponse::JobQuote { amount, detail } => (amount.parse::<Amount>().map_err(anyhow::Error::msg)?, detail),
+        ClientResponse::JobQuote { amount, detail } => {
+            (amount.parse::<Amount>().map_err(anyhow::Error::msg)?, detail)
+        }
         other => bail!("unexpected answer {other:?}"),
     };
     if submit.budget < quote {
-        bail!("the budget {} AIC is below what this job may cost, {quote} AIC ({detail}); nothing was escrowed", submit.budget);
+        bail!(
+            "the budget {} AIC is below what this job may cost, {quote} AIC ({detail}); nothing was escrowed",
+            submit.budget
+        );
     }
     let LedgerResponse::Account(view) =
         ledger_client::request(scheduler, &LedgerRequest::Account(key.address())).await?
@@ -277,7 +293,10 @@ pub async fn follow(scheduler: &RpcClient, job: JobId, show: bool) -> anyhow::Re
             let tasks = report["tasks"].as_array().map_or(0, |t| t.len());
             bar.set_length(epochs * 2);
             bar.set_position(rounds);
-            bar.set_message(format!("loss {:.4}, {tasks} tasks", report["loss"].as_f64().unwrap_or(f64::NAN)));
+            bar.set_message(format!(
+                "loss {:.4}, {tasks} tasks",
+                report["loss"].as_f64().unwrap_or(f64::NAN)
+            ));
         }
         if state != "running" {
             bar.finish_and_clear();
@@ -306,8 +325,14 @@ pub fn render_report(report: &Value) -> String {
         report["seconds"].as_f64().unwrap_or(0.0)
     );
     let tasks = report["tasks"].as_array().cloned().unwrap_or_default();
-    text.push_str(&format!("\ntasks ({}), first round and evaluation:\n", tasks.len()));
-    for task in tasks.iter().filter(|t| t["round"] == 0 || t["kind"] == "evaluate") {
+    text.push_str(&format!(
+        "\ntasks ({}), first round and evaluation:\n",
+        tasks.len()
+    ));
+    for task in tasks
+        .iter()
+        .filter(|t| t["round"] == 0 || t["kind"] == "evaluate")
+    {
         let cost = &task["cost"];
         text.push_str(&format!(
             "  {:<8} {:<10} shard {}… from {:<10} rtt {:>6.2} ms transfer {:.4} s queue {:.4} s compute {:.4} s rep {:.2} → cost {:.4}\n",

@@ -69,15 +69,16 @@ fn check_devnet(extra: &[&str]) {
         ledger["leader"].as_str().unwrap().starts_with("scheduler-"),
         "{ledger}"
     );
-    assert_eq!(
-        ledger["total_supply"], "8000000000",
-        "10 billion AIC less the 20 % reserve"
-    );
+    // 10 billion AIC less the 20 % reserve, less what the main job burned (its platform fee).
+    let supply: f64 = ledger["total_supply"].as_str().unwrap().parse().unwrap();
+    assert!((7_999_999_000.0..=8_000_000_000.0).contains(&supply), "{ledger}");
     assert!(ledger["block_height"].as_u64().unwrap() >= 1);
     assert!(ledger["applied_index"].as_u64().unwrap() >= 1);
     assert_eq!(ledger["chain_verified"], true);
     let digits = &status["datasets"][0];
     assert_eq!(digits["rows"], 1797, "the bundled digits are imported: {status}");
+    check_main_job(&status["job"], None);
+    assert_eq!(status["chain"]["verified"], true);
     assert_eq!(digits["replicas"].as_array().unwrap().len(), 2, "{digits}");
     for url in metrics.values() {
         let url = url.as_str().unwrap();
@@ -437,4 +438,103 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
     }
     assert_eq!((files, rows), (shards.len(), 1797));
     assert!(out.join("manifest.json").exists());
+}
+
+/// Sums decimal AIC amounts exactly (base units).
+fn amount(text: &Value) -> aic_ledger::Amount {
+    text.as_str()
+        .expect("an amount")
+        .parse()
+        .expect("a decimal AIC amount")
+}
+
+/// The main job's report: done, accurate, every payment and the refund adding up to the budget
+/// to the last base unit; penalties only for `faulty`, which is never paid.
+fn check_main_job(job: &Value, faulty: Option<&str>) {
+    assert_eq!(job["state"], "done", "{job}");
+    let accuracy = job["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.95, "held-out accuracy {accuracy} below 0.95: {job}");
+    let tasks = job["tasks"].as_array().unwrap();
+    assert!(!tasks.is_empty());
+    for task in tasks {
+        for term in [
+            "rtt_ms",
+            "transfer_secs",
+            "queue_secs",
+            "compute_secs",
+            "reputation",
+            "total",
+        ] {
+            assert!(task["cost"][term].as_f64().unwrap().is_finite(), "{task}");
+        }
+        assert!(task["node"].as_str().unwrap().starts_with("compute-"), "{task}");
+        assert!(
+            task["storage_node"].as_str().unwrap().starts_with("storage-"),
+            "{task}"
+        );
+    }
+    let payments = job["payments"].as_array().unwrap();
+    let mut total = amount(&job["platform_fee_burned"])
+        .checked_add(amount(&job["refund"]))
+        .unwrap();
+    for payment in payments {
+        total = total.checked_add(amount(&payment["amount"])).unwrap();
+    }
+    assert_eq!(
+        total,
+        amount(&job["budget"]),
+        "escrow balances to the last base unit: {job}"
+    );
+    for role in ["dataset owner", "model owner"] {
+        assert!(payments.iter().any(|p| p["role"] == role), "{role} paid: {job}");
+    }
+    let penalised: Vec<&str> = job["penalties"]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["node"].as_str().unwrap())
+        .collect();
+    match faulty {
+        None => assert!(penalised.is_empty(), "no honest node is penalised: {job}"),
+        Some(faulty) => {
+            assert!(!penalised.is_empty(), "the corrupting node is caught: {job}");
+            assert!(
+                penalised.iter().all(|n| *n == faulty),
+                "no honest node is penalised: {job}"
+            );
+            let slashed = job["penalties"]["slashed"].as_array().unwrap();
+            assert!(
+                slashed
+                    .iter()
+                    .any(|s| s["node"] == faulty && s["slashed"] == "10"),
+                "its stake is slashed: {job}"
+            );
+            assert!(
+                !payments
+                    .iter()
+                    .any(|p| p["role"].as_str().unwrap().contains(faulty)),
+                "nothing paid for its work: {job}"
+            );
+            let checks = job["spot_checks"].as_array().unwrap();
+            assert!(checks
+                .iter()
+                .any(|c| c["verdict"] == "original_wrong" || c["verdict"] == "checker_wrong"));
+        }
+    }
+}
+
+#[test]
+fn the_main_job_catches_and_slashes_a_node_that_corrupts_its_results() {
+    let output = aic(&[
+        "devnet",
+        "--once",
+        "--json",
+        "--timeout-secs",
+        "60",
+        "--faulty-percent",
+        "100",
+    ]);
+    assert!(output.status.success(), "devnet failed: {}", stderr(&output));
+    let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    check_main_job(&status["job"], Some("compute-3"));
 }

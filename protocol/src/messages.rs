@@ -358,12 +358,20 @@ pub enum ClientResponse {
         bytes: Vec<u8>,
     },
     /// The most the job may cost (decimal AIC), and how that was reckoned.
-    JobQuote { amount: String, detail: String },
+    JobQuote {
+        amount: String,
+        detail: String,
+    },
     /// A job's state and its report (JSON: tasks and their cost terms, spot checks,
     /// penalties, payments, accuracy).
-    Job { state: String, report: String },
+    Job {
+        state: String,
+        report: String,
+    },
     /// The rater's records and penalties, as JSON.
-    Ratings { report: String },
+    Ratings {
+        report: String,
+    },
 }
 
 impl Request for ClientRequest {

@@ -80,7 +80,9 @@ impl Handler<Place> for Allocator {
         let candidates: Vec<ComputeCandidate<NodeId>> = self
             .nodes
             .iter()
-            .filter(|n| n.role == Role::Compute && n.state == NodeState::Up && !task.exclude.contains(&n.node_id))
+            .filter(|n| {
+                n.role == Role::Compute && n.state == NodeState::Up && !task.exclude.contains(&n.node_id)
+            })
             .map(|n| {
                 let busy = self.in_flight.get(&n.node_id).copied().unwrap_or(0);
                 let flops = (n.capacity.measured_mflops as f64 * 1e6).max(1e6);

@@ -27,12 +27,21 @@ fn unavailable(error: actix::MailboxError) -> RpcError {
 
 impl SchedulerApi {
     async fn job_status(&self, job: aic_protocol::JobId) -> Result<ClientResponse, RpcError> {
-        match self.jobs.board.send(crate::job::Status { job }).await.map_err(unavailable)? {
+        match self
+            .jobs
+            .board
+            .send(crate::job::Status { job })
+            .await
+            .map_err(unavailable)?
+        {
             Some((state, report)) => Ok(ClientResponse::Job {
                 state: state.as_str().to_string(),
                 report: report.to_string(),
             }),
-            None => Err(RpcError::new(ErrorCode::NotFound, format!("no job {job} on this scheduler"))),
+            None => Err(RpcError::new(
+                ErrorCode::NotFound,
+                format!("no job {job} on this scheduler"),
+            )),
         }
     }
 }
@@ -87,7 +96,12 @@ impl RpcHandler for SchedulerApi {
                 self.job_status(job).await
             }
             ClientRequest::Ratings => {
-                let (records, penalties) = self.jobs.rater.send(crate::rater::Records).await.map_err(unavailable)?;
+                let (records, penalties) = self
+                    .jobs
+                    .rater
+                    .send(crate::rater::Records)
+                    .await
+                    .map_err(unavailable)?;
                 let records: serde_json::Map<String, serde_json::Value> = records
                     .iter()
                     .map(|(node, r)| {

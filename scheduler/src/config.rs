@@ -167,7 +167,10 @@ impl Validate for SchedulerConfig {
             }
         }
         if j.platform_fee_percent > 100 {
-            return Err(Invalid::new("jobs.platform_fee_percent", "is a percentage, 0 to 100"));
+            return Err(Invalid::new(
+                "jobs.platform_fee_percent",
+                "is a percentage, 0 to 100",
+            ));
         }
         if j.steps_per_epoch == 0 || j.task_timeout_ms < 100 {
             return Err(Invalid::new(

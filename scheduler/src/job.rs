@@ -23,8 +23,8 @@ use aic_ledger::raft::replica::LedgerReplica;
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call, PayoutKind, Transaction};
 use aic_ledger::{Address, Amount, Keypair};
 use aic_protocol::messages::{
-    JobRequest, ModelShape, NodeState, NodeStatus, PeerRequest, PeerResponse, ShardSource, TaskKind, TaskResult,
-    TaskSpec,
+    JobRequest, ModelShape, NodeState, NodeStatus, PeerRequest, PeerResponse, ShardSource, TaskKind,
+    TaskResult, TaskSpec,
 };
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::ticket::ShardTicket;
@@ -43,6 +43,8 @@ use crate::registry::{ListNodes, Registry};
 
 /// How many nodes a task is tried on before the job fails.
 const MAX_ATTEMPTS: usize = 4;
+/// How long a task waits for a free slot on an eligible node.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
 /// How long a new job waits for storage nodes to report its dataset.
 const REPLICA_WAIT: Duration = Duration::from_secs(15);
 
@@ -118,7 +120,10 @@ impl Handler<Open> for JobBoard {
 
     fn handle(&mut self, message: Open, _: &mut Self::Context) -> Self::Result {
         if self.jobs.contains_key(&message.job) {
-            return Err(RpcError::new(ErrorCode::AlreadyExists, format!("job {} exists", message.job)));
+            return Err(RpcError::new(
+                ErrorCode::AlreadyExists,
+                format!("job {} exists", message.job),
+            ));
         }
         let cancel = Arc::new(AtomicBool::new(false));
         self.jobs.insert(
@@ -162,7 +167,10 @@ impl Handler<Cancel> for JobBoard {
             .get(&message.job)
             .ok_or_else(|| RpcError::new(ErrorCode::NotFound, format!("no job {}", message.job)))?;
         if entry.submitter != message.caller {
-            return Err(RpcError::new(ErrorCode::PermissionDenied, "only the submitter may cancel a job"));
+            return Err(RpcError::new(
+                ErrorCode::PermissionDenied,
+                "only the submitter may cancel a job",
+            ));
         }
         entry.cancel.store(true, Ordering::SeqCst);
         Ok(())
@@ -191,7 +199,11 @@ impl SystemSigner {
     }
 
     /// Submits `call` as the system account; a refusal is an error.
-    pub async fn submit(&self, ledger: &LedgerReplica, call: Call) -> Result<Vec<aic_ledger::state::Event>, String> {
+    pub async fn submit(
+        &self,
+        ledger: &LedgerReplica,
+        call: Call,
+    ) -> Result<Vec<aic_ledger::state::Event>, String> {
         let _one_at_a_time = self.lock.lock().await;
         let status = match ledger.execute(LedgerRequest::Status).await {
             Ok(LedgerResponse::Status(status)) => status,
@@ -209,8 +221,12 @@ impl SystemSigner {
         }
         .sign(&self.key);
         match ledger.execute(LedgerRequest::Submit(Box::new(signed))).await {
-            Ok(LedgerResponse::Submitted { result: Ok(events), .. }) => Ok(events),
-            Ok(LedgerResponse::Submitted { result: Err(refusal), .. }) => Err(refusal.to_string()),
+            Ok(LedgerResponse::Submitted {
+                result: Ok(events), ..
+            }) => Ok(events),
+            Ok(LedgerResponse::Submitted {
+                result: Err(refusal), ..
+            }) => Err(refusal.to_string()),
             other => Err(format!("unexpected ledger answer {other:?}")),
         }
     }
@@ -263,8 +279,14 @@ async fn read(ledger: &LedgerReplica, request: LedgerRequest) -> Result<LedgerRe
 async fn asset(ledger: &LedgerReplica, id: AssetId) -> Result<aic_ledger::state::Asset, RpcError> {
     match read(ledger, LedgerRequest::Asset(id)).await? {
         LedgerResponse::Asset(Some(asset)) => Ok(asset),
-        LedgerResponse::Asset(None) => Err(refuse(ErrorCode::NotFound, format!("no asset {id} on the ledger"))),
-        other => Err(refuse(ErrorCode::Internal, format!("unexpected ledger answer {other:?}"))),
+        LedgerResponse::Asset(None) => Err(refuse(
+            ErrorCode::NotFound,
+            format!("no asset {id} on the ledger"),
+        )),
+        other => Err(refuse(
+            ErrorCode::Internal,
+            format!("unexpected ledger answer {other:?}"),
+        )),
     }
 }
 
@@ -275,11 +297,17 @@ async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, R
         return Err(refuse(ErrorCode::InvalidArgument, "epochs must be 1 to 1000"));
     }
     if request.learning_rate_milli == 0 || request.learning_rate_milli > 100_000 {
-        return Err(refuse(ErrorCode::InvalidArgument, "the learning rate must be in (0, 100]"));
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            "the learning rate must be in (0, 100]",
+        ));
     }
     let dataset = asset(ledger, request.dataset_asset).await?;
     if dataset.kind != AssetKind::Dataset {
-        return Err(refuse(ErrorCode::InvalidArgument, format!("asset {} is not a Dataset", request.dataset_asset)));
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!("asset {} is not a Dataset", request.dataset_asset),
+        ));
     }
     let manifest = Manifest::from_json(&dataset.metadata.manifest).map_err(|e| {
         refuse(
@@ -289,11 +317,20 @@ async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, R
     })?;
     let model = asset(ledger, request.model_asset).await?;
     if model.kind != AssetKind::Model {
-        return Err(refuse(ErrorCode::InvalidArgument, format!("asset {} is not a Model", request.model_asset)));
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!("asset {} is not a Model", request.model_asset),
+        ));
     }
-    let shape: ModelShape = serde_json::from_str(&model.metadata.manifest)
-        .map_err(|e| refuse(ErrorCode::InvalidArgument, format!("the model's manifest is not a model shape: {e}")))?;
-    if shape.features() as usize != manifest.features.len() || shape.classes() as usize != manifest.classes.len() {
+    let shape: ModelShape = serde_json::from_str(&model.metadata.manifest).map_err(|e| {
+        refuse(
+            ErrorCode::InvalidArgument,
+            format!("the model's manifest is not a model shape: {e}"),
+        )
+    })?;
+    if shape.features() as usize != manifest.features.len()
+        || shape.classes() as usize != manifest.classes.len()
+    {
         return Err(refuse(
             ErrorCode::InvalidArgument,
             format!(
@@ -306,10 +343,16 @@ async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, R
         ));
     }
     if shape.parameters() as usize > aic_protocol::messages::MAX_PARAMETERS {
-        return Err(refuse(ErrorCode::InvalidArgument, "the model has too many parameters"));
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            "the model has too many parameters",
+        ));
     }
     if manifest.train.is_empty() || manifest.test.is_empty() {
-        return Err(refuse(ErrorCode::InvalidArgument, "the dataset needs training and held-out shards"));
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            "the dataset needs training and held-out shards",
+        ));
     }
     Ok(Plan {
         request: request.clone(),
@@ -334,14 +377,28 @@ fn fees(plan: &Plan) -> Result<Amount, RpcError> {
 /// The most `request` may cost.
 pub async fn quote(ctx: &JobContext, request: &JobRequest) -> Result<(Amount, String), RpcError> {
     let plan = resolve(&ctx.ledger, request).await?;
-    let nodes = ctx.registry.send(ListNodes).await.map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))?;
-    let compute = nodes.iter().filter(|n| n.role == Role::Compute && n.state == NodeState::Up).count() as u64;
+    let nodes = ctx
+        .registry
+        .send(ListNodes)
+        .await
+        .map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))?;
+    let compute = nodes
+        .iter()
+        .filter(|n| n.role == Role::Compute && n.state == NodeState::Up)
+        .count() as u64;
     let rows = |entries: &[ShardEntry]| entries.iter().map(|e| e.rows).sum::<u64>();
     let bytes = plan.manifest.shards().map(|e| e.bytes).sum::<u64>();
     let fees = fees(&plan)?;
     let amount = ctx
         .pricing
-        .quote(fees, rows(&plan.manifest.train), rows(&plan.manifest.test), request.epochs, bytes, compute)
+        .quote(
+            fees,
+            rows(&plan.manifest.train),
+            rows(&plan.manifest.test),
+            request.epochs,
+            bytes,
+            compute,
+        )
         .ok_or_else(|| refuse(ErrorCode::InvalidArgument, "the quote overflows"))?;
     let detail = format!(
         "usage fees {fees} AIC; {} training rows × {} epochs (spot checks counted at the new-node rate) at {} AIC \
@@ -372,13 +429,21 @@ pub async fn submit(ctx: &JobContext, request: JobRequest, submitter: NodeId) ->
                 format!("job {} has no escrow on the ledger; open it first", request.job),
             ))
         }
-        other => return Err(refuse(ErrorCode::Internal, format!("unexpected ledger answer {other:?}"))),
+        other => {
+            return Err(refuse(
+                ErrorCode::Internal,
+                format!("unexpected ledger answer {other:?}"),
+            ))
+        }
     };
     let (needed, _) = quote(ctx, &request).await?;
     if escrow.remaining < needed {
         return Err(refuse(
             ErrorCode::InvalidArgument,
-            format!("the escrow holds {} AIC; this job may cost up to {needed} AIC", escrow.remaining),
+            format!(
+                "the escrow holds {} AIC; this job may cost up to {needed} AIC",
+                escrow.remaining
+            ),
         ));
     }
     plan.payer = escrow.payer;
@@ -446,7 +511,11 @@ struct Run {
 impl Run {
     fn new(ctx: JobContext, plan: Plan, cancel: Arc<AtomicBool>) -> Self {
         let spec = crate::job::kernel_spec(plan.model);
-        let weights = spec.init(u64::from_le_bytes(plan.request.job.as_bytes()[..8].try_into().expect("8 bytes"))).flat();
+        let weights = spec
+            .init(u64::from_le_bytes(
+                plan.request.job.as_bytes()[..8].try_into().expect("8 bytes"),
+            ))
+            .flat();
         let report = json!({
             "id": plan.request.job.to_string(),
             "state": "running",
@@ -494,7 +563,12 @@ impl Run {
     }
 
     async fn refresh_nodes(&mut self) -> Result<(), String> {
-        self.nodes = self.ctx.registry.send(ListNodes).await.map_err(|e| e.to_string())?;
+        self.nodes = self
+            .ctx
+            .registry
+            .send(ListNodes)
+            .await
+            .map_err(|e| e.to_string())?;
         self.ctx
             .allocator
             .send(UpdateTopology {
@@ -528,7 +602,11 @@ impl Run {
     }
 
     async fn train(&mut self) -> Result<(), String> {
-        let steps = self.ctx.steps_per_epoch.min(self.plan.manifest.train.len() as u32).max(1) as usize;
+        let steps = self
+            .ctx
+            .steps_per_epoch
+            .min(self.plan.manifest.train.len() as u32)
+            .max(1) as usize;
         let train = self.plan.manifest.train.clone();
         let groups: Vec<Vec<ShardEntry>> = (0..steps)
             .map(|s| train.iter().skip(s).step_by(steps).cloned().collect())
@@ -592,7 +670,12 @@ impl Run {
 
     /// Runs one task per shard of `shards` (concurrently), spot-checks them, and re-runs the
     /// results of any node found wrong.
-    async fn run_step(&mut self, round: u32, kind: TaskKind, shards: &[ShardEntry]) -> Result<Vec<Done>, String> {
+    async fn run_step(
+        &mut self,
+        round: u32,
+        kind: TaskKind,
+        shards: &[ShardEntry],
+    ) -> Result<Vec<Done>, String> {
         let mut results: Vec<Option<Done>> = vec![None; shards.len()];
         let mut verified: Vec<bool> = vec![false; shards.len()];
         let mut pending: Vec<usize> = (0..shards.len()).collect();
@@ -619,7 +702,10 @@ impl Run {
             // Unverified results from a node found wrong in this step are re-run elsewhere.
             pending = (0..shards.len())
                 .filter(|&i| {
-                    !verified[i] && results[i].as_ref().is_some_and(|d| self.banned.contains(&d.placement.node))
+                    !verified[i]
+                        && results[i]
+                            .as_ref()
+                            .is_some_and(|d| self.banned.contains(&d.placement.node))
                 })
                 .collect();
             if pending.is_empty() {
@@ -715,7 +801,11 @@ impl Run {
             .execute(task, kind, entry, &[node, checker.placement.node])
             .await
             .ok();
-        let verdict = rating::decide(&original.result, &checker.result, third.as_ref().map(|d| &d.result));
+        let verdict = rating::decide(
+            &original.result,
+            &checker.result,
+            third.as_ref().map(|d| &d.result),
+        );
         record["third"] = json!(third.as_ref().map(|d| self.name(&d.placement.node)));
         let (accepted, wrong) = match verdict {
             Verdict::Agreed => (original.clone(), None),
@@ -723,7 +813,9 @@ impl Run {
             Verdict::CheckerWrong => (original.clone(), Some(checker.placement.node)),
             Verdict::Undecided => {
                 record["verdict"] = json!("undecided");
-                return Err(format!("task {task}: three executions disagree; the round cannot be trusted"));
+                return Err(format!(
+                    "task {task}: three executions disagree; the round cannot be trusted"
+                ));
             }
         };
         record["verdict"] = json!(match verdict {
@@ -734,13 +826,20 @@ impl Run {
         let mut banned = Vec::new();
         if let Some(wrong) = wrong {
             self.rate(wrong, false).await;
-            for honest in [Some(&original), Some(&checker), third.as_ref()].into_iter().flatten() {
+            for honest in [Some(&original), Some(&checker), third.as_ref()]
+                .into_iter()
+                .flatten()
+            {
                 if honest.placement.node != wrong {
                     self.rate(honest.placement.node, true).await;
                 }
             }
-            self.penalise(wrong, task, "gradient disagreed with two other executions of the same task")
-                .await;
+            self.penalise(
+                wrong,
+                task,
+                "gradient disagreed with two other executions of the same task",
+            )
+            .await;
             banned.push(wrong);
         }
         Ok((accepted, true, vec![record], banned))
@@ -768,16 +867,34 @@ impl Run {
     }
 
     /// Runs `task` on the best node not excluded (nor banned), retrying elsewhere on failure.
-    async fn execute(&self, task: TaskId, kind: TaskKind, entry: &ShardEntry, exclude: &[NodeId]) -> Result<Done, String> {
-        let shard: ShardId = entry.id.parse().map_err(|_| "a bad shard id in the manifest".to_string())?;
+    async fn execute(
+        &self,
+        task: TaskId,
+        kind: TaskKind,
+        entry: &ShardEntry,
+        exclude: &[NodeId],
+    ) -> Result<Done, String> {
+        let shard: ShardId = entry
+            .id
+            .parse()
+            .map_err(|_| "a bad shard id in the manifest".to_string())?;
         let replicas = self.replicas();
         if replicas.is_empty() {
-            return Err(format!("no storage node reports dataset {} whole", self.plan.dataset));
+            return Err(format!(
+                "no storage node reports dataset {} whole",
+                self.plan.dataset
+            ));
         }
-        let mut excluded: Vec<NodeId> = exclude.iter().copied().chain(self.banned.iter().copied()).collect();
+        let mut excluded: Vec<NodeId> = exclude
+            .iter()
+            .copied()
+            .chain(self.banned.iter().copied())
+            .collect();
         let flops = entry.rows as f64 * self.plan.model.parameters() as f64 * 6.0;
         let mut failures = Vec::new();
-        for _ in 0..MAX_ATTEMPTS {
+        let mut waited = Duration::ZERO;
+        let mut attempts = 0;
+        while attempts < MAX_ATTEMPTS {
             let placed = self
                 .ctx
                 .allocator
@@ -791,9 +908,19 @@ impl Run {
                 .await
                 .map_err(|e| e.to_string())?;
             let Some(placement) = placed else {
+                // Every eligible node may just be busy: wait for a free slot while any could.
+                let eligible = self.nodes.iter().any(|n| {
+                    n.role == Role::Compute && n.state == NodeState::Up && !excluded.contains(&n.node_id)
+                });
+                if eligible && waited < SLOT_WAIT {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    waited += Duration::from_millis(20);
+                    continue;
+                }
                 failures.push("no eligible compute node".to_string());
                 break;
             };
+            attempts += 1;
             let outcome = self.run_on(task, kind, entry, shard, &placement).await;
             self.ctx.allocator.do_send(Finished { node: placement.node });
             match outcome {
@@ -916,10 +1043,16 @@ impl Run {
             }
         }
         if completed {
-            work.fees.push((self.plan.dataset_owner, self.plan.dataset_fee, PayoutKind::DatasetFee));
-            work.fees.push((self.plan.model_owner, self.plan.model_fee, PayoutKind::ModelFee));
+            work.fees.push((
+                self.plan.dataset_owner,
+                self.plan.dataset_fee,
+                PayoutKind::DatasetFee,
+            ));
+            work.fees
+                .push((self.plan.model_owner, self.plan.model_fee, PayoutKind::ModelFee));
         }
-        let settlement = payroll::settle(self.plan.budget, &work, &self.ctx.pricing).map_err(|e| e.to_string())?;
+        let settlement =
+            payroll::settle(self.plan.budget, &work, &self.ctx.pricing).map_err(|e| e.to_string())?;
         let job = self.plan.request.job;
         let role_of = |to: &Address, kind: PayoutKind| -> String {
             let who = self
@@ -950,7 +1083,9 @@ impl Run {
             )
             .await?;
         if !settlement.refund.is_zero() {
-            system.submit(&self.ctx.ledger, Call::RefundEscrow { job }).await?;
+            system
+                .submit(&self.ctx.ledger, Call::RefundEscrow { job })
+                .await?;
         }
         self.report["payments"] = json!(payments);
         self.report["platform_fee_burned"] = json!(settlement.platform_fee.to_string());
@@ -969,7 +1104,14 @@ impl Run {
             }
             let reason = format!("job {job}: confirmed wrong result");
             match system
-                .submit(&self.ctx.ledger, Call::Slash { account, amount, reason })
+                .submit(
+                    &self.ctx.ledger,
+                    Call::Slash {
+                        account,
+                        amount,
+                        reason,
+                    },
+                )
                 .await
             {
                 Ok(_) => {
@@ -1024,7 +1166,9 @@ impl Run {
                 )
                 .await?;
             if let Some(asset) = events.iter().find_map(|e| match e {
-                aic_ledger::state::Event::AssetTransfer { from: None, asset, .. } => Some(*asset),
+                aic_ledger::state::Event::AssetTransfer {
+                    from: None, asset, ..
+                } => Some(*asset),
                 _ => None,
             }) {
                 self.report["trained_model"] = json!(asset.to_string());

@@ -133,8 +133,12 @@ pub async fn start(
     let system = if config.jobs.system_key.as_os_str().is_empty() {
         None
     } else {
-        let text = std::fs::read_to_string(&config.jobs.system_key)
-            .map_err(|e| StartError::Ledger(format!("jobs.system_key {}: {e}", config.jobs.system_key.display())))?;
+        let text = std::fs::read_to_string(&config.jobs.system_key).map_err(|e| {
+            StartError::Ledger(format!(
+                "jobs.system_key {}: {e}",
+                config.jobs.system_key.display()
+            ))
+        })?;
         let mut secret = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut secret).map_err(|_| {
             StartError::Ledger(format!(
@@ -142,9 +146,14 @@ pub async fn start(
                 config.jobs.system_key.display()
             ))
         })?;
-        Some(Arc::new(job::SystemSigner::new(aic_ledger::Keypair::from_secret(secret))))
+        Some(Arc::new(job::SystemSigner::new(
+            aic_ledger::Keypair::from_secret(secret),
+        )))
     };
-    let amount = |text: &str| text.parse::<aic_ledger::Amount>().map_err(|e| StartError::Ledger(e.to_string()));
+    let amount = |text: &str| {
+        text.parse::<aic_ledger::Amount>()
+            .map_err(|e| StartError::Ledger(e.to_string()))
+    };
     let jobs = job::JobContext {
         registry: registry_addr.clone(),
         allocator,

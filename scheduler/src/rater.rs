@@ -70,7 +70,7 @@ impl Handler<ShouldCheck> for Rater {
     type Result = bool;
 
     fn handle(&mut self, message: ShouldCheck, _: &mut Self::Context) -> bool {
-        let record = self.records.entry(message.node).or_insert_with(NodeRecord::new);
+        let record = self.records.entry(message.node).or_default();
         rating::should_check(record, rand::random::<f64>())
     }
 }
@@ -79,7 +79,7 @@ impl Handler<RecordCheck> for Rater {
     type Result = ();
 
     fn handle(&mut self, message: RecordCheck, _: &mut Self::Context) {
-        let record = self.records.entry(message.node).or_insert_with(NodeRecord::new);
+        let record = self.records.entry(message.node).or_default();
         if message.matched {
             record.record_match();
         } else {

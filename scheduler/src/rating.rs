@@ -23,13 +23,19 @@ pub const MIN_CHECK_RATE: f64 = 0.05;
 pub const MISMATCH_REPUTATION_FACTOR: f64 = 0.25;
 
 /// What the rater knows about one node.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NodeRecord {
     /// Checks it passed since its last confirmed mismatch.
     pub matches: u64,
     pub mismatches: u64,
     /// In (0, 1]; starts at 1, cut by mismatches, recovering slowly with matches.
     pub reputation: f64,
+}
+
+impl Default for NodeRecord {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl NodeRecord {

@@ -59,7 +59,9 @@ pub struct Coordinates<K> {
 
 impl<K> Default for Coordinates<K> {
     fn default() -> Self {
-        Coordinates { nodes: HashMap::new() }
+        Coordinates {
+            nodes: HashMap::new(),
+        }
     }
 }
 
