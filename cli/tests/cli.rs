@@ -313,6 +313,11 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
 
     check_dataset_commands(dir.path(), profile, alice, fundraiser);
+    check_job_refusals(
+        &data_dir,
+        profile,
+        status["datasets"][0]["asset"].as_str().unwrap(),
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(devnet.id() as i32),
@@ -537,4 +542,107 @@ fn the_main_job_catches_and_slashes_a_node_that_corrupts_its_results() {
     assert!(output.status.success(), "devnet failed: {}", stderr(&output));
     let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
     check_main_job(&status["job"], Some("compute-3"));
+}
+
+/// A job over budget, beyond the wallet, on an unknown dataset, or with a model that does not
+/// fit the data: each refused before any escrow is opened.
+fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
+    let wallet = |name: &str| {
+        data_dir
+            .join("wallets")
+            .join(format!("{name}.key"))
+            .display()
+            .to_string()
+    };
+    let (user, owner) = (wallet("user"), wallet("model-owner"));
+    let register = |features: &str| {
+        let out = aic(&[
+            "model",
+            "register",
+            "--name",
+            "m",
+            "--kind",
+            "softmax",
+            "--features",
+            features,
+            "--classes",
+            "10",
+            "--profile",
+            profile,
+            "--wallet",
+            &owner,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+        out["asset"].as_str().unwrap().to_string()
+    };
+    let (fits, misfit) = (register("64"), register("10"));
+    let balance = || {
+        let out = aic(&[
+            "wallet",
+            "balance",
+            "--profile",
+            profile,
+            "--wallet",
+            &user,
+            "--json",
+        ]);
+        let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+        out["account"]["balance"].clone()
+    };
+    let before = balance();
+    let submit = |dataset: &str, model: &str, budget: &str| {
+        aic(&[
+            "job",
+            "submit",
+            "--dataset",
+            dataset,
+            "--model",
+            model,
+            "--budget",
+            budget,
+            "--epochs",
+            "2",
+            "--profile",
+            profile,
+            "--wallet",
+            &user,
+        ])
+    };
+    for (dataset, model, budget, expected) in [
+        (
+            digits,
+            misfit.as_str(),
+            "50",
+            "the model takes 10 features into 10 classes; the dataset has 64 features",
+        ),
+        (
+            digits,
+            fits.as_str(),
+            "0.000001",
+            "is below what this job may cost",
+        ),
+        (
+            digits,
+            fits.as_str(),
+            "1000000",
+            "more than this wallet can spend",
+        ),
+        (
+            "00000000000000000000000000000000",
+            fits.as_str(),
+            "50",
+            "no asset 00000000000000000000000000000000",
+        ),
+    ] {
+        let out = submit(dataset, model, budget);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(expected),
+            "expected {expected:?} in: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(balance(), before, "no escrow was opened by a refused job");
 }
