@@ -100,12 +100,51 @@ pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
     let profile = args.client.load()?;
     let client = connect(&profile).await?;
     let nodes = list_nodes(&client).await?;
+    let ratings = ratings(&client).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&nodes_json(&nodes))?);
+        let mut listed = nodes_json(&nodes);
+        for node in listed.as_array_mut().into_iter().flatten() {
+            let id = node["id"].as_str().unwrap_or_default().to_string();
+            node["rating"] = ratings["records"][&id].clone();
+            node["penalties"] = json!(penalties_of(&ratings, node["name"].as_str().unwrap_or_default()));
+        }
+        println!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
         print!("{}", render_table(&nodes));
+        let penalties = ratings["penalties"].as_array().cloned().unwrap_or_default();
+        if !penalties.is_empty() {
+            println!("\npenalties:");
+            for p in penalties {
+                println!(
+                    "  {:<12} job {} task {}: {} (reputation now {:.2})",
+                    p["node"].as_str().unwrap_or_default(),
+                    p["job"].as_str().unwrap_or_default(),
+                    p["task"].as_str().unwrap_or_default(),
+                    p["reason"].as_str().unwrap_or_default(),
+                    p["reputation_after"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// The rater's records (by node id) and penalties, from the scheduler.
+pub async fn ratings(client: &RpcClient) -> anyhow::Result<Value> {
+    match client.call(&ClientRequest::Ratings).await? {
+        ClientResponse::Ratings { report } => Ok(serde_json::from_str(&report)?),
+        other => anyhow::bail!("unexpected answer to Ratings: {other:?}"),
+    }
+}
+
+fn penalties_of(ratings: &Value, name: &str) -> Vec<Value> {
+    ratings["penalties"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["node"] == name)
+        .cloned()
+        .collect()
 }
 
 /// The node list as JSON: ids in full, RTT peers by id and name.
