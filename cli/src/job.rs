@@ -376,6 +376,17 @@ pub fn render_report(report: &Value) -> String {
         report["platform_fee_burned"].as_str().unwrap_or_default(),
         report["refund"].as_str().unwrap_or_default()
     ));
+    for reward in report["rewards"].as_array().cloned().unwrap_or_default() {
+        text.push_str(&format!(
+            "  {:>14} AIC  Proof-of-Value reward ({}){}\n",
+            reward["amount"].as_str().unwrap_or_default(),
+            reward["node"].as_str().unwrap_or_default(),
+            reward["why"]
+                .as_str()
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default()
+        ));
+    }
     if let Some(model) = report["trained_model"].as_str() {
         text.push_str(&format!("\ntrained model: asset {model}\n"));
     }

@@ -30,6 +30,8 @@ pub struct JobSettings {
     pub platform_fee_percent: u8,
     /// AIC slashed from a node's stake for a confirmed wrong result (at most its stake).
     pub slash_aic: String,
+    /// Proof-of-Value reward from the reserve per million verified rows (AIC; issuance caps it).
+    pub reward_per_million_rows: String,
     /// Synchronous SGD steps per epoch (the training shards are split among them).
     pub steps_per_epoch: u32,
     /// How long one task may run before it is placed elsewhere.
@@ -44,6 +46,7 @@ impl Default for JobSettings {
             storage_per_gb: "1".into(),
             platform_fee_percent: 5,
             slash_aic: "10".into(),
+            reward_per_million_rows: "100".into(),
             steps_per_epoch: 2,
             task_timeout_ms: 60_000,
         }
@@ -161,6 +164,7 @@ impl Validate for SchedulerConfig {
             ("jobs.compute_per_million_rows", &j.compute_per_million_rows),
             ("jobs.storage_per_gb", &j.storage_per_gb),
             ("jobs.slash_aic", &j.slash_aic),
+            ("jobs.reward_per_million_rows", &j.reward_per_million_rows),
         ] {
             if value.parse::<aic_ledger::Amount>().is_err() {
                 return Err(Invalid::new(key, format!("{value:?} is not an AIC amount")));

@@ -180,6 +180,13 @@ impl Handler<Cancel> for JobBoard {
 // ---------------------------------------------------------------------------------------------
 // What a job needs
 
+/// Why a system transaction did not apply.
+#[derive(Debug)]
+pub enum Refusal {
+    Ledger(aic_ledger::TxError),
+    Other(String),
+}
+
 /// Signs system transactions (payroll, slashing, minting) one at a time, so nonces follow.
 pub struct SystemSigner {
     key: Keypair,
@@ -204,14 +211,26 @@ impl SystemSigner {
         ledger: &LedgerReplica,
         call: Call,
     ) -> Result<Vec<aic_ledger::state::Event>, String> {
+        self.try_submit(ledger, call).await.map_err(|e| match e {
+            Refusal::Ledger(e) => e.to_string(),
+            Refusal::Other(e) => e,
+        })
+    }
+
+    /// Like [`Self::submit`], with the ledger's refusal kept typed.
+    pub async fn try_submit(
+        &self,
+        ledger: &LedgerReplica,
+        call: Call,
+    ) -> Result<Vec<aic_ledger::state::Event>, Refusal> {
         let _one_at_a_time = self.lock.lock().await;
         let status = match ledger.execute(LedgerRequest::Status).await {
             Ok(LedgerResponse::Status(status)) => status,
-            other => return Err(format!("ledger status: {other:?}")),
+            other => return Err(Refusal::Other(format!("ledger status: {other:?}"))),
         };
         let nonce = match ledger.execute(LedgerRequest::Account(self.key.address())).await {
             Ok(LedgerResponse::Account(view)) => view.account.nonce,
-            other => return Err(format!("system account: {other:?}")),
+            other => return Err(Refusal::Other(format!("system account: {other:?}"))),
         };
         let signed = Transaction {
             chain_id: status.chain_id,
@@ -226,8 +245,8 @@ impl SystemSigner {
             }) => Ok(events),
             Ok(LedgerResponse::Submitted {
                 result: Err(refusal), ..
-            }) => Err(refusal.to_string()),
-            other => Err(format!("unexpected ledger answer {other:?}")),
+            }) => Err(Refusal::Ledger(refusal)),
+            other => Err(Refusal::Other(format!("unexpected ledger answer {other:?}"))),
         }
     }
 }
@@ -247,6 +266,8 @@ pub struct JobContext {
     pub system: Option<Arc<SystemSigner>>,
     pub pricing: Pricing,
     pub slash: Amount,
+    /// Proof-of-Value reward from the reserve per million verified rows (capped by issuance).
+    pub reward_per_million_rows: Amount,
     pub steps_per_epoch: u32,
     pub task_timeout: Duration,
 }
@@ -485,6 +506,28 @@ pub async fn submit(ctx: &JobContext, request: JobRequest, submitter: NodeId) ->
 // ---------------------------------------------------------------------------------------------
 // A running job
 
+/// A task after its spot check: the accepted result, whether a re-execution confirmed it, the
+/// check records, nodes found wrong, and nodes whose execution was confirmed.
+struct Checked {
+    done: Done,
+    verified: bool,
+    checks: Vec<Value>,
+    wrong: Vec<NodeId>,
+    confirmed: Vec<NodeId>,
+}
+
+impl Checked {
+    fn unverified(done: Done) -> Self {
+        Checked {
+            done,
+            verified: false,
+            checks: Vec::new(),
+            wrong: Vec::new(),
+            confirmed: Vec::new(),
+        }
+    }
+}
+
 /// One task's outcome with where it ran.
 #[derive(Clone)]
 struct Done {
@@ -502,6 +545,8 @@ struct Run {
     banned: HashSet<NodeId>,
     /// Verified row-passes and shard bytes served, by node.
     compute_rows: BTreeMap<NodeId, u64>,
+    /// Rows of results a spot check confirmed, by node: what Proof-of-Value rewards.
+    verified_rows: BTreeMap<NodeId, u64>,
     storage_bytes: BTreeMap<NodeId, u64>,
     clients: HashMap<NodeId, RpcClient>,
     report: Value,
@@ -539,6 +584,7 @@ impl Run {
             nodes: Vec::new(),
             banned: HashSet::new(),
             compute_rows: BTreeMap::new(),
+            verified_rows: BTreeMap::new(),
             storage_bytes: BTreeMap::new(),
             clients: HashMap::new(),
             report,
@@ -688,13 +734,16 @@ impl Run {
             let outcomes = futures::future::join_all(runs).await;
             let mut newly_banned = Vec::new();
             for (i, outcome) in outcomes {
-                let (done, was_verified, checks, wrong) = outcome?;
-                for check in checks {
+                let checked = outcome?;
+                for check in checked.checks {
                     push(&mut self.report["spot_checks"], check);
                 }
-                newly_banned.extend(wrong);
-                results[i] = Some(done);
-                verified[i] = was_verified;
+                for node in checked.confirmed {
+                    *self.verified_rows.entry(node).or_insert(0) += checked.done.result.rows;
+                }
+                newly_banned.extend(checked.wrong);
+                results[i] = Some(checked.done);
+                verified[i] = checked.verified;
             }
             for node in &newly_banned {
                 self.banned.insert(*node);
@@ -766,7 +815,7 @@ impl Run {
         round: u32,
         kind: TaskKind,
         entry: &ShardEntry,
-    ) -> Result<(Done, bool, Vec<Value>, Vec<NodeId>), String> {
+    ) -> Result<Checked, String> {
         let task = TaskId::random();
         let original = self.execute(task, kind, entry, &[]).await?;
         let node = original.placement.node;
@@ -778,11 +827,11 @@ impl Run {
                 .await
                 .map_err(|e| e.to_string())?;
         if !check {
-            return Ok((original, false, Vec::new(), Vec::new()));
+            return Ok(Checked::unverified(original));
         }
         let Ok(checker) = self.execute(task, kind, entry, &[node]).await else {
             // No other node could re-run it now: the result stands unverified.
-            return Ok((original, false, Vec::new(), Vec::new()));
+            return Ok(Checked::unverified(original));
         };
         let mut record = json!({
             "round": round,
@@ -795,7 +844,14 @@ impl Run {
             self.rate(node, true).await;
             self.rate(checker.placement.node, true).await;
             record["verdict"] = json!("agreed");
-            return Ok((original, true, vec![record], Vec::new()));
+            let confirmed = vec![node, checker.placement.node];
+            return Ok(Checked {
+                done: original,
+                verified: true,
+                checks: vec![record],
+                wrong: Vec::new(),
+                confirmed,
+            });
         }
         let third = self
             .execute(task, kind, entry, &[node, checker.placement.node])
@@ -824,6 +880,12 @@ impl Run {
             _ => "agreed",
         });
         let mut banned = Vec::new();
+        let confirmed: Vec<NodeId> = [Some(&original), Some(&checker), third.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|d| d.placement.node)
+            .filter(|n| Some(*n) != wrong)
+            .collect();
         if let Some(wrong) = wrong {
             self.rate(wrong, false).await;
             for honest in [Some(&original), Some(&checker), third.as_ref()]
@@ -842,7 +904,13 @@ impl Run {
             .await;
             banned.push(wrong);
         }
-        Ok((accepted, true, vec![record], banned))
+        Ok(Checked {
+            done: accepted,
+            verified: true,
+            checks: vec![record],
+            wrong: banned,
+            confirmed,
+        })
     }
 
     async fn rate(&self, node: NodeId, matched: bool) {
@@ -1133,6 +1201,8 @@ impl Run {
             "slashed": self.report["penalties"].clone(),
         });
 
+        self.reward(&system, &addresses).await;
+
         if completed {
             let bytes: Vec<u8> = self.weights.iter().flat_map(|w| w.to_le_bytes()).collect();
             let manifest = json!({
@@ -1175,6 +1245,56 @@ impl Run {
             }
         }
         Ok(())
+    }
+}
+
+impl Run {
+    /// Proof-of-Value rewards from the reserve for verified work, within what issuance allows
+    /// now; a provider paid by the job's own submitter earns none (no self-dealing).
+    async fn reward(&mut self, system: &SystemSigner, addresses: &HashMap<NodeId, Address>) {
+        let mut rewards = Vec::new();
+        for (node, rows) in self.verified_rows.clone() {
+            if self.banned.contains(&node) {
+                continue;
+            }
+            let Some(to) = addresses.get(&node).copied() else {
+                continue;
+            };
+            if to == self.plan.payer {
+                rewards.push(json!({"node": self.name(&node), "amount": "0", "why": "the submitter's own node earns no reward"}));
+                continue;
+            }
+            let Some(mut amount) = self
+                .ctx
+                .reward_per_million_rows
+                .mul_div(u128::from(rows), 1_000_000)
+            else {
+                continue;
+            };
+            // The issuance cap (and the amount burned so far) bounds every reward.
+            for _ in 0..2 {
+                if amount.is_zero() {
+                    break;
+                }
+                match system
+                    .try_submit(&self.ctx.ledger, Call::Reward { to, amount })
+                    .await
+                {
+                    Ok(_) => {
+                        rewards.push(json!({"node": self.name(&node), "to": to.to_string(), "verified_rows": rows, "amount": amount.to_string()}));
+                        break;
+                    }
+                    Err(Refusal::Ledger(aic_ledger::TxError::IssuanceCap { allowed, .. })) => {
+                        amount = Amount::base_units(allowed);
+                    }
+                    Err(error) => {
+                        warn!(?error, "reward refused");
+                        break;
+                    }
+                }
+            }
+        }
+        self.report["rewards"] = json!(rewards);
     }
 }
 

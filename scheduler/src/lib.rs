@@ -169,6 +169,7 @@ pub async fn start(
             platform_fee_percent: config.jobs.platform_fee_percent,
         },
         slash: amount(&config.jobs.slash_aic)?,
+        reward_per_million_rows: amount(&config.jobs.reward_per_million_rows)?,
         steps_per_epoch: config.jobs.steps_per_epoch,
         task_timeout: Duration::from_millis(config.jobs.task_timeout_ms),
     };
