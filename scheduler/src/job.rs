@@ -1260,15 +1260,12 @@ impl Run {
             let Some(to) = addresses.get(&node).copied() else {
                 continue;
             };
-            if to == self.plan.payer {
-                rewards.push(json!({"node": self.name(&node), "amount": "0", "why": "the submitter's own node earns no reward"}));
-                continue;
-            }
-            let Some(mut amount) = self
-                .ctx
-                .reward_per_million_rows
-                .mul_div(u128::from(rows), 1_000_000)
+            let Some(mut amount) =
+                payroll::pov_reward(self.ctx.reward_per_million_rows, rows, &to, &self.plan.payer)
             else {
+                if to == self.plan.payer {
+                    rewards.push(json!({"node": self.name(&node), "amount": "0", "why": "the submitter's own node earns no reward"}));
+                }
                 continue;
             };
             // The issuance cap (and the amount burned so far) bounds every reward.

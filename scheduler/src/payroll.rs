@@ -95,6 +95,22 @@ impl Pricing {
     }
 }
 
+/// The Proof-of-Value reward a provider earns for `verified_rows` at `rate` per million rows:
+/// none when the provider is the job's own submitter (self-dealing earns nothing). The ledger's
+/// issuance cap may lower it further.
+pub fn pov_reward(
+    rate: Amount,
+    verified_rows: u64,
+    provider: &Address,
+    submitter: &Address,
+) -> Option<Amount> {
+    if provider == submitter {
+        return None;
+    }
+    rate.mul_div(u128::from(verified_rows), 1_000_000)
+        .filter(|a| !a.is_zero())
+}
+
 fn add(a: Amount, b: Amount) -> Result<Amount, PayrollError> {
     a.checked_add(b).map_err(|_| PayrollError::Overflow)
 }
@@ -237,6 +253,17 @@ mod tests {
                 fees: aic(3)
             })
         );
+    }
+
+    #[test]
+    fn a_submitters_own_node_earns_no_proof_of_value_reward() {
+        let (node, submitter) = (Address([1; 32]), Address([2; 32]));
+        assert_eq!(
+            pov_reward(aic(100), 5_000, &node, &submitter),
+            Some(Amount::base_units(500_000_000_000_000_000))
+        );
+        assert_eq!(pov_reward(aic(100), 5_000, &submitter, &submitter), None);
+        assert_eq!(pov_reward(aic(100), 0, &node, &submitter), None);
     }
 
     #[test]
