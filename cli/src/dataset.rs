@@ -56,7 +56,7 @@ pub enum DatasetCommand {
     },
     /// Preprocess a CSV or Parquet file, store it on R storage nodes, mint its Dataset asset.
     Import(ImportArgs),
-    /// Write a dataset you own as plain Parquet files (and its manifest) into DIR.
+    /// Write a dataset (or trained model) you own as plain Parquet files and its manifest into DIR.
     Export {
         asset: AssetId,
         #[arg(long)]
@@ -467,8 +467,11 @@ async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::R
     let Some(asset) = asset else {
         bail!("no asset {asset_id} on the ledger");
     };
-    if asset.kind != AssetKind::Dataset {
-        bail!("asset {asset_id} is a {:?}, not a Dataset", asset.kind);
+    if !matches!(asset.kind, AssetKind::Dataset | AssetKind::TrainedModel) {
+        bail!(
+            "asset {asset_id} is a {:?}: only Dataset and TrainedModel assets are stored",
+            asset.kind
+        );
     }
     if asset.owner != key.address() {
         bail!(

@@ -359,10 +359,11 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
     );
     let listed = dataset(&["list", "--json"], owner);
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    // The devnet's digits and the main job's trained weights; nothing from a refused import.
     assert_eq!(
         listed.as_array().unwrap().len(),
-        1,
-        "only the devnet's own digits; nothing stored by a refused import: {listed}"
+        2,
+        "only the devnet's own objects; nothing stored by a refused import: {listed}"
     );
 
     // The ledger refuses the asset (its name is too long): the stored copies are dropped again.
@@ -380,7 +381,7 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
     );
     let listed = dataset(&["list", "--json"], owner);
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 1, "no half dataset: {listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 2, "no half dataset: {listed}");
 
     let imported = dataset(
         &["import", digits, "--label", "digit", "--fee", "0.5", "--json"],
@@ -645,4 +646,35 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
         );
     }
     assert_eq!(balance(), before, "no escrow was opened by a refused job");
+}
+
+/// The main job's trained weights are stored on the storage nodes: the TrainedModel asset's
+/// owner (the job's submitter) exports them as Parquet, one row per parameter.
+fn check_trained_model_export(dir: &std::path::Path, data_dir: &std::path::Path, profile: &str, asset: &str) {
+    let user = data_dir.join("wallets/user.key");
+    let out = dir.join("weights");
+    let exported = aic(&[
+        "dataset",
+        "export",
+        asset,
+        "--out",
+        out.to_str().unwrap(),
+        "--profile",
+        profile,
+        "--wallet",
+        user.to_str().unwrap(),
+    ]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let file = std::fs::File::open(out.join("train-00000.parquet")).unwrap();
+    let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(
+        rows,
+        65 * 10,
+        "softmax regression 64 → 10: 640 weights and 10 biases"
+    );
 }

@@ -1204,22 +1204,28 @@ impl Run {
         self.reward(&system, &addresses).await;
 
         if completed {
+            let (content_hash, stored) = match self.store_weights().await {
+                Ok((manifest, object)) => (aic_storage_node::catalog::manifest_hash(&manifest), Some(object)),
+                Err(error) => {
+                    warn!(%job, %error, "the trained weights could not be stored; they are kept on the ledger only");
+                    self.report["weights_storage_error"] = json!(error);
+                    let bytes: Vec<u8> = self.weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+                    (*blake3::hash(&bytes).as_bytes(), None)
+                }
+            };
             let bytes: Vec<u8> = self.weights.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let manifest = json!({
+            let mut manifest = json!({
                 "model": self.plan.model,
                 "dataset_asset": self.plan.request.dataset_asset.to_string(),
                 "model_asset": self.plan.request.model_asset.to_string(),
                 "job": job.to_string(),
                 "accuracy": self.report["accuracy"],
+                "stored_object": stored,
                 "weights_f32_le_hex": hex::encode(&bytes),
-            })
-            .to_string();
-            let manifest = if manifest.len() <= aic_ledger::state::MAX_MANIFEST_BYTES {
-                manifest
-            } else {
-                json!({"model": self.plan.model, "job": job.to_string(), "weights": "too large for the ledger"})
-                    .to_string()
-            };
+            });
+            if manifest.to_string().len() > aic_ledger::state::MAX_MANIFEST_BYTES {
+                manifest["weights_f32_le_hex"] = json!("too large for the ledger: export the stored object");
+            }
             let events = system
                 .submit(
                     &self.ctx.ledger,
@@ -1228,8 +1234,8 @@ impl Run {
                         kind: AssetKind::TrainedModel,
                         metadata: AssetMetadata {
                             name: format!("trained on {}", self.plan.manifest.name),
-                            content_hash: *blake3::hash(&bytes).as_bytes(),
-                            manifest,
+                            content_hash,
+                            manifest: manifest.to_string(),
                             usage_fee: Amount::ZERO,
                         },
                     },
@@ -1242,6 +1248,7 @@ impl Run {
                 _ => None,
             }) {
                 self.report["trained_model"] = json!(asset.to_string());
+                self.report["trained_model_object"] = json!(stored);
             }
         }
         Ok(())
@@ -1249,6 +1256,43 @@ impl Run {
 }
 
 impl Run {
+    /// Stores the trained weights on the storage nodes (every one up, at most two): one sealed
+    /// Parquet shard, exportable by the TrainedModel asset's owner like a dataset.
+    async fn store_weights(&self) -> Result<(Manifest, String), String> {
+        let storage: Vec<&NodeStatus> = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Storage && n.state == NodeState::Up)
+            .take(2)
+            .collect();
+        let first = storage.first().ok_or("no storage node is up")?;
+        let client = RpcClient::connect(&self.ctx.endpoint, &first.quic_addr, Role::Storage)
+            .await
+            .map_err(|e| e.to_string())?;
+        let spec = kernel_spec(self.plan.model);
+        let mut offset = 0;
+        let tensors: Vec<Vec<f32>> = spec
+            .shapes()
+            .into_iter()
+            .map(|(rows, cols)| {
+                let tensor = self.weights[offset..offset + rows * cols].to_vec();
+                offset += rows * cols;
+                tensor
+            })
+            .collect();
+        let replicas = storage
+            .iter()
+            .map(|n| aic_storage_node::manifest::ReplicaLocation {
+                node: n.node_id.to_string(),
+                quic_addr: n.quic_addr.clone(),
+            })
+            .collect();
+        let name = format!("weights of job {}", self.plan.request.job);
+        aic_storage_node::upload_client::store_weights(&client, &name, &tensors, replicas)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Proof-of-Value rewards from the reserve for verified work, within what issuance allows
     /// now; a provider paid by the job's own submitter earns none (no self-dealing).
     async fn reward(&mut self, system: &SystemSigner, addresses: &HashMap<NodeId, Address>) {

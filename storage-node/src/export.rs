@@ -87,7 +87,8 @@ impl StorageNode {
                 format!("no asset {}", proof.asset),
             ));
         };
-        if asset.kind != AssetKind::Dataset || dataset_id_of_hash(&asset.metadata.content_hash) != dataset {
+        let stored = matches!(asset.kind, AssetKind::Dataset | AssetKind::TrainedModel);
+        if !stored || dataset_id_of_hash(&asset.metadata.content_hash) != dataset {
             return Err(self.refuse(
                 "not_owner",
                 ErrorCode::PermissionDenied,

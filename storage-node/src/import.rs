@@ -308,6 +308,7 @@ pub async fn preprocess(
     }
     let (train, test) = writer.finish().await?;
     Ok(Manifest {
+        kind: crate::manifest::ObjectKind::Dataset,
         name: name.to_string(),
         rows,
         features,

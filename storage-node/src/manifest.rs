@@ -37,8 +37,20 @@ pub struct ReplicaLocation {
     pub quic_addr: String,
 }
 
+/// What a stored object is: a training dataset, or a trained model's weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    #[default]
+    Dataset,
+    /// One shard of (tensor, index, value) rows: a trained model's parameters.
+    TrainedModel,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    #[serde(default)]
+    pub kind: ObjectKind,
     pub name: String,
     pub rows: u64,
     pub features: Vec<Feature>,
@@ -98,7 +110,7 @@ impl Manifest {
                 self.rows
             ));
         }
-        if self.classes.is_empty() || self.features.is_empty() {
+        if self.kind == ObjectKind::Dataset && (self.classes.is_empty() || self.features.is_empty()) {
             return Err("a manifest needs at least one feature and one class".into());
         }
         Ok(())

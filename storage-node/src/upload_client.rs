@@ -87,3 +87,61 @@ impl ShardSink for UploadSink<'_> {
         Ok(())
     }
 }
+
+/// A trained model's parameters as one Parquet shard — columns `tensor`, `index`, `value`, one
+/// row per parameter — uploaded to `client`'s node and placed on `replicas`. Answers the
+/// manifest (its hash is the TrainedModel asset's content hash) and the stored object's id.
+pub async fn store_weights(
+    client: &RpcClient,
+    name: &str,
+    tensors: &[Vec<f32>],
+    replicas: Vec<crate::manifest::ReplicaLocation>,
+) -> Result<(Manifest, String), ImportError> {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float32Array, RecordBatch, UInt32Array};
+
+    let mut tensor_ids = Vec::new();
+    let mut indices = Vec::new();
+    let mut values = Vec::new();
+    for (t, tensor) in tensors.iter().enumerate() {
+        for (i, v) in tensor.iter().enumerate() {
+            tensor_ids.push(t as u32);
+            indices.push(i as u32);
+            values.push(*v);
+        }
+    }
+    let rows = values.len() as u64;
+    let batch = RecordBatch::try_from_iter([
+        ("tensor", Arc::new(UInt32Array::from(tensor_ids)) as ArrayRef),
+        ("index", Arc::new(UInt32Array::from(indices)) as ArrayRef),
+        ("value", Arc::new(Float32Array::from(values)) as ArrayRef),
+    ])
+    .map_err(|e| ImportError::Shard(e.to_string()))?;
+    let parquet = crate::import::write_parquet(&batch).map_err(ImportError::Shard)?;
+    let id = ShardId::of_content(&parquet);
+    let bytes = parquet.len() as u64;
+    let mut sink = UploadSink::begin(client, |_| {}).await?;
+    sink.put(id, parquet).await?;
+    let manifest = Manifest {
+        kind: crate::manifest::ObjectKind::TrainedModel,
+        name: name.to_string(),
+        rows,
+        features: Vec::new(),
+        label: String::new(),
+        classes: Vec::new(),
+        seed: 0,
+        test_fraction: 0.0,
+        shard_rows: rows as usize,
+        train: vec![crate::manifest::ShardEntry {
+            id: id.to_string(),
+            rows,
+            bytes,
+        }],
+        test: Vec::new(),
+        replicas,
+        fee: "0".into(),
+    };
+    let (object, _) = sink.commit(&manifest).await?;
+    Ok((manifest, object))
+}
