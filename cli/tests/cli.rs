@@ -318,6 +318,12 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
         profile,
         status["datasets"][0]["asset"].as_str().unwrap(),
     );
+    check_trained_model_export(
+        dir.path(),
+        &data_dir,
+        profile,
+        status["job"]["trained_model"].as_str().unwrap(),
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(devnet.id() as i32),
