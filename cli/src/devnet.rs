@@ -49,6 +49,8 @@ const STORAGE_NODES: [&str; 2] = ["storage-1", "storage-2"];
 const COMPUTE_NODES: [&str; 3] = ["compute-1", "compute-2", "compute-3"];
 /// Devnet heartbeats are brisk so the grid settles in about a second.
 const HEARTBEAT_INTERVAL_MS: u64 = 300;
+/// Devnet blocks come every half second, so the lottery is seen within the run.
+const BLOCK_INTERVAL_MS: u64 = 500;
 
 #[derive(Args, Clone, Debug)]
 pub struct DevnetArgs {
@@ -129,6 +131,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             config.ledger.data_dir = dir.join("ledger").join(name);
             config.ledger.bootstrap = i == 0;
             config.jobs.system_key = dir.join("wallets").join("system.key");
+            config.ledger.block_interval_ms = BLOCK_INTERVAL_MS;
             let (addr, metrics) = grid.start(dir, name, "scheduler", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
             replicas.push(ReplicaAddr {
@@ -184,6 +187,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         wait_for_ledger(&client, deadline).await?;
         let digits = import_digits(dir, &profile).await?;
         let job = main_job(dir, &client, &profile, &payout, &digits, args).await?;
+        let lottery_blocks = wait_for_lottery_block(&client).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
         let chain_verified = ledger_client::verify(&client).await.is_ok();
         let status = GridStatus {
@@ -193,6 +197,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             chain_verified,
             digits,
             job,
+            lottery_blocks,
         };
         report(dir, args, &profile_path, &status)?;
         if !args.once {
@@ -264,6 +269,34 @@ async fn main_job(
     };
     let job = crate::job::submit_job(client, &wallets["user"], &submit).await?;
     crate::job::follow(client, job, !args.json).await
+}
+
+/// Waits (at most 20 block intervals) for the first block the lottery elected after the job:
+/// its session's verified nodes hold tickets. Answers every lottery block with its proposer.
+async fn wait_for_lottery_block(client: &RpcClient) -> anyhow::Result<Vec<Value>> {
+    let nodes = nodes::list_nodes(client).await?;
+    let name_of = |id: &NodeId| {
+        nodes
+            .iter()
+            .find(|n| &n.node_id == id)
+            .map_or_else(|| id.short(), |n| n.name.clone())
+    };
+    let deadline = Instant::now() + Duration::from_millis(20 * BLOCK_INTERVAL_MS);
+    loop {
+        let blocks: Vec<Value> = ledger_client::all_blocks(client)
+            .await?
+            .iter()
+            .filter_map(|(header, _)| {
+                header.session.map(|session| {
+                    json!({"height": header.height, "proposer": name_of(&header.proposer), "session": session.to_string(), "signatures": header.signatures.len()})
+                })
+            })
+            .collect();
+        if !blocks.is_empty() || Instant::now() > deadline {
+            return Ok(blocks);
+        }
+        tokio::time::sleep(Duration::from_millis(BLOCK_INTERVAL_MS / 2)).await;
+    }
 }
 
 /// The bundled digits data imported the way `aic dataset import` does it: preprocessed, placed on
@@ -545,6 +578,8 @@ struct GridStatus {
     chain_verified: bool,
     digits: crate::dataset::Imported,
     job: Value,
+    /// Blocks whose proposer won the lottery (a session's ticket holder, co-signed).
+    lottery_blocks: Vec<Value>,
 }
 
 fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatus) -> anyhow::Result<()> {
@@ -555,6 +590,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
         chain_verified,
         digits,
         job,
+        lottery_blocks,
     } = status;
     let chain_verified = *chain_verified;
     let mode = if args.processes { "processes" } else { "in-process" };
@@ -598,7 +634,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
             "ledger": ledger_json,
             "datasets": [dataset_json],
             "job": job,
-            "chain": {"height": ledger.block_height, "verified": chain_verified},
+            "chain": {"height": ledger.block_height, "verified": chain_verified, "lottery_blocks": lottery_blocks},
             "profile": profile_path.display().to_string(),
         });
         println!("{}", serde_json::to_string(&status)?);
@@ -638,6 +674,21 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
     );
     println!("\nthe main job: softmax regression on the digits, paid from escrow\n");
     print!("{}", crate::job::render_report(job));
+    let proposers: Vec<&str> = lottery_blocks
+        .iter()
+        .filter_map(|b| b["proposer"].as_str())
+        .collect();
+    println!(
+        "\nchain: height {}, {} lottery blocks (proposers {}), {}",
+        ledger.block_height,
+        lottery_blocks.len(),
+        proposers.join(", "),
+        if chain_verified {
+            "verified"
+        } else {
+            "NOT verified"
+        }
+    );
     println!("\nmetrics:");
     for (name, url) in metrics {
         println!("  {name:<12} {}", url.as_str().unwrap_or_default());

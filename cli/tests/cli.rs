@@ -79,6 +79,18 @@ fn check_devnet(extra: &[&str]) {
     assert_eq!(digits["rows"], 1797, "the bundled digits are imported: {status}");
     check_main_job(&status["job"], None);
     assert_eq!(status["chain"]["verified"], true);
+    let lottery = status["chain"]["lottery_blocks"].as_array().unwrap();
+    assert!(!lottery.is_empty(), "a verified node won a block: {status}");
+    for block in lottery {
+        assert!(
+            block["proposer"].as_str().unwrap().starts_with("compute-"),
+            "{block}"
+        );
+        assert!(
+            block["signatures"].as_u64().unwrap() >= 2,
+            "winner and co-signer: {block}"
+        );
+    }
     assert_eq!(digits["replicas"].as_array().unwrap().len(), 2, "{digits}");
     for url in metrics.values() {
         let url = url.as_str().unwrap();
@@ -549,6 +561,12 @@ fn the_main_job_catches_and_slashes_a_node_that_corrupts_its_results() {
     assert!(output.status.success(), "devnet failed: {}", stderr(&output));
     let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
     check_main_job(&status["job"], Some("compute-3"));
+    let lottery = status["chain"]["lottery_blocks"].as_array().unwrap();
+    assert!(
+        lottery.iter().all(|b| b["proposer"] != "compute-3"),
+        "a node found wrong holds no ticket: {lottery:?}"
+    );
+    assert_eq!(status["chain"]["verified"], true);
 }
 
 /// A job over budget, beyond the wallet, on an unknown dataset, or with a model that does not

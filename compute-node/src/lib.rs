@@ -47,6 +47,9 @@ struct ComputeNode {
     storage: Mutex<HashMap<String, RpcClient>>,
     metrics: metrics::ComputeMetrics,
     corrupt_percent: u8,
+    /// The certificate key, which signs lottery blocks.
+    key: aic_ledger::Keypair,
+    me: aic_protocol::NodeId,
 }
 
 struct ComputeApi(Arc<ComputeNode>);
@@ -70,6 +73,7 @@ impl RpcHandler for ComputeApi {
                     .observe(started.elapsed().as_secs_f64());
                 result.map(|r| PeerResponse::TaskDone(Box::new(r)))
             }
+            PeerRequest::SignBlock { header, as_cosigner } => self.0.sign_block(&header, as_cosigner),
             other => answer_peer(other),
         }
     }
@@ -83,6 +87,35 @@ fn kind_label(kind: TaskKind) -> &'static str {
 }
 
 impl ComputeNode {
+    /// Checks a lottery block before signing it: a session, the winner's ticket under the
+    /// target, and this node in the role it is asked to sign for.
+    fn sign_block(&self, bytes: &[u8], as_cosigner: bool) -> Result<PeerResponse, RpcError> {
+        let invalid = |m: &str| RpcError::new(ErrorCode::InvalidArgument, m.to_string());
+        if bytes.len() > 64 * 1024 {
+            return Err(invalid("a block header is far smaller than that"));
+        }
+        let header: aic_ledger::block::BlockHeader =
+            postcard::from_bytes(bytes).map_err(|e| invalid(&format!("not a block header: {e}")))?;
+        let session = header.session.ok_or_else(|| invalid("not a lottery block"))?;
+        if aic_ledger::lottery::draw(&header.prev_hash, &header.proposer, &session) >= header.difficulty {
+            return Err(invalid("the proposer's ticket does not draw under the target"));
+        }
+        let proposing = header.proposer == self.me && header.proposer_key == self.key.address();
+        if as_cosigner == proposing {
+            return Err(invalid(
+                "this node is not the block's proposer (or is asked to co-sign its own block)",
+            ));
+        }
+        let signature = self.key.sign(&header.signing_bytes());
+        self.metrics
+            .blocks_signed
+            .with_label_values(&[if as_cosigner { "cosigner" } else { "proposer" }])
+            .inc();
+        Ok(PeerResponse::BlockSigned {
+            signature: signature.to_vec(),
+        })
+    }
+
     async fn run_task(&self, spec: TaskSpec) -> Result<TaskResult, RpcError> {
         let invalid = |m: String| RpcError::new(ErrorCode::InvalidArgument, m);
         if spec.shards.is_empty() || spec.shards.len() > MAX_TASK_SHARDS {
@@ -233,6 +266,9 @@ pub fn start(
         storage: Mutex::new(HashMap::new()),
         metrics,
         corrupt_percent: config.compute.corrupt_results_percent,
+        key: aic_ledger::Keypair::from_pkcs8_der(identity.key.secret_der())
+            .map_err(|e| aic_protocol::Error::Certificate(format!("the node key cannot sign blocks: {e}")))?,
+        me: identity.me.node_id,
     });
     start_node(
         Role::Compute,

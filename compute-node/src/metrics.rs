@@ -11,6 +11,7 @@ pub struct ComputeMetrics {
     pub fetched_bytes: IntCounter,
     pub cache: IntCounterVec,
     pub device_mflops: IntGauge,
+    pub blocks_signed: IntCounterVec,
 }
 
 impl ComputeMetrics {
@@ -58,7 +59,20 @@ impl ComputeMetrics {
                     "The device's matrix-multiply speed measured at start, MFLOP/s",
                 )?,
             )?,
+            blocks_signed: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_compute_blocks_signed_total",
+                        "Lottery blocks signed, by role",
+                    ),
+                    &["role"],
+                )?,
+            )?,
         };
+        for role in ["proposer", "cosigner"] {
+            metrics.blocks_signed.with_label_values(&[role]);
+        }
         for kind in ["gradient", "evaluate"] {
             metrics.task_duration.with_label_values(&[kind]);
             for result in ["ok", "error"] {

@@ -73,6 +73,26 @@ impl BlockHeader {
     }
 
     /// Checks the proposer's identity and that it signed the header.
+    /// A lottery block (one with a session): the proposer's ticket draws under the block's
+    /// target, and a second key co-signed. Other blocks need only the proposer's signature.
+    pub fn check_lottery(&self) -> Result<(), String> {
+        let Some(session) = &self.session else {
+            return Ok(());
+        };
+        if crate::lottery::draw(&self.prev_hash, &self.proposer, session) >= self.difficulty {
+            return Err("the proposer's ticket does not draw under the block's target".into());
+        }
+        let message = self.signing_bytes();
+        let cosigned = self
+            .signatures
+            .iter()
+            .any(|s| s.signer != self.proposer_key && verify_strict(&s.signer, &message, &s.signature));
+        if !cosigned {
+            return Err("a lottery block needs a second node's co-signature".into());
+        }
+        Ok(())
+    }
+
     pub fn check_proposer_signature(&self) -> Result<(), String> {
         if NodeId::from_public_key(&self.proposer_key.0) != self.proposer {
             return Err("proposer id is not the hash of the proposer key".into());
@@ -145,6 +165,7 @@ pub fn verify_chain(headers: &[BlockHeader], transactions: &[Vec<[u8; 32]>]) -> 
         }
         block
             .check_proposer_signature()
+            .and_then(|()| block.check_lottery())
             .map_err(|e| format!("block {}: {e}", block.height))?;
         if let Some(txs) = transactions.get(i + 1) {
             if merkle_root(txs) != block.merkle_root || txs.len() != block.tx_count as usize {
@@ -188,6 +209,32 @@ mod tests {
         };
         block.sign(key);
         block
+    }
+
+    #[test]
+    fn a_lottery_block_needs_a_winning_ticket_and_a_cosignature() {
+        let (winner, cosigner) = (Keypair::generate(), Keypair::generate());
+        let genesis = BlockHeader::genesis(1_000);
+        let session = JobId::from_bytes([9; 16]);
+        let winner_id = NodeId::from_public_key(&winner.address().0);
+        let draw = crate::lottery::draw(&genesis.hash(), &winner_id, &session);
+        let block = |difficulty: u64, cosign: bool| {
+            let mut block = child_of(&genesis, &winner, &[]);
+            block.session = Some(session);
+            block.difficulty = difficulty;
+            block.signatures.clear();
+            block.sign(&winner);
+            if cosign {
+                block.sign(&cosigner);
+            }
+            block
+        };
+        let txs = vec![vec![], vec![]];
+        verify_chain(&[genesis.clone(), block(draw.saturating_add(1), true)], &txs).unwrap();
+        let uncosigned = verify_chain(&[genesis.clone(), block(draw.saturating_add(1), false)], &txs);
+        assert!(uncosigned.unwrap_err().contains("co-signature"));
+        let losing = verify_chain(&[genesis.clone(), block(draw, true)], &txs);
+        assert!(losing.unwrap_err().contains("does not draw under"));
     }
 
     #[test]

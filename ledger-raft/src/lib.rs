@@ -18,6 +18,7 @@ pub mod error;
 pub mod genesis;
 pub mod issuance;
 pub mod keys;
+pub mod lottery;
 pub mod metrics;
 pub mod raft;
 pub mod remote;

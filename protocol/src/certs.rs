@@ -37,6 +37,9 @@ pub struct PeerIdentity {
     pub node_id: NodeId,
     /// The certificate's common name (the `--name` it was issued with).
     pub name: String,
+    /// The certificate's Ed25519 public key (its BLAKE3 hash is `node_id`): what verifies the
+    /// node's signatures on blocks.
+    pub public_key: [u8; 32],
 }
 
 impl PeerIdentity {
@@ -45,7 +48,9 @@ impl PeerIdentity {
     pub fn from_certificate(der: &[u8]) -> Result<Self> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| Error::Certificate(format!("unparseable certificate: {e}")))?;
-        let derived = NodeId::from_public_key(&cert.public_key().subject_public_key.data);
+        let key_bytes: &[u8] = &cert.public_key().subject_public_key.data;
+        let derived = NodeId::from_public_key(key_bytes);
+        let public_key: [u8; 32] = key_bytes.try_into().unwrap_or([0; 32]);
         let name = cert
             .subject()
             .iter_common_name()
@@ -79,6 +84,7 @@ impl PeerIdentity {
                 role,
                 node_id: derived,
                 name,
+                public_key,
             });
         }
         Err(Error::Certificate(

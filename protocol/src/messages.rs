@@ -561,6 +561,9 @@ pub enum PeerRequest {
     DropReplica { dataset: String },
     /// Scheduler to compute node: run a task and answer its result.
     RunTask(Box<TaskSpec>),
+    /// Scheduler to a ticket holder: check a lottery block (a postcard `BlockHeader` of
+    /// `aic-ledger`) and sign it, as its winner or as the drawn co-signer.
+    SignBlock { header: Vec<u8>, as_cosigner: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -586,6 +589,10 @@ pub enum PeerResponse {
     },
     Dropped,
     TaskDone(Box<TaskResult>),
+    /// An Ed25519 signature over the block's signing bytes by the node's certificate key.
+    BlockSigned {
+        signature: Vec<u8>,
+    },
 }
 
 impl Request for PeerRequest {
@@ -600,6 +607,7 @@ impl Request for PeerRequest {
             PeerRequest::FetchSealed { .. } => "fetch_sealed",
             PeerRequest::DropReplica { .. } => "drop_replica",
             PeerRequest::RunTask(_) => "run_task",
+            PeerRequest::SignBlock { .. } => "sign_block",
         }
     }
 
@@ -610,7 +618,7 @@ impl Request for PeerRequest {
             PeerRequest::Replicate { .. }
             | PeerRequest::FetchSealed { .. }
             | PeerRequest::DropReplica { .. } => STORAGE,
-            PeerRequest::RunTask(_) => REPLICAS,
+            PeerRequest::RunTask(_) | PeerRequest::SignBlock { .. } => REPLICAS,
         }
     }
 }

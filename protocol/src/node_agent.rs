@@ -163,7 +163,9 @@ pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
         | PeerRequest::DropReplica { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards"))
         }
-        PeerRequest::RunTask(_) => Err(RpcError::new(ErrorCode::Unsupported, "this node runs no tasks")),
+        PeerRequest::RunTask(_) | PeerRequest::SignBlock { .. } => {
+            Err(RpcError::new(ErrorCode::Unsupported, "this node runs no tasks"))
+        }
     }
 }
 

@@ -270,6 +270,8 @@ pub struct JobContext {
     pub reward_per_million_rows: Amount,
     pub steps_per_epoch: u32,
     pub task_timeout: Duration,
+    /// Block lottery tickets: nodes whose work a spot check confirmed hold one.
+    pub tickets: crate::lottery::Tickets,
 }
 
 /// A job's inputs, resolved from the ledger.
@@ -740,6 +742,11 @@ impl Run {
                 }
                 for node in checked.confirmed {
                     *self.verified_rows.entry(node).or_insert(0) += checked.done.result.rows;
+                    if let Some(status) = self.node(&node) {
+                        self.ctx
+                            .tickets
+                            .grant(self.plan.request.job, node, status.quic_addr.clone());
+                    }
                 }
                 newly_banned.extend(checked.wrong);
                 results[i] = Some(checked.done);
@@ -747,6 +754,7 @@ impl Run {
             }
             for node in &newly_banned {
                 self.banned.insert(*node);
+                self.ctx.tickets.revoke(node);
             }
             // Unverified results from a node found wrong in this step are re-run elsewhere.
             pending = (0..shards.len())

@@ -14,6 +14,7 @@ pub mod api;
 pub mod block_generator;
 pub mod config;
 pub mod job;
+pub mod lottery;
 pub mod membership;
 pub mod metrics;
 pub mod payroll;
@@ -120,10 +121,14 @@ pub async fn start(
     }
     let node_key = aic_ledger::Keypair::from_pkcs8_der(identity.key.secret_der())
         .map_err(|e| StartError::Ledger(format!("the scheduler key cannot sign blocks: {e}")))?;
+    let tickets = lottery::Tickets::default();
     let generator = BlockGenerator::new(
         ledger.clone(),
         node_key.clone(),
         Duration::from_millis(config.ledger.block_interval_ms),
+        tickets.clone(),
+        endpoint.clone(),
+        metrics.clone(),
     )
     .start();
     info!(%name, node = %identity.me.node_id.short(), %quic_addr, %metrics_addr, "scheduler starting");
@@ -171,6 +176,7 @@ pub async fn start(
         slash: amount(&config.jobs.slash_aic)?,
         reward_per_million_rows: amount(&config.jobs.reward_per_million_rows)?,
         steps_per_epoch: config.jobs.steps_per_epoch,
+        tickets,
         task_timeout: Duration::from_millis(config.jobs.task_timeout_ms),
     };
 

@@ -315,6 +315,7 @@ mod tests {
             role,
             node_id: NodeId::from_public_key(name.as_bytes()),
             name: name.into(),
+            public_key: [0; 32],
         }
     }
 

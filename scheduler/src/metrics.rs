@@ -13,6 +13,7 @@ pub struct SchedulerMetrics {
     pub registrations: IntCounterVec,
     pub heartbeats_received: IntCounterVec,
     pub node_state_changes: IntCounterVec,
+    pub lottery_rounds: IntCounterVec,
 }
 
 impl SchedulerMetrics {
@@ -56,7 +57,20 @@ impl SchedulerMetrics {
                     &["role", "state"],
                 )?,
             )?,
+            lottery_rounds: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_scheduler_lottery_rounds_total",
+                        "Block lottery rounds on the leader, by outcome (won, no_winner, failed)",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
         };
+        for outcome in ["won", "no_winner", "failed"] {
+            metrics.lottery_rounds.with_label_values(&[outcome]);
+        }
         // Publish zeros for every combination so dashboards and alerts see the series at once.
         for role in [Role::Storage, Role::Compute] {
             for state in [NodeState::Up, NodeState::Down] {

@@ -354,6 +354,26 @@ impl LedgerReplica {
 
     /// On the leader: seals the pending transactions into a block signed by `key`. Returns the
     /// new height, or `None` when this replica does not lead.
+    /// The header of the next block over the pending transactions, unsigned (for a lottery
+    /// block, whose signers are nodes elsewhere).
+    pub fn next_block_template(&self) -> crate::block::BlockHeader {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.read(|a| a.state.next_block_template(now_ms, None))
+    }
+
+    /// Commits a signed block header through Raft (leader only); every replica checks it.
+    pub async fn commit_block(&self, header: crate::block::BlockHeader) -> Result<u64, String> {
+        let height = header.height;
+        match self.write(LedgerCommand::SealBlock(header)).await {
+            Ok(LedgerResponse::Submitted { result: Ok(_), .. }) => Ok(height),
+            Ok(LedgerResponse::Submitted { result: Err(e), .. }) => Err(e.to_string()),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     pub async fn seal_block(&self, key: &Keypair) -> Option<Result<u64, String>> {
         if !self.is_leader() {
             return None;

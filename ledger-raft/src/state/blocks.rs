@@ -48,7 +48,10 @@ impl LedgerState {
         if merkle_root(&self.pending[..count]) != header.merkle_root {
             return bad("Merkle root does not match the pending transactions".into());
         }
-        if let Err(reason) = header.check_proposer_signature() {
+        if let Err(reason) = header
+            .check_proposer_signature()
+            .and_then(|()| header.check_lottery())
+        {
             return bad(reason);
         }
         let sealed: Vec<[u8; 32]> = self.pending.drain(..count).collect();
