@@ -77,6 +77,10 @@ pub struct DevnetArgs {
     /// the rater catch and slash it).
     #[arg(long, default_value_t = 0)]
     pub faulty_percent: u8,
+    /// Drill (with --processes): kill compute-2's process once the main job reaches this
+    /// round, to watch its tasks re-run elsewhere.
+    #[arg(long, requires = "processes")]
+    pub kill_compute_at_round: Option<u64>,
 }
 
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
@@ -186,7 +190,15 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let nodes = wait_until_up(&client, deadline, &mut grid).await?;
         wait_for_ledger(&client, deadline).await?;
         let digits = import_digits(dir, &profile).await?;
-        let job = main_job(dir, &client, &profile, &payout, &digits, args).await?;
+        let drill = match (args.kill_compute_at_round, &grid) {
+            (Some(round), Grid::Processes(children)) => children
+                .iter()
+                .find(|(name, _)| name == "compute-2")
+                .and_then(|(_, child)| child.id())
+                .map(|pid| (round, pid)),
+            _ => None,
+        };
+        let job = main_job(dir, &client, &profile, &payout, &digits, args, drill).await?;
         let lottery_blocks = wait_for_lottery_block(&client).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
         let chain_verified = ledger_client::verify(&client).await.is_ok();
@@ -220,6 +232,7 @@ async fn main_job(
     wallets: &std::collections::BTreeMap<String, Keypair>,
     digits: &crate::dataset::Imported,
     args: &DevnetArgs,
+    drill: Option<(u64, u32)>,
 ) -> anyhow::Result<Value> {
     let fundraiser = ledger_client::load_wallet(&dir.join("wallets").join("fundraiser.key"))?;
     let aic = |n: &str| n.parse::<aic_ledger::Amount>().expect("an amount");
@@ -268,6 +281,29 @@ async fn main_job(
         detach: true,
     };
     let job = crate::job::submit_job(client, &wallets["user"], &submit).await?;
+    if let Some((round, pid)) = drill {
+        // The drill: once the job reaches `round`, compute-2 dies without a word (SIGKILL).
+        let watcher = client.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(aic_protocol::messages::ClientResponse::Job { report, .. }) = watcher
+                    .call(&aic_protocol::messages::ClientRequest::JobStatus { job })
+                    .await
+                else {
+                    return;
+                };
+                let report: Value = serde_json::from_str(&report).unwrap_or_default();
+                if report["rounds"].as_u64().unwrap_or(0) >= round || report["state"] != "running" {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
     crate::job::follow(client, job, !args.json).await
 }
 

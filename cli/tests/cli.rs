@@ -702,3 +702,41 @@ fn check_trained_model_export(dir: &std::path::Path, data_dir: &std::path::Path,
         "softmax regression 64 → 10: 640 weights and 10 biases"
     );
 }
+
+#[test]
+fn a_compute_node_killed_mid_job_has_its_tasks_rerun_and_the_job_finishes() {
+    let output = aic(&[
+        "devnet",
+        "--once",
+        "--json",
+        "--processes",
+        "--timeout-secs",
+        "60",
+        "--kill-compute-at-round",
+        "3",
+    ]);
+    assert!(output.status.success(), "devnet failed: {}", stderr(&output));
+    let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    let job = &status["job"];
+    // Done, accurate, every payment once and the escrow balanced to the base unit.
+    check_main_job(job, None);
+    assert_eq!(job["rounds"], 60, "every round ran: {job}");
+    // The dead node delivers nothing after it died; what it was running went elsewhere.
+    let tasks = job["tasks"].as_array().unwrap();
+    let last_round_of_dead = tasks
+        .iter()
+        .filter(|t| t["node"] == "compute-2")
+        .filter_map(|t| t["round"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        last_round_of_dead <= 4,
+        "no results from compute-2 after it was killed at round 3: {job}"
+    );
+    for failure in job["failed_attempts"].as_array().unwrap() {
+        assert_eq!(
+            failure["node"], "compute-2",
+            "only the dead node fails: {failure}"
+        );
+    }
+}

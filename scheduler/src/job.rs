@@ -41,6 +41,8 @@ use crate::rater::{Penalty, Rater, RecordCheck, RecordPenalty, ShouldCheck};
 use crate::rating::{self, Verdict};
 use crate::registry::{ListNodes, Registry};
 
+/// How long dialing a compute node may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many nodes a task is tried on before the job fails.
 const MAX_ATTEMPTS: usize = 4;
 /// How long a task waits for a free slot on an eligible node.
@@ -535,6 +537,8 @@ impl Checked {
 struct Done {
     result: TaskResult,
     placement: Placement<NodeId>,
+    /// Nodes that failed this task before it ran here, and why (never paid).
+    failed_attempts: Vec<String>,
 }
 
 struct Run {
@@ -550,7 +554,10 @@ struct Run {
     /// Rows of results a spot check confirmed, by node: what Proof-of-Value rewards.
     verified_rows: BTreeMap<NodeId, u64>,
     storage_bytes: BTreeMap<NodeId, u64>,
-    clients: HashMap<NodeId, RpcClient>,
+    /// Every failed attempt (node, task, why), for the report.
+    failures: std::sync::Mutex<Vec<Value>>,
+    /// Connections to compute nodes, reused across tasks.
+    clients: std::sync::Mutex<HashMap<NodeId, RpcClient>>,
     report: Value,
     started: Instant,
 }
@@ -588,7 +595,8 @@ impl Run {
             compute_rows: BTreeMap::new(),
             verified_rows: BTreeMap::new(),
             storage_bytes: BTreeMap::new(),
-            clients: HashMap::new(),
+            clients: std::sync::Mutex::new(HashMap::new()),
+            failures: std::sync::Mutex::new(Vec::new()),
             report,
             started: Instant::now(),
         }
@@ -713,6 +721,7 @@ impl Run {
         self.report["test_rows"] = json!(rows);
         self.report["test_loss"] = json!(loss);
         self.report["seconds"] = json!(self.started.elapsed().as_secs_f64());
+        self.report["failed_attempts"] = json!(self.failures.lock().expect("failures").clone());
         Ok(())
     }
 
@@ -803,6 +812,7 @@ impl Run {
             "rows": done.result.rows,
             "loss": done.result.loss,
             "cached": done.result.cache_hits > 0,
+            "failed_attempts": done.failed_attempts,
             "fetch_ms": done.result.fetch_micros as f64 / 1000.0,
             "compute_ms": done.result.compute_micros as f64 / 1000.0,
             "cost": {
@@ -1000,9 +1010,21 @@ impl Run {
             let outcome = self.run_on(task, kind, entry, shard, &placement).await;
             self.ctx.allocator.do_send(Finished { node: placement.node });
             match outcome {
-                Ok(result) => return Ok(Done { result, placement }),
+                Ok(result) => {
+                    return Ok(Done {
+                        result,
+                        placement,
+                        failed_attempts: failures,
+                    })
+                }
                 Err(error) => {
                     warn!(node = %self.name(&placement.node), %task, %error, "task failed; placing it elsewhere");
+                    self.failures.lock().expect("failures").push(json!({
+                        "node": self.name(&placement.node),
+                        "task": task.to_string(),
+                        "shard": entry.id,
+                        "error": error,
+                    }));
                     failures.push(format!("{}: {error}", self.name(&placement.node)));
                     excluded.push(placement.node);
                 }
@@ -1049,12 +1071,28 @@ impl Run {
             }],
         };
         let call = async {
-            let client = match self.clients.get(&placement.node).filter(|c| !c.is_closed()) {
-                Some(client) => client.clone(),
-                None => RpcClient::connect(&self.ctx.endpoint, &compute.quic_addr, Role::Compute)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .with_timeout(self.ctx.task_timeout),
+            let cached = self
+                .clients
+                .lock()
+                .expect("clients")
+                .get(&placement.node)
+                .filter(|c| !c.is_closed())
+                .cloned();
+            let client = match cached {
+                Some(client) => client,
+                None => {
+                    let connect = RpcClient::connect(&self.ctx.endpoint, &compute.quic_addr, Role::Compute);
+                    let client = tokio::time::timeout(DIAL_TIMEOUT, connect)
+                        .await
+                        .map_err(|_| format!("{} did not answer within {DIAL_TIMEOUT:?}", compute.quic_addr))?
+                        .map_err(|e| e.to_string())?
+                        .with_timeout(self.ctx.task_timeout);
+                    self.clients
+                        .lock()
+                        .expect("clients")
+                        .insert(placement.node, client.clone());
+                    client
+                }
             };
             if client.peer().node_id != placement.node {
                 return Err("the node at that address is another node".to_string());
@@ -1064,9 +1102,32 @@ impl Run {
                 .await
                 .map_err(|e| e.to_string())
         };
-        let answer = tokio::time::timeout(self.ctx.task_timeout, call)
-            .await
-            .map_err(|_| format!("no result within {:?}", self.ctx.task_timeout))??;
+        // A node the registry marks down is given up on at once, not at the transport's timeout.
+        let marked_down = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let down = self
+                    .ctx
+                    .registry
+                    .send(ListNodes)
+                    .await
+                    .map(|nodes| {
+                        nodes
+                            .iter()
+                            .any(|n| n.node_id == placement.node && n.state == NodeState::Down)
+                    })
+                    .unwrap_or(false);
+                if down {
+                    return;
+                }
+            }
+        };
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(self.ctx.task_timeout, call) => {
+                answer.map_err(|_| format!("no result within {:?}", self.ctx.task_timeout))??
+            }
+            () = marked_down => return Err("the node was marked down while running the task".into()),
+        };
         let PeerResponse::TaskDone(result) = answer else {
             return Err("unexpected answer to a task".into());
         };

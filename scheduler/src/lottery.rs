@@ -83,7 +83,13 @@ pub async fn run_round(
     };
     match sign_and_commit(ledger, endpoint, &session, &mut header, target, winner, cosigner).await {
         Ok(height) => Outcome::Won(height),
-        Err(error) => Outcome::Failed(error),
+        Err((node, error)) => {
+            // A holder that cannot take part (gone, or refusing) gives up its ticket.
+            if let Some(node) = node {
+                tickets.revoke(&node);
+            }
+            Outcome::Failed(error)
+        }
     }
 }
 
@@ -95,18 +101,22 @@ async fn sign_and_commit(
     target: u64,
     winner: NodeId,
     cosigner: NodeId,
-) -> Result<u64, String> {
+) -> Result<u64, (Option<NodeId>, String)> {
     let dial = |node: NodeId| async move {
-        let addr = session.holders.get(&node).ok_or("a holder without an address")?;
+        let failed = |e: String| (Some(node), e);
+        let addr = session
+            .holders
+            .get(&node)
+            .ok_or_else(|| failed("a holder without an address".into()))?;
         let connect = RpcClient::connect(endpoint, addr, Role::Compute);
-        let client = tokio::time::timeout(std::time::Duration::from_secs(2), connect)
+        let client = tokio::time::timeout(std::time::Duration::from_millis(500), connect)
             .await
-            .map_err(|_| format!("{addr} did not answer"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| failed(format!("{addr} did not answer")))?
+            .map_err(|e| failed(e.to_string()))?;
         if client.peer().node_id != node {
-            return Err(format!("{addr} is another node"));
+            return Err(failed(format!("{addr} is another node")));
         }
-        Ok::<_, String>(client)
+        Ok(client)
     };
     let proposer = dial(winner).await?;
     header.session = Some(session.session);
@@ -133,10 +143,14 @@ async fn sign_and_commit(
             other => Err(format!("unexpected answer {other:?}")),
         }
     };
-    let signature = sign(proposer, header.clone(), false).await?;
+    let signature = sign(proposer, header.clone(), false)
+        .await
+        .map_err(|e| (Some(winner), e))?;
     header.signatures.push(signature);
     let second = dial(cosigner).await?;
-    let signature = sign(second, header.clone(), true).await?;
+    let signature = sign(second, header.clone(), true)
+        .await
+        .map_err(|e| (Some(cosigner), e))?;
     header.signatures.push(signature);
-    ledger.commit_block(header.clone()).await
+    ledger.commit_block(header.clone()).await.map_err(|e| (None, e))
 }
