@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
-use aic_ledger::state::Event;
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call};
 use aic_ledger::{Amount, Keypair};
 use aic_protocol::messages::{ClientRequest, ClientResponse, DatasetStat, NodeState, NodeStatus, OwnerProof};
 use aic_protocol::rpc::RpcClient;
-use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::transport;
 use aic_protocol::{AssetId, NodeId, Role, ShardId};
 use aic_storage_node::catalog::{dataset_id_of_hash, manifest_hash};
 use aic_storage_node::import::{preprocess, ImportOptions, Progress};
@@ -89,13 +88,7 @@ pub struct ImportArgs {
 }
 
 async fn dial_storage(profile: &ClientProfile, addr: &str) -> anyhow::Result<RpcClient> {
-    let identity = profile.tls.load()?;
-    let tuning = TransportTuning::default();
-    let endpoint = transport::endpoint(
-        transport::bind_udp("0.0.0.0:0".parse()?, &tuning)?,
-        &identity,
-        &tuning,
-    )?;
+    let endpoint = transport::outbound_endpoint(&profile.tls.load()?)?;
     RpcClient::connect(&endpoint, addr, Role::Storage)
         .await
         .with_context(|| format!("connecting to storage node {addr}"))
@@ -443,15 +436,7 @@ async fn mint(
         },
     };
     let (_, _, events) = ledger_client::submit(&scheduler, key, call).await?;
-    events
-        .iter()
-        .find_map(|e| match e {
-            Event::AssetTransfer {
-                from: None, asset, ..
-            } => Some(*asset),
-            _ => None,
-        })
-        .context("the mint reported no new asset")
+    ledger_client::minted_asset(&events)
 }
 
 async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::Result<()> {

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
-use aic_ledger::state::Event;
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call};
 use aic_ledger::{Amount, Keypair};
 use aic_protocol::messages::{ClientRequest, ClientResponse, JobRequest, ModelShape};
@@ -155,15 +154,7 @@ pub async fn register_model(
         },
     };
     let (_, _, events) = ledger_client::submit(&scheduler, key, call).await?;
-    events
-        .iter()
-        .find_map(|e| match e {
-            Event::AssetTransfer {
-                from: None, asset, ..
-            } => Some(*asset),
-            _ => None,
-        })
-        .context("the mint reported no new asset")
+    ledger_client::minted_asset(&events)
 }
 
 pub async fn run_job(args: JobArgs) -> anyhow::Result<()> {

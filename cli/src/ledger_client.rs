@@ -43,6 +43,19 @@ pub async fn submit(
     }
 }
 
+/// The asset a mint created, from its transaction's events.
+pub fn minted_asset(events: &[aic_ledger::state::Event]) -> anyhow::Result<aic_protocol::AssetId> {
+    events
+        .iter()
+        .find_map(|e| match e {
+            aic_ledger::state::Event::AssetTransfer {
+                from: None, asset, ..
+            } => Some(*asset),
+            _ => None,
+        })
+        .context("the mint reported no new asset")
+}
+
 /// Every block from genesis with its transaction hashes, fetched page by page.
 pub async fn all_blocks(client: &RpcClient) -> anyhow::Result<Vec<(BlockHeader, Vec<[u8; 32]>)>> {
     let mut blocks = Vec::new();

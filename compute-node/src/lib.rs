@@ -22,7 +22,7 @@ use aic_protocol::messages::{
 use aic_protocol::node_agent::{answer_peer, local_capacity, start_node, NodeExtras};
 use aic_protocol::rpc::{RpcClient, RpcHandler};
 use aic_protocol::service::{BoundSockets, ServiceHandle};
-use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::transport;
 use aic_protocol::{ErrorCode, Role, RpcError};
 use arrow_array::RecordBatch;
 use tokio::sync::{Mutex, Semaphore};
@@ -249,12 +249,7 @@ pub fn start(
         ..host
     };
     let identity = config.endpoint.tls.load()?;
-    let tuning = TransportTuning::default();
-    let outbound = transport::endpoint(
-        transport::bind_udp("0.0.0.0:0".parse().expect("an address"), &tuning)?,
-        &identity,
-        &tuning,
-    )?;
+    let outbound = transport::outbound_endpoint(&identity)?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::ComputeMetrics::register(&registry, probe.mflops)?;
     let node = Arc::new(ComputeNode {

@@ -124,6 +124,17 @@ pub fn bind_udp(addr: SocketAddr, tuning: &TransportTuning) -> Result<UdpSocket>
     Ok(socket.into())
 }
 
+/// A client-only endpoint on an ephemeral port (all interfaces) with `identity`'s certificate:
+/// what a service uses to dial other services.
+pub fn outbound_endpoint(identity: &Identity) -> Result<quinn::Endpoint> {
+    let tuning = TransportTuning::default();
+    endpoint(
+        bind_udp(SocketAddr::from(([0, 0, 0, 0], 0)), &tuning)?,
+        identity,
+        &tuning,
+    )
+}
+
 /// Makes an endpoint on a bound socket that serves with mutual TLS and dials out with the same
 /// identity. Must be called inside a tokio runtime.
 pub fn endpoint(socket: UdpSocket, identity: &Identity, tuning: &TransportTuning) -> Result<quinn::Endpoint> {

@@ -564,7 +564,7 @@ struct Run {
 
 impl Run {
     fn new(ctx: JobContext, plan: Plan, cancel: Arc<AtomicBool>) -> Self {
-        let spec = crate::job::kernel_spec(plan.model);
+        let spec = aic_compute_node::executor::model_spec(plan.model);
         let weights = spec
             .init(u64::from_le_bytes(
                 plan.request.job.as_bytes()[..8].try_into().expect("8 bytes"),
@@ -1338,7 +1338,7 @@ impl Run {
         let client = RpcClient::connect(&self.ctx.endpoint, &first.quic_addr, Role::Storage)
             .await
             .map_err(|e| e.to_string())?;
-        let spec = kernel_spec(self.plan.model);
+        let spec = aic_compute_node::executor::model_spec(self.plan.model);
         let mut offset = 0;
         let tensors: Vec<Vec<f32>> = spec
             .shapes()
@@ -1411,24 +1411,5 @@ impl Run {
 fn push(array: &mut Value, item: Value) {
     if let Some(items) = array.as_array_mut() {
         items.push(item);
-    }
-}
-
-/// The kernels' model for a wire shape.
-pub fn kernel_spec(shape: ModelShape) -> aic_kernels::ModelSpec {
-    match shape {
-        ModelShape::SoftmaxRegression { features, classes } => aic_kernels::ModelSpec::SoftmaxRegression {
-            features: features as usize,
-            classes: classes as usize,
-        },
-        ModelShape::Mlp {
-            features,
-            hidden,
-            classes,
-        } => aic_kernels::ModelSpec::Mlp {
-            features: features as usize,
-            hidden: hidden as usize,
-            classes: classes as usize,
-        },
     }
 }

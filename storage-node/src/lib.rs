@@ -30,7 +30,7 @@ use aic_protocol::certs::PeerIdentity;
 use aic_protocol::messages::Capacity;
 use aic_protocol::node_agent::{local_capacity, start_node, NodeExtras};
 use aic_protocol::service::{BoundSockets, ServiceHandle};
-use aic_protocol::transport::{self, TransportTuning};
+use aic_protocol::transport;
 use aic_protocol::{NodeId, Role};
 use tokio_util::sync::CancellationToken;
 
@@ -64,12 +64,7 @@ pub fn start(
         .map(|id| id.parse())
         .collect::<Result<_, _>>()?;
     let identity = config.endpoint.tls.load()?;
-    let tuning = TransportTuning::default();
-    let outbound = transport::endpoint(
-        transport::bind_udp("0.0.0.0:0".parse().expect("an address"), &tuning)?,
-        &identity,
-        &tuning,
-    )?;
+    let outbound = transport::outbound_endpoint(&identity)?;
     let (holdings, holdings_rx) = tokio::sync::watch::channel(Vec::new());
     let node = Arc::new(StorageNode {
         me: identity.me.node_id,

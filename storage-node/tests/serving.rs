@@ -2,15 +2,16 @@
 //! IPC batches; a missing-the-mark ticket (expired, another node, another dataset,
 //! untrusted or forged), a client certificate, or a corrupt shard is refused, and counted.
 
+mod common;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aic_protocol::certs::{CertificateAuthority, Identity, Validity};
+use aic_protocol::certs::{CertificateAuthority, Validity};
 use aic_protocol::messages::{ClientRequest, ClientResponse};
 use aic_protocol::node_agent::SchedulerLink;
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::service::{BoundSockets, EndpointSettings};
 use aic_protocol::ticket::{ShardTicket, SignedTicket};
-use aic_protocol::transport::{self, TransportTuning};
 use aic_protocol::{Error, ErrorCode, JobId, NodeId, Role, RpcError, ShardId};
 use aic_storage_node::catalog::Catalog;
 use aic_storage_node::import::{import_file, read_shard, ImportOptions};
@@ -26,22 +27,8 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-/// A connection with a fresh certificate of `role`, and the node id that certificate gives it.
 async fn client(ca: &CertificateAuthority, role: Role, addr: &str) -> (RpcClient, NodeId) {
-    let identity =
-        Identity::from_issued(ca, &ca.issue(role, "caller", &[], Validity::default()).unwrap()).unwrap();
-    let id = identity.me.node_id;
-    let tuning = TransportTuning::default();
-    let endpoint = transport::endpoint(
-        transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
-        &identity,
-        &tuning,
-    )
-    .unwrap();
-    (
-        RpcClient::connect(&endpoint, addr, Role::Storage).await.unwrap(),
-        id,
-    )
+    common::connect(ca, role, "caller", addr).await
 }
 
 fn refusal(result: Result<Vec<RecordBatch>, FetchError>) -> (ErrorCode, String) {
