@@ -670,6 +670,65 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
         );
     }
     assert_eq!(balance(), before, "no escrow was opened by a refused job");
+
+    // A long job cancelled by its submitter: the work done is paid, the rest refunded, and the
+    // escrow balances to the base unit.
+    let submitted = aic(&[
+        "job",
+        "submit",
+        "--dataset",
+        digits,
+        "--model",
+        &fits,
+        "--budget",
+        "100",
+        "--epochs",
+        "500",
+        "--detach",
+        "--json",
+        "--profile",
+        profile,
+        "--wallet",
+        &user,
+    ]);
+    assert!(submitted.status.success(), "{}", stderr(&submitted));
+    let submitted: Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    let job = submitted["job"].as_str().unwrap();
+    let cancelled = aic(&["job", "cancel", job, "--profile", profile, "--wallet", &user]);
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    let mut report = Value::Null;
+    for _ in 0..100 {
+        let out = aic(&["job", "result", job, "--json", "--profile", profile]);
+        report = serde_json::from_slice(&out.stdout).unwrap();
+        if report["state"] != "running" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(report["state"], "cancelled", "{report}");
+    assert!(
+        report["rounds"].as_u64().unwrap() < 1000,
+        "stopped early: {report}"
+    );
+    let mut total = amount(&report["platform_fee_burned"])
+        .checked_add(amount(&report["refund"]))
+        .unwrap();
+    for payment in report["payments"].as_array().unwrap() {
+        total = total.checked_add(amount(&payment["amount"])).unwrap();
+    }
+    assert_eq!(
+        total,
+        amount(&report["budget"]),
+        "escrow balances to the last base unit: {report}"
+    );
+    assert!(
+        !report["payments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["role"] == "dataset owner"),
+        "usage fees are paid for completed jobs only: {report}"
+    );
 }
 
 /// The main job's trained weights are stored on the storage nodes: the TrainedModel asset's
