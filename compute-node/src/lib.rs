@@ -73,7 +73,17 @@ impl RpcHandler for ComputeApi {
                     .observe(started.elapsed().as_secs_f64());
                 result.map(|r| PeerResponse::TaskDone(Box::new(r)))
             }
-            PeerRequest::SignBlock { header, as_cosigner } => self.0.sign_block(&header, as_cosigner),
+            PeerRequest::SignTicket { session } => {
+                let signature = self
+                    .0
+                    .key
+                    .sign(&aic_ledger::lottery::ticket_message(&session, &self.0.me));
+                self.0.metrics.blocks_signed.with_label_values(&["ticket"]).inc();
+                Ok(PeerResponse::TicketSigned {
+                    signature: signature.to_vec(),
+                })
+            }
+            PeerRequest::SignBlock { header } => self.0.cosign_block(&header),
             other => answer_peer(other),
         }
     }
@@ -87,30 +97,28 @@ fn kind_label(kind: TaskKind) -> &'static str {
 }
 
 impl ComputeNode {
-    /// Checks a lottery block before signing it: a session, the winner's ticket under the
-    /// target, and this node in the role it is asked to sign for.
-    fn sign_block(&self, bytes: &[u8], as_cosigner: bool) -> Result<PeerResponse, RpcError> {
-        let invalid = |m: &str| RpcError::new(ErrorCode::InvalidArgument, m.to_string());
+    /// Checks a lottery block before co-signing it: a session, the winner's signed ticket
+    /// drawing under the target, and another node as the winner.
+    fn cosign_block(&self, bytes: &[u8]) -> Result<PeerResponse, RpcError> {
+        let invalid = |m: String| RpcError::new(ErrorCode::InvalidArgument, m);
         if bytes.len() > 64 * 1024 {
-            return Err(invalid("a block header is far smaller than that"));
+            return Err(invalid("a block header is far smaller than that".into()));
         }
-        let header: aic_ledger::block::BlockHeader =
-            postcard::from_bytes(bytes).map_err(|e| invalid(&format!("not a block header: {e}")))?;
-        let session = header.session.ok_or_else(|| invalid("not a lottery block"))?;
-        if aic_ledger::lottery::draw(&header.prev_hash, &header.proposer, &session) >= header.difficulty {
-            return Err(invalid("the proposer's ticket does not draw under the target"));
+        let mut header: aic_ledger::block::BlockHeader =
+            postcard::from_bytes(bytes).map_err(|e| invalid(format!("not a block header: {e}")))?;
+        if header.proposer == self.me {
+            return Err(invalid("a node does not co-sign its own block".into()));
         }
-        let proposing = header.proposer == self.me && header.proposer_key == self.key.address();
-        if as_cosigner == proposing {
-            return Err(invalid(
-                "this node is not the block's proposer (or is asked to co-sign its own block)",
-            ));
-        }
+        // The block must verify once this node's signature is added.
         let signature = self.key.sign(&header.signing_bytes());
-        self.metrics
-            .blocks_signed
-            .with_label_values(&[if as_cosigner { "cosigner" } else { "proposer" }])
-            .inc();
+        header.signatures.push(aic_ledger::block::BlockSignature {
+            signer: self.key.address(),
+            signature,
+        });
+        header
+            .check_signatures()
+            .map_err(|e| invalid(format!("not a valid lottery block: {e}")))?;
+        self.metrics.blocks_signed.with_label_values(&["cosigner"]).inc();
         Ok(PeerResponse::BlockSigned {
             signature: signature.to_vec(),
         })

@@ -70,7 +70,7 @@ impl ComputeMetrics {
                 )?,
             )?,
         };
-        for role in ["proposer", "cosigner"] {
+        for role in ["ticket", "cosigner"] {
             metrics.blocks_signed.with_label_values(&[role]);
         }
         for kind in ["gradient", "evaluate"] {

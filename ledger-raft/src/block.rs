@@ -73,21 +73,33 @@ impl BlockHeader {
     }
 
     /// Checks the proposer's identity and that it signed the header.
-    /// A lottery block (one with a session): the proposer's ticket draws under the block's
-    /// target, and a second key co-signed. Other blocks need only the proposer's signature.
-    pub fn check_lottery(&self) -> Result<(), String> {
+    /// A lottery block (one with a session): the proposer's signed ticket for the session, its
+    /// draw under the block's target, and the block signed by a second key (the co-signer, who
+    /// checked the ticket). Other blocks: the proposer's signature over the block.
+    pub fn check_signatures(&self) -> Result<(), String> {
         let Some(session) = &self.session else {
-            return Ok(());
+            return self.check_proposer_signature();
         };
+        if NodeId::from_public_key(&self.proposer_key.0) != self.proposer {
+            return Err("proposer id is not the hash of the proposer key".into());
+        }
         if crate::lottery::draw(&self.prev_hash, &self.proposer, session) >= self.difficulty {
             return Err("the proposer's ticket does not draw under the block's target".into());
         }
-        let message = self.signing_bytes();
-        let cosigned = self
+        let ticket = crate::lottery::ticket_message(session, &self.proposer);
+        if !self
             .signatures
             .iter()
-            .any(|s| s.signer != self.proposer_key && verify_strict(&s.signer, &message, &s.signature));
-        if !cosigned {
+            .any(|s| s.signer == self.proposer_key && verify_strict(&s.signer, &ticket, &s.signature))
+        {
+            return Err("the proposer's signed ticket is missing or invalid".into());
+        }
+        let message = self.signing_bytes();
+        if !self
+            .signatures
+            .iter()
+            .any(|s| s.signer != self.proposer_key && verify_strict(&s.signer, &message, &s.signature))
+        {
             return Err("a lottery block needs a second node's co-signature".into());
         }
         Ok(())
@@ -164,8 +176,7 @@ pub fn verify_chain(headers: &[BlockHeader], transactions: &[Vec<[u8; 32]>]) -> 
             return Err(format!("block {} is older than its parent", block.height));
         }
         block
-            .check_proposer_signature()
-            .and_then(|()| block.check_lottery())
+            .check_signatures()
             .map_err(|e| format!("block {}: {e}", block.height))?;
         if let Some(txs) = transactions.get(i + 1) {
             if merkle_root(txs) != block.merkle_root || txs.len() != block.tx_count as usize {
@@ -222,8 +233,11 @@ mod tests {
             let mut block = child_of(&genesis, &winner, &[]);
             block.session = Some(session);
             block.difficulty = difficulty;
-            block.signatures.clear();
-            block.sign(&winner);
+            // The winner signed only its ticket, before anyone knew it would win.
+            block.signatures = vec![BlockSignature {
+                signer: winner.address(),
+                signature: winner.sign(&crate::lottery::ticket_message(&session, &winner_id)),
+            }];
             if cosign {
                 block.sign(&cosigner);
             }
@@ -235,6 +249,11 @@ mod tests {
         assert!(uncosigned.unwrap_err().contains("co-signature"));
         let losing = verify_chain(&[genesis.clone(), block(draw, true)], &txs);
         assert!(losing.unwrap_err().contains("does not draw under"));
+        let mut unticketed = block(draw.saturating_add(1), true);
+        unticketed.signatures.remove(0);
+        unticketed.sign(&winner);
+        let refused = verify_chain(&[genesis.clone(), unticketed], &txs).unwrap_err();
+        assert!(refused.contains("signed ticket"), "{refused}");
     }
 
     #[test]

@@ -1,10 +1,20 @@
 //! The block lottery (whitepaper: Proof of Value elects the block proposer): a node that did
 //! verified work in a session holds a ticket; its draw is the hash of (previous block hash, node
-//! id, session id); a draw under the block's target wins. A second ticket holder, drawn the same
-//! way, checks the winner's ticket and co-signs. The rules here are what every replica and
+//! id, session id); a draw under the block's target wins. The winner's signed ticket goes into
+//! the block; a second ticket holder, drawn the same way, checks it and co-signs the block. The rules here are what every replica and
 //! `aic chain verify` check on a lottery block.
 
 use aic_protocol::{JobId, NodeId};
+
+/// What a ticket holder signs once per session: its ticket. A lottery block carries the winner's
+/// ticket signature, so the winner takes no part in sealing and learns it won when the block
+/// lands.
+pub fn ticket_message(session: &JobId, node: &NodeId) -> Vec<u8> {
+    let mut message = b"aic-lottery-ticket-v1".to_vec();
+    message.extend_from_slice(session.as_bytes());
+    message.extend_from_slice(node.as_bytes());
+    message
+}
 
 /// A ticket's draw for the block after `prev_hash`: uniform over u64.
 pub fn draw(prev_hash: &[u8; 32], node: &NodeId, session: &JobId) -> u64 {

@@ -561,9 +561,12 @@ pub enum PeerRequest {
     DropReplica { dataset: String },
     /// Scheduler to compute node: run a task and answer its result.
     RunTask(Box<TaskSpec>),
-    /// Scheduler to a ticket holder: check a lottery block (a postcard `BlockHeader` of
-    /// `aic-ledger`) and sign it, as its winner or as the drawn co-signer.
-    SignBlock { header: Vec<u8>, as_cosigner: bool },
+    /// Scheduler to a node whose work a spot check confirmed: sign your lottery ticket for this
+    /// session (it wins blocks without the node taking part; the node learns when they land).
+    SignTicket { session: crate::JobId },
+    /// Scheduler to the drawn co-signer: check the lottery block (a postcard `BlockHeader` of
+    /// `aic-ledger`: the winner's ticket under the target) and sign it.
+    SignBlock { header: Vec<u8> },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -589,6 +592,10 @@ pub enum PeerResponse {
     },
     Dropped,
     TaskDone(Box<TaskResult>),
+    /// The node's Ed25519 signature (certificate key) over its ticket for the session.
+    TicketSigned {
+        signature: Vec<u8>,
+    },
     /// An Ed25519 signature over the block's signing bytes by the node's certificate key.
     BlockSigned {
         signature: Vec<u8>,
@@ -607,6 +614,7 @@ impl Request for PeerRequest {
             PeerRequest::FetchSealed { .. } => "fetch_sealed",
             PeerRequest::DropReplica { .. } => "drop_replica",
             PeerRequest::RunTask(_) => "run_task",
+            PeerRequest::SignTicket { .. } => "sign_ticket",
             PeerRequest::SignBlock { .. } => "sign_block",
         }
     }
@@ -618,7 +626,9 @@ impl Request for PeerRequest {
             PeerRequest::Replicate { .. }
             | PeerRequest::FetchSealed { .. }
             | PeerRequest::DropReplica { .. } => STORAGE,
-            PeerRequest::RunTask(_) | PeerRequest::SignBlock { .. } => REPLICAS,
+            PeerRequest::RunTask(_) | PeerRequest::SignTicket { .. } | PeerRequest::SignBlock { .. } => {
+                REPLICAS
+            }
         }
     }
 }

@@ -163,7 +163,7 @@ pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
         | PeerRequest::DropReplica { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards"))
         }
-        PeerRequest::RunTask(_) | PeerRequest::SignBlock { .. } => {
+        PeerRequest::RunTask(_) | PeerRequest::SignTicket { .. } | PeerRequest::SignBlock { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node runs no tasks"))
         }
     }

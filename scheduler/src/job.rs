@@ -751,11 +751,7 @@ impl Run {
                 }
                 for node in checked.confirmed {
                     *self.verified_rows.entry(node).or_insert(0) += checked.done.result.rows;
-                    if let Some(status) = self.node(&node) {
-                        self.ctx
-                            .tickets
-                            .grant(self.plan.request.job, node, status.quic_addr.clone());
-                    }
+                    self.grant_ticket(node).await;
                 }
                 newly_banned.extend(checked.wrong);
                 results[i] = Some(checked.done);
@@ -1325,6 +1321,45 @@ impl Run {
 }
 
 impl Run {
+    /// A node whose work was confirmed holds a lottery ticket for this job's session: it signs
+    /// the ticket once; the block lottery draws it without asking again.
+    async fn grant_ticket(&self, node: NodeId) {
+        let session = self.plan.request.job;
+        if self.banned.contains(&node) || self.ctx.tickets.holds(&session, &node) {
+            return;
+        }
+        let Some(status) = self.node(&node) else { return };
+        let cached = self.clients.lock().expect("clients").get(&node).cloned();
+        let client = match cached {
+            Some(client) => client,
+            None => match tokio::time::timeout(
+                DIAL_TIMEOUT,
+                RpcClient::connect(&self.ctx.endpoint, &status.quic_addr, Role::Compute),
+            )
+            .await
+            {
+                Ok(Ok(client)) => client,
+                _ => return,
+            },
+        };
+        let signed = client.call(&PeerRequest::SignTicket { session }).await;
+        let Ok(PeerResponse::TicketSigned { signature }) = signed else {
+            warn!(node = %self.name(&node), "no ticket signature; the node holds no ticket");
+            return;
+        };
+        let Ok(ticket) = <[u8; 64]>::try_from(signature) else {
+            return;
+        };
+        let holder = crate::lottery::Holder {
+            addr: status.quic_addr.clone(),
+            public_key: client.peer().public_key,
+            ticket,
+        };
+        if let Err(error) = self.ctx.tickets.grant(session, node, holder) {
+            warn!(node = %self.name(&node), %error, "ticket refused");
+        }
+    }
+
     /// Stores the trained weights on the storage nodes (every one up, at most two): one sealed
     /// Parquet shard, exportable by the TrainedModel asset's owner like a dataset.
     async fn store_weights(&self) -> Result<(Manifest, String), String> {

@@ -1,7 +1,8 @@
 //! The block lottery on the Raft leader: the ticket holders of the current session (the nodes
-//! whose work a spot check confirmed in the latest job), the draw, and the two signatures a
-//! lottery block needs — the winner's and a second, randomly drawn holder's, each of whom checks
-//! the ticket before signing. Rules are in `aic_ledger::lottery`; this owns the conversation.
+//! whose work a spot check confirmed in the latest job, each having signed its ticket once), the
+//! draw, and the block: the winner's signed ticket goes in without asking the winner (it learns
+//! it won when the block lands), and a second, randomly drawn holder checks and co-signs. Rules
+//! are in `aic_ledger::lottery`; this owns the conversation.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,25 +22,49 @@ pub struct Tickets(Arc<Mutex<Option<Session>>>);
 #[derive(Clone, Debug)]
 struct Session {
     session: JobId,
-    /// Holder → where it is reached.
-    holders: BTreeMap<NodeId, String>,
+    holders: BTreeMap<NodeId, Holder>,
+}
+
+/// A ticket holder: where it is reached, its certificate key, its signed ticket.
+#[derive(Clone, Debug)]
+pub struct Holder {
+    pub addr: String,
+    pub public_key: [u8; 32],
+    pub ticket: [u8; 64],
 }
 
 impl Tickets {
-    /// Gives `node` a ticket in `session`; a new session replaces the old one.
-    pub fn grant(&self, session: JobId, node: NodeId, addr: String) {
+    /// Whether `node` holds a ticket in `session` already.
+    pub fn holds(&self, session: &JobId, node: &NodeId) -> bool {
+        self.0
+            .lock()
+            .expect("tickets")
+            .as_ref()
+            .is_some_and(|s| &s.session == session && s.holders.contains_key(node))
+    }
+
+    /// Gives `node` a ticket in `session`, checking its signature; a new session replaces the
+    /// old one.
+    pub fn grant(&self, session: JobId, node: NodeId, holder: Holder) -> Result<(), String> {
+        let message = aic_ledger::lottery::ticket_message(&session, &node);
+        if NodeId::from_public_key(&holder.public_key) != node
+            || !aic_ledger::keys::verify_strict(&Address(holder.public_key), &message, &holder.ticket)
+        {
+            return Err("the ticket's signature does not verify for this node".into());
+        }
         let mut current = self.0.lock().expect("tickets");
         match current.as_mut() {
             Some(s) if s.session == session => {
-                s.holders.insert(node, addr);
+                s.holders.insert(node, holder);
             }
             _ => {
                 *current = Some(Session {
                     session,
-                    holders: [(node, addr)].into_iter().collect(),
+                    holders: [(node, holder)].into_iter().collect(),
                 });
             }
         }
+        Ok(())
     }
 
     /// Takes `node`'s ticket away (it was found wrong).
@@ -102,55 +127,45 @@ async fn sign_and_commit(
     winner: NodeId,
     cosigner: NodeId,
 ) -> Result<u64, (Option<NodeId>, String)> {
-    let dial = |node: NodeId| async move {
-        let failed = |e: String| (Some(node), e);
-        let addr = session
-            .holders
-            .get(&node)
-            .ok_or_else(|| failed("a holder without an address".into()))?;
-        let connect = RpcClient::connect(endpoint, addr, Role::Compute);
-        let client = tokio::time::timeout(std::time::Duration::from_millis(500), connect)
-            .await
-            .map_err(|_| failed(format!("{addr} did not answer")))?
-            .map_err(|e| failed(e.to_string()))?;
-        if client.peer().node_id != node {
-            return Err(failed(format!("{addr} is another node")));
-        }
-        Ok(client)
-    };
-    let proposer = dial(winner).await?;
+    let ticket = session
+        .holders
+        .get(&winner)
+        .ok_or((None, "a winner without a ticket".to_string()))?;
     header.session = Some(session.session);
     header.difficulty = target;
     header.proposer = winner;
-    header.proposer_key = Address(proposer.peer().public_key);
-    let sign = |client: RpcClient, header: BlockHeader, as_cosigner: bool| async move {
-        let bytes = postcard::to_stdvec(&header).map_err(|e| e.to_string())?;
-        match client
-            .call(&PeerRequest::SignBlock {
-                header: bytes,
-                as_cosigner,
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            PeerResponse::BlockSigned { signature } => {
-                let signature: [u8; 64] = signature.try_into().map_err(|_| "a signature is 64 bytes")?;
-                Ok::<_, String>(BlockSignature {
-                    signer: Address(client.peer().public_key),
-                    signature,
-                })
-            }
-            other => Err(format!("unexpected answer {other:?}")),
-        }
+    header.proposer_key = Address(ticket.public_key);
+    header.signatures.push(BlockSignature {
+        signer: Address(ticket.public_key),
+        signature: ticket.ticket,
+    });
+    let failed = |e: String| (Some(cosigner), e);
+    let holder = session
+        .holders
+        .get(&cosigner)
+        .ok_or_else(|| failed("no such holder".into()))?;
+    let connect = RpcClient::connect(endpoint, &holder.addr, Role::Compute);
+    let client = tokio::time::timeout(std::time::Duration::from_millis(500), connect)
+        .await
+        .map_err(|_| failed(format!("{} did not answer", holder.addr)))?
+        .map_err(|e| failed(e.to_string()))?;
+    if client.peer().node_id != cosigner {
+        return Err(failed(format!("{} is another node", holder.addr)));
+    }
+    let bytes = postcard::to_stdvec(&*header).map_err(|e| failed(e.to_string()))?;
+    let signature = match client
+        .call(&PeerRequest::SignBlock { header: bytes })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+    {
+        PeerResponse::BlockSigned { signature } => signature
+            .try_into()
+            .map_err(|_| failed("a signature is 64 bytes".into()))?,
+        other => return Err(failed(format!("unexpected answer {other:?}"))),
     };
-    let signature = sign(proposer, header.clone(), false)
-        .await
-        .map_err(|e| (Some(winner), e))?;
-    header.signatures.push(signature);
-    let second = dial(cosigner).await?;
-    let signature = sign(second, header.clone(), true)
-        .await
-        .map_err(|e| (Some(cosigner), e))?;
-    header.signatures.push(signature);
+    header.signatures.push(BlockSignature {
+        signer: Address(client.peer().public_key),
+        signature,
+    });
     ledger.commit_block(header.clone()).await.map_err(|e| (None, e))
 }

@@ -48,10 +48,7 @@ impl LedgerState {
         if merkle_root(&self.pending[..count]) != header.merkle_root {
             return bad("Merkle root does not match the pending transactions".into());
         }
-        if let Err(reason) = header
-            .check_proposer_signature()
-            .and_then(|()| header.check_lottery())
-        {
+        if let Err(reason) = header.check_signatures() {
             return bad(reason);
         }
         let sealed: Vec<[u8; 32]> = self.pending.drain(..count).collect();
