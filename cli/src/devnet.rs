@@ -187,6 +187,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let client = nodes::connect(&profile).await?;
         join_replicas(&client, &replicas).await?;
         let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+        let prometheus = crate::devnet_prometheus::write(dir, &metrics_urls)?;
         let nodes = wait_until_up(&client, deadline, &mut grid).await?;
         wait_for_ledger(&client, deadline).await?;
         let digits = import_digits(dir, &profile).await?;
@@ -205,6 +206,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let status = GridStatus {
             nodes,
             metrics: metrics_urls,
+            prometheus,
             ledger,
             chain_verified,
             digits,
@@ -610,6 +612,8 @@ async fn wait_until_up(
 struct GridStatus {
     nodes: Vec<NodeStatus>,
     metrics: Map<String, Value>,
+    /// The command that starts Prometheus against this devnet.
+    prometheus: String,
     ledger: LedgerStatus,
     chain_verified: bool,
     digits: crate::dataset::Imported,
@@ -622,6 +626,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
     let GridStatus {
         nodes,
         metrics,
+        prometheus,
         ledger,
         chain_verified,
         digits,
@@ -667,6 +672,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
             "mode": mode,
             "nodes": nodes::nodes_json(nodes),
             "metrics": metrics,
+            "prometheus": {"dir": dir.join("prometheus").display().to_string(), "command": prometheus},
             "ledger": ledger_json,
             "datasets": [dataset_json],
             "job": job,
@@ -729,6 +735,8 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
     for (name, url) in metrics {
         println!("  {name:<12} {}", url.as_str().unwrap_or_default());
     }
+    println!("\nPrometheus (ops/prometheus configuration, this devnet's targets, rules and alerts):");
+    println!("  {prometheus}");
     println!("\ntry:");
     println!("  {nodes_command}");
     println!(

@@ -6,6 +6,7 @@ mod ca;
 mod chain;
 mod dataset;
 mod devnet;
+mod devnet_prometheus;
 mod job;
 mod ledger_client;
 mod nodes;

@@ -23,6 +23,10 @@ pub struct ServiceArgs {
     /// Print the default config as TOML and exit.
     #[arg(long)]
     pub print_sample_config: bool,
+    /// Load and validate the config (defaults, file, environment, flags), print the result as
+    /// TOML and exit without binding anything.
+    #[arg(long)]
+    pub check_config: bool,
     /// Display name (default: the certificate's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -141,6 +145,10 @@ where
         return Ok(());
     }
     let config: C = config::load(args.config.as_deref(), &Value::Object(flags))?;
+    if args.check_config {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
     let bound = endpoint_of(&config).bind()?;
     let shutdown = CancellationToken::new();
     let handle = start(config, bound, shutdown.clone()).await?;

@@ -1,7 +1,14 @@
-//! The ledger's metrics, recorded by the state machine and the replica.
+//! The ledger's metrics, recorded by the state machine and the replica: Raft, blocks,
+//! transactions, and the economy read from the applied state (supply, burned, issued, fees,
+//! escrowed, staked, slashed), in whole AIC as floating point for dashboards.
 
 use aic_protocol::metrics::registered;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use crate::amount::{Amount, ONE_AIC};
+use crate::state::{Event, LedgerState};
 
 #[derive(Clone)]
 pub struct LedgerMetrics {
@@ -14,6 +21,21 @@ pub struct LedgerMetrics {
     pub blocks_sealed: IntCounter,
     pub block_height: IntGauge,
     pub invariant_violations: IntCounter,
+    pub last_block_timestamp: Gauge,
+    pub pending_transactions: IntGauge,
+    pub supply: Gauge,
+    pub burned: Gauge,
+    pub issued: Gauge,
+    pub fees: Gauge,
+    pub escrowed: Gauge,
+    pub escrows_open: IntGauge,
+    pub staked: Gauge,
+    pub slashed: Counter,
+}
+
+/// Whole AIC as a float: exact enough for a dashboard, never used for accounting.
+fn as_aic(amount: Amount) -> f64 {
+    amount.0 as f64 / ONE_AIC as f64
 }
 
 impl LedgerMetrics {
@@ -73,7 +95,95 @@ impl LedgerMetrics {
                     "Ledger invariant violations (any value above 0 stops the replica)",
                 )?,
             )?,
+            last_block_timestamp: registered(
+                registry,
+                Gauge::new(
+                    "aic_ledger_last_block_timestamp_seconds",
+                    "Timestamp of the chain head (Unix seconds), as the block states it",
+                )?,
+            )?,
+            pending_transactions: registered(
+                registry,
+                IntGauge::new(
+                    "aic_ledger_pending_transactions",
+                    "Applied transactions waiting for the next block",
+                )?,
+            )?,
+            supply: registered(
+                registry,
+                Gauge::new(
+                    "aic_ledger_supply_aic",
+                    "Total supply: genesis accounts plus issued less burned",
+                )?,
+            )?,
+            burned: registered(
+                registry,
+                Gauge::new(
+                    "aic_ledger_burned_aic",
+                    "AIC burned so far (platform fees, slashes, unsold fundraiser share)",
+                )?,
+            )?,
+            issued: registered(
+                registry,
+                Gauge::new(
+                    "aic_ledger_issued_aic",
+                    "AIC issued from the reserve so far (Proof-of-Value rewards)",
+                )?,
+            )?,
+            fees: registered(
+                registry,
+                Gauge::new(
+                    "aic_ledger_fees_aic",
+                    "Fees paid through escrow so far (platform and usage fees)",
+                )?,
+            )?,
+            escrowed: registered(
+                registry,
+                Gauge::new("aic_ledger_escrowed_aic", "AIC held in open job escrows")?,
+            )?,
+            escrows_open: registered(
+                registry,
+                IntGauge::new("aic_ledger_escrows_open", "Job escrows not yet settled")?,
+            )?,
+            staked: registered(
+                registry,
+                Gauge::new("aic_ledger_staked_aic", "AIC staked by providers")?,
+            )?,
+            slashed: registered(
+                registry,
+                Counter::new(
+                    "aic_ledger_slashed_aic_total",
+                    "AIC slashed from providers' stakes, as this replica applied it",
+                )?,
+            )?,
         })
+    }
+
+    /// Publishes the economy and the chain head of `state` (after each batch it applies).
+    pub fn record_state(&self, state: &LedgerState) {
+        self.block_height.set(state.height() as i64);
+        if let Some(head) = state.blocks.last() {
+            self.last_block_timestamp.set(head.timestamp_ms as f64 / 1000.0);
+        }
+        self.pending_transactions.set(state.pending.len() as i64);
+        self.supply.set(as_aic(state.total_supply()));
+        self.burned.set(as_aic(state.burned));
+        self.issued.set(as_aic(state.issued));
+        self.fees.set(as_aic(state.cumulative_fees));
+        let escrowed: u128 = state.escrows.values().map(|e| e.remaining.0).sum();
+        self.escrowed.set(escrowed as f64 / ONE_AIC as f64);
+        self.escrows_open.set(state.escrows.len() as i64);
+        let staked: u128 = state.accounts.values().map(|a| a.stake.0).sum();
+        self.staked.set(staked as f64 / ONE_AIC as f64);
+    }
+
+    /// Counts what an applied transaction's events move (slashes).
+    pub fn record_events(&self, events: &[Event]) {
+        for event in events {
+            if let Event::Slashed { amount, .. } = event {
+                self.slashed.inc_by(as_aic(*amount));
+            }
+        }
     }
 
     /// Metrics in a private registry, for tests and benches.

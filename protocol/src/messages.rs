@@ -88,6 +88,8 @@ pub struct DatasetHolding {
     /// Shards the dataset has in all.
     pub shards: u32,
     pub bytes: u64,
+    /// Copies of each shard the dataset's manifest asks for (its replica count).
+    pub replicas_wanted: u32,
 }
 
 /// A node's periodic sign of life, carrying its latest RTT measurements and, for storage

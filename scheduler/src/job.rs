@@ -35,6 +35,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::allocator::{Allocator, Finished, Place, UpdateTopology};
+use crate::metrics::SchedulerMetrics;
 use crate::payroll::{self, Pricing, WorkDone};
 use crate::placement::Placement;
 use crate::rater::{Penalty, Rater, RecordCheck, RecordPenalty, ShouldCheck};
@@ -77,11 +78,34 @@ struct Entry {
     report: Value,
     submitter: NodeId,
     cancel: Arc<AtomicBool>,
+    /// Share of the escrow left after what the job owes so far.
+    escrow_left: f64,
 }
 
-#[derive(Default)]
 pub struct JobBoard {
     jobs: HashMap<JobId, Entry>,
+    metrics: SchedulerMetrics,
+}
+
+impl JobBoard {
+    pub fn new(metrics: SchedulerMetrics) -> Self {
+        JobBoard {
+            jobs: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Publishes the running jobs and the lowest escrow share any of them has left.
+    fn publish(&self) {
+        let running: Vec<&Entry> = self
+            .jobs
+            .values()
+            .filter(|e| e.state == JobState::Running)
+            .collect();
+        self.metrics.jobs_running.set(running.len() as i64);
+        let lowest = running.iter().map(|e| e.escrow_left).fold(1.0f64, f64::min);
+        self.metrics.job_escrow_left.set(lowest);
+    }
 }
 
 impl Actor for JobBoard {
@@ -102,6 +126,7 @@ pub struct Update {
     pub job: JobId,
     pub state: JobState,
     pub report: Value,
+    pub escrow_left: f64,
 }
 
 #[derive(Message)]
@@ -135,8 +160,10 @@ impl Handler<Open> for JobBoard {
                 report: json!({"id": message.job.to_string(), "state": "running"}),
                 submitter: message.submitter,
                 cancel: cancel.clone(),
+                escrow_left: 1.0,
             },
         );
+        self.publish();
         Ok(cancel)
     }
 }
@@ -146,9 +173,17 @@ impl Handler<Update> for JobBoard {
 
     fn handle(&mut self, message: Update, _: &mut Self::Context) {
         if let Some(entry) = self.jobs.get_mut(&message.job) {
+            if entry.state == JobState::Running && message.state != JobState::Running {
+                self.metrics
+                    .jobs_finished
+                    .with_label_values(&[message.state.as_str()])
+                    .inc();
+            }
             entry.state = message.state;
             entry.report = message.report;
+            entry.escrow_left = message.escrow_left;
         }
+        self.publish();
     }
 }
 
@@ -274,6 +309,7 @@ pub struct JobContext {
     pub task_timeout: Duration,
     /// Block lottery tickets: nodes whose work a spot check confirmed hold one.
     pub tickets: crate::lottery::Tickets,
+    pub metrics: SchedulerMetrics,
 }
 
 /// A job's inputs, resolved from the ledger.
@@ -439,6 +475,13 @@ pub async fn quote(ctx: &JobContext, request: &JobRequest) -> Result<(Amount, St
 
 /// Checks the job and its escrow, registers it and starts it. Answers once it runs.
 pub async fn submit(ctx: &JobContext, request: JobRequest, submitter: NodeId) -> Result<(), RpcError> {
+    let outcome = start(ctx, request, submitter).await;
+    let result = if outcome.is_ok() { "accepted" } else { "refused" };
+    ctx.metrics.jobs_submitted.with_label_values(&[result]).inc();
+    outcome
+}
+
+async fn start(ctx: &JobContext, request: JobRequest, submitter: NodeId) -> Result<(), RpcError> {
     if ctx.system.is_none() {
         return Err(refuse(
             ErrorCode::Unavailable,
@@ -502,7 +545,16 @@ pub async fn submit(ctx: &JobContext, request: JobRequest, submitter: NodeId) ->
         run.report["state"] = json!(state.as_str());
         info!(%job, state = state.as_str(), accuracy = ?run.report["accuracy"], "job finished");
         let report = run.report.clone();
-        let _ = ctx.board.send(Update { job, state, report }).await;
+        let escrow_left = run.escrow_left();
+        let _ = ctx
+            .board
+            .send(Update {
+                job,
+                state,
+                report,
+                escrow_left,
+            })
+            .await;
     });
     Ok(())
 }
@@ -614,8 +666,59 @@ impl Run {
                 job: self.plan.request.job,
                 state: JobState::Running,
                 report: self.report.clone(),
+                escrow_left: self.escrow_left(),
             })
             .await;
+    }
+
+    /// The payout address of each node that reported one.
+    fn payout_addresses(&self) -> HashMap<NodeId, Address> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.payout_address.parse::<Address>().ok().map(|a| (n.node_id, a)))
+            .collect()
+    }
+
+    /// What the job owes so far: verified compute of nodes not banned, bytes served, and the
+    /// usage fees once `completed`.
+    fn work_done(&self, addresses: &HashMap<NodeId, Address>, completed: bool) -> WorkDone {
+        let mut work = WorkDone::default();
+        for (node, rows) in &self.compute_rows {
+            if self.banned.contains(node) {
+                continue;
+            }
+            if let Some(to) = addresses.get(node) {
+                *work.compute_rows.entry(*to).or_insert(0) += rows;
+            }
+        }
+        for (node, bytes) in &self.storage_bytes {
+            if let Some(to) = addresses.get(node) {
+                *work.storage_bytes.entry(*to).or_insert(0) += bytes;
+            }
+        }
+        if completed {
+            work.fees.push((
+                self.plan.dataset_owner,
+                self.plan.dataset_fee,
+                PayoutKind::DatasetFee,
+            ));
+            work.fees
+                .push((self.plan.model_owner, self.plan.model_fee, PayoutKind::ModelFee));
+        }
+        work
+    }
+
+    /// The share of the escrow left once the work so far and the usage fees are paid: what
+    /// the escrow alert watches (0 when the work already exceeds it).
+    fn escrow_left(&self) -> f64 {
+        if self.plan.budget.is_zero() {
+            return 0.0;
+        }
+        let work = self.work_done(&self.payout_addresses(), true);
+        match payroll::settle(self.plan.budget, &work, &self.ctx.pricing) {
+            Ok(settlement) => settlement.refund.0 as f64 / self.plan.budget.0 as f64,
+            Err(_) => 0.0,
+        }
     }
 
     async fn refresh_nodes(&mut self) -> Result<(), String> {
@@ -700,6 +803,7 @@ impl Run {
                     *w -= lr * *g as f32;
                 }
                 round += 1;
+                self.ctx.metrics.job_rounds.inc();
                 self.report["rounds"] = json!(round);
                 self.report["epoch"] = json!(epoch + 1);
                 self.report["loss"] = json!(loss);
@@ -855,6 +959,7 @@ impl Run {
             "checker": self.name(&checker.placement.node),
         });
         if rating::results_agree(&original.result, &checker.result) {
+            self.ctx.metrics.spot_checks.with_label_values(&["agreed"]).inc();
             self.rate(node, true).await;
             self.rate(checker.placement.node, true).await;
             record["verdict"] = json!("agreed");
@@ -882,17 +987,24 @@ impl Run {
             Verdict::OriginalWrong => (checker.clone(), Some(node)),
             Verdict::CheckerWrong => (original.clone(), Some(checker.placement.node)),
             Verdict::Undecided => {
+                self.ctx
+                    .metrics
+                    .spot_checks
+                    .with_label_values(&["undecided"])
+                    .inc();
                 record["verdict"] = json!("undecided");
                 return Err(format!(
                     "task {task}: three executions disagree; the round cannot be trusted"
                 ));
             }
         };
-        record["verdict"] = json!(match verdict {
+        let verdict = match verdict {
             Verdict::OriginalWrong => "original_wrong",
             Verdict::CheckerWrong => "checker_wrong",
             _ => "agreed",
-        });
+        };
+        self.ctx.metrics.spot_checks.with_label_values(&[verdict]).inc();
+        record["verdict"] = json!(verdict);
         let mut banned = Vec::new();
         let confirmed: Vec<NodeId> = [Some(&original), Some(&checker), third.as_ref()]
             .into_iter()
@@ -945,6 +1057,11 @@ impl Run {
             reputation_after: reputation,
         };
         warn!(node = %penalty.node, %task, reason, "penalty");
+        self.ctx
+            .metrics
+            .penalties
+            .with_label_values(&["wrong_result"])
+            .inc();
         let _ = self.ctx.rater.send(RecordPenalty(penalty)).await;
     }
 
@@ -977,6 +1094,7 @@ impl Run {
         let mut waited = Duration::ZERO;
         let mut attempts = 0;
         while attempts < MAX_ATTEMPTS {
+            let placing = Instant::now();
             let placed = self
                 .ctx
                 .allocator
@@ -989,6 +1107,10 @@ impl Run {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+            self.ctx
+                .metrics
+                .placement_duration
+                .observe(placing.elapsed().as_secs_f64());
             let Some(placement) = placed else {
                 // Every eligible node may just be busy: wait for a free slot while any could.
                 let eligible = self.nodes.iter().any(|n| {
@@ -1005,6 +1127,16 @@ impl Run {
             attempts += 1;
             let outcome = self.run_on(task, kind, entry, shard, &placement).await;
             self.ctx.allocator.do_send(Finished { node: placement.node });
+            let kind_label = match kind {
+                TaskKind::Gradient => "gradient",
+                TaskKind::Evaluate => "evaluate",
+            };
+            let result_label = if outcome.is_ok() { "ok" } else { "failed" };
+            self.ctx
+                .metrics
+                .tasks
+                .with_label_values(&[kind_label, result_label])
+                .inc();
             match outcome {
                 Ok(result) => {
                     return Ok(Done {
@@ -1155,35 +1287,9 @@ impl Run {
     /// mints the trained model when the job completed.
     async fn settle(&mut self, completed: bool) -> Result<(), String> {
         let system = self.ctx.system.clone().ok_or("no system key")?;
-        let addresses: HashMap<NodeId, Address> = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.payout_address.parse::<Address>().ok().map(|a| (n.node_id, a)))
-            .collect();
+        let addresses = self.payout_addresses();
         let address = |node: &NodeId| addresses.get(node).copied();
-        let mut work = WorkDone::default();
-        for (node, rows) in &self.compute_rows {
-            if self.banned.contains(node) {
-                continue;
-            }
-            if let Some(to) = address(node) {
-                *work.compute_rows.entry(to).or_insert(0) += rows;
-            }
-        }
-        for (node, bytes) in &self.storage_bytes {
-            if let Some(to) = address(node) {
-                *work.storage_bytes.entry(to).or_insert(0) += bytes;
-            }
-        }
-        if completed {
-            work.fees.push((
-                self.plan.dataset_owner,
-                self.plan.dataset_fee,
-                PayoutKind::DatasetFee,
-            ));
-            work.fees
-                .push((self.plan.model_owner, self.plan.model_fee, PayoutKind::ModelFee));
-        }
+        let work = self.work_done(&addresses, completed);
         let settlement =
             payroll::settle(self.plan.budget, &work, &self.ctx.pricing).map_err(|e| e.to_string())?;
         let job = self.plan.request.job;
@@ -1215,10 +1321,33 @@ impl Run {
                 },
             )
             .await?;
+        for payout in &settlement.payouts {
+            let role = match payout.kind {
+                PayoutKind::Compute => "compute",
+                PayoutKind::Storage => "storage",
+                PayoutKind::DatasetFee => "dataset_fee",
+                PayoutKind::ModelFee => "model_fee",
+            };
+            self.ctx
+                .metrics
+                .payments
+                .with_label_values(&[role])
+                .inc_by(payout.amount.0 as f64 / aic_ledger::amount::ONE_AIC as f64);
+        }
+        self.ctx
+            .metrics
+            .payments
+            .with_label_values(&["platform_fee"])
+            .inc_by(settlement.platform_fee.0 as f64 / aic_ledger::amount::ONE_AIC as f64);
         if !settlement.refund.is_zero() {
             system
                 .submit(&self.ctx.ledger, Call::RefundEscrow { job })
                 .await?;
+            self.ctx
+                .metrics
+                .payments
+                .with_label_values(&["refund"])
+                .inc_by(settlement.refund.0 as f64 / aic_ledger::amount::ONE_AIC as f64);
         }
         self.report["payments"] = json!(payments);
         self.report["platform_fee_burned"] = json!(settlement.platform_fee.to_string());

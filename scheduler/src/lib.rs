@@ -163,7 +163,7 @@ pub async fn start(
         registry: registry_addr.clone(),
         allocator,
         rater,
-        board: job::JobBoard::default().start(),
+        board: job::JobBoard::new(metrics.clone()).start(),
         ledger: ledger.clone(),
         endpoint: endpoint.clone(),
         ticket_key: ed25519_dalek::SigningKey::from_bytes(&node_key.secret_bytes()),
@@ -177,6 +177,7 @@ pub async fn start(
         reward_per_million_rows: amount(&config.jobs.reward_per_million_rows)?,
         steps_per_epoch: config.jobs.steps_per_epoch,
         tickets,
+        metrics: metrics.clone(),
         task_timeout: Duration::from_millis(config.jobs.task_timeout_ms),
     };
 

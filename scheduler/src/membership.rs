@@ -236,6 +236,28 @@ impl Membership {
     }
 
     /// How many nodes are in each (role, state), for the node-state gauge.
+    /// Shard copies that datasets ask for (replicas × shards, as their holders report it) less
+    /// the healthy copies up storage nodes hold: 0 when every dataset is fully replicated.
+    pub fn missing_shard_copies(&self) -> u64 {
+        let mut wanted: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut healthy: BTreeMap<&str, u64> = BTreeMap::new();
+        for member in self.members.values() {
+            for holding in &member.holdings {
+                let copies = u64::from(holding.replicas_wanted) * u64::from(holding.shards);
+                let entry = wanted.entry(holding.dataset.as_str()).or_insert(0);
+                *entry = (*entry).max(copies);
+                if member.state == NodeState::Up {
+                    *healthy.entry(holding.dataset.as_str()).or_insert(0) +=
+                        u64::from(holding.healthy_shards.min(holding.shards));
+                }
+            }
+        }
+        wanted
+            .iter()
+            .map(|(dataset, copies)| copies.saturating_sub(healthy.get(dataset).copied().unwrap_or(0)))
+            .sum()
+    }
+
     pub fn counts(&self) -> BTreeMap<(Role, NodeState), usize> {
         let mut counts = BTreeMap::new();
         for member in self.members.values() {
@@ -282,7 +304,7 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), RpcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aic_protocol::messages::Capacity;
+    use aic_protocol::messages::{Capacity, DatasetHolding};
 
     fn rules() -> MembershipRules {
         MembershipRules {
@@ -337,6 +359,41 @@ mod tests {
             rtts: Vec::new(),
             holdings: Vec::new(),
         }
+    }
+
+    #[test]
+    fn missing_shard_copies_count_damaged_and_silent_replicas() {
+        let t0 = Instant::now();
+        let mut membership = Membership::new(rules(), scheduler_row());
+        let holding = |healthy: u32| DatasetHolding {
+            dataset: "digits".into(),
+            healthy_shards: healthy,
+            shards: 10,
+            bytes: 1000,
+            replicas_wanted: 2,
+        };
+        let (a, b) = (peer("a", Role::Storage), peer("b", Role::Storage));
+        membership.register(&a, registration(&a, 1), t0).unwrap();
+        membership.register(&b, registration(&b, 2), t0).unwrap();
+        let report = |healthy: u32| Heartbeat {
+            holdings: vec![holding(healthy)],
+            ..heartbeat()
+        };
+        membership.heartbeat(a.node_id, report(10), t0).unwrap();
+        assert_eq!(membership.missing_shard_copies(), 10, "b holds no copy yet");
+        membership.heartbeat(b.node_id, report(10), t0).unwrap();
+        assert_eq!(membership.missing_shard_copies(), 0);
+        membership.heartbeat(b.node_id, report(7), t0).unwrap();
+        assert_eq!(membership.missing_shard_copies(), 3, "three damaged shards on b");
+        membership
+            .heartbeat(a.node_id, report(10), t0 + Duration::from_secs(4))
+            .unwrap();
+        membership.sweep(t0 + Duration::from_secs(4));
+        assert_eq!(
+            membership.missing_shard_copies(),
+            10,
+            "b is down: its copies do not count"
+        );
     }
 
     #[test]

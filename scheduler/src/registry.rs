@@ -74,6 +74,7 @@ impl Registry {
                 }
             }
         }
+        self.publish_storage_health();
         self.metrics.nodes.reset();
         for ((role, state), count) in self.membership.counts() {
             self.metrics
@@ -81,6 +82,12 @@ impl Registry {
                 .with_label_values(&[role.as_str(), state.as_str()])
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    fn publish_storage_health(&self) {
+        self.metrics
+            .missing_shard_copies
+            .set(i64::try_from(self.membership.missing_shard_copies()).unwrap_or(i64::MAX));
     }
 
     fn interval_ms(&self) -> u64 {
@@ -142,6 +149,7 @@ impl Handler<ReceiveHeartbeat> for Registry {
         {
             Ok((probe_targets, events)) => {
                 self.metrics.heartbeats_received.with_label_values(&["ok"]).inc();
+                self.publish_storage_health();
                 if !events.is_empty() {
                     self.apply(events);
                 }

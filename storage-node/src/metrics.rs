@@ -58,7 +58,7 @@ impl StorageMetrics {
             shards: registered(
                 registry,
                 IntGaugeVec::new(
-                    Opts::new("aic_storage_shards", "Shards by state at the last scrub"),
+                    Opts::new("aic_storage_shards", "Shards by state: healthy since their checked write or the last scrub; corrupt, missing, unknown as the last scrub found them"),
                     &["state"],
                 )?,
             )?,

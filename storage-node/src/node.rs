@@ -86,10 +86,27 @@ impl StorageNode {
                     healthy_shards: shards - bad,
                     shards,
                     bytes: manifest.shards().map(|e| e.bytes).sum(),
+                    replicas_wanted: manifest.replicas.len() as u32,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Every write was checked against its hash, so a shard counts healthy from its arrival
+        // until a scrub says otherwise; corrupt and missing counts come from scrubs alone.
+        let healthy: u64 = holdings
+            .iter()
+            .map(|h: &DatasetHolding| u64::from(h.healthy_shards))
+            .sum();
+        self.metrics
+            .shards
+            .with_label_values(&["healthy"])
+            .set(i64::try_from(healthy).unwrap_or(i64::MAX));
         self.holdings.send_replace(holdings);
         self.metrics.datasets.set(catalog.ids().count() as i64);
+        drop(catalog);
+        if let Ok(held) = self.store.list().await {
+            self.metrics
+                .bytes_stored
+                .set(held.iter().map(|s| s.bytes as i64).sum());
+        }
     }
 }

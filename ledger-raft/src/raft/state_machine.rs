@@ -79,7 +79,7 @@ impl LedgerStateMachine {
                 membership: StoredMembership::default(),
             },
         };
-        metrics.block_height.set(applied.state.height() as i64);
+        metrics.record_state(&applied.state);
         Ok(LedgerStateMachine {
             shared: Arc::new(RwLock::new(applied)),
             dir: dir.to_path_buf(),
@@ -109,6 +109,9 @@ impl LedgerStateMachine {
                     Err(e) => e.label(),
                 };
                 self.metrics.transactions.with_label_values(&[kind, label]).inc();
+                if let Ok(events) = &result {
+                    self.metrics.record_events(events);
+                }
                 CommandOutcome::Transaction {
                     hash: signed.hash(),
                     result,
@@ -118,7 +121,6 @@ impl LedgerStateMachine {
                 let result = applied.state.apply_block(&header);
                 if result.is_ok() {
                     self.metrics.blocks_sealed.inc();
-                    self.metrics.block_height.set(header.height as i64);
                 }
                 CommandOutcome::Block(result)
             }
@@ -204,6 +206,7 @@ impl RaftStateMachine<LedgerRaft> for LedgerStateMachine {
                 }
             }
         }
+        self.metrics.record_state(&applied.state);
         Ok(outcomes)
     }
 
@@ -240,7 +243,7 @@ impl RaftStateMachine<LedgerRaft> for LedgerStateMachine {
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
         {
             let mut applied = self.shared.write().expect("state lock");
-            self.metrics.block_height.set(state.height() as i64);
+            self.metrics.record_state(&state);
             applied.state = state;
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
