@@ -34,6 +34,10 @@ pub enum CaCommand {
         /// Validity in days.
         #[arg(long, default_value_t = aic_protocol::certs::DEFAULT_VALIDITY_DAYS)]
         days: i64,
+        /// Renew: sign a new certificate for the key already in DIR/NAME.key, so the holder
+        /// keeps its node id (certificate rotation).
+        #[arg(long)]
+        renew: bool,
     },
 }
 
@@ -50,6 +54,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             name,
             extra_names,
             days,
+            renew,
         } => {
             anyhow::ensure!(days > 0, "--days must be at least 1");
             anyhow::ensure!(
@@ -57,10 +62,20 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
                 "--name must be a plain name (no slashes, not \"ca\")"
             );
             let ca = CertificateAuthority::load(&dir).context("loading the CA (run `aic ca init` first)")?;
-            let issued = ca.issue(role, &name, &extra_names, Validity::Days(days))?;
+            let validity = Validity::Days(days);
+            let issued = if renew {
+                let key_path = dir.join(format!("{name}.key"));
+                let key_pem = std::fs::read_to_string(&key_path)
+                    .with_context(|| format!("reading {} to renew its certificate", key_path.display()))?;
+                ca.renew(&key_pem, role, &name, &extra_names, validity)
+                    .with_context(|| format!("renewing with {}", key_path.display()))?
+            } else {
+                ca.issue(role, &name, &extra_names, validity)?
+            };
             let files = issued.save(&dir, &name)?;
             println!(
-                "issued {role} certificate for {name}\n  node id {}\n  cert    {}\n  key     {}",
+                "{} {role} certificate for {name}\n  node id {}\n  cert    {}\n  key     {}",
+                if renew { "renewed" } else { "issued" },
                 issued.node_id,
                 files.cert.display(),
                 files.key.display()

@@ -779,3 +779,54 @@ fn secrets_of(data_dir: &Path) -> Vec<String> {
     );
     secrets
 }
+
+#[test]
+fn a_renewed_certificate_keeps_its_node_id_and_a_missing_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    let aic = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_aic"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let node_id = |output: &std::process::Output| -> String {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("node id "))
+            .unwrap_or_else(|| panic!("no node id in {text}"))
+            .trim()
+            .to_string()
+    };
+    assert!(aic(&["ca", "init", "--dir", certs]).status.success());
+    let issue = [
+        "ca",
+        "issue",
+        "--dir",
+        certs,
+        "--role",
+        "scheduler",
+        "--name",
+        "sched-0",
+    ];
+    let first = node_id(&aic(&issue));
+    let old_cert = std::fs::read_to_string(Path::new(certs).join("sched-0.pem")).unwrap();
+    let renewed = node_id(&aic(&[&issue[..], &["--renew", "--days", "30"]].concat()));
+    assert_eq!(renewed, first, "renewal keeps the key, so the node id");
+    let new_cert = std::fs::read_to_string(Path::new(certs).join("sched-0.pem")).unwrap();
+    assert_ne!(new_cert, old_cert);
+    let reissued = node_id(&aic(&issue));
+    assert_ne!(reissued, first, "a plain issue makes a new key");
+    let missing = aic(&[
+        "ca", "issue", "--dir", certs, "--role", "storage", "--name", "nobody", "--renew",
+    ]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("nobody.key"), "{stderr}");
+}

@@ -161,7 +161,8 @@ impl CertificateAuthority {
         Ok(CertificateAuthority { cert_pem, key })
     }
 
-    /// Issues a certificate for `role` named `name`, valid for `validity` from now.
+    /// Issues a certificate for `role` named `name`, valid for `validity` from now, with a new
+    /// key (and so a new node id).
     pub fn issue(
         &self,
         role: Role,
@@ -170,6 +171,36 @@ impl CertificateAuthority {
         validity: Validity,
     ) -> Result<IssuedCertificate> {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rcgen_error)?;
+        self.sign(key, role, name, extra_names, validity)
+    }
+
+    /// Renews a certificate: a new one for the key in `key_pem`, so the holder keeps its node id
+    /// (its Raft replica id, reputation and registrations) across a certificate rotation.
+    pub fn renew(
+        &self,
+        key_pem: &str,
+        role: Role,
+        name: &str,
+        extra_names: &[String],
+        validity: Validity,
+    ) -> Result<IssuedCertificate> {
+        let key = KeyPair::from_pem(key_pem).map_err(rcgen_error)?;
+        if key.algorithm() != &PKCS_ED25519 {
+            return Err(Error::Certificate(
+                "only Ed25519 keys carry an AIC node id".into(),
+            ));
+        }
+        self.sign(key, role, name, extra_names, validity)
+    }
+
+    fn sign(
+        &self,
+        key: KeyPair,
+        role: Role,
+        name: &str,
+        extra_names: &[String],
+        validity: Validity,
+    ) -> Result<IssuedCertificate> {
         let node_id = NodeId::from_public_key(key.public_key_raw());
         let mut names: Vec<String> = vec![dns_safe(name)];
         names.extend(LOOPBACK_NAMES.iter().map(|s| s.to_string()));
@@ -394,6 +425,30 @@ mod tests {
         assert_eq!(identity.me.role, Role::Compute);
         assert_eq!(identity.me.node_id, issued.node_id);
         assert_eq!(identity.me.name, "compute-1");
+    }
+
+    #[test]
+    fn a_renewed_certificate_keeps_the_key_and_node_id() {
+        let ca = CertificateAuthority::generate("test").unwrap();
+        let first = ca
+            .issue(Role::Scheduler, "sched-0", &[], Validity::Days(1))
+            .unwrap();
+        let renewed = ca
+            .renew(
+                &first.key_pem,
+                Role::Scheduler,
+                "sched-0",
+                &[],
+                Validity::Days(365),
+            )
+            .unwrap();
+        assert_eq!(renewed.node_id, first.node_id);
+        assert_ne!(renewed.cert_pem, first.cert_pem);
+        let identity = Identity::from_issued(&ca, &renewed).unwrap();
+        assert_eq!(identity.me.node_id, first.node_id);
+        assert!(ca
+            .renew("not a key", Role::Scheduler, "sched-0", &[], Validity::Days(1))
+            .is_err());
     }
 
     #[test]
