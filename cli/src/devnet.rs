@@ -145,8 +145,10 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         }
         let scheduler_addr = replicas[0].addr.clone();
 
+        // Nodes register with every replica, so any of them can place work and resume a job.
         let link = aic_protocol::node_agent::SchedulerLink {
             addr: scheduler_addr.clone(),
+            replicas: replicas[1..].iter().map(|r| r.addr.clone()).collect(),
         };
         for name in STORAGE_NODES {
             let mut config = aic_storage_node::StorageConfig {

@@ -39,21 +39,31 @@ use crate::transport::{self, TransportTuning};
 const PINGS_PER_PROBE: u32 = 3;
 /// The longest a probe may take, dead peers included.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// `aic_<role>_probe_failures_total{reason}`.
+const PROBE_FAILURE_REASONS: [&str; 2] = ["timeout", "error"];
 /// Longest wait between attempts to reach the scheduler.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Most other scheduler replicas a node registers with.
+pub const MAX_SCHEDULER_REPLICAS: usize = 8;
 
 /// The `[scheduler]` table of a node's config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerLink {
-    /// `host:port` of the scheduler's QUIC endpoint.
+    /// `host:port` of the scheduler's QUIC endpoint; its probe targets drive the RTT prober.
     pub addr: String,
+    /// The other scheduler replicas (`host:port`). The node registers and heartbeats with each,
+    /// so every replica can place work on it, its tickets are trusted from each, and a replica
+    /// that takes over a job finds the node it needs.
+    pub replicas: Vec<String>,
 }
 
 impl Default for SchedulerLink {
     fn default() -> Self {
         SchedulerLink {
             addr: "127.0.0.1:7400".into(),
+            replicas: Vec::new(),
         }
     }
 }
@@ -63,7 +73,28 @@ impl SchedulerLink {
         if !self.addr.contains(':') {
             return Err(Invalid::new(format!("{prefix}.addr"), "must be host:port"));
         }
+        if self.replicas.len() > MAX_SCHEDULER_REPLICAS {
+            return Err(Invalid::new(
+                format!("{prefix}.replicas"),
+                format!("at most {MAX_SCHEDULER_REPLICAS} other replicas"),
+            ));
+        }
+        for replica in &self.replicas {
+            if !replica.contains(':') || replica == &self.addr {
+                return Err(Invalid::new(
+                    format!("{prefix}.replicas"),
+                    format!("{replica:?} must be host:port and differ from {prefix}.addr"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Every scheduler address, the primary first.
+    pub fn all(&self) -> Vec<String> {
+        std::iter::once(self.addr.clone())
+            .chain(self.replicas.iter().cloned())
+            .collect()
     }
 }
 
@@ -103,7 +134,10 @@ impl AgentMetrics {
             )?,
             scheduler_connected: registered(
                 registry,
-                IntGauge::new(name("scheduler_connected"), "1 while registered with a scheduler")?,
+                IntGauge::new(
+                    name("scheduler_connected"),
+                    "Scheduler replicas this node is registered with",
+                )?,
             )?,
             peer_rtt: registered(
                 registry,
@@ -120,6 +154,11 @@ impl AgentMetrics {
                 )?,
             )?,
         })
+        .inspect(|metrics: &AgentMetrics| {
+            for reason in PROBE_FAILURE_REASONS {
+                metrics.probe_failures.with_label_values(&[reason]);
+            }
+        })
     }
 }
 
@@ -131,7 +170,8 @@ pub type RegisteredHook = Arc<dyn Fn(&PeerIdentity) + Send + Sync>;
 pub struct AgentSettings {
     pub role: Role,
     pub name: String,
-    pub scheduler_addr: String,
+    /// Every scheduler replica to register with; the first one's probe targets are followed.
+    pub scheduler_addrs: Vec<String>,
     pub quic_addr: String,
     pub metrics_addr: String,
     pub capacity: Capacity,
@@ -196,7 +236,7 @@ pub fn start_node<H: RpcHandler>(
     let agent = AgentSettings {
         role,
         name: name.clone(),
-        scheduler_addr: scheduler.addr.clone(),
+        scheduler_addrs: scheduler.all(),
         quic_addr: advertised(settings, quic_addr),
         metrics_addr: metrics_addr.to_string(),
         capacity,
@@ -241,7 +281,8 @@ pub fn advertised(settings: &EndpointSettings, bound: SocketAddr) -> String {
     }
 }
 
-/// Keeps the node registered and heartbeating until `shutdown`; reconnects with backoff.
+/// Keeps the node registered and heartbeating with every scheduler replica until `shutdown`;
+/// reconnects to each with backoff.
 pub async fn run_agent(
     endpoint: quinn::Endpoint,
     settings: AgentSettings,
@@ -257,19 +298,51 @@ pub async fn run_agent(
         metrics.clone(),
         shutdown.clone(),
     ));
+    let sessions = settings.scheduler_addrs.iter().enumerate().map(|(i, addr)| {
+        // Only the primary's probe targets steer the prober; the others get the same RTTs.
+        let targets = (i == 0).then(|| targets_tx.clone());
+        stay_registered(
+            &endpoint,
+            addr,
+            &settings,
+            &metrics,
+            &latest_rtts,
+            targets,
+            &shutdown,
+        )
+    });
+    futures::future::join_all(sessions).await;
+    debug!("membership agent stopped");
+}
 
+/// Registers with the scheduler at `addr` and heartbeats it, registering again whenever the
+/// session breaks, until `shutdown`.
+async fn stay_registered(
+    endpoint: &quinn::Endpoint,
+    addr: &str,
+    settings: &AgentSettings,
+    metrics: &AgentMetrics,
+    latest_rtts: &Mutex<HashMap<NodeId, RttSample>>,
+    targets_tx: Option<watch::Sender<(Duration, Vec<ProbeTarget>)>>,
+    shutdown: &CancellationToken,
+) {
+    let send_targets = |interval: Duration, targets: Vec<ProbeTarget>| {
+        if let Some(tx) = &targets_tx {
+            let _ = tx.send((interval, targets));
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     let mut sequence = 0u64;
     while !shutdown.is_cancelled() {
         let session = async {
-            let client = RpcClient::connect(&endpoint, &settings.scheduler_addr, Role::Scheduler).await?;
-            let (interval, targets) = register(&client, &settings).await?;
+            let client = RpcClient::connect(endpoint, addr, Role::Scheduler).await?;
+            let (interval, targets) = register(&client, settings).await?;
             metrics.registrations.with_label_values(&["ok"]).inc();
-            metrics.scheduler_connected.set(1);
+            metrics.scheduler_connected.inc();
             if let Some(hook) = &settings.on_registered {
                 hook(client.peer());
             }
-            let _ = targets_tx.send((interval, targets));
+            send_targets(interval, targets);
             Ok::<_, Error>((client, interval))
         };
         let (client, interval) = tokio::select! {
@@ -278,7 +351,7 @@ pub async fn run_agent(
                 Ok(session) => session,
                 Err(error) => {
                     metrics.registrations.with_label_values(&["error"]).inc();
-                    warn!(scheduler = %settings.scheduler_addr, %error, retry_in = ?backoff, "cannot register");
+                    warn!(scheduler = %addr, %error, retry_in = ?backoff, "cannot register");
                     let _ = tokio::time::timeout(backoff, shutdown.cancelled()).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -311,7 +384,7 @@ pub async fn run_agent(
             match client.call(&heartbeat).await {
                 Ok(NodeResponse::HeartbeatAccepted { probe_targets }) => {
                     metrics.heartbeats.with_label_values(&["ok"]).inc();
-                    let _ = targets_tx.send((interval, probe_targets));
+                    send_targets(interval, probe_targets);
                 }
                 Ok(other) => {
                     metrics.heartbeats.with_label_values(&["error"]).inc();
@@ -323,19 +396,18 @@ pub async fn run_agent(
                 })) => {
                     // The scheduler lost us (it restarted): register again on a fresh session.
                     metrics.heartbeats.with_label_values(&["unknown_node"]).inc();
-                    info!("scheduler does not know this node; registering again");
+                    info!(scheduler = %addr, "scheduler does not know this node; registering again");
                     break;
                 }
                 Err(error) => {
                     metrics.heartbeats.with_label_values(&["error"]).inc();
-                    warn!(%error, "heartbeat failed; reconnecting");
+                    warn!(scheduler = %addr, %error, "heartbeat failed; reconnecting");
                     break;
                 }
             }
         }
-        metrics.scheduler_connected.set(0);
+        metrics.scheduler_connected.dec();
     }
-    debug!("membership agent stopped");
 }
 
 async fn register(client: &RpcClient, settings: &AgentSettings) -> Result<(Duration, Vec<ProbeTarget>)> {

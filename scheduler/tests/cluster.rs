@@ -36,6 +36,7 @@ fn start_compute(files: &IdentityFiles, scheduler: &str) -> (ServiceHandle, Canc
         endpoint: endpoint_settings(files.clone()),
         scheduler: SchedulerLink {
             addr: scheduler.to_string(),
+            replicas: Vec::new(),
         },
         compute: aic_compute_node::config::ComputeSettings {
             backend: aic_compute_node::config::BackendSetting::Cpu,
@@ -126,6 +127,7 @@ fn nodes_register_are_marked_down_when_killed_and_up_when_back() {
                 endpoint: endpoint_settings(issue(&ca, dir.path(), Role::Storage, "storage-1")),
                 scheduler: SchedulerLink {
                     addr: scheduler_addr.clone(),
+                    replicas: Vec::new(),
                 },
                 ..Default::default()
             },

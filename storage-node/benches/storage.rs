@@ -140,6 +140,7 @@ fn main() {
             },
             scheduler: SchedulerLink {
                 addr: "127.0.0.1:9".into(),
+                replicas: Vec::new(),
             },
             ..Default::default()
         };

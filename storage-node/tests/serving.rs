@@ -70,6 +70,7 @@ async fn shards_are_served_only_against_valid_tickets() {
         // No scheduler runs here; the agent retries in the background while we test serving.
         scheduler: SchedulerLink {
             addr: "127.0.0.1:9".into(),
+            replicas: Vec::new(),
         },
         ..Default::default()
     };

@@ -44,6 +44,7 @@ pub fn start_storage(
         },
         scheduler: SchedulerLink {
             addr: scheduler.to_string(),
+            replicas: Vec::new(),
         },
         ..Default::default()
     };
