@@ -36,6 +36,8 @@ pub enum LedgerRequest {
     Asset(AssetId),
     /// A job's escrow, if open.
     Escrow(aic_protocol::JobId),
+    /// Every recorded (running, unsettled) job.
+    Jobs,
     /// ERC721 isApprovedForAll.
     IsApprovedForAll {
         owner: Address,
@@ -114,6 +116,7 @@ pub enum LedgerResponse {
     Assets(Vec<(AssetId, Asset)>),
     Asset(Option<Asset>),
     Escrow(Option<crate::state::Escrow>),
+    Jobs(Vec<(aic_protocol::JobId, crate::state::JobRecord)>),
     ApprovedForAll(bool),
     Blocks(Vec<(BlockHeader, Vec<[u8; 32]>)>),
     Status(LedgerStatus),

@@ -2,7 +2,7 @@
 //! binds the chain id and the account's next nonce (so neither replays nor cross-chain replays
 //! apply twice).
 
-use aic_protocol::{AssetId, JobId};
+use aic_protocol::{AssetId, JobId, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Amount;
@@ -122,6 +122,27 @@ pub enum Call {
         kind: AssetKind,
         metadata: AssetMetadata,
     },
+    /// A job started on scheduler replica `runner`: its request as that scheduler encodes it.
+    RecordJob {
+        job: JobId,
+        runner: NodeId,
+        request: Vec<u8>,
+    },
+    /// A job's progress after a round: its weights and its running tallies (assignments, work
+    /// done, nodes banned), from which another replica can resume it.
+    CheckpointJob {
+        job: JobId,
+        runner: NodeId,
+        round: u32,
+        weights: Vec<u8>,
+        progress: Vec<u8>,
+    },
+    /// Another replica takes a job over (its runner stopped checkpointing): the old runner's
+    /// next checkpoint is refused, so it stops.
+    TakeOverJob {
+        job: JobId,
+        runner: NodeId,
+    },
 }
 
 impl Call {
@@ -133,6 +154,9 @@ impl Call {
                 | Call::Slash { .. }
                 | Call::Reward { .. }
                 | Call::MintAssetTo { .. }
+                | Call::RecordJob { .. }
+                | Call::CheckpointJob { .. }
+                | Call::TakeOverJob { .. }
         )
     }
 
@@ -156,6 +180,9 @@ impl Call {
             Call::Slash { .. } => "slash",
             Call::Reward { .. } => "reward",
             Call::MintAssetTo { .. } => "mint_asset_to",
+            Call::RecordJob { .. } => "record_job",
+            Call::CheckpointJob { .. } => "checkpoint_job",
+            Call::TakeOverJob { .. } => "take_over_job",
         }
     }
 }

@@ -6,7 +6,7 @@ use aic_ledger::genesis::{Genesis, Holders};
 use aic_ledger::state::Event;
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call, Payout, PayoutKind, Transaction};
 use aic_ledger::{Address, Keypair, LedgerState, TxError};
-use aic_protocol::JobId;
+use aic_protocol::{JobId, NodeId};
 
 struct World {
     state: LedgerState,
@@ -548,6 +548,102 @@ fn escrow_pays_out_burns_the_platform_fee_and_refunds_the_rest() {
         w.send(&system, Call::RefundEscrow { job }).unwrap_err().code(),
         111
     );
+}
+
+#[test]
+fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout() {
+    let mut w = world();
+    w.fund(w.alice.address(), aic(1000));
+    let (alice, system) = (w.alice.clone(), w.system.clone());
+    let job = JobId::random();
+    let (first, second) = (
+        NodeId::from_public_key(b"sched-1"),
+        NodeId::from_public_key(b"sched-2"),
+    );
+    let record = Call::RecordJob {
+        job,
+        runner: first,
+        request: b"request".to_vec(),
+    };
+    // No escrow, no record; only the system key records.
+    assert_eq!(w.send(&system, record.clone()).unwrap_err().code(), 111);
+    w.send(
+        &alice,
+        Call::OpenEscrow {
+            job,
+            amount: aic(100),
+        },
+    )
+    .unwrap();
+    assert_eq!(w.send(&alice, record.clone()).unwrap_err(), TxError::NotSystem);
+    w.send(&system, record.clone()).unwrap();
+    assert!(w.send(&system, record).is_err(), "recorded once");
+    let too_big = Call::RecordJob {
+        job: JobId::random(),
+        runner: first,
+        request: vec![0; aic_ledger::state::MAX_JOB_REQUEST_BYTES + 1],
+    };
+    assert!(w.send(&system, too_big).is_err());
+
+    let checkpoint = |runner: NodeId, round: u32| Call::CheckpointJob {
+        job,
+        runner,
+        round,
+        weights: vec![round as u8; 8],
+        progress: b"{}".to_vec(),
+    };
+    w.send(&system, checkpoint(first, 1)).unwrap();
+    w.send(&system, checkpoint(first, 2)).unwrap();
+    assert!(
+        w.send(&system, checkpoint(first, 1)).is_err(),
+        "rounds only go forward"
+    );
+    assert!(
+        w.send(&system, checkpoint(second, 3)).is_err(),
+        "only the runner checkpoints"
+    );
+    let weights_cap = Call::CheckpointJob {
+        job,
+        runner: first,
+        round: 3,
+        weights: vec![0; aic_ledger::state::MAX_JOB_WEIGHTS_BYTES + 1],
+        progress: Vec::new(),
+    };
+    assert!(w.send(&system, weights_cap).is_err());
+
+    // A takeover: the new runner checkpoints, the old one is refused from then on.
+    let events = w
+        .send(&system, Call::TakeOverJob { job, runner: second })
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![Event::JobTakenOver {
+            job,
+            from: first,
+            to: second
+        }]
+    );
+    assert!(w.send(&system, checkpoint(first, 3)).is_err());
+    w.send(&system, checkpoint(second, 3)).unwrap();
+    let record = &w.state.jobs[&job];
+    assert_eq!(
+        (record.runner, record.round, record.checkpoints, record.takeovers),
+        (second, 3, 3, 1)
+    );
+    assert_eq!(record.weights, vec![3u8; 8]);
+
+    // Releasing the escrow settles the job: its record goes, and it cannot be resumed.
+    w.send(
+        &system,
+        Call::ReleaseEscrow {
+            job,
+            payouts: vec![],
+            platform_fee: aic(1),
+        },
+    )
+    .unwrap();
+    assert!(w.state.jobs.is_empty());
+    assert!(w.send(&system, checkpoint(second, 4)).is_err());
 }
 
 #[test]

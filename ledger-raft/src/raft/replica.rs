@@ -287,6 +287,13 @@ impl LedgerReplica {
             LedgerRequest::Escrow(job) => Ok(LedgerResponse::Escrow(
                 self.read(|a| a.state.escrows.get(&job).cloned()),
             )),
+            LedgerRequest::Jobs => Ok(LedgerResponse::Jobs(self.read(|a| {
+                a.state
+                    .jobs
+                    .iter()
+                    .map(|(job, record)| (*job, record.clone()))
+                    .collect()
+            }))),
             LedgerRequest::IsApprovedForAll { owner, operator } => Ok(LedgerResponse::ApprovedForAll(
                 self.read(|a| a.state.is_approved_for_all(&owner, &operator)),
             )),

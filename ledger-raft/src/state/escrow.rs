@@ -86,6 +86,8 @@ impl LedgerState {
         }
         self.burned = burned;
         self.cumulative_fees = cumulative_fees;
+        // The payouts are final: the job can no longer be resumed.
+        self.jobs.remove(job);
         if remaining.is_zero() {
             self.escrows.remove(job);
         } else {
@@ -117,6 +119,7 @@ impl LedgerState {
             .clone();
         self.credit(&escrow.payer, escrow.remaining)?;
         self.escrows.remove(job);
+        self.jobs.remove(job);
         Ok(vec![Event::EscrowRefunded {
             job: *job,
             to: escrow.payer,

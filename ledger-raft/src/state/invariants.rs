@@ -54,6 +54,9 @@ pub(super) fn audit(state: &LedgerState) -> Result<(), InvariantViolation> {
     if counts != state.asset_counts {
         return Err(violation("asset owner counts do not match the assets"));
     }
+    if let Some(job) = state.jobs.keys().find(|job| !state.escrows.contains_key(job)) {
+        return Err(violation(format!("job {job} is recorded without an escrow")));
+    }
     for escrow in state.escrows.values() {
         if escrow.remaining.is_zero() {
             return Err(violation("an empty escrow was kept"));

@@ -3,7 +3,8 @@
 //! Every operation checks everything it needs before it changes anything, so a refused
 //! transaction leaves the state exactly as it was. The concerns live in sibling files:
 //! `erc20` (balances, allowances, burn), `erc721` (assets), `escrow` (jobs, stake, slash,
-//! rewards), `blocks` (sealing), `invariants` (the audit).
+//! rewards), `jobs` (what running jobs have done, for a replica that resumes one), `blocks`
+//! (sealing), `invariants` (the audit).
 
 mod blocks;
 mod erc20;
@@ -11,10 +12,12 @@ mod erc721;
 pub use erc721::MAX_MANIFEST_BYTES;
 mod escrow;
 mod invariants;
+mod jobs;
+pub use jobs::{JobRecord, MAX_JOB_PROGRESS_BYTES, MAX_JOB_REQUEST_BYTES, MAX_JOB_WEIGHTS_BYTES};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use aic_protocol::{AssetId, JobId};
+use aic_protocol::{AssetId, JobId, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Amount;
@@ -146,6 +149,20 @@ pub enum Event {
         to: Address,
         amount: Amount,
     },
+    JobRecorded {
+        job: JobId,
+        runner: NodeId,
+    },
+    JobCheckpointed {
+        job: JobId,
+        runner: NodeId,
+        round: u32,
+    },
+    JobTakenOver {
+        job: JobId,
+        from: NodeId,
+        to: NodeId,
+    },
 }
 
 impl Event {
@@ -165,7 +182,10 @@ impl Event {
             Event::EscrowPaid { to, .. } | Event::EscrowRefunded { to, .. } | Event::Rewarded { to, .. } => {
                 parties.push(*to)
             }
-            Event::PlatformFeeBurned { .. } => {}
+            Event::PlatformFeeBurned { .. }
+            | Event::JobRecorded { .. }
+            | Event::JobCheckpointed { .. }
+            | Event::JobTakenOver { .. } => {}
             Event::Staked { account, .. }
             | Event::Unstaked { account, .. }
             | Event::Slashed { account, .. } => parties.push(*account),
@@ -193,6 +213,8 @@ pub struct LedgerState {
     pub asset_counts: BTreeMap<Address, u64>,
     pub operators: BTreeSet<(Address, Address)>,
     pub escrows: BTreeMap<JobId, Escrow>,
+    /// Running jobs' records, each beside its open escrow; removed when the escrow is released.
+    pub jobs: BTreeMap<JobId, JobRecord>,
     /// AIC minted into accounts at genesis (the reserve excluded).
     pub genesis_supply: Amount,
     pub burned: Amount,
@@ -223,6 +245,7 @@ impl LedgerState {
             asset_counts: BTreeMap::new(),
             operators: BTreeSet::new(),
             escrows: BTreeMap::new(),
+            jobs: BTreeMap::new(),
             genesis_supply: Amount::ZERO,
             burned: genesis.unsold_fundraiser,
             issued: Amount::ZERO,
@@ -392,6 +415,15 @@ impl LedgerState {
                 reason,
             } => self.slash(account, *amount, reason),
             Call::Reward { to, amount } => self.reward(to, *amount),
+            Call::RecordJob { job, runner, request } => self.record_job(job, *runner, request),
+            Call::CheckpointJob {
+                job,
+                runner,
+                round,
+                weights,
+                progress,
+            } => self.checkpoint_job(job, *runner, *round, weights, progress),
+            Call::TakeOverJob { job, runner } => self.take_over_job(job, *runner),
         }
     }
 
