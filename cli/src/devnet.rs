@@ -51,6 +51,10 @@ const COMPUTE_NODES: [&str; 3] = ["compute-1", "compute-2", "compute-3"];
 const HEARTBEAT_INTERVAL_MS: u64 = 300;
 /// Devnet blocks come every half second, so the lottery is seen within the run.
 const BLOCK_INTERVAL_MS: u64 = 500;
+/// Devnet rounds take a fraction of a second: a job silent for 5 s has lost its replica.
+const RESUME_AFTER_MS: u64 = 5000;
+/// The longest the devnet follows a job that another replica must resume.
+const RESUMED_JOB_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Args, Clone, Debug)]
 pub struct DevnetArgs {
@@ -81,6 +85,10 @@ pub struct DevnetArgs {
     /// round, to watch its tasks re-run elsewhere.
     #[arg(long, requires = "processes")]
     pub kill_compute_at_round: Option<u64>,
+    /// Drill (with --processes): kill scheduler-1, the replica running the main job, once the
+    /// job reaches this round, to watch the new Raft leader resume it from its last checkpoint.
+    #[arg(long, requires = "processes", conflicts_with = "kill_compute_at_round")]
+    pub kill_scheduler_at_round: Option<u64>,
 }
 
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
@@ -136,6 +144,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             config.ledger.bootstrap = i == 0;
             config.jobs.system_key = dir.join("wallets").join("system.key");
             config.ledger.block_interval_ms = BLOCK_INTERVAL_MS;
+            config.jobs.resume_after_ms = RESUME_AFTER_MS;
             let (addr, metrics) = grid.start(dir, name, "scheduler", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
             replicas.push(ReplicaAddr {
@@ -186,22 +195,47 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let profile_path = dir.join("client.toml");
         write_toml(&profile_path, &profile)?;
 
-        let client = nodes::connect(&profile).await?;
+        let mut client = nodes::connect(&profile).await?;
         join_replicas(&client, &replicas).await?;
         let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
         let prometheus = crate::devnet_prometheus::write(dir, &metrics_urls)?;
         let nodes = wait_until_up(&client, deadline, &mut grid).await?;
         wait_for_ledger(&client, deadline).await?;
         let digits = import_digits(dir, &profile).await?;
-        let drill = match (args.kill_compute_at_round, &grid) {
+        let (victim, round) = match (args.kill_compute_at_round, args.kill_scheduler_at_round) {
+            (Some(round), _) => ("compute-2", Some(round)),
+            (_, Some(round)) => ("scheduler-1", Some(round)),
+            _ => ("", None),
+        };
+        let drill = match (round, &grid) {
             (Some(round), Grid::Processes(children)) => children
                 .iter()
-                .find(|(name, _)| name == "compute-2")
+                .find(|(name, _)| name == victim)
                 .and_then(|(_, child)| child.id())
                 .map(|pid| (round, pid)),
             _ => None,
         };
-        let job = main_job(dir, &client, &profile, &payout, &digits, args, drill).await?;
+        // The other replicas, which follow a job whose replica the drill kills.
+        let mut others = Vec::new();
+        if args.kill_scheduler_at_round.is_some() {
+            for replica in &replicas[1..] {
+                let profile = ClientProfile {
+                    scheduler: replica.addr.clone(),
+                    ..profile.clone()
+                };
+                others.push((profile.clone(), nodes::connect(&profile).await?));
+            }
+        }
+        let drill = Drill {
+            kill_at_round: drill,
+            followers: others.iter().map(|(_, c)| c.clone()).collect(),
+        };
+        let job = main_job(dir, &client, &profile, &payout, &digits, args, &drill).await?;
+        if let Some((profile, other)) = others.into_iter().next() {
+            // scheduler-1 is gone: the rest of the run, and the profile, use scheduler-2.
+            client = other;
+            write_toml(&profile_path, &profile)?;
+        }
         let lottery_blocks = wait_for_lottery_block(&client).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
         let chain_verified = ledger_client::verify(&client).await.is_ok();
@@ -236,7 +270,7 @@ async fn main_job(
     wallets: &std::collections::BTreeMap<String, Keypair>,
     digits: &crate::dataset::Imported,
     args: &DevnetArgs,
-    drill: Option<(u64, u32)>,
+    drill: &Drill,
 ) -> anyhow::Result<Value> {
     let fundraiser = ledger_client::load_wallet(&dir.join("wallets").join("fundraiser.key"))?;
     let aic = |n: &str| n.parse::<aic_ledger::Amount>().expect("an amount");
@@ -285,8 +319,8 @@ async fn main_job(
         detach: true,
     };
     let job = crate::job::submit_job(client, &wallets["user"], &submit).await?;
-    if let Some((round, pid)) = drill {
-        // The drill: once the job reaches `round`, compute-2 dies without a word (SIGKILL).
+    if let Some((round, pid)) = drill.kill_at_round {
+        // The drill: once the job reaches `round`, the victim dies without a word (SIGKILL).
         let watcher = client.clone();
         tokio::spawn(async move {
             loop {
@@ -308,7 +342,39 @@ async fn main_job(
             }
         });
     }
-    crate::job::follow(client, job, !args.json).await
+    if drill.followers.is_empty() {
+        return crate::job::follow(client, job, !args.json).await;
+    }
+    follow_resumed(&drill.followers, job).await
+}
+
+/// A failure drill during the main job.
+struct Drill {
+    /// SIGKILL this process once the job reaches this round.
+    kill_at_round: Option<(u64, u32)>,
+    /// Replicas that follow the job when its own replica is the one killed.
+    followers: Vec<RpcClient>,
+}
+
+/// Follows a job that another replica will resume: polls every other replica until one of them
+/// reports it ended.
+async fn follow_resumed(replicas: &[RpcClient], job: aic_protocol::JobId) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + RESUMED_JOB_LIMIT;
+    loop {
+        for replica in replicas {
+            if let Ok((state, report)) = crate::job::status(replica, job).await {
+                match state.as_str() {
+                    "running" => {}
+                    "failed" => bail!("job {job} failed after it was resumed: {}", report["error"]),
+                    _ => return Ok(report),
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no replica finished job {job} within {RESUMED_JOB_LIMIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Waits (at most 20 block intervals) for the first block the lottery elected after the job:

@@ -259,7 +259,7 @@ pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArg
     }
 }
 
-async fn status(scheduler: &RpcClient, job: JobId) -> anyhow::Result<(String, Value)> {
+pub async fn status(scheduler: &RpcClient, job: JobId) -> anyhow::Result<(String, Value)> {
     match scheduler.call(&ClientRequest::JobStatus { job }).await? {
         ClientResponse::Job { state, report } => Ok((state, serde_json::from_str(&report)?)),
         other => bail!("unexpected answer {other:?}"),

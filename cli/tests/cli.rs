@@ -799,3 +799,46 @@ fn a_compute_node_killed_mid_job_has_its_tasks_rerun_and_the_job_finishes() {
         );
     }
 }
+
+#[test]
+fn a_scheduler_replica_killed_mid_job_has_the_job_resumed_by_the_new_leader() {
+    let output = aic(&[
+        "devnet",
+        "--once",
+        "--json",
+        "--processes",
+        "--timeout-secs",
+        "60",
+        "--kill-scheduler-at-round",
+        "5",
+    ]);
+    assert!(output.status.success(), "devnet failed: {}", stderr(&output));
+    let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    let job = &status["job"];
+    // Done, accurate, every payment once (work before the kill included) and the escrow
+    // balanced to the base unit.
+    check_main_job(job, None);
+    assert_eq!(job["rounds"], 60, "every round ran: {job}");
+    let resumed = &job["resumed"];
+    let from = resumed["from_round"].as_u64().expect("the job was resumed");
+    assert!(
+        from >= 5,
+        "resumed from the checkpoint after the kill, not from scratch: {resumed}"
+    );
+    assert_ne!(resumed["by"], resumed["previous_runner"], "{resumed}");
+    for task in job["tasks"].as_array().unwrap() {
+        assert!(
+            task["round"].as_u64().unwrap() >= from,
+            "the new runner re-ran no checkpointed round: {task}"
+        );
+    }
+    let paid_compute: Vec<&str> = job["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["role"].as_str())
+        .filter(|r| r.starts_with("compute"))
+        .collect();
+    assert!(!paid_compute.is_empty(), "{job}");
+    assert_eq!(status["chain"]["verified"], true, "{status}");
+}

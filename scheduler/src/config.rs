@@ -36,6 +36,9 @@ pub struct JobSettings {
     pub steps_per_epoch: u32,
     /// How long one task may run before it is placed elsewhere.
     pub task_timeout_ms: u64,
+    /// The leader resumes a job whose runner has recorded no checkpoint for this long (its
+    /// replica died). Longer than a slow round, or a busy runner loses its job.
+    pub resume_after_ms: u64,
 }
 
 impl Default for JobSettings {
@@ -49,6 +52,7 @@ impl Default for JobSettings {
             reward_per_million_rows: "100".into(),
             steps_per_epoch: 2,
             task_timeout_ms: 60_000,
+            resume_after_ms: 180_000,
         }
     }
 }
@@ -181,6 +185,9 @@ impl Validate for SchedulerConfig {
                 "jobs.steps_per_epoch",
                 "steps_per_epoch must be at least 1 and task_timeout_ms at least 100",
             ));
+        }
+        if j.resume_after_ms < 1000 {
+            return Err(Invalid::new("jobs.resume_after_ms", "must be at least 1000"));
         }
         if m.probe_targets_per_node > 16 {
             return Err(Invalid::new(

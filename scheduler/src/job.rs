@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::raft::replica::LedgerReplica;
+use aic_ledger::state::JobRecord;
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call, PayoutKind, Transaction};
 use aic_ledger::{Address, Amount, Keypair};
 use aic_protocol::messages::{
@@ -30,6 +31,7 @@ use aic_protocol::rpc::RpcClient;
 use aic_protocol::ticket::ShardTicket;
 use aic_protocol::{AssetId, ErrorCode, JobId, NodeId, Role, RpcError, ShardId, TaskId};
 use aic_storage_node::manifest::{Manifest, ShardEntry};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -118,6 +120,26 @@ impl Actor for JobBoard {
 pub struct Open {
     pub job: JobId,
     pub submitter: NodeId,
+    /// A job resumed here may replace an ended entry (it ran here before another replica took
+    /// it over).
+    pub resuming: bool,
+}
+
+/// Whether this replica is running the job now.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsRunning {
+    pub job: JobId,
+}
+
+impl Handler<IsRunning> for JobBoard {
+    type Result = bool;
+
+    fn handle(&mut self, message: IsRunning, _: &mut Self::Context) -> bool {
+        self.jobs
+            .get(&message.job)
+            .is_some_and(|e| e.state == JobState::Running)
+    }
 }
 
 #[derive(Message)]
@@ -146,7 +168,12 @@ impl Handler<Open> for JobBoard {
     type Result = Result<Arc<AtomicBool>, RpcError>;
 
     fn handle(&mut self, message: Open, _: &mut Self::Context) -> Self::Result {
-        if self.jobs.contains_key(&message.job) {
+        let replaceable = message.resuming
+            && self
+                .jobs
+                .get(&message.job)
+                .is_some_and(|e| e.state != JobState::Running);
+        if self.jobs.contains_key(&message.job) && !replaceable {
             return Err(RpcError::new(
                 ErrorCode::AlreadyExists,
                 format!("job {} exists", message.job),
@@ -291,6 +318,8 @@ impl SystemSigner {
 /// Everything a job talks to.
 #[derive(Clone)]
 pub struct JobContext {
+    /// This scheduler replica: the runner its job records name.
+    pub me: NodeId,
     pub registry: Addr<Registry>,
     pub allocator: Addr<Allocator>,
     pub rater: Addr<Rater>,
@@ -521,13 +550,155 @@ async fn start(ctx: &JobContext, request: JobRequest, submitter: NodeId) -> Resu
         .send(Open {
             job: request.job,
             submitter,
+            resuming: false,
         })
         .await
         .map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))??;
-    let ctx = ctx.clone();
+    // The job goes on the ledger before any work, so another replica can resume it.
+    let recorded = RecordedJob {
+        request: request.clone(),
+        submitter,
+    };
+    let system = ctx.system.as_ref().expect("checked above");
+    let call = Call::RecordJob {
+        job: request.job,
+        runner: ctx.me,
+        request: serde_json::to_vec(&recorded).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?,
+    };
+    if let Err(error) = system.submit(&ctx.ledger, call).await {
+        let _ = ctx
+            .board
+            .send(Update {
+                job: request.job,
+                state: JobState::Failed,
+                report: json!({"id": request.job.to_string(), "state": "failed", "error": error}),
+                escrow_left: 1.0,
+            })
+            .await;
+        return Err(refuse(
+            ErrorCode::Unavailable,
+            format!("the job could not be recorded on the ledger: {error}"),
+        ));
+    }
+    launch(Run::new(ctx.clone(), plan, cancel));
+    Ok(())
+}
+
+/// What a job record on the ledger holds: the request and who submitted it.
+#[derive(Serialize, Deserialize)]
+struct RecordedJob {
+    request: JobRequest,
+    submitter: NodeId,
+}
+
+/// A job's tallies at a checkpoint, keyed by node id (hex): enough to resume it and pay it.
+#[derive(Default, Serialize, Deserialize)]
+struct Progress {
+    compute_rows: BTreeMap<String, u64>,
+    verified_rows: BTreeMap<String, u64>,
+    storage_bytes: BTreeMap<String, u64>,
+    banned: Vec<String>,
+    /// Where this round's tasks ran: shard, compute node, storage node.
+    assignments: Vec<(String, String, String)>,
+}
+
+fn by_hex(tally: &BTreeMap<NodeId, u64>) -> BTreeMap<String, u64> {
+    tally.iter().map(|(node, n)| (node.to_string(), *n)).collect()
+}
+
+fn from_hex(tally: &BTreeMap<String, u64>) -> BTreeMap<NodeId, u64> {
+    tally
+        .iter()
+        .filter_map(|(node, n)| node.parse().ok().map(|node| (node, *n)))
+        .collect()
+}
+
+/// Resumes a job another replica (or this one, before a restart) ran: takes it over on the
+/// ledger, restores its weights and tallies from the latest checkpoint, and runs it from there.
+/// Answers whether the job now runs here.
+pub async fn resume(ctx: &JobContext, job: JobId, record: &JobRecord) -> Result<(), String> {
+    let recorded: RecordedJob =
+        serde_json::from_slice(&record.request).map_err(|e| format!("the recorded request: {e}"))?;
+    let progress: Progress = if record.progress.is_empty() {
+        Progress::default()
+    } else {
+        serde_json::from_slice(&record.progress).map_err(|e| format!("the checkpoint: {e}"))?
+    };
+    let system = ctx.system.clone().ok_or("no system key")?;
+    let mut plan = resolve(&ctx.ledger, &recorded.request)
+        .await
+        .map_err(|e| e.to_string())?;
+    match read(&ctx.ledger, LedgerRequest::Escrow(job)).await {
+        Ok(LedgerResponse::Escrow(Some(escrow))) => {
+            plan.payer = escrow.payer;
+            plan.budget = escrow.remaining;
+        }
+        other => return Err(format!("job {job} has no escrow to resume: {other:?}")),
+    }
+    let cancel = ctx
+        .board
+        .send(Open {
+            job,
+            submitter: recorded.submitter,
+            resuming: true,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if record.runner != ctx.me {
+        if let Err(error) = system
+            .submit(&ctx.ledger, Call::TakeOverJob { job, runner: ctx.me })
+            .await
+        {
+            let _ = ctx
+                .board
+                .send(Update {
+                    job,
+                    state: JobState::Failed,
+                    report: json!({"id": job.to_string(), "state": "failed", "error": error}),
+                    escrow_left: 1.0,
+                })
+                .await;
+            return Err(format!("taking job {job} over: {error}"));
+        }
+    }
+    let mut run = Run::new(ctx.clone(), plan, cancel);
+    let weights: Vec<f32> = record
+        .weights
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    if record.round > 0 {
+        if weights.len() != run.weights.len() {
+            return Err(format!(
+                "the checkpoint holds {} weights; the model has {}",
+                weights.len(),
+                run.weights.len()
+            ));
+        }
+        run.weights = weights;
+    }
+    run.start_round = record.round;
+    run.compute_rows = from_hex(&progress.compute_rows);
+    run.verified_rows = from_hex(&progress.verified_rows);
+    run.storage_bytes = from_hex(&progress.storage_bytes);
+    run.banned = progress.banned.iter().filter_map(|n| n.parse().ok()).collect();
+    run.report["resumed"] = json!({
+        "from_round": record.round,
+        "by": ctx.me.to_string(),
+        "previous_runner": record.runner.to_string(),
+    });
+    info!(%job, round = record.round, previous = %record.runner.short(), "resuming a job");
+    launch(run);
+    Ok(())
+}
+
+/// Runs a job to its end on a task of its own: trains, settles (unless another replica took
+/// it over), and publishes the outcome.
+fn launch(mut run: Run) {
     tokio::spawn(async move {
-        let job = plan.request.job;
-        let mut run = Run::new(ctx.clone(), plan, cancel);
+        let ctx = run.ctx.clone();
+        let job = run.plan.request.job;
         let outcome = run.train().await;
         let state = match &outcome {
             Ok(()) if run.cancelled() => JobState::Cancelled,
@@ -538,7 +709,14 @@ async fn start(ctx: &JobContext, request: JobRequest, submitter: NodeId) -> Resu
             warn!(%job, %error, "job failed; settling the work done");
             run.report["error"] = json!(error);
         }
-        if let Err(error) = run.settle(state == JobState::Done).await {
+        // Claim the job once more before paying: a replica that took it over settles it.
+        if !run.taken_over {
+            run.checkpoint(Vec::new()).await;
+        }
+        if run.taken_over {
+            warn!(%job, "another replica took this job over; it settles the job");
+            run.report["error"] = json!("taken over by another scheduler replica, which settles it");
+        } else if let Err(error) = run.settle(state == JobState::Done).await {
             warn!(%job, %error, "settling the job failed");
             run.report["settlement_error"] = json!(error);
         }
@@ -556,7 +734,6 @@ async fn start(ctx: &JobContext, request: JobRequest, submitter: NodeId) -> Resu
             })
             .await;
     });
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -612,6 +789,12 @@ struct Run {
     clients: std::sync::Mutex<HashMap<NodeId, RpcClient>>,
     report: Value,
     started: Instant,
+    /// Rounds already done before this replica ran the job (a resumed job).
+    start_round: u32,
+    /// Rounds completed so far.
+    round: u32,
+    /// The ledger refused a checkpoint because another replica took the job over.
+    taken_over: bool,
 }
 
 impl Run {
@@ -651,6 +834,40 @@ impl Run {
             failures: std::sync::Mutex::new(Vec::new()),
             report,
             started: Instant::now(),
+            start_round: 0,
+            round: 0,
+            taken_over: false,
+        }
+    }
+
+    /// Records the job's progress on the ledger after a round, with the round's assignments.
+    /// A refusal because another replica runs the job marks it taken over; any other failure
+    /// only costs resumability (logged).
+    async fn checkpoint(&mut self, assignments: Vec<(String, String, String)>) {
+        let Some(system) = self.ctx.system.clone() else {
+            return;
+        };
+        let progress = Progress {
+            compute_rows: by_hex(&self.compute_rows),
+            verified_rows: by_hex(&self.verified_rows),
+            storage_bytes: by_hex(&self.storage_bytes),
+            banned: self.banned.iter().map(|n| n.to_string()).collect(),
+            assignments,
+        };
+        let call = Call::CheckpointJob {
+            job: self.plan.request.job,
+            runner: self.ctx.me,
+            round: self.round,
+            weights: self.weights.iter().flat_map(|w| w.to_le_bytes()).collect(),
+            progress: serde_json::to_vec(&progress).expect("tallies encode"),
+        };
+        match system.try_submit(&self.ctx.ledger, call).await {
+            Ok(_) => {}
+            Err(Refusal::Ledger(aic_ledger::TxError::Invalid(reason))) if reason.contains(" is run by ") => {
+                self.taken_over = true;
+                self.cancel.store(true, Ordering::SeqCst);
+            }
+            Err(error) => warn!(job = %self.plan.request.job, ?error, "checkpoint not recorded"),
         }
     }
 
@@ -784,6 +1001,10 @@ impl Run {
         let mut round = 0u32;
         for epoch in 0..self.plan.request.epochs {
             for group in &groups {
+                if round < self.start_round {
+                    round += 1;
+                    continue;
+                }
                 if self.cancelled() {
                     return Ok(());
                 }
@@ -803,10 +1024,26 @@ impl Run {
                     *w -= lr * *g as f32;
                 }
                 round += 1;
+                self.round = round;
                 self.ctx.metrics.job_rounds.inc();
                 self.report["rounds"] = json!(round);
                 self.report["epoch"] = json!(epoch + 1);
                 self.report["loss"] = json!(loss);
+                let assignments = group
+                    .iter()
+                    .zip(&results)
+                    .map(|(entry, d)| {
+                        (
+                            entry.id.clone(),
+                            d.placement.node.to_string(),
+                            d.placement.replica.to_string(),
+                        )
+                    })
+                    .collect();
+                self.checkpoint(assignments).await;
+                if self.taken_over {
+                    return Err("another scheduler replica took this job over".into());
+                }
                 self.publish().await;
             }
         }

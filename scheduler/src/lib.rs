@@ -22,6 +22,7 @@ pub mod placement;
 pub mod rater;
 pub mod rating;
 pub mod registry;
+pub mod resumer;
 pub mod vivaldi;
 
 use std::sync::Arc;
@@ -160,6 +161,7 @@ pub async fn start(
             .map_err(|e| StartError::Ledger(e.to_string()))
     };
     let jobs = job::JobContext {
+        me: identity.me.node_id,
         registry: registry_addr.clone(),
         allocator,
         rater,
@@ -182,6 +184,13 @@ pub async fn start(
     };
 
     let mut handle = ServiceHandle::new(name, quic_addr, metrics_addr, shutdown.clone());
+    if jobs.system.is_some() {
+        handle.spawn(resumer::run(
+            jobs.clone(),
+            Duration::from_millis(config.jobs.resume_after_ms),
+            shutdown.clone(),
+        ));
+    }
     let api = Arc::new(api::SchedulerApi {
         registry: registry_addr.clone(),
         ledger: ledger.clone(),
