@@ -51,6 +51,8 @@ const COMPUTE_NODES: [&str; 3] = ["compute-1", "compute-2", "compute-3"];
 const HEARTBEAT_INTERVAL_MS: u64 = 300;
 /// Devnet blocks come every half second, so the lottery is seen within the run.
 const BLOCK_INTERVAL_MS: u64 = 500;
+/// Devnet reward epochs are short, so the main job's rewards are issued within the run.
+const REWARD_EPOCH_BLOCKS: u64 = 5;
 /// Devnet rounds take a fraction of a second: a job silent for 5 s has lost its replica.
 const RESUME_AFTER_MS: u64 = 5000;
 /// The longest the devnet follows a job that another replica must resume.
@@ -145,6 +147,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             config.jobs.system_key = dir.join("wallets").join("system.key");
             config.ledger.block_interval_ms = BLOCK_INTERVAL_MS;
             config.jobs.resume_after_ms = RESUME_AFTER_MS;
+            config.jobs.reward_epoch_blocks = REWARD_EPOCH_BLOCKS;
             let (addr, metrics) = grid.start(dir, name, "scheduler", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
             replicas.push(ReplicaAddr {
@@ -237,6 +240,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             write_toml(&profile_path, &profile)?;
         }
         let lottery_blocks = wait_for_lottery_block(&client).await?;
+        wait_for_reward_epoch(&client).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
         let chain_verified = ledger_client::verify(&client).await.is_ok();
         let status = GridStatus {
@@ -400,6 +404,22 @@ async fn wait_for_lottery_block(client: &RpcClient) -> anyhow::Result<Vec<Value>
             .collect();
         if !blocks.is_empty() || Instant::now() > deadline {
             return Ok(blocks);
+        }
+        tokio::time::sleep(Duration::from_millis(BLOCK_INTERVAL_MS / 2)).await;
+    }
+}
+
+/// Waits (at most 20 block intervals) until a reward epoch has issued what the main job accrued,
+/// as far as the issuance cap allows (the rest stays accrued for later epochs).
+async fn wait_for_reward_epoch(client: &RpcClient) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(20 * BLOCK_INTERVAL_MS);
+    loop {
+        let settled = match ledger_client::request(client, &LedgerRequest::Status).await? {
+            LedgerResponse::Status(status) => status.accrued_rewards.is_zero() || !status.issued.is_zero(),
+            _ => false,
+        };
+        if settled || Instant::now() > deadline {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(BLOCK_INTERVAL_MS / 2)).await;
     }
@@ -744,7 +764,14 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
             "ledger": ledger_json,
             "datasets": [dataset_json],
             "job": job,
-            "chain": {"height": ledger.block_height, "verified": chain_verified, "lottery_blocks": lottery_blocks},
+            "chain": {
+                "height": ledger.block_height,
+                "verified": chain_verified,
+                "lottery_blocks": lottery_blocks,
+                "reward_epoch": ledger.reward_epoch,
+                "rewards_issued": ledger.issued.to_string(),
+                "rewards_accrued": ledger.accrued_rewards.to_string(),
+            },
             "profile": profile_path.display().to_string(),
         });
         println!("{}", serde_json::to_string(&status)?);

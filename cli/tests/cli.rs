@@ -79,6 +79,26 @@ fn check_devnet(extra: &[&str]) {
     assert_eq!(digits["rows"], 1797, "the bundled digits are imported: {status}");
     check_main_job(&status["job"], None);
     assert_eq!(status["chain"]["verified"], true);
+    // The job's Proof-of-Value rewards accrued at settlement and were issued at a reward epoch.
+    let chain = &status["chain"];
+    assert!(chain["reward_epoch"].as_u64().unwrap() >= 1, "{chain}");
+    let issued = amount(&chain["rewards_issued"]);
+    assert!(issued > aic_ledger::Amount::ZERO, "{chain}");
+    // Issued (within the issuance cap) plus still accrued is exactly what the job earned.
+    let earned = status["job"]["rewards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["paid"] == "at the next reward epoch")
+        .fold(aic_ledger::Amount::ZERO, |sum, r| {
+            sum.checked_add(amount(&r["amount"])).unwrap()
+        });
+    assert!(earned > aic_ledger::Amount::ZERO, "{status}");
+    assert_eq!(
+        issued.checked_add(amount(&chain["rewards_accrued"])).unwrap(),
+        earned,
+        "{chain}"
+    );
     let lottery = status["chain"]["lottery_blocks"].as_array().unwrap();
     assert!(!lottery.is_empty(), "a verified node won a block: {status}");
     for block in lottery {

@@ -59,15 +59,35 @@ impl Amount {
         self.0.checked_sub(other.0).map(Amount)
     }
 
-    /// `self × numerator / denominator` without intermediate overflow for the sizes a ledger
-    /// holds (the remainder term stays below `denominator²`).
+    /// `floor(self × numerator / denominator)`, exact: `None` only when the result itself (or
+    /// twice the denominator) does not fit in u128. Pro-rata shares multiply two amounts, whose
+    /// product overflows u128 long before the share does.
     pub fn mul_div(self, numerator: u128, denominator: u128) -> Option<Amount> {
         if denominator == 0 {
             return None;
         }
-        let whole = (self.0 / denominator).checked_mul(numerator)?;
-        let part = (self.0 % denominator).checked_mul(numerator)? / denominator;
-        whole.checked_add(part).map(Amount)
+        let c = denominator;
+        let whole = (self.0 / c).checked_mul(numerator)?;
+        // floor(r × numerator / c) for r < c, bit by bit over the numerator, keeping
+        // r × (the numerator's leading bits) = quotient × c + remainder with remainder < c.
+        let r = self.0 % c;
+        let (mut quotient, mut remainder) = (0u128, 0u128);
+        for bit in (0..128).rev() {
+            quotient = quotient.checked_mul(2)?;
+            remainder = remainder.checked_mul(2)?;
+            if remainder >= c {
+                remainder -= c;
+                quotient += 1;
+            }
+            if (numerator >> bit) & 1 == 1 {
+                remainder = remainder.checked_add(r)?;
+                if remainder >= c {
+                    remainder -= c;
+                    quotient += 1;
+                }
+            }
+        }
+        whole.checked_add(quotient).map(Amount)
     }
 
     pub fn is_zero(self) -> bool {
@@ -179,5 +199,13 @@ mod tests {
             Some(Amount(u128::MAX / 4 * 3 + 2))
         );
         assert_eq!(Amount(10).mul_div(1, 0), None);
+        // Two amounts whose product overflows u128, and their exact share.
+        let (forty, ten, fifty) = (40 * ONE_AIC, 10 * ONE_AIC, 50 * ONE_AIC);
+        assert_eq!(Amount(forty).mul_div(ten, fifty), Some(Amount(8 * ONE_AIC)));
+        assert_eq!(Amount(7).mul_div(3, 2), Some(Amount(10)));
+        assert_eq!(
+            Amount(1 << 100).mul_div(1 << 100, 1 << 101),
+            Some(Amount(1 << 99))
+        );
     }
 }

@@ -98,6 +98,10 @@ pub struct LedgerStatus {
     pub total_supply: Amount,
     pub burned: Amount,
     pub issued: Amount,
+    /// Proof-of-Value rewards accrued and not yet issued.
+    pub accrued_rewards: Amount,
+    /// The last reward epoch paid.
+    pub reward_epoch: u64,
     pub block_height: u64,
     pub head_hash: [u8; 32],
     pub state_hash: [u8; 32],

@@ -137,6 +137,17 @@ pub enum Call {
         weights: Vec<u8>,
         progress: Vec<u8>,
     },
+    /// Proof-of-Value rewards a settled job earned its verified providers: they accrue and are
+    /// issued at the next reward epoch.
+    AccrueRewards {
+        job: JobId,
+        rewards: Vec<(Address, Amount)>,
+    },
+    /// Issues the accrued rewards of reward epoch `epoch` (the chain height divided by the
+    /// scheduler's epoch length), as far as the issuance cap allows; the rest stays accrued.
+    PayRewardEpoch {
+        epoch: u64,
+    },
     /// Another replica takes a job over (its runner stopped checkpointing): the old runner's
     /// next checkpoint is refused, so it stops.
     TakeOverJob {
@@ -157,6 +168,8 @@ impl Call {
                 | Call::RecordJob { .. }
                 | Call::CheckpointJob { .. }
                 | Call::TakeOverJob { .. }
+                | Call::AccrueRewards { .. }
+                | Call::PayRewardEpoch { .. }
         )
     }
 
@@ -183,6 +196,8 @@ impl Call {
             Call::RecordJob { .. } => "record_job",
             Call::CheckpointJob { .. } => "checkpoint_job",
             Call::TakeOverJob { .. } => "take_over_job",
+            Call::AccrueRewards { .. } => "accrue_rewards",
+            Call::PayRewardEpoch { .. } => "pay_reward_epoch",
         }
     }
 }

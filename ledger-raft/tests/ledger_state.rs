@@ -647,6 +647,80 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
 }
 
 #[test]
+fn rewards_accrue_per_job_and_are_issued_once_per_epoch_within_the_cap() {
+    let mut w = world();
+    let (alice, bob, system) = (w.alice.clone(), w.bob.clone(), w.system.clone());
+    let job = JobId::random();
+    let accrue = |a: u128, b: u128| Call::AccrueRewards {
+        job,
+        rewards: vec![(alice.address(), aic(a)), (bob.address(), aic(b))],
+    };
+    assert_eq!(w.send(&alice, accrue(1, 1)).unwrap_err(), TxError::NotSystem);
+    w.send(&system, accrue(30, 10)).unwrap();
+    w.send(&system, accrue(10, 0)).unwrap();
+    assert_eq!(w.state.accrued_rewards[&alice.address()], aic(40));
+    assert_eq!(
+        w.state.balance_of(&alice.address()),
+        Amount::ZERO,
+        "accrued, not issued"
+    );
+
+    // No fee paid yet: the cap allows nothing; the epoch passes and the rewards stay accrued.
+    w.send(&system, Call::PayRewardEpoch { epoch: 1 }).unwrap();
+    assert_eq!(w.state.issued, Amount::ZERO);
+    assert_eq!(w.state.accrued_rewards.len(), 2);
+    assert!(
+        w.send(&system, Call::PayRewardEpoch { epoch: 1 }).is_err(),
+        "an epoch pays once"
+    );
+
+    // A fee opens the curve, but only 10 AIC were burned: 10 of the 50 accrued are issued,
+    // pro rata, and the rest waits.
+    w.fund(alice.address(), aic(1_000_000));
+    let fee_job = JobId::random();
+    w.send(
+        &alice,
+        Call::OpenEscrow {
+            job: fee_job,
+            amount: aic(1_000_000),
+        },
+    )
+    .unwrap();
+    w.send(
+        &system,
+        Call::ReleaseEscrow {
+            job: fee_job,
+            payouts: vec![],
+            platform_fee: aic(10),
+        },
+    )
+    .unwrap();
+    w.send(&system, Call::RefundEscrow { job: fee_job }).unwrap();
+    let issuable = w.state.issuable();
+    assert!(issuable <= w.state.burned && !issuable.is_zero());
+    let before = w.state.balance_of(&alice.address());
+    let events = w.send(&system, Call::PayRewardEpoch { epoch: 2 }).unwrap();
+    let issued = w.state.issued;
+    assert_eq!(issued, issuable.min(aic(50)));
+    let still: Amount = w
+        .state
+        .accrued_rewards
+        .values()
+        .fold(Amount::ZERO, |s, a| s.checked_add(*a).unwrap());
+    assert_eq!(
+        issued.checked_add(still).unwrap(),
+        aic(50),
+        "issued + still accrued = accrued"
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::RewardEpochPaid { epoch: 2, .. })));
+    // Alice earned 4/5 of the accrual, so 4/5 of what was issued (rounded down).
+    let alice_got = w.state.balance_of(&alice.address()).checked_sub(before).unwrap();
+    assert_eq!(alice_got, issued.mul_div(4, 5).unwrap());
+}
+
+#[test]
 fn stakes_are_slashed_into_the_burn_and_rewards_stay_under_the_curve_and_the_burn() {
     let mut w = world();
     w.fund(w.alice.address(), aic(1000));

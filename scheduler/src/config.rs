@@ -32,6 +32,8 @@ pub struct JobSettings {
     pub slash_aic: String,
     /// Proof-of-Value reward from the reserve per million verified rows (AIC; issuance caps it).
     pub reward_per_million_rows: String,
+    /// Accrued Proof-of-Value rewards are issued once per this many blocks.
+    pub reward_epoch_blocks: u64,
     /// Synchronous SGD steps per epoch (the training shards are split among them).
     pub steps_per_epoch: u32,
     /// How long one task may run before it is placed elsewhere.
@@ -50,6 +52,7 @@ impl Default for JobSettings {
             platform_fee_percent: 5,
             slash_aic: "10".into(),
             reward_per_million_rows: "100".into(),
+            reward_epoch_blocks: 100,
             steps_per_epoch: 2,
             task_timeout_ms: 60_000,
             resume_after_ms: 180_000,
@@ -185,6 +188,9 @@ impl Validate for SchedulerConfig {
                 "jobs.steps_per_epoch",
                 "steps_per_epoch must be at least 1 and task_timeout_ms at least 100",
             ));
+        }
+        if j.reward_epoch_blocks == 0 {
+            return Err(Invalid::new("jobs.reward_epoch_blocks", "must be at least 1"));
         }
         if j.resume_after_ms < 1000 {
             return Err(Invalid::new("jobs.resume_after_ms", "must be at least 1000"));

@@ -50,6 +50,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: usize = 4;
 /// How long a task waits for a free slot on an eligible node.
 const SLOT_WAIT: Duration = Duration::from_secs(30);
+/// Tries a system transaction gets when other replicas' system transactions take its nonce.
+const NONCE_ATTEMPTS: usize = 3;
 /// How long a new job waits for storage nodes to report its dataset.
 const REPLICA_WAIT: Duration = Duration::from_secs(15);
 
@@ -288,6 +290,21 @@ impl SystemSigner {
         call: Call,
     ) -> Result<Vec<aic_ledger::state::Event>, Refusal> {
         let _one_at_a_time = self.lock.lock().await;
+        // Another replica signing with the same key may take the nonce first: read it again.
+        for _ in 1..NONCE_ATTEMPTS {
+            match self.submit_once(ledger, call.clone()).await {
+                Err(Refusal::Ledger(aic_ledger::TxError::BadNonce { .. })) => continue,
+                other => return other,
+            }
+        }
+        self.submit_once(ledger, call).await
+    }
+
+    async fn submit_once(
+        &self,
+        ledger: &LedgerReplica,
+        call: Call,
+    ) -> Result<Vec<aic_ledger::state::Event>, Refusal> {
         let status = match ledger.execute(LedgerRequest::Status).await {
             Ok(LedgerResponse::Status(status)) => status,
             other => return Err(Refusal::Other(format!("ledger status: {other:?}"))),
@@ -1765,8 +1782,12 @@ impl Run {
 
     /// Proof-of-Value rewards from the reserve for verified work, within what issuance allows
     /// now; a provider paid by the job's own submitter earns none (no self-dealing).
+    /// Accrues the job's Proof-of-Value rewards on the ledger: each verified provider's rows at
+    /// the configured rate, none to a node the submitter owns. The block generator issues them
+    /// at the next reward epoch, within the issuance cap.
     async fn reward(&mut self, system: &SystemSigner, addresses: &HashMap<NodeId, Address>) {
-        let mut rewards = Vec::new();
+        let mut report = Vec::new();
+        let mut accrued = Vec::new();
         for (node, rows) in self.verified_rows.clone() {
             if self.banned.contains(&node) {
                 continue;
@@ -1774,38 +1795,28 @@ impl Run {
             let Some(to) = addresses.get(&node).copied() else {
                 continue;
             };
-            let Some(mut amount) =
-                payroll::pov_reward(self.ctx.reward_per_million_rows, rows, &to, &self.plan.payer)
-            else {
-                if to == self.plan.payer {
-                    rewards.push(json!({"node": self.name(&node), "amount": "0", "why": "the submitter's own node earns no reward"}));
+            match payroll::pov_reward(self.ctx.reward_per_million_rows, rows, &to, &self.plan.payer) {
+                Some(amount) => {
+                    report.push(json!({"node": self.name(&node), "to": to.to_string(), "verified_rows": rows, "amount": amount.to_string(), "paid": "at the next reward epoch"}));
+                    accrued.push((to, amount));
                 }
-                continue;
-            };
-            // The issuance cap (and the amount burned so far) bounds every reward.
-            for _ in 0..2 {
-                if amount.is_zero() {
-                    break;
+                None if to == self.plan.payer => {
+                    report.push(json!({"node": self.name(&node), "amount": "0", "why": "the submitter's own node earns no reward"}));
                 }
-                match system
-                    .try_submit(&self.ctx.ledger, Call::Reward { to, amount })
-                    .await
-                {
-                    Ok(_) => {
-                        rewards.push(json!({"node": self.name(&node), "to": to.to_string(), "verified_rows": rows, "amount": amount.to_string()}));
-                        break;
-                    }
-                    Err(Refusal::Ledger(aic_ledger::TxError::IssuanceCap { allowed, .. })) => {
-                        amount = Amount::base_units(allowed);
-                    }
-                    Err(error) => {
-                        warn!(?error, "reward refused");
-                        break;
-                    }
-                }
+                None => {}
             }
         }
-        self.report["rewards"] = json!(rewards);
+        if !accrued.is_empty() {
+            let call = Call::AccrueRewards {
+                job: self.plan.request.job,
+                rewards: accrued,
+            };
+            if let Err(error) = system.submit(&self.ctx.ledger, call).await {
+                warn!(%error, "rewards not accrued");
+                self.report["rewards_error"] = json!(error);
+            }
+        }
+        self.report["rewards"] = json!(report);
     }
 }
 

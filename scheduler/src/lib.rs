@@ -23,6 +23,7 @@ pub mod rater;
 pub mod rating;
 pub mod registry;
 pub mod resumer;
+pub mod reward_epochs;
 pub mod vivaldi;
 
 use std::sync::Arc;
@@ -184,7 +185,14 @@ pub async fn start(
     };
 
     let mut handle = ServiceHandle::new(name, quic_addr, metrics_addr, shutdown.clone());
-    if jobs.system.is_some() {
+    if let Some(system) = jobs.system.clone() {
+        handle.spawn(reward_epochs::run(
+            ledger.clone(),
+            system,
+            config.jobs.reward_epoch_blocks,
+            Duration::from_millis(config.ledger.block_interval_ms),
+            shutdown.clone(),
+        ));
         handle.spawn(resumer::run(
             jobs.clone(),
             Duration::from_millis(config.jobs.resume_after_ms),

@@ -422,6 +422,14 @@ impl LedgerReplica {
             total_supply: a.state.total_supply(),
             burned: a.state.burned,
             issued: a.state.issued,
+            accrued_rewards: crate::Amount(
+                a.state
+                    .accrued_rewards
+                    .values()
+                    .map(|r| r.0)
+                    .fold(0u128, u128::saturating_add),
+            ),
+            reward_epoch: a.state.reward_epoch,
             block_height: a.state.height(),
             head_hash: a.state.blocks.last().map_or([0; 32], |b| b.hash()),
             state_hash: a.state.state_hash(),

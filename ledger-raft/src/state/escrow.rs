@@ -194,6 +194,81 @@ impl LedgerState {
             .unwrap_or(Amount::ZERO)
     }
 
+    pub(super) fn accrue_rewards(&mut self, job: &JobId, rewards: &[(Address, Amount)]) -> TxResult {
+        if rewards.len() > MAX_PAYOUTS {
+            return Err(TxError::Invalid(format!("at most {MAX_PAYOUTS} rewards per job")));
+        }
+        let mut accrued = self.accrued_rewards.clone();
+        for (to, amount) in rewards {
+            let entry = accrued.entry(*to).or_insert(Amount::ZERO);
+            *entry = entry.checked_add(*amount)?;
+        }
+        accrued.retain(|_, amount| !amount.is_zero());
+        self.accrued_rewards = accrued;
+        Ok(rewards
+            .iter()
+            .map(|(to, amount)| Event::RewardAccrued {
+                job: *job,
+                to: *to,
+                amount: *amount,
+            })
+            .collect())
+    }
+
+    /// Issues every accrued reward, scaled down pro rata when the issuance cap allows less than
+    /// their sum; what is held back stays accrued for later epochs.
+    pub(super) fn pay_reward_epoch(&mut self, epoch: u64) -> TxResult {
+        if epoch <= self.reward_epoch {
+            return Err(TxError::Invalid(format!(
+                "reward epoch {epoch} is not after the last one paid ({})",
+                self.reward_epoch
+            )));
+        }
+        let mut total = Amount::ZERO;
+        for amount in self.accrued_rewards.values() {
+            total = total.checked_add(*amount)?;
+        }
+        let allowed = self.issuable().min(total);
+        let mut issued_now = Amount::ZERO;
+        let mut payments = Vec::new();
+        for (to, amount) in &self.accrued_rewards {
+            let share = if allowed == total {
+                *amount
+            } else {
+                amount.mul_div(allowed.0, total.0).ok_or(TxError::Overflow)?
+            };
+            if share.is_zero() {
+                continue;
+            }
+            self.balance_of(to).checked_add(share)?;
+            issued_now = issued_now.checked_add(share)?;
+            payments.push((*to, share));
+        }
+        let issued = self.issued.checked_add(issued_now)?;
+        let still_accrued = total.checked_sub(issued_now).ok_or(TxError::Overflow)?;
+        let mut events = Vec::new();
+        for (to, share) in payments {
+            self.credit(&to, share).expect("checked above");
+            let left = self.accrued_rewards[&to]
+                .checked_sub(share)
+                .expect("a share never exceeds its accrual");
+            if left.is_zero() {
+                self.accrued_rewards.remove(&to);
+            } else {
+                self.accrued_rewards.insert(to, left);
+            }
+            events.push(Event::Rewarded { to, amount: share });
+        }
+        self.issued = issued;
+        self.reward_epoch = epoch;
+        events.push(Event::RewardEpochPaid {
+            epoch,
+            issued: issued_now,
+            still_accrued,
+        });
+        Ok(events)
+    }
+
     pub(super) fn reward(&mut self, to: &Address, amount: Amount) -> TxResult {
         let allowed = self.issuable();
         if amount > allowed {

@@ -163,6 +163,17 @@ pub enum Event {
         from: NodeId,
         to: NodeId,
     },
+    RewardAccrued {
+        job: JobId,
+        to: Address,
+        amount: Amount,
+    },
+    RewardEpochPaid {
+        epoch: u64,
+        issued: Amount,
+        /// Accrued rewards the issuance cap held back for later epochs.
+        still_accrued: Amount,
+    },
 }
 
 impl Event {
@@ -179,13 +190,15 @@ impl Event {
             }
             Event::ApprovalForAll { owner, operator, .. } => parties.extend([*owner, *operator]),
             Event::EscrowOpened { payer, .. } => parties.push(*payer),
-            Event::EscrowPaid { to, .. } | Event::EscrowRefunded { to, .. } | Event::Rewarded { to, .. } => {
-                parties.push(*to)
-            }
+            Event::EscrowPaid { to, .. }
+            | Event::EscrowRefunded { to, .. }
+            | Event::Rewarded { to, .. }
+            | Event::RewardAccrued { to, .. } => parties.push(*to),
             Event::PlatformFeeBurned { .. }
             | Event::JobRecorded { .. }
             | Event::JobCheckpointed { .. }
-            | Event::JobTakenOver { .. } => {}
+            | Event::JobTakenOver { .. }
+            | Event::RewardEpochPaid { .. } => {}
             Event::Staked { account, .. }
             | Event::Unstaked { account, .. }
             | Event::Slashed { account, .. } => parties.push(*account),
@@ -222,6 +235,10 @@ pub struct LedgerState {
     pub issued: Amount,
     /// Fees paid through escrow (platform fee and usage fees): the issuance curve's input.
     pub cumulative_fees: Amount,
+    /// Proof-of-Value rewards earned and not yet issued, by provider.
+    pub accrued_rewards: BTreeMap<Address, Amount>,
+    /// The last reward epoch paid.
+    pub reward_epoch: u64,
     /// Ledger time: the last block's timestamp.
     pub time_ms: u64,
     pub history: BTreeMap<Address, VecDeque<HistoryEntry>>,
@@ -250,6 +267,8 @@ impl LedgerState {
             burned: genesis.unsold_fundraiser,
             issued: Amount::ZERO,
             cumulative_fees: Amount::ZERO,
+            accrued_rewards: BTreeMap::new(),
+            reward_epoch: 0,
             time_ms: genesis.time_ms,
             history: BTreeMap::new(),
             blocks: vec![BlockHeader::genesis(genesis.time_ms)],
@@ -424,6 +443,8 @@ impl LedgerState {
                 progress,
             } => self.checkpoint_job(job, *runner, *round, weights, progress),
             Call::TakeOverJob { job, runner } => self.take_over_job(job, *runner),
+            Call::AccrueRewards { job, rewards } => self.accrue_rewards(job, rewards),
+            Call::PayRewardEpoch { epoch } => self.pay_reward_epoch(*epoch),
         }
     }
 
