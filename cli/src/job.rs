@@ -171,6 +171,12 @@ pub async fn run_job(args: JobArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             let report = follow(&scheduler, job, !args.json).await?;
+            if report["state"] == "moved" {
+                bail!(
+                    "job {job} moved: another scheduler replica took it over and finishes it; \
+                     ask the other replicas (`aic job status {job} --scheduler HOST:PORT`)"
+                );
+            }
             print_report(args.json, &report);
         }
         JobCommand::Status { job } => {

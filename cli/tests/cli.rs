@@ -17,13 +17,18 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Runs a devnet to completion and checks the status it prints.
-fn check_devnet(extra: &[&str]) {
+/// Runs `aic devnet --once --json` with `extra` flags to completion; answers its status.
+fn devnet_once(extra: &[&str]) -> Value {
     let mut args = vec!["devnet", "--once", "--json", "--timeout-secs", "60"];
     args.extend_from_slice(extra);
     let output = aic(&args);
     assert!(output.status.success(), "devnet failed: {}", stderr(&output));
-    let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    serde_json::from_slice(&output.stdout).expect("one JSON object on stdout")
+}
+
+/// Runs a devnet to completion and checks the status it prints.
+fn check_devnet(extra: &[&str]) {
+    let status = devnet_once(extra);
 
     let nodes = status["nodes"].as_array().expect("nodes");
     let mut roles = BTreeMap::new();
@@ -569,17 +574,7 @@ fn check_main_job(job: &Value, faulty: Option<&str>) {
 
 #[test]
 fn the_main_job_catches_and_slashes_a_node_that_corrupts_its_results() {
-    let output = aic(&[
-        "devnet",
-        "--once",
-        "--json",
-        "--timeout-secs",
-        "60",
-        "--faulty-percent",
-        "100",
-    ]);
-    assert!(output.status.success(), "devnet failed: {}", stderr(&output));
-    let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    let status = devnet_once(&["--faulty-percent", "100"]);
     check_main_job(&status["job"], Some("compute-3"));
     let lottery = status["chain"]["lottery_blocks"].as_array().unwrap();
     assert!(
@@ -784,18 +779,7 @@ fn check_trained_model_export(dir: &std::path::Path, data_dir: &std::path::Path,
 
 #[test]
 fn a_compute_node_killed_mid_job_has_its_tasks_rerun_and_the_job_finishes() {
-    let output = aic(&[
-        "devnet",
-        "--once",
-        "--json",
-        "--processes",
-        "--timeout-secs",
-        "60",
-        "--kill-compute-at-round",
-        "3",
-    ]);
-    assert!(output.status.success(), "devnet failed: {}", stderr(&output));
-    let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    let status = devnet_once(&["--processes", "--kill-compute-at-round", "3"]);
     let job = &status["job"];
     // Done, accurate, every payment once and the escrow balanced to the base unit.
     check_main_job(job, None);
@@ -822,18 +806,7 @@ fn a_compute_node_killed_mid_job_has_its_tasks_rerun_and_the_job_finishes() {
 
 #[test]
 fn a_scheduler_replica_killed_mid_job_has_the_job_resumed_by_the_new_leader() {
-    let output = aic(&[
-        "devnet",
-        "--once",
-        "--json",
-        "--processes",
-        "--timeout-secs",
-        "60",
-        "--kill-scheduler-at-round",
-        "5",
-    ]);
-    assert!(output.status.success(), "devnet failed: {}", stderr(&output));
-    let status: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    let status = devnet_once(&["--processes", "--kill-scheduler-at-round", "5"]);
     let job = &status["job"];
     // Done, accurate, every payment once (work before the kill included) and the escrow
     // balanced to the base unit.

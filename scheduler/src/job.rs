@@ -37,6 +37,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::allocator::{Allocator, Finished, Place, UpdateTopology};
+use crate::coin_payroll::{Accrue, CoinPayroll, Release};
 use crate::metrics::SchedulerMetrics;
 use crate::payroll::{self, Pricing, WorkDone};
 use crate::placement::Placement;
@@ -64,6 +65,8 @@ pub enum JobState {
     Done,
     Failed,
     Cancelled,
+    /// Another replica took the job over (this one stalled); that replica runs and settles it.
+    Moved,
 }
 
 impl JobState {
@@ -73,6 +76,7 @@ impl JobState {
             JobState::Done => "done",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Moved => "moved",
         }
     }
 }
@@ -337,6 +341,8 @@ impl SystemSigner {
 pub struct JobContext {
     /// This scheduler replica: the runner its job records name.
     pub me: NodeId,
+    /// Where the `Job` actors run (the system's arbiter).
+    pub arbiter: actix::ArbiterHandle,
     pub registry: Addr<Registry>,
     pub allocator: Addr<Allocator>,
     pub rater: Addr<Rater>,
@@ -347,6 +353,8 @@ pub struct JobContext {
     /// Signs shard tickets (the scheduler's certificate key, which storage nodes trust).
     pub ticket_key: ed25519_dalek::SigningKey,
     pub system: Option<Arc<SystemSigner>>,
+    /// Pays jobs from escrow (absent without a system key, when jobs are refused).
+    pub payroll: Option<Addr<CoinPayroll>>,
     pub pricing: Pricing,
     pub slash: Amount,
     /// Proof-of-Value reward from the reserve per million verified rows (capped by issuance).
@@ -712,17 +720,37 @@ pub async fn resume(ctx: &JobContext, job: JobId, record: &JobRecord) -> Result<
 
 /// Runs a job to its end on a task of its own: trains, settles (unless another replica took
 /// it over), and publishes the outcome.
-fn launch(mut run: Run) {
-    tokio::spawn(async move {
+fn launch(run: Run) {
+    let arbiter = run.ctx.arbiter.clone();
+    Job::start_in_arbiter(&arbiter, move |_| Job { run: Some(run) });
+}
+
+/// The `Job` actor: one per job this replica runs. It trains the job round by round, settles it
+/// (unless another replica took it over), publishes the outcome on the board, and stops.
+pub struct Job {
+    run: Option<Run>,
+}
+
+impl Actor for Job {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let run = self.run.take().expect("a job actor starts once");
+        ctx.spawn(lifecycle(run).into_actor(self).map(|(), _, ctx| ctx.stop()));
+    }
+}
+
+async fn lifecycle(mut run: Run) {
+    {
         let ctx = run.ctx.clone();
         let job = run.plan.request.job;
         let outcome = run.train().await;
-        let state = match &outcome {
+        let mut state = match &outcome {
             Ok(()) if run.cancelled() => JobState::Cancelled,
             Ok(()) => JobState::Done,
             Err(_) => JobState::Failed,
         };
-        if let Err(error) = &outcome {
+        if let (Err(error), false) = (&outcome, run.taken_over) {
             warn!(%job, %error, "job failed; settling the work done");
             run.report["error"] = json!(error);
         }
@@ -732,7 +760,8 @@ fn launch(mut run: Run) {
         }
         if run.taken_over {
             warn!(%job, "another replica took this job over; it settles the job");
-            run.report["error"] = json!("taken over by another scheduler replica, which settles it");
+            state = JobState::Moved;
+            run.report["moved"] = json!("taken over by another scheduler replica, which runs and settles it");
         } else if let Err(error) = run.settle(state == JobState::Done).await {
             warn!(%job, %error, "settling the job failed");
             run.report["settlement_error"] = json!(error);
@@ -750,7 +779,7 @@ fn launch(mut run: Run) {
                 escrow_left,
             })
             .await;
-    });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1544,9 +1573,16 @@ impl Run {
         let addresses = self.payout_addresses();
         let address = |node: &NodeId| addresses.get(node).copied();
         let work = self.work_done(&addresses, completed);
-        let settlement =
-            payroll::settle(self.plan.budget, &work, &self.ctx.pricing).map_err(|e| e.to_string())?;
         let job = self.plan.request.job;
+        let payroll = self.ctx.payroll.clone().ok_or("no system key")?;
+        let settlement = payroll
+            .send(Release {
+                job,
+                budget: self.plan.budget,
+                work,
+            })
+            .await
+            .map_err(|e| e.to_string())??;
         let role_of = |to: &Address, kind: PayoutKind| -> String {
             let who = self
                 .nodes
@@ -1565,44 +1601,6 @@ impl Run {
             .iter()
             .map(|p| json!({"to": p.to.to_string(), "role": role_of(&p.to, p.kind), "amount": p.amount.to_string()}))
             .collect();
-        system
-            .submit(
-                &self.ctx.ledger,
-                Call::ReleaseEscrow {
-                    job,
-                    payouts: settlement.payouts.clone(),
-                    platform_fee: settlement.platform_fee,
-                },
-            )
-            .await?;
-        for payout in &settlement.payouts {
-            let role = match payout.kind {
-                PayoutKind::Compute => "compute",
-                PayoutKind::Storage => "storage",
-                PayoutKind::DatasetFee => "dataset_fee",
-                PayoutKind::ModelFee => "model_fee",
-            };
-            self.ctx
-                .metrics
-                .payments
-                .with_label_values(&[role])
-                .inc_by(payout.amount.0 as f64 / aic_ledger::amount::ONE_AIC as f64);
-        }
-        self.ctx
-            .metrics
-            .payments
-            .with_label_values(&["platform_fee"])
-            .inc_by(settlement.platform_fee.0 as f64 / aic_ledger::amount::ONE_AIC as f64);
-        if !settlement.refund.is_zero() {
-            system
-                .submit(&self.ctx.ledger, Call::RefundEscrow { job })
-                .await?;
-            self.ctx
-                .metrics
-                .payments
-                .with_label_values(&["refund"])
-                .inc_by(settlement.refund.0 as f64 / aic_ledger::amount::ONE_AIC as f64);
-        }
         self.report["payments"] = json!(payments);
         self.report["platform_fee_burned"] = json!(settlement.platform_fee.to_string());
         self.report["refund"] = json!(settlement.refund.to_string());
@@ -1649,7 +1647,7 @@ impl Run {
             "slashed": self.report["penalties"].clone(),
         });
 
-        self.reward(&system, &addresses).await;
+        self.reward(&addresses).await;
 
         if completed {
             let (content_hash, stored) = match self.store_weights().await {
@@ -1785,7 +1783,7 @@ impl Run {
     /// Accrues the job's Proof-of-Value rewards on the ledger: each verified provider's rows at
     /// the configured rate, none to a node the submitter owns. The block generator issues them
     /// at the next reward epoch, within the issuance cap.
-    async fn reward(&mut self, system: &SystemSigner, addresses: &HashMap<NodeId, Address>) {
+    async fn reward(&mut self, addresses: &HashMap<NodeId, Address>) {
         let mut report = Vec::new();
         let mut accrued = Vec::new();
         for (node, rows) in self.verified_rows.clone() {
@@ -1806,15 +1804,21 @@ impl Run {
                 None => {}
             }
         }
-        if !accrued.is_empty() {
-            let call = Call::AccrueRewards {
-                job: self.plan.request.job,
-                rewards: accrued,
-            };
-            if let Err(error) = system.submit(&self.ctx.ledger, call).await {
-                warn!(%error, "rewards not accrued");
-                self.report["rewards_error"] = json!(error);
-            }
+        let accrue = Accrue {
+            job: self.plan.request.job,
+            rewards: accrued,
+        };
+        let outcome = match &self.ctx.payroll {
+            Some(payroll) => payroll
+                .send(accrue)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r),
+            None => Err("no system key".into()),
+        };
+        if let Err(error) = outcome {
+            warn!(%error, "rewards not accrued");
+            self.report["rewards_error"] = json!(error);
         }
         self.report["rewards"] = json!(report);
     }

@@ -1,9 +1,11 @@
 //! The AIC control plane: one scheduler replica.
 //!
-//! It runs the `Registry` actor (membership, heartbeats, liveness), a ledger replica
-//! (`aic-ledger`, Raft over QUIC) and the `BlockGenerator` actor behind the QUIC API. The
-//! Allocator, Rater, Payroll and Job actors come with the scheduler issue, with decisions in
-//! pure functions and actors carrying them out.
+//! It runs a ledger replica (`aic-ledger`, Raft over QUIC) and, behind the QUIC API, the actors:
+//! `Registry` (membership, heartbeats, liveness), `Allocator` (placement), `Rater` (Proof of
+//! Value: spot checks, reputation, penalties), `CoinPayroll` (escrow payouts and rewards),
+//! `BlockGenerator` (blocks and the lottery), `JobBoard` (jobs by id) and one `Job` actor per
+//! running job. Decisions live in pure functions (`placement`, `rating`, `payroll`, `lottery`);
+//! the actors carry them out.
 //!
 //! [`start`] must run inside an actix `System` built on a multi-thread tokio runtime
 //! (`actix_rt::System::with_tokio_rt`), so quinn's tasks run on tokio workers and reach the
@@ -12,6 +14,7 @@
 pub mod allocator;
 pub mod api;
 pub mod block_generator;
+pub mod coin_payroll;
 pub mod config;
 pub mod job;
 pub mod lottery;
@@ -161,8 +164,18 @@ pub async fn start(
         text.parse::<aic_ledger::Amount>()
             .map_err(|e| StartError::Ledger(e.to_string()))
     };
+    let pricing = payroll::Pricing {
+        compute_per_million_rows: amount(&config.jobs.compute_per_million_rows)?,
+        storage_per_gb: amount(&config.jobs.storage_per_gb)?,
+        platform_fee_percent: config.jobs.platform_fee_percent,
+    };
+    let payroll = system.clone().map(|system| {
+        coin_payroll::CoinPayroll::new(ledger.clone(), system, pricing, metrics.clone()).start()
+    });
     let jobs = job::JobContext {
         me: identity.me.node_id,
+        arbiter: actix::Arbiter::current(),
+        payroll,
         registry: registry_addr.clone(),
         allocator,
         rater,
@@ -171,11 +184,7 @@ pub async fn start(
         endpoint: endpoint.clone(),
         ticket_key: ed25519_dalek::SigningKey::from_bytes(&node_key.secret_bytes()),
         system,
-        pricing: payroll::Pricing {
-            compute_per_million_rows: amount(&config.jobs.compute_per_million_rows)?,
-            storage_per_gb: amount(&config.jobs.storage_per_gb)?,
-            platform_fee_percent: config.jobs.platform_fee_percent,
-        },
+        pricing,
         slash: amount(&config.jobs.slash_aic)?,
         reward_per_million_rows: amount(&config.jobs.reward_per_million_rows)?,
         steps_per_epoch: config.jobs.steps_per_epoch,

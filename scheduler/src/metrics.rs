@@ -18,7 +18,7 @@ pub const TASK_RESULTS: [&str; 2] = ["ok", "failed"];
 /// `aic_scheduler_spot_checks_total{verdict}`.
 pub const SPOT_CHECK_VERDICTS: [&str; 4] = ["agreed", "original_wrong", "checker_wrong", "undecided"];
 /// `aic_scheduler_jobs_finished_total{state}`.
-pub const JOB_END_STATES: [&str; 3] = ["done", "failed", "cancelled"];
+pub const JOB_END_STATES: [&str; 4] = ["done", "failed", "cancelled", "moved"];
 /// `aic_scheduler_jobs_submitted_total{result}`.
 pub const SUBMISSION_RESULTS: [&str; 2] = ["accepted", "refused"];
 /// `aic_scheduler_payments_aic_total{role}`.
