@@ -131,20 +131,18 @@ pub struct Open {
     pub resuming: bool,
 }
 
-/// Whether this replica is running the job now.
+/// The job's state on this replica, if it ran here.
 #[derive(Message)]
-#[rtype(result = "bool")]
-pub struct IsRunning {
+#[rtype(result = "Option<JobState>")]
+pub struct StateOf {
     pub job: JobId,
 }
 
-impl Handler<IsRunning> for JobBoard {
-    type Result = bool;
+impl Handler<StateOf> for JobBoard {
+    type Result = Option<JobState>;
 
-    fn handle(&mut self, message: IsRunning, _: &mut Self::Context) -> bool {
-        self.jobs
-            .get(&message.job)
-            .is_some_and(|e| e.state == JobState::Running)
+    fn handle(&mut self, message: StateOf, _: &mut Self::Context) -> Option<JobState> {
+        self.jobs.get(&message.job).map(|e| e.state)
     }
 }
 
@@ -909,7 +907,11 @@ impl Run {
         };
         match system.try_submit(&self.ctx.ledger, call).await {
             Ok(_) => {}
-            Err(Refusal::Ledger(aic_ledger::TxError::Invalid(reason))) if reason.contains(" is run by ") => {
+            // Another replica runs the job now, or has already settled it (its record went
+            // with the escrow release): either way this replica must not pay it.
+            Err(Refusal::Ledger(aic_ledger::TxError::Invalid(reason)))
+                if reason.contains(" is run by ") || reason.contains(" is not recorded") =>
+            {
                 self.taken_over = true;
                 self.cancel.store(true, Ordering::SeqCst);
             }

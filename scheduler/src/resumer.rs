@@ -12,7 +12,7 @@ use aic_protocol::{JobId, NodeId};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::job::{self, IsRunning, JobContext};
+use crate::job::{self, JobContext, JobState, StateOf};
 
 /// What the resumer last saw of a job record, and since when.
 struct Seen {
@@ -45,7 +45,14 @@ pub async fn run(ctx: JobContext, lease: Duration, shutdown: CancellationToken) 
         seen.retain(|job, _| records.iter().any(|(recorded, _)| recorded == job));
         let now = Instant::now();
         for (job, record) in records {
-            if ctx.board.send(IsRunning { job }).await.unwrap_or(true) {
+            let here = ctx
+                .board
+                .send(StateOf { job })
+                .await
+                .unwrap_or(Some(JobState::Running));
+            // Running here, or ended here (a failed settlement is reported, not retried in a
+            // loop): nothing to resume.
+            if here == Some(JobState::Running) || (record.runner == ctx.me && here.is_some()) {
                 seen.remove(&job);
                 continue;
             }
@@ -66,6 +73,7 @@ pub async fn run(ctx: JobContext, lease: Duration, shutdown: CancellationToken) 
                 };
                 continue;
             }
+            // Recorded as ours but unknown here: this replica restarted; resume at once.
             let orphaned = record.runner == ctx.me || now.duration_since(entry.since) >= lease;
             if !orphaned {
                 continue;
