@@ -90,6 +90,11 @@ impl Amount {
         whole.checked_add(quotient).map(Amount)
     }
 
+    /// Whole AIC as a float: for dashboards and metrics, never for accounting.
+    pub fn as_aic_f64(self) -> f64 {
+        self.0 as f64 / ONE_AIC as f64
+    }
+
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }

@@ -7,7 +7,7 @@ use prometheus::{
     Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
-use crate::amount::{Amount, ONE_AIC};
+use crate::amount::Amount;
 use crate::state::{Event, LedgerState};
 
 #[derive(Clone)]
@@ -31,11 +31,6 @@ pub struct LedgerMetrics {
     pub escrows_open: IntGauge,
     pub staked: Gauge,
     pub slashed: Counter,
-}
-
-/// Whole AIC as a float: exact enough for a dashboard, never used for accounting.
-fn as_aic(amount: Amount) -> f64 {
-    amount.0 as f64 / ONE_AIC as f64
 }
 
 impl LedgerMetrics {
@@ -166,22 +161,22 @@ impl LedgerMetrics {
             self.last_block_timestamp.set(head.timestamp_ms as f64 / 1000.0);
         }
         self.pending_transactions.set(state.pending.len() as i64);
-        self.supply.set(as_aic(state.total_supply()));
-        self.burned.set(as_aic(state.burned));
-        self.issued.set(as_aic(state.issued));
-        self.fees.set(as_aic(state.cumulative_fees));
+        self.supply.set(state.total_supply().as_aic_f64());
+        self.burned.set(state.burned.as_aic_f64());
+        self.issued.set(state.issued.as_aic_f64());
+        self.fees.set(state.cumulative_fees.as_aic_f64());
         let escrowed: u128 = state.escrows.values().map(|e| e.remaining.0).sum();
-        self.escrowed.set(escrowed as f64 / ONE_AIC as f64);
+        self.escrowed.set(Amount(escrowed).as_aic_f64());
         self.escrows_open.set(state.escrows.len() as i64);
         let staked: u128 = state.accounts.values().map(|a| a.stake.0).sum();
-        self.staked.set(staked as f64 / ONE_AIC as f64);
+        self.staked.set(Amount(staked).as_aic_f64());
     }
 
     /// Counts what an applied transaction's events move (slashes).
     pub fn record_events(&self, events: &[Event]) {
         for event in events {
             if let Event::Slashed { amount, .. } = event {
-                self.slashed.inc_by(as_aic(*amount));
+                self.slashed.inc_by(amount.as_aic_f64());
             }
         }
     }

@@ -59,10 +59,6 @@ pub struct Accrue {
     pub rewards: Vec<(Address, Amount)>,
 }
 
-fn as_aic(amount: Amount) -> f64 {
-    amount.0 as f64 / aic_ledger::amount::ONE_AIC as f64
-}
-
 impl Handler<Release> for CoinPayroll {
     type Result = ResponseFuture<Result<Settlement, String>>;
 
@@ -92,18 +88,18 @@ impl Handler<Release> for CoinPayroll {
                 metrics
                     .payments
                     .with_label_values(&[role])
-                    .inc_by(as_aic(payout.amount));
+                    .inc_by(payout.amount.as_aic_f64());
             }
             metrics
                 .payments
                 .with_label_values(&["platform_fee"])
-                .inc_by(as_aic(settlement.platform_fee));
+                .inc_by(settlement.platform_fee.as_aic_f64());
             if !settlement.refund.is_zero() {
                 system.submit(&ledger, Call::RefundEscrow { job }).await?;
                 metrics
                     .payments
                     .with_label_values(&["refund"])
-                    .inc_by(as_aic(settlement.refund));
+                    .inc_by(settlement.refund.as_aic_f64());
             }
             Ok(settlement)
         })
