@@ -165,11 +165,12 @@ impl LedgerMetrics {
         self.burned.set(state.burned.as_aic_f64());
         self.issued.set(state.issued.as_aic_f64());
         self.fees.set(state.cumulative_fees.as_aic_f64());
-        let escrowed: u128 = state.escrows.values().map(|e| e.remaining.0).sum();
-        self.escrowed.set(Amount(escrowed).as_aic_f64());
+        // Both sums are parts of the supply (audited), so they cannot overflow; checked anyway.
+        let escrowed = total(state.escrows.values().map(|e| e.remaining));
+        self.escrowed.set(escrowed.as_aic_f64());
         self.escrows_open.set(state.escrows.len() as i64);
-        let staked: u128 = state.accounts.values().map(|a| a.stake.0).sum();
-        self.staked.set(Amount(staked).as_aic_f64());
+        let staked = total(state.accounts.values().map(|a| a.stake));
+        self.staked.set(staked.as_aic_f64());
     }
 
     /// Counts what an applied transaction's events move (slashes).
@@ -185,4 +186,11 @@ impl LedgerMetrics {
     pub fn unregistered() -> Self {
         Self::register(&Registry::new()).expect("fresh registry")
     }
+}
+
+/// Sum of amounts that are parts of the supply.
+fn total(mut amounts: impl Iterator<Item = Amount>) -> Amount {
+    amounts
+        .try_fold(Amount::ZERO, Amount::checked_add)
+        .expect("parts of the supply sum within the supply (audited)")
 }

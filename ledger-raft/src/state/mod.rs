@@ -310,8 +310,10 @@ impl LedgerState {
     /// ERC20 totalSupply: everything in accounts, escrow and stakes.
     pub fn total_supply(&self) -> Amount {
         Amount(
-            (self.genesis_supply.0 + self.issued.0)
-                .checked_sub(self.burned.0)
+            self.genesis_supply
+                .0
+                .checked_add(self.issued.0)
+                .and_then(|minted| minted.checked_sub(self.burned.0))
                 .expect("burned never exceeds supply (audited)"),
         )
     }
@@ -468,7 +470,8 @@ impl LedgerState {
         let spendable = self.spendable(from);
         if spendable < amount {
             return Err(TxError::Locked {
-                locked: (balance.0 - spendable.0),
+                // Spendable is the balance less what vests later, so never above the balance.
+                locked: balance.0.saturating_sub(spendable.0),
             });
         }
         Ok(())
