@@ -11,7 +11,7 @@ if [[ "${CI:-}" == "true" ]]; then
     export CARGO_INCREMENTAL=0
     # When a build dies on a full disk the linker reports a bus error, not "no space left":
     # show how much room the run had so such a failure explains itself.
-    trap 'df -h . >&2; du -sh target 2>/dev/null >&2 || true' EXIT
+    trap 'df -h . >&2; du -sh target >&2 2>/dev/null || true' EXIT
 fi
 ops/install-test-deps.sh
 cargo fmt --all -- --check
