@@ -56,7 +56,21 @@ fn asset_json(id: &AssetId, asset: &Asset) -> serde_json::Value {
         "content_hash": hex::encode(asset.metadata.content_hash),
         "usage_fee": asset.metadata.usage_fee,
         "manifest": asset.metadata.manifest,
+        "provenance": provenance_json(&asset.provenance),
     })
+}
+
+/// Where an asset came from, as the ledger enforced it.
+fn provenance_json(provenance: &aic_ledger::state::Provenance) -> serde_json::Value {
+    use aic_ledger::state::Provenance;
+    match provenance {
+        Provenance::Registered => json!({"source": "registered"}),
+        Provenance::Imported { attesters } => json!({
+            "source": "import",
+            "attesters": attesters.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        }),
+        Provenance::Trained { job } => json!({"source": "job", "job": job.to_string()}),
+    }
 }
 
 pub async fn run(args: AssetArgs) -> anyhow::Result<()> {

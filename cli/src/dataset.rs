@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
-use aic_ledger::tx::{AssetKind, AssetMetadata, Call};
+use aic_ledger::tx::AssetKind;
 use aic_ledger::{Amount, Keypair};
 use aic_protocol::messages::{ClientRequest, ClientResponse, DatasetStat, NodeState, NodeStatus, OwnerProof};
 use aic_protocol::rpc::RpcClient;
@@ -324,8 +324,9 @@ pub struct Imported {
     pub replicas: Vec<NodeId>,
 }
 
-/// Preprocesses `import.file`, uploads it to the first of its replicas (placed on all of them),
-/// and mints its Dataset asset to `key`; if the mint fails, the stored copies are removed.
+/// Preprocesses `import.file`, uploads it to the first of its replicas (placed on all of them,
+/// which attest it), and has its Dataset asset minted to `key`'s address; if anything fails,
+/// nothing is left stored and nothing is minted.
 pub async fn import_dataset(
     profile: &ClientProfile,
     storage: Option<&str>,
@@ -370,73 +371,49 @@ pub async fn import_dataset(
             human_bytes(uploaded)
         ));
     };
-    let mut sink = UploadSink::begin(&storage, |n| {
+    // The upload opens with the first shard, after pass 1 has checked the whole file; any
+    // failure from there on aborts it, so the node frees its slot and deletes what was sent.
+    let mut sink = UploadSink::new(&storage, |n| {
         sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    })
-    .await?;
-    let mut manifest = preprocess(&import.file, &name, &options, &mut sink, &show).await?;
+    });
+    let mut manifest = match preprocess(&import.file, &name, &options, &mut sink, &show).await {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            bar.finish_and_clear();
+            let aborted = sink.abort().await;
+            return Err(with_abort(error.into(), aborted));
+        }
+    };
     manifest.replicas = replicas;
     manifest.fee = import.fee.to_string();
-    bar.set_message(format!("placing on {} storage nodes", manifest.replicas.len()));
-    let (dataset, placed) = sink.commit(&manifest).await?;
+    bar.set_message(format!(
+        "placing on {} storage nodes, minting the Dataset asset",
+        manifest.replicas.len()
+    ));
+    // The storage nodes place the dataset, attest it and have its asset minted to this wallet;
+    // if any step fails they undo it everywhere.
+    let committed = sink.commit(&manifest, key.address().0).await;
     bar.finish_and_clear();
-
-    match mint(profile, key, &name, &manifest, import.fee).await {
-        Ok(asset) => Ok(Imported {
-            dataset,
-            asset,
-            manifest,
-            replicas: placed,
-        }),
-        Err(error) => {
-            // No half dataset: without its asset, the stored copies are removed again.
-            let dropped = storage
-                .call(&ClientRequest::DropDataset {
-                    dataset: dataset.clone(),
-                })
-                .await;
-            let cleanup = match dropped {
-                Ok(_) => "the stored copies were removed".to_string(),
-                Err(e) => {
-                    format!("removing the stored copies failed too ({e}); their importer may drop them")
-                }
-            };
-            bail!("minting the Dataset asset failed: {error:#}; {cleanup}");
-        }
-    }
+    let committed = committed.context("storing the dataset")?;
+    let asset = committed
+        .asset
+        .ok_or_else(|| anyhow::anyhow!("the storage node stored the dataset but named no asset"))?;
+    Ok(Imported {
+        dataset: committed.dataset,
+        asset,
+        manifest,
+        replicas: committed.replicas,
+    })
 }
 
-/// Mints the Dataset asset whose content hash names the manifest; answers its id.
-async fn mint(
-    profile: &ClientProfile,
-    key: &Keypair,
-    name: &str,
-    manifest: &Manifest,
-    fee: Amount,
-) -> anyhow::Result<AssetId> {
-    let scheduler = nodes::connect(profile).await?;
-    let full = manifest.to_json();
-    // The ledger keeps at most 64 KiB of manifest: a larger one is published without its
-    // shard lists (the storage nodes hold it whole; its hash is still the content hash).
-    let published = if full.len() <= aic_ledger::state::MAX_MANIFEST_BYTES {
-        full
-    } else {
-        let mut summary = serde_json::to_value(manifest)?;
-        summary["train"] = json!(manifest.train.len());
-        summary["test"] = json!(manifest.test.len());
-        summary.to_string()
-    };
-    let call = Call::MintAsset {
-        kind: AssetKind::Dataset,
-        metadata: AssetMetadata {
-            name: name.to_string(),
-            content_hash: manifest_hash(manifest),
-            manifest: published,
-            usage_fee: fee,
-        },
-    };
-    let (_, _, events) = ledger_client::submit(&scheduler, key, call).await?;
-    ledger_client::minted_asset(&events)
+/// An import's error, with what became of its upload.
+fn with_abort(error: anyhow::Error, aborted: Result<(), aic_storage_node::import::ImportError>) -> anyhow::Error {
+    match aborted {
+        Ok(()) => error,
+        Err(abort) => error.context(format!(
+            "aborting the upload failed too ({abort}); the storage node drops it when it idles out"
+        )),
+    }
 }
 
 async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::Result<()> {

@@ -8,7 +8,8 @@
 //!   .aic-devnet            marks the dir as ours (only such a dir is ever wiped)
 //!   certs/                 ca.pem, ca.key, <name>.pem, <name>.key
 //!   config/<name>.toml     each service's config, the same files in both modes
-//!   client.toml            the profile for `aic nodes --profile …`
+//!   client.toml            the profile for `aic nodes --profile …` (a user's client certificate)
+//!   operator.toml          the operator's profile (`aic ledger add-learner|promote|remove`)
 //!   genesis.toml           the ledger's genesis; wallets/<holder>.key spend its shares
 //!   data/digits.csv        the bundled dataset, imported at start (wallets/data-owner.key owns it)
 //!   data/<storage node>/   each storage node's shards and catalog
@@ -198,9 +199,15 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         };
         let profile_path = dir.join("client.toml");
         write_toml(&profile_path, &profile)?;
+        // Membership changes need the operator role; a client certificate is refused them.
+        let operator = ClientProfile {
+            tls: issue(Role::Operator, "operator")?.0,
+            ..profile.clone()
+        };
+        write_toml(&dir.join("operator.toml"), &operator)?;
 
         let mut client = nodes::connect(&profile).await?;
-        join_replicas(&client, &replicas).await?;
+        join_replicas(&nodes::connect(&operator).await?, &replicas).await?;
         let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
         let prometheus = crate::devnet_prometheus::write(dir, &metrics_urls)?;
         let nodes = wait_until_up(&client, deadline, &mut grid).await?;

@@ -153,7 +153,28 @@ pub async fn register_model(
             usage_fee: fee,
         },
     };
-    let (_, _, events) = ledger_client::submit(&scheduler, key, call).await?;
+    let events = match ledger_client::submit(&scheduler, key, call).await {
+        Ok((_, _, events)) => events,
+        Err(error) => {
+            // A description is registered once: registering your own again names the asset
+            // you already hold; someone else's is refused.
+            if let Some(aic_ledger::TxError::AlreadyMinted { asset, .. }) = error.downcast_ref() {
+                let request = aic_ledger::api::LedgerRequest::Asset(*asset);
+                if let aic_ledger::api::LedgerResponse::Asset(Some(held)) =
+                    ledger_client::request(&scheduler, &request).await?
+                {
+                    if held.owner == key.address() {
+                        return Ok(*asset);
+                    }
+                    bail!(
+                        "this model description is already registered as asset {asset}, owned by {}",
+                        held.owner
+                    );
+                }
+            }
+            return Err(error);
+        }
+    };
     ledger_client::minted_asset(&events)
 }
 

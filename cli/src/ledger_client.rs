@@ -37,7 +37,11 @@ pub async fn submit(
     match request(client, &LedgerRequest::Submit(Box::new(signed))).await? {
         LedgerResponse::Submitted { hash, index, result } => match result {
             Ok(events) => Ok((hex::encode(hash), index, events)),
-            Err(refusal) => bail!("refused (code {}): {refusal}", refusal.code()),
+            // Typed, so a caller can branch on the refusal (`downcast_ref::<TxError>`).
+            Err(refusal) => {
+                let code = refusal.code();
+                Err(anyhow::Error::new(refusal).context(format!("refused (code {code})")))
+            }
         },
         other => bail!("unexpected answer to a transaction: {other:?}"),
     }

@@ -350,6 +350,7 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
 
     check_dataset_commands(dir.path(), profile, alice, fundraiser);
+    check_a_copier_gets_no_dataset(&data_dir, status["datasets"][0]["asset"].as_str().unwrap());
     check_job_refusals(
         &data_dir,
         profile,
@@ -409,7 +410,8 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
         "only the devnet's own objects; nothing stored by a refused import: {listed}"
     );
 
-    // The ledger refuses the asset (its name is too long): the stored copies are dropped again.
+    // The ledger refuses the asset (its name is too long): the storage nodes drop their copies
+    // again, and nothing is minted.
     let long_name = "n".repeat(300);
     let unminted = dataset(
         &["import", digits, "--label", "digit", "--name", &long_name],
@@ -418,8 +420,7 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
     assert!(!unminted.status.success());
     let message = stderr(&unminted);
     assert!(
-        message.contains("minting the Dataset asset failed")
-            && message.contains("the stored copies were removed"),
+        message.contains("the Dataset asset was not minted") && message.contains("name at most"),
         "{message}"
     );
     let listed = dataset(&["list", "--json"], owner);
@@ -441,6 +442,9 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["kind"], "dataset", "{shown}");
     assert_eq!(shown["usage_fee"], "0.5", "{shown}");
+    // Minted from the import both storage nodes attested, not by the importer itself.
+    assert_eq!(shown["provenance"]["source"], "import", "{shown}");
+    assert_eq!(shown["provenance"]["attesters"].as_array().unwrap().len(), 2, "{shown}");
     let manifest: Value = serde_json::from_str(shown["manifest"].as_str().unwrap()).unwrap();
     assert_eq!(manifest["rows"], 1797);
     assert_eq!(manifest["replicas"].as_array().unwrap().len(), 2);
@@ -487,6 +491,136 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
     }
     assert_eq!((files, rows), (shards.len(), 1797));
     assert!(out.join("manifest.json").exists());
+}
+
+/// Issue 12's first attack, made as an attacker would — a fresh wallet and raw requests over the
+/// client certificate, not the CLI: minting a Dataset (or TrainedModel) asset that carries the
+/// digits' content hash is refused by the ledger; a Model asset with that hash can be minted
+/// (another kind) but the storage node refuses to export the digits against it.
+fn check_a_copier_gets_no_dataset(data_dir: &std::path::Path, digits_asset: &str) {
+    use aic_ledger::api::{LedgerRequest, LedgerResponse};
+    use aic_ledger::tx::{AssetKind, AssetMetadata, Call, Transaction};
+    use aic_ledger::{Keypair, TxError};
+    use aic_protocol::certs::IdentityFiles;
+    use aic_protocol::messages::{ClientRequest, NodeState, OwnerProof};
+    use aic_protocol::rpc::RpcClient;
+    use aic_protocol::{AssetId, ErrorCode, Role};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        aic_protocol::install_crypto_provider();
+        let certs = data_dir.join("certs");
+        let identity = IdentityFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("client.pem"),
+            key: certs.join("client.key"),
+        }
+        .load()
+        .unwrap();
+        let endpoint = aic_protocol::transport::outbound_endpoint(&identity).unwrap();
+        let profile: toml::Value =
+            toml::from_str(&std::fs::read_to_string(data_dir.join("client.toml")).unwrap()).unwrap();
+        let scheduler = RpcClient::connect(&endpoint, profile["scheduler"].as_str().unwrap(), Role::Scheduler)
+            .await
+            .unwrap();
+        let ledger = |request: LedgerRequest| {
+            let scheduler = scheduler.clone();
+            async move { aic_ledger::remote::request(&scheduler, &request).await.unwrap() }
+        };
+        let digits_asset: AssetId = digits_asset.parse().unwrap();
+        let LedgerResponse::Asset(Some(digits)) = ledger(LedgerRequest::Asset(digits_asset)).await else {
+            panic!("the digits asset is on the ledger");
+        };
+        let LedgerResponse::Status(status) = ledger(LedgerRequest::Status).await else {
+            panic!("a status");
+        };
+        let copier = Keypair::generate();
+        let mut nonce = 0;
+        let mut mint = |kind: AssetKind| {
+            let tx = Transaction {
+                chain_id: status.chain_id.clone(),
+                from: copier.address(),
+                nonce,
+                call: Call::MintAsset {
+                    kind,
+                    metadata: AssetMetadata {
+                        name: "my digits".into(),
+                        content_hash: digits.metadata.content_hash,
+                        manifest: digits.metadata.manifest.clone(),
+                        usage_fee: "100".parse().unwrap(),
+                    },
+                },
+            }
+            .sign(&copier);
+            nonce += 1;
+            ledger(LedgerRequest::Submit(Box::new(tx)))
+        };
+        for kind in [AssetKind::Dataset, AssetKind::TrainedModel] {
+            match mint(kind).await {
+                LedgerResponse::Submitted { result, .. } => {
+                    assert_eq!(result.unwrap_err(), TxError::NeedsProvenance(kind))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let LedgerResponse::Submitted {
+            result: Ok(events), ..
+        } = mint(AssetKind::Model).await
+        else {
+            panic!("a Model asset with any hash may be registered");
+        };
+        let decoy = events
+            .iter()
+            .find_map(|e| match e {
+                aic_ledger::state::Event::AssetTransfer { from: None, asset, .. } => Some(*asset),
+                _ => None,
+            })
+            .unwrap();
+
+        // The export request a copier would make against the decoy.
+        let nodes = match scheduler.call(&ClientRequest::ListNodes).await.unwrap() {
+            aic_protocol::messages::ClientResponse::Nodes(nodes) => nodes,
+            other => panic!("{other:?}"),
+        };
+        let storage = nodes
+            .iter()
+            .find(|n| n.role == Role::Storage && n.state == NodeState::Up)
+            .unwrap();
+        let storage = RpcClient::connect(&endpoint, &storage.quic_addr, Role::Storage)
+            .await
+            .unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&digits.metadata.manifest).unwrap();
+        let shard = manifest["train"][0]["id"].as_str().unwrap().parse().unwrap();
+        let dataset = hex::encode(&digits.metadata.content_hash[..16]);
+        let expires_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + 60_000;
+        let message = OwnerProof::message(&decoy, &dataset, &identity.me.node_id, expires_ms);
+        let request = ClientRequest::Export {
+            dataset,
+            shard,
+            proof: OwnerProof {
+                asset: decoy,
+                owner: copier.address().0,
+                expires_ms,
+                signature: copier.sign(&message).to_vec(),
+            },
+        };
+        let mut answer = storage.call_stream(&request).await.unwrap();
+        match answer.next().await {
+            Some(Err(aic_protocol::Error::Rpc(refusal))) => {
+                assert_eq!(refusal.code, ErrorCode::PermissionDenied, "{}", refusal.message);
+                assert!(refusal.message.contains("not the genuine asset"), "{}", refusal.message);
+            }
+            other => panic!("the copier got an answer: {other:?}"),
+        }
+    });
 }
 
 /// Sums decimal AIC amounts exactly (base units).

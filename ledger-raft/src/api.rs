@@ -61,6 +61,77 @@ pub enum LedgerRequest {
 }
 
 impl LedgerRequest {
+    /// The request's name: its row in the authorization table ([`crate::authz::TABLE`]).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            LedgerRequest::Submit(_) => "submit",
+            LedgerRequest::Account(_) => "account",
+            LedgerRequest::Allowance { .. } => "allowance",
+            LedgerRequest::History { .. } => "history",
+            LedgerRequest::Assets { .. } => "assets",
+            LedgerRequest::Asset(_) => "asset",
+            LedgerRequest::Escrow(_) => "escrow",
+            LedgerRequest::Jobs => "jobs",
+            LedgerRequest::IsApprovedForAll { .. } => "is_approved_for_all",
+            LedgerRequest::Blocks { .. } => "blocks",
+            LedgerRequest::Status => "status",
+            LedgerRequest::Audit => "audit",
+            LedgerRequest::AddLearner { .. } => "add_learner",
+            LedgerRequest::ChangeMembership { .. } => "change_membership",
+        }
+    }
+
+    /// One request of every kind, harmless to send (the authorization tests walk them).
+    pub fn examples() -> Vec<LedgerRequest> {
+        let nobody = Address([7; 32]);
+        let job = aic_protocol::JobId::from_bytes([7; 16]);
+        let tx = crate::tx::Transaction {
+            chain_id: "examples".into(),
+            from: nobody,
+            nonce: 0,
+            call: crate::tx::Call::Burn {
+                amount: Amount::ZERO,
+            },
+        };
+        vec![
+            // Signed by nobody's key: refused by the signature check, never applied.
+            LedgerRequest::Submit(Box::new(crate::tx::SignedTransaction {
+                tx,
+                signature: [0; 64],
+            })),
+            LedgerRequest::Account(nobody),
+            LedgerRequest::Allowance {
+                owner: nobody,
+                spender: nobody,
+            },
+            LedgerRequest::History {
+                account: nobody,
+                limit: 1,
+            },
+            LedgerRequest::Assets { owner: Some(nobody) },
+            LedgerRequest::Asset(AssetId::from_bytes([7; 16])),
+            LedgerRequest::Escrow(job),
+            LedgerRequest::Jobs,
+            LedgerRequest::IsApprovedForAll {
+                owner: nobody,
+                operator: nobody,
+            },
+            LedgerRequest::Blocks { from: 0, count: 1 },
+            LedgerRequest::Status,
+            LedgerRequest::Audit,
+            // A learner that cannot be reached: refused by openraft, never added.
+            LedgerRequest::AddLearner {
+                id: 0,
+                addr: ReplicaAddr {
+                    addr: "127.0.0.1:9".into(),
+                    node_id: String::new(),
+                },
+            },
+            // No voters: refused by openraft, membership unchanged.
+            LedgerRequest::ChangeMembership { voters: Vec::new() },
+        ]
+    }
+
     pub fn is_write(&self) -> bool {
         matches!(
             self,
@@ -142,6 +213,12 @@ pub enum LedgerApiError {
     Raft(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The caller's certificate role may not make this request.
+    #[error("role {role} may not make ledger request {request}")]
+    Forbidden { role: String, request: String },
+    /// Refused before consensus (no Raft entry was written): see the transaction error.
+    #[error("refused before consensus: {0}")]
+    Refused(TxError),
 }
 
 pub type LedgerResult = Result<LedgerResponse, LedgerApiError>;

@@ -45,6 +45,22 @@ pub enum TxError {
     Invalid(String),
     #[error("block does not extend the chain: {0}")]
     BadBlock(String),
+    /// A content hash is minted at most once per kind.
+    #[error("this content is already minted as {kind:?} asset {asset}")]
+    AlreadyMinted {
+        kind: crate::tx::AssetKind,
+        asset: aic_protocol::AssetId,
+    },
+    /// Dataset and TrainedModel assets come only from an attested import or a settled job.
+    #[error("a {0:?} asset cannot be minted directly: it comes from an attested import or a job")]
+    NeedsProvenance(crate::tx::AssetKind),
+    #[error("import attestation refused: {0}")]
+    BadAttestation(String),
+    #[error("job {0} has no trained model to mint (not settled here, or minted already)")]
+    NoTrainedModelPending(String),
+    /// Refused before consensus: the transaction is larger than its kind may be.
+    #[error("a {what} transaction of {bytes} bytes exceeds the {max}-byte limit")]
+    TooLarge { what: String, bytes: u64, max: u64 },
 }
 
 impl TxError {
@@ -68,6 +84,11 @@ impl TxError {
             TxError::IssuanceCap { .. } => 114,
             TxError::Invalid(_) => 115,
             TxError::BadBlock(_) => 116,
+            TxError::AlreadyMinted { .. } => 117,
+            TxError::NeedsProvenance(_) => 118,
+            TxError::BadAttestation(_) => 119,
+            TxError::NoTrainedModelPending(_) => 120,
+            TxError::TooLarge { .. } => 121,
         }
     }
 
@@ -91,6 +112,11 @@ impl TxError {
             TxError::IssuanceCap { .. } => "issuance_cap",
             TxError::Invalid(_) => "invalid",
             TxError::BadBlock(_) => "bad_block",
+            TxError::AlreadyMinted { .. } => "already_minted",
+            TxError::NeedsProvenance(_) => "needs_provenance",
+            TxError::BadAttestation(_) => "bad_attestation",
+            TxError::NoTrainedModelPending(_) => "no_trained_model_pending",
+            TxError::TooLarge { .. } => "too_large",
         }
     }
 }

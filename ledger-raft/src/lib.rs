@@ -13,6 +13,7 @@
 
 pub mod amount;
 pub mod api;
+pub mod authz;
 pub mod block;
 pub mod error;
 pub mod genesis;

@@ -25,11 +25,11 @@ use crate::raft::types::ReplicaId;
 pub struct ReplicaServer(pub Arc<LedgerReplica>);
 
 impl RpcHandler for ReplicaServer {
-    async fn client(&self, _peer: &PeerIdentity, request: ClientRequest) -> Result<ClientResponse, RpcError> {
+    async fn client(&self, peer: &PeerIdentity, request: ClientRequest) -> Result<ClientResponse, RpcError> {
         match request {
-            ClientRequest::Ledger(payload) => {
-                Ok(ClientResponse::Ledger(self.0.handle_client(&payload).await))
-            }
+            ClientRequest::Ledger(payload) => Ok(ClientResponse::Ledger(
+                self.0.handle_client(&payload, peer.role).await,
+            )),
             _ => Ok(ClientResponse::Nodes(Vec::new())),
         }
     }
@@ -89,6 +89,9 @@ pub struct TestCluster {
     /// Each replica's identity, kept so a stopped replica can be restarted as itself.
     identities: Vec<Identity>,
     pub replicas: Vec<Option<RunningReplica>>,
+    /// Where each replica listens once started: a restart binds the same address, which the
+    /// membership names.
+    addrs: Vec<Option<std::net::SocketAddr>>,
     pub settings: Box<dyn Fn(PathBuf, Genesis) -> ReplicaSettings + Send + Sync>,
 }
 
@@ -117,6 +120,7 @@ impl TestCluster {
             base: base.to_path_buf(),
             identities,
             replicas: (0..size).map(|_| None).collect(),
+            addrs: vec![None; size],
             settings: Box::new(|dir, genesis| {
                 let mut settings = ReplicaSettings::new(dir, genesis);
                 settings.audit_every_entry = true;
@@ -125,10 +129,12 @@ impl TestCluster {
         }
     }
 
-    /// Starts (or restarts, on its old data) replica `i`.
+    /// Starts (or restarts, on its old data and at its old address) replica `i`.
     pub async fn start(&mut self, i: usize) -> Arc<LedgerReplica> {
         let tuning = TransportTuning::default();
-        let socket = transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).expect("a socket");
+        let at = self.addrs[i].unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let socket = transport::bind_udp(at, &tuning).expect("a socket");
+        self.addrs[i] = Some(socket.local_addr().unwrap());
         let addr = socket.local_addr().unwrap().to_string();
         let endpoint = transport::endpoint(socket, &self.identities[i], &tuning).expect("an endpoint");
         let settings = (self.settings)(self.base.join(format!("replica-{}", i + 1)), self.genesis.clone());
@@ -199,9 +205,14 @@ impl TestCluster {
 
     /// A client connection to replica `i`, with a client certificate of the cluster CA.
     pub async fn client(&self, i: usize) -> LedgerClient {
+        self.client_as(i, Role::Client).await
+    }
+
+    /// A connection to replica `i` with a fresh certificate of `role` from the cluster CA.
+    pub async fn client_as(&self, i: usize, role: Role) -> LedgerClient {
         let issued = self
             .ca
-            .issue(Role::Client, "client", &[], Validity::default())
+            .issue(role, role.as_str(), &[], Validity::default())
             .unwrap();
         let identity = Identity::from_issued(&self.ca, &issued).unwrap();
         let tuning = TransportTuning::default();

@@ -29,6 +29,15 @@ pub struct AssetMetadata {
     pub usage_fee: Amount,
 }
 
+/// A storage replica's signature over an import (see `aic_protocol::messages::ImportAttestation`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// The replica's certificate public key.
+    pub node_key: Address,
+    #[serde(with = "signature_bytes")]
+    pub signature: [u8; 64],
+}
+
 /// Why escrow money goes to someone; fees count towards the issuance curve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -117,9 +126,16 @@ pub enum Call {
         to: Address,
         amount: Amount,
     },
-    MintAssetTo {
+    /// A Dataset asset for an import the storage replicas attest (each signature over
+    /// `ImportAttestation::message(content_hash, owner)`), minted to `owner`.
+    MintImportedDataset {
         owner: Address,
-        kind: AssetKind,
+        metadata: AssetMetadata,
+        attestations: Vec<Attestation>,
+    },
+    /// The TrainedModel asset of a settled job, minted to the job's payer.
+    MintTrainedModel {
+        job: JobId,
         metadata: AssetMetadata,
     },
     /// A job started on scheduler replica `runner`: its request as that scheduler encodes it.
@@ -164,7 +180,8 @@ impl Call {
                 | Call::RefundEscrow { .. }
                 | Call::Slash { .. }
                 | Call::Reward { .. }
-                | Call::MintAssetTo { .. }
+                | Call::MintImportedDataset { .. }
+                | Call::MintTrainedModel { .. }
                 | Call::RecordJob { .. }
                 | Call::CheckpointJob { .. }
                 | Call::TakeOverJob { .. }
@@ -192,7 +209,8 @@ impl Call {
             Call::RefundEscrow { .. } => "refund_escrow",
             Call::Slash { .. } => "slash",
             Call::Reward { .. } => "reward",
-            Call::MintAssetTo { .. } => "mint_asset_to",
+            Call::MintImportedDataset { .. } => "mint_imported_dataset",
+            Call::MintTrainedModel { .. } => "mint_trained_model",
             Call::RecordJob { .. } => "record_job",
             Call::CheckpointJob { .. } => "checkpoint_job",
             Call::TakeOverJob { .. } => "take_over_job",

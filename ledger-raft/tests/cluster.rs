@@ -33,6 +33,8 @@ async fn submit(
             .await
         {
             Ok(LedgerResponse::Submitted { result, .. }) => return Some(result.map(|_| ())),
+            // Refused before consensus (a replay's spent nonce): a refusal all the same.
+            Err(aic_ledger::api::LedgerApiError::Refused(refusal)) => return Some(Err(refusal)),
             Ok(other) => panic!("unexpected answer {other:?}"),
             Err(_) => wait_for(|| cluster.leader_index().is_some()).await,
         }

@@ -367,7 +367,7 @@ fn erc721_ownership_approvals_and_burns() {
         &w.send(
             &alice,
             Call::MintAsset {
-                kind: AssetKind::Dataset,
+                kind: AssetKind::Model,
                 metadata: metadata("digits"),
             },
         )
@@ -847,4 +847,178 @@ fn sums_that_would_overflow_are_refused_with_the_overflow_code() {
         .unwrap_err();
     assert_eq!(err, TxError::Overflow);
     assert_eq!(err.code(), 106);
+}
+
+/// A storage replica's attestation of `content` for `owner`, signed with its node key.
+fn attest(replica: &Keypair, content: &[u8; 32], owner: &Address) -> aic_ledger::tx::Attestation {
+    let message = aic_protocol::messages::ImportAttestation::message(content, &owner.0);
+    aic_ledger::tx::Attestation {
+        node_key: replica.address(),
+        signature: replica.sign(&message),
+    }
+}
+
+#[test]
+fn datasets_and_trained_models_cannot_be_minted_by_a_user() {
+    let mut w = world();
+    let alice = w.alice.clone();
+    for kind in [AssetKind::Dataset, AssetKind::TrainedModel] {
+        let err = w
+            .send(
+                &alice,
+                Call::MintAsset {
+                    kind,
+                    metadata: metadata("copied"),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err, TxError::NeedsProvenance(kind));
+        assert_eq!(err.code(), 118);
+    }
+    // A user may not send the system's mints either.
+    let err = w
+        .send(
+            &alice,
+            Call::MintImportedDataset {
+                owner: alice.address(),
+                metadata: metadata("copied"),
+                attestations: vec![attest(&Keypair::generate(), &[1; 32], &alice.address())],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err, TxError::NotSystem);
+}
+
+#[test]
+fn an_imported_dataset_needs_every_replica_signature_and_is_minted_once() {
+    let mut w = world();
+    let (system, alice, bob) = (w.system.clone(), w.alice.clone(), w.bob.clone());
+    let (r1, r2) = (Keypair::generate(), Keypair::generate());
+    let data = metadata("digits");
+    let hash = data.content_hash;
+    // A signature over another owner does not verify for alice.
+    let forged = w
+        .send(
+            &system,
+            Call::MintImportedDataset {
+                owner: alice.address(),
+                metadata: data.clone(),
+                attestations: vec![attest(&r1, &hash, &alice.address()), attest(&r2, &hash, &bob.address())],
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(forged, TxError::BadAttestation(_)), "{forged:?}");
+    let none = w
+        .send(
+            &system,
+            Call::MintImportedDataset {
+                owner: alice.address(),
+                metadata: data.clone(),
+                attestations: Vec::new(),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(none, TxError::BadAttestation(_)));
+    let twice = w
+        .send(
+            &system,
+            Call::MintImportedDataset {
+                owner: alice.address(),
+                metadata: data.clone(),
+                attestations: vec![attest(&r1, &hash, &alice.address()), attest(&r1, &hash, &alice.address())],
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(twice, TxError::BadAttestation(_)));
+
+    let asset = minted(
+        &w.send(
+            &system,
+            Call::MintImportedDataset {
+                owner: alice.address(),
+                metadata: data.clone(),
+                attestations: vec![attest(&r1, &hash, &alice.address()), attest(&r2, &hash, &alice.address())],
+            },
+        )
+        .unwrap(),
+    );
+    let held = &w.state.assets[&asset];
+    assert_eq!(held.owner, alice.address());
+    assert_eq!(
+        held.provenance,
+        aic_ledger::state::Provenance::Imported {
+            attesters: vec![
+                NodeId::from_public_key(&r1.address().0),
+                NodeId::from_public_key(&r2.address().0)
+            ]
+        }
+    );
+    // The same content again, even attested for bob, is refused: one genuine asset.
+    let again = w
+        .send(
+            &system,
+            Call::MintImportedDataset {
+                owner: bob.address(),
+                metadata: data.clone(),
+                attestations: vec![attest(&r1, &hash, &bob.address())],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        again,
+        TxError::AlreadyMinted {
+            kind: AssetKind::Dataset,
+            asset
+        }
+    );
+    // Burning it does not free its hash.
+    w.send(&alice, Call::BurnAsset { asset }).unwrap();
+    let after_burn = w
+        .send(
+            &system,
+            Call::MintImportedDataset {
+                owner: bob.address(),
+                metadata: data,
+                attestations: vec![attest(&r1, &hash, &bob.address())],
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(after_burn, TxError::AlreadyMinted { .. }));
+}
+
+#[test]
+fn a_trained_model_comes_only_from_a_settled_job_and_goes_to_its_payer() {
+    let mut w = world();
+    let (system, alice) = (w.system.clone(), w.alice.clone());
+    w.fund(alice.address(), aic(100));
+    let job = JobId::random();
+    let mint = |job| Call::MintTrainedModel {
+        job,
+        metadata: metadata("trained"),
+    };
+    // Before the job is settled there is nothing to mint.
+    w.send(&alice, Call::OpenEscrow { job, amount: aic(10) }).unwrap();
+    assert!(matches!(
+        w.send(&system, mint(job)).unwrap_err(),
+        TxError::NoTrainedModelPending(_)
+    ));
+    w.send(
+        &system,
+        Call::ReleaseEscrow {
+            job,
+            payouts: Vec::new(),
+            platform_fee: aic(1),
+        },
+    )
+    .unwrap();
+    let asset = minted(&w.send(&system, mint(job)).unwrap());
+    let held = &w.state.assets[&asset];
+    assert_eq!(held.owner, alice.address());
+    assert_eq!(held.kind, AssetKind::TrainedModel);
+    assert_eq!(held.provenance, aic_ledger::state::Provenance::Trained { job });
+    // Once only.
+    assert!(matches!(
+        w.send(&system, mint(job)).unwrap_err(),
+        TxError::NoTrainedModelPending(_)
+    ));
 }

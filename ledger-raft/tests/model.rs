@@ -250,10 +250,11 @@ impl Reference {
     }
 }
 
-fn metadata() -> AssetMetadata {
+/// A model description of its own (each mint's content differs: a content is minted once).
+fn metadata(mint: usize) -> AssetMetadata {
     AssetMetadata {
         name: "m".into(),
-        content_hash: [0; 32],
+        content_hash: *blake3::hash(&mint.to_le_bytes()).as_bytes(),
         manifest: String::new(),
         usage_fee: Amount::ZERO,
     }
@@ -280,7 +281,7 @@ proptest! {
         let mut ledger_assets: Vec<AssetId> = Vec::new();
         let mut last_signed: BTreeMap<usize, aic_ledger::SignedTransaction> = BTreeMap::new();
 
-        for op in &ops {
+        for (step, op) in ops.iter().enumerate() {
             let (signer, call) = match *op {
                 Op::Transfer { from, to, amount } => (from, Call::Transfer { to: addr(to), amount: Amount(amount) }),
                 Op::Approve { owner, spender, amount } => (owner, Call::Approve { spender: addr(spender), amount: Amount(amount) }),
@@ -288,7 +289,10 @@ proptest! {
                     (spender, Call::TransferFrom { owner: addr(owner), to: addr(to), amount: Amount(amount) })
                 }
                 Op::Burn { from, amount } => (from, Call::Burn { amount: Amount(amount) }),
-                Op::Mint { owner } => (owner, Call::MintAsset { kind: AssetKind::Model, metadata: metadata() }),
+                Op::Mint { owner } => (
+                    owner,
+                    Call::MintAsset { kind: AssetKind::Model, metadata: metadata(step) },
+                ),
                 Op::TransferAsset { caller, from, to, asset } => {
                     let asset = ledger_assets.get(asset).copied().unwrap_or(AssetId::from_bytes([9; 16]));
                     (caller, Call::TransferAsset { from: addr(from), to: addr(to), asset })

@@ -37,6 +37,11 @@ pub enum ErrorCode {
     NotFound = 10,
     /// The thing to create exists already.
     AlreadyExists = 11,
+    /// The caller used up a budget it has on the receiver (upload slots, in-flight request
+    /// bytes); retry once some of it is free.
+    ResourceExhausted = 12,
+    /// The caller did not finish sending its request in time.
+    DeadlineExceeded = 13,
 }
 
 impl ErrorCode {
@@ -54,6 +59,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
         }
     }
 }

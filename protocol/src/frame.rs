@@ -16,10 +16,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
-/// The protocol version this build writes.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build writes. Version 2: imports are attested and minted by the
+/// storage nodes (`CommitImport` names the owner), uploads can be aborted, and nodes ask the
+/// scheduler to mint attested imports.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still reads.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 7;
 /// The default hard limit on a frame's payload. Control messages are far smaller; bulk data
@@ -170,6 +172,14 @@ pub fn decode_frame(buf: &[u8], max_len: u32) -> Result<Option<(Frame, usize)>> 
 
 /// Reads one frame. `Ok(None)` when the stream ended cleanly before a header began.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_len: u32) -> Result<Option<Frame>> {
+    let Some(header) = read_header(reader, max_len).await? else {
+        return Ok(None);
+    };
+    read_payload(reader, header).await.map(Some)
+}
+
+/// Reads and checks a frame header. `Ok(None)` when the stream ended cleanly before it began.
+pub async fn read_header<R: AsyncRead + Unpin>(reader: &mut R, max_len: u32) -> Result<Option<FrameHeader>> {
     let mut header_bytes = [0u8; HEADER_LEN];
     let got = read_full(reader, &mut header_bytes).await?;
     if got == 0 {
@@ -181,7 +191,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_len: u32) -> R
             expected: HEADER_LEN,
         });
     }
-    let header = FrameHeader::parse(&header_bytes, max_len)?;
+    FrameHeader::parse(&header_bytes, max_len).map(Some)
+}
+
+/// Reads the payload a checked header announced.
+pub async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, header: FrameHeader) -> Result<Frame> {
     // Only now, with the length known to be within the limit, is the payload allocated.
     let mut payload = vec![0u8; header.len as usize];
     let got = read_full(reader, &mut payload).await?;
@@ -191,10 +205,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_len: u32) -> R
             expected: HEADER_LEN + payload.len(),
         });
     }
-    Ok(Some(Frame {
+    Ok(Frame {
         kind: header.kind,
         payload,
-    }))
+    })
 }
 
 /// Writes one frame (header and payload) and flushes it.

@@ -169,10 +169,20 @@ pub enum Role {
     Storage,
     Compute,
     Client,
+    /// A cluster operator: everything a client may do, plus the ledger's membership changes
+    /// (adding, promoting and removing scheduler replicas). Issued with `aic ca issue --role
+    /// operator` to the people who run the cluster, never to a node.
+    Operator,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Scheduler, Role::Storage, Role::Compute, Role::Client];
+    pub const ALL: [Role; 5] = [
+        Role::Scheduler,
+        Role::Storage,
+        Role::Compute,
+        Role::Client,
+        Role::Operator,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -180,6 +190,7 @@ impl Role {
             Role::Storage => "storage",
             Role::Compute => "compute",
             Role::Client => "client",
+            Role::Operator => "operator",
         }
     }
 }
@@ -198,7 +209,7 @@ impl FromStr for Role {
             .into_iter()
             .find(|role| role.as_str() == s)
             .ok_or_else(|| Error::InvalidId {
-                kind: "role (scheduler|storage|compute|client)",
+                kind: "role (scheduler|storage|compute|client|operator)",
                 value: s.to_string(),
             })
     }

@@ -12,6 +12,7 @@
 //! Nothing here knows about the scheduler's decisions: storage and compute nodes depend on this
 //! crate, never on the control plane.
 
+pub mod authz;
 pub mod certs;
 pub mod config;
 pub mod error;

@@ -9,8 +9,8 @@
 //!
 //! Versioning: the frame header carries the protocol version. Within a version, variants and
 //! fields are append-only (postcard encodes variants by index); anything else bumps
-//! [`crate::frame::PROTOCOL_VERSION`]. Which roles may send each request is declared here,
-//! beside the message, and enforced by [`crate::rpc`] before any handler runs.
+//! [`crate::frame::PROTOCOL_VERSION`]. Which roles may send each request is one table,
+//! [`crate::authz::TABLE`], enforced by [`crate::rpc`] before any handler runs.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -23,18 +23,10 @@ pub trait Request: Serialize + DeserializeOwned + Send + 'static {
     type Response: Serialize + DeserializeOwned + Send + 'static;
     const KIND: FrameKind;
 
-    /// The RPC's name, a closed set used as a metric label.
+    /// The RPC's name, a closed set used as a metric label and as the key of its row in the
+    /// authorization table ([`crate::authz::TABLE`]).
     fn rpc_name(&self) -> &'static str;
-    /// The certificate roles allowed to send this request.
-    fn allowed_roles(&self) -> &'static [Role];
 }
-
-const NODES: &[Role] = &[Role::Storage, Role::Compute];
-const ANY_NODE: &[Role] = &[Role::Scheduler, Role::Storage, Role::Compute];
-const OPERATORS: &[Role] = &[Role::Client, Role::Scheduler];
-const REPLICAS: &[Role] = &[Role::Scheduler];
-const STORAGE: &[Role] = &[Role::Storage];
-const ALL_ROLES: &[Role] = &[Role::Client, Role::Scheduler, Role::Storage, Role::Compute];
 
 // ---------------------------------------------------------------------------------------------
 // node → scheduler
@@ -109,10 +101,47 @@ pub struct ProbeTarget {
     pub quic_addr: String,
 }
 
+/// One storage replica's signature that it holds every shard of an import whole: an Ed25519
+/// signature by its certificate key over [`ImportAttestation::message`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportAttestation {
+    /// The replica's certificate public key (its node id is the key's BLAKE3 hash).
+    pub node_key: [u8; 32],
+    pub signature: Vec<u8>,
+}
+
+impl ImportAttestation {
+    /// The bytes a replica signs: the dataset's content hash (its manifest's BLAKE3) and the
+    /// account the import was made for.
+    pub fn message(content_hash: &[u8; 32], owner: &[u8; 32]) -> Vec<u8> {
+        let mut message = b"aic-import-attestation-v1".to_vec();
+        message.extend_from_slice(content_hash);
+        message.extend_from_slice(owner);
+        message
+    }
+}
+
+/// A completed import, attested by every replica that holds it, for the scheduler to mint its
+/// Dataset asset to `owner` (the only way a Dataset asset comes to exist).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetMint {
+    pub owner: [u8; 32],
+    pub name: String,
+    /// BLAKE3 of the full manifest JSON.
+    pub content_hash: [u8; 32],
+    /// The manifest as the ledger publishes it (shard lists left out when too large).
+    pub published_manifest: String,
+    /// The usage fee in AIC, decimal text.
+    pub fee: String,
+    pub attestations: Vec<ImportAttestation>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
     Register(Registration),
     Heartbeat(Heartbeat),
+    /// Storage node to scheduler: mint the Dataset asset of an import its replicas attest.
+    AttestImport(Box<DatasetMint>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +154,9 @@ pub enum NodeResponse {
     HeartbeatAccepted {
         probe_targets: Vec<ProbeTarget>,
     },
+    DatasetMinted {
+        asset: crate::AssetId,
+    },
 }
 
 impl Request for NodeRequest {
@@ -135,11 +167,8 @@ impl Request for NodeRequest {
         match self {
             NodeRequest::Register(_) => "register",
             NodeRequest::Heartbeat(_) => "heartbeat",
+            NodeRequest::AttestImport(_) => "attest_import",
         }
-    }
-
-    fn allowed_roles(&self) -> &'static [Role] {
-        NODES
     }
 }
 
@@ -308,10 +337,13 @@ pub enum ClientRequest {
         bytes: Vec<u8>,
     },
     /// Seals the upload: every shard the manifest names must have arrived. The node stores
-    /// the dataset on itself and on the replicas the manifest lists, or on none of them.
+    /// the dataset on itself and on the replicas the manifest lists, or on none of them; for a
+    /// dataset, the replicas then attest it and the scheduler mints its Dataset asset to
+    /// `owner` (an Ed25519 public key), or the import is undone.
     CommitImport {
         upload: u64,
         manifest: String,
+        owner: [u8; 32],
     },
     /// Removes a dataset this client imported (an import whose asset could not be minted).
     DropDataset {
@@ -335,6 +367,10 @@ pub enum ClientRequest {
     },
     /// Each node's spot-check record and the penalties the rater has given.
     Ratings,
+    /// Gives up an upload: its shards are deleted and its slot is free again.
+    AbortImport {
+        upload: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -353,6 +389,9 @@ pub enum ClientResponse {
     Imported {
         dataset: String,
         replicas: Vec<NodeId>,
+        /// The Dataset asset minted for it (none for a trained model's weights, whose asset
+        /// the job mints).
+        asset: Option<crate::AssetId>,
     },
     Dropped,
     /// A piece of an exported shard's Parquet bytes.
@@ -374,6 +413,7 @@ pub enum ClientResponse {
     Ratings {
         report: String,
     },
+    Aborted,
 }
 
 impl Request for ClientRequest {
@@ -397,14 +437,7 @@ impl Request for ClientRequest {
             ClientRequest::JobStatus { .. } => "job_status",
             ClientRequest::CancelJob { .. } => "cancel_job",
             ClientRequest::Ratings => "ratings",
-        }
-    }
-
-    fn allowed_roles(&self) -> &'static [Role] {
-        match self {
-            // Nodes read the ledger too: a storage node checks an asset's owner before export.
-            ClientRequest::Ledger(_) => ALL_ROLES,
-            _ => OPERATORS,
+            ClientRequest::AbortImport { .. } => "abort_import",
         }
     }
 }
@@ -550,12 +583,14 @@ pub enum PeerRequest {
         shard: crate::ShardId,
         ticket: crate::ticket::SignedTicket,
     },
-    /// Storage to storage: hold a replica of `dataset`, pulling its sealed shards from `source`.
+    /// Storage to storage: hold a replica of `dataset`, pulling its sealed shards from `source`,
+    /// and attest it for `owner`.
     Replicate {
         manifest: String,
         key: Vec<u8>,
         importer: NodeId,
         source: String,
+        owner: [u8; 32],
     },
     /// Storage to storage: a sealed shard, streamed as [`PeerResponse::SealedChunk`]s.
     FetchSealed { dataset: String, shard: crate::ShardId },
@@ -586,8 +621,10 @@ pub enum PeerResponse {
         rows: u64,
         batches: u32,
     },
+    /// The replica holds every shard, and attests it for the import's owner.
     Replicated {
         shards: u32,
+        attestation: ImportAttestation,
     },
     SealedChunk {
         bytes: Vec<u8>,
@@ -621,18 +658,6 @@ impl Request for PeerRequest {
         }
     }
 
-    fn allowed_roles(&self) -> &'static [Role] {
-        match self {
-            PeerRequest::Ping { .. } => ANY_NODE,
-            PeerRequest::GetShard { .. } => &[Role::Compute],
-            PeerRequest::Replicate { .. }
-            | PeerRequest::FetchSealed { .. }
-            | PeerRequest::DropReplica { .. } => STORAGE,
-            PeerRequest::RunTask(_) | PeerRequest::SignTicket { .. } | PeerRequest::SignBlock { .. } => {
-                REPLICAS
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,9 +688,5 @@ impl Request for ReplicaRequest {
             ReplicaRequest::InstallSnapshot(_) => "raft_install_snapshot",
             ReplicaRequest::Forward(_) => "forward",
         }
-    }
-
-    fn allowed_roles(&self) -> &'static [Role] {
-        REPLICAS
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! The server side enforces, in this order and before any handler runs: a completed mutual-TLS
 //! handshake, an AIC identity in the peer certificate, a well-formed frame within the size limit,
-//! and a certificate role allowed to send that request. Every refusal is counted by reason. A bad
-//! frame ends only its own stream with an error answer; the connection keeps serving the others.
+//! read whole within a deadline and within the connection's budget of request bytes in flight,
+//! and a certificate role the authorization table ([`crate::authz`]) allows to send that request.
+//! Every refusal is counted by reason. A bad frame ends only its own stream with an error answer;
+//! the connection keeps serving the others.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
 use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::certs::PeerIdentity;
 use crate::error::{Error, ErrorCode, Result, RpcError};
-use crate::frame::{read_frame, write_frame, Frame, FrameKind, DEFAULT_MAX_FRAME_LEN};
+use crate::frame::{read_frame, read_header, read_payload, write_frame, Frame, FrameKind, DEFAULT_MAX_FRAME_LEN};
 use crate::messages::{
     ClientRequest, ClientResponse, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ReplicaRequest,
     ReplicaResponse, Request,
@@ -28,6 +31,26 @@ use crate::transport;
 
 /// How long a client waits for an answer by default.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a server grants one connection before a handler runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// A request frame must arrive whole within this time of its stream opening; a stalled
+    /// sender is cut off and its bytes freed.
+    pub request_deadline: Duration,
+    /// Request bytes one connection may have announced and not yet had answered. A header
+    /// whose length would exceed it waits (up to the deadline) for room, then is refused.
+    pub request_bytes_per_connection: u32,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            request_deadline: Duration::from_secs(30),
+            request_bytes_per_connection: 4 * DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
 
 fn unsupported<T>(conversation: &str) -> std::result::Result<T, RpcError> {
     Err(RpcError::new(
@@ -109,6 +132,17 @@ pub async fn serve<H: RpcHandler>(
     metrics: TransportMetrics,
     shutdown: CancellationToken,
 ) {
+    serve_with_limits(endpoint, handler, metrics, ServeLimits::default(), shutdown).await
+}
+
+/// [`serve`] with explicit per-connection limits.
+pub async fn serve_with_limits<H: RpcHandler>(
+    endpoint: quinn::Endpoint,
+    handler: Arc<H>,
+    metrics: TransportMetrics,
+    limits: ServeLimits,
+    shutdown: CancellationToken,
+) {
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -118,6 +152,7 @@ pub async fn serve<H: RpcHandler>(
         let connection = ConnectionContext {
             handler: handler.clone(),
             metrics: metrics.clone(),
+            limits,
             shutdown: shutdown.clone(),
         };
         tokio::spawn(connection.run(incoming));
@@ -130,6 +165,7 @@ pub async fn serve<H: RpcHandler>(
 struct ConnectionContext<H> {
     handler: Arc<H>,
     metrics: TransportMetrics,
+    limits: ServeLimits,
     shutdown: CancellationToken,
 }
 
@@ -166,6 +202,7 @@ impl<H: RpcHandler> ConnectionContext<H> {
         self.metrics.connections_accepted.inc();
         self.metrics.connections_open.inc();
         debug!(%remote, role = %peer.role, node = %peer.node_id.short(), "connection up");
+        let budget = Arc::new(Semaphore::new(self.limits.request_bytes_per_connection as usize));
         loop {
             let stream = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -176,7 +213,13 @@ impl<H: RpcHandler> ConnectionContext<H> {
                     let handler = self.handler.clone();
                     let metrics = self.metrics.clone();
                     let peer = peer.clone();
-                    tokio::spawn(async move { serve_stream(&*handler, &peer, &metrics, send, recv).await });
+                    let request = RequestBudget {
+                        bytes: budget.clone(),
+                        limits: self.limits,
+                    };
+                    tokio::spawn(async move {
+                        serve_stream(&*handler, &peer, &metrics, request, send, recv).await
+                    });
                 }
                 Err(error) => {
                     debug!(%remote, %error, "connection closed");
@@ -188,25 +231,101 @@ impl<H: RpcHandler> ConnectionContext<H> {
     }
 }
 
+/// A connection's budget of request bytes in flight, and its limits.
+struct RequestBudget {
+    bytes: Arc<Semaphore>,
+    limits: ServeLimits,
+}
+
+/// Why a request frame was not read.
+enum ReadRefusal {
+    Frame(Error),
+    Deadline,
+    OverBudget(u32),
+}
+
+impl ReadRefusal {
+    fn reason(&self) -> &'static str {
+        match self {
+            ReadRefusal::Frame(error) => frame_rejection_reason(error),
+            ReadRefusal::Deadline => "deadline",
+            ReadRefusal::OverBudget(_) => "over_budget",
+        }
+    }
+
+    fn to_rpc_error(&self, limits: &ServeLimits) -> RpcError {
+        match self {
+            ReadRefusal::Frame(error) => RpcError::new(error.code(), error.to_string()),
+            ReadRefusal::Deadline => RpcError::new(
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "the request did not arrive whole within {} ms",
+                    limits.request_deadline.as_millis()
+                ),
+            ),
+            ReadRefusal::OverBudget(len) => RpcError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "a {len}-byte request does not fit this connection's {} bytes of requests in flight",
+                    limits.request_bytes_per_connection
+                ),
+            ),
+        }
+    }
+}
+
+/// Reads one request frame within the deadline, holding its length in the connection's budget
+/// from the header on (the permit is released when the request has been answered).
+async fn read_request(
+    recv: &mut RecvStream,
+    budget: &RequestBudget,
+) -> std::result::Result<Option<(Frame, OwnedSemaphorePermit)>, ReadRefusal> {
+    let read = async {
+        let Some(header) = read_header(recv, DEFAULT_MAX_FRAME_LEN)
+            .await
+            .map_err(ReadRefusal::Frame)?
+        else {
+            return Ok(None);
+        };
+        if header.len > budget.limits.request_bytes_per_connection {
+            return Err(ReadRefusal::OverBudget(header.len));
+        }
+        let permit = budget
+            .bytes
+            .clone()
+            .acquire_many_owned(header.len)
+            .await
+            .map_err(|_| ReadRefusal::OverBudget(header.len))?;
+        let frame = read_payload(recv, header).await.map_err(ReadRefusal::Frame)?;
+        Ok(Some((frame, permit)))
+    };
+    match tokio::time::timeout(budget.limits.request_deadline, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ReadRefusal::Deadline),
+    }
+}
+
 /// Serves one request stream: read, check, dispatch, answer.
 async fn serve_stream<H: RpcHandler>(
     handler: &H,
     peer: &PeerIdentity,
     metrics: &TransportMetrics,
+    budget: RequestBudget,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let frame = match read_frame(&mut recv, DEFAULT_MAX_FRAME_LEN).await {
-        Ok(Some(frame)) => frame,
+    let (frame, _in_flight) = match read_request(&mut recv, &budget).await {
+        Ok(Some(read)) => read,
         Ok(None) => return,
-        Err(error) => {
+        Err(refusal) => {
             metrics
                 .frames_rejected
-                .with_label_values(&[frame_rejection_reason(&error)])
+                .with_label_values(&[refusal.reason()])
                 .inc();
-            // Stop the peer's sending: the rest of an oversized frame is never read.
-            let _ = recv.stop(VarInt::from_u32(error.code() as u32));
-            answer(&mut send, Err(RpcError::new(error.code(), error.to_string()))).await;
+            let error = refusal.to_rpc_error(&budget.limits);
+            // Stop the peer's sending: the rest of a refused frame is never read.
+            let _ = recv.stop(VarInt::from_u32(error.code as u32));
+            answer(&mut send, Err(error)).await;
             return;
         }
     };
@@ -271,7 +390,7 @@ where
         }
     };
     let rpc = request.rpc_name();
-    if !request.allowed_roles().contains(&peer.role) {
+    if !crate::authz::allows(R::KIND, rpc, peer.role) {
         return (
             rpc,
             Err(RpcError::new(
@@ -333,6 +452,8 @@ pub const FRAME_REJECTION_REASONS: &[&str] = &[
     "truncated",
     "malformed",
     "not_a_request",
+    "deadline",
+    "over_budget",
     "io",
 ];
 

@@ -60,6 +60,9 @@ impl RpcHandler for SchedulerApi {
                 .send(ReceiveHeartbeat { peer, heartbeat })
                 .await
                 .map_err(unavailable)?,
+            NodeRequest::AttestImport(mint) => {
+                crate::provenance::mint_attested_dataset(&self.jobs, &peer, *mint).await
+            }
         }
     }
 
@@ -68,9 +71,9 @@ impl RpcHandler for SchedulerApi {
             ClientRequest::ListNodes => Ok(ClientResponse::Nodes(
                 self.registry.send(ListNodes).await.map_err(unavailable)?,
             )),
-            ClientRequest::Ledger(payload) => {
-                Ok(ClientResponse::Ledger(self.ledger.handle_client(&payload).await))
-            }
+            ClientRequest::Ledger(payload) => Ok(ClientResponse::Ledger(
+                self.ledger.handle_client(&payload, peer.role).await,
+            )),
             ClientRequest::QuoteJob(request) => {
                 let (amount, detail) = crate::job::quote(&self.jobs, &request).await?;
                 Ok(ClientResponse::JobQuote {
@@ -122,6 +125,7 @@ impl RpcHandler for SchedulerApi {
             | ClientRequest::UploadShard { .. }
             | ClientRequest::CommitImport { .. }
             | ClientRequest::DropDataset { .. }
+            | ClientRequest::AbortImport { .. }
             | ClientRequest::Export { .. } => Err(RpcError::new(
                 ErrorCode::Unsupported,
                 "datasets are served by storage nodes, not the scheduler",

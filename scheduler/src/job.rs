@@ -329,6 +329,8 @@ impl SystemSigner {
             Ok(LedgerResponse::Submitted {
                 result: Err(refusal), ..
             }) => Err(Refusal::Ledger(refusal)),
+            // Refused before consensus (a nonce another replica took, say): the same refusal.
+            Err(aic_ledger::api::LedgerApiError::Refused(refusal)) => Err(Refusal::Ledger(refusal)),
             other => Err(Refusal::Other(format!("unexpected ledger answer {other:?}"))),
         }
     }
@@ -1677,9 +1679,8 @@ impl Run {
             let events = system
                 .submit(
                     &self.ctx.ledger,
-                    Call::MintAssetTo {
-                        owner: self.plan.payer,
-                        kind: AssetKind::TrainedModel,
+                    Call::MintTrainedModel {
+                        job,
                         metadata: AssetMetadata {
                             name: format!("trained on {}", self.plan.manifest.name),
                             content_hash,

@@ -22,6 +22,7 @@ pub mod membership;
 pub mod metrics;
 pub mod payroll;
 pub mod placement;
+pub mod provenance;
 pub mod rater;
 pub mod rating;
 pub mod registry;

@@ -39,9 +39,21 @@ impl RpcHandler for StorageApi {
                     .upload_shard(peer, upload, shard, offset, total, bytes)
                     .await?,
             },
-            ClientRequest::CommitImport { upload, manifest } => {
-                let (dataset, replicas) = node.commit_import(peer, upload, &manifest).await?;
-                ClientResponse::Imported { dataset, replicas }
+            ClientRequest::CommitImport {
+                upload,
+                manifest,
+                owner,
+            } => {
+                let (dataset, replicas, asset) = node.commit_import(peer, upload, &manifest, owner).await?;
+                ClientResponse::Imported {
+                    dataset,
+                    replicas,
+                    asset,
+                }
+            }
+            ClientRequest::AbortImport { upload } => {
+                node.abort_import(peer, upload).await?;
+                ClientResponse::Aborted
             }
             ClientRequest::DropDataset { dataset } => {
                 node.drop_dataset(peer, &dataset).await?;
@@ -88,11 +100,13 @@ impl RpcHandler for StorageApi {
                 key,
                 importer,
                 source,
-            } => Ok(Reply::One(PeerResponse::Replicated {
-                shards: node
-                    .accept_replica(peer, &manifest, &key, importer, &source)
-                    .await?,
-            })),
+                owner,
+            } => {
+                let (shards, attestation) = node
+                    .accept_replica(peer, &manifest, &key, importer, &source, owner)
+                    .await?;
+                Ok(Reply::One(PeerResponse::Replicated { shards, attestation }))
+            }
             PeerRequest::DropReplica { dataset } => {
                 node.drop_replica(peer, &dataset).await?;
                 Ok(Reply::One(PeerResponse::Dropped))

@@ -34,6 +34,10 @@ pub struct StorageSettings {
     pub trusted_schedulers: Vec<String>,
     /// The ledger account paid for bytes served (hex address); empty for none.
     pub payout_address: String,
+    /// Uploads one client certificate may hold open at once.
+    pub uploads_per_client: usize,
+    /// An upload untouched this long is abandoned and its shards deleted.
+    pub upload_idle_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -51,6 +55,8 @@ impl Default for StorageConfig {
                 scrub_interval_secs: 3600,
                 trusted_schedulers: Vec::new(),
                 payout_address: String::new(),
+                uploads_per_client: 2,
+                upload_idle_secs: 120,
             },
         }
     }
@@ -68,6 +74,12 @@ impl Validate for StorageConfig {
         self.scheduler.validate("scheduler")?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(Invalid::new("storage.data_dir", "must name a directory"));
+        }
+        if self.storage.uploads_per_client == 0 {
+            return Err(Invalid::new("storage.uploads_per_client", "must be at least 1"));
+        }
+        if self.storage.upload_idle_secs == 0 {
+            return Err(Invalid::new("storage.upload_idle_secs", "must be at least 1"));
         }
         if let Some(bad) = self
             .storage

@@ -1,7 +1,10 @@
 //! Export for a Dataset asset's owner: the caller proves it holds the owner's key, the ledger
-//! says who the owner is, and the shard leaves as plain Parquet in bounded chunks.
+//! says who the owner is and where the asset came from (an attested import for a dataset, a
+//! settled job for a trained model's weights), and the shard leaves as plain Parquet in
+//! bounded chunks. An asset that merely carries the content hash is not enough.
 
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
+use aic_ledger::state::Provenance;
 use aic_ledger::tx::AssetKind;
 use aic_ledger::Address;
 use aic_protocol::certs::PeerIdentity;
@@ -10,6 +13,7 @@ use aic_protocol::rpc::Reply;
 use aic_protocol::{ErrorCode, RpcError, ShardId};
 
 use crate::catalog::dataset_id_of_hash;
+use crate::manifest::ObjectKind;
 use crate::node::StorageNode;
 use crate::serving::{now_ms, RequestTimer};
 
@@ -87,13 +91,21 @@ impl StorageNode {
                 format!("no asset {}", proof.asset),
             ));
         };
-        let stored = matches!(asset.kind, AssetKind::Dataset | AssetKind::TrainedModel);
-        if !stored || dataset_id_of_hash(&asset.metadata.content_hash) != dataset {
+        let genuine = match (&asset.kind, &asset.provenance) {
+            (AssetKind::Dataset, Provenance::Imported { .. }) => Some(ObjectKind::Dataset),
+            (AssetKind::TrainedModel, Provenance::Trained { .. }) => Some(ObjectKind::TrainedModel),
+            _ => None,
+        };
+        let held = self.catalog.read().await.get(dataset).map(|(m, _)| m.kind);
+        if genuine.is_none()
+            || genuine != held
+            || dataset_id_of_hash(&asset.metadata.content_hash) != dataset
+        {
             return Err(self.refuse(
                 "not_owner",
                 ErrorCode::PermissionDenied,
                 format!(
-                    "asset {} is not the Dataset asset of dataset {dataset}",
+                    "asset {} is not the genuine asset of {dataset} (its kind, provenance or content differ)",
                     proof.asset
                 ),
             ));

@@ -7,8 +7,12 @@
 //!          number, cut shards of `shard_rows`, write Parquet (zstd), name by BLAKE3, seal, store
 //! ```
 //!
-//! Memory stays bounded by the batch size and one shard per split, whatever the file's size.
-//! Everything that can be wrong with the input is found in pass 1, before anything is stored.
+//! Memory stays bounded by the batch size and one shard per split, whatever the file's size:
+//! a CSV line is at most [`MAX_LINE_BYTES`], a file at most [`MAX_COLUMNS`] columns (counted
+//! from the header before anything is parsed), a text cell at most [`MAX_CELL_BYTES`], and the
+//! column encodings must fit the manifest the ledger publishes ([`MAX_ENCODING_BYTES`]).
+//! Everything that can be wrong with the input is found in pass 1, before anything is stored —
+//! statistics that would overflow included.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -37,6 +41,15 @@ use crate::shard_store::ShardStore;
 pub const MAX_CATEGORIES: usize = 1024;
 /// Rows inspected to infer the schema.
 const INFER_ROWS: usize = 10_000;
+/// Most columns a file may have (a 128×128 image and its label fit).
+pub const MAX_COLUMNS: usize = 16_384;
+/// Longest CSV line, header included.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Longest text value (a category or a label).
+pub const MAX_CELL_BYTES: usize = 16 * 1024;
+/// Most bytes the column encodings and class names may take in the manifest: the ledger
+/// publishes at most 64 KiB of it with the Dataset asset.
+pub const MAX_ENCODING_BYTES: usize = 48 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
@@ -235,6 +248,17 @@ pub async fn preprocess(
                             options.label
                         ))
                     })?;
+                    if value.len() > MAX_CELL_BYTES {
+                        return Err(ImportError::Unencodable {
+                            file: file_name.clone(),
+                            column: options.label.clone(),
+                            reason: format!(
+                                "row {}: a label of {} bytes (at most {MAX_CELL_BYTES})",
+                                first_line + r as u64 + 1,
+                                value.len()
+                            ),
+                        });
+                    }
                     classes.insert(value);
                 }
                 continue;
@@ -254,6 +278,7 @@ pub async fn preprocess(
             name: columns[i].clone(),
             encoding: match s {
                 ColumnStats::Numeric { count, mean, m2 } => {
+                    // Finite: pass 1 refused any column whose statistics overflowed.
                     let std = if *count > 1 {
                         (m2 / *count as f64).sqrt()
                     } else {
@@ -273,6 +298,7 @@ pub async fn preprocess(
     if features.is_empty() {
         return Err(input("the file has no feature column besides the label".into()));
     }
+    check_encoding_size(&features, &classes, &file_name)?;
 
     // Pass 2: encode, split, shard, hand to the sink.
     let mut writer = ShardWriter::new(&features, &options.label, options.shard_rows, sink);
@@ -340,10 +366,16 @@ impl BatchSource {
     fn open(file: &Path, format: InputFormat, batch_rows: usize) -> Result<Self, String> {
         let file_schema: SchemaRef = match format {
             InputFormat::Csv => {
-                let mut source = File::open(file).map_err(|e| e.to_string())?;
+                let columns = header_columns(file)?;
+                if columns > MAX_COLUMNS {
+                    return Err(format!(
+                        "the header names {columns} columns; at most {MAX_COLUMNS} are imported"
+                    ));
+                }
+                let source = File::open(file).map_err(|e| e.to_string())?;
                 let (schema, _) = Format::default()
                     .with_header(true)
-                    .infer_schema(BufReader::new(&mut source), Some(INFER_ROWS))
+                    .infer_schema(BufReader::new(LineLimit::new(source)), Some(INFER_ROWS))
                     .map_err(|e| e.to_string())?;
                 Arc::new(schema)
             }
@@ -355,6 +387,12 @@ impl BatchSource {
                     .clone()
             }
         };
+        if file_schema.fields().len() > MAX_COLUMNS {
+            return Err(format!(
+                "the file has {} columns; at most {MAX_COLUMNS} are imported",
+                file_schema.fields().len()
+            ));
+        }
         let fields: Vec<Field> = file_schema
             .fields()
             .iter()
@@ -377,7 +415,7 @@ impl BatchSource {
         let inner: Box<dyn Iterator<Item = Result<RecordBatch, String>> + Send> = match self.format {
             InputFormat::Csv => {
                 let counting = CountingReader {
-                    inner: source,
+                    inner: LineLimit::new(source),
                     read: read.clone(),
                 };
                 let reader = arrow_csv::ReaderBuilder::new(self.file_schema.clone())
@@ -476,6 +514,100 @@ fn widened(data_type: &DataType) -> DataType {
             DataType::Utf8
         }
         other => other.clone(),
+    }
+}
+
+/// Counts the columns the CSV header names, reading at most [`MAX_LINE_BYTES`] of it, before
+/// any parser sees the file (a header of millions of columns costs nothing but this count).
+fn header_columns(file: &Path) -> Result<usize, String> {
+    use std::io::Read;
+    let source = File::open(file).map_err(|e| e.to_string())?;
+    let mut columns = 1usize;
+    let mut quoted = false;
+    let mut read = 0usize;
+    for byte in BufReader::new(source).bytes() {
+        let byte = byte.map_err(|e| e.to_string())?;
+        read += 1;
+        if read > MAX_LINE_BYTES {
+            return Err(format!("the header line is longer than {MAX_LINE_BYTES} bytes"));
+        }
+        match byte {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => columns += 1,
+            b'\n' if !quoted => break,
+            _ => {}
+        }
+    }
+    Ok(columns)
+}
+
+/// Checks that the column encodings and class names fit the manifest the ledger publishes,
+/// naming the column that takes the most room when they do not.
+fn check_encoding_size(features: &[Feature], classes: &[String], file: &str) -> Result<(), ImportError> {
+    let size = |value: &dyn erased_serde_size::Json| value.json_len();
+    let total = size(&features) + size(&classes);
+    if total <= MAX_ENCODING_BYTES {
+        return Ok(());
+    }
+    let (column, bytes) = features
+        .iter()
+        .map(|f| (f.name.clone(), size(f)))
+        .chain(std::iter::once(("(the label's classes)".to_string(), size(&classes))))
+        .max_by_key(|(_, bytes)| *bytes)
+        .expect("at least the classes");
+    Err(ImportError::Unencodable {
+        file: file.to_string(),
+        column,
+        reason: format!(
+            "the column encodings take {total} bytes of manifest (at most {MAX_ENCODING_BYTES}); \
+             this column takes {bytes}: too many or too long categories"
+        ),
+    })
+}
+
+/// The JSON size of the values a manifest holds.
+mod erased_serde_size {
+    pub trait Json {
+        fn json_len(&self) -> usize;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn json_len(&self) -> usize {
+            serde_json::to_vec(self).map_or(usize::MAX / 4, |bytes| bytes.len())
+        }
+    }
+}
+
+/// Refuses a CSV line longer than [`MAX_LINE_BYTES`] as it streams through, so no parser ever
+/// buffers more than that for one record.
+struct LineLimit<R> {
+    inner: R,
+    line: usize,
+}
+
+impl<R> LineLimit<R> {
+    fn new(inner: R) -> Self {
+        LineLimit { inner, line: 0 }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &byte in &buf[..n] {
+            if byte == b'\n' {
+                self.line = 0;
+            } else {
+                self.line += 1;
+                if self.line > MAX_LINE_BYTES {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("a line is longer than {MAX_LINE_BYTES} bytes"),
+                    ));
+                }
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -588,12 +720,24 @@ fn accumulate(
                 let delta = value - *mean;
                 *mean += delta / *count as f64;
                 *m2 += delta * (value - *mean);
+                if !mean.is_finite() || !m2.is_finite() {
+                    return Err(unencodable(format!(
+                        "row {row}: the value {value} makes the column's mean or variance overflow; \
+                         rescale the column"
+                    )));
+                }
             }
         }
         ColumnStats::Text(set) => {
             for (row, value) in column.as_string::<i32>().iter().enumerate() {
                 let row = first_row + row as u64 + 1;
                 let value = value.ok_or_else(|| unencodable(format!("row {row}: empty value")))?;
+                if value.len() > MAX_CELL_BYTES {
+                    return Err(unencodable(format!(
+                        "row {row}: a text value of {} bytes (at most {MAX_CELL_BYTES})",
+                        value.len()
+                    )));
+                }
                 if set.len() == MAX_CATEGORIES && !set.contains(value) {
                     return Err(unencodable(format!(
                         "more than {MAX_CATEGORIES} distinct text values: not a category, and not a number"

@@ -6,6 +6,7 @@
 //! exports them to the Dataset asset's owner, and scrubs and repairs them from other replicas.
 
 mod api;
+pub mod attest;
 pub mod bundled;
 pub mod catalog;
 pub mod config;
@@ -35,7 +36,7 @@ use aic_protocol::{NodeId, Role};
 use tokio_util::sync::CancellationToken;
 
 pub use config::StorageConfig;
-pub use serving::{encode_ipc, MAX_BATCH_BYTES};
+pub use serving::{encode_ipc, preview_sample, preview_sample_size, MAX_BATCH_BYTES};
 pub use uploads::{MAX_OPEN_UPLOADS, MAX_SHARD_BYTES};
 
 use node::StorageNode;
@@ -64,14 +65,20 @@ pub fn start(
         .map(|id| id.parse())
         .collect::<Result<_, _>>()?;
     let identity = config.endpoint.tls.load()?;
+    let node_key = aic_ledger::Keypair::from_pkcs8_der(identity.key.secret_der())
+        .map_err(|e| aic_protocol::Error::Certificate(format!("the node key: {e}")))?;
     let outbound = transport::outbound_endpoint(&identity)?;
     let (holdings, holdings_rx) = tokio::sync::watch::channel(Vec::new());
     let node = Arc::new(StorageNode {
         me: identity.me.node_id,
+        node_key,
         store,
         catalog: tokio::sync::RwLock::new(catalog),
         trusted: std::sync::RwLock::new(trusted),
-        uploads: Default::default(),
+        uploads: tokio::sync::Mutex::new(uploads::Uploads::new(
+            storage.uploads_per_client,
+            std::time::Duration::from_secs(storage.upload_idle_secs),
+        )),
         outbound,
         scheduler_addr: config.scheduler.addr.clone(),
         metrics,
@@ -108,8 +115,24 @@ pub fn start(
         shutdown.clone(),
     )?;
     let interval = std::time::Duration::from_secs(storage.scrub_interval_secs);
+    handle.spawn(sweep_uploads(node.clone(), shutdown.clone()));
     handle.spawn(scrub_loop(node, interval, shutdown));
     Ok(handle)
+}
+
+/// Abandons idle uploads (and deletes their shards) until shutdown.
+async fn sweep_uploads(node: Arc<StorageNode>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(node.uploads.lock().await.sweep_interval());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let expired = node.sweep_idle_uploads().await;
+        if expired > 0 {
+            tracing::info!(expired, "idle uploads abandoned and their shards deleted");
+        }
+    }
 }
 
 /// Scrubs once at start and then every `interval` until shutdown: publishes what it finds,

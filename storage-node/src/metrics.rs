@@ -9,7 +9,7 @@ use prometheus::{
 use crate::scrub::ScrubReport;
 
 /// Every reason a shard request is refused.
-pub const REJECTION_REASONS: [&str; 18] = [
+pub const REJECTION_REASONS: [&str; 20] = [
     "ticket_expired",
     "ticket_wrong_node",
     "ticket_wrong_dataset",
@@ -28,6 +28,8 @@ pub const REJECTION_REASONS: [&str; 18] = [
     "not_a_replica",
     "proof_expired",
     "proof_forged",
+    "not_a_dataset",
+    "mint_refused",
 ];
 
 /// Every request whose latency is observed.

@@ -21,6 +21,8 @@ const PEER_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 pub(crate) struct StorageNode {
     /// This node's id, from its certificate.
     pub me: NodeId,
+    /// The certificate's key, which signs this node's import attestations.
+    pub node_key: aic_ledger::Keypair,
     pub store: ShardStore,
     pub catalog: RwLock<Catalog>,
     /// Schedulers whose tickets are honoured.

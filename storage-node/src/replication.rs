@@ -10,7 +10,9 @@ use aic_protocol::rpc::{Reply, RpcClient};
 use aic_protocol::{ErrorCode, NodeId, RpcError, ShardId};
 use bytes::Bytes;
 
-use crate::catalog::dataset_id;
+use aic_protocol::messages::ImportAttestation;
+
+use crate::catalog::{dataset_id, manifest_hash};
 use crate::manifest::Manifest;
 use crate::node::StorageNode;
 use crate::sealing::DatasetKey;
@@ -22,15 +24,19 @@ const SEALED_CHUNK: usize = 1024 * 1024;
 const SEAL_OVERHEAD: u64 = 64;
 
 impl StorageNode {
-    /// Asks every replica after the first (this node) to pull the dataset. On failure, returns
-    /// the error and the replicas that already hold a copy, for the caller to drop.
+    /// Asks every replica after the first (this node) to pull the dataset, and collects each
+    /// replica's attestation for `owner` (this node's first). On failure, returns the error and
+    /// the replicas that already hold a copy, for the caller to drop.
     pub(crate) async fn replicate_to_peers(
         &self,
         manifest: &Manifest,
         key: &DatasetKey,
         importer: NodeId,
-    ) -> Result<(), (RpcError, Vec<String>)> {
+        owner: [u8; 32],
+    ) -> Result<Vec<ImportAttestation>, (RpcError, Vec<String>)> {
         let source = manifest.replicas[0].quic_addr.clone();
+        let content_hash = manifest_hash(manifest);
+        let mut attestations = vec![self.attest(&content_hash, &owner)];
         let mut done = Vec::new();
         for replica in manifest.replicas.iter().skip(1) {
             let request = PeerRequest::Replicate {
@@ -38,6 +44,7 @@ impl StorageNode {
                 key: key.as_bytes().to_vec(),
                 importer,
                 source: source.clone(),
+                owner,
             };
             let answer = match self.dial_storage(&replica.quic_addr).await {
                 Ok(client) => client
@@ -47,9 +54,20 @@ impl StorageNode {
                 Err(e) => Err(e),
             };
             match answer {
-                Ok(PeerResponse::Replicated { .. }) => {
+                Ok(PeerResponse::Replicated { attestation, .. }) => {
                     self.metrics.replications.with_label_values(&["ok"]).inc();
                     done.push(replica.quic_addr.clone());
+                    if NodeId::from_public_key(&attestation.node_key).to_string() != replica.node {
+                        let error = RpcError::new(
+                            ErrorCode::Internal,
+                            format!(
+                                "replica {} attested with a key that is not node {}",
+                                replica.quic_addr, replica.node
+                            ),
+                        );
+                        return Err((error, done));
+                    }
+                    attestations.push(attestation);
                 }
                 Ok(other) => {
                     return Err((
@@ -67,7 +85,7 @@ impl StorageNode {
                 }
             }
         }
-        Ok(())
+        Ok(attestations)
     }
 
     pub(crate) async fn drop_on_peer(&self, addr: &str, dataset: &str) {
@@ -95,7 +113,8 @@ impl StorageNode {
         key: &[u8],
         importer: NodeId,
         source: &str,
-    ) -> Result<u32, RpcError> {
+        owner: [u8; 32],
+    ) -> Result<(u32, ImportAttestation), RpcError> {
         let invalid = |m: String| self.refuse("bad_manifest", ErrorCode::InvalidArgument, m);
         let manifest = Manifest::from_json(manifest_json).map_err(invalid)?;
         let key: [u8; 32] = key
@@ -107,8 +126,9 @@ impl StorageNode {
             return Err(invalid("this node is not among the manifest's replicas".into()));
         }
         let dataset = dataset_id(&manifest);
+        let attestation = self.attest(&manifest_hash(&manifest), &owner);
         if self.catalog.read().await.get(&dataset).is_some() {
-            return Ok(manifest.shards().count() as u32);
+            return Ok((manifest.shards().count() as u32, attestation));
         }
         let client = self.dial_storage(source).await?;
         if client.peer().node_id != peer.node_id {
@@ -137,7 +157,7 @@ impl StorageNode {
             .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
         self.publish_holdings(&Default::default()).await;
         tracing::info!(%dataset, shards = copied.len(), from = %source, "replica placed");
-        Ok(copied.len() as u32)
+        Ok((copied.len() as u32, attestation))
     }
 
     /// Pulls one sealed shard from `client`, checks it under `key` and stores it.

@@ -1,5 +1,6 @@
-//! What a storage node answers about its datasets: the list, a shard-by-shard stat, a capped
-//! preview for any client, and shards streamed as Arrow IPC to compute nodes holding a ticket.
+//! What a storage node answers about its datasets: the list, a shard-by-shard stat, a fixed
+//! preview sample for any client, and shards streamed as Arrow IPC to compute nodes holding a
+//! ticket.
 
 use std::collections::HashSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +18,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use prometheus::Histogram;
 
 use crate::import;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ObjectKind};
 use crate::node::StorageNode;
 
 /// The most IPC bytes one answer frame carries; batches are cut to stay under it.
@@ -116,31 +117,55 @@ impl StorageNode {
         })
     }
 
-    /// A free look at a dataset: random rows from randomly chosen shards, never more than 1 % of
-    /// the dataset or 100 rows, whatever was asked.
+    /// A free look at a dataset: the first `asked` rows of its preview sample, a fixed seeded
+    /// subset of at most 1 % of its rows and at most 100 (see [`preview_sample`]). Any number
+    /// of calls, by anyone, reveals the same rows. Only datasets can be previewed.
     pub async fn preview(&self, dataset: &str, asked: u32) -> Result<DatasetPreview, RpcError> {
         let _timer = RequestTimer::start(self.metrics.request_duration.with_label_values(&["preview"]));
         let catalog = self.catalog.read().await;
         let (manifest, key) = self.known(&catalog, dataset)?;
-        let cap = manifest.rows.div_ceil(100).min(100) as usize;
-        let wanted = (asked as usize).min(cap);
-        // Shards in random order, read until they hold enough rows to sample from.
-        let mut shards: Vec<_> = manifest.shards().collect();
-        rand::seq::SliceRandom::shuffle(shards.as_mut_slice(), &mut rand::rng());
-        let mut batches = Vec::new();
-        let mut held = 0usize;
-        for entry in shards {
-            if held >= wanted {
-                break;
-            }
-            let shard: ShardId = entry.id.parse().map_err(|_| bad_manifest())?;
-            let read = import::read_shard(&self.store, key, &shard)
-                .await
-                .map_err(|e| self.refuse("corrupt_shard", ErrorCode::Unavailable, e.to_string()))?;
-            held += read.iter().map(|b| b.num_rows()).sum::<usize>();
-            batches.extend(read);
+        if manifest.kind != ObjectKind::Dataset {
+            return Err(self.refuse(
+                "not_a_dataset",
+                ErrorCode::InvalidArgument,
+                format!("{dataset} is a stored {:?}, not a dataset: only datasets can be previewed", manifest.kind),
+            ));
         }
-        Ok(preview_rows(manifest, &batches, wanted))
+        let sample = preview_sample(dataset, manifest.rows);
+        let wanted = (asked as usize).min(sample.len());
+        let mut picked: Vec<(u64, Vec<f32>, u32)> = Vec::with_capacity(wanted);
+        // Rows are numbered across the shards in manifest order; read only the shards that
+        // hold a wanted row.
+        let mut wanted_rows: Vec<u64> = sample[..wanted].to_vec();
+        wanted_rows.sort_unstable();
+        let mut first_row = 0u64;
+        for entry in manifest.shards() {
+            let end = first_row + entry.rows;
+            let here: Vec<u64> = wanted_rows
+                .iter()
+                .filter(|r| (first_row..end).contains(*r))
+                .map(|r| r - first_row)
+                .collect();
+            if !here.is_empty() {
+                let shard: ShardId = entry.id.parse().map_err(|_| bad_manifest())?;
+                let read = import::read_shard(&self.store, key, &shard)
+                    .await
+                    .map_err(|e| self.refuse("corrupt_shard", ErrorCode::Unavailable, e.to_string()))?;
+                for (offset, (row, label)) in here.iter().zip(rows_at(&read, &here)) {
+                    picked.push((first_row + offset, row, label));
+                }
+            }
+            first_row = end;
+        }
+        // In the sample's own order, so a smaller ask is a prefix of a larger one.
+        let position = |row: &u64| sample.iter().position(|s| s == row).unwrap_or(usize::MAX);
+        picked.sort_by_key(|(row, _, _)| position(row));
+        let (rows, labels) = picked.into_iter().map(|(_, row, label)| (row, label)).unzip();
+        Ok(DatasetPreview {
+            columns: manifest.features.iter().map(|f| f.name.clone()).collect(),
+            rows,
+            labels,
+        })
     }
 
     /// Serves a shard: the ticket first, then the catalog, then the bytes — which are checked
@@ -253,26 +278,50 @@ fn bad_manifest() -> RpcError {
     RpcError::new(ErrorCode::Internal, "a manifest names a bad shard id")
 }
 
-/// Picks `wanted` random rows out of a shard's batches.
-fn preview_rows(manifest: &Manifest, batches: &[RecordBatch], wanted: usize) -> DatasetPreview {
+/// How many rows a dataset's preview sample holds: 1 % of its rows, at most 100, rounded down.
+pub fn preview_sample_size(rows: u64) -> usize {
+    (rows / 100).min(100) as usize
+}
+
+/// The rows (numbered across the shards in manifest order) a dataset's preview may show: drawn
+/// once by a generator seeded with the dataset's id, so every call and every caller gets the
+/// same ones.
+pub fn preview_sample(dataset: &str, rows: u64) -> Vec<u64> {
+    use rand::SeedableRng;
+    let mut seed = blake3::Hasher::new();
+    seed.update(b"aic-preview-sample-v1");
+    seed.update(dataset.as_bytes());
+    let mut rng = rand::rngs::StdRng::from_seed(*seed.finalize().as_bytes());
+    let rows = usize::try_from(rows).unwrap_or(usize::MAX);
+    rand::seq::index::sample(&mut rng, rows, preview_sample_size(rows as u64).min(rows))
+        .into_iter()
+        .map(|i| i as u64)
+        .collect()
+}
+
+/// The features and label of the rows at `positions` (ascending) of a shard's batches.
+fn rows_at(batches: &[RecordBatch], positions: &[u64]) -> Vec<(Vec<f32>, u32)> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float32Type, UInt32Type};
-    let mut all: Vec<(Vec<f32>, u32)> = Vec::new();
+    let mut out = Vec::with_capacity(positions.len());
+    let mut wanted = positions.iter().peekable();
+    let mut first = 0u64;
     for batch in batches {
+        let end = first + batch.num_rows() as u64;
         let features = batch.num_columns() - 1;
         let labels = batch.column(features).as_primitive::<UInt32Type>();
-        for r in 0..batch.num_rows() {
-            let row = (0..features)
+        while let Some(&&row) = wanted.peek() {
+            if row >= end {
+                break;
+            }
+            let r = (row - first) as usize;
+            let values = (0..features)
                 .map(|c| batch.column(c).as_primitive::<Float32Type>().value(r))
                 .collect();
-            all.push((row, labels.value(r)));
+            out.push((values, labels.value(r)));
+            wanted.next();
         }
+        first = end;
     }
-    let picked = rand::seq::index::sample(&mut rand::rng(), all.len(), wanted.min(all.len()));
-    let (rows, labels) = picked.into_iter().map(|i| all[i].clone()).unzip();
-    DatasetPreview {
-        columns: manifest.features.iter().map(|f| f.name.clone()).collect(),
-        rows,
-        labels,
-    }
+    out
 }

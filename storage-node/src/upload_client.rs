@@ -1,5 +1,7 @@
 //! The importer's side of an upload: preprocessed shards sent in bounded parts to the storage
-//! node that takes the upload, then the manifest that commits them.
+//! node that takes the upload, then the manifest that commits them. The upload is opened only
+//! when the first shard is ready (the file has passed every check by then), and an importer that
+//! fails or gives up aborts it, so its slot and shards are freed at once.
 
 use aic_protocol::messages::{ClientRequest, ClientResponse};
 use aic_protocol::rpc::RpcClient;
@@ -16,9 +18,19 @@ pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// A [`ShardSink`] that uploads each shard to a storage node.
 pub struct UploadSink<'a> {
     client: &'a RpcClient,
-    upload: u64,
+    /// The upload, once the first shard opened it.
+    upload: Option<u64>,
     /// Called with the bytes of each part sent, for a progress bar.
     on_sent: Box<dyn Fn(u64) + Send + Sync + 'a>,
+}
+
+/// What a committed upload became.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub dataset: String,
+    pub replicas: Vec<NodeId>,
+    /// The Dataset asset the storage nodes had minted (none for a model's weights).
+    pub asset: Option<aic_protocol::AssetId>,
 }
 
 fn upload_error(e: aic_protocol::Error) -> ImportError {
@@ -32,34 +44,70 @@ fn unexpected(answer: ClientResponse) -> ImportError {
 }
 
 impl<'a> UploadSink<'a> {
-    /// Opens an upload on the storage node behind `client`.
-    pub async fn begin(
-        client: &'a RpcClient,
-        on_sent: impl Fn(u64) + Send + Sync + 'a,
-    ) -> Result<Self, ImportError> {
-        match client
+    /// A sink for the storage node behind `client`; nothing is sent until the first shard.
+    pub fn new(client: &'a RpcClient, on_sent: impl Fn(u64) + Send + Sync + 'a) -> Self {
+        UploadSink {
+            client,
+            upload: None,
+            on_sent: Box::new(on_sent),
+        }
+    }
+
+    /// The open upload, opening it on first use.
+    async fn upload(&mut self) -> Result<u64, ImportError> {
+        if let Some(upload) = self.upload {
+            return Ok(upload);
+        }
+        match self
+            .client
             .call(&ClientRequest::BeginImport)
             .await
             .map_err(upload_error)?
         {
-            ClientResponse::ImportStarted { upload } => Ok(UploadSink {
-                client,
-                upload,
-                on_sent: Box::new(on_sent),
+            ClientResponse::ImportStarted { upload } => {
+                self.upload = Some(upload);
+                Ok(upload)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Commits the upload under `manifest` for `owner` (an Ed25519 public key); answers the
+    /// dataset id, the replicas holding it and the asset minted for it.
+    pub async fn commit(mut self, manifest: &Manifest, owner: [u8; 32]) -> Result<Committed, ImportError> {
+        let request = ClientRequest::CommitImport {
+            upload: self.upload().await?,
+            manifest: manifest.to_json(),
+            owner,
+        };
+        let client = self.client.clone().with_timeout(COMMIT_TIMEOUT);
+        match client.call(&request).await.map_err(upload_error)? {
+            ClientResponse::Imported {
+                dataset,
+                replicas,
+                asset,
+            } => Ok(Committed {
+                dataset,
+                replicas,
+                asset,
             }),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Commits the upload under `manifest`; answers the dataset id and the replicas holding it.
-    pub async fn commit(self, manifest: &Manifest) -> Result<(String, Vec<NodeId>), ImportError> {
-        let request = ClientRequest::CommitImport {
-            upload: self.upload,
-            manifest: manifest.to_json(),
+    /// Gives the upload up (after a failure or a cancel): the node frees its slot and deletes
+    /// what was sent. Nothing to do if no shard was sent.
+    pub async fn abort(self) -> Result<(), ImportError> {
+        let Some(upload) = self.upload else {
+            return Ok(());
         };
-        let client = self.client.clone().with_timeout(COMMIT_TIMEOUT);
-        match client.call(&request).await.map_err(upload_error)? {
-            ClientResponse::Imported { dataset, replicas } => Ok((dataset, replicas)),
+        match self
+            .client
+            .call(&ClientRequest::AbortImport { upload })
+            .await
+            .map_err(upload_error)?
+        {
+            ClientResponse::Aborted => Ok(()),
             other => Err(unexpected(other)),
         }
     }
@@ -67,11 +115,12 @@ impl<'a> UploadSink<'a> {
 
 impl ShardSink for UploadSink<'_> {
     async fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> Result<(), ImportError> {
+        let upload = self.upload().await?;
         let total = parquet.len() as u64;
         let mut offset = 0u64;
         for part in parquet.chunks(UPLOAD_PART) {
             let request = ClientRequest::UploadShard {
-                upload: self.upload,
+                upload,
                 shard: id,
                 offset,
                 total,
@@ -121,8 +170,11 @@ pub async fn store_weights(
     let parquet = crate::import::write_parquet(&batch).map_err(ImportError::Shard)?;
     let id = ShardId::of_content(&parquet);
     let bytes = parquet.len() as u64;
-    let mut sink = UploadSink::begin(client, |_| {}).await?;
-    sink.put(id, parquet).await?;
+    let mut sink = UploadSink::new(client, |_| {});
+    if let Err(error) = sink.put(id, parquet).await {
+        let _ = sink.abort().await;
+        return Err(error);
+    }
     let manifest = Manifest {
         kind: crate::manifest::ObjectKind::TrainedModel,
         name: name.to_string(),
@@ -142,6 +194,7 @@ pub async fn store_weights(
         replicas,
         fee: "0".into(),
     };
-    let (object, _) = sink.commit(&manifest).await?;
-    Ok((manifest, object))
+    // The weights' asset is minted by the job, not by this commit: no owner is named.
+    let committed = sink.commit(&manifest, [0; 32]).await?;
+    Ok((manifest, committed.dataset))
 }

@@ -1,25 +1,29 @@
 //! Imports arriving from a client: plaintext shards checked against their names and sealed
 //! under the upload's fresh dataset key as they complete; the commit places the dataset on
-//! every replica the manifest names, or on none of them.
+//! every replica the manifest names, has each replica attest it and the scheduler mint its
+//! Dataset asset — or undoes it everywhere.
+//!
+//! Budgets per identity: each client certificate holds at most `uploads_per_client` open
+//! uploads (the node at most [`MAX_OPEN_UPLOADS`]); an upload idle for `upload_idle_secs` is
+//! abandoned and its shards deleted; a client may abort its upload at once. A shard's bytes
+//! are buffered as they arrive, never reserved up front from the size a client claims.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use aic_protocol::certs::PeerIdentity;
-use aic_protocol::{ErrorCode, NodeId, RpcError, ShardId};
+use aic_protocol::{AssetId, ErrorCode, NodeId, Role, RpcError, ShardId};
 use bytes::Bytes;
 
 use crate::catalog::dataset_id;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ObjectKind};
 use crate::node::StorageNode;
 use crate::sealing::DatasetKey;
 
 /// Largest shard an upload may send (checked before anything is buffered).
 pub const MAX_SHARD_BYTES: u64 = 64 * 1024 * 1024;
-/// Uploads one node keeps open at once.
+/// Uploads one node keeps open at once, all clients together.
 pub const MAX_OPEN_UPLOADS: usize = 16;
-/// An upload untouched this long is abandoned and its shards deleted.
-pub const UPLOAD_IDLE_LIMIT: Duration = Duration::from_secs(3600);
 
 /// One client's upload under way.
 pub struct Upload {
@@ -32,30 +36,69 @@ pub struct Upload {
     partial: Option<(ShardId, u64, Vec<u8>)>,
 }
 
-#[derive(Default)]
+/// The uploads under way, and the budgets they are held to.
 pub struct Uploads {
     next: u64,
     open: HashMap<u64, Upload>,
+    per_client: usize,
+    idle_limit: Duration,
 }
 
 impl Uploads {
+    pub fn new(per_client: usize, idle_limit: Duration) -> Self {
+        Uploads {
+            next: 0,
+            open: HashMap::new(),
+            per_client,
+            idle_limit,
+        }
+    }
+
     /// Uploads idle past the limit, removed; their shards are the caller's to delete.
     fn expire(&mut self, now: Instant) -> Vec<Upload> {
         let stale: Vec<u64> = self
             .open
             .iter()
-            .filter(|(_, u)| now.duration_since(u.touched) > UPLOAD_IDLE_LIMIT)
+            .filter(|(_, u)| now.duration_since(u.touched) > self.idle_limit)
             .map(|(id, _)| *id)
             .collect();
         stale.into_iter().filter_map(|id| self.open.remove(&id)).collect()
     }
+
+    fn held_by(&self, client: &NodeId) -> usize {
+        self.open.values().filter(|u| u.client == *client).count()
+    }
+
+    /// How often the sweeper should look for idle uploads.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.idle_limit / 4).max(Duration::from_millis(50))
+    }
 }
 
 impl StorageNode {
+    /// Abandons uploads idle past the limit and deletes their shards; answers how many.
+    pub async fn sweep_idle_uploads(&self) -> usize {
+        let expired = self.uploads.lock().await.expire(Instant::now());
+        for upload in &expired {
+            self.delete_unreferenced(upload.stored.iter()).await;
+        }
+        expired.len()
+    }
+
     pub async fn begin_import(&self, peer: &PeerIdentity) -> Result<u64, RpcError> {
         let expired = {
             let mut uploads = self.uploads.lock().await;
             let expired = uploads.expire(Instant::now());
+            if uploads.held_by(&peer.node_id) >= uploads.per_client {
+                return Err(self.refuse(
+                    "too_many_uploads",
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "your certificate already holds {} open uploads here; commit or abort one",
+                        uploads.per_client
+                    ),
+                ));
+            }
             if uploads.open.len() >= MAX_OPEN_UPLOADS {
                 return Err(self.refuse(
                     "too_many_uploads",
@@ -87,6 +130,18 @@ impl StorageNode {
         Ok(expired.1)
     }
 
+    /// Gives up an upload at its client's request: its shards are deleted, its slot is free.
+    pub async fn abort_import(&self, peer: &PeerIdentity, upload_id: u64) -> Result<(), RpcError> {
+        let upload = {
+            let mut uploads = self.uploads.lock().await;
+            self.own_upload(&mut uploads, peer, upload_id)?;
+            let upload = uploads.open.remove(&upload_id).expect("checked above");
+            upload
+        };
+        self.delete_unreferenced(upload.stored.iter()).await;
+        Ok(())
+    }
+
     /// One part of a shard; parts arrive in order. The last part completes the shard: its
     /// hash must be its id, and it is sealed and stored before the answer.
     pub async fn upload_shard(
@@ -109,7 +164,8 @@ impl StorageNode {
             ));
         }
         if offset == 0 {
-            upload.partial = Some((shard, total, Vec::with_capacity(total as usize)));
+            // Grown as parts arrive: a claimed size reserves nothing.
+            upload.partial = Some((shard, total, Vec::new()));
         }
         let Some((partial_id, partial_total, received)) = upload.partial.as_mut() else {
             return Err(self.refuse(
@@ -189,13 +245,15 @@ impl StorageNode {
         peer: &PeerIdentity,
         upload_id: u64,
         manifest_json: &str,
-    ) -> Result<(String, Vec<NodeId>), RpcError> {
+        owner: [u8; 32],
+    ) -> Result<(String, Vec<NodeId>, Option<AssetId>), RpcError> {
         let upload = {
             let mut uploads = self.uploads.lock().await;
             self.own_upload(&mut uploads, peer, upload_id)?;
-            uploads.open.remove(&upload_id).expect("checked above")
+            let upload = uploads.open.remove(&upload_id).expect("checked above");
+            upload
         };
-        let result = self.place(peer, &upload, manifest_json).await;
+        let result = self.place(peer, &upload, manifest_json, owner).await;
         if result.is_err() {
             self.delete_unreferenced(upload.stored.iter()).await;
         } else {
@@ -214,9 +272,27 @@ impl StorageNode {
         peer: &PeerIdentity,
         upload: &Upload,
         manifest_json: &str,
-    ) -> Result<(String, Vec<NodeId>), RpcError> {
+        owner: [u8; 32],
+    ) -> Result<(String, Vec<NodeId>, Option<AssetId>), RpcError> {
         let invalid = |message: String| self.refuse("bad_manifest", ErrorCode::InvalidArgument, message);
         let manifest = Manifest::from_json(manifest_json).map_err(invalid)?;
+        // A trained model's weights are stored by the scheduler replica that ran the job (the
+        // job mints their asset); a person's upload is a dataset.
+        let expected = if peer.role == Role::Scheduler {
+            ObjectKind::TrainedModel
+        } else {
+            ObjectKind::Dataset
+        };
+        if manifest.kind != expected {
+            return Err(self.refuse(
+                "bad_manifest",
+                ErrorCode::PermissionDenied,
+                format!(
+                    "a {} certificate uploads {:?} objects, not {:?}",
+                    peer.role, expected, manifest.kind
+                ),
+            ));
+        }
         for entry in manifest.shards() {
             let id: ShardId = entry.id.parse().expect("checked by from_json");
             if !upload.stored.contains(&id) {
@@ -257,19 +333,34 @@ impl StorageNode {
             .await
             .add(manifest.clone(), upload.key.clone(), Some(upload.client))
             .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
-        if let Err((error, done)) = self
-            .replicate_to_peers(&manifest, &upload.key, upload.client)
-            .await
-        {
-            for addr in done {
-                self.drop_on_peer(&addr, &dataset).await;
+        let placed = self
+            .replicate_to_peers(&manifest, &upload.key, upload.client, owner)
+            .await;
+        let minted = match placed {
+            Err((error, done)) => Err((error, done)),
+            Ok(attestations) if manifest.kind == ObjectKind::Dataset => {
+                let done = manifest.replicas.iter().skip(1).map(|r| r.quic_addr.clone()).collect();
+                self.mint_dataset(&manifest, owner, attestations)
+                    .await
+                    .map(Some)
+                    .map_err(|error| (error, done))
             }
-            self.forget(&dataset).await?;
-            return Err(error);
-        }
+            Ok(_) => Ok(None),
+        };
+        let asset = match minted {
+            Ok(asset) => asset,
+            Err((error, done)) => {
+                // No half import: every copy goes again, and nothing was minted.
+                for addr in done {
+                    self.drop_on_peer(&addr, &dataset).await;
+                }
+                self.forget(&dataset).await?;
+                return Err(error);
+            }
+        };
         self.publish_holdings(&Default::default()).await;
         tracing::info!(%dataset, replicas = replicas.len(), client = %peer.node_id.short(), "dataset imported");
-        Ok((dataset, replicas))
+        Ok((dataset, replicas, asset))
     }
 
     /// Removes a dataset its importer gives up on (its asset could not be minted): here and,

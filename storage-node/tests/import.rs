@@ -261,3 +261,47 @@ async fn parquet_input_imports_like_the_csv() {
         (from_csv.train, from_csv.test)
     );
 }
+
+/// Each bound on an import's memory refuses its input in pass 1, naming what is wrong, before
+/// anything is stored (issue 12: a 10 MB line of 5 M columns once took 1.85 GB before failing).
+#[tokio::test]
+async fn oversized_input_is_refused_in_the_first_pass() {
+    use aic_storage_node::import::{MAX_CELL_BYTES, MAX_COLUMNS, MAX_LINE_BYTES};
+
+    // A header of 5 M columns is counted before any parser sees it.
+    let wide: String = (0..5_000_000).map(|_| "c,").collect::<String>() + "label\n1,0\n";
+    let err = refused(&wide, "label").await;
+    assert!(err.contains("header line is longer"), "{err}");
+    let columns = MAX_COLUMNS + 1;
+    let header: Vec<String> = (0..columns).map(|i| format!("c{i}")).collect();
+    let err = refused(&format!("{}\n", header.join(",")), "c0").await;
+    assert!(err.contains(&format!("names {columns} columns")), "{err}");
+
+    // A data line over the line limit.
+    let long = format!("a,label\n{},0\n", "7".repeat(MAX_LINE_BYTES + 1));
+    let err = refused(&long, "label").await;
+    assert!(err.contains("longer than"), "{err}");
+
+    // A text cell over the cell limit, and a label over it.
+    let cell = format!("a,label\n{},0\nx,1\n", "x".repeat(MAX_CELL_BYTES + 1));
+    let err = refused(&cell, "label").await;
+    assert!(err.contains("\"a\"") && err.contains("text value of"), "{err}");
+    let label = format!("a,label\n1,{}\n2,y\n", "y".repeat(MAX_CELL_BYTES + 1));
+    let err = refused(&label, "label").await;
+    assert!(err.contains("\"label\"") && err.contains("a label of"), "{err}");
+
+    // Categories that would not fit the manifest the ledger publishes.
+    let rows: String = (0..600)
+        .map(|i| format!("{}{i},{}\n", "k".repeat(100), i % 2))
+        .collect();
+    let err = refused(&format!("kind,label\n{rows}"), "label").await;
+    assert!(err.contains("\"kind\"") && err.contains("bytes of manifest"), "{err}");
+}
+
+/// Values whose statistics overflow f64 are refused in pass 1 with the column named, not after
+/// the upload as an unparseable manifest (issue 12: "manifest: invalid type: null").
+#[tokio::test]
+async fn statistics_that_would_overflow_are_refused_with_the_column_named() {
+    let err = refused("size,label\n1.7e308,0\n-1.7e308,1\n1,0\n", "label").await;
+    assert!(err.contains("\"size\"") && err.contains("overflow"), "{err}");
+}

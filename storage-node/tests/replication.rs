@@ -18,7 +18,8 @@ use aic_storage_node::shard_fetch::fetch_shard;
 use aic_storage_node::shard_store::ShardStore;
 use aic_storage_node::upload_client::UploadSink;
 use bytes::Bytes;
-use common::{connect, digits_csv, eventually, start_storage};
+use common::{connect, digits_csv, eventually, start_minting_scheduler, start_storage};
+use tokio_util::sync::CancellationToken;
 use ed25519_dalek::SigningKey;
 
 async fn stat(client: &RpcClient, dataset: &str) -> Result<Vec<ShardState>, Error> {
@@ -67,8 +68,10 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
     ca.save(dir.path()).unwrap();
     let scheduler_key = SigningKey::from_bytes(&[5u8; 32]);
     let trusted = vec![NodeId::from_public_key(&scheduler_key.verifying_key().to_bytes()).to_string()];
-    let (a, a_id, a_stop) = start_storage(&ca, dir.path(), "storage-a", "127.0.0.1:9", trusted.clone(), 1);
-    let (b, b_id, b_stop) = start_storage(&ca, dir.path(), "storage-b", "127.0.0.1:9", trusted, 1);
+    let scheduler_stop = CancellationToken::new();
+    let (scheduler, minter) = start_minting_scheduler(&ca, &scheduler_stop);
+    let (a, a_id, a_stop) = start_storage(&ca, dir.path(), "storage-a", &scheduler, trusted.clone(), 1);
+    let (b, b_id, b_stop) = start_storage(&ca, dir.path(), "storage-b", &scheduler, trusted, 1);
     let (a_addr, b_addr) = (a.quic_addr.to_string(), b.quic_addr.to_string());
     let replicas = vec![
         ReplicaLocation {
@@ -84,15 +87,31 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
     // Upload to A, placed on A and B.
     let (importer, _) = connect(&ca, Role::Client, "importer", &a_addr).await;
     let options = ImportOptions::new("digit");
-    let mut sink = UploadSink::begin(&importer, |_| {}).await.unwrap();
+    let owner = [4u8; 32];
+    let mut sink = UploadSink::new(&importer, |_| {});
     let mut manifest = preprocess(&digits_csv(), "digits", &options, &mut sink, &|_| {})
         .await
         .unwrap();
     manifest.replicas = replicas.clone();
     manifest.fee = "1".into();
-    let (dataset, placed) = sink.commit(&manifest).await.unwrap();
-    assert_eq!(placed, vec![a_id, b_id]);
+    let committed = sink.commit(&manifest, owner).await.unwrap();
+    let dataset = committed.dataset.clone();
+    assert_eq!(committed.replicas, vec![a_id, b_id]);
+    assert!(committed.asset.is_some(), "the import's asset is minted");
     assert_eq!(dataset, aic_storage_node::catalog::dataset_id(&manifest));
+    // Both replicas attested the import for its owner, A (which took the upload) first.
+    {
+        let mints = minter.mints.lock().unwrap();
+        assert_eq!(mints.len(), 1);
+        assert_eq!(mints[0].owner, owner);
+        assert_eq!(mints[0].content_hash, aic_storage_node::catalog::manifest_hash(&manifest));
+        let attesters: Vec<NodeId> = mints[0]
+            .attestations
+            .iter()
+            .map(|a| NodeId::from_public_key(&a.node_key))
+            .collect();
+        assert_eq!(attesters, vec![a_id, b_id]);
+    }
 
     // Every shard read back from each replica holds exactly the preprocessed rows, which a
     // local import of the same file produces independently.
@@ -169,19 +188,19 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
 
     // Bad uploads: bytes that do not hash to their name; a manifest naming a shard never sent;
     // a manifest whose first replica is another node. None leaves a dataset behind.
-    let mut sink = UploadSink::begin(&importer, |_| {}).await.unwrap();
+    let mut sink = UploadSink::new(&importer, |_| {});
     let (refused, _) = code(
         aic_storage_node::import::ShardSink::put(&mut sink, ShardId::of_content(b"x"), b"y".to_vec()).await,
     );
     assert_eq!(refused, ErrorCode::InvalidArgument);
     let mut missing = manifest.clone();
     missing.name = "missing".into();
-    let (refused, text) = code(sink.commit(&missing).await);
+    let (refused, text) = code(sink.commit(&missing, owner).await);
     assert_eq!(refused, ErrorCode::InvalidArgument);
     assert!(text.contains("never uploaded"), "{text}");
 
     // A replica that cannot be reached: the import fails and neither node keeps the dataset.
-    let mut sink = UploadSink::begin(&importer, |_| {}).await.unwrap();
+    let mut sink = UploadSink::new(&importer, |_| {});
     let mut unreachable = preprocess(&digits_csv(), "unreachable", &options, &mut sink, &|_| {})
         .await
         .unwrap();
@@ -192,7 +211,7 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
             quic_addr: "127.0.0.1:9".into(),
         },
     ];
-    let (refused, text) = code(sink.commit(&unreachable).await);
+    let (refused, text) = code(sink.commit(&unreachable, owner).await);
     assert_eq!(refused, ErrorCode::Unavailable, "{text}");
     assert_eq!(list(&importer).await, vec![dataset.clone()]);
 
@@ -217,6 +236,7 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
 
     a_stop.cancel();
     b_stop.cancel();
+    scheduler_stop.cancel();
     a.stopped().await;
     b.stopped().await;
 }

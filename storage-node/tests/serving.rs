@@ -170,8 +170,8 @@ async fn shards_are_served_only_against_valid_tickets() {
     match user.call(&preview).await.unwrap() {
         ClientResponse::Preview(preview) => {
             assert_eq!(preview.columns.len(), 64);
-            assert_eq!(preview.rows.len(), 18, "1 % of 1,797 rows, rounded up");
-            assert_eq!(preview.labels.len(), 18);
+            assert_eq!(preview.rows.len(), 17, "1 % of 1,797 rows, rounded down");
+            assert_eq!(preview.labels.len(), 17);
             assert!(preview.labels.iter().all(|&l| l < 10));
         }
         other => panic!("{other:?}"),

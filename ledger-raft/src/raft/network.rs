@@ -1,11 +1,14 @@
 //! Raft traffic between scheduler replicas over the protocol crate's QUIC transport. Only
 //! scheduler-role certificates may send it (checked by the RPC layer), and each connection is
-//! checked to reach the replica the membership names.
+//! checked to reach the replica the membership names. Replication is split by bytes: a batch of
+//! entries that would not fit one frame is refused here with openraft's `PayloadTooLarge` and a
+//! hint of how many entries do fit, so openraft sends fewer — no message can exceed the frame
+//! limit, whatever the entries (each is bounded when it is proposed).
 
 use aic_protocol::messages::{ReplicaRequest, ReplicaResponse};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::Role;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -94,12 +97,54 @@ impl ReplicaPeer {
     }
 }
 
+/// Most bytes of Raft payload one replication message carries (one entry larger than this — at
+/// most a system transaction, 1 MiB — goes alone). Far under the 4 MiB frame limit, and small
+/// because openraft gives each append-entries call one heartbeat interval to be sent, written
+/// and fsynced: a lagging follower fed 3 MiB messages timed out on every one and never caught up.
+pub const MAX_REPLICATION_BYTES: usize = 1024 * 1024;
+
+/// `None` when the request fits one message; else how many of its entries do (at least one).
+pub fn entries_that_fit(rpc: &AppendEntriesRequest<LedgerRaft>, budget: usize) -> Option<u64> {
+    let size = |value: &dyn erased_size::EncodedSize| value.size();
+    let total = size(rpc);
+    if total <= budget || rpc.entries.len() <= 1 {
+        return None;
+    }
+    // The request without entries, then entries while they fit.
+    let mut used = total - rpc.entries.iter().map(|e| size(e)).sum::<usize>();
+    let mut fit = 0u64;
+    for entry in &rpc.entries {
+        used += size(entry);
+        if used > budget {
+            break;
+        }
+        fit += 1;
+    }
+    Some(fit.max(1))
+}
+
+/// Encoded sizes of the values replication measures.
+mod erased_size {
+    pub trait EncodedSize {
+        fn size(&self) -> usize;
+    }
+
+    impl<T: serde::Serialize> EncodedSize for T {
+        fn size(&self) -> usize {
+            postcard::experimental::serialized_size(self).unwrap_or(usize::MAX / 4)
+        }
+    }
+}
+
 impl RaftNetwork<LedgerRaft> for ReplicaPeer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<LedgerRaft>,
         _option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<ReplicaId>, RaftError<ReplicaId>> {
+        if let Some(fit) = entries_that_fit(&rpc, MAX_REPLICATION_BYTES) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
         self.send(ReplicaRequest::AppendEntries, &rpc).await
     }
 
@@ -117,5 +162,61 @@ impl RaftNetwork<LedgerRaft> for ReplicaPeer {
         _option: RPCOption,
     ) -> Rpc<VoteResponse<ReplicaId>, RaftError<ReplicaId>> {
         self.send(ReplicaRequest::Vote, &rpc).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::keys::Keypair;
+    use crate::raft::types::LedgerCommand;
+    use crate::tx::{Call, Transaction};
+
+    fn checkpoint(index: u64, weights: usize) -> Entry<LedgerRaft> {
+        let key = Keypair::generate();
+        let signed = Transaction {
+            chain_id: "split".into(),
+            from: key.address(),
+            nonce: index,
+            call: Call::CheckpointJob {
+                job: aic_protocol::JobId::from_bytes([1; 16]),
+                runner: aic_protocol::NodeId::from_public_key(b"runner"),
+                round: index as u32,
+                weights: vec![0xab; weights],
+                progress: Vec::new(),
+            },
+        }
+        .sign(&key);
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(LedgerCommand::Transaction(signed)),
+        }
+    }
+
+    fn request(entries: Vec<Entry<LedgerRaft>>) -> AppendEntriesRequest<LedgerRaft> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 0),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_over_the_budget_is_cut_to_the_entries_that_fit() {
+        let big = request((1..=5).map(|i| checkpoint(i, 900 * 1024)).collect());
+        // 900 KiB each: three fit in 3 MiB, four do not; one in the default budget.
+        assert_eq!(entries_that_fit(&big, 3 * 1024 * 1024), Some(3));
+        assert_eq!(entries_that_fit(&big, MAX_REPLICATION_BYTES), Some(1));
+        let small = request((1..=48).map(|i| checkpoint(i, 1024 * 16)).collect());
+        assert_eq!(entries_that_fit(&small, MAX_REPLICATION_BYTES), None);
+        // One entry is always sent as it is (entries are bounded when proposed).
+        let one = request(vec![checkpoint(1, 900 * 1024)]);
+        assert_eq!(entries_that_fit(&one, 100), None);
+        // The hint is never zero, so replication always makes progress.
+        let two = request(vec![checkpoint(1, 900 * 1024), checkpoint(2, 10)]);
+        assert_eq!(entries_that_fit(&two, 100), Some(1));
     }
 }

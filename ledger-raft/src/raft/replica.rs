@@ -23,6 +23,8 @@ use crate::api::{
     decode, encode, AccountView, LedgerApiError, LedgerRequest, LedgerResponse, LedgerResult, LedgerStatus,
     ReplicaView, MAX_BLOCKS_PER_REQUEST,
 };
+use crate::authz;
+use crate::error::TxError;
 use crate::genesis::Genesis;
 use crate::keys::Keypair;
 use crate::metrics::LedgerMetrics;
@@ -64,7 +66,7 @@ impl ReplicaSettings {
             heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
             election_timeout_min: self.election_timeout.0.as_millis() as u64,
             election_timeout_max: self.election_timeout.1.as_millis() as u64,
-            // Entries carry at most ~66 KiB; 48 of them stay under the 4 MiB frame limit.
+            // At most 48 entries per message; the network also splits by bytes (network.rs).
             max_payload_entries: 48,
             snapshot_max_chunk_size: 1024 * 1024,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
@@ -203,13 +205,33 @@ impl LedgerReplica {
         Ok(ReplicaResponse(bytes))
     }
 
-    /// Serves a client's encoded ledger request; the answer is an encoded [`LedgerResult`].
-    pub async fn handle_client(&self, payload: &[u8]) -> Vec<u8> {
-        let result = match decode::<LedgerRequest>(payload) {
-            Ok(request) => self.execute(request).await,
-            Err(e) => Err(e),
-        };
-        encode(&result)
+    /// Serves a client's encoded ledger request, made with a certificate of `role`; the answer
+    /// is an encoded [`LedgerResult`]. Before anything is forwarded or proposed: the request's
+    /// size, the role's row in the authorization table, and a transaction's stateless checks.
+    pub async fn handle_client(&self, payload: &[u8], role: Role) -> Vec<u8> {
+        encode(&self.admit(payload, role).await)
+    }
+
+    async fn admit(&self, payload: &[u8], role: Role) -> LedgerResult {
+        if payload.len() > authz::MAX_LEDGER_REQUEST_BYTES {
+            return Err(LedgerApiError::Refused(TxError::TooLarge {
+                what: "ledger request".into(),
+                bytes: payload.len() as u64,
+                max: authz::MAX_LEDGER_REQUEST_BYTES as u64,
+            }));
+        }
+        let request = decode::<LedgerRequest>(payload)?;
+        if !authz::allows(&request, role) {
+            return Err(LedgerApiError::Forbidden {
+                role: role.to_string(),
+                request: request.kind_name().to_string(),
+            });
+        }
+        if let LedgerRequest::Submit(signed) = &request {
+            self.read(|a| authz::check_stateless(&a.state, signed))
+                .map_err(LedgerApiError::Refused)?;
+        }
+        self.execute(request).await
     }
 
     /// Executes a request here if this replica leads, else on the leader.
@@ -256,7 +278,12 @@ impl LedgerReplica {
             self.raft.ensure_linearizable().await.map_err(raft_error)?;
         }
         match request {
-            LedgerRequest::Submit(signed) => self.write(LedgerCommand::Transaction(*signed)).await,
+            LedgerRequest::Submit(signed) => {
+                // A refusal here costs no Raft entry; what passes is checked again on apply.
+                self.read(|a| authz::check_before_proposing(&a.state, &signed))
+                    .map_err(LedgerApiError::Refused)?;
+                self.write(LedgerCommand::Transaction(*signed)).await
+            }
             LedgerRequest::Account(address) => Ok(self.read(|a| {
                 LedgerResponse::Account(AccountView {
                     address,

@@ -1,12 +1,24 @@
 //! ERC721 semantics for Dataset, Model and TrainedModel assets: mint, transferFrom, approve,
 //! setApprovalForAll, burn. An approval is cleared whenever the asset moves.
+//!
+//! Every asset carries a provenance the ledger enforces at mint: a Model is registered by its
+//! author; a Dataset only comes from an import its storage replicas attest (system call, each
+//! replica's signature checked here); a TrainedModel only from the settled job that produced it,
+//! to that job's payer. A content hash is minted at most once per kind, so the one genuine asset
+//! is the one its fees go to.
 
-use aic_protocol::AssetId;
+use std::collections::BTreeSet;
 
-use super::{Asset, Event, LedgerState, TxResult};
+use aic_protocol::messages::ImportAttestation;
+use aic_protocol::{AssetId, JobId, NodeId};
+
+use super::{Asset, Event, LedgerState, Provenance, TxResult};
 use crate::error::TxError;
-use crate::keys::Address;
-use crate::tx::{AssetKind, AssetMetadata};
+use crate::keys::{verify_strict, Address};
+use crate::tx::{AssetKind, AssetMetadata, Attestation};
+
+/// Most replicas one import attestation may name.
+pub const MAX_ATTESTATIONS: usize = 16;
 
 /// Largest manifest a token may carry; bigger manifests belong in storage, named by hash.
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
@@ -69,23 +81,106 @@ impl LedgerState {
         }
     }
 
-    pub(super) fn mint_asset(
+    /// A user's own registration: only Model assets may be minted this way.
+    pub(super) fn mint_registered(
+        &mut self,
+        minter: &Address,
+        nonce: u64,
+        kind: AssetKind,
+        metadata: &AssetMetadata,
+    ) -> TxResult {
+        if kind != AssetKind::Model {
+            return Err(TxError::NeedsProvenance(kind));
+        }
+        self.mint_asset(minter, minter, nonce, kind, metadata, Provenance::Registered)
+    }
+
+    /// A Dataset asset for an import every listed replica signed (system call).
+    pub(super) fn mint_imported_dataset(
+        &mut self,
+        minter: &Address,
+        nonce: u64,
+        owner: &Address,
+        metadata: &AssetMetadata,
+        attestations: &[Attestation],
+    ) -> TxResult {
+        if attestations.is_empty() || attestations.len() > MAX_ATTESTATIONS {
+            return Err(TxError::BadAttestation(format!(
+                "an import is attested by 1 to {MAX_ATTESTATIONS} replicas, not {}",
+                attestations.len()
+            )));
+        }
+        let message = ImportAttestation::message(&metadata.content_hash, &owner.0);
+        let mut attesters = Vec::with_capacity(attestations.len());
+        let mut seen = BTreeSet::new();
+        for attestation in attestations {
+            if !seen.insert(attestation.node_key) {
+                return Err(TxError::BadAttestation("a replica attests twice".into()));
+            }
+            if !verify_strict(&attestation.node_key, &message, &attestation.signature) {
+                return Err(TxError::BadAttestation(format!(
+                    "the signature of replica {} does not verify for this content and owner",
+                    NodeId::from_public_key(&attestation.node_key.0).short()
+                )));
+            }
+            attesters.push(NodeId::from_public_key(&attestation.node_key.0));
+        }
+        self.mint_asset(
+            minter,
+            owner,
+            nonce,
+            AssetKind::Dataset,
+            metadata,
+            Provenance::Imported { attesters },
+        )
+    }
+
+    /// The TrainedModel of a settled job, to its payer, once (system call).
+    pub(super) fn mint_trained_model(
+        &mut self,
+        minter: &Address,
+        nonce: u64,
+        job: &JobId,
+        metadata: &AssetMetadata,
+    ) -> TxResult {
+        let owner = *self
+            .trained_models_pending
+            .get(job)
+            .ok_or_else(|| TxError::NoTrainedModelPending(job.to_string()))?;
+        let events = self.mint_asset(
+            minter,
+            &owner,
+            nonce,
+            AssetKind::TrainedModel,
+            metadata,
+            Provenance::Trained { job: *job },
+        )?;
+        self.trained_models_pending.remove(job);
+        Ok(events)
+    }
+
+    fn mint_asset(
         &mut self,
         minter: &Address,
         owner: &Address,
         nonce: u64,
         kind: AssetKind,
         metadata: &AssetMetadata,
+        provenance: Provenance,
     ) -> TxResult {
         if metadata.manifest.len() > MAX_MANIFEST_BYTES || metadata.name.len() > MAX_NAME_BYTES {
             return Err(TxError::Invalid(format!(
                 "name at most {MAX_NAME_BYTES} bytes and manifest at most {MAX_MANIFEST_BYTES} bytes"
             )));
         }
+        if let Some(asset) = self.minted.get(&(kind, metadata.content_hash)) {
+            return Err(TxError::AlreadyMinted { kind, asset: *asset });
+        }
         let asset_id = Self::asset_id_for(minter, nonce);
         if self.assets.contains_key(&asset_id) {
             return Err(TxError::Invalid(format!("asset {asset_id} already exists")));
         }
+        self.minted.insert((kind, metadata.content_hash), asset_id);
         self.assets.insert(
             asset_id,
             Asset {
@@ -93,6 +188,7 @@ impl LedgerState {
                 owner: *owner,
                 approved: None,
                 metadata: metadata.clone(),
+                provenance,
             },
         );
         self.bump_count(owner, true);

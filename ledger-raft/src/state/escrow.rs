@@ -86,8 +86,10 @@ impl LedgerState {
         }
         self.burned = burned;
         self.cumulative_fees = cumulative_fees;
-        // The payouts are final: the job can no longer be resumed.
+        // The payouts are final: the job can no longer be resumed. Its trained model, if it
+        // produced one, may now be minted to its payer (once).
         self.jobs.remove(job);
+        self.trained_models_pending.insert(*job, escrow.payer);
         if remaining.is_zero() {
             self.escrows.remove(job);
         } else {

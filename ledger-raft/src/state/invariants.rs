@@ -45,10 +45,16 @@ pub(super) fn audit(state: &LedgerState) -> Result<(), InvariantViolation> {
 
     // One owner per asset, and owner counts that match.
     let mut counts: BTreeMap<Address, u64> = BTreeMap::new();
-    for asset in state.assets.values() {
+    for (id, asset) in &state.assets {
         *counts.entry(asset.owner).or_insert(0) += 1;
         if asset.approved == Some(asset.owner) {
             return Err(violation("an asset is approved to its own owner"));
+        }
+        // Each live asset is the one its content hash was minted as.
+        if state.minted.get(&(asset.kind, asset.metadata.content_hash)) != Some(id) {
+            return Err(violation(format!(
+                "asset {id} is not the one minted for its content hash"
+            )));
         }
     }
     if counts != state.asset_counts {

@@ -71,6 +71,19 @@ pub struct Asset {
     pub owner: Address,
     pub approved: Option<Address>,
     pub metadata: AssetMetadata,
+    /// Where the asset came from, as the ledger enforced it at mint.
+    pub provenance: Provenance,
+}
+
+/// How an asset came to exist. Storage nodes and jobs check it, not only the content hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Provenance {
+    /// Registered by its author (a Model's description).
+    Registered,
+    /// An import held whole by these storage replicas, each of which signed it.
+    Imported { attesters: Vec<NodeId> },
+    /// The result of this settled job.
+    Trained { job: JobId },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +237,10 @@ pub struct LedgerState {
     pub allowances: BTreeMap<(Address, Address), Amount>,
     pub assets: BTreeMap<AssetId, Asset>,
     pub asset_counts: BTreeMap<Address, u64>,
+    /// Every content hash ever minted, per kind (burning an asset does not free its hash).
+    pub minted: BTreeMap<(AssetKind, [u8; 32]), AssetId>,
+    /// Settled jobs whose TrainedModel may still be minted, with the payer it goes to.
+    pub trained_models_pending: BTreeMap<JobId, Address>,
     pub operators: BTreeSet<(Address, Address)>,
     pub escrows: BTreeMap<JobId, Escrow>,
     /// Running jobs' records, each beside its open escrow; removed when the escrow is released.
@@ -260,6 +277,8 @@ impl LedgerState {
             allowances: BTreeMap::new(),
             assets: BTreeMap::new(),
             asset_counts: BTreeMap::new(),
+            minted: BTreeMap::new(),
+            trained_models_pending: BTreeMap::new(),
             operators: BTreeSet::new(),
             escrows: BTreeMap::new(),
             jobs: BTreeMap::new(),
@@ -405,12 +424,13 @@ impl LedgerState {
             Call::Approve { spender, amount } => self.approve(from, spender, *amount),
             Call::TransferFrom { owner, to, amount } => self.transfer_from(from, owner, to, *amount),
             Call::Burn { amount } => self.burn(from, *amount),
-            Call::MintAsset { kind, metadata } => self.mint_asset(from, from, nonce, *kind, metadata),
-            Call::MintAssetTo {
+            Call::MintAsset { kind, metadata } => self.mint_registered(from, nonce, *kind, metadata),
+            Call::MintImportedDataset {
                 owner,
-                kind,
                 metadata,
-            } => self.mint_asset(from, owner, nonce, *kind, metadata),
+                attestations,
+            } => self.mint_imported_dataset(from, nonce, owner, metadata, attestations),
+            Call::MintTrainedModel { job, metadata } => self.mint_trained_model(from, nonce, job, metadata),
             Call::TransferAsset {
                 from: owner,
                 to,

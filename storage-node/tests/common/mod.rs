@@ -35,6 +35,19 @@ pub fn start_storage(
     trusted: Vec<String>,
     scrub_secs: u64,
 ) -> (ServiceHandle, NodeId, CancellationToken) {
+    start_storage_with(ca, dir, name, scheduler, trusted, scrub_secs, |_| {})
+}
+
+/// [`start_storage`], with the config changed by `tweak` before the node starts.
+pub fn start_storage_with(
+    ca: &CertificateAuthority,
+    dir: &Path,
+    name: &str,
+    scheduler: &str,
+    trusted: Vec<String>,
+    scrub_secs: u64,
+    tweak: impl FnOnce(&mut StorageConfig),
+) -> (ServiceHandle, NodeId, CancellationToken) {
     let tls = issue(ca, dir, Role::Storage, name);
     let id = tls.load().unwrap().me.node_id;
     let mut config = StorageConfig {
@@ -51,6 +64,7 @@ pub fn start_storage(
     config.storage.data_dir = dir.join(name);
     config.storage.trusted_schedulers = trusted;
     config.storage.scrub_interval_secs = scrub_secs;
+    tweak(&mut config);
     let shutdown = CancellationToken::new();
     let node = aic_storage_node::start(
         config,
@@ -93,4 +107,85 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// Stands in for the scheduler where a test needs one that mints: it registers nodes, accepts
+/// heartbeats, and answers an import's mint request after checking every attestation's
+/// signature (what the real scheduler and ledger check); the mints it granted are kept. An
+/// import for [`REFUSED_OWNER`] is refused, as the ledger refuses a content minted already.
+pub const REFUSED_OWNER: [u8; 32] = [0xee; 32];
+
+pub struct MintingScheduler {
+    pub mints: std::sync::Mutex<Vec<aic_protocol::messages::DatasetMint>>,
+}
+
+impl aic_protocol::rpc::RpcHandler for MintingScheduler {
+    async fn node(
+        &self,
+        peer: &aic_protocol::certs::PeerIdentity,
+        request: aic_protocol::messages::NodeRequest,
+    ) -> Result<aic_protocol::messages::NodeResponse, aic_protocol::RpcError> {
+        use aic_protocol::messages::{ImportAttestation, NodeRequest, NodeResponse};
+        match request {
+            NodeRequest::Register(_) => Ok(NodeResponse::Registered {
+                node_id: peer.node_id,
+                heartbeat_interval_ms: 1000,
+                probe_targets: Vec::new(),
+            }),
+            NodeRequest::Heartbeat(_) => Ok(NodeResponse::HeartbeatAccepted {
+                probe_targets: Vec::new(),
+            }),
+            NodeRequest::AttestImport(mint) => {
+                let message = ImportAttestation::message(&mint.content_hash, &mint.owner);
+                for attestation in &mint.attestations {
+                    let signature: [u8; 64] = attestation.signature.as_slice().try_into().unwrap();
+                    let key = aic_ledger::Address(attestation.node_key);
+                    assert!(
+                        aic_ledger::keys::verify_strict(&key, &message, &signature),
+                        "an attestation does not verify"
+                    );
+                }
+                if mint.owner == REFUSED_OWNER {
+                    return Err(aic_protocol::RpcError::new(
+                        aic_protocol::ErrorCode::AlreadyExists,
+                        "this content is already minted",
+                    ));
+                }
+                self.mints.lock().unwrap().push(*mint);
+                Ok(NodeResponse::DatasetMinted {
+                    asset: aic_protocol::AssetId::random(),
+                })
+            }
+        }
+    }
+}
+
+/// Starts a [`MintingScheduler`] on loopback; answers its address and the handler.
+pub fn start_minting_scheduler(
+    ca: &CertificateAuthority,
+    shutdown: &CancellationToken,
+) -> (String, std::sync::Arc<MintingScheduler>) {
+    let identity =
+        Identity::from_issued(ca, &ca.issue(Role::Scheduler, "scheduler", &[], Validity::default()).unwrap())
+            .unwrap();
+    let tuning = TransportTuning::default();
+    let endpoint = transport::endpoint(
+        transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
+        &identity,
+        &tuning,
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    let handler = std::sync::Arc::new(MintingScheduler {
+        mints: Default::default(),
+    });
+    let metrics =
+        aic_protocol::metrics::TransportMetrics::register(&prometheus::Registry::new(), "scheduler").unwrap();
+    tokio::spawn(aic_protocol::rpc::serve(
+        endpoint,
+        handler.clone(),
+        metrics,
+        shutdown.clone(),
+    ));
+    (addr, handler)
 }

@@ -1,0 +1,271 @@
+//! The storage node's boundaries as an attacker meets them, over real QUIC with each role's
+//! certificate: upload slots per client identity, aborts and idle expiry that leave no shard
+//! behind, a preview that reveals one fixed sample however often it is called, previews of
+//! datasets only, weights stored only by schedulers, and an import whose asset cannot be minted
+//! leaving nothing stored (issue 12, items 4–6).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use aic_protocol::messages::{ClientRequest, ClientResponse, DatasetPreview};
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::{Error, ErrorCode, Role, RpcError, ShardId};
+use aic_storage_node::import::{preprocess, ImportOptions, ShardSink};
+use aic_storage_node::manifest::{Manifest, ObjectKind, ReplicaLocation};
+use aic_storage_node::preview_sample_size;
+use aic_storage_node::shard_store::ShardStore;
+use aic_storage_node::upload_client::{store_weights, UploadSink};
+use common::{connect, digits_csv, eventually, start_minting_scheduler, start_storage_with, REFUSED_OWNER};
+use tokio_util::sync::CancellationToken;
+
+fn ca(dir: &std::path::Path) -> aic_protocol::certs::CertificateAuthority {
+    aic_protocol::install_crypto_provider();
+    let ca = aic_protocol::certs::CertificateAuthority::generate("boundaries").unwrap();
+    ca.save(dir).unwrap();
+    ca
+}
+
+fn refusal<T: std::fmt::Debug>(result: Result<T, Error>) -> (ErrorCode, String) {
+    match result {
+        Err(Error::Rpc(RpcError { code, message })) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn begin(client: &RpcClient) -> Result<u64, Error> {
+    match client.call(&ClientRequest::BeginImport).await? {
+        ClientResponse::ImportStarted { upload } => Ok(upload),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+async fn upload_small_shard(client: &RpcClient, upload: u64, bytes: &[u8]) -> Result<ClientResponse, Error> {
+    client
+        .call(&ClientRequest::UploadShard {
+            upload,
+            shard: ShardId::of_content(bytes),
+            offset: 0,
+            total: bytes.len() as u64,
+            bytes: bytes.to_vec(),
+        })
+        .await
+}
+
+struct Node {
+    addr: String,
+    id: aic_protocol::NodeId,
+    store: ShardStore,
+    stops: Vec<CancellationToken>,
+    handle: Option<aic_protocol::service::ServiceHandle>,
+}
+
+impl Node {
+    async fn stop(mut self) {
+        for stop in &self.stops {
+            stop.cancel();
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.stopped().await;
+        }
+    }
+
+    fn replicas(&self) -> Vec<ReplicaLocation> {
+        vec![ReplicaLocation {
+            node: self.id.to_string(),
+            quic_addr: self.addr.clone(),
+        }]
+    }
+}
+
+/// One storage node with a minting stand-in for the scheduler, one upload slot per client and
+/// uploads that idle out after a second.
+fn start(dir: &std::path::Path, ca: &aic_protocol::certs::CertificateAuthority) -> Node {
+    let scheduler_stop = CancellationToken::new();
+    let (scheduler, _) = start_minting_scheduler(ca, &scheduler_stop);
+    let (handle, id, stop) = start_storage_with(ca, dir, "storage", &scheduler, Vec::new(), 3600, |config| {
+        config.storage.uploads_per_client = 1;
+        config.storage.upload_idle_secs = 1;
+    });
+    Node {
+        addr: handle.quic_addr.to_string(),
+        id,
+        store: ShardStore::local(&dir.join("storage/shards")).unwrap(),
+        stops: vec![stop, scheduler_stop],
+        handle: Some(handle),
+    }
+}
+
+async fn import_digits(node: &Node, client: &RpcClient, owner: [u8; 32]) -> Result<(String, Manifest), Error> {
+    let mut sink = UploadSink::new(client, |_| {});
+    let mut manifest = preprocess(&digits_csv(), "digits", &ImportOptions::new("digit"), &mut sink, &|_| {})
+        .await
+        .unwrap();
+    manifest.replicas = node.replicas();
+    match sink.commit(&manifest, owner).await {
+        Ok(committed) => Ok((committed.dataset, manifest)),
+        Err(aic_storage_node::import::ImportError::Upload(error)) => Err(error),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_slots_are_per_client_and_aborted_or_idle_uploads_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca(dir.path());
+    let node = start(dir.path(), &ca);
+    let (x, _) = connect(&ca, Role::Client, "x", &node.addr).await;
+    let (y, _) = connect(&ca, Role::Client, "y", &node.addr).await;
+
+    // One slot per client: X's second upload is refused, Y still gets one.
+    let first = begin(&x).await.unwrap();
+    let (code, message) = refusal(begin(&x).await);
+    assert_eq!(code, ErrorCode::ResourceExhausted, "{message}");
+    let y_upload = begin(&y).await.unwrap();
+    // Nobody aborts another's upload.
+    let abort_x = ClientRequest::AbortImport { upload: first };
+    assert_eq!(refusal(y.call(&abort_x).await).0, ErrorCode::PermissionDenied);
+
+    // A shard sent then aborted: deleted at once, and the slot is free again.
+    upload_small_shard(&x, first, b"a shard that is given up").await.unwrap();
+    assert_eq!(node.store.list().await.unwrap().len(), 1);
+    assert!(matches!(x.call(&abort_x).await.unwrap(), ClientResponse::Aborted));
+    assert!(node.store.list().await.unwrap().is_empty());
+    let second = begin(&x).await.unwrap();
+
+    // Left idle: abandoned by the sweeper, its shard deleted, its id unknown.
+    upload_small_shard(&x, second, b"a shard that is left behind").await.unwrap();
+    drop(y_upload);
+    eventually("the idle upload to be swept", || async {
+        node.store.list().await.unwrap().is_empty()
+    })
+    .await;
+    let (code, _) = refusal(upload_small_shard(&x, second, b"late").await);
+    assert_eq!(code, ErrorCode::NotFound);
+    // Both slots came back.
+    begin(&x).await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_reveals_one_fixed_sample_however_often_it_is_called() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca(dir.path());
+    let node = start(dir.path(), &ca);
+    let (owner, _) = connect(&ca, Role::Client, "owner", &node.addr).await;
+    let (dataset, manifest) = import_digits(&node, &owner, [1; 32]).await.unwrap();
+    let sample = preview_sample_size(manifest.rows);
+    assert_eq!(sample, 17, "1 % of 1,797 rows, rounded down");
+
+    let preview = |client: RpcClient, rows: u32| {
+        let dataset = dataset.clone();
+        async move {
+            match client.call(&ClientRequest::Preview { dataset, rows }).await.unwrap() {
+                ClientResponse::Preview(preview) => preview,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    };
+    let key = |p: &DatasetPreview, i: usize| -> Vec<u32> {
+        p.rows[i].iter().map(|v| v.to_bits()).chain([p.labels[i]]).collect()
+    };
+    let full = preview(owner.clone(), 100).await;
+    assert_eq!(full.rows.len(), sample);
+    let mut seen: BTreeSet<Vec<u32>> = BTreeSet::new();
+    // 200 calls from several certificates, asking for different counts.
+    for call in 0..200u32 {
+        let (client, _) = if call % 50 == 0 {
+            connect(&ca, Role::Client, &format!("scraper-{call}"), &node.addr).await
+        } else {
+            (owner.clone(), node.id)
+        };
+        let asked = 1 + call % 120;
+        let got = preview(client, asked).await;
+        assert_eq!(got.rows.len(), (asked as usize).min(sample));
+        for i in 0..got.rows.len() {
+            // Each answer is a prefix of the one sample.
+            assert_eq!(key(&got, i), key(&full, i));
+            seen.insert(key(&got, i));
+        }
+    }
+    assert_eq!(seen.len(), sample, "200 previews revealed only the sample");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_datasets_are_previewed_and_only_schedulers_store_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca(dir.path());
+    let node = start(dir.path(), &ca);
+    let (scheduler, _) = connect(&ca, Role::Scheduler, "scheduler", &node.addr).await;
+    let (_, object) = store_weights(&scheduler, "weights", &[vec![0.5; 300]], node.replicas())
+        .await
+        .unwrap();
+    // Previewing stored weights once panicked the handler; now it is a clear refusal.
+    let (client, _) = connect(&ca, Role::Client, "client", &node.addr).await;
+    let (code, message) = refusal(
+        client
+            .call(&ClientRequest::Preview {
+                dataset: object.clone(),
+                rows: 10,
+            })
+            .await,
+    );
+    assert_eq!(code, ErrorCode::InvalidArgument);
+    assert!(message.contains("only datasets can be previewed"), "{message}");
+
+    // A client cannot store a "trained model" of its own, nor a scheduler a dataset.
+    let mut sink = UploadSink::new(&client, |_| {});
+    let parquet = b"not really parquet".to_vec();
+    let id = ShardId::of_content(&parquet);
+    sink.put(id, parquet.clone()).await.unwrap();
+    let weights = Manifest {
+        kind: ObjectKind::TrainedModel,
+        name: "fake".into(),
+        rows: 1,
+        features: Vec::new(),
+        label: String::new(),
+        classes: Vec::new(),
+        seed: 0,
+        test_fraction: 0.0,
+        shard_rows: 1,
+        train: vec![aic_storage_node::manifest::ShardEntry {
+            id: id.to_string(),
+            rows: 1,
+            bytes: parquet.len() as u64,
+        }],
+        test: Vec::new(),
+        replicas: node.replicas(),
+        fee: "0".into(),
+    };
+    match sink.commit(&weights, [1; 32]).await {
+        Err(aic_storage_node::import::ImportError::Upload(error)) => {
+            assert_eq!(refusal::<()>(Err(error)).0, ErrorCode::PermissionDenied)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        node.store.list().await.unwrap().len() == 1,
+        "only the scheduler's weights stay stored"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_whose_asset_is_not_minted_leaves_nothing_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca(dir.path());
+    let node = start(dir.path(), &ca);
+    let (client, _) = connect(&ca, Role::Client, "client", &node.addr).await;
+    let (code, message) = refusal(import_digits(&node, &client, REFUSED_OWNER).await);
+    assert_eq!(code, ErrorCode::AlreadyExists, "{message}");
+    assert!(message.contains("not minted"), "{message}");
+    assert!(node.store.list().await.unwrap().is_empty(), "no shard stays behind");
+    match client.call(&ClientRequest::ListDatasets).await.unwrap() {
+        ClientResponse::Datasets(datasets) => assert!(datasets.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // The slot is free again: the same client imports at once.
+    import_digits(&node, &client, [2; 32]).await.unwrap();
+    node.stop().await;
+}
