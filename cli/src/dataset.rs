@@ -407,7 +407,10 @@ pub async fn import_dataset(
 }
 
 /// An import's error, with what became of its upload.
-fn with_abort(error: anyhow::Error, aborted: Result<(), aic_storage_node::import::ImportError>) -> anyhow::Error {
+fn with_abort(
+    error: anyhow::Error,
+    aborted: Result<(), aic_storage_node::import::ImportError>,
+) -> anyhow::Error {
     match aborted {
         Ok(()) => error,
         Err(abort) => error.context(format!(

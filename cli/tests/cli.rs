@@ -444,7 +444,11 @@ fn check_dataset_commands(dir: &std::path::Path, profile: &str, owner: &str, str
     assert_eq!(shown["usage_fee"], "0.5", "{shown}");
     // Minted from the import both storage nodes attested, not by the importer itself.
     assert_eq!(shown["provenance"]["source"], "import", "{shown}");
-    assert_eq!(shown["provenance"]["attesters"].as_array().unwrap().len(), 2, "{shown}");
+    assert_eq!(
+        shown["provenance"]["attesters"].as_array().unwrap().len(),
+        2,
+        "{shown}"
+    );
     let manifest: Value = serde_json::from_str(shown["manifest"].as_str().unwrap()).unwrap();
     assert_eq!(manifest["rows"], 1797);
     assert_eq!(manifest["replicas"].as_array().unwrap().len(), 2);
@@ -524,9 +528,10 @@ fn check_a_copier_gets_no_dataset(data_dir: &std::path::Path, digits_asset: &str
         let endpoint = aic_protocol::transport::outbound_endpoint(&identity).unwrap();
         let profile: toml::Value =
             toml::from_str(&std::fs::read_to_string(data_dir.join("client.toml")).unwrap()).unwrap();
-        let scheduler = RpcClient::connect(&endpoint, profile["scheduler"].as_str().unwrap(), Role::Scheduler)
-            .await
-            .unwrap();
+        let scheduler =
+            RpcClient::connect(&endpoint, profile["scheduler"].as_str().unwrap(), Role::Scheduler)
+                .await
+                .unwrap();
         let ledger = |request: LedgerRequest| {
             let scheduler = scheduler.clone();
             async move { aic_ledger::remote::request(&scheduler, &request).await.unwrap() }
@@ -576,7 +581,9 @@ fn check_a_copier_gets_no_dataset(data_dir: &std::path::Path, digits_asset: &str
         let decoy = events
             .iter()
             .find_map(|e| match e {
-                aic_ledger::state::Event::AssetTransfer { from: None, asset, .. } => Some(*asset),
+                aic_ledger::state::Event::AssetTransfer {
+                    from: None, asset, ..
+                } => Some(*asset),
                 _ => None,
             })
             .unwrap();
@@ -616,7 +623,11 @@ fn check_a_copier_gets_no_dataset(data_dir: &std::path::Path, digits_asset: &str
         match answer.next().await {
             Some(Err(aic_protocol::Error::Rpc(refusal))) => {
                 assert_eq!(refusal.code, ErrorCode::PermissionDenied, "{}", refusal.message);
-                assert!(refusal.message.contains("not the genuine asset"), "{}", refusal.message);
+                assert!(
+                    refusal.message.contains("not the genuine asset"),
+                    "{}",
+                    refusal.message
+                );
             }
             other => panic!("the copier got an answer: {other:?}"),
         }

@@ -89,9 +89,7 @@ impl LedgerRequest {
             chain_id: "examples".into(),
             from: nobody,
             nonce: 0,
-            call: crate::tx::Call::Burn {
-                amount: Amount::ZERO,
-            },
+            call: crate::tx::Call::Burn { amount: Amount::ZERO },
         };
         vec![
             // Signed by nobody's key: refused by the signature check, never applied.

@@ -142,6 +142,7 @@ pub enum Call {
     RecordJob {
         job: JobId,
         runner: NodeId,
+        #[serde(with = "serde_bytes")]
         request: Vec<u8>,
     },
     /// A job's progress after a round: its weights and its running tallies (assignments, work
@@ -150,7 +151,9 @@ pub enum Call {
         job: JobId,
         runner: NodeId,
         round: u32,
+        #[serde(with = "serde_bytes")]
         weights: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         progress: Vec<u8>,
     },
     /// Proof-of-Value rewards a settled job earned its verified providers: they accrue and are

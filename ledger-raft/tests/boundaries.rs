@@ -103,7 +103,9 @@ async fn refused_requests_cost_no_raft_entry_and_depose_no_leader() {
         },
     );
     for _ in 0..3 {
-        let answer = client.request(&LedgerRequest::Submit(Box::new(huge.clone()))).await;
+        let answer = client
+            .request(&LedgerRequest::Submit(Box::new(huge.clone())))
+            .await;
         assert!(
             matches!(answer, Err(LedgerApiError::Refused(TxError::TooLarge { .. }))),
             "{answer:?}"
@@ -141,11 +143,19 @@ async fn refused_requests_cost_no_raft_entry_and_depose_no_leader() {
     );
     // A good transfer goes through; replaying it is refused before consensus.
     let good = transfer(0);
-    let answer = client.request(&LedgerRequest::Submit(Box::new(good.clone()))).await;
-    assert!(matches!(answer, Ok(LedgerResponse::Submitted { result: Ok(_), .. })), "{answer:?}");
+    let answer = client
+        .request(&LedgerRequest::Submit(Box::new(good.clone())))
+        .await;
+    assert!(
+        matches!(answer, Ok(LedgerResponse::Submitted { result: Ok(_), .. })),
+        "{answer:?}"
+    );
     let applied = cluster.replica(leader).status().applied_index;
     let replay = client.request(&LedgerRequest::Submit(Box::new(good))).await;
-    assert!(matches!(replay, Err(LedgerApiError::Refused(TxError::BadNonce { .. }))));
+    assert!(matches!(
+        replay,
+        Err(LedgerApiError::Refused(TxError::BadNonce { .. }))
+    ));
     assert_eq!(cluster.replica(leader).status().applied_index, applied);
 }
 
@@ -212,6 +222,9 @@ async fn a_lagging_follower_catches_up_on_entries_larger_than_a_frame() {
     let target = cluster.replica(leader).status();
     let back = cluster.start(lagging).await;
     wait_for(|| back.status().applied_index >= target.applied_index).await;
-    assert_eq!(back.status().state_hash, cluster.replica(leader).status().state_hash);
+    assert_eq!(
+        back.status().state_hash,
+        cluster.replica(leader).status().state_hash
+    );
     assert_eq!(cluster.replica(leader).status().term, target.term, "no election");
 }

@@ -903,7 +903,10 @@ fn an_imported_dataset_needs_every_replica_signature_and_is_minted_once() {
             Call::MintImportedDataset {
                 owner: alice.address(),
                 metadata: data.clone(),
-                attestations: vec![attest(&r1, &hash, &alice.address()), attest(&r2, &hash, &bob.address())],
+                attestations: vec![
+                    attest(&r1, &hash, &alice.address()),
+                    attest(&r2, &hash, &bob.address()),
+                ],
             },
         )
         .unwrap_err();
@@ -925,7 +928,10 @@ fn an_imported_dataset_needs_every_replica_signature_and_is_minted_once() {
             Call::MintImportedDataset {
                 owner: alice.address(),
                 metadata: data.clone(),
-                attestations: vec![attest(&r1, &hash, &alice.address()), attest(&r1, &hash, &alice.address())],
+                attestations: vec![
+                    attest(&r1, &hash, &alice.address()),
+                    attest(&r1, &hash, &alice.address()),
+                ],
             },
         )
         .unwrap_err();
@@ -937,7 +943,10 @@ fn an_imported_dataset_needs_every_replica_signature_and_is_minted_once() {
             Call::MintImportedDataset {
                 owner: alice.address(),
                 metadata: data.clone(),
-                attestations: vec![attest(&r1, &hash, &alice.address()), attest(&r2, &hash, &alice.address())],
+                attestations: vec![
+                    attest(&r1, &hash, &alice.address()),
+                    attest(&r2, &hash, &alice.address()),
+                ],
             },
         )
         .unwrap(),

@@ -120,7 +120,12 @@ mod tests {
 
     #[test]
     fn membership_and_raft_traffic_are_for_replicas_only() {
-        for rpc in ["raft_append_entries", "raft_vote", "raft_install_snapshot", "forward"] {
+        for rpc in [
+            "raft_append_entries",
+            "raft_vote",
+            "raft_install_snapshot",
+            "forward",
+        ] {
             assert_eq!(allowed_roles(FrameKind::ReplicaRequest, rpc), &[Role::Scheduler]);
         }
     }

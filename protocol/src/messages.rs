@@ -313,7 +313,7 @@ pub enum ClientRequest {
     ListNodes,
     /// A ledger request (transaction, query or admin), encoded by `aic-ledger`'s API types:
     /// the protocol carries it without depending on the ledger.
-    Ledger(Vec<u8>),
+    Ledger(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The datasets a storage node holds.
     ListDatasets,
     /// Up to `rows` random rows of a dataset (capped at 1 % of it and at 100 rows).
@@ -334,6 +334,7 @@ pub enum ClientRequest {
         shard: crate::ShardId,
         offset: u64,
         total: u64,
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Seals the upload: every shard the manifest names must have arrived. The node stores
@@ -376,7 +377,7 @@ pub enum ClientRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
     Nodes(Vec<NodeStatus>),
-    Ledger(Vec<u8>),
+    Ledger(#[serde(with = "serde_bytes")] Vec<u8>),
     Datasets(Vec<DatasetSummary>),
     Preview(DatasetPreview),
     Stat(DatasetStat),
@@ -396,6 +397,7 @@ pub enum ClientResponse {
     Dropped,
     /// A piece of an exported shard's Parquet bytes.
     ExportChunk {
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// The most the job may cost (decimal AIC), and how that was reckoned.
@@ -614,6 +616,7 @@ pub enum PeerResponse {
     /// Record batches of a shard as an Arrow IPC stream (schema and batches), within the frame
     /// limit.
     ShardBatch {
+        #[serde(with = "serde_bytes")]
         ipc: Vec<u8>,
     },
     /// The end of a shard: how many rows and batches were sent, so a cut stream is noticed.
@@ -627,6 +630,7 @@ pub enum PeerResponse {
         attestation: ImportAttestation,
     },
     SealedChunk {
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     Dropped,
@@ -657,7 +661,6 @@ impl Request for PeerRequest {
             PeerRequest::SignBlock { .. } => "sign_block",
         }
     }
-
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -667,15 +670,15 @@ impl Request for PeerRequest {
 /// and the ledger API), so the protocol does not depend on the ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaRequest {
-    AppendEntries(Vec<u8>),
-    Vote(Vec<u8>),
-    InstallSnapshot(Vec<u8>),
+    AppendEntries(#[serde(with = "serde_bytes")] Vec<u8>),
+    Vote(#[serde(with = "serde_bytes")] Vec<u8>),
+    InstallSnapshot(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A client's ledger request forwarded by a follower to the leader.
-    Forward(Vec<u8>),
+    Forward(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaResponse(pub Vec<u8>);
+pub struct ReplicaResponse(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 impl Request for ReplicaRequest {
     type Response = ReplicaResponse;

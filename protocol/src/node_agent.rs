@@ -429,9 +429,9 @@ async fn register(client: &RpcClient, settings: &AgentSettings) -> Result<(Durat
             Duration::from_millis(heartbeat_interval_ms.max(10)),
             probe_targets,
         )),
-        NodeResponse::HeartbeatAccepted { .. } | NodeResponse::DatasetMinted { .. } => {
-            Err(Error::UnexpectedFrame("another request's answer to a registration"))
-        }
+        NodeResponse::HeartbeatAccepted { .. } | NodeResponse::DatasetMinted { .. } => Err(
+            Error::UnexpectedFrame("another request's answer to a registration"),
+        ),
     }
 }
 

@@ -21,7 +21,9 @@ use tracing::debug;
 
 use crate::certs::PeerIdentity;
 use crate::error::{Error, ErrorCode, Result, RpcError};
-use crate::frame::{read_frame, read_header, read_payload, write_frame, Frame, FrameKind, DEFAULT_MAX_FRAME_LEN};
+use crate::frame::{
+    read_frame, read_header, read_payload, write_frame, Frame, FrameKind, DEFAULT_MAX_FRAME_LEN,
+};
 use crate::messages::{
     ClientRequest, ClientResponse, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ReplicaRequest,
     ReplicaResponse, Request,

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use aic_protocol::authz;
 use aic_protocol::certs::{CertificateAuthority, Identity, PeerIdentity, Validity};
-use aic_protocol::frame::{read_frame, Frame, FrameHeader, FrameKind, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION};
+use aic_protocol::frame::{
+    read_frame, Frame, FrameHeader, FrameKind, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
 use aic_protocol::messages::*;
 use aic_protocol::metrics::TransportMetrics;
 use aic_protocol::rpc::{self, Reply, RpcClient, RpcHandler, ServeLimits};
@@ -29,7 +31,11 @@ impl RpcHandler for Reached {
     async fn node(&self, _: &PeerIdentity, _: NodeRequest) -> Result<NodeResponse, RpcError> {
         reached()
     }
-    async fn client_reply(&self, _: &PeerIdentity, _: ClientRequest) -> Result<Reply<ClientResponse>, RpcError> {
+    async fn client_reply(
+        &self,
+        _: &PeerIdentity,
+        _: ClientRequest,
+    ) -> Result<Reply<ClientResponse>, RpcError> {
         reached()
     }
     async fn peer_reply(&self, _: &PeerIdentity, _: PeerRequest) -> Result<Reply<PeerResponse>, RpcError> {
@@ -41,7 +47,11 @@ impl RpcHandler for Reached {
 }
 
 fn endpoint(ca: &CertificateAuthority, role: Role) -> quinn::Endpoint {
-    let identity = Identity::from_issued(ca, &ca.issue(role, role.as_str(), &[], Validity::default()).unwrap()).unwrap();
+    let identity = Identity::from_issued(
+        ca,
+        &ca.issue(role, role.as_str(), &[], Validity::default()).unwrap(),
+    )
+    .unwrap();
     let tuning = TransportTuning::default();
     transport::endpoint(
         transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
@@ -52,7 +62,11 @@ fn endpoint(ca: &CertificateAuthority, role: Role) -> quinn::Endpoint {
 }
 
 /// A server (scheduler certificate) with the given limits; answers its address and metrics.
-fn serve(ca: &CertificateAuthority, limits: ServeLimits, shutdown: &CancellationToken) -> (String, TransportMetrics) {
+fn serve(
+    ca: &CertificateAuthority,
+    limits: ServeLimits,
+    shutdown: &CancellationToken,
+) -> (String, TransportMetrics) {
     aic_protocol::install_crypto_provider();
     let server = endpoint(ca, Role::Scheduler);
     let addr = server.local_addr().unwrap().to_string();
@@ -185,7 +199,9 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         },
         PeerRequest::DropReplica { dataset: "d".into() },
         PeerRequest::RunTask(Box::new(task)),
-        PeerRequest::SignTicket { session: JobId::random() },
+        PeerRequest::SignTicket {
+            session: JobId::random(),
+        },
         PeerRequest::SignBlock { header: vec![1] },
     ];
     let replicas: Vec<ReplicaRequest> = vec![
@@ -197,7 +213,11 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
     let mut all = Vec::new();
     fn push<R: Request>(all: &mut Vec<(FrameKind, &'static str, Frame)>, requests: Vec<R>) {
         for request in requests {
-            all.push((R::KIND, request.rpc_name(), Frame::encode(R::KIND, &request).unwrap()));
+            all.push((
+                R::KIND,
+                request.rpc_name(),
+                Frame::encode(R::KIND, &request).unwrap(),
+            ));
         }
     }
     push(&mut all, nodes);
@@ -208,7 +228,11 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
 }
 
 fn answer_code(answer: &Frame) -> (ErrorCode, String) {
-    assert_eq!(answer.kind, FrameKind::Error, "every request here is answered by an error");
+    assert_eq!(
+        answer.kind,
+        FrameKind::Error,
+        "every request here is answered by an error"
+    );
     let error: RpcError = answer.decode().unwrap();
     (error.code, error.message)
 }
@@ -241,7 +265,11 @@ async fn every_request_and_role_is_allowed_or_refused_as_the_table_says() {
                     "{role} may send {rpc}"
                 );
             } else {
-                assert_eq!(code, ErrorCode::PermissionDenied, "{role} may not send {rpc}: {message}");
+                assert_eq!(
+                    code,
+                    ErrorCode::PermissionDenied,
+                    "{role} may not send {rpc}: {message}"
+                );
                 assert!(message.contains(rpc), "{message}");
             }
             cells += 1;
@@ -252,10 +280,22 @@ async fn every_request_and_role_is_allowed_or_refused_as_the_table_says() {
     // may not forward ledger writes or speak Raft; only storage nodes may ask for a mint.
     for role in [Role::Compute, Role::Storage, Role::Client, Role::Operator] {
         assert!(!authz::allows(FrameKind::ReplicaRequest, "forward", role));
-        assert!(!authz::allows(FrameKind::ReplicaRequest, "raft_append_entries", role));
+        assert!(!authz::allows(
+            FrameKind::ReplicaRequest,
+            "raft_append_entries",
+            role
+        ));
     }
-    assert!(!authz::allows(FrameKind::NodeRequest, "attest_import", Role::Compute));
-    assert!(!authz::allows(FrameKind::ClientRequest, "list_nodes", Role::Compute));
+    assert!(!authz::allows(
+        FrameKind::NodeRequest,
+        "attest_import",
+        Role::Compute
+    ));
+    assert!(!authz::allows(
+        FrameKind::ClientRequest,
+        "list_nodes",
+        Role::Compute
+    ));
     shutdown.cancel();
 }
 
@@ -292,10 +332,7 @@ async fn stalled_partial_frames_are_cut_off_and_their_budget_returned() {
         let (code, message) = answer_code(&answer);
         assert_eq!(code, ErrorCode::DeadlineExceeded, "{message}");
     }
-    let counted = metrics
-        .frames_rejected
-        .with_label_values(&["deadline"])
-        .get();
+    let counted = metrics.frames_rejected.with_label_values(&["deadline"]).get();
     assert_eq!(counted, 32);
     // A header announcing more than the whole budget is refused at once, without waiting.
     let small = ServeLimits {
@@ -314,6 +351,9 @@ async fn stalled_partial_frames_are_cut_off_and_their_budget_returned() {
     // The first connection's budget is whole again: a full request is read and answered.
     let whole = Frame::encode(FrameKind::ClientRequest, &ClientRequest::ListNodes).unwrap();
     let answer = client.exchange_raw(&whole.to_bytes().unwrap()).await.unwrap();
-    assert_eq!(answer_code(&answer), (ErrorCode::Internal, "handler reached".to_string()));
+    assert_eq!(
+        answer_code(&answer),
+        (ErrorCode::Internal, "handler reached".to_string())
+    );
     shutdown.cancel();
 }

@@ -20,11 +20,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> RpcError {
 
 /// Checks a mint request against the registered storage nodes and turns it into the ledger's
 /// system call. Pure: the caller supplies the node table.
-pub fn check_mint(
-    caller: &PeerIdentity,
-    mint: &DatasetMint,
-    nodes: &[NodeStatus],
-) -> Result<Call, RpcError> {
+pub fn check_mint(caller: &PeerIdentity, mint: &DatasetMint, nodes: &[NodeStatus]) -> Result<Call, RpcError> {
     let storage: BTreeSet<NodeId> = nodes
         .iter()
         .filter(|n| n.role == Role::Storage)
@@ -40,12 +36,11 @@ pub fn check_mint(
                 format!("attester {} is not a storage node registered here", node.short()),
             ));
         }
-        let signature: [u8; 64] = attestation.signature.as_slice().try_into().map_err(|_| {
-            refuse(
-                ErrorCode::InvalidArgument,
-                "an attestation signature is 64 bytes",
-            )
-        })?;
+        let signature: [u8; 64] = attestation
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| refuse(ErrorCode::InvalidArgument, "an attestation signature is 64 bytes"))?;
         attesters.insert(node);
         attestations.push(Attestation {
             node_key: Address(attestation.node_key),
@@ -160,7 +155,9 @@ mod tests {
                 .iter()
                 .map(|k| ImportAttestation {
                     node_key: k.address().0,
-                    signature: k.sign(&ImportAttestation::message(&content_hash, &owner)).to_vec(),
+                    signature: k
+                        .sign(&ImportAttestation::message(&content_hash, &owner))
+                        .to_vec(),
                 })
                 .collect(),
         }

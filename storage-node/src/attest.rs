@@ -32,7 +32,9 @@ pub fn published_manifest(manifest: &Manifest) -> String {
 pub fn attestation(key: &Keypair, content_hash: &[u8; 32], owner: &[u8; 32]) -> ImportAttestation {
     ImportAttestation {
         node_key: key.address().0,
-        signature: key.sign(&ImportAttestation::message(content_hash, owner)).to_vec(),
+        signature: key
+            .sign(&ImportAttestation::message(content_hash, owner))
+            .to_vec(),
     }
 }
 

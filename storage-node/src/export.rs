@@ -97,9 +97,7 @@ impl StorageNode {
             _ => None,
         };
         let held = self.catalog.read().await.get(dataset).map(|(m, _)| m.kind);
-        if genuine.is_none()
-            || genuine != held
-            || dataset_id_of_hash(&asset.metadata.content_hash) != dataset
+        if genuine.is_none() || genuine != held || dataset_id_of_hash(&asset.metadata.content_hash) != dataset
         {
             return Err(self.refuse(
                 "not_owner",

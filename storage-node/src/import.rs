@@ -552,7 +552,10 @@ fn check_encoding_size(features: &[Feature], classes: &[String], file: &str) -> 
     let (column, bytes) = features
         .iter()
         .map(|f| (f.name.clone(), size(f)))
-        .chain(std::iter::once(("(the label's classes)".to_string(), size(&classes))))
+        .chain(std::iter::once((
+            "(the label's classes)".to_string(),
+            size(&classes),
+        )))
         .max_by_key(|(_, bytes)| *bytes)
         .expect("at least the classes");
     Err(ImportError::Unencodable {

@@ -128,7 +128,10 @@ impl StorageNode {
             return Err(self.refuse(
                 "not_a_dataset",
                 ErrorCode::InvalidArgument,
-                format!("{dataset} is a stored {:?}, not a dataset: only datasets can be previewed", manifest.kind),
+                format!(
+                    "{dataset} is a stored {:?}, not a dataset: only datasets can be previewed",
+                    manifest.kind
+                ),
             ));
         }
         let sample = preview_sample(dataset, manifest.rows);

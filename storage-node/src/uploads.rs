@@ -135,8 +135,7 @@ impl StorageNode {
         let upload = {
             let mut uploads = self.uploads.lock().await;
             self.own_upload(&mut uploads, peer, upload_id)?;
-            let upload = uploads.open.remove(&upload_id).expect("checked above");
-            upload
+            uploads.open.remove(&upload_id).expect("checked above")
         };
         self.delete_unreferenced(upload.stored.iter()).await;
         Ok(())
@@ -250,8 +249,7 @@ impl StorageNode {
         let upload = {
             let mut uploads = self.uploads.lock().await;
             self.own_upload(&mut uploads, peer, upload_id)?;
-            let upload = uploads.open.remove(&upload_id).expect("checked above");
-            upload
+            uploads.open.remove(&upload_id).expect("checked above")
         };
         let result = self.place(peer, &upload, manifest_json, owner).await;
         if result.is_err() {
@@ -339,7 +337,12 @@ impl StorageNode {
         let minted = match placed {
             Err((error, done)) => Err((error, done)),
             Ok(attestations) if manifest.kind == ObjectKind::Dataset => {
-                let done = manifest.replicas.iter().skip(1).map(|r| r.quic_addr.clone()).collect();
+                let done = manifest
+                    .replicas
+                    .iter()
+                    .skip(1)
+                    .map(|r| r.quic_addr.clone())
+                    .collect();
                 self.mint_dataset(&manifest, owner, attestations)
                     .await
                     .map(Some)

@@ -96,11 +96,21 @@ fn start(dir: &std::path::Path, ca: &aic_protocol::certs::CertificateAuthority) 
     }
 }
 
-async fn import_digits(node: &Node, client: &RpcClient, owner: [u8; 32]) -> Result<(String, Manifest), Error> {
+async fn import_digits(
+    node: &Node,
+    client: &RpcClient,
+    owner: [u8; 32],
+) -> Result<(String, Manifest), Error> {
     let mut sink = UploadSink::new(client, |_| {});
-    let mut manifest = preprocess(&digits_csv(), "digits", &ImportOptions::new("digit"), &mut sink, &|_| {})
-        .await
-        .unwrap();
+    let mut manifest = preprocess(
+        &digits_csv(),
+        "digits",
+        &ImportOptions::new("digit"),
+        &mut sink,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     manifest.replicas = node.replicas();
     match sink.commit(&manifest, owner).await {
         Ok(committed) => Ok((committed.dataset, manifest)),
@@ -127,20 +137,25 @@ async fn upload_slots_are_per_client_and_aborted_or_idle_uploads_leave_nothing()
     assert_eq!(refusal(y.call(&abort_x).await).0, ErrorCode::PermissionDenied);
 
     // A shard sent then aborted: deleted at once, and the slot is free again.
-    upload_small_shard(&x, first, b"a shard that is given up").await.unwrap();
+    upload_small_shard(&x, first, b"a shard that is given up")
+        .await
+        .unwrap();
     assert_eq!(node.store.list().await.unwrap().len(), 1);
     assert!(matches!(x.call(&abort_x).await.unwrap(), ClientResponse::Aborted));
     assert!(node.store.list().await.unwrap().is_empty());
     let second = begin(&x).await.unwrap();
 
     // Left idle: abandoned by the sweeper, its shard deleted, its id unknown.
-    upload_small_shard(&x, second, b"a shard that is left behind").await.unwrap();
-    drop(y_upload);
+    upload_small_shard(&x, second, b"a shard that is left behind")
+        .await
+        .unwrap();
     eventually("the idle upload to be swept", || async {
         node.store.list().await.unwrap().is_empty()
     })
     .await;
     let (code, _) = refusal(upload_small_shard(&x, second, b"late").await);
+    assert_eq!(code, ErrorCode::NotFound);
+    let (code, _) = refusal(upload_small_shard(&y, y_upload, b"late").await);
     assert_eq!(code, ErrorCode::NotFound);
     // Both slots came back.
     begin(&x).await.unwrap();
@@ -160,14 +175,22 @@ async fn the_preview_reveals_one_fixed_sample_however_often_it_is_called() {
     let preview = |client: RpcClient, rows: u32| {
         let dataset = dataset.clone();
         async move {
-            match client.call(&ClientRequest::Preview { dataset, rows }).await.unwrap() {
+            match client
+                .call(&ClientRequest::Preview { dataset, rows })
+                .await
+                .unwrap()
+            {
                 ClientResponse::Preview(preview) => preview,
                 other => panic!("unexpected answer {other:?}"),
             }
         }
     };
     let key = |p: &DatasetPreview, i: usize| -> Vec<u32> {
-        p.rows[i].iter().map(|v| v.to_bits()).chain([p.labels[i]]).collect()
+        p.rows[i]
+            .iter()
+            .map(|v| v.to_bits())
+            .chain([p.labels[i]])
+            .collect()
     };
     let full = preview(owner.clone(), 100).await;
     assert_eq!(full.rows.len(), sample);
@@ -260,7 +283,10 @@ async fn an_import_whose_asset_is_not_minted_leaves_nothing_stored() {
     let (code, message) = refusal(import_digits(&node, &client, REFUSED_OWNER).await);
     assert_eq!(code, ErrorCode::AlreadyExists, "{message}");
     assert!(message.contains("not minted"), "{message}");
-    assert!(node.store.list().await.unwrap().is_empty(), "no shard stays behind");
+    assert!(
+        node.store.list().await.unwrap().is_empty(),
+        "no shard stays behind"
+    );
     match client.call(&ClientRequest::ListDatasets).await.unwrap() {
         ClientResponse::Datasets(datasets) => assert!(datasets.is_empty()),
         other => panic!("{other:?}"),

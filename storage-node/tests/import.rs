@@ -295,7 +295,10 @@ async fn oversized_input_is_refused_in_the_first_pass() {
         .map(|i| format!("{}{i},{}\n", "k".repeat(100), i % 2))
         .collect();
     let err = refused(&format!("kind,label\n{rows}"), "label").await;
-    assert!(err.contains("\"kind\"") && err.contains("bytes of manifest"), "{err}");
+    assert!(
+        err.contains("\"kind\"") && err.contains("bytes of manifest"),
+        "{err}"
+    );
 }
 
 /// Values whose statistics overflow f64 are refused in pass 1 with the column named, not after

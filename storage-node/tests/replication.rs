@@ -19,8 +19,8 @@ use aic_storage_node::shard_store::ShardStore;
 use aic_storage_node::upload_client::UploadSink;
 use bytes::Bytes;
 use common::{connect, digits_csv, eventually, start_minting_scheduler, start_storage};
-use tokio_util::sync::CancellationToken;
 use ed25519_dalek::SigningKey;
+use tokio_util::sync::CancellationToken;
 
 async fn stat(client: &RpcClient, dataset: &str) -> Result<Vec<ShardState>, Error> {
     match client
@@ -104,7 +104,10 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
         let mints = minter.mints.lock().unwrap();
         assert_eq!(mints.len(), 1);
         assert_eq!(mints[0].owner, owner);
-        assert_eq!(mints[0].content_hash, aic_storage_node::catalog::manifest_hash(&manifest));
+        assert_eq!(
+            mints[0].content_hash,
+            aic_storage_node::catalog::manifest_hash(&manifest)
+        );
         let attesters: Vec<NodeId> = mints[0]
             .attestations
             .iter()

@@ -8,7 +8,9 @@
 use aic_protocol::messages::{ReplicaRequest, ReplicaResponse};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::Role;
-use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -100,28 +102,30 @@ impl ReplicaPeer {
 /// Most bytes of Raft payload one replication message carries (one entry larger than this — at
 /// most a system transaction, 1 MiB — goes alone). Far under the 4 MiB frame limit, and small
 /// because openraft gives each append-entries call one heartbeat interval to be sent, written
-/// and fsynced: a lagging follower fed 3 MiB messages timed out on every one and never caught up.
+/// and fsynced: a lagging follower fed larger messages timed out on every one and never caught
+/// up (openraft does not retry a timed-out batch smaller).
 pub const MAX_REPLICATION_BYTES: usize = 1024 * 1024;
 
 /// `None` when the request fits one message; else how many of its entries do (at least one).
+/// Each entry is measured once (the request around them is a few dozen bytes, counted as
+/// [`ENVELOPE_BYTES`]), since this runs inside the append-entries call's time budget.
 pub fn entries_that_fit(rpc: &AppendEntriesRequest<LedgerRaft>, budget: usize) -> Option<u64> {
-    let size = |value: &dyn erased_size::EncodedSize| value.size();
-    let total = size(rpc);
-    if total <= budget || rpc.entries.len() <= 1 {
+    if rpc.entries.len() <= 1 {
         return None;
     }
-    // The request without entries, then entries while they fit.
-    let mut used = total - rpc.entries.iter().map(|e| size(e)).sum::<usize>();
-    let mut fit = 0u64;
-    for entry in &rpc.entries {
-        used += size(entry);
+    let mut used = ENVELOPE_BYTES;
+    for (fit, entry) in rpc.entries.iter().enumerate() {
+        used = used.saturating_add(erased_size::EncodedSize::size(entry));
         if used > budget {
-            break;
+            return Some((fit as u64).max(1));
         }
-        fit += 1;
     }
-    Some(fit.max(1))
+    None
 }
+
+/// A generous bound on an AppendEntries request's bytes besides its entries (vote, previous log
+/// id, commit index, lengths).
+const ENVELOPE_BYTES: usize = 256;
 
 /// Encoded sizes of the values replication measures.
 mod erased_size {

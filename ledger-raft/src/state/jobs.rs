@@ -25,7 +25,9 @@ pub struct JobRecord {
     pub request: Vec<u8>,
     /// Rounds completed at the latest checkpoint (0 before the first).
     pub round: u32,
+    #[serde(with = "serde_bytes")]
     pub weights: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub progress: Vec<u8>,
     /// Checkpoints so far.
     pub checkpoints: u64,

@@ -165,9 +165,12 @@ pub fn start_minting_scheduler(
     ca: &CertificateAuthority,
     shutdown: &CancellationToken,
 ) -> (String, std::sync::Arc<MintingScheduler>) {
-    let identity =
-        Identity::from_issued(ca, &ca.issue(Role::Scheduler, "scheduler", &[], Validity::default()).unwrap())
-            .unwrap();
+    let identity = Identity::from_issued(
+        ca,
+        &ca.issue(Role::Scheduler, "scheduler", &[], Validity::default())
+            .unwrap(),
+    )
+    .unwrap();
     let tuning = TransportTuning::default();
     let endpoint = transport::endpoint(
         transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
