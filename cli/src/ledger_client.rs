@@ -49,15 +49,7 @@ pub async fn submit(
 
 /// The asset a mint created, from its transaction's events.
 pub fn minted_asset(events: &[aic_ledger::state::Event]) -> anyhow::Result<aic_protocol::AssetId> {
-    events
-        .iter()
-        .find_map(|e| match e {
-            aic_ledger::state::Event::AssetTransfer {
-                from: None, asset, ..
-            } => Some(*asset),
-            _ => None,
-        })
-        .context("the mint reported no new asset")
+    aic_ledger::state::Event::minted_asset(events).context("the mint reported no new asset")
 }
 
 /// Every block from genesis with its transaction hashes, fetched page by page.

@@ -544,12 +544,12 @@ fn check_a_copier_gets_no_dataset(data_dir: &std::path::Path, digits_asset: &str
             panic!("a status");
         };
         let copier = Keypair::generate();
-        let mut nonce = 0;
-        let mut mint = |kind: AssetKind| {
+        // A refused transaction spends no nonce: every attempt here is the copier's first.
+        let mint = |kind: AssetKind| {
             let tx = Transaction {
                 chain_id: status.chain_id.clone(),
                 from: copier.address(),
-                nonce,
+                nonce: 0,
                 call: Call::MintAsset {
                     kind,
                     metadata: AssetMetadata {
@@ -561,7 +561,6 @@ fn check_a_copier_gets_no_dataset(data_dir: &std::path::Path, digits_asset: &str
                 },
             }
             .sign(&copier);
-            nonce += 1;
             ledger(LedgerRequest::Submit(Box::new(tx)))
         };
         for kind in [AssetKind::Dataset, AssetKind::TrainedModel] {

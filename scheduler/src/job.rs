@@ -1690,12 +1690,7 @@ impl Run {
                     },
                 )
                 .await?;
-            if let Some(asset) = events.iter().find_map(|e| match e {
-                aic_ledger::state::Event::AssetTransfer {
-                    from: None, asset, ..
-                } => Some(*asset),
-                _ => None,
-            }) {
+            if let Some(asset) = aic_ledger::state::Event::minted_asset(&events) {
                 self.report["trained_model"] = json!(asset.to_string());
                 self.report["trained_model_object"] = json!(stored);
             }

@@ -89,14 +89,7 @@ pub async fn mint_attested_dataset(
     let call = check_mint(caller, &mint, &nodes)?;
     match system.try_submit(&jobs.ledger, call).await {
         Ok(events) => {
-            let asset = events
-                .iter()
-                .find_map(|e| match e {
-                    aic_ledger::state::Event::AssetTransfer {
-                        from: None, asset, ..
-                    } => Some(*asset),
-                    _ => None,
-                })
+            let asset = aic_ledger::state::Event::minted_asset(&events)
                 .ok_or_else(|| refuse(ErrorCode::Internal, "the mint reported no asset"))?;
             tracing::info!(%asset, attesters = mint.attestations.len(), "Dataset asset minted for an attested import");
             Ok(NodeResponse::DatasetMinted { asset })

@@ -190,6 +190,16 @@ pub enum Event {
 }
 
 impl Event {
+    /// The asset a mint created, if `events` are a mint's.
+    pub fn minted_asset(events: &[Event]) -> Option<AssetId> {
+        events.iter().find_map(|event| match event {
+            Event::AssetTransfer {
+                from: None, asset, ..
+            } => Some(*asset),
+            _ => None,
+        })
+    }
+
     /// The accounts whose history this event belongs in.
     fn parties(&self) -> Vec<Address> {
         let mut parties = Vec::new();
