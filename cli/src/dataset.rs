@@ -13,7 +13,8 @@ use aic_protocol::rpc::RpcClient;
 use aic_protocol::transport;
 use aic_protocol::{AssetId, NodeId, Role, ShardId};
 use aic_storage_node::catalog::{dataset_id_of_hash, manifest_hash};
-use aic_storage_node::import::{preprocess, ImportOptions, Progress};
+use aic_storage_node::encoding::MissingPolicy;
+use aic_storage_node::import::{analyse, encode, Analysis, ColumnType, ImportOptions, Progress};
 use aic_storage_node::manifest::{Manifest, ReplicaLocation};
 use aic_storage_node::upload_client::UploadSink;
 use anyhow::{bail, Context};
@@ -67,8 +68,11 @@ pub enum DatasetCommand {
 pub struct ImportArgs {
     pub file: PathBuf,
     /// The column holding the class label.
+    #[arg(long, required_unless_present = "target", conflicts_with = "target")]
+    pub label: Option<String>,
+    /// A numeric column to regress on, instead of a class label.
     #[arg(long)]
-    pub label: String,
+    pub target: Option<String>,
     /// The dataset's name (default: the file's stem).
     #[arg(long)]
     pub name: Option<String>,
@@ -85,6 +89,86 @@ pub struct ImportArgs {
     /// How many storage nodes hold the dataset.
     #[arg(long, default_value_t = 2)]
     pub replicas: usize,
+    /// Leave a column out (repeatable).
+    #[arg(long = "exclude", value_name = "COL")]
+    pub exclude: Vec<String>,
+    /// Say what a column is: COL=numeric|categorical|text|date (repeatable).
+    #[arg(long = "column-type", value_name = "COL=TYPE", value_parser = parse_column_type)]
+    pub column_types: Vec<(String, ColumnType)>,
+    /// What a column's missing values become: COL=mean|median|most_frequent|level|drop_row|refuse
+    /// (repeatable; defaults: mean for numbers and dates, a "<missing>" level for categories,
+    /// drop_row for the label).
+    #[arg(long = "missing", value_name = "COL=POLICY", value_parser = parse_policy)]
+    pub missing: Vec<(String, MissingPolicy)>,
+    /// A value read as missing (repeatable; replaces the defaults: empty, NA, N/A, NaN, null, None).
+    #[arg(long = "null-marker", value_name = "TEXT")]
+    pub null_markers: Vec<String>,
+    /// Print the import report and store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_column_type(text: &str) -> Result<(String, ColumnType), String> {
+    let (column, kind) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{text:?}: expected COL=TYPE"))?;
+    Ok((column.to_string(), kind.parse()?))
+}
+
+fn parse_policy(text: &str) -> Result<(String, MissingPolicy), String> {
+    let (column, policy) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{text:?}: expected COL=POLICY"))?;
+    Ok((column.to_string(), policy.parse()?))
+}
+
+impl ImportArgs {
+    /// A plain import of `file` with the class label `label` and every other choice defaulted.
+    pub fn new(file: PathBuf, label: &str) -> Self {
+        ImportArgs {
+            file,
+            label: Some(label.to_string()),
+            target: None,
+            name: None,
+            shard_rows: 512,
+            test_fraction: 0.2,
+            seed: 42,
+            fee: Amount::ZERO,
+            replicas: 2,
+            exclude: Vec::new(),
+            column_types: Vec::new(),
+            missing: Vec::new(),
+            null_markers: Vec::new(),
+            dry_run: false,
+        }
+    }
+
+    fn options(&self) -> ImportOptions {
+        let (label, regression) = match (&self.label, &self.target) {
+            (_, Some(target)) => (target.clone(), true),
+            (Some(label), None) => (label.clone(), false),
+            (None, None) => (String::new(), false),
+        };
+        ImportOptions {
+            regression,
+            shard_rows: self.shard_rows,
+            test_fraction: self.test_fraction,
+            seed: self.seed,
+            exclude: self.exclude.clone(),
+            column_types: self.column_types.iter().cloned().collect(),
+            missing: self.missing.iter().cloned().collect(),
+            null_markers: self.null_markers.clone(),
+            ..ImportOptions::new(&label)
+        }
+    }
+
+    fn dataset_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.file
+                .file_stem()
+                .map_or("dataset".into(), |s| s.to_string_lossy().into_owned())
+        })
+    }
 }
 
 async fn dial_storage(profile: &ClientProfile, addr: &str) -> anyhow::Result<RpcClient> {
@@ -186,15 +270,33 @@ fn print_stat(as_json: bool, stat: &DatasetStat) {
         .iter()
         .map(|s| json!({"id": s.id.to_string(), "split": if s.test {"test"} else {"train"}, "rows": s.rows, "bytes": s.bytes, "state": s.state.as_str()}))
         .collect();
-    let value = json!({"id": stat.summary.id, "name": stat.summary.name, "rows": stat.summary.rows, "shards": shards});
+    // The import report travels in the manifest the storage node holds.
+    let manifest = Manifest::from_json(&stat.summary.manifest).ok();
+    let input_width = manifest.as_ref().map(|m| m.input_width());
+    let report = manifest.as_ref().map(|m| m.report.clone()).unwrap_or_default();
+    let value = json!({
+        "id": stat.summary.id,
+        "name": stat.summary.name,
+        "rows": stat.summary.rows,
+        "input_width": input_width,
+        "rows_dropped": manifest.as_ref().map(|m| m.rows_dropped),
+        "report": report,
+        "shards": shards,
+    });
     print_out(as_json, value, || {
-        let mut text = format!(
+        let mut text = match &manifest {
+            Some(m) if !m.report.is_empty() => {
+                aic_storage_node::report::render(&m.report, m.rows, m.rows_dropped, m.input_width())
+            }
+            _ => String::new(),
+        };
+        text.push_str(&format!(
             "{}  {}  {} rows in {} shards\n",
             stat.summary.id,
             stat.summary.name,
             stat.summary.rows,
             stat.shards.len()
-        );
+        ));
         for s in &stat.shards {
             text.push_str(&format!(
                 "  {}  {:<5} {:>7} rows {:>9} bytes  {}\n",
@@ -282,29 +384,58 @@ fn progress_bar(total: u64) -> ProgressBar {
 }
 
 async fn run_import(args: &DatasetArgs, import: &ImportArgs) -> anyhow::Result<()> {
+    // Pass 1 first: the report is shown (and anything refused) before a byte is sent.
+    let analysis = analyse_file(import)?;
+    let report =
+        || aic_storage_node::report::render(&analysis.report, analysis.rows, 0, analysis.input_width());
+    if import.dry_run {
+        let value = json!({
+            "dry_run": true,
+            "name": analysis.name,
+            "rows": analysis.rows,
+            "input_width": analysis.input_width(),
+            "classes": analysis.classes,
+            "target": analysis.target.is_some(),
+            "excluded": analysis.excluded,
+            "report": analysis.report,
+        });
+        print_out(args.json, value, || {
+            format!("{}(dry run: nothing stored)", report())
+        });
+        return Ok(());
+    }
+    if !args.json {
+        eprint!("{}", report());
+    }
     let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
     let profile = args.client.load()?;
-    let imported = import_dataset(&profile, args.storage.as_deref(), &key, import).await?;
+    let imported = import_analysed(&profile, args.storage.as_deref(), &key, import, &analysis).await?;
     let manifest = &imported.manifest;
     let value = json!({
         "dataset": imported.dataset,
         "asset": imported.asset.to_string(),
         "name": manifest.name,
         "rows": manifest.rows,
+        "rows_dropped": manifest.rows_dropped,
         "train_shards": manifest.train.len(),
         "test_shards": manifest.test.len(),
         "classes": manifest.classes.len(),
         "features": manifest.features.len(),
+        "input_width": manifest.input_width(),
         "replicas": imported.replicas.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "fee": manifest.fee,
+        "excluded": manifest.excluded,
+        "report": manifest.report,
     });
     print_out(args.json, value, || {
         format!(
-            "imported {}: {} rows, {} features, {} classes, {} shards on {} storage nodes\n\
+            "{}imported {}: {} rows, {} features ({} model inputs), {} classes, {} shards on {} storage nodes\n\
              dataset {}\nasset   {} (owner {})",
+            aic_storage_node::report::render(&manifest.report, manifest.rows, manifest.rows_dropped, manifest.input_width()),
             manifest.name,
             manifest.rows,
             manifest.features.len(),
+            manifest.input_width(),
             manifest.classes.len(),
             manifest.shards().count(),
             imported.replicas.len(),
@@ -314,6 +445,16 @@ async fn run_import(args: &DatasetArgs, import: &ImportArgs) -> anyhow::Result<(
         )
     });
     Ok(())
+}
+
+/// Pass 1 of an import on this machine: the report, or the refusal.
+fn analyse_file(import: &ImportArgs) -> anyhow::Result<Analysis> {
+    Ok(analyse(
+        &import.file,
+        &import.dataset_name(),
+        &import.options(),
+        &|_| {},
+    )?)
 }
 
 /// A dataset on the grid: stored on its replicas, its asset minted.
@@ -333,40 +474,32 @@ pub async fn import_dataset(
     key: &Keypair,
     import: &ImportArgs,
 ) -> anyhow::Result<Imported> {
-    // Everything that can be refused is checked before a byte is sent.
+    let analysis = analyse_file(import)?;
+    import_analysed(profile, storage, key, import, &analysis).await
+}
+
+/// [`import_dataset`] after its first pass.
+async fn import_analysed(
+    profile: &ClientProfile,
+    storage: Option<&str>,
+    key: &Keypair,
+    import: &ImportArgs,
+    analysis: &Analysis,
+) -> anyhow::Result<Imported> {
     let file_size = std::fs::metadata(&import.file)
         .with_context(|| format!("reading {}", import.file.display()))?
         .len();
     let replicas = placement(profile, storage, import.replicas).await?;
-    let name = import.name.clone().unwrap_or_else(|| {
-        import
-            .file
-            .file_stem()
-            .map_or("dataset".into(), |s| s.to_string_lossy().into_owned())
-    });
-    let options = ImportOptions {
-        label: import.label.clone(),
-        shard_rows: import.shard_rows,
-        test_fraction: import.test_fraction,
-        seed: import.seed,
-        ..ImportOptions::new(&import.label)
-    };
     let storage = dial_storage(profile, &replicas[0].quic_addr).await?;
 
-    // Two passes over the file: the bar covers both; the message counts rows and bytes sent.
-    let bar = progress_bar(file_size.saturating_mul(2));
+    // The second pass over the file; the message counts rows and bytes sent.
+    let bar = progress_bar(file_size);
     let sent = std::sync::atomic::AtomicU64::new(0);
     let show = |p: Progress| {
-        bar.set_position(u64::from(p.pass.saturating_sub(1)) * file_size + p.bytes.min(file_size));
+        bar.set_position(p.bytes.min(file_size));
         let uploaded = sent.load(std::sync::atomic::Ordering::Relaxed);
-        let what = if p.pass == 1 {
-            "checking"
-        } else {
-            "encoding, uploading"
-        };
         bar.set_message(format!(
-            "pass {}/2 {what}: {} rows, {} sent",
-            p.pass,
+            "encoding, uploading: {} rows, {} sent",
             p.rows,
             human_bytes(uploaded)
         ));
@@ -376,7 +509,7 @@ pub async fn import_dataset(
     let mut sink = UploadSink::new(&storage, |n| {
         sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     });
-    let mut manifest = match preprocess(&import.file, &name, &options, &mut sink, &show).await {
+    let mut manifest = match encode(analysis, &mut sink, &show).await {
         Ok(manifest) => manifest,
         Err(error) => {
             bar.finish_and_clear();

@@ -448,14 +448,11 @@ async fn import_digits(dir: &Path, profile: &ClientProfile) -> anyhow::Result<cr
     let owner = Keypair::generate();
     ledger_client::save_wallet(&dir.join("wallets").join("data-owner.key"), &owner)?;
     let import = crate::dataset::ImportArgs {
-        file,
-        label: aic_storage_node::bundled::DIGITS_LABEL.into(),
         name: Some("digits".into()),
         shard_rows: 256,
-        test_fraction: 0.2,
-        seed: 42,
         fee: "1".parse().expect("an amount"),
         replicas: STORAGE_NODES.len(),
+        ..crate::dataset::ImportArgs::new(file, aic_storage_node::bundled::DIGITS_LABEL)
     };
     crate::dataset::import_dataset(profile, None, &owner, &import)
         .await

@@ -45,10 +45,14 @@ pub enum ModelCommand {
         name: String,
         #[arg(long, value_enum)]
         kind: ModelKindArg,
-        #[arg(long)]
-        features: u32,
-        #[arg(long)]
-        classes: u32,
+        /// Model inputs (a dataset's encoded input width).
+        #[arg(long, required_unless_present = "for_dataset")]
+        features: Option<u32>,
+        #[arg(long, required_unless_present = "for_dataset")]
+        classes: Option<u32>,
+        /// Take the features (the dataset's input width) and classes from a Dataset asset.
+        #[arg(long, value_name = "ASSET", conflicts_with_all = ["features", "classes"])]
+        for_dataset: Option<AssetId>,
         /// Hidden units (MLP only).
         #[arg(long, default_value_t = 64)]
         hidden: u32,
@@ -106,9 +110,19 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
         kind,
         features,
         classes,
+        for_dataset,
         hidden,
         fee,
     } = &args.command;
+    let profile = args.client.load()?;
+    let (features, classes) = match for_dataset {
+        Some(asset) => dataset_dimensions(&profile, asset).await?,
+        None => (
+            features.expect("required without --for-dataset"),
+            classes.expect("required without --for-dataset"),
+        ),
+    };
+    let (features, classes) = (&features, &classes);
     let shape = match kind {
         ModelKindArg::Softmax => ModelShape::SoftmaxRegression {
             features: *features,
@@ -121,7 +135,6 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
         },
     };
     let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
-    let profile = args.client.load()?;
     let asset = register_model(&profile, &key, name, shape, *fee).await?;
     print_out(
         args.json,
@@ -129,6 +142,31 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
         || format!("model {name} registered as asset {asset}"),
     );
     Ok(())
+}
+
+/// A Dataset asset's model input width and class count, from its published manifest.
+async fn dataset_dimensions(profile: &ClientProfile, asset: &AssetId) -> anyhow::Result<(u32, u32)> {
+    let scheduler = nodes::connect(profile).await?;
+    let aic_ledger::api::LedgerResponse::Asset(Some(found)) =
+        ledger_client::request(&scheduler, &aic_ledger::api::LedgerRequest::Asset(*asset)).await?
+    else {
+        bail!("no asset {asset} on the ledger");
+    };
+    if found.kind != AssetKind::Dataset {
+        bail!("asset {asset} is a {:?}, not a Dataset", found.kind);
+    }
+    let manifest = aic_storage_node::manifest::Manifest::from_json(&found.metadata.manifest)
+        .map_err(|e| anyhow::anyhow!("the dataset's manifest: {e}"))?;
+    if manifest.target.is_some() {
+        bail!(
+            "dataset {asset} has a regression target ({}); these models classify",
+            manifest.label
+        );
+    }
+    Ok((
+        u32::try_from(manifest.input_width())?,
+        u32::try_from(manifest.classes.len())?,
+    ))
 }
 
 /// Mints a Model asset whose manifest is the model's shape.

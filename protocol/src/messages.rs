@@ -226,12 +226,14 @@ pub struct DatasetSummary {
     pub manifest: String,
 }
 
-/// A few preprocessed rows of a dataset.
+/// A few preprocessed rows of a dataset: model input columns, and each row's class index
+/// (`labels`) or, for a regression target, its value (`targets`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DatasetPreview {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<f32>>,
     pub labels: Vec<u32>,
+    pub targets: Vec<f32>,
 }
 
 /// How one shard of a dataset stands on a storage node.

@@ -443,16 +443,26 @@ async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, R
             format!("the model's manifest is not a model shape: {e}"),
         )
     })?;
-    if shape.features() as usize != manifest.features.len()
-        || shape.classes() as usize != manifest.classes.len()
-    {
+    if manifest.target.is_some() {
         return Err(refuse(
             ErrorCode::InvalidArgument,
             format!(
-                "the model takes {} features into {} classes; the dataset has {} features and {} classes",
+                "the dataset's label {:?} is a regression target; these models classify",
+                manifest.label
+            ),
+        ));
+    }
+    // The model's input is the dataset's encoded width (one-hot categories take a column each).
+    let input_width = manifest.input_width();
+    if u64::from(shape.features()) != input_width || shape.classes() as usize != manifest.classes.len() {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the model takes {} features into {} classes; the dataset has {} features and {} classes \
+                 (aic model register --for-dataset ASSET takes them from the dataset)",
                 shape.features(),
                 shape.classes(),
-                manifest.features.len(),
+                input_width,
                 manifest.classes.len()
             ),
         ));

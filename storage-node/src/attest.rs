@@ -15,14 +15,23 @@ const PUBLISHED_MANIFEST_BYTES: usize = aic_ledger::state::MAX_MANIFEST_BYTES;
 /// How long minting may take: the scheduler commits a ledger transaction.
 const MINT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The manifest as the ledger publishes it: whole when it fits, else without its shard lists
-/// (the storage nodes hold it whole; its hash is still the content hash).
+/// The manifest as the ledger publishes it: whole when it fits, else without its import report,
+/// else without its shard lists too (the storage nodes hold it whole; its hash is still the
+/// content hash).
 pub fn published_manifest(manifest: &Manifest) -> String {
     let full = manifest.to_json();
     if full.len() <= PUBLISHED_MANIFEST_BYTES {
         return full;
     }
-    let mut summary = serde_json::to_value(manifest).expect("a manifest always encodes");
+    let without_report = Manifest {
+        report: Vec::new(),
+        ..manifest.clone()
+    };
+    let text = without_report.to_json();
+    if text.len() <= PUBLISHED_MANIFEST_BYTES {
+        return text;
+    }
+    let mut summary = serde_json::to_value(&without_report).expect("a manifest always encodes");
     summary["train"] = serde_json::json!(manifest.train.len());
     summary["test"] = serde_json::json!(manifest.test.len());
     summary.to_string()

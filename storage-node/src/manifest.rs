@@ -3,21 +3,22 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How one feature column was preprocessed.
+pub use crate::encoding::{Feature, FeatureEncoding, MissingPolicy};
+pub use crate::report::ColumnReport;
+
+/// A numeric label to regress on (`--target`): stored raw in the shards' label column, with
+/// its statistics for scaling.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum FeatureEncoding {
-    /// Standardised: (x − mean) / std (std 1 where the column is constant).
-    Numeric { mean: f64, std: f64 },
-    /// Text categories encoded as their index in `categories` (sorted).
-    Categorical { categories: Vec<String> },
+pub struct Target {
+    pub mean: f64,
+    pub std: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Feature {
+/// A source column the import left out, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Excluded {
     pub name: String,
-    #[serde(flatten)]
-    pub encoding: FeatureEncoding,
+    pub reason: String,
 }
 
 /// One stored shard: its id (BLAKE3 of the plaintext Parquet) and size.
@@ -68,6 +69,24 @@ pub struct Manifest {
     /// What a job pays the owner each time it uses the dataset, in AIC (decimal text).
     #[serde(default)]
     pub fee: String,
+    /// A numeric regression target instead of classes (`label` names its column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// Values read as missing (trimmed, ignoring case).
+    #[serde(default)]
+    pub null_markers: Vec<String>,
+    /// Source columns left out, with the reason.
+    #[serde(default)]
+    pub excluded: Vec<Excluded>,
+    /// Rows left out because a column's policy drops rows with a missing value.
+    #[serde(default)]
+    pub rows_dropped: u64,
+    /// Columns of model input the features encode into (the label not counted).
+    #[serde(default)]
+    pub input_width: u64,
+    /// What the import found in each column (the import report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report: Vec<ColumnReport>,
 }
 
 /// Most shards one manifest may name.
@@ -110,10 +129,29 @@ impl Manifest {
                 self.rows
             ));
         }
-        if self.kind == ObjectKind::Dataset && (self.classes.is_empty() || self.features.is_empty()) {
-            return Err("a manifest needs at least one feature and one class".into());
+        if self.kind == ObjectKind::Dataset {
+            if self.features.is_empty() || (self.classes.is_empty() && self.target.is_none()) {
+                return Err("a manifest needs at least one feature, and classes or a target".into());
+            }
+            let width: u64 = self.features.iter().map(|f| f.width() as u64).sum();
+            if self.input_width != 0 && self.input_width != width {
+                return Err(format!(
+                    "the manifest says an input width of {} but its features encode into {width}",
+                    self.input_width
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Columns of model input the features encode into.
+    pub fn input_width(&self) -> u64 {
+        self.features.iter().map(|f| f.width() as u64).sum()
+    }
+
+    /// The names of the model's input columns, in order (the shards' feature columns).
+    pub fn input_columns(&self) -> Vec<String> {
+        self.features.iter().flat_map(|f| f.column_names()).collect()
     }
 
     /// Every shard, train first, with whether it is in the held-out test split.

@@ -136,7 +136,7 @@ impl StorageNode {
         }
         let sample = preview_sample(dataset, manifest.rows);
         let wanted = (asked as usize).min(sample.len());
-        let mut picked: Vec<(u64, Vec<f32>, u32)> = Vec::with_capacity(wanted);
+        let mut picked: Vec<(u64, Vec<f32>, LabelValue)> = Vec::with_capacity(wanted);
         // Rows are numbered across the shards in manifest order; read only the shards that
         // hold a wanted row.
         let mut wanted_rows: Vec<u64> = sample[..wanted].to_vec();
@@ -163,12 +163,20 @@ impl StorageNode {
         // In the sample's own order, so a smaller ask is a prefix of a larger one.
         let position = |row: &u64| sample.iter().position(|s| s == row).unwrap_or(usize::MAX);
         picked.sort_by_key(|(row, _, _)| position(row));
-        let (rows, labels) = picked.into_iter().map(|(_, row, label)| (row, label)).unzip();
-        Ok(DatasetPreview {
-            columns: manifest.features.iter().map(|f| f.name.clone()).collect(),
-            rows,
-            labels,
-        })
+        let mut preview = DatasetPreview {
+            columns: manifest.input_columns(),
+            rows: Vec::with_capacity(picked.len()),
+            labels: Vec::new(),
+            targets: Vec::new(),
+        };
+        for (_, row, label) in picked {
+            preview.rows.push(row);
+            match label {
+                LabelValue::Class(class) => preview.labels.push(class),
+                LabelValue::Target(value) => preview.targets.push(value),
+            }
+        }
+        Ok(preview)
     }
 
     /// Serves a shard: the ticket first, then the catalog, then the bytes — which are checked
@@ -302,8 +310,14 @@ pub fn preview_sample(dataset: &str, rows: u64) -> Vec<u64> {
         .collect()
 }
 
+/// A row's label as a shard stores it.
+enum LabelValue {
+    Class(u32),
+    Target(f32),
+}
+
 /// The features and label of the rows at `positions` (ascending) of a shard's batches.
-fn rows_at(batches: &[RecordBatch], positions: &[u64]) -> Vec<(Vec<f32>, u32)> {
+fn rows_at(batches: &[RecordBatch], positions: &[u64]) -> Vec<(Vec<f32>, LabelValue)> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float32Type, UInt32Type};
     let mut out = Vec::with_capacity(positions.len());
@@ -312,7 +326,13 @@ fn rows_at(batches: &[RecordBatch], positions: &[u64]) -> Vec<(Vec<f32>, u32)> {
     for batch in batches {
         let end = first + batch.num_rows() as u64;
         let features = batch.num_columns() - 1;
-        let labels = batch.column(features).as_primitive::<UInt32Type>();
+        let label_column = batch.column(features);
+        let label = |r: usize| match label_column.data_type() {
+            arrow_schema::DataType::UInt32 => {
+                LabelValue::Class(label_column.as_primitive::<UInt32Type>().value(r))
+            }
+            _ => LabelValue::Target(label_column.as_primitive::<Float32Type>().value(r)),
+        };
         while let Some(&&row) = wanted.peek() {
             if row >= end {
                 break;
@@ -321,7 +341,7 @@ fn rows_at(batches: &[RecordBatch], positions: &[u64]) -> Vec<(Vec<f32>, u32)> {
             let values = (0..features)
                 .map(|c| batch.column(c).as_primitive::<Float32Type>().value(r))
                 .collect();
-            out.push((values, labels.value(r)));
+            out.push((values, label(r)));
             wanted.next();
         }
         first = end;

@@ -193,6 +193,12 @@ pub async fn store_weights(
         test: Vec::new(),
         replicas,
         fee: "0".into(),
+        target: None,
+        null_markers: Vec::new(),
+        excluded: Vec::new(),
+        rows_dropped: 0,
+        input_width: 0,
+        report: Vec::new(),
     };
     // The weights' asset is minted by the job, not by this commit: no owner is named.
     let committed = sink.commit(&manifest, [0; 32]).await?;

@@ -260,6 +260,12 @@ async fn only_datasets_are_previewed_and_only_schedulers_store_weights() {
         test: Vec::new(),
         replicas: node.replicas(),
         fee: "0".into(),
+        target: None,
+        null_markers: Vec::new(),
+        excluded: Vec::new(),
+        rows_dropped: 0,
+        input_width: 0,
+        report: Vec::new(),
     };
     match sink.commit(&weights, [1; 32]).await {
         Err(aic_storage_node::import::ImportError::Upload(error)) => {

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use aic_protocol::ShardId;
-use aic_storage_node::import::{import_file, is_test_row, read_shard, ImportOptions};
+use aic_storage_node::import::{analyse, import_file, is_test_row, read_shard, ColumnType, ImportOptions};
 use aic_storage_node::manifest::ShardEntry;
 use aic_storage_node::shard_store::ShardStore;
 use arrow_array::cast::AsArray;
@@ -174,10 +174,26 @@ async fn bad_input_is_refused_before_anything_is_stored() {
     let err = refused("a,b,label\n", "label").await;
     assert!(err.contains("no data rows"), "{err}");
 
-    let many: String = (0..1100).map(|i| format!("name{i},{}\n", i % 2)).collect();
-    let err = refused(&format!("name,label\n{many}"), "label").await;
+    // A text column of 1,100 distinct values is left out (more distinct values than are
+    // tracked); told it is categorical, it is refused for having too many categories.
+    let many: String = (0..1100)
+        .map(|i| format!("name{i},{},{}\n", i % 7, i % 2))
+        .collect();
+    let file = csv(&format!("name,x,label\n{many}"));
+    let analysis = analyse(file.path(), "ids", &ImportOptions::new("label"), &|_| {}).unwrap();
+    assert_eq!(analysis.excluded[0].name, "name");
     assert!(
-        err.contains("\"name\"") && err.contains("cannot be encoded"),
+        analysis.excluded[0].reason.contains("distinct values"),
+        "{:?}",
+        analysis.excluded
+    );
+    let mut told = ImportOptions::new("label");
+    told.column_types.insert("name".into(), ColumnType::Categorical);
+    let err = analyse(file.path(), "ids", &told, &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"name\"") && err.contains("cannot be encoded") && err.contains("distinct values"),
         "{err}"
     );
 
@@ -186,7 +202,7 @@ async fn bad_input_is_refused_before_anything_is_stored() {
 }
 
 #[tokio::test]
-async fn text_features_become_categories() {
+async fn text_features_become_one_hot_categories() {
     let store = ShardStore::memory();
     let file = csv("colour,size,label\nred,1.5,yes\nblue,2.5,no\nred,3.5,yes\n");
     let mut options = ImportOptions::new("label");
@@ -195,11 +211,26 @@ async fn text_features_become_categories() {
         .await
         .unwrap();
     assert_eq!(manifest.classes, vec!["no".to_string(), "yes".to_string()]);
+    assert_eq!(
+        manifest.input_columns(),
+        [
+            "colour=<missing>",
+            "colour=blue",
+            "colour=red",
+            "colour=<unknown>",
+            "size"
+        ]
+    );
+    assert_eq!(manifest.input_width, 5);
     let rows = read_split(&store, &key, &manifest.train).await;
     assert_eq!(
-        rows.iter().map(|(x, _)| x[0]).collect::<Vec<_>>(),
-        vec![1.0, 0.0, 1.0],
-        "blue=0, red=1"
+        rows.iter().map(|(x, _)| x[..4].to_vec()).collect::<Vec<_>>(),
+        vec![
+            vec![0.0, 0.0, 1.0, 0.0],
+            vec![0.0, 1.0, 0.0, 0.0],
+            vec![0.0, 0.0, 1.0, 0.0]
+        ],
+        "one column per colour, no order between them"
     );
     assert_eq!(rows.iter().map(|(_, l)| *l).collect::<Vec<_>>(), vec![1, 0, 1]);
 }
@@ -288,13 +319,24 @@ async fn oversized_input_is_refused_in_the_first_pass() {
     assert!(err.contains("\"a\"") && err.contains("text value of"), "{err}");
     let label = format!("a,label\n1,{}\n2,y\n", "y".repeat(MAX_CELL_BYTES + 1));
     let err = refused(&label, "label").await;
-    assert!(err.contains("\"label\"") && err.contains("a label of"), "{err}");
+    assert!(
+        err.contains("\"label\"") && err.contains("text value of"),
+        "{err}"
+    );
 
-    // Categories that would not fit the manifest the ledger publishes.
+    // Categories that would not fit the manifest the ledger publishes (told to one-hot a
+    // column that would otherwise be left out as free text).
     let rows: String = (0..600)
         .map(|i| format!("{}{i},{}\n", "k".repeat(100), i % 2))
         .collect();
-    let err = refused(&format!("kind,label\n{rows}"), "label").await;
+    let file = csv(&format!("kind,label\n{rows}"));
+    let mut options = ImportOptions::new("label");
+    options
+        .column_types
+        .insert("kind".into(), ColumnType::Categorical);
+    let err = analyse(file.path(), "kinds", &options, &|_| {})
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("\"kind\"") && err.contains("bytes of manifest"),
         "{err}"

@@ -1,0 +1,595 @@
+//! Dataset import: a CSV or Parquet file becomes preprocessed Parquet shards, sealed into a
+//! [`ShardStore`] or uploaded to a storage node (see [`ShardSink`]).
+//!
+//! ```text
+//!  pass 1 (analyse): stream the file as text → per column: missing values (null markers),
+//!          numbers, dates, distinct values → type (as told or inferred), encoding, missing-value
+//!          policy, the import report; every refusal here, before anything is stored
+//!  pass 2 (encode):  stream again → drop, fill or encode each cell by its feature (one-hot,
+//!          standardised, days), split train/test by a seeded hash of the row number, cut shards
+//!          of `shard_rows`, write Parquet (zstd), name by BLAKE3, hand to the sink
+//! ```
+//!
+//! Memory stays bounded by the batch size and one shard per split, whatever the file's size:
+//! a CSV line is at most [`MAX_LINE_BYTES`], a file at most [`MAX_COLUMNS`] columns (counted
+//! from the header before anything is parsed), a text cell at most [`MAX_CELL_BYTES`], distinct
+//! values are tracked within a fixed budget, and the column encodings must fit the manifest the
+//! ledger publishes ([`MAX_ENCODING_BYTES`]). Statistics that would overflow are refused in
+//! pass 1 with the column named.
+
+mod profile;
+mod shards;
+mod source;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use aic_protocol::ShardId;
+use arrow_array::cast::AsArray;
+use arrow_array::Array;
+use bytes::Bytes;
+
+pub use profile::{date_text, AUTO_CATEGORY_LIMIT, MAX_MEDIAN_VALUES};
+pub use shards::{read_shard, write_parquet};
+pub use source::InputFormat;
+
+use crate::encoding::{is_missing, parse_number, Feature, MissingPolicy, DEFAULT_NULL_MARKERS};
+use crate::manifest::{Excluded, Manifest, Target};
+use crate::report::ColumnReport;
+use crate::sealing::DatasetKey;
+use crate::shard_store::ShardStore;
+use profile::{ColumnProfile, Decision, DistinctBudget};
+use shards::{Label, ShardWriter};
+use source::BatchSource;
+
+/// Most distinct values a column may have to be one-hot encoded (and classes a label may have).
+pub const MAX_CATEGORIES: usize = 1024;
+/// Most columns a file may have (a 128×128 image and its label fit).
+pub const MAX_COLUMNS: usize = 16_384;
+/// Longest CSV line, header included.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Longest text value (a category or a label).
+pub const MAX_CELL_BYTES: usize = 16 * 1024;
+/// Most bytes the column encodings and class names may take in the manifest: the ledger
+/// publishes at most 64 KiB of it with the Dataset asset.
+pub const MAX_ENCODING_BYTES: usize = 48 * 1024;
+
+/// What a column is, as an importer may say with `--column-type COL=TYPE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    Numeric,
+    Categorical,
+    /// Free text: left out.
+    Text,
+    Date,
+}
+
+impl ColumnType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::Numeric => "numeric",
+            ColumnType::Categorical => "categorical",
+            ColumnType::Text => "text",
+            ColumnType::Date => "date",
+        }
+    }
+}
+
+impl std::str::FromStr for ColumnType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            ColumnType::Numeric,
+            ColumnType::Categorical,
+            ColumnType::Text,
+            ColumnType::Date,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| format!("unknown column type {s:?} (numeric, categorical, text, date)"))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// The label column (classes), or with `regression` the numeric target.
+    pub label: String,
+    pub regression: bool,
+    pub shard_rows: usize,
+    pub test_fraction: f64,
+    pub seed: u64,
+    pub batch_rows: usize,
+    /// Columns left out.
+    pub exclude: Vec<String>,
+    /// Column types as the importer states them (the rest are inferred).
+    pub column_types: BTreeMap<String, ColumnType>,
+    /// Missing-value policies per column (the label's too).
+    pub missing: BTreeMap<String, MissingPolicy>,
+    /// Values read as missing; empty means [`DEFAULT_NULL_MARKERS`].
+    pub null_markers: Vec<String>,
+}
+
+impl ImportOptions {
+    pub fn new(label: &str) -> Self {
+        ImportOptions {
+            label: label.to_string(),
+            regression: false,
+            shard_rows: 512,
+            test_fraction: 0.2,
+            seed: 42,
+            batch_rows: 8192,
+            exclude: Vec::new(),
+            column_types: BTreeMap::new(),
+            missing: BTreeMap::new(),
+            null_markers: Vec::new(),
+        }
+    }
+
+    fn markers(&self) -> Vec<String> {
+        if self.null_markers.is_empty() {
+            DEFAULT_NULL_MARKERS.iter().map(|m| m.to_string()).collect()
+        } else {
+            self.null_markers.clone()
+        }
+    }
+
+    /// The label's missing-value policy: rows without a label are dropped unless told otherwise.
+    fn label_missing(&self) -> MissingPolicy {
+        self.missing
+            .get(&self.label)
+            .copied()
+            .unwrap_or(MissingPolicy::DropRow)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    #[error("{file}: {reason}")]
+    Input { file: String, reason: String },
+    #[error("{file}: the file has no data rows")]
+    Empty { file: String },
+    #[error("{file}: no label column {label:?}; the columns are {columns:?}")]
+    UnknownLabel {
+        file: String,
+        label: String,
+        columns: Vec<String>,
+    },
+    #[error("{file}: column {column:?} cannot be encoded: {reason}")]
+    Unencodable {
+        file: String,
+        column: String,
+        reason: String,
+    },
+    #[error("invalid import options: {0}")]
+    Options(String),
+    #[error("writing a shard: {0}")]
+    Shard(String),
+    #[error(transparent)]
+    Store(#[from] crate::shard_store::StoreError),
+    #[error("uploading to the storage node: {0}")]
+    Upload(#[source] aic_protocol::Error),
+}
+
+/// Where finished shards go: sealed into this node's store, or uploaded to a storage node.
+pub trait ShardSink {
+    /// Takes one plaintext Parquet shard named by its BLAKE3 hash.
+    fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> impl Future<Output = Result<(), ImportError>>;
+}
+
+/// Seals each shard under a dataset key and writes it to a store.
+pub struct SealingSink<'a> {
+    pub store: &'a ShardStore,
+    pub key: &'a DatasetKey,
+}
+
+impl ShardSink for SealingSink<'_> {
+    async fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> Result<(), ImportError> {
+        let sealed = self
+            .key
+            .seal(&id, &parquet)
+            .map_err(|e| ImportError::Shard(e.to_string()))?;
+        self.store.put(&id, Bytes::from(sealed)).await?;
+        Ok(())
+    }
+}
+
+/// How far an import has come, for a progress bar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// 1: reading statistics; 2: encoding and writing shards.
+    pub pass: u8,
+    pub rows: u64,
+    /// Bytes of the input file read so far in this pass.
+    pub bytes: u64,
+}
+
+/// What pass 1 decided: every feature's encoding, the label's classes or target, the columns
+/// left out, and the report. Pass 2 ([`encode`]) follows it exactly.
+#[derive(Clone, Debug)]
+pub struct Analysis {
+    file: PathBuf,
+    pub name: String,
+    pub options: ImportOptions,
+    /// The source column of each feature, with the feature.
+    features: Vec<(usize, Feature)>,
+    label_index: usize,
+    pub classes: Vec<String>,
+    pub target: Option<Target>,
+    pub excluded: Vec<Excluded>,
+    /// One line per source column, in file order.
+    pub report: Vec<ColumnReport>,
+    /// Data rows read.
+    pub rows: u64,
+    pub null_markers: Vec<String>,
+}
+
+impl Analysis {
+    pub fn features(&self) -> Vec<Feature> {
+        self.features.iter().map(|(_, f)| f.clone()).collect()
+    }
+
+    /// Columns of model input the features encode into.
+    pub fn input_width(&self) -> u64 {
+        self.features.iter().map(|(_, f)| f.width() as u64).sum()
+    }
+}
+
+/// Imports `file` into `store`, sealing shards under a fresh dataset key.
+pub async fn import_file(
+    file: &Path,
+    name: &str,
+    options: &ImportOptions,
+    store: &ShardStore,
+) -> Result<(Manifest, DatasetKey), ImportError> {
+    let key = DatasetKey::generate();
+    let manifest = preprocess(
+        file,
+        name,
+        options,
+        &mut SealingSink { store, key: &key },
+        &|_| {},
+    )
+    .await?;
+    Ok((manifest, key))
+}
+
+/// Both passes: [`analyse`], then [`encode`] into `sink`. Nothing reaches the sink before the
+/// whole file has been checked.
+pub async fn preprocess(
+    file: &Path,
+    name: &str,
+    options: &ImportOptions,
+    sink: &mut impl ShardSink,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Manifest, ImportError> {
+    let analysis = analyse(file, name, options, progress)?;
+    encode(&analysis, sink, progress).await
+}
+
+/// Pass 1: reads the whole file, decides every column, and refuses what cannot be imported —
+/// naming the column, the count and an example value. Stores nothing.
+pub fn analyse(
+    file: &Path,
+    name: &str,
+    options: &ImportOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Analysis, ImportError> {
+    if options.shard_rows == 0 || !(0.0..1.0).contains(&options.test_fraction) || options.batch_rows == 0 {
+        return Err(ImportError::Options(
+            "shard rows and batch rows must be > 0 and the test fraction in [0, 1)".into(),
+        ));
+    }
+    let file_name = file.display().to_string();
+    let input = |reason: String| ImportError::Input {
+        file: file_name.clone(),
+        reason,
+    };
+    let source = BatchSource::open(file, options.batch_rows).map_err(&input)?;
+    let columns: Vec<String> = source.schema.fields().iter().map(|f| f.name().clone()).collect();
+    let label_index =
+        columns
+            .iter()
+            .position(|c| *c == options.label)
+            .ok_or_else(|| ImportError::UnknownLabel {
+                file: file_name.clone(),
+                label: options.label.clone(),
+                columns: columns.clone(),
+            })?;
+    check_options(options, &columns, &file_name)?;
+    let markers = options.markers();
+
+    let mut profiles: Vec<ColumnProfile> = columns
+        .iter()
+        .map(|c| ColumnProfile::new(c, options.missing.get(c) == Some(&MissingPolicy::Median)))
+        .collect();
+    let skipped: Vec<bool> = columns.iter().map(|c| options.exclude.contains(c)).collect();
+    let mut budget = DistinctBudget::default();
+    let mut rows: u64 = 0;
+    let mut batches = source.batches().map_err(&input)?;
+    while let Some(batch) = batches.next() {
+        let batch = batch.map_err(&input)?;
+        let first_row = rows + 1;
+        rows += batch.num_rows() as u64;
+        for (i, column) in batch.columns().iter().enumerate() {
+            if !skipped[i] {
+                profiles[i].add(column, &markers, first_row, &mut budget, &file_name)?;
+            }
+        }
+        progress(Progress {
+            pass: 1,
+            rows,
+            bytes: batches.bytes_read(),
+        });
+    }
+    if rows == 0 {
+        return Err(ImportError::Empty { file: file_name });
+    }
+
+    let (classes, target, label_report) = profile::decide_label(&profiles[label_index], options, &file_name)?;
+    let mut features = Vec::new();
+    let mut excluded = Vec::new();
+    let mut report = Vec::new();
+    for (i, profile) in profiles.iter().enumerate() {
+        if i == label_index {
+            report.push(label_report.clone());
+            continue;
+        }
+        if skipped[i] {
+            let why = "left out, as told (--exclude)".to_string();
+            excluded.push(Excluded {
+                name: columns[i].clone(),
+                reason: why.clone(),
+            });
+            report.push(ColumnReport {
+                name: columns[i].clone(),
+                role: "excluded".into(),
+                kind: String::new(),
+                type_given: false,
+                present: 0,
+                missing: 0,
+                distinct: None,
+                min: None,
+                max: None,
+                mean: None,
+                top: Vec::new(),
+                encoding: String::new(),
+                policy: String::new(),
+                width: 0,
+                warnings: vec![why],
+            });
+            continue;
+        }
+        match profile::decide(profile, options, &file_name)? {
+            Decision::Feature(feature, line) => {
+                features.push((i, feature));
+                report.push(line);
+            }
+            Decision::Excluded(reason, line) => {
+                excluded.push(Excluded {
+                    name: columns[i].clone(),
+                    reason,
+                });
+                report.push(line);
+            }
+        }
+    }
+    if features.is_empty() {
+        return Err(input("no feature column is left besides the label".into()));
+    }
+    let analysis = Analysis {
+        file: file.to_path_buf(),
+        name: name.to_string(),
+        options: options.clone(),
+        features,
+        label_index,
+        classes,
+        target,
+        excluded,
+        report,
+        rows,
+        null_markers: markers,
+    };
+    check_encoding_size(&analysis, &file_name)?;
+    Ok(analysis)
+}
+
+/// The importer's choices name columns that exist, and do not contradict each other.
+fn check_options(options: &ImportOptions, columns: &[String], file: &str) -> Result<(), ImportError> {
+    let named = options
+        .exclude
+        .iter()
+        .chain(options.column_types.keys())
+        .chain(options.missing.keys());
+    for column in named {
+        if !columns.contains(column) {
+            return Err(ImportError::Options(format!(
+                "{file}: no column {column:?}; the columns are {columns:?}"
+            )));
+        }
+    }
+    if options.exclude.contains(&options.label) {
+        return Err(ImportError::Options(format!(
+            "the label {:?} cannot be excluded",
+            options.label
+        )));
+    }
+    if options.column_types.contains_key(&options.label) {
+        return Err(ImportError::Options(format!(
+            "the label {:?} takes no --column-type: --label names classes, --target a number",
+            options.label
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that the column encodings and class names fit the manifest the ledger publishes,
+/// naming the column that takes the most room when they do not.
+fn check_encoding_size(analysis: &Analysis, file: &str) -> Result<(), ImportError> {
+    let size = |value: &dyn erased_serde_size::Json| value.json_len();
+    let features = analysis.features();
+    let total = size(&features) + size(&analysis.classes);
+    if total <= MAX_ENCODING_BYTES {
+        return Ok(());
+    }
+    let (column, bytes) = features
+        .iter()
+        .map(|f| (f.name.clone(), size(f)))
+        .chain(std::iter::once((
+            "(the label's classes)".to_string(),
+            size(&analysis.classes),
+        )))
+        .max_by_key(|(_, bytes)| *bytes)
+        .expect("at least the classes");
+    Err(ImportError::Unencodable {
+        file: file.to_string(),
+        column,
+        reason: format!(
+            "the column encodings take {total} bytes of manifest (at most {MAX_ENCODING_BYTES}); \
+             this column takes {bytes}: too many or too long categories"
+        ),
+    })
+}
+
+/// The JSON size of the values a manifest holds.
+mod erased_serde_size {
+    pub trait Json {
+        fn json_len(&self) -> usize;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn json_len(&self) -> usize {
+            serde_json::to_vec(self).map_or(usize::MAX / 4, |bytes| bytes.len())
+        }
+    }
+}
+
+/// Pass 2: encodes every row as pass 1 decided, into shards handed to `sink`; answers the
+/// manifest that names them (its replicas and fee are the caller's to fill in).
+pub async fn encode(
+    analysis: &Analysis,
+    sink: &mut impl ShardSink,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Manifest, ImportError> {
+    let options = &analysis.options;
+    let file_name = analysis.file.display().to_string();
+    let input = |reason: String| ImportError::Input {
+        file: file_name.clone(),
+        reason,
+    };
+    let features = analysis.features();
+    let input_columns: Vec<String> = features.iter().flat_map(|f| f.column_names()).collect();
+    let width = input_columns.len();
+    let label_policy = options.label_missing();
+    let mut writer = ShardWriter::new(
+        &input_columns,
+        &options.label,
+        analysis.target.is_some(),
+        options.shard_rows,
+        sink,
+    );
+    let source = BatchSource::open(&analysis.file, options.batch_rows).map_err(&input)?;
+    let mut batches = source.batches().map_err(&input)?;
+    let mut row_number: u64 = 0;
+    let (mut kept, mut dropped) = (0u64, 0u64);
+    while let Some(batch) = batches.next() {
+        let batch = batch.map_err(&input)?;
+        let cells: Vec<_> = analysis
+            .features
+            .iter()
+            .map(|(column, _)| batch.column(*column).as_string::<i32>().clone())
+            .collect();
+        let labels = batch.column(analysis.label_index).as_string::<i32>().clone();
+        'rows: for r in 0..batch.num_rows() {
+            let row = row_number;
+            row_number += 1;
+            let raw_label = (!labels.is_null(r)).then(|| labels.value(r));
+            if is_missing(raw_label, &analysis.null_markers) {
+                // Pass 1 refused missing labels unless the policy drops their rows.
+                debug_assert_eq!(label_policy, MissingPolicy::DropRow);
+                dropped += 1;
+                continue;
+            }
+            let raw_label = raw_label.expect("present").trim();
+            let label = match &analysis.target {
+                Some(_) => Label::Value(parse_number(raw_label).expect("checked in pass 1") as f32),
+                None => Label::Class(
+                    analysis
+                        .classes
+                        .iter()
+                        .position(|c| c == raw_label)
+                        .expect("seen in pass 1") as u32,
+                ),
+            };
+            let mut encoded = vec![0f32; width];
+            let mut at = 0;
+            for ((_, feature), column) in analysis.features.iter().zip(&cells) {
+                let raw = (!column.is_null(r)).then(|| column.value(r));
+                let missing = is_missing(raw, &analysis.null_markers);
+                let span = &mut encoded[at..at + feature.width()];
+                match feature.encode_into(raw.unwrap_or(""), missing, span) {
+                    Ok(()) => {}
+                    Err(crate::encoding::CellError::Missing) if feature.missing == MissingPolicy::DropRow => {
+                        dropped += 1;
+                        continue 'rows;
+                    }
+                    Err(error) => {
+                        return Err(ImportError::Unencodable {
+                            file: file_name.clone(),
+                            column: feature.name.clone(),
+                            reason: format!("row {}: {error}", row + 1),
+                        })
+                    }
+                }
+                at += feature.width();
+            }
+            let test = is_test_row(options.seed, row, options.test_fraction);
+            writer.push(test, encoded, label).await?;
+            kept += 1;
+        }
+        progress(Progress {
+            pass: 2,
+            rows: row_number,
+            bytes: batches.bytes_read(),
+        });
+    }
+    if kept == 0 {
+        return Err(input(format!(
+            "every one of the {row_number} rows was dropped for a missing value"
+        )));
+    }
+    let (train, test) = writer.finish().await?;
+    Ok(Manifest {
+        kind: crate::manifest::ObjectKind::Dataset,
+        name: analysis.name.clone(),
+        rows: kept,
+        features,
+        label: options.label.clone(),
+        classes: analysis.classes.clone(),
+        seed: options.seed,
+        test_fraction: options.test_fraction,
+        shard_rows: options.shard_rows,
+        train,
+        test,
+        replicas: Vec::new(),
+        fee: String::new(),
+        target: analysis.target.clone(),
+        null_markers: analysis.null_markers.clone(),
+        excluded: analysis.excluded.clone(),
+        rows_dropped: dropped,
+        input_width: width as u64,
+        report: analysis.report.clone(),
+    })
+}
+
+/// Whether row `row` of the file belongs to the held-out test split: a seeded hash, so the split
+/// is the same on every run and independent of batch boundaries.
+pub fn is_test_row(seed: u64, row: u64, fraction: f64) -> bool {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&seed.to_le_bytes());
+    hasher.update(&row.to_le_bytes());
+    let draw = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+    (draw as f64 / u64::MAX as f64) < fraction
+}

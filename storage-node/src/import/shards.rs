@@ -1,0 +1,150 @@
+//! The second pass's output: encoded rows collected per split and cut into Parquet shards
+//! (zstd, one row group), each named by the BLAKE3 hash of its bytes and handed to a sink; and
+//! reading a stored shard back.
+
+use std::sync::Arc;
+
+use aic_protocol::ShardId;
+use arrow_array::{ArrayRef, Float32Array, RecordBatch, UInt32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::{ImportError, ShardSink};
+use crate::manifest::ShardEntry;
+use crate::sealing::DatasetKey;
+use crate::shard_store::ShardStore;
+
+/// A row's label: a class index, or a regression target's value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Label {
+    Class(u32),
+    Value(f32),
+}
+
+/// Collects rows per split and writes a shard whenever one is full.
+pub(super) struct ShardWriter<'a, S> {
+    schema: SchemaRef,
+    shard_rows: usize,
+    sink: &'a mut S,
+    pending: [(Vec<Vec<f32>>, Vec<Label>); 2],
+    written: [Vec<ShardEntry>; 2],
+}
+
+impl<'a, S: ShardSink> ShardWriter<'a, S> {
+    /// Shards with one Float32 column per input column, then the label (UInt32 classes or a
+    /// Float32 target).
+    pub fn new(
+        columns: &[String],
+        label: &str,
+        regression: bool,
+        shard_rows: usize,
+        sink: &'a mut S,
+    ) -> Self {
+        let mut fields: Vec<Field> = columns
+            .iter()
+            .map(|name| Field::new(name, DataType::Float32, false))
+            .collect();
+        let label_type = if regression {
+            DataType::Float32
+        } else {
+            DataType::UInt32
+        };
+        fields.push(Field::new(label, label_type, false));
+        ShardWriter {
+            schema: Arc::new(Schema::new(fields)),
+            shard_rows,
+            sink,
+            pending: [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())],
+            written: [Vec::new(), Vec::new()],
+        }
+    }
+
+    pub async fn push(&mut self, test: bool, row: Vec<f32>, label: Label) -> Result<(), ImportError> {
+        let split = usize::from(test);
+        self.pending[split].0.push(row);
+        self.pending[split].1.push(label);
+        if self.pending[split].1.len() == self.shard_rows {
+            self.flush(split).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, split: usize) -> Result<(), ImportError> {
+        let (rows, labels) = std::mem::take(&mut self.pending[split]);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let features = self.schema.fields().len() - 1;
+        let mut columns: Vec<ArrayRef> = (0..features)
+            .map(|f| Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r[f]))) as ArrayRef)
+            .collect();
+        let label: ArrayRef = match self.schema.field(features).data_type() {
+            DataType::UInt32 => Arc::new(UInt32Array::from_iter_values(labels.iter().map(|l| match l {
+                Label::Class(c) => *c,
+                Label::Value(_) => unreachable!("a classification writer gets classes"),
+            }))),
+            _ => Arc::new(Float32Array::from_iter_values(labels.iter().map(|l| match l {
+                Label::Value(v) => *v,
+                Label::Class(_) => unreachable!("a regression writer gets values"),
+            }))),
+        };
+        columns.push(label);
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| ImportError::Shard(e.to_string()))?;
+        let parquet = write_parquet(&batch).map_err(ImportError::Shard)?;
+        let id = ShardId::of_content(&parquet);
+        let bytes = parquet.len() as u64;
+        self.sink.put(id, parquet).await?;
+        self.written[split].push(ShardEntry {
+            id: id.to_string(),
+            rows: batch.num_rows() as u64,
+            bytes,
+        });
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> Result<(Vec<ShardEntry>, Vec<ShardEntry>), ImportError> {
+        self.flush(0).await?;
+        self.flush(1).await?;
+        let [train, test] = self.written;
+        Ok((train, test))
+    }
+}
+
+/// One shard as Parquet: zstd, one row group.
+pub fn write_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
+        ))
+        .set_max_row_group_row_count(Some(batch.num_rows().max(1)))
+        .build();
+    let mut out = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).map_err(|e| e.to_string())?;
+    writer.write(batch).map_err(|e| e.to_string())?;
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Reads a stored shard back: fetch, open (authenticity and content hash), decode Parquet.
+pub async fn read_shard(
+    store: &ShardStore,
+    key: &DatasetKey,
+    id: &ShardId,
+) -> Result<Vec<RecordBatch>, ImportError> {
+    let sealed = store.get(id).await?;
+    let plaintext = key
+        .open(id, &sealed)
+        .map_err(|e| ImportError::Shard(e.to_string()))?;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(Bytes::from(plaintext))
+            .and_then(|b| b.build())
+            .map_err(|e| ImportError::Shard(e.to_string()))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ImportError::Shard(e.to_string()))
+}
