@@ -55,7 +55,7 @@ pub enum DatasetCommand {
         rows: u32,
     },
     /// Preprocess a CSV or Parquet file, store it on R storage nodes, mint its Dataset asset.
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
     /// Write a dataset (or trained model) you own as plain Parquet files and its manifest into DIR.
     Export {
         asset: AssetId,

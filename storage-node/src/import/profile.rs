@@ -233,7 +233,7 @@ impl ColumnProfile {
             return Inferred::Excluded(
                 "text",
                 format!(
-                    "free text ({distinct} distinct values); --column-type {}=categorical to one-hot it",
+                    "free text ({distinct} distinct); --column-type {}=categorical to one-hot it",
                     self.name
                 ),
             );
@@ -462,13 +462,23 @@ pub(super) fn decide(
     report.encoding = match &feature.encoding {
         FeatureEncoding::Numeric { .. } => "standardised".into(),
         FeatureEncoding::Date { .. } => "days since 1970-01-01, standardised".into(),
-        FeatureEncoding::Categorical { categories } => format!("one-hot, {} + unknown", categories.len()),
+        FeatureEncoding::Categorical { categories } => {
+            let values = categories.iter().filter(|c| *c != MISSING_LEVEL).count();
+            if policy == MissingPolicy::Level {
+                format!("one-hot: {values} values + missing + unknown")
+            } else {
+                format!("one-hot: {values} values + unknown")
+            }
+        }
     };
     report.policy = if profile.missing == 0 && policy != MissingPolicy::Refuse {
         format!("{} if missing", policy.as_str())
     } else {
         match &feature.fill {
-            Some(fill) => format!("{} missing → {} ({fill})", profile.missing, policy.as_str()),
+            Some(fill) => {
+                let shown = parse_number(fill).map_or(fill.clone(), |v| format!("{v:.4}"));
+                format!("{} missing → {} {shown}", profile.missing, policy.as_str())
+            }
             None => format!("{} missing → {}", profile.missing, policy.as_str()),
         }
     };
