@@ -144,6 +144,32 @@ impl Manifest {
         Ok(())
     }
 
+    /// The manifest of a trained model's weights stored as one shard of (tensor, index, value)
+    /// rows.
+    pub fn weights(name: &str, shard: ShardEntry, replicas: Vec<ReplicaLocation>) -> Manifest {
+        Manifest {
+            kind: ObjectKind::TrainedModel,
+            name: name.to_string(),
+            rows: shard.rows,
+            features: Vec::new(),
+            label: String::new(),
+            classes: Vec::new(),
+            seed: 0,
+            test_fraction: 0.0,
+            shard_rows: shard.rows as usize,
+            train: vec![shard],
+            test: Vec::new(),
+            replicas,
+            fee: "0".into(),
+            target: None,
+            null_markers: Vec::new(),
+            excluded: Vec::new(),
+            rows_dropped: 0,
+            input_width: 0,
+            report: Vec::new(),
+        }
+    }
+
     /// Columns of model input the features encode into.
     pub fn input_width(&self) -> u64 {
         self.features.iter().map(|f| f.width() as u64).sum()

@@ -175,31 +175,12 @@ pub async fn store_weights(
         let _ = sink.abort().await;
         return Err(error);
     }
-    let manifest = Manifest {
-        kind: crate::manifest::ObjectKind::TrainedModel,
-        name: name.to_string(),
+    let shard = crate::manifest::ShardEntry {
+        id: id.to_string(),
         rows,
-        features: Vec::new(),
-        label: String::new(),
-        classes: Vec::new(),
-        seed: 0,
-        test_fraction: 0.0,
-        shard_rows: rows as usize,
-        train: vec![crate::manifest::ShardEntry {
-            id: id.to_string(),
-            rows,
-            bytes,
-        }],
-        test: Vec::new(),
-        replicas,
-        fee: "0".into(),
-        target: None,
-        null_markers: Vec::new(),
-        excluded: Vec::new(),
-        rows_dropped: 0,
-        input_width: 0,
-        report: Vec::new(),
+        bytes,
     };
+    let manifest = Manifest::weights(name, shard, replicas);
     // The weights' asset is minted by the job, not by this commit: no owner is named.
     let committed = sink.commit(&manifest, [0; 32]).await?;
     Ok((manifest, committed.dataset))

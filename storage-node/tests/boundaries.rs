@@ -12,7 +12,7 @@ use aic_protocol::messages::{ClientRequest, ClientResponse, DatasetPreview};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::{Error, ErrorCode, Role, RpcError, ShardId};
 use aic_storage_node::import::{preprocess, ImportOptions, ShardSink};
-use aic_storage_node::manifest::{Manifest, ObjectKind, ReplicaLocation};
+use aic_storage_node::manifest::{Manifest, ReplicaLocation};
 use aic_storage_node::preview_sample_size;
 use aic_storage_node::shard_store::ShardStore;
 use aic_storage_node::upload_client::{store_weights, UploadSink};
@@ -242,31 +242,12 @@ async fn only_datasets_are_previewed_and_only_schedulers_store_weights() {
     let parquet = b"not really parquet".to_vec();
     let id = ShardId::of_content(&parquet);
     sink.put(id, parquet.clone()).await.unwrap();
-    let weights = Manifest {
-        kind: ObjectKind::TrainedModel,
-        name: "fake".into(),
+    let shard = aic_storage_node::manifest::ShardEntry {
+        id: id.to_string(),
         rows: 1,
-        features: Vec::new(),
-        label: String::new(),
-        classes: Vec::new(),
-        seed: 0,
-        test_fraction: 0.0,
-        shard_rows: 1,
-        train: vec![aic_storage_node::manifest::ShardEntry {
-            id: id.to_string(),
-            rows: 1,
-            bytes: parquet.len() as u64,
-        }],
-        test: Vec::new(),
-        replicas: node.replicas(),
-        fee: "0".into(),
-        target: None,
-        null_markers: Vec::new(),
-        excluded: Vec::new(),
-        rows_dropped: 0,
-        input_width: 0,
-        report: Vec::new(),
+        bytes: parquet.len() as u64,
     };
+    let weights = Manifest::weights("fake", shard, node.replicas());
     match sink.commit(&weights, [1; 32]).await {
         Err(aic_storage_node::import::ImportError::Upload(error)) => {
             assert_eq!(refusal::<()>(Err(error)).0, ErrorCode::PermissionDenied)
