@@ -58,6 +58,16 @@ pub enum TxError {
     BadAttestation(String),
     #[error("job {0} has no trained model to mint (not settled here, or minted already)")]
     NoTrainedModelPending(String),
+    /// The job has no record: never recorded, or settled (its record went with its escrow).
+    #[error("job {0} is not recorded (or is settled)")]
+    JobNotRecorded(String),
+    /// Another replica runs the job: only its runner may checkpoint it.
+    #[error("job {job} is run by {runner}, not {caller}")]
+    NotTheRunner {
+        job: String,
+        runner: String,
+        caller: String,
+    },
     /// Refused before consensus: the transaction is larger than its kind may be.
     #[error("a {what} transaction of {bytes} bytes exceeds the {max}-byte limit")]
     TooLarge { what: String, bytes: u64, max: u64 },
@@ -89,6 +99,8 @@ impl TxError {
             TxError::BadAttestation(_) => 119,
             TxError::NoTrainedModelPending(_) => 120,
             TxError::TooLarge { .. } => 121,
+            TxError::JobNotRecorded(_) => 122,
+            TxError::NotTheRunner { .. } => 123,
         }
     }
 
@@ -117,6 +129,8 @@ impl TxError {
             TxError::BadAttestation(_) => "bad_attestation",
             TxError::NoTrainedModelPending(_) => "no_trained_model_pending",
             TxError::TooLarge { .. } => "too_large",
+            TxError::JobNotRecorded(_) => "job_not_recorded",
+            TxError::NotTheRunner { .. } => "not_the_runner",
         }
     }
 }

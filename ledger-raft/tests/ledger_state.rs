@@ -598,10 +598,11 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
         w.send(&system, checkpoint(first, 1)).is_err(),
         "rounds only go forward"
     );
-    assert!(
-        w.send(&system, checkpoint(second, 3)).is_err(),
-        "only the runner checkpoints"
-    );
+    // Only the runner checkpoints: a typed refusal a runner branches on (it stops, unpaid).
+    assert!(matches!(
+        w.send(&system, checkpoint(second, 3)).unwrap_err(),
+        TxError::NotTheRunner { .. }
+    ));
     let weights_cap = Call::CheckpointJob {
         job,
         runner: first,
@@ -643,7 +644,10 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
     )
     .unwrap();
     assert!(w.state.jobs.is_empty());
-    assert!(w.send(&system, checkpoint(second, 4)).is_err());
+    assert_eq!(
+        w.send(&system, checkpoint(second, 4)).unwrap_err(),
+        TxError::JobNotRecorded(job.to_string())
+    );
 }
 
 #[test]

@@ -921,9 +921,9 @@ impl Run {
             Ok(_) => {}
             // Another replica runs the job now, or has already settled it (its record went
             // with the escrow release): either way this replica must not pay it.
-            Err(Refusal::Ledger(aic_ledger::TxError::Invalid(reason)))
-                if reason.contains(" is run by ") || reason.contains(" is not recorded") =>
-            {
+            Err(Refusal::Ledger(
+                aic_ledger::TxError::NotTheRunner { .. } | aic_ledger::TxError::JobNotRecorded(_),
+            )) => {
                 self.taken_over = true;
                 self.cancel.store(true, Ordering::SeqCst);
             }

@@ -76,12 +76,13 @@ impl LedgerState {
         let record = self
             .jobs
             .get(job)
-            .ok_or_else(|| TxError::Invalid(format!("job {job} is not recorded (or is settled)")))?;
+            .ok_or_else(|| TxError::JobNotRecorded(job.to_string()))?;
         if record.runner != runner {
-            return Err(TxError::Invalid(format!(
-                "job {job} is run by {}, not {runner}",
-                record.runner
-            )));
+            return Err(TxError::NotTheRunner {
+                job: job.to_string(),
+                runner: record.runner.to_string(),
+                caller: runner.to_string(),
+            });
         }
         if round < record.round {
             return Err(TxError::Invalid(format!(
@@ -120,7 +121,7 @@ impl LedgerState {
         let record = self
             .jobs
             .get_mut(job)
-            .ok_or_else(|| TxError::Invalid(format!("job {job} is not recorded (or is settled)")))?;
+            .ok_or_else(|| TxError::JobNotRecorded(job.to_string()))?;
         if record.runner == runner {
             return Err(TxError::Invalid(format!("{runner} already runs job {job}")));
         }
