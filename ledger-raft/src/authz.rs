@@ -106,11 +106,11 @@ pub fn check_stateless(state: &LedgerState, signed: &SignedTransaction) -> Resul
     Ok(())
 }
 
-/// Everything checked before a transaction is proposed: the stateless checks and a nonce that
-/// is neither spent nor implausibly far ahead. Run by the leader on its applied state; a
-/// refusal here costs no Raft entry. What passes is checked again when the entry is applied.
-pub fn check_before_proposing(state: &LedgerState, signed: &SignedTransaction) -> Result<(), TxError> {
-    check_stateless(state, signed)?;
+/// The leader's last check before it proposes a transaction that passed [`check_stateless`]
+/// where it entered: a nonce neither spent nor implausibly far ahead, on the leader's applied
+/// state. A refusal here costs no Raft entry; what passes is checked again when the entry is
+/// applied (signature included).
+pub fn check_nonce(state: &LedgerState, signed: &SignedTransaction) -> Result<(), TxError> {
     let expected = state.account(&signed.tx.from).nonce;
     let got = signed.tx.nonce;
     if got < expected || got - expected > MAX_NONCE_AHEAD {

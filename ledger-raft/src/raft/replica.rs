@@ -279,8 +279,11 @@ impl LedgerReplica {
         }
         match request {
             LedgerRequest::Submit(signed) => {
-                // A refusal here costs no Raft entry; what passes is checked again on apply.
-                self.read(|a| authz::check_before_proposing(&a.state, &signed))
+                // Signature, chain and size were checked where the request entered (`admit`, on
+                // this replica or the follower that forwarded it; the scheduler's own system
+                // transactions are signed here). A refusal costs no Raft entry; what passes is
+                // checked again, whole, when the entry is applied.
+                self.read(|a| authz::check_nonce(&a.state, &signed))
                     .map_err(LedgerApiError::Refused)?;
                 self.write(LedgerCommand::Transaction(*signed)).await
             }
