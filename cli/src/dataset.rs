@@ -542,7 +542,7 @@ async fn import_analysed(
 /// An import's error, with what became of its upload.
 fn with_abort(
     error: anyhow::Error,
-    aborted: Result<(), aic_storage_node::import::ImportError>,
+    aborted: Result<(), aic_storage_node::import::SinkError>,
 ) -> anyhow::Error {
     match aborted {
         Ok(()) => error,

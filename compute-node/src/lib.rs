@@ -220,10 +220,10 @@ impl ComputeNode {
                 }
             }
         };
-        aic_storage_node::shard_fetch::fetch_shard(&client, &source.dataset, &source.shard, &source.ticket)
+        aic_protocol::shard_fetch::fetch_shard(&client, &source.dataset, &source.shard, &source.ticket)
             .await
             .map_err(|e| match e {
-                aic_storage_node::shard_fetch::FetchError::Transport(aic_protocol::Error::Rpc(e)) => e,
+                aic_protocol::shard_fetch::FetchError::Transport(aic_protocol::Error::Rpc(e)) => e,
                 other => unavailable(format!(
                     "fetching shard {} from {}: {other}",
                     source.shard, source.storage

@@ -9,25 +9,34 @@
 //!  node_agent: the node side of membership (register, heartbeat, RTT probes)
 //! ```
 //!
+//! The shared vocabulary of data lives here too, so node crates never depend on each other:
+//! a dataset's `manifest` (with each column's `encoding` and the import `report`), fetching a
+//! shard (`shard_fetch`) and uploading one (`upload`).
+//!
 //! Nothing here knows about the scheduler's decisions: storage and compute nodes depend on this
 //! crate, never on the control plane.
 
 pub mod authz;
 pub mod certs;
 pub mod config;
+pub mod encoding;
 pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod logging;
+pub mod manifest;
 pub mod messages;
 pub mod metrics;
 pub mod metrics_http;
 pub mod node_agent;
+pub mod report;
 pub mod rpc;
 pub mod service;
+pub mod shard_fetch;
 pub mod ticket;
 pub mod tls;
 pub mod transport;
+pub mod upload;
 
 pub use error::{Error, ErrorCode, Result, RpcError};
 pub use ids::{AssetId, JobId, NodeId, Role, ShardId, TaskId};

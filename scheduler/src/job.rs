@@ -23,6 +23,7 @@ use aic_ledger::raft::replica::LedgerReplica;
 use aic_ledger::state::JobRecord;
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call, PayoutKind, Transaction};
 use aic_ledger::{Address, Amount, Keypair};
+use aic_protocol::manifest::{Manifest, ShardEntry};
 use aic_protocol::messages::{
     JobRequest, ModelShape, NodeState, NodeStatus, PeerRequest, PeerResponse, ShardSource, TaskKind,
     TaskResult, TaskSpec,
@@ -30,7 +31,6 @@ use aic_protocol::messages::{
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::ticket::ShardTicket;
 use aic_protocol::{AssetId, ErrorCode, JobId, NodeId, Role, RpcError, ShardId, TaskId};
-use aic_storage_node::manifest::{Manifest, ShardEntry};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -483,7 +483,7 @@ async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, R
         request: request.clone(),
         payer: Address([0; 32]),
         budget: Amount::ZERO,
-        dataset: aic_storage_node::catalog::dataset_id_of_hash(&dataset.metadata.content_hash),
+        dataset: aic_protocol::manifest::dataset_id_of_hash(&dataset.metadata.content_hash),
         manifest,
         dataset_owner: dataset.owner,
         dataset_fee: dataset.metadata.usage_fee,
@@ -1665,7 +1665,7 @@ impl Run {
 
         if completed {
             let (content_hash, stored) = match self.store_weights().await {
-                Ok((manifest, object)) => (aic_storage_node::catalog::manifest_hash(&manifest), Some(object)),
+                Ok((manifest, object)) => (aic_protocol::manifest::manifest_hash(&manifest), Some(object)),
                 Err(error) => {
                     warn!(%job, %error, "the trained weights could not be stored; they are kept on the ledger only");
                     self.report["weights_storage_error"] = json!(error);
@@ -1775,13 +1775,13 @@ impl Run {
             .collect();
         let replicas = storage
             .iter()
-            .map(|n| aic_storage_node::manifest::ReplicaLocation {
+            .map(|n| aic_protocol::manifest::ReplicaLocation {
                 node: n.node_id.to_string(),
                 quic_addr: n.quic_addr.clone(),
             })
             .collect();
         let name = format!("weights of job {}", self.plan.request.job);
-        aic_storage_node::upload_client::store_weights(&client, &name, &tensors, replicas)
+        aic_protocol::upload::store_weights(&client, &name, &tensors, replicas)
             .await
             .map_err(|e| e.to_string())
     }

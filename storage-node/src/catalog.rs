@@ -19,20 +19,7 @@ pub struct CatalogError {
     pub reason: String,
 }
 
-/// A dataset's id: the first 16 bytes of the BLAKE3 hash of its manifest, in hex.
-pub fn dataset_id(manifest: &Manifest) -> String {
-    dataset_id_of_hash(&manifest_hash(manifest))
-}
-
-/// The BLAKE3 hash of a manifest's JSON: the Dataset asset's content hash.
-pub fn manifest_hash(manifest: &Manifest) -> [u8; 32] {
-    *blake3::hash(manifest.to_json().as_bytes()).as_bytes()
-}
-
-/// The dataset id a Dataset asset's content hash names.
-pub fn dataset_id_of_hash(hash: &[u8; 32]) -> String {
-    hex::encode(&hash[..16])
-}
+pub use aic_protocol::manifest::{dataset_id, dataset_id_of_hash, manifest_hash};
 
 pub struct Catalog {
     dir: PathBuf,

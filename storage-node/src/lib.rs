@@ -6,24 +6,22 @@
 //! exports them to the Dataset asset's owner, and scrubs and repairs them from other replicas.
 
 mod api;
+// The data vocabulary every node shares lives in the protocol crate; these paths stay for the
+// storage node's own code and its users.
+pub use aic_protocol::{encoding, manifest, report, shard_fetch, upload as upload_client};
 pub mod attest;
 pub mod bundled;
 pub mod catalog;
 pub mod config;
-pub mod encoding;
 mod export;
 pub mod import;
-pub mod manifest;
 pub mod metrics;
 mod node;
 mod replication;
-pub mod report;
 pub mod scrub;
 pub mod sealing;
 mod serving;
-pub mod shard_fetch;
 pub mod shard_store;
-pub mod upload_client;
 mod uploads;
 
 use std::collections::HashSet;

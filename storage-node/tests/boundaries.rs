@@ -114,7 +114,7 @@ async fn import_digits(
     manifest.replicas = node.replicas();
     match sink.commit(&manifest, owner).await {
         Ok(committed) => Ok((committed.dataset, manifest)),
-        Err(aic_storage_node::import::ImportError::Upload(error)) => Err(error),
+        Err(aic_storage_node::import::SinkError::Upload(error)) => Err(error),
         Err(other) => panic!("{other}"),
     }
 }
@@ -249,7 +249,7 @@ async fn only_datasets_are_previewed_and_only_schedulers_store_weights() {
     };
     let weights = Manifest::weights("fake", shard, node.replicas());
     match sink.commit(&weights, [1; 32]).await {
-        Err(aic_storage_node::import::ImportError::Upload(error)) => {
+        Err(aic_storage_node::import::SinkError::Upload(error)) => {
             assert_eq!(refusal::<()>(Err(error)).0, ErrorCode::PermissionDenied)
         }
         other => panic!("{other:?}"),

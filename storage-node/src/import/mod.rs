@@ -22,7 +22,6 @@ mod shards;
 mod source;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use aic_protocol::ShardId;
@@ -30,8 +29,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::Array;
 use bytes::Bytes;
 
+pub use aic_protocol::upload::{write_parquet, ShardSink, SinkError};
 pub use profile::{date_text, AUTO_CATEGORY_LIMIT, MAX_MEDIAN_VALUES};
-pub use shards::{read_shard, write_parquet};
+pub use shards::read_shard;
 pub use source::InputFormat;
 
 use crate::encoding::{is_missing, parse_number, Feature, MissingPolicy, DEFAULT_NULL_MARKERS};
@@ -173,10 +173,13 @@ pub enum ImportError {
     Upload(#[source] aic_protocol::Error),
 }
 
-/// Where finished shards go: sealed into this node's store, or uploaded to a storage node.
-pub trait ShardSink {
-    /// Takes one plaintext Parquet shard named by its BLAKE3 hash.
-    fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> impl Future<Output = Result<(), ImportError>>;
+impl From<SinkError> for ImportError {
+    fn from(error: SinkError) -> Self {
+        match error {
+            SinkError::Upload(error) => ImportError::Upload(error),
+            other => ImportError::Shard(other.to_string()),
+        }
+    }
 }
 
 /// Seals each shard under a dataset key and writes it to a store.
@@ -186,13 +189,15 @@ pub struct SealingSink<'a> {
 }
 
 impl ShardSink for SealingSink<'_> {
-    async fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> Result<(), ImportError> {
+    async fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> Result<(), SinkError> {
         let sealed = self
             .key
             .seal(&id, &parquet)
-            .map_err(|e| ImportError::Shard(e.to_string()))?;
-        self.store.put(&id, Bytes::from(sealed)).await?;
-        Ok(())
+            .map_err(|e| SinkError::Shard(e.to_string()))?;
+        self.store
+            .put(&id, Bytes::from(sealed))
+            .await
+            .map_err(|e| SinkError::Store(e.to_string()))
     }
 }
 

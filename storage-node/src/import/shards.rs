@@ -4,18 +4,14 @@
 
 use std::sync::Arc;
 
+use super::{write_parquet, ImportError, ShardSink};
+use crate::manifest::ShardEntry;
+use crate::sealing::DatasetKey;
+use crate::shard_store::ShardStore;
 use aic_protocol::ShardId;
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-
-use super::{ImportError, ShardSink};
-use crate::manifest::ShardEntry;
-use crate::sealing::DatasetKey;
-use crate::shard_store::ShardStore;
 
 /// A row's label: a class index, or a regression target's value.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -112,22 +108,6 @@ impl<'a, S: ShardSink> ShardWriter<'a, S> {
         let [train, test] = self.written;
         Ok((train, test))
     }
-}
-
-/// One shard as Parquet: zstd, one row group.
-pub fn write_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
-        ))
-        .set_max_row_group_row_count(Some(batch.num_rows().max(1)))
-        .build();
-    let mut out = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).map_err(|e| e.to_string())?;
-    writer.write(batch).map_err(|e| e.to_string())?;
-    writer.close().map_err(|e| e.to_string())?;
-    Ok(out)
 }
 
 /// Reads a stored shard back: fetch, open (authenticity and content hash), decode Parquet.

@@ -1,16 +1,16 @@
 //! The compute node's side of `GetShard`: ask with a ticket, read the streamed Arrow IPC
 //! batches, and check the end marker so a cut stream is never taken for a whole shard.
 
-use aic_protocol::messages::{PeerRequest, PeerResponse};
-use aic_protocol::rpc::RpcClient;
-use aic_protocol::ticket::SignedTicket;
-use aic_protocol::ShardId;
+use crate::messages::{PeerRequest, PeerResponse};
+use crate::rpc::RpcClient;
+use crate::ticket::SignedTicket;
+use crate::ShardId;
 use arrow_array::RecordBatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error(transparent)]
-    Transport(#[from] aic_protocol::Error),
+    Transport(#[from] crate::Error),
     #[error("shard {shard}: {reason}")]
     Invalid { shard: ShardId, reason: String },
 }

@@ -3,12 +3,31 @@
 //! when the first shard is ready (the file has passed every check by then), and an importer that
 //! fails or gives up aborts it, so its slot and shards are freed at once.
 
-use aic_protocol::messages::{ClientRequest, ClientResponse};
-use aic_protocol::rpc::RpcClient;
-use aic_protocol::{NodeId, ShardId};
+use std::future::Future;
 
-use crate::import::{ImportError, ShardSink};
 use crate::manifest::Manifest;
+use crate::messages::{ClientRequest, ClientResponse};
+use crate::rpc::RpcClient;
+use crate::{NodeId, ShardId};
+
+/// Where finished shards go: uploaded to a storage node ([`UploadSink`]), or sealed into a
+/// storage node's own store.
+pub trait ShardSink {
+    /// Takes one plaintext Parquet shard named by its BLAKE3 hash.
+    fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> impl Future<Output = Result<(), SinkError>>;
+}
+
+/// Why a shard could not be handed over.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    #[error("uploading to the storage node: {0}")]
+    Upload(#[source] crate::Error),
+    #[error("writing a shard: {0}")]
+    Shard(String),
+    #[error("storing a shard: {0}")]
+    Store(String),
+}
 
 /// Plain shard bytes per upload request (well within the frame limit).
 pub const UPLOAD_PART: usize = 1024 * 1024;
@@ -30,17 +49,15 @@ pub struct Committed {
     pub dataset: String,
     pub replicas: Vec<NodeId>,
     /// The Dataset asset the storage nodes had minted (none for a model's weights).
-    pub asset: Option<aic_protocol::AssetId>,
+    pub asset: Option<crate::AssetId>,
 }
 
-fn upload_error(e: aic_protocol::Error) -> ImportError {
-    ImportError::Upload(e)
+fn upload_error(e: crate::Error) -> SinkError {
+    SinkError::Upload(e)
 }
 
-fn unexpected(answer: ClientResponse) -> ImportError {
-    ImportError::Upload(aic_protocol::Error::Transport(format!(
-        "unexpected answer {answer:?}"
-    )))
+fn unexpected(answer: ClientResponse) -> SinkError {
+    SinkError::Upload(crate::Error::Transport(format!("unexpected answer {answer:?}")))
 }
 
 impl<'a> UploadSink<'a> {
@@ -54,7 +71,7 @@ impl<'a> UploadSink<'a> {
     }
 
     /// The open upload, opening it on first use.
-    async fn upload(&mut self) -> Result<u64, ImportError> {
+    async fn upload(&mut self) -> Result<u64, SinkError> {
         if let Some(upload) = self.upload {
             return Ok(upload);
         }
@@ -74,7 +91,7 @@ impl<'a> UploadSink<'a> {
 
     /// Commits the upload under `manifest` for `owner` (an Ed25519 public key); answers the
     /// dataset id, the replicas holding it and the asset minted for it.
-    pub async fn commit(mut self, manifest: &Manifest, owner: [u8; 32]) -> Result<Committed, ImportError> {
+    pub async fn commit(mut self, manifest: &Manifest, owner: [u8; 32]) -> Result<Committed, SinkError> {
         let request = ClientRequest::CommitImport {
             upload: self.upload().await?,
             manifest: manifest.to_json(),
@@ -97,7 +114,7 @@ impl<'a> UploadSink<'a> {
 
     /// Gives the upload up (after a failure or a cancel): the node frees its slot and deletes
     /// what was sent. Nothing to do if no shard was sent.
-    pub async fn abort(self) -> Result<(), ImportError> {
+    pub async fn abort(self) -> Result<(), SinkError> {
         let Some(upload) = self.upload else {
             return Ok(());
         };
@@ -114,7 +131,7 @@ impl<'a> UploadSink<'a> {
 }
 
 impl ShardSink for UploadSink<'_> {
-    async fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> Result<(), ImportError> {
+    async fn put(&mut self, id: ShardId, parquet: Vec<u8>) -> Result<(), SinkError> {
         let upload = self.upload().await?;
         let total = parquet.len() as u64;
         let mut offset = 0u64;
@@ -145,7 +162,7 @@ pub async fn store_weights(
     name: &str,
     tensors: &[Vec<f32>],
     replicas: Vec<crate::manifest::ReplicaLocation>,
-) -> Result<(Manifest, String), ImportError> {
+) -> Result<(Manifest, String), SinkError> {
     use std::sync::Arc;
 
     use arrow_array::{ArrayRef, Float32Array, RecordBatch, UInt32Array};
@@ -166,8 +183,8 @@ pub async fn store_weights(
         ("index", Arc::new(UInt32Array::from(indices)) as ArrayRef),
         ("value", Arc::new(Float32Array::from(values)) as ArrayRef),
     ])
-    .map_err(|e| ImportError::Shard(e.to_string()))?;
-    let parquet = crate::import::write_parquet(&batch).map_err(ImportError::Shard)?;
+    .map_err(|e| SinkError::Shard(e.to_string()))?;
+    let parquet = write_parquet(&batch).map_err(SinkError::Shard)?;
     let id = ShardId::of_content(&parquet);
     let bytes = parquet.len() as u64;
     let mut sink = UploadSink::new(client, |_| {});
@@ -184,4 +201,23 @@ pub async fn store_weights(
     // The weights' asset is minted by the job, not by this commit: no owner is named.
     let committed = sink.commit(&manifest, [0; 32]).await?;
     Ok((manifest, committed.dataset))
+}
+
+/// One shard as Parquet: zstd, one row group.
+pub fn write_parquet(batch: &arrow_array::RecordBatch) -> Result<Vec<u8>, String> {
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
+        ))
+        .set_max_row_group_row_count(Some(batch.num_rows().max(1)))
+        .build();
+    let mut out = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).map_err(|e| e.to_string())?;
+    writer.write(batch).map_err(|e| e.to_string())?;
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(out)
 }

@@ -119,7 +119,7 @@ impl Manifest {
         for entry in self.shards() {
             entry
                 .id
-                .parse::<aic_protocol::ShardId>()
+                .parse::<crate::ShardId>()
                 .map_err(|_| format!("bad shard id {:?}", entry.id))?;
             rows = rows.checked_add(entry.rows).ok_or("shard row counts overflow")?;
         }
@@ -192,4 +192,19 @@ impl Manifest {
             .chain(self.test.iter().map(|e| (e, true)))
             .find(|(e, _)| e.id == id)
     }
+}
+
+/// A dataset's id: the first 16 bytes of the BLAKE3 hash of its manifest, in hex.
+pub fn dataset_id(manifest: &Manifest) -> String {
+    dataset_id_of_hash(&manifest_hash(manifest))
+}
+
+/// The BLAKE3 hash of a manifest's JSON: the Dataset (or TrainedModel) asset's content hash.
+pub fn manifest_hash(manifest: &Manifest) -> [u8; 32] {
+    *blake3::hash(manifest.to_json().as_bytes()).as_bytes()
+}
+
+/// The dataset id a Dataset asset's content hash names.
+pub fn dataset_id_of_hash(hash: &[u8; 32]) -> String {
+    hex::encode(&hash[..16])
 }
