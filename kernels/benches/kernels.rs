@@ -93,6 +93,7 @@ fn main() {
         let batch = Batch {
             x: Matrix::new(8, 4, matrix(8, 3).data[..32].to_vec()).unwrap(),
             labels: (0..8).map(|i| i % 3).collect(),
+            targets: Vec::new(),
         };
         let step = median(21, || {
             let t = Instant::now();
@@ -121,6 +122,7 @@ fn main() {
         let batch = Batch {
             x: Matrix::new(256, 64, matrix(128, 7).data[..256 * 64].to_vec()).unwrap(),
             labels: (0..256).map(|i| i % 10).collect(),
+            targets: Vec::new(),
         };
         let cpu_step = median(11, || {
             let t = Instant::now();

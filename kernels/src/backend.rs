@@ -95,7 +95,7 @@ fn forward<B: Backend + ?Sized>(
 ) -> Result<(Matrix, Option<Matrix>)> {
     let t = &w.tensors;
     match model {
-        ModelSpec::SoftmaxRegression { .. } => {
+        ModelSpec::SoftmaxRegression { .. } | ModelSpec::LinearRegression { .. } => {
             let z = b.matmul(x, &t[0], false, false)?;
             Ok((b.bias_act(&z, &t[1].data, false)?, None))
         }
@@ -119,7 +119,11 @@ pub fn train_step_by_ops<B: Backend + ?Sized>(
     model.check_weights(weights)?;
     model.check_batch(batch)?;
     let (logits, hidden) = forward(b, model, weights, &batch.x)?;
-    let (grad_logits, losses) = b.softmax_xent(&logits, &batch.labels)?;
+    let (grad_logits, losses) = if model.is_regression() {
+        squared_error(&logits, &batch.targets)
+    } else {
+        b.softmax_xent(&logits, &batch.labels)?
+    };
     let loss = b.mean(&losses)?;
     let row = |data: Vec<f32>| Matrix {
         rows: 1,
@@ -127,7 +131,7 @@ pub fn train_step_by_ops<B: Backend + ?Sized>(
         data,
     };
     let grads = match (model, hidden) {
-        (ModelSpec::SoftmaxRegression { .. }, _) => vec![
+        (ModelSpec::SoftmaxRegression { .. } | ModelSpec::LinearRegression { .. }, _) => vec![
             b.matmul(&batch.x, &grad_logits, true, false)?,
             row(b.column_sum(&grad_logits)?),
         ],
@@ -160,9 +164,56 @@ pub fn evaluate_by_ops<B: Backend + ?Sized>(
     model.check_weights(weights)?;
     model.check_batch(batch)?;
     let (logits, _) = forward(b, model, weights, &batch.x)?;
+    if model.is_regression() {
+        let (_, losses) = squared_error(&logits, &batch.targets);
+        let loss = b.mean(&losses)?;
+        return Ok((loss, r_squared(&logits.data, &batch.targets)));
+    }
     let (_, losses) = b.softmax_xent(&logits, &batch.labels)?;
     let loss = b.mean(&losses)?;
     Ok((loss, accuracy(&logits, &batch.labels)))
+}
+
+/// The model's outputs for the rows of `x` (logits, or a regression's predictions).
+pub fn predict<B: Backend + ?Sized>(
+    b: &mut B,
+    model: &ModelSpec,
+    weights: &Weights,
+    x: &Matrix,
+) -> Result<Matrix> {
+    model.check_weights(weights)?;
+    Ok(forward(b, model, weights, x)?.0)
+}
+
+/// Per-row squared errors of a regression's predictions, and the gradient of their mean with
+/// respect to the predictions: 2·(ŷ − y)/n. One value per row, computed on the host (the
+/// matrix products around it run on the backend).
+fn squared_error(predictions: &Matrix, targets: &[f32]) -> (Matrix, Vec<f32>) {
+    let n = targets.len() as f32;
+    let residuals: Vec<f32> = predictions.data.iter().zip(targets).map(|(p, y)| p - y).collect();
+    let losses = residuals.iter().map(|r| r * r).collect();
+    let gradient = Matrix {
+        rows: predictions.rows,
+        cols: 1,
+        data: residuals.iter().map(|r| 2.0 * r / n).collect(),
+    };
+    (gradient, losses)
+}
+
+/// The coefficient of determination of predictions: 1 − SSE/SST (1 is perfect, 0 is the mean).
+pub fn r_squared(predictions: &[f32], targets: &[f32]) -> f32 {
+    let n = targets.len() as f64;
+    let mean = targets.iter().map(|&y| f64::from(y)).sum::<f64>() / n;
+    let sse: f64 = predictions
+        .iter()
+        .zip(targets)
+        .map(|(&p, &y)| (f64::from(p) - f64::from(y)).powi(2))
+        .sum();
+    let sst: f64 = targets.iter().map(|&y| (f64::from(y) - mean).powi(2)).sum();
+    if sst == 0.0 {
+        return 0.0;
+    }
+    (1.0 - sse / sst) as f32
 }
 
 /// The share of rows whose largest logit is the label (ties go to the lowest class).

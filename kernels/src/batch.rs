@@ -1,5 +1,6 @@
 //! Turning an Arrow record batch (a decoded shard) into a training [`Batch`]: every column but
-//! the label is a feature (Float32 or Float64), the label column holds class indices.
+//! the label is a feature (Float32 or Float64), the label column holds class indices (or, as
+//! Float32, a regression target's values).
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type};
@@ -56,6 +57,14 @@ pub fn from_record_batch(batch: &RecordBatch, label: &str) -> Result<Batch> {
     if column.null_count() > 0 {
         return Err(KernelError::Batch(format!("label column {label:?} has nulls")));
     }
+    // A float label is a regression target.
+    if column.data_type() == &DataType::Float32 {
+        return Ok(Batch {
+            x: Matrix::new(rows, features, x)?,
+            labels: Vec::new(),
+            targets: column.as_primitive::<Float32Type>().values().to_vec(),
+        });
+    }
     let labels: Vec<i64> = match column.data_type() {
         DataType::Int32 => column
             .as_primitive::<Int32Type>()
@@ -87,5 +96,6 @@ pub fn from_record_batch(batch: &RecordBatch, label: &str) -> Result<Batch> {
     Ok(Batch {
         x: Matrix::new(rows, features, x)?,
         labels,
+        targets: Vec::new(),
     })
 }

@@ -14,25 +14,38 @@ pub enum ModelSpec {
         hidden: usize,
         classes: usize,
     },
+    /// y = X·w + b, trained on mean squared error (a regression target).
+    LinearRegression { features: usize },
 }
 
 impl ModelSpec {
     pub fn features(&self) -> usize {
         match *self {
-            ModelSpec::SoftmaxRegression { features, .. } | ModelSpec::Mlp { features, .. } => features,
+            ModelSpec::SoftmaxRegression { features, .. }
+            | ModelSpec::Mlp { features, .. }
+            | ModelSpec::LinearRegression { features } => features,
         }
     }
 
+    /// Classes of a classifier; a regression has one output.
     pub fn classes(&self) -> usize {
         match *self {
             ModelSpec::SoftmaxRegression { classes, .. } | ModelSpec::Mlp { classes, .. } => classes,
+            ModelSpec::LinearRegression { .. } => 1,
         }
+    }
+
+    /// Whether the model regresses a number (trained on mean squared error) rather than
+    /// classifying.
+    pub fn is_regression(&self) -> bool {
+        matches!(self, ModelSpec::LinearRegression { .. })
     }
 
     /// (rows, cols) of each parameter tensor in order: W, b (and W2, b2 for the MLP).
     pub fn shapes(&self) -> Vec<(usize, usize)> {
         match *self {
             ModelSpec::SoftmaxRegression { features, classes } => vec![(features, classes), (1, classes)],
+            ModelSpec::LinearRegression { features } => vec![(features, 1), (1, 1)],
             ModelSpec::Mlp {
                 features,
                 hidden,
@@ -98,6 +111,17 @@ impl ModelSpec {
                 self.features()
             )));
         }
+        if self.is_regression() {
+            if batch.targets.len() != batch.x.rows || batch.x.rows == 0 {
+                return Err(KernelError::Batch(format!(
+                    "{} rows of features and {} targets",
+                    batch.x.rows,
+                    batch.targets.len()
+                )));
+            }
+            check_finite("batch targets", &batch.targets)?;
+            return check_finite("batch features", &batch.x.data);
+        }
         if batch.labels.len() != batch.x.rows || batch.x.rows == 0 {
             return Err(KernelError::Batch(format!(
                 "{} rows of features and {} labels",
@@ -134,9 +158,11 @@ impl Weights {
     }
 }
 
-/// Features (rows × features) and a class label per row.
+/// Features (rows × features) and, per row, a class label (classification) or a target value
+/// (regression); the other is empty.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     pub x: Matrix,
     pub labels: Vec<u32>,
+    pub targets: Vec<f32>,
 }

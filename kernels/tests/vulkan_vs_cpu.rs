@@ -166,7 +166,11 @@ fn generated_batch(rows: usize, features: usize, classes: usize, seed: u64) -> B
                 .unwrap() as u32
         })
         .collect();
-    Batch { x, labels }
+    Batch {
+        x,
+        labels,
+        targets: Vec::new(),
+    }
 }
 
 #[test]
@@ -263,6 +267,7 @@ fn bad_input_gets_clear_errors_on_both_backends() {
         let narrow = Batch {
             x: Matrix::zeros(2, 5),
             labels: vec![0, 1],
+            targets: Vec::new(),
         };
         let err = backend.train_step(&model, &weights, &narrow).unwrap_err();
         assert!(
@@ -273,6 +278,7 @@ fn bad_input_gets_clear_errors_on_both_backends() {
         let mut poisoned = Batch {
             x: Matrix::zeros(2, 4),
             labels: vec![0, 1],
+            targets: Vec::new(),
         };
         poisoned.x.data[6] = f32::NAN;
         let err = backend.train_step(&model, &weights, &poisoned).unwrap_err();
@@ -284,6 +290,7 @@ fn bad_input_gets_clear_errors_on_both_backends() {
         let bad_label = Batch {
             x: Matrix::zeros(2, 4),
             labels: vec![0, 7],
+            targets: Vec::new(),
         };
         let err = backend.train_step(&model, &weights, &bad_label).unwrap_err();
         assert!(err.to_string().contains("label 7 at row 1"), "{err}");

@@ -577,6 +577,11 @@ impl Backend for VulkanBackend {
 
     /// The whole step — forward, loss, backward — in one command buffer and one submission.
     fn train_step(&mut self, model: &ModelSpec, weights: &Weights, batch: &Batch) -> Result<(f32, Weights)> {
+        if model.is_regression() {
+            // Its products run here op by op; one command buffer for it comes with the layer
+            // graphs (issue 14).
+            return crate::backend::train_step_by_ops(self, model, weights, batch);
+        }
         model.check_weights(weights)?;
         model.check_batch(batch)?;
         let (rows, classes) = (batch.x.rows, model.classes());
@@ -613,6 +618,7 @@ impl Backend for VulkanBackend {
                 let d_b1 = rec.column_sum(&d_z1, rows, hidden)?;
                 (vec![d_w1, d_b1, d_w2, d_b2], rec.sum(&losses, rows, false)?)
             }
+            ModelSpec::LinearRegression { .. } => unreachable!("regressions step by ops (above)"),
         };
         let done = rec.submit()?;
         let read = (|| {
