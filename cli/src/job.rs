@@ -33,8 +33,12 @@ pub struct ModelArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ModelKindArg {
+    /// Softmax regression: classes from features.
     Softmax,
+    /// One hidden ReLU layer, then softmax.
     Mlp,
+    /// Linear regression on mean squared error: a number from features (`--features` only).
+    Linear,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -48,7 +52,8 @@ pub enum ModelCommand {
         /// Model inputs (a dataset's encoded input width).
         #[arg(long, required_unless_present = "for_dataset")]
         features: Option<u32>,
-        #[arg(long, required_unless_present = "for_dataset")]
+        /// Classes (classifiers only).
+        #[arg(long)]
         classes: Option<u32>,
         /// Take the features (the dataset's input width) and classes from a Dataset asset.
         #[arg(long, value_name = "ASSET", conflicts_with_all = ["features", "classes"])]
@@ -115,24 +120,42 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
         fee,
     } = &args.command;
     let profile = args.client.load()?;
+    let regression = matches!(kind, ModelKindArg::Linear);
     let (features, classes) = match for_dataset {
-        Some(asset) => dataset_dimensions(&profile, asset).await?,
-        None => (
-            features.expect("required without --for-dataset"),
-            classes.expect("required without --for-dataset"),
-        ),
+        Some(asset) => {
+            let (features, classes, target) = dataset_dimensions(&profile, asset).await?;
+            if target != regression {
+                bail!(
+                    "dataset {asset} has {}: a {} model does not fit it",
+                    if target { "a numeric target" } else { "classes" },
+                    if regression {
+                        "regression"
+                    } else {
+                        "classification"
+                    }
+                );
+            }
+            (features, classes)
+        }
+        None => {
+            let features = features.expect("required without --for-dataset");
+            let classes = match (classes, regression) {
+                (Some(_), true) => bail!("a linear regression predicts a number: it takes no --classes"),
+                (None, true) => 0,
+                (Some(classes), false) => *classes,
+                (None, false) => bail!("--classes is needed for a classifier (or --for-dataset ASSET)"),
+            };
+            (features, classes)
+        }
     };
-    let (features, classes) = (&features, &classes);
     let shape = match kind {
-        ModelKindArg::Softmax => ModelShape::SoftmaxRegression {
-            features: *features,
-            classes: *classes,
-        },
+        ModelKindArg::Softmax => ModelShape::SoftmaxRegression { features, classes },
         ModelKindArg::Mlp => ModelShape::Mlp {
-            features: *features,
+            features,
             hidden: *hidden,
-            classes: *classes,
+            classes,
         },
+        ModelKindArg::Linear => ModelShape::LinearRegression { features },
     };
     let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
     let asset = register_model(&profile, &key, name, shape, *fee).await?;
@@ -144,8 +167,9 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A Dataset asset's model input width and class count, from its published manifest.
-async fn dataset_dimensions(profile: &ClientProfile, asset: &AssetId) -> anyhow::Result<(u32, u32)> {
+/// A Dataset asset's model input width, class count, and whether its label is a numeric target,
+/// from its published manifest.
+async fn dataset_dimensions(profile: &ClientProfile, asset: &AssetId) -> anyhow::Result<(u32, u32, bool)> {
     let scheduler = nodes::connect(profile).await?;
     let aic_ledger::api::LedgerResponse::Asset(Some(found)) =
         ledger_client::request(&scheduler, &aic_ledger::api::LedgerRequest::Asset(*asset)).await?
@@ -157,15 +181,10 @@ async fn dataset_dimensions(profile: &ClientProfile, asset: &AssetId) -> anyhow:
     }
     let manifest = aic_storage_node::manifest::Manifest::from_json(&found.metadata.manifest)
         .map_err(|e| anyhow::anyhow!("the dataset's manifest: {e}"))?;
-    if manifest.target.is_some() {
-        bail!(
-            "dataset {asset} has a regression target ({}); these models classify",
-            manifest.label
-        );
-    }
     Ok((
         u32::try_from(manifest.input_width())?,
         u32::try_from(manifest.classes.len())?,
+        manifest.target.is_some(),
     ))
 }
 
@@ -177,8 +196,8 @@ pub async fn register_model(
     shape: ModelShape,
     fee: Amount,
 ) -> anyhow::Result<AssetId> {
-    if shape.features() == 0 || shape.classes() < 2 {
-        bail!("a model needs at least one feature and two classes");
+    if shape.features() == 0 || (!shape.is_regression() && shape.classes() < 2) {
+        bail!("a model needs at least one feature, and a classifier two classes");
     }
     let scheduler = nodes::connect(profile).await?;
     let manifest = serde_json::to_string(&shape)?;

@@ -718,6 +718,63 @@ fn check_a_penguins_job(data_dir: &std::path::Path, profile: &str) {
     assert_eq!(job["state"], "done", "{job}");
     let accuracy = job["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.97, "held-out accuracy {accuracy}");
+
+    // Body mass from the other columns: a linear regression job, held to ridge regression's R²
+    // on the same seeded split (computed by `penguins.rs::a_linear_regression_on_body_mass_
+    // matches_ridge`, which also pins it).
+    const RIDGE_R2: f64 = 0.8947;
+    let imported = run(&[
+        "dataset",
+        "import",
+        penguins,
+        "--target",
+        "body_mass_g",
+        "--name",
+        "penguin mass",
+        "--profile",
+        profile,
+        "--wallet",
+        &owner,
+        "--json",
+    ]);
+    let dataset = imported["asset"].as_str().unwrap();
+    let model = run(&[
+        "model",
+        "register",
+        "--name",
+        "mass",
+        "--kind",
+        "linear",
+        "--for-dataset",
+        dataset,
+        "--profile",
+        profile,
+        "--wallet",
+        &developer,
+        "--json",
+    ]);
+    let job = run(&[
+        "job",
+        "submit",
+        "--dataset",
+        dataset,
+        "--model",
+        model["asset"].as_str().unwrap(),
+        "--budget",
+        "200",
+        "--epochs",
+        "100",
+        "--learning-rate",
+        "0.05",
+        "--profile",
+        profile,
+        "--wallet",
+        &user,
+        "--json",
+    ]);
+    assert_eq!(job["state"], "done", "{job}");
+    let r2 = job["r2"].as_f64().unwrap();
+    assert!(r2 >= RIDGE_R2 - 0.03, "held-out R² {r2}, ridge {RIDGE_R2}");
 }
 
 /// Sums decimal AIC amounts exactly (base units).

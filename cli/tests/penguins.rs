@@ -275,7 +275,10 @@ async fn a_numeric_target_is_imported_for_regression() {
         .as_any()
         .downcast_ref::<arrow_array::Float32Array>()
         .unwrap();
-    assert!(masses.values().iter().all(|m| (2700.0..=6300.0).contains(m)));
+    // Standardised: the lightest penguin (2,700 g) is about −1.9 standard deviations.
+    let target = manifest.target.as_ref().unwrap();
+    assert!((target.mean - 4201.75).abs() < 0.01, "{target:?}");
+    assert!(masses.values().iter().all(|m| (-2.5..=2.7).contains(m)));
 }
 
 /// The command a data owner runs first: `--dry-run` prints the report and stores nothing (it
@@ -325,13 +328,13 @@ fn ridge(x: &Matrix, y: &[f32], lambda: f64) -> Vec<f64> {
         })
     };
     let mut a = vec![vec![0f64; p + 1]; p];
-    for r in 0..x.rows {
+    for (r, target) in y.iter().enumerate().take(x.rows) {
         let values: Vec<f64> = row(r).collect();
-        for i in 0..p {
-            for j in 0..p {
-                a[i][j] += values[i] * values[j];
+        for (line, vi) in a.iter_mut().zip(&values) {
+            for (cell, vj) in line.iter_mut().zip(&values) {
+                *cell += vi * vj;
             }
-            a[i][p] += values[i] * f64::from(y[r]);
+            line[p] += vi * f64::from(*target);
         }
     }
     for (i, line) in a.iter_mut().enumerate().take(x.cols) {
@@ -342,11 +345,12 @@ fn ridge(x: &Matrix, y: &[f32], lambda: f64) -> Vec<f64> {
             .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
             .unwrap();
         a.swap(col, pivot);
-        for i in 0..p {
-            if i != col && a[col][col] != 0.0 {
-                let factor = a[i][col] / a[col][col];
-                for j in col..=p {
-                    a[i][j] -= factor * a[col][j];
+        let pivot_row = a[col].clone();
+        for (i, line) in a.iter_mut().enumerate() {
+            if i != col && pivot_row[col] != 0.0 {
+                let factor = line[col] / pivot_row[col];
+                for (cell, pivot_cell) in line.iter_mut().zip(&pivot_row).skip(col) {
+                    *cell -= factor * pivot_cell;
                 }
             }
         }
@@ -376,7 +380,7 @@ async fn a_linear_regression_on_body_mass_matches_ridge() {
     };
     let mut backend = CpuBackend;
     let mut weights = model.init(3);
-    for _ in 0..4000 {
+    for _ in 0..600 {
         let (_, grads) = backend.train_step(&model, &weights, &train).unwrap();
         for (w, g) in weights.tensors.iter_mut().zip(&grads.tensors) {
             backend.sgd(&mut w.data, &g.data, 0.05).unwrap();
@@ -399,7 +403,11 @@ async fn a_linear_regression_on_body_mass_matches_ridge() {
         .collect();
     let r2_ridge = aic_kernels::backend::r_squared(&predictions, &test.targets);
     eprintln!("held-out R²: the grid's linear model {r2_grid:.4}, ridge {r2_ridge:.4}");
-    assert!(r2_ridge > 0.7, "the reference itself: R² {r2_ridge}");
+    // The devnet test holds a grid job to this same reference (`RIDGE_R2` in cli.rs).
+    assert!(
+        (r2_ridge - 0.8947).abs() < 0.0005,
+        "the reference moved: R² {r2_ridge}"
+    );
     assert!(
         (r2_grid - r2_ridge).abs() <= 0.03,
         "the grid's R² {r2_grid} vs ridge's {r2_ridge}"

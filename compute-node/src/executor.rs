@@ -123,6 +123,9 @@ fn probe(backend: &mut dyn Backend) -> Result<DeviceProbe, String> {
 /// The kernels' model for a wire shape.
 pub fn model_spec(shape: ModelShape) -> ModelSpec {
     match shape {
+        ModelShape::LinearRegression { features } => ModelSpec::LinearRegression {
+            features: features as usize,
+        },
         ModelShape::SoftmaxRegression { features, classes } => ModelSpec::SoftmaxRegression {
             features: features as usize,
             classes: classes as usize,
@@ -161,7 +164,9 @@ pub fn unflatten(spec: &ModelSpec, flat: &[f32]) -> Result<Weights, String> {
     Ok(Weights { tensors })
 }
 
-/// Mean loss and mean gradient (or correct count) over every row of the batches.
+/// Mean loss and mean gradient (or correct count) over every row of the batches. A regression's
+/// evaluation answers, as its values, Σy and Σy² of the rows' targets, from which the runner
+/// computes R² over the whole held-out split.
 fn run(backend: &mut dyn Backend, work: &Work) -> Result<Computed, String> {
     let spec = model_spec(work.model);
     let weights = unflatten(&spec, &work.weights)?;
@@ -195,7 +200,20 @@ fn run(backend: &mut dyn Backend, work: &Work) -> Result<Computed, String> {
                     aic_kernels::step::evaluate(backend, &spec, &weights, batch, &work.label)
                         .map_err(|e| e.to_string())?;
                 loss_sum += f64::from(loss) * n as f64;
-                correct += (f64::from(accuracy) * n as f64).round() as u64;
+                if spec.is_regression() {
+                    let targets = aic_kernels::batch::from_record_batch(batch, &work.label)
+                        .map_err(|e| e.to_string())?
+                        .targets;
+                    if gradient_sum.is_empty() {
+                        gradient_sum = vec![0.0; 2];
+                    }
+                    for y in targets {
+                        gradient_sum[0] += f64::from(y);
+                        gradient_sum[1] += f64::from(y) * f64::from(y);
+                    }
+                } else {
+                    correct += (f64::from(accuracy) * n as f64).round() as u64;
+                }
             }
         }
         rows += n;
@@ -203,10 +221,15 @@ fn run(backend: &mut dyn Backend, work: &Work) -> Result<Computed, String> {
     if rows == 0 {
         return Err("the task's shards hold no rows".into());
     }
+    let values = match work.kind {
+        TaskKind::Gradient => gradient_sum.iter().map(|g| (g / rows as f64) as f32).collect(),
+        // Sums, not means: the runner adds them up across tasks.
+        TaskKind::Evaluate => gradient_sum.iter().map(|v| *v as f32).collect(),
+    };
     Ok(Computed {
         rows,
         loss: (loss_sum / rows as f64) as f32,
-        values: gradient_sum.iter().map(|g| (g / rows as f64) as f32).collect(),
+        values,
         correct,
     })
 }

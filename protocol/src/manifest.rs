@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::encoding::{Feature, FeatureEncoding, MissingPolicy};
 pub use crate::report::ColumnReport;
 
-/// A numeric label to regress on (`--target`): stored raw in the shards' label column, with
-/// its statistics for scaling.
+/// A numeric label to regress on (`--target`): stored standardised, (y − mean) / std, in the
+/// shards' label column; a model's prediction p means mean + p·std in the target's units.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Target {
     pub mean: f64,

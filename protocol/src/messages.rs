@@ -463,6 +463,10 @@ pub enum ModelShape {
         hidden: u32,
         classes: u32,
     },
+    /// y = X·w + b on mean squared error, for a dataset with a numeric target.
+    LinearRegression {
+        features: u32,
+    },
 }
 
 impl ModelShape {
@@ -475,18 +479,28 @@ impl ModelShape {
                 hidden,
                 classes,
             } => (features as u64 + 1) * hidden as u64 + (hidden as u64 + 1) * classes as u64,
+            ModelShape::LinearRegression { features } => features as u64 + 1,
         }
+    }
+
+    /// Whether the model regresses a numeric target rather than classifying.
+    pub fn is_regression(&self) -> bool {
+        matches!(self, ModelShape::LinearRegression { .. })
     }
 
     pub fn features(&self) -> u32 {
         match *self {
-            ModelShape::SoftmaxRegression { features, .. } | ModelShape::Mlp { features, .. } => features,
+            ModelShape::SoftmaxRegression { features, .. }
+            | ModelShape::Mlp { features, .. }
+            | ModelShape::LinearRegression { features } => features,
         }
     }
 
+    /// Classes of a classifier; 0 for a regression.
     pub fn classes(&self) -> u32 {
         match *self {
             ModelShape::SoftmaxRegression { classes, .. } | ModelShape::Mlp { classes, .. } => classes,
+            ModelShape::LinearRegression { .. } => 0,
         }
     }
 }

@@ -443,27 +443,35 @@ async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, R
             format!("the model's manifest is not a model shape: {e}"),
         )
     })?;
-    if manifest.target.is_some() {
-        return Err(refuse(
-            ErrorCode::InvalidArgument,
-            format!(
-                "the dataset's label {:?} is a regression target; these models classify",
-                manifest.label
-            ),
-        ));
-    }
-    // The model's input is the dataset's encoded width (one-hot categories take a column each).
+    // The model's input is the dataset's encoded width (one-hot categories take a column each);
+    // a numeric target needs a regression, classes a classifier with as many outputs.
     let input_width = manifest.input_width();
-    if u64::from(shape.features()) != input_width || shape.classes() as usize != manifest.classes.len() {
+    let fits = match (&manifest.target, shape.is_regression()) {
+        (Some(_), true) => u64::from(shape.features()) == input_width,
+        (None, false) => {
+            u64::from(shape.features()) == input_width && shape.classes() as usize == manifest.classes.len()
+        }
+        _ => false,
+    };
+    if !fits {
+        let dataset = match &manifest.target {
+            Some(_) => format!("{input_width} features and a numeric target {:?}", manifest.label),
+            None => format!("{input_width} features and {} classes", manifest.classes.len()),
+        };
+        let model = if shape.is_regression() {
+            format!("the model regresses {} features onto a number", shape.features())
+        } else {
+            format!(
+                "the model takes {} features into {} classes",
+                shape.features(),
+                shape.classes()
+            )
+        };
         return Err(refuse(
             ErrorCode::InvalidArgument,
             format!(
-                "the model takes {} features into {} classes; the dataset has {} features and {} classes \
-                 (aic model register --for-dataset ASSET takes them from the dataset)",
-                shape.features(),
-                shape.classes(),
-                input_width,
-                manifest.classes.len()
+                "{model}; the dataset has {dataset} \
+                 (aic model register --for-dataset ASSET takes them from the dataset)"
             ),
         ));
     }
@@ -1118,7 +1126,22 @@ impl Run {
             .map(|d| f64::from(d.result.loss) * d.result.rows as f64)
             .sum::<f64>()
             / rows.max(1) as f64;
-        self.report["accuracy"] = json!(correct as f64 / rows.max(1) as f64);
+        if self.plan.model.is_regression() {
+            // R² over the whole held-out split: 1 − SSE/SST, SSE from the tasks' mean squared
+            // errors, SST from their targets' sums (Σy, Σy²).
+            let n = rows.max(1) as f64;
+            let sum = |i: usize| -> f64 {
+                results
+                    .iter()
+                    .map(|d| d.result.values.get(i).copied().map_or(0.0, f64::from))
+                    .sum()
+            };
+            let sst = sum(1) - sum(0) * sum(0) / n;
+            let r2 = if sst > 0.0 { 1.0 - loss * n / sst } else { 0.0 };
+            self.report["r2"] = json!(r2);
+        } else {
+            self.report["accuracy"] = json!(correct as f64 / rows.max(1) as f64);
+        }
         self.report["test_rows"] = json!(rows);
         self.report["test_loss"] = json!(loss);
         self.report["seconds"] = json!(self.started.elapsed().as_secs_f64());
@@ -1560,10 +1583,11 @@ impl Run {
         if result.task != task || !result.digest_matches() {
             return Err("the result's digest does not match its numbers".into());
         }
-        let expected_values = if kind == TaskKind::Gradient {
-            self.plan.model.parameters() as usize
-        } else {
-            0
+        let expected_values = match kind {
+            TaskKind::Gradient => self.plan.model.parameters() as usize,
+            // A regression's evaluation answers Σy and Σy² of its targets, for R².
+            TaskKind::Evaluate if self.plan.model.is_regression() => 2,
+            TaskKind::Evaluate => 0,
         };
         if result.values.len() != expected_values
             || result.rows != entry.rows
@@ -1680,6 +1704,7 @@ impl Run {
                 "model_asset": self.plan.request.model_asset.to_string(),
                 "job": job.to_string(),
                 "accuracy": self.report["accuracy"],
+                "r2": self.report["r2"],
                 "stored_object": stored,
                 "weights_f32_le_hex": hex::encode(&bytes),
             });

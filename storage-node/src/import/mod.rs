@@ -519,7 +519,11 @@ pub async fn encode(
             }
             let raw_label = raw_label.expect("present").trim();
             let label = match &analysis.target {
-                Some(_) => Label::Value(parse_number(raw_label).expect("checked in pass 1") as f32),
+                // Standardised like the features, so training is well scaled whatever the
+                // target's units; a prediction is mapped back with the manifest's mean and std.
+                Some(target) => Label::Value(
+                    ((parse_number(raw_label).expect("checked in pass 1") - target.mean) / target.std) as f32,
+                ),
                 None => Label::Class(
                     analysis
                         .classes

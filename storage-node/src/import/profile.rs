@@ -537,7 +537,7 @@ pub(super) fn decide_label(
             return Err(refuse("its values make the mean or variance overflow".into()));
         }
         let mut report = profile.report("target", "numeric", false);
-        report.encoding = "regression target (raw)".into();
+        report.encoding = "regression target, standardised".into();
         report.policy = policy_text;
         let target = crate::manifest::Target {
             mean: profile.numbers.mean,
