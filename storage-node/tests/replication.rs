@@ -218,6 +218,29 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
     assert_eq!(refused, ErrorCode::Unavailable, "{text}");
     assert_eq!(list(&importer).await, vec![dataset.clone()]);
 
+    // A storage certificate asking B to pull a dataset from A, as if A had asked: refused (a
+    // replica pulls only from the node that asks it), and B holds nothing new.
+    let (intruder, _) = connect(&ca, Role::Storage, "intruder", &b_addr).await;
+    let mut stolen = manifest.clone();
+    stolen.name = "stolen".into();
+    let pull = aic_protocol::messages::PeerRequest::Replicate {
+        manifest: stolen.to_json(),
+        key: vec![7; 32],
+        importer: NodeId::from_public_key(b"intruder"),
+        source: a_addr.clone(),
+        owner,
+    };
+    let (refused, text) = code(intruder.call(&pull).await);
+    assert_eq!(refused, ErrorCode::PermissionDenied, "{text}");
+    assert!(
+        text.contains("the replica source must be the node asking"),
+        "{text}"
+    );
+    assert_eq!(
+        list(&compute_as_client(&ca, &b_addr).await).await,
+        vec![dataset.clone()]
+    );
+
     // Only the importer may drop the dataset; dropping removes both replicas.
     let (stranger, _) = connect(&ca, Role::Client, "stranger", &a_addr).await;
     let drop = ClientRequest::DropDataset {
