@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use aic_protocol::{NodeId, ShardId};
+use aic_protocol::{AssetId, NodeId, ShardId};
 
 use crate::manifest::Manifest;
 use crate::sealing::DatasetKey;
@@ -26,6 +26,9 @@ pub struct Catalog {
     datasets: BTreeMap<String, (Manifest, DatasetKey)>,
     /// Who imported each dataset (a client certificate's node id), for `DropDataset`.
     importers: BTreeMap<String, NodeId>,
+    /// The asset minted for each dataset this node took the upload of: such a dataset is kept
+    /// as long as the asset exists (its holder paid for, or may sell, what it names).
+    assets: BTreeMap<String, AssetId>,
 }
 
 impl Catalog {
@@ -38,6 +41,7 @@ impl Catalog {
         std::fs::create_dir_all(dir).map_err(|e| error(dir, e.to_string()))?;
         let mut datasets = BTreeMap::new();
         let mut importers = BTreeMap::new();
+        let mut assets = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))? {
             let path = entry.map_err(|e| error(dir, e.to_string()))?.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -65,12 +69,21 @@ impl Catalog {
                     .map_err(|_| error(&importer_path, "not a node id".into()))?;
                 importers.insert(id.clone(), importer);
             }
+            let asset_path = dir.join(format!("{id}.asset"));
+            if let Ok(text) = std::fs::read_to_string(&asset_path) {
+                let asset = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| error(&asset_path, "not an asset id".into()))?;
+                assets.insert(id.clone(), asset);
+            }
             datasets.insert(id, (manifest, DatasetKey::from_bytes(key)));
         }
         Ok(Catalog {
             dir: dir.to_path_buf(),
             datasets,
             importers,
+            assets,
         })
     }
 
@@ -116,7 +129,8 @@ impl Catalog {
             return Ok(None);
         };
         self.importers.remove(id);
-        for suffix in ["json", "importer", "key"] {
+        self.assets.remove(id);
+        for suffix in ["json", "importer", "asset", "key"] {
             let path = self.dir.join(format!("{id}.{suffix}"));
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -134,6 +148,25 @@ impl Catalog {
 
     pub fn importer(&self, id: &str) -> Option<&NodeId> {
         self.importers.get(id)
+    }
+
+    /// The asset minted for a dataset, when this node took its upload and the mint succeeded.
+    pub fn asset(&self, id: &str) -> Option<&AssetId> {
+        self.assets.get(id)
+    }
+
+    /// Records the asset minted for a dataset this node holds.
+    pub fn set_asset(&mut self, id: &str, asset: AssetId) -> Result<(), CatalogError> {
+        let path = self.dir.join(format!("{id}.asset"));
+        let temp = self.dir.join(format!("{id}.asset.tmp"));
+        std::fs::write(&temp, asset.to_string())
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .map_err(|e| CatalogError {
+                path,
+                reason: e.to_string(),
+            })?;
+        self.assets.insert(id.to_string(), asset);
+        Ok(())
     }
 
     /// Whether another dataset still names `shard` (content-addressed shards can be shared).

@@ -130,6 +130,16 @@ impl StorageNode {
         if self.catalog.read().await.get(&dataset).is_some() {
             return Ok((manifest.shards().count() as u32, attestation));
         }
+        for entry in manifest.shards() {
+            let shard: ShardId = entry.id.parse().expect("checked by from_json");
+            if let Some(holder) = self.holder_of(&shard).await {
+                return Err(self.refuse(
+                    "bad_manifest",
+                    ErrorCode::AlreadyExists,
+                    format!("shard {shard} is already stored here as part of dataset {holder}"),
+                ));
+            }
+        }
         let client = self.dial_storage(source).await?;
         if client.peer().node_id != peer.node_id {
             return Err(self.refuse(

@@ -130,6 +130,17 @@ impl StorageNode {
         Ok(expired.1)
     }
 
+    /// The dataset in the catalog that holds `shard`, if any.
+    pub(crate) async fn holder_of(&self, shard: &ShardId) -> Option<String> {
+        let catalog = self.catalog.read().await;
+        let id = shard.to_string();
+        let holder = catalog
+            .ids()
+            .find(|d| catalog.get(d).is_some_and(|(m, _)| m.shard(&id).is_some()))
+            .cloned();
+        holder
+    }
+
     /// Gives up an upload at its client's request: its shards are deleted, its slot is free.
     pub async fn abort_import(&self, peer: &PeerIdentity, upload_id: u64) -> Result<(), RpcError> {
         let upload = {
@@ -163,6 +174,16 @@ impl StorageNode {
             ));
         }
         if offset == 0 {
+            // Shards are stored by content and sealed under their dataset's key: a shard another
+            // dataset holds here would be overwritten under a different key and break it. The
+            // same data is imported once (its asset is the one genuine copy).
+            if let Some(holder) = self.holder_of(&shard).await {
+                return Err(self.refuse(
+                    "bad_upload",
+                    ErrorCode::AlreadyExists,
+                    format!("shard {shard} is already stored here as part of dataset {holder}: this data was imported before"),
+                ));
+            }
             // Grown as parts arrive: a claimed size reserves nothing.
             upload.partial = Some((shard, total, Vec::new()));
         }
@@ -351,7 +372,15 @@ impl StorageNode {
             Ok(_) => Ok(None),
         };
         let asset = match minted {
-            Ok(asset) => asset,
+            Ok(Some(asset)) => {
+                self.catalog
+                    .write()
+                    .await
+                    .set_asset(&dataset, asset)
+                    .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
+                Some(asset)
+            }
+            Ok(None) => None,
             Err((error, done)) => {
                 // No half import: every copy goes again, and nothing was minted.
                 for addr in done {
@@ -366,12 +395,29 @@ impl StorageNode {
         Ok((dataset, replicas, asset))
     }
 
-    /// Removes a dataset its importer gives up on (its asset could not be minted): here and,
-    /// when this node took the upload, on the other replicas.
+    /// Removes a dataset its importer gives up on: here and, when this node took the upload, on
+    /// the other replicas. A dataset whose asset was minted is kept: whoever holds the asset
+    /// (perhaps not the importer any more) owns what it names.
     pub async fn drop_dataset(&self, peer: &PeerIdentity, dataset: &str) -> Result<(), RpcError> {
         let manifest = {
             let catalog = self.catalog.read().await;
             let (manifest, _) = self.known(&catalog, dataset)?;
+            // A replica's copy goes only with the upload's (the node that took it holds the
+            // asset record).
+            if manifest.replicas.first().map(|r| r.node.as_str()) != Some(self.me.to_string().as_str()) {
+                return Err(self.refuse(
+                    "not_the_importer",
+                    ErrorCode::PermissionDenied,
+                    format!("dataset {dataset} is dropped through the node that took its upload"),
+                ));
+            }
+            if let Some(asset) = catalog.asset(dataset) {
+                return Err(self.refuse(
+                    "not_the_importer",
+                    ErrorCode::PermissionDenied,
+                    format!("dataset {dataset} backs asset {asset}: it is kept as long as the asset exists"),
+                ));
+            }
             if catalog.importer(dataset) != Some(&peer.node_id) {
                 return Err(self.refuse(
                     "not_the_importer",

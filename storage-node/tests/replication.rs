@@ -203,10 +203,20 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
     assert!(text.contains("never uploaded"), "{text}");
 
     // A replica that cannot be reached: the import fails and neither node keeps the dataset.
+    // (Another split, so other shards than the kept dataset's: the same shards again are
+    // refused, see below.)
+    let mut unreachable_options = ImportOptions::new("digit");
+    unreachable_options.seed = 7;
     let mut sink = UploadSink::new(&importer, |_| {});
-    let mut unreachable = preprocess(&digits_csv(), "unreachable", &options, &mut sink, &|_| {})
-        .await
-        .unwrap();
+    let mut unreachable = preprocess(
+        &digits_csv(),
+        "unreachable",
+        &unreachable_options,
+        &mut sink,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     unreachable.replicas = vec![
         replicas[0].clone(),
         ReplicaLocation {
@@ -223,6 +233,13 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
     let (intruder, _) = connect(&ca, Role::Storage, "intruder", &b_addr).await;
     let mut stolen = manifest.clone();
     stolen.name = "stolen".into();
+    // Shards B does not hold (those it holds are refused sooner, as already stored).
+    stolen.train = vec![aic_storage_node::manifest::ShardEntry {
+        id: ShardId::of_content(b"elsewhere").to_string(),
+        rows: manifest.rows,
+        bytes: 1,
+    }];
+    stolen.test = Vec::new();
     let pull = aic_protocol::messages::PeerRequest::Replicate {
         manifest: stolen.to_json(),
         key: vec![7; 32],
@@ -241,22 +258,60 @@ async fn a_dataset_is_placed_on_two_nodes_read_back_and_repaired() {
         vec![dataset.clone()]
     );
 
-    // Only the importer may drop the dataset; dropping removes both replicas.
+    // A minted dataset is kept: neither a stranger nor its importer may drop it (its asset's
+    // holder owns what it names), and a replica's copy is never dropped on its own.
     let (stranger, _) = connect(&ca, Role::Client, "stranger", &a_addr).await;
     let drop = ClientRequest::DropDataset {
         dataset: dataset.clone(),
     };
     assert_eq!(code(stranger.call(&drop).await).0, ErrorCode::PermissionDenied);
-    assert!(matches!(
-        importer.call(&drop).await.unwrap(),
-        ClientResponse::Dropped
-    ));
-    assert!(list(&importer).await.is_empty());
+    let (refused, text) = code(importer.call(&drop).await);
+    assert_eq!(refused, ErrorCode::PermissionDenied);
+    assert!(text.contains("kept as long as the asset exists"), "{text}");
+    let (importer_at_b, _) = connect(&ca, Role::Client, "importer", &b_addr).await;
+    assert_eq!(
+        code(importer_at_b.call(&drop).await).0,
+        ErrorCode::PermissionDenied
+    );
     let b_client = compute_as_client(&ca, &b_addr).await;
-    assert!(list(&b_client).await.is_empty());
-    assert_eq!(code(stat(&b_client, &dataset).await).0, ErrorCode::NotFound);
-    eventually("A's shards to be deleted", || async {
-        a_store.list().await.unwrap().is_empty()
+    assert_eq!(list(&b_client).await, vec![dataset.clone()]);
+
+    // The same data again (same shards under another name) is refused at its first shard: it
+    // would overwrite the kept dataset's shards under another key.
+    let mut sink = UploadSink::new(&importer, |_| {});
+    match preprocess(&digits_csv(), "again", &options, &mut sink, &|_| {}).await {
+        Err(aic_storage_node::import::ImportError::Upload(error)) => {
+            let (refused, text) = code::<()>(Err(error));
+            assert_eq!(refused, ErrorCode::AlreadyExists, "{text}");
+            assert!(text.contains("imported before"), "{text}");
+        }
+        other => panic!("the same shards were taken again: {other:?}"),
+    }
+    sink.abort().await.unwrap();
+
+    // An import whose asset the ledger refuses is dropped from both replicas, and the kept
+    // dataset stays whole on both.
+    let mut other_options = ImportOptions::new("digit");
+    other_options.seed = 11;
+    let mut sink = UploadSink::new(&importer, |_| {});
+    let mut refused_import = preprocess(&digits_csv(), "refused", &other_options, &mut sink, &|_| {})
+        .await
+        .unwrap();
+    refused_import.replicas = replicas.clone();
+    let (code_refused, text) = code(sink.commit(&refused_import, common::REFUSED_OWNER).await);
+    assert_eq!(code_refused, ErrorCode::AlreadyExists, "{text}");
+    assert_eq!(list(&importer).await, vec![dataset.clone()]);
+    assert_eq!(list(&b_client).await, vec![dataset.clone()]);
+    for client in [&a_client, &b_client] {
+        assert!(stat(client, &dataset)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| *s == ShardState::Healthy));
+    }
+    let shards_kept = manifest.shards().count();
+    eventually("the refused import's shards to be deleted", || async {
+        a_store.list().await.unwrap().len() == shards_kept
     })
     .await;
 
