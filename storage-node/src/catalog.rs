@@ -171,10 +171,16 @@ impl Catalog {
 
     /// Whether another dataset still names `shard` (content-addressed shards can be shared).
     pub fn references(&self, shard: &ShardId) -> bool {
+        self.holder_of(shard).is_some()
+    }
+
+    /// The dataset that names `shard`, if any.
+    pub fn holder_of(&self, shard: &ShardId) -> Option<&str> {
         let id = shard.to_string();
         self.datasets
-            .values()
-            .any(|(m, _)| m.shards().any(|e| e.id == id))
+            .iter()
+            .find(|(_, (m, _))| m.shards().any(|e| e.id == id))
+            .map(|(dataset, _)| dataset.as_str())
     }
 
     pub fn get(&self, id: &str) -> Option<&(Manifest, DatasetKey)> {

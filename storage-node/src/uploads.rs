@@ -132,13 +132,7 @@ impl StorageNode {
 
     /// The dataset in the catalog that holds `shard`, if any.
     pub(crate) async fn holder_of(&self, shard: &ShardId) -> Option<String> {
-        let catalog = self.catalog.read().await;
-        let id = shard.to_string();
-        let holder = catalog
-            .ids()
-            .find(|d| catalog.get(d).is_some_and(|(m, _)| m.shard(&id).is_some()))
-            .cloned();
-        holder
+        self.catalog.read().await.holder_of(shard).map(String::from)
     }
 
     /// Gives up an upload at its client's request: its shards are deleted, its slot is free.

@@ -82,9 +82,18 @@ impl ReplicaPeer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = self.client().await.map_err(unreachable)?;
         let payload = postcard::to_stdvec(request).map_err(|e| unreachable::<E>(e))?;
-        let ReplicaResponse(bytes) = match client.call(&wrap(payload)).await {
+        self.send_encoded(wrap(payload)).await
+    }
+
+    /// Sends an already encoded request and decodes its answer.
+    async fn send_encoded<Resp, E>(&mut self, request: ReplicaRequest) -> Rpc<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = self.client().await.map_err(unreachable)?;
+        let ReplicaResponse(bytes) = match client.call(&request).await {
             Ok(response) => response,
             Err(error) => {
                 self.client = None;
@@ -146,10 +155,14 @@ impl RaftNetwork<LedgerRaft> for ReplicaPeer {
         rpc: AppendEntriesRequest<LedgerRaft>,
         _option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<ReplicaId>, RaftError<ReplicaId>> {
-        if let Some(fit) = entries_that_fit(&rpc, MAX_REPLICATION_BYTES) {
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        // Encoded once, as it is sent; only a message over the budget is measured entry by entry.
+        let payload = postcard::to_stdvec(&rpc).map_err(unreachable::<RaftError<ReplicaId>>)?;
+        if payload.len() > MAX_REPLICATION_BYTES {
+            if let Some(fit) = entries_that_fit(&rpc, MAX_REPLICATION_BYTES) {
+                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+            }
         }
-        self.send(ReplicaRequest::AppendEntries, &rpc).await
+        self.send_encoded(ReplicaRequest::AppendEntries(payload)).await
     }
 
     async fn install_snapshot(
