@@ -322,14 +322,7 @@ async fn main_job(
         aic("0.5"),
     )
     .await?;
-    let submit = crate::job::SubmitArgs {
-        dataset: digits.asset,
-        model,
-        epochs: args.epochs,
-        budget: aic("50"),
-        learning_rate: 0.5,
-        detach: true,
-    };
+    let submit = crate::job::SubmitArgs::synchronous(digits.asset, model, args.epochs, aic("50"), 0.5);
     let job = crate::job::submit_job(client, &wallets["user"], &submit).await?;
     if let Some((round, pid)) = drill.kill_at_round {
         // The drill: once the job reaches `round`, the victim dies without a word (SIGKILL).

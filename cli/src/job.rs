@@ -102,11 +102,60 @@ pub struct SubmitArgs {
     /// The most you will pay, in AIC: it goes into escrow; what is not spent comes back.
     #[arg(long)]
     pub budget: Amount,
+    /// The local (inner) optimizer's learning rate.
     #[arg(long, default_value_t = 0.5)]
     pub learning_rate: f64,
+    /// Local steps each task takes on its shard before answering a weight update (H). More
+    /// steps send the same bytes per round for H times the work: what makes slow links usable.
+    #[arg(long, default_value_t = 1)]
+    pub local_steps: u32,
+    #[arg(long, value_enum, default_value_t = InnerOptimizerArg::Sgd)]
+    pub inner_optimizer: InnerOptimizerArg,
+    /// How the round's mean update is applied to the weights.
+    #[arg(long, value_enum, default_value_t = OuterOptimizerArg::Sgd)]
+    pub outer_optimizer: OuterOptimizerArg,
+    /// The outer optimizer's learning rate (1 with outer SGD applies the mean update as is).
+    #[arg(long, default_value_t = 1.0)]
+    pub outer_lr: f64,
     /// Return once the job runs instead of following it.
     #[arg(long)]
     pub detach: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InnerOptimizerArg {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OuterOptimizerArg {
+    Sgd,
+    Nesterov,
+}
+
+impl SubmitArgs {
+    /// Plain synchronous SGD: one local step, SGD inside and out.
+    pub fn synchronous(
+        dataset: AssetId,
+        model: AssetId,
+        epochs: u32,
+        budget: Amount,
+        learning_rate: f64,
+    ) -> Self {
+        SubmitArgs {
+            dataset,
+            model,
+            epochs,
+            budget,
+            learning_rate,
+            local_steps: 1,
+            inner_optimizer: InnerOptimizerArg::Sgd,
+            outer_optimizer: OuterOptimizerArg::Sgd,
+            outer_lr: 1.0,
+            detach: true,
+        }
+    }
 }
 
 pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
@@ -292,12 +341,25 @@ pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArg
     if !(submit.learning_rate > 0.0 && submit.learning_rate <= 100.0) {
         bail!("--learning-rate must be in (0, 100]");
     }
+    if !(submit.outer_lr > 0.0 && submit.outer_lr <= 100.0) {
+        bail!("--outer-lr must be in (0, 100]");
+    }
     let request = JobRequest {
         job: JobId::random(),
         dataset_asset: submit.dataset,
         model_asset: submit.model,
         epochs: submit.epochs,
         learning_rate_milli: (submit.learning_rate * 1000.0).round() as u32,
+        local_steps: submit.local_steps,
+        inner_optimizer: match submit.inner_optimizer {
+            InnerOptimizerArg::Sgd => aic_protocol::messages::InnerOptimizer::Sgd,
+            InnerOptimizerArg::Adam => aic_protocol::messages::InnerOptimizer::Adam,
+        },
+        outer_optimizer: match submit.outer_optimizer {
+            OuterOptimizerArg::Sgd => aic_protocol::messages::OuterOptimizer::Sgd,
+            OuterOptimizerArg::Nesterov => aic_protocol::messages::OuterOptimizer::Nesterov,
+        },
+        outer_learning_rate_milli: (submit.outer_lr * 1000.0).round() as u32,
     };
     let (quote, detail) = match scheduler.call(&ClientRequest::QuoteJob(request.clone())).await? {
         ClientResponse::JobQuote { amount, detail } => {

@@ -33,6 +33,8 @@ pub struct ComputeSettings {
     pub task_slots: u32,
     /// Bytes of decoded shards kept for later rounds.
     pub cache_bytes: u64,
+    /// Bytes of tensors held: fetched weights, and task updates until the runner collects them.
+    pub tensor_cache_bytes: u64,
     /// The ledger account paid for verified work (hex address); empty for none.
     pub payout_address: String,
     /// FAULT INJECTION, for verification tests and drills only: the percentage of gradient
@@ -47,6 +49,7 @@ impl Default for ComputeSettings {
             backend: BackendSetting::Auto,
             task_slots: 2,
             cache_bytes: 512 * 1024 * 1024,
+            tensor_cache_bytes: 4 * 1024 * 1024 * 1024,
             payout_address: String::new(),
             corrupt_results_percent: 0,
         }

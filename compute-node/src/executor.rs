@@ -4,8 +4,10 @@
 use std::sync::mpsc;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use aic_kernels::{Backend, BackendChoice, Matrix, ModelSpec, Weights};
-use aic_protocol::messages::{ModelShape, TaskKind};
+use aic_protocol::messages::{InnerOptimizer, LocalTraining, ModelShape, TaskKind};
 use arrow_array::RecordBatch;
 use tokio::sync::oneshot;
 
@@ -21,7 +23,11 @@ pub struct DeviceProbe {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Computed {
     pub rows: u64,
+    /// Mean loss at the starting weights.
     pub loss: f32,
+    /// Gradient tasks: start − end weights after the local steps.
+    pub update: Option<Vec<f32>>,
+    /// Evaluate of a regression: Σy and Σy².
     pub values: Vec<f32>,
     pub correct: u64,
 }
@@ -29,7 +35,8 @@ pub struct Computed {
 struct Work {
     kind: TaskKind,
     model: ModelShape,
-    weights: Vec<f32>,
+    weights: Arc<Vec<f32>>,
+    training: LocalTraining,
     label: String,
     batches: Vec<RecordBatch>,
     reply: oneshot::Sender<Result<Computed, String>>,
@@ -78,7 +85,8 @@ impl Executor {
         &self,
         kind: TaskKind,
         model: ModelShape,
-        weights: Vec<f32>,
+        weights: Arc<Vec<f32>>,
+        training: LocalTraining,
         label: String,
         batches: Vec<RecordBatch>,
     ) -> Result<Computed, String> {
@@ -88,6 +96,7 @@ impl Executor {
                 kind,
                 model,
                 weights,
+                training,
                 label,
                 batches,
                 reply,
@@ -164,72 +173,182 @@ pub fn unflatten(spec: &ModelSpec, flat: &[f32]) -> Result<Weights, String> {
     Ok(Weights { tensors })
 }
 
-/// Mean loss and mean gradient (or correct count) over every row of the batches. A regression's
-/// evaluation answers, as its values, Σy and Σy² of the rows' targets, from which the runner
-/// computes R² over the whole held-out split.
+/// Runs one task. Gradient: the local steps (each a full pass over the task's rows: the mean
+/// gradient, then the inner optimizer's step), answering the loss at the starting weights and
+/// the update start − end. Evaluate: mean loss and correct count; a regression's evaluation
+/// answers, as its values, Σy and Σy² of the rows' targets, from which the runner computes R²
+/// over the whole held-out split.
 fn run(backend: &mut dyn Backend, work: &Work) -> Result<Computed, String> {
     let spec = model_spec(work.model);
-    let weights = unflatten(&spec, &work.weights)?;
+    match work.kind {
+        TaskKind::Gradient => train(backend, &spec, work),
+        TaskKind::Evaluate => evaluate(backend, &spec, work),
+    }
+}
+
+fn train(backend: &mut dyn Backend, spec: &ModelSpec, work: &Work) -> Result<Computed, String> {
+    let steps = work.training.steps.max(1);
+    let lr = work.training.learning_rate;
+    let mut weights = unflatten(spec, &work.weights)?;
     spec.check_weights(&weights).map_err(|e| e.to_string())?;
+    let mut adam = match work.training.optimizer {
+        InnerOptimizer::Sgd => None,
+        InnerOptimizer::Adam => Some(Adam::new(work.weights.len())),
+    };
+    let mut first_loss = None;
+    let mut rows = 0;
+    for _ in 0..steps {
+        let (step_rows, loss, gradient) = mean_gradient(backend, spec, &weights, work)?;
+        rows = step_rows;
+        first_loss.get_or_insert(loss);
+        let mut offset = 0;
+        for tensor in &mut weights.tensors {
+            let len = tensor.data.len();
+            let g = &gradient[offset..offset + len];
+            match adam.as_mut() {
+                None => tensor.data.iter_mut().zip(g).for_each(|(w, g)| *w -= lr * g),
+                Some(adam) => adam.step(offset, &mut tensor.data, g, lr),
+            }
+            offset += len;
+        }
+        if let Some(adam) = adam.as_mut() {
+            adam.t += 1;
+        }
+    }
+    let update: Vec<f32> = work
+        .weights
+        .iter()
+        .zip(weights.tensors.iter().flat_map(|t| t.data.iter()))
+        .map(|(start, end)| start - end)
+        .collect();
+    if update.iter().any(|u| !u.is_finite()) {
+        return Err("the local steps diverged (a weight is not finite)".into());
+    }
+    Ok(Computed {
+        rows,
+        loss: first_loss.unwrap_or(0.0),
+        update: Some(update),
+        values: Vec::new(),
+        correct: 0,
+    })
+}
+
+/// Adam's moments for one task's local steps (β₁ = 0.9, β₂ = 0.999, ε = 1e-8).
+struct Adam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// Steps taken so far.
+    t: i32,
+}
+
+impl Adam {
+    fn new(parameters: usize) -> Self {
+        Adam {
+            m: vec![0.0; parameters],
+            v: vec![0.0; parameters],
+            t: 0,
+        }
+    }
+
+    /// One step on the parameters at `offset..` of the flat order.
+    fn step(&mut self, offset: usize, weights: &mut [f32], gradient: &[f32], lr: f32) {
+        const B1: f32 = 0.9;
+        const B2: f32 = 0.999;
+        const EPS: f32 = 1e-8;
+        let t = self.t + 1;
+        let correct1 = 1.0 - B1.powi(t);
+        let correct2 = 1.0 - B2.powi(t);
+        let m = &mut self.m[offset..offset + weights.len()];
+        let v = &mut self.v[offset..offset + weights.len()];
+        for i in 0..weights.len() {
+            let g = gradient[i];
+            m[i] = B1 * m[i] + (1.0 - B1) * g;
+            v[i] = B2 * v[i] + (1.0 - B2) * g * g;
+            let m_hat = m[i] / correct1;
+            let v_hat = v[i] / correct2;
+            weights[i] -= lr * m_hat / (v_hat.sqrt() + EPS);
+        }
+    }
+}
+
+/// Rows, mean loss and mean gradient (flat) over every row of the task's batches.
+fn mean_gradient(
+    backend: &mut dyn Backend,
+    spec: &ModelSpec,
+    weights: &Weights,
+    work: &Work,
+) -> Result<(u64, f32, Vec<f32>), String> {
     let mut rows = 0u64;
     let mut loss_sum = 0.0f64;
     let mut gradient_sum: Vec<f64> = Vec::new();
+    for batch in &work.batches {
+        let n = batch.num_rows() as u64;
+        if n == 0 {
+            continue;
+        }
+        let (loss, gradient) = aic_kernels::step::train_step(backend, spec, weights, batch, &work.label)
+            .map_err(|e| e.to_string())?;
+        if gradient_sum.is_empty() {
+            gradient_sum = vec![0.0; work.weights.len()];
+        }
+        // Each batch's gradient is its mean; weight it by its rows.
+        let mut sums = gradient_sum.iter_mut();
+        for g in gradient.tensors.iter().flat_map(|t| t.data.iter()) {
+            if let Some(sum) = sums.next() {
+                *sum += f64::from(*g) * n as f64;
+            }
+        }
+        loss_sum += f64::from(loss) * n as f64;
+        rows += n;
+    }
+    if rows == 0 {
+        return Err("the task's shards hold no rows".into());
+    }
+    let gradient = gradient_sum.iter().map(|g| (g / rows as f64) as f32).collect();
+    Ok((rows, (loss_sum / rows as f64) as f32, gradient))
+}
+
+fn evaluate(backend: &mut dyn Backend, spec: &ModelSpec, work: &Work) -> Result<Computed, String> {
+    let weights = unflatten(spec, &work.weights)?;
+    spec.check_weights(&weights).map_err(|e| e.to_string())?;
+    let mut rows = 0u64;
+    let mut loss_sum = 0.0f64;
+    let mut sums = [0.0f64; 2];
     let mut correct = 0u64;
     for batch in &work.batches {
         let n = batch.num_rows() as u64;
         if n == 0 {
             continue;
         }
-        match work.kind {
-            TaskKind::Gradient => {
-                let (loss, gradient) =
-                    aic_kernels::step::train_step(backend, &spec, &weights, batch, &work.label)
-                        .map_err(|e| e.to_string())?;
-                let flat = gradient.flat();
-                if gradient_sum.is_empty() {
-                    gradient_sum = vec![0.0; flat.len()];
-                }
-                // Each batch's gradient is its mean; weight it by its rows.
-                for (sum, g) in gradient_sum.iter_mut().zip(flat) {
-                    *sum += f64::from(g) * n as f64;
-                }
-                loss_sum += f64::from(loss) * n as f64;
+        let (loss, accuracy) = aic_kernels::step::evaluate(backend, spec, &weights, batch, &work.label)
+            .map_err(|e| e.to_string())?;
+        loss_sum += f64::from(loss) * n as f64;
+        if spec.is_regression() {
+            let targets = aic_kernels::batch::from_record_batch(batch, &work.label)
+                .map_err(|e| e.to_string())?
+                .targets;
+            for y in targets {
+                sums[0] += f64::from(y);
+                sums[1] += f64::from(y) * f64::from(y);
             }
-            TaskKind::Evaluate => {
-                let (loss, accuracy) =
-                    aic_kernels::step::evaluate(backend, &spec, &weights, batch, &work.label)
-                        .map_err(|e| e.to_string())?;
-                loss_sum += f64::from(loss) * n as f64;
-                if spec.is_regression() {
-                    let targets = aic_kernels::batch::from_record_batch(batch, &work.label)
-                        .map_err(|e| e.to_string())?
-                        .targets;
-                    if gradient_sum.is_empty() {
-                        gradient_sum = vec![0.0; 2];
-                    }
-                    for y in targets {
-                        gradient_sum[0] += f64::from(y);
-                        gradient_sum[1] += f64::from(y) * f64::from(y);
-                    }
-                } else {
-                    correct += (f64::from(accuracy) * n as f64).round() as u64;
-                }
-            }
+        } else {
+            correct += (f64::from(accuracy) * n as f64).round() as u64;
         }
         rows += n;
     }
     if rows == 0 {
         return Err("the task's shards hold no rows".into());
     }
-    let values = match work.kind {
-        TaskKind::Gradient => gradient_sum.iter().map(|g| (g / rows as f64) as f32).collect(),
-        // Sums, not means: the runner adds them up across tasks.
-        TaskKind::Evaluate => gradient_sum.iter().map(|v| *v as f32).collect(),
-    };
     Ok(Computed {
         rows,
         loss: (loss_sum / rows as f64) as f32,
-        values,
+        update: None,
+        // Sums, not means: the runner adds them up across tasks.
+        values: if spec.is_regression() {
+            sums.iter().map(|v| *v as f32).collect()
+        } else {
+            Vec::new()
+        },
         correct,
     })
 }

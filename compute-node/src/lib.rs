@@ -2,14 +2,15 @@
 //!
 //! It probes its device at start (a Vulkan GPU, else the CPU: name, memory, a short matrix-
 //! multiply benchmark) and registers it; then runs the tasks the scheduler sends: fetches the
-//! shards a task names from the storage node the allocator chose (keeping a bounded cache for
-//! later rounds), runs the kernels on the device thread, and returns the result with a digest
-//! and timings.
+//! round's weights by name and the shards a task names from the storage nodes the allocator
+//! chose (keeping bounded caches of both), runs the local steps on the device thread, keeps the
+//! weight update for the runner to collect, and returns the result with a digest and timings.
 
 pub mod config;
 pub mod executor;
 pub mod metrics;
 pub mod shard_cache;
+pub mod tensor_cache;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,11 +18,13 @@ use std::time::{Duration, Instant};
 
 use aic_protocol::certs::PeerIdentity;
 use aic_protocol::messages::{
-    Capacity, PeerRequest, PeerResponse, TaskKind, TaskResult, TaskSpec, MAX_PARAMETERS, MAX_TASK_SHARDS,
+    Capacity, PeerRequest, PeerResponse, TaskKind, TaskResult, TaskSpec, MAX_LOCAL_STEPS, MAX_TASK_SHARDS,
+    MAX_WEIGHT_SOURCES,
 };
 use aic_protocol::node_agent::{answer_peer, local_capacity, start_node, NodeExtras};
-use aic_protocol::rpc::{RpcClient, RpcHandler};
+use aic_protocol::rpc::{Reply, RpcClient, RpcHandler};
 use aic_protocol::service::{BoundSockets, ServiceHandle};
+use aic_protocol::tensor::TensorRef;
 use aic_protocol::transport;
 use aic_protocol::{ErrorCode, Role, RpcError};
 use arrow_array::RecordBatch;
@@ -32,6 +35,7 @@ use config::BackendSetting;
 pub use config::ComputeConfig;
 use executor::Executor;
 use shard_cache::ShardCache;
+use tensor_cache::TensorCache;
 
 /// How long dialing a storage node may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -42,6 +46,7 @@ struct ComputeNode {
     executor: Executor,
     backend: String,
     cache: Mutex<ShardCache>,
+    tensors: std::sync::Mutex<TensorCache>,
     slots: Semaphore,
     outbound: quinn::Endpoint,
     storage: Mutex<HashMap<String, RpcClient>>,
@@ -55,12 +60,48 @@ struct ComputeNode {
 struct ComputeApi(Arc<ComputeNode>);
 
 impl RpcHandler for ComputeApi {
+    async fn peer_reply(
+        &self,
+        peer: &PeerIdentity,
+        request: PeerRequest,
+    ) -> Result<Reply<PeerResponse>, RpcError> {
+        match request {
+            // The runner collects a task's update (or any tensor this node holds).
+            PeerRequest::GetTensor { tensor, .. } => {
+                if peer.role != Role::Scheduler {
+                    return Err(RpcError::new(
+                        ErrorCode::PermissionDenied,
+                        "a compute node hands its tensors to the scheduler only",
+                    ));
+                }
+                let held = self.0.tensors.lock().expect("tensor cache").get(&tensor);
+                let Some(values) = held else {
+                    self.0
+                        .metrics
+                        .tensor_refusals
+                        .with_label_values(&["unknown_tensor"])
+                        .inc();
+                    return Err(RpcError::new(
+                        ErrorCode::NotFound,
+                        format!("tensor {tensor} is not held here (collected late, or evicted)"),
+                    ));
+                };
+                let frames = aic_protocol::tensor::chunk_frames(values).map(Ok);
+                Ok(Reply::Stream(Box::pin(futures::stream::iter(frames))))
+            }
+            other => self.peer(peer, other).await.map(Reply::One),
+        }
+    }
+
     async fn peer(&self, _peer: &PeerIdentity, request: PeerRequest) -> Result<PeerResponse, RpcError> {
         match request {
             PeerRequest::RunTask(spec) => {
                 let kind = kind_label(spec.kind);
                 let started = Instant::now();
-                let result = self.0.run_task(*spec).await;
+                // The task's span carries the job, round and task ids the runner's spans carry.
+                let span =
+                    tracing::info_span!("task", job = %spec.job, round = spec.round, task = %spec.task);
+                let result = tracing::Instrument::instrument(self.0.run_task(*spec), span).await;
                 self.0
                     .metrics
                     .tasks
@@ -129,11 +170,26 @@ impl ComputeNode {
         if spec.shards.is_empty() || spec.shards.len() > MAX_TASK_SHARDS {
             return Err(invalid(format!("a task names 1 to {MAX_TASK_SHARDS} shards")));
         }
-        if spec.weights.len() > MAX_PARAMETERS || spec.weights.len() as u64 != spec.model.parameters() {
+        if spec.weights.tensor.elements != spec.model.parameters() {
             return Err(invalid(format!(
-                "the model has {} parameters, the task sent {}",
+                "the model has {} parameters, the task's weights {}",
                 spec.model.parameters(),
-                spec.weights.len()
+                spec.weights.tensor.elements
+            )));
+        }
+        if spec.weights.storage.is_empty() || spec.weights.storage.len() > MAX_WEIGHT_SOURCES {
+            return Err(invalid(format!(
+                "a task names 1 to {MAX_WEIGHT_SOURCES} storage nodes holding its weights"
+            )));
+        }
+        let training = spec.training;
+        if training.steps == 0
+            || training.steps > MAX_LOCAL_STEPS
+            || !training.learning_rate.is_finite()
+            || training.learning_rate <= 0.0
+        {
+            return Err(invalid(format!(
+                "a task takes 1 to {MAX_LOCAL_STEPS} local steps at a positive learning rate"
             )));
         }
         let _slot = self
@@ -142,6 +198,7 @@ impl ComputeNode {
             .await
             .map_err(|_| RpcError::new(ErrorCode::Unavailable, "shutting down"))?;
         let fetch_started = Instant::now();
+        let (weights, weights_fetched_bytes) = self.weights(&spec).await?;
         let mut batches: Vec<RecordBatch> = Vec::new();
         let mut cache_hits = 0u32;
         for source in &spec.shards {
@@ -166,22 +223,30 @@ impl ComputeNode {
         let compute_started = Instant::now();
         let mut computed = self
             .executor
-            .run(spec.kind, spec.model, spec.weights, spec.label, batches)
+            .run(spec.kind, spec.model, weights, training, spec.label, batches)
             .await
             .map_err(|e| RpcError::new(ErrorCode::InvalidArgument, e))?;
         let compute_micros = compute_started.elapsed().as_micros() as u64;
-        if spec.kind == TaskKind::Gradient
-            && self.corrupt_percent > 0
-            && rand::random_range(0..100u8) < self.corrupt_percent
-        {
-            // Fault injection (tests and drills): a plausible-looking wrong gradient.
-            tracing::warn!(task = %spec.task, "fault injection: corrupting this result");
-            computed.values.iter_mut().for_each(|g| *g = -*g * 3.0 + 0.01);
+        if let Some(update) = computed.update.as_mut() {
+            if self.corrupt_percent > 0 && rand::random_range(0..100u8) < self.corrupt_percent {
+                // Fault injection (tests and drills): a plausible-looking wrong update.
+                tracing::warn!(task = %spec.task, "fault injection: corrupting this result");
+                update.iter_mut().for_each(|g| *g = -*g * 3.0 + 0.01);
+            }
         }
+        let update = computed.update.take().map(|values| {
+            let tensor = TensorRef::of(&values);
+            self.tensors
+                .lock()
+                .expect("tensor cache")
+                .insert(tensor, Arc::new(values));
+            tensor
+        });
         let digest = TaskResult::compute_digest(
             &spec.task,
             computed.rows,
             computed.loss,
+            update.as_ref(),
             &computed.values,
             computed.correct,
         );
@@ -189,14 +254,82 @@ impl ComputeNode {
             task: spec.task,
             rows: computed.rows,
             loss: computed.loss,
+            update,
             values: computed.values,
             correct: computed.correct,
             digest,
             fetch_micros,
             compute_micros,
             cache_hits,
+            weights_fetched_bytes,
             backend: self.backend.clone(),
         })
+    }
+
+    /// The task's starting weights: held already, or fetched from the first storage node named
+    /// that serves them whole and true to their name.
+    async fn weights(&self, spec: &TaskSpec) -> Result<(Arc<Vec<f32>>, u64), RpcError> {
+        let tensor = spec.weights.tensor;
+        if let Some(held) = self.tensors.lock().expect("tensor cache").get(&tensor) {
+            self.metrics.cache.with_label_values(&["weights_hit"]).inc();
+            return Ok((held, 0));
+        }
+        self.metrics.cache.with_label_values(&["weights_miss"]).inc();
+        let mut failures = Vec::new();
+        for storage in &spec.weights.storage {
+            let client = match self.storage_client(storage).await {
+                Ok(client) => client,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            match aic_protocol::tensor::fetch_tensor(
+                &client,
+                tensor,
+                Some(spec.weights.ticket.clone()),
+                spec.model.parameters(),
+            )
+            .await
+            {
+                Ok(values) => {
+                    self.metrics.fetched_bytes.inc_by(tensor.bytes());
+                    let values = Arc::new(values);
+                    self.tensors
+                        .lock()
+                        .expect("tensor cache")
+                        .insert(tensor, values.clone());
+                    return Ok((values, tensor.bytes()));
+                }
+                Err(e) => {
+                    self.metrics
+                        .tensor_refusals
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    failures.push(format!("{storage}: {e}"));
+                }
+            }
+        }
+        Err(RpcError::new(
+            ErrorCode::Unavailable,
+            format!("the task's weights {tensor}: {}", failures.join("; ")),
+        ))
+    }
+
+    async fn storage_client(&self, addr: &str) -> Result<RpcClient, RpcError> {
+        let unavailable = |m: String| RpcError::new(ErrorCode::Unavailable, m);
+        let mut clients = self.storage.lock().await;
+        if let Some(client) = clients.get(addr).filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let connect = RpcClient::connect(&self.outbound, addr, Role::Storage);
+        let client = tokio::time::timeout(DIAL_TIMEOUT, connect)
+            .await
+            .map_err(|_| unavailable(format!("storage node {addr} did not answer")))?
+            .map_err(|e| unavailable(format!("storage node {addr}: {e}")))?
+            .with_timeout(FETCH_TIMEOUT);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
     }
 
     async fn fetch(
@@ -204,22 +337,7 @@ impl ComputeNode {
         source: &aic_protocol::messages::ShardSource,
     ) -> Result<Vec<RecordBatch>, RpcError> {
         let unavailable = |m: String| RpcError::new(ErrorCode::Unavailable, m);
-        let client = {
-            let mut clients = self.storage.lock().await;
-            match clients.get(&source.storage).filter(|c| !c.is_closed()) {
-                Some(client) => client.clone(),
-                None => {
-                    let connect = RpcClient::connect(&self.outbound, &source.storage, Role::Storage);
-                    let client = tokio::time::timeout(DIAL_TIMEOUT, connect)
-                        .await
-                        .map_err(|_| unavailable(format!("storage node {} did not answer", source.storage)))?
-                        .map_err(|e| unavailable(format!("storage node {}: {e}", source.storage)))?
-                        .with_timeout(FETCH_TIMEOUT);
-                    clients.insert(source.storage.clone(), client.clone());
-                    client
-                }
-            }
-        };
+        let client = self.storage_client(&source.storage).await?;
         aic_protocol::shard_fetch::fetch_shard(&client, &source.dataset, &source.shard, &source.ticket)
             .await
             .map_err(|e| match e {
@@ -264,6 +382,7 @@ pub fn start(
         executor,
         backend: probe.describe,
         cache: Mutex::new(ShardCache::new(config.compute.cache_bytes)),
+        tensors: std::sync::Mutex::new(TensorCache::new(config.compute.tensor_cache_bytes)),
         slots: Semaphore::new(config.compute.task_slots as usize),
         outbound,
         storage: Mutex::new(HashMap::new()),

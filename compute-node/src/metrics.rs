@@ -1,5 +1,5 @@
 //! The compute node's own metrics: tasks by kind and result, their duration, shard bytes
-//! fetched, cache hits, and the device's measured speed.
+//! fetched, cache hits, tensors refused, and the device's measured speed.
 
 use aic_protocol::metrics::registered;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -12,6 +12,7 @@ pub struct ComputeMetrics {
     pub cache: IntCounterVec,
     pub device_mflops: IntGauge,
     pub blocks_signed: IntCounterVec,
+    pub tensor_refusals: IntCounterVec,
 }
 
 impl ComputeMetrics {
@@ -67,6 +68,17 @@ impl ComputeMetrics {
                         "Lottery blocks signed, by role",
                     ),
                     &["role"],
+                )?,
+            )?,
+            tensor_refusals: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_compute_tensor_refusals_total",
+                        "Tensors refused (fetched weights not true to their name, cut or \
+                         out-of-order streams, updates asked for but not held), by reason",
+                    ),
+                    &["reason"],
                 )?,
             )?,
         };

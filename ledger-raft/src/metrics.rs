@@ -18,6 +18,8 @@ pub struct LedgerMetrics {
     pub applied_index: IntGauge,
     pub commit_latency: Histogram,
     pub transactions: IntCounterVec,
+    /// Encoded bytes of the transactions applied (what each kind costs every replica's log).
+    pub transaction_bytes: IntCounterVec,
     pub blocks_sealed: IntCounter,
     pub block_height: IntGauge,
     pub invariant_violations: IntCounter,
@@ -73,6 +75,17 @@ impl LedgerMetrics {
                         "Transactions applied, by kind and result",
                     ),
                     &["kind", "result"],
+                )?,
+            )?,
+            transaction_bytes: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_ledger_transaction_bytes_total",
+                        "Encoded bytes of the transactions applied, by kind: what each kind costs \
+                         every replica's log",
+                    ),
+                    &["kind"],
                 )?,
             )?,
             blocks_sealed: registered(

@@ -145,14 +145,14 @@ pub enum Call {
         #[serde(with = "serde_bytes")]
         request: Vec<u8>,
     },
-    /// A job's progress after a round: its weights and its running tallies (assignments, work
-    /// done, nodes banned), from which another replica can resume it.
+    /// A job's progress after a round: the names of its weights (stored on storage nodes, never
+    /// on the chain) and its running tallies (assignments, work done, nodes banned), from which
+    /// another replica can resume it. O(1) in the model's size.
     CheckpointJob {
         job: JobId,
         runner: NodeId,
         round: u32,
-        #[serde(with = "serde_bytes")]
-        weights: Vec<u8>,
+        tensors: Option<crate::state::CheckpointTensors>,
         #[serde(with = "serde_bytes")]
         progress: Vec<u8>,
     },

@@ -3,9 +3,10 @@
 
 use aic_ledger::amount::Amount;
 use aic_ledger::genesis::{Genesis, Holders};
-use aic_ledger::state::Event;
+use aic_ledger::state::{CheckpointTensors, Event};
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call, Payout, PayoutKind, Transaction};
 use aic_ledger::{Address, Keypair, LedgerState, TxError};
+use aic_protocol::tensor::TensorRef;
 use aic_protocol::{JobId, NodeId};
 
 struct World {
@@ -585,11 +586,16 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
     };
     assert!(w.send(&system, too_big).is_err());
 
+    let tensors = |round: u32| CheckpointTensors {
+        weights: TensorRef::of(&[round as f32; 8]),
+        optimizer_state: None,
+        holders: vec![NodeId::from_public_key(b"storage")],
+    };
     let checkpoint = |runner: NodeId, round: u32| Call::CheckpointJob {
         job,
         runner,
         round,
-        weights: vec![round as u8; 8],
+        tensors: Some(tensors(round)),
         progress: b"{}".to_vec(),
     };
     w.send(&system, checkpoint(first, 1)).unwrap();
@@ -603,14 +609,37 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
         w.send(&system, checkpoint(second, 3)).unwrap_err(),
         TxError::NotTheRunner { .. }
     ));
-    let weights_cap = Call::CheckpointJob {
+    // A checkpoint names where its tensors are, and an optimizer state shaped like the weights.
+    let nowhere = Call::CheckpointJob {
         job,
         runner: first,
         round: 3,
-        weights: vec![0; aic_ledger::state::MAX_JOB_WEIGHTS_BYTES + 1],
+        tensors: Some(CheckpointTensors {
+            holders: Vec::new(),
+            ..tensors(3)
+        }),
         progress: Vec::new(),
     };
-    assert!(w.send(&system, weights_cap).is_err());
+    assert!(w.send(&system, nowhere).is_err());
+    let misshapen = Call::CheckpointJob {
+        job,
+        runner: first,
+        round: 3,
+        tensors: Some(CheckpointTensors {
+            optimizer_state: Some(TensorRef::of(&[0.0; 7])),
+            ..tensors(3)
+        }),
+        progress: Vec::new(),
+    };
+    assert!(w.send(&system, misshapen).is_err());
+    let tallies_cap = Call::CheckpointJob {
+        job,
+        runner: first,
+        round: 3,
+        tensors: Some(tensors(3)),
+        progress: vec![0; aic_ledger::state::MAX_JOB_PROGRESS_BYTES + 1],
+    };
+    assert!(w.send(&system, tallies_cap).is_err());
 
     // A takeover: the new runner checkpoints, the old one is refused from then on.
     let events = w
@@ -631,7 +660,7 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
         (record.runner, record.round, record.checkpoints, record.takeovers),
         (second, 3, 3, 1)
     );
-    assert_eq!(record.weights, vec![3u8; 8]);
+    assert_eq!(record.tensors, Some(tensors(3)));
 
     // Releasing the escrow settles the job: its record goes, and it cannot be resumed.
     w.send(

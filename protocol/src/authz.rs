@@ -21,6 +21,7 @@ const NODES: &[Role] = &[Role::Storage, Role::Compute];
 const STORAGE: &[Role] = &[Role::Storage];
 const COMPUTE: &[Role] = &[Role::Compute];
 const REPLICAS: &[Role] = &[Role::Scheduler];
+const REPLICAS_AND_COMPUTE: &[Role] = &[Role::Scheduler, Role::Compute];
 const ANY_NODE: &[Role] = &[Role::Scheduler, Role::Storage, Role::Compute];
 /// People: users and operators.
 const PEOPLE: &[Role] = &[Role::Client, Role::Operator];
@@ -74,6 +75,9 @@ pub const TABLE: &[Rule] = &[
     rule(P, "run_task", REPLICAS),
     rule(P, "sign_ticket", REPLICAS),
     rule(P, "sign_block", REPLICAS),
+    // Compute nodes read a round's weights (with a ticket); replicas store and read tensors.
+    rule(P, "get_tensor", REPLICAS_AND_COMPUTE),
+    rule(P, "put_tensor", REPLICAS),
     // replica → replica
     rule(R, "raft_append_entries", REPLICAS),
     rule(R, "raft_vote", REPLICAS),

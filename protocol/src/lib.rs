@@ -11,7 +11,7 @@
 //!
 //! The shared vocabulary of data lives here too, so node crates never depend on each other:
 //! a dataset's `manifest` (with each column's `encoding` and the import `report`), fetching a
-//! shard (`shard_fetch`) and uploading one (`upload`).
+//! shard (`shard_fetch`) and uploading one (`upload`), and tensors as named objects (`tensor`).
 //!
 //! Nothing here knows about the scheduler's decisions: storage and compute nodes depend on this
 //! crate, never on the control plane.
@@ -33,6 +33,7 @@ pub mod report;
 pub mod rpc;
 pub mod service;
 pub mod shard_fetch;
+pub mod tensor;
 pub mod ticket;
 pub mod tls;
 pub mod transport;

@@ -306,9 +306,49 @@ pub struct JobRequest {
     pub dataset_asset: crate::AssetId,
     pub model_asset: crate::AssetId,
     pub epochs: u32,
-    /// The SGD learning rate in thousandths.
+    /// The learning rate of the local (inner) optimizer, in thousandths.
     pub learning_rate_milli: u32,
+    /// Local steps each task takes on its shard before answering a weight update (H in
+    /// DiLoCo). 1 with an SGD inner and outer optimizer is synchronous data-parallel SGD.
+    pub local_steps: u32,
+    pub inner_optimizer: InnerOptimizer,
+    pub outer_optimizer: OuterOptimizer,
+    /// The outer learning rate applied to the round's mean update, in thousandths.
+    pub outer_learning_rate_milli: u32,
 }
+
+/// The optimizer a task runs for its local steps (its state starts fresh each task).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InnerOptimizer {
+    #[default]
+    Sgd,
+    /// Adam with β₁ = 0.9, β₂ = 0.999, ε = 1e-8 and bias correction.
+    Adam,
+}
+
+/// How the runner applies a round's mean weight update Δ to the weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OuterOptimizer {
+    /// w ← w − η·Δ
+    #[default]
+    Sgd,
+    /// Nesterov momentum (μ = 0.9): m ← μ·m + Δ; w ← w − η·(Δ + μ·m). Its state m is
+    /// checkpointed with the weights.
+    Nesterov,
+}
+
+/// The local training a task runs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalTraining {
+    pub steps: u32,
+    pub optimizer: InnerOptimizer,
+    pub learning_rate: f32,
+}
+
+/// Most local steps one task may take.
+pub const MAX_LOCAL_STEPS: u32 = 1000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
@@ -518,15 +558,26 @@ pub struct ShardSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
-    /// Mean loss and mean gradient over the shards' rows.
+    /// The local steps over the shards' rows: the loss at the starting weights and the weight
+    /// update (start − end), which the node holds for the runner to collect.
     Gradient,
     /// Mean loss and the count of correctly classified rows.
     Evaluate,
 }
 
-/// Most shards one task may name, and most parameters a model may have on the wire.
+/// Most shards one task may name.
 pub const MAX_TASK_SHARDS: usize = 256;
-pub const MAX_PARAMETERS: usize = 512 * 1024;
+/// Most storage nodes a task may be told hold its weights.
+pub const MAX_WEIGHT_SOURCES: usize = 8;
+
+/// Where a task's weights are, with the ticket that lets the compute node read them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightsSource {
+    pub tensor: crate::tensor::TensorRef,
+    /// Storage nodes (`host:port`) holding the tensor, nearest first.
+    pub storage: Vec<String>,
+    pub ticket: crate::ticket::SignedTicket,
+}
 
 /// One unit of work the scheduler gives a compute node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -536,8 +587,10 @@ pub struct TaskSpec {
     pub round: u32,
     pub kind: TaskKind,
     pub model: ModelShape,
-    /// Parameters in the model's tensor order, flattened.
-    pub weights: Vec<f32>,
+    /// The parameters to start from (in the model's tensor order, flattened), fetched by name.
+    pub weights: WeightsSource,
+    /// Gradient tasks: the local steps to take.
+    pub training: LocalTraining,
     /// The label column of the shards.
     pub label: String,
     pub shards: Vec<ShardSource>,
@@ -549,7 +602,10 @@ pub struct TaskResult {
     pub task: crate::TaskId,
     pub rows: u64,
     pub loss: f32,
-    /// Gradient: the mean gradient, flattened like the weights. Evaluate: empty.
+    /// Gradient: the weight update (start − end of the local steps), flattened like the
+    /// weights; the node holds it until the runner collects it with `GetTensor`.
+    pub update: Option<crate::tensor::TensorRef>,
+    /// Evaluate of a regression: Σy and Σy² of the targets. Otherwise empty.
     pub values: Vec<f32>,
     /// Evaluate: rows classified correctly. Gradient: 0.
     pub correct: u64,
@@ -558,6 +614,8 @@ pub struct TaskResult {
     pub compute_micros: u64,
     /// Shards served from the node's cache rather than fetched.
     pub cache_hits: u32,
+    /// Bytes of weights the node fetched for this task (0 when it held them already).
+    pub weights_fetched_bytes: u64,
     /// The backend that ran it, e.g. a Vulkan device name or "cpu".
     pub backend: String,
 }
@@ -569,15 +627,20 @@ impl TaskResult {
         task: &crate::TaskId,
         rows: u64,
         loss: f32,
+        update: Option<&crate::tensor::TensorRef>,
         values: &[f32],
         correct: u64,
     ) -> [u8; 32] {
         let mut hasher = blake3::Hasher::new();
-        hasher.update(b"aic-task-result-v1");
+        hasher.update(b"aic-task-result-v2");
         hasher.update(task.as_bytes());
         hasher.update(&rows.to_le_bytes());
         hasher.update(&loss.to_le_bytes());
         hasher.update(&correct.to_le_bytes());
+        if let Some(update) = update {
+            hasher.update(&update.hash);
+            hasher.update(&update.elements.to_le_bytes());
+        }
         for v in values {
             hasher.update(&v.to_le_bytes());
         }
@@ -586,7 +649,15 @@ impl TaskResult {
 
     /// Whether the digest matches the numbers carried.
     pub fn digest_matches(&self) -> bool {
-        self.digest == Self::compute_digest(&self.task, self.rows, self.loss, &self.values, self.correct)
+        self.digest
+            == Self::compute_digest(
+                &self.task,
+                self.rows,
+                self.loss,
+                self.update.as_ref(),
+                &self.values,
+                self.correct,
+            )
     }
 }
 
@@ -622,6 +693,22 @@ pub enum PeerRequest {
     /// Scheduler to the drawn co-signer: check the lottery block (a postcard `BlockHeader` of
     /// `aic-ledger`: the winner's ticket under the target) and sign it.
     SignBlock { header: Vec<u8> },
+    /// A tensor by name, streamed as [`PeerResponse::TensorChunk`]s then
+    /// [`PeerResponse::TensorEnd`]: from a storage node (a compute node shows a ticket naming
+    /// the tensor; a scheduler needs none) or from a compute node (the scheduler collecting a
+    /// task's update).
+    GetTensor {
+        tensor: crate::tensor::TensorRef,
+        ticket: Option<crate::ticket::SignedTicket>,
+    },
+    /// Scheduler to storage node: chunk `index` of `tensor`, chunks sent in order; the node
+    /// seals each as it arrives and keeps the tensor once the last one hashes to its name.
+    PutTensor {
+        tensor: crate::tensor::TensorRef,
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -659,6 +746,19 @@ pub enum PeerResponse {
     BlockSigned {
         signature: Vec<u8>,
     },
+    TensorChunk {
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The end of a tensor: how many chunks were sent, so a cut stream is noticed.
+    TensorEnd {
+        chunks: u64,
+    },
+    /// A chunk was stored; `complete` once the whole tensor is kept.
+    TensorStored {
+        complete: bool,
+    },
 }
 
 impl Request for PeerRequest {
@@ -675,6 +775,8 @@ impl Request for PeerRequest {
             PeerRequest::RunTask(_) => "run_task",
             PeerRequest::SignTicket { .. } => "sign_ticket",
             PeerRequest::SignBlock { .. } => "sign_block",
+            PeerRequest::GetTensor { .. } => "get_tensor",
+            PeerRequest::PutTensor { .. } => "put_tensor",
         }
     }
 }

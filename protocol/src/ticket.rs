@@ -1,5 +1,6 @@
 //! Shard tickets: a scheduler's signed permission for one compute node to fetch the shards of
-//! one dataset for one job, until an expiry. Storage nodes serve a shard only against a ticket
+//! one dataset (or one tensor, named `tensor:<hash>` by `TensorRef::ticket_name`) for one job,
+//! until an expiry. Storage nodes serve a shard only against a ticket
 //! that names the requesting node (as its certificate proves it), the dataset asked for, has not
 //! expired, and is signed by a scheduler they trust.
 
@@ -13,6 +14,7 @@ pub struct ShardTicket {
     pub job: JobId,
     /// The compute node allowed to fetch.
     pub node: NodeId,
+    /// The dataset id, or a tensor's ticket name.
     pub dataset: String,
     /// Milliseconds since the Unix epoch after which the ticket is void.
     pub expires_ms: u64,

@@ -15,6 +15,7 @@ use aic_protocol::frame::{
 use aic_protocol::messages::*;
 use aic_protocol::metrics::TransportMetrics;
 use aic_protocol::rpc::{self, Reply, RpcClient, RpcHandler, ServeLimits};
+use aic_protocol::tensor::TensorRef;
 use aic_protocol::ticket::{ShardTicket, SignedTicket};
 use aic_protocol::transport::{self, TransportTuning};
 use aic_protocol::{AssetId, ErrorCode, JobId, NodeId, Role, RpcError, ShardId, TaskId};
@@ -98,6 +99,10 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         model_asset: AssetId::random(),
         epochs: 1,
         learning_rate_milli: 100,
+        local_steps: 1,
+        inner_optimizer: Default::default(),
+        outer_optimizer: Default::default(),
+        outer_learning_rate_milli: 1000,
     };
     let registration = Registration {
         role: Role::Compute,
@@ -125,7 +130,16 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
             features: 1,
             classes: 2,
         },
-        weights: vec![0.0; 4],
+        weights: WeightsSource {
+            tensor: TensorRef::of(&[0.0; 4]),
+            storage: Vec::new(),
+            ticket: ticket.clone(),
+        },
+        training: LocalTraining {
+            steps: 1,
+            optimizer: Default::default(),
+            learning_rate: 0.1,
+        },
         label: "l".into(),
         shards: Vec::new(),
     };
@@ -203,6 +217,15 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
             session: JobId::random(),
         },
         PeerRequest::SignBlock { header: vec![1] },
+        PeerRequest::GetTensor {
+            tensor: TensorRef::of(&[1.0]),
+            ticket: None,
+        },
+        PeerRequest::PutTensor {
+            tensor: TensorRef::of(&[1.0]),
+            index: 0,
+            bytes: vec![0; 4],
+        },
     ];
     let replicas: Vec<ReplicaRequest> = vec![
         ReplicaRequest::AppendEntries(vec![1]),

@@ -1,12 +1,16 @@
 //! Training jobs: the `JobBoard` actor keeps every job's state and report; each job runs as its
-//! own task, data-parallel SGD over the dataset's training shards.
+//! own task, local-SGD rounds (DiLoCo-style; one local step with SGD is synchronous
+//! data-parallel SGD) over the dataset's training shards.
 //!
 //! ```text
-//!  per step:  place one task per shard (Allocator) → ticket → RunTask on the compute node
-//!             → check digest and shape → maybe re-execute elsewhere (Rater; a third run decides)
-//!             → average the gradients by rows → w ← w − lr·g
+//!  per round: store the weights on storage nodes (by name) → place one task per shard
+//!             (Allocator) → tickets → RunTask: H local steps on the compute node, which keeps
+//!             the update → check digest and shape → maybe re-execute elsewhere (Rater; the
+//!             updates compared chunk by chunk; a third run decides) → collect the updates in
+//!             shard order, weighted by rows (data_plane::reduce) → outer optimizer step →
+//!             checkpoint the names of the new weights on the ledger
 //!  at the end: evaluate on the held-out shards → settle the escrow (payroll) → slash confirmed
-//!             cheaters → mint the TrainedModel asset to the payer
+//!             cheaters → mint the TrainedModel asset (naming its weights tensor) to the payer
 //! ```
 //!
 //! A node that fails or times out has its task placed elsewhere; a node confirmed wrong is cut
@@ -20,24 +24,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::raft::replica::LedgerReplica;
-use aic_ledger::state::JobRecord;
+use aic_ledger::state::{CheckpointTensors, JobRecord};
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call, PayoutKind, Transaction};
 use aic_ledger::{Address, Amount, Keypair};
 use aic_protocol::manifest::{Manifest, ShardEntry};
 use aic_protocol::messages::{
-    JobRequest, ModelShape, NodeState, NodeStatus, PeerRequest, PeerResponse, ShardSource, TaskKind,
-    TaskResult, TaskSpec,
+    InnerOptimizer, JobRequest, LocalTraining, ModelShape, NodeState, NodeStatus, PeerRequest, PeerResponse,
+    ShardSource, TaskKind, TaskResult, TaskSpec, WeightsSource, MAX_LOCAL_STEPS,
 };
 use aic_protocol::rpc::RpcClient;
+use aic_protocol::tensor::TensorRef;
 use aic_protocol::ticket::ShardTicket;
 use aic_protocol::{AssetId, ErrorCode, JobId, NodeId, Role, RpcError, ShardId, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::allocator::{Allocator, Finished, Place, UpdateTopology};
 use crate::coin_payroll::{Accrue, CoinPayroll, Release};
+use crate::data_plane::{self, OuterState, Part, PlaneError};
 use crate::metrics::SchedulerMetrics;
 use crate::payroll::{self, Pricing, WorkDone};
 use crate::placement::Placement;
@@ -417,6 +423,18 @@ async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, R
             "the learning rate must be in (0, 100]",
         ));
     }
+    if request.outer_learning_rate_milli == 0 || request.outer_learning_rate_milli > 100_000 {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            "the outer learning rate must be in (0, 100]",
+        ));
+    }
+    if request.local_steps == 0 || request.local_steps > MAX_LOCAL_STEPS {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!("local steps must be 1 to {MAX_LOCAL_STEPS}"),
+        ));
+    }
     let dataset = asset(ledger, request.dataset_asset).await?;
     if dataset.kind != AssetKind::Dataset {
         return Err(refuse(
@@ -475,12 +493,6 @@ async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Result<Plan, R
             ),
         ));
     }
-    if shape.parameters() as usize > aic_protocol::messages::MAX_PARAMETERS {
-        return Err(refuse(
-            ErrorCode::InvalidArgument,
-            "the model has too many parameters",
-        ));
-    }
     if manifest.train.is_empty() || manifest.test.is_empty() {
         return Err(refuse(
             ErrorCode::InvalidArgument,
@@ -507,6 +519,61 @@ fn fees(plan: &Plan) -> Result<Amount, RpcError> {
         .map_err(|_| refuse(ErrorCode::InvalidArgument, "fees overflow"))
 }
 
+/// Device memory one task of `plan` needs: the weights, a copy for the update, the gradient
+/// and its double-precision sum, the inner optimizer's two moments when it is Adam, and the
+/// largest shard decoded with the activations of its rows.
+pub fn task_memory_bytes(model: &ModelShape, inner: InnerOptimizer, manifest: &Manifest) -> u64 {
+    let parameter_copies: u64 = match inner {
+        InnerOptimizer::Sgd => 5,
+        InnerOptimizer::Adam => 7,
+    };
+    let largest = manifest
+        .shards()
+        .map(|e| (e.rows, e.bytes))
+        .max_by_key(|(_, b)| *b);
+    let (rows, bytes) = largest.unwrap_or((0, 0));
+    let widest = match *model {
+        ModelShape::Mlp {
+            features,
+            hidden,
+            classes,
+        } => features.max(hidden).max(classes),
+        other => other.features().max(other.classes()),
+    };
+    // Features, logits and their gradients: a few activations per row of the widest layer.
+    let activations = rows.saturating_mul(u64::from(widest)).saturating_mul(4 * 4);
+    model
+        .parameters()
+        .saturating_mul(4 * parameter_copies)
+        .saturating_add(bytes.saturating_mul(4))
+        .saturating_add(activations)
+}
+
+/// Refuses a job whose tasks fit no live compute node's device memory, saying what is short.
+fn check_fits(plan: &Plan, nodes: &[NodeStatus]) -> Result<(), RpcError> {
+    let needed = task_memory_bytes(&plan.model, plan.request.inner_optimizer, &plan.manifest);
+    let largest = nodes
+        .iter()
+        .filter(|n| n.role == Role::Compute && n.state == NodeState::Up)
+        .map(|n| n.capacity.device_memory_bytes)
+        .max();
+    match largest {
+        None => Err(refuse(ErrorCode::Unavailable, "no compute node is up")),
+        Some(memory) if memory < needed => Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "device memory is short: a task of this model ({} parameters) needs about {:.2} GiB \
+                 (weights, update, gradient, optimizer state and a shard's activations); the \
+                 largest live compute node offers {:.2} GiB",
+                plan.model.parameters(),
+                needed as f64 / (1u64 << 30) as f64,
+                memory as f64 / (1u64 << 30) as f64
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The most `request` may cost.
 pub async fn quote(ctx: &JobContext, request: &JobRequest) -> Result<(Amount, String), RpcError> {
     let plan = resolve(&ctx.ledger, request).await?;
@@ -515,6 +582,7 @@ pub async fn quote(ctx: &JobContext, request: &JobRequest) -> Result<(Amount, St
         .send(ListNodes)
         .await
         .map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))?;
+    check_fits(&plan, &nodes)?;
     let compute = nodes
         .iter()
         .filter(|n| n.role == Role::Compute && n.state == NodeState::Up)
@@ -634,26 +702,16 @@ struct RecordedJob {
     submitter: NodeId,
 }
 
-/// A job's tallies at a checkpoint, keyed by node id (hex): enough to resume it and pay it.
+/// A job's tallies at a checkpoint: enough to resume it and pay it. Postcard, so a round costs
+/// the log a few hundred bytes (node ids as 32 raw bytes).
 #[derive(Default, Serialize, Deserialize)]
 struct Progress {
-    compute_rows: BTreeMap<String, u64>,
-    verified_rows: BTreeMap<String, u64>,
-    storage_bytes: BTreeMap<String, u64>,
-    banned: Vec<String>,
+    compute_rows: BTreeMap<NodeId, u64>,
+    verified_rows: BTreeMap<NodeId, u64>,
+    storage_bytes: BTreeMap<NodeId, u64>,
+    banned: Vec<NodeId>,
     /// Where this round's tasks ran: shard, compute node, storage node.
-    assignments: Vec<(String, String, String)>,
-}
-
-fn by_hex(tally: &BTreeMap<NodeId, u64>) -> BTreeMap<String, u64> {
-    tally.iter().map(|(node, n)| (node.to_string(), *n)).collect()
-}
-
-fn from_hex(tally: &BTreeMap<String, u64>) -> BTreeMap<NodeId, u64> {
-    tally
-        .iter()
-        .filter_map(|(node, n)| node.parse().ok().map(|node| (node, *n)))
-        .collect()
+    assignments: Vec<(ShardId, NodeId, NodeId)>,
 }
 
 /// Resumes a job another replica (or this one, before a restart) ran: takes it over on the
@@ -665,7 +723,7 @@ pub async fn resume(ctx: &JobContext, job: JobId, record: &JobRecord) -> Result<
     let progress: Progress = if record.progress.is_empty() {
         Progress::default()
     } else {
-        serde_json::from_slice(&record.progress).map_err(|e| format!("the checkpoint: {e}"))?
+        postcard::from_bytes(&record.progress).map_err(|e| format!("the checkpoint: {e}"))?
     };
     let system = ctx.system.clone().ok_or("no system key")?;
     let mut plan = resolve(&ctx.ledger, &recorded.request)
@@ -706,26 +764,14 @@ pub async fn resume(ctx: &JobContext, job: JobId, record: &JobRecord) -> Result<
         }
     }
     let mut run = Run::new(ctx.clone(), plan, cancel);
-    let weights: Vec<f32> = record
-        .weights
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-        .collect();
-    if record.round > 0 {
-        if weights.len() != run.weights.len() {
-            return Err(format!(
-                "the checkpoint holds {} weights; the model has {}",
-                weights.len(),
-                run.weights.len()
-            ));
-        }
-        run.weights = weights;
+    if let (Some(tensors), true) = (&record.tensors, record.round > 0) {
+        run.restore(tensors).await?;
     }
     run.start_round = record.round;
-    run.compute_rows = from_hex(&progress.compute_rows);
-    run.verified_rows = from_hex(&progress.verified_rows);
-    run.storage_bytes = from_hex(&progress.storage_bytes);
-    run.banned = progress.banned.iter().filter_map(|n| n.parse().ok()).collect();
+    run.compute_rows = progress.compute_rows;
+    run.verified_rows = progress.verified_rows;
+    run.storage_bytes = progress.storage_bytes;
+    run.banned = progress.banned.into_iter().collect();
     run.report["resumed"] = json!({
         "from_round": record.round,
         "by": ctx.me.to_string(),
@@ -758,7 +804,12 @@ impl Actor for Job {
     }
 }
 
-async fn lifecycle(mut run: Run) {
+async fn lifecycle(run: Run) {
+    let span = tracing::info_span!("job", job = %run.plan.request.job);
+    lifecycle_in_span(run).instrument(span).await
+}
+
+async fn lifecycle_in_span(mut run: Run) {
     {
         let ctx = run.ctx.clone();
         let job = run.plan.request.job;
@@ -774,7 +825,8 @@ async fn lifecycle(mut run: Run) {
         }
         // Claim the job once more before paying: a replica that took it over settles it.
         if !run.taken_over {
-            run.checkpoint(Vec::new()).await;
+            let tensors = run.stored.clone();
+            run.checkpoint(Vec::new(), tensors).await;
         }
         if run.taken_over {
             warn!(%job, "another replica took this job over; it settles the job");
@@ -834,11 +886,52 @@ struct Done {
     failed_attempts: Vec<String>,
 }
 
+/// Bytes the job's tensors moved, for the report: what the rounds cost the wire.
+#[derive(Debug, Default)]
+struct WireTally {
+    /// Weights (and optimizer state) stored on storage nodes, per holder.
+    stored_bytes: std::sync::atomic::AtomicU64,
+    /// Weights compute nodes fetched (their first task of a round on each node).
+    fetched_bytes: std::sync::atomic::AtomicU64,
+    /// Updates collected from compute nodes for the reduce.
+    collected_bytes: std::sync::atomic::AtomicU64,
+    /// Updates read to compare a spot check's executions.
+    compared_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl WireTally {
+    fn add(counter: &std::sync::atomic::AtomicU64, bytes: u64) {
+        counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The tallies, and per round (rounds run here) relative to the model's bytes.
+    fn report(&self, rounds: u32, model_bytes: u64) -> Value {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let total = get(&self.stored_bytes)
+            + get(&self.fetched_bytes)
+            + get(&self.collected_bytes)
+            + get(&self.compared_bytes);
+        let per_round = total as f64 / f64::from(rounds.max(1));
+        json!({
+            "stored_bytes": get(&self.stored_bytes),
+            "fetched_bytes": get(&self.fetched_bytes),
+            "collected_bytes": get(&self.collected_bytes),
+            "compared_bytes": get(&self.compared_bytes),
+            "bytes_per_round": per_round,
+            "per_round_over_model_bytes": per_round / model_bytes.max(1) as f64,
+        })
+    }
+}
+
 struct Run {
     ctx: JobContext,
     plan: Plan,
     cancel: Arc<AtomicBool>,
-    weights: Vec<f32>,
+    /// The weights and the outer optimizer's state.
+    state: OuterState,
+    /// Where the current weights are stored, by name (none until stored).
+    stored: Option<CheckpointTensors>,
+    wire: WireTally,
     nodes: Vec<NodeStatus>,
     /// Nodes confirmed wrong in this job: never used again, never paid.
     banned: HashSet<NodeId>,
@@ -869,6 +962,7 @@ impl Run {
                 plan.request.job.as_bytes()[..8].try_into().expect("8 bytes"),
             ))
             .flat();
+        let state = OuterState::new(weights, plan.request.outer_optimizer);
         let report = json!({
             "id": plan.request.job.to_string(),
             "state": "running",
@@ -877,6 +971,9 @@ impl Run {
             "model_asset": plan.request.model_asset.to_string(),
             "model": plan.model,
             "epochs": plan.request.epochs,
+            "local_steps": plan.request.local_steps,
+            "inner_optimizer": plan.request.inner_optimizer,
+            "outer_optimizer": plan.request.outer_optimizer,
             "budget": plan.budget.to_string(),
             "rounds": 0,
             "tasks": [],
@@ -888,7 +985,9 @@ impl Run {
             ctx,
             plan,
             cancel,
-            weights,
+            state,
+            stored: None,
+            wire: WireTally::default(),
             nodes: Vec::new(),
             banned: HashSet::new(),
             compute_rows: BTreeMap::new(),
@@ -904,26 +1003,30 @@ impl Run {
         }
     }
 
-    /// Records the job's progress on the ledger after a round, with the round's assignments.
-    /// A refusal because another replica runs the job marks it taken over; any other failure
-    /// only costs resumability (logged).
-    async fn checkpoint(&mut self, assignments: Vec<(String, String, String)>) {
+    /// Records the job's progress on the ledger after a round: the names of the stored weights
+    /// and the tallies, with the round's assignments. A refusal because another replica runs
+    /// the job marks it taken over; any other failure only costs resumability (logged).
+    async fn checkpoint(
+        &mut self,
+        assignments: Vec<(ShardId, NodeId, NodeId)>,
+        tensors: Option<CheckpointTensors>,
+    ) {
         let Some(system) = self.ctx.system.clone() else {
             return;
         };
         let progress = Progress {
-            compute_rows: by_hex(&self.compute_rows),
-            verified_rows: by_hex(&self.verified_rows),
-            storage_bytes: by_hex(&self.storage_bytes),
-            banned: self.banned.iter().map(|n| n.to_string()).collect(),
+            compute_rows: self.compute_rows.clone(),
+            verified_rows: self.verified_rows.clone(),
+            storage_bytes: self.storage_bytes.clone(),
+            banned: self.banned.iter().copied().collect(),
             assignments,
         };
         let call = Call::CheckpointJob {
             job: self.plan.request.job,
             runner: self.ctx.me,
             round: self.round,
-            weights: self.weights.iter().flat_map(|w| w.to_le_bytes()).collect(),
-            progress: serde_json::to_vec(&progress).expect("tallies encode"),
+            tensors,
+            progress: postcard::to_stdvec(&progress).expect("tallies encode"),
         };
         match system.try_submit(&self.ctx.ledger, call).await {
             Ok(_) => {}
@@ -937,6 +1040,83 @@ impl Run {
             }
             Err(error) => warn!(job = %self.plan.request.job, ?error, "checkpoint not recorded"),
         }
+    }
+
+    /// Storage nodes up, nearest to the runner's view first (the registry's order), with their
+    /// addresses.
+    fn storage_nodes(&self) -> Vec<(NodeId, String)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Storage && n.state == NodeState::Up)
+            .map(|n| (n.node_id, n.quic_addr.clone()))
+            .collect()
+    }
+
+    /// Stores the current weights (and the outer optimizer's state) on storage nodes and
+    /// remembers their names: what tasks fetch and what the next checkpoint records.
+    async fn store_state(&mut self) -> Result<CheckpointTensors, String> {
+        let storage = self.storage_nodes();
+        let (weights, holders) = data_plane::store(&self.ctx.endpoint, &storage, &self.state.weights)
+            .await
+            .map_err(|e| format!("storing the round's weights: {e}"))?;
+        let holder_addrs: Vec<(NodeId, String)> = storage
+            .iter()
+            .filter(|(n, _)| holders.contains(n))
+            .cloned()
+            .collect();
+        let optimizer_state = match &self.state.momentum {
+            Some(momentum) => Some(
+                data_plane::store(&self.ctx.endpoint, &holder_addrs, momentum)
+                    .await
+                    .map_err(|e| format!("storing the outer optimizer's state: {e}"))?
+                    .0,
+            ),
+            None => None,
+        };
+        let per_holder = weights.bytes() + optimizer_state.map_or(0, |t| t.bytes());
+        WireTally::add(&self.wire.stored_bytes, per_holder * holders.len() as u64);
+        let tensors = CheckpointTensors {
+            weights,
+            optimizer_state,
+            holders,
+        };
+        self.stored = Some(tensors.clone());
+        Ok(tensors)
+    }
+
+    /// Takes a checkpoint's weights (and optimizer state) back from the storage nodes that
+    /// hold them, checked against their names.
+    async fn restore(&mut self, tensors: &CheckpointTensors) -> Result<(), String> {
+        self.refresh_nodes().await?;
+        let parameters = self.plan.model.parameters();
+        if tensors.weights.elements != parameters {
+            return Err(format!(
+                "the checkpoint's weights hold {} values; the model has {parameters}",
+                tensors.weights.elements
+            ));
+        }
+        let holders: Vec<String> = tensors
+            .holders
+            .iter()
+            .filter_map(|id| self.node(id).map(|n| n.quic_addr.clone()))
+            .collect();
+        let weights = data_plane::fetch(&self.ctx.endpoint, &holders, tensors.weights)
+            .await
+            .map_err(|e| format!("the checkpoint's weights: {e}"))?;
+        let momentum = match tensors.optimizer_state {
+            Some(state) => Some(
+                data_plane::fetch(&self.ctx.endpoint, &holders, state)
+                    .await
+                    .map_err(|e| format!("the checkpoint's optimizer state: {e}"))?,
+            ),
+            None => None,
+        };
+        if momentum.is_some() != self.state.momentum.is_some() {
+            return Err("the checkpoint's optimizer state does not fit the job's outer optimizer".into());
+        }
+        self.state = OuterState { weights, momentum };
+        self.stored = Some(tensors.clone());
+        Ok(())
     }
 
     fn cancelled(&self) -> bool {
@@ -1055,7 +1235,7 @@ impl Run {
         let groups: Vec<Vec<ShardEntry>> = (0..steps)
             .map(|s| train.iter().skip(s).step_by(steps).cloned().collect())
             .collect();
-        let lr = self.plan.request.learning_rate_milli as f32 / 1000.0;
+        let outer_lr = self.plan.request.outer_learning_rate_milli as f32 / 1000.0;
         // Storage nodes report what they hold with their heartbeats: a dataset imported a
         // moment ago may not be reported yet.
         let deadline = Instant::now() + REPLICA_WAIT;
@@ -1066,6 +1246,10 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if self.stored.is_none() {
+            self.store_state().await?;
+        }
+        let rounds_before = self.start_round;
         let mut round = 0u32;
         for epoch in 0..self.plan.request.epochs {
             for group in &groups {
@@ -1077,38 +1261,26 @@ impl Run {
                     return Ok(());
                 }
                 self.refresh_nodes().await?;
-                let results = self.run_step(round, TaskKind::Gradient, group).await?;
-                let rows: u64 = results.iter().map(|d| d.result.rows).sum();
-                let mut gradient = vec![0.0f64; self.weights.len()];
-                let mut loss = 0.0f64;
-                for done in &results {
-                    let share = done.result.rows as f64 / rows as f64;
-                    loss += f64::from(done.result.loss) * share;
-                    for (g, v) in gradient.iter_mut().zip(&done.result.values) {
-                        *g += f64::from(*v) * share;
-                    }
-                }
-                for (w, g) in self.weights.iter_mut().zip(&gradient) {
-                    *w -= lr * *g as f32;
-                }
+                let span = tracing::info_span!("round", round, epoch);
+                let (results, loss) = self.train_round(round, group, outer_lr).instrument(span).await?;
                 round += 1;
                 self.round = round;
                 self.ctx.metrics.job_rounds.inc();
                 self.report["rounds"] = json!(round);
                 self.report["epoch"] = json!(epoch + 1);
                 self.report["loss"] = json!(loss);
+                self.report["wire"] = self
+                    .wire
+                    .report(round - rounds_before, self.plan.model.parameters() * 4);
                 let assignments = group
                     .iter()
                     .zip(&results)
-                    .map(|(entry, d)| {
-                        (
-                            entry.id.clone(),
-                            d.placement.node.to_string(),
-                            d.placement.replica.to_string(),
-                        )
+                    .filter_map(|(entry, d)| {
+                        Some((entry.id.parse().ok()?, d.placement.node, d.placement.replica))
                     })
                     .collect();
-                self.checkpoint(assignments).await;
+                let tensors = self.stored.clone();
+                self.checkpoint(assignments, tensors).await;
                 if self.taken_over {
                     return Err("another scheduler replica took this job over".into());
                 }
@@ -1119,6 +1291,7 @@ impl Run {
         self.refresh_nodes().await?;
         let test = self.plan.manifest.test.clone();
         let results = self.run_step(round, TaskKind::Evaluate, &test).await?;
+        self.record_tasks(round, TaskKind::Evaluate, &test, &results);
         let rows: u64 = results.iter().map(|d| d.result.rows).sum();
         let correct: u64 = results.iter().map(|d| d.result.correct).sum();
         let loss: f64 = results
@@ -1147,6 +1320,164 @@ impl Run {
         self.report["seconds"] = json!(self.started.elapsed().as_secs_f64());
         self.report["failed_attempts"] = json!(self.failures.lock().expect("failures").clone());
         Ok(())
+    }
+
+    /// One training round: the tasks (spot-checked), their updates collected and reduced in
+    /// shard order, the outer step, and the new weights stored. Answers the accepted results and
+    /// the round's mean loss.
+    async fn train_round(
+        &mut self,
+        round: u32,
+        group: &[ShardEntry],
+        outer_lr: f32,
+    ) -> Result<(Vec<Done>, f64), String> {
+        let mut results = self.run_step(round, TaskKind::Gradient, group).await?;
+        let mean_update = self.collect(round, group, &mut results).await?;
+        self.record_tasks(round, TaskKind::Gradient, group, &results);
+        let rows: u64 = results.iter().map(|d| d.result.rows).sum();
+        let loss: f64 = results
+            .iter()
+            .map(|d| f64::from(d.result.loss) * d.result.rows as f64 / rows.max(1) as f64)
+            .sum();
+        self.state.apply(&mean_update, outer_lr);
+        drop(mean_update);
+        self.store_state().await?;
+        Ok((results, loss))
+    }
+
+    /// The round's mean update: every task's update collected from the node that holds it, in
+    /// shard order, weighted by its rows. A task whose update cannot be collected (the node
+    /// went away, or what it sends is not what its result named) is re-run elsewhere and the
+    /// reduce starts over; nothing reaches the weights until every update is in.
+    async fn collect(
+        &mut self,
+        round: u32,
+        group: &[ShardEntry],
+        results: &mut [Done],
+    ) -> Result<Vec<f32>, String> {
+        let parameters = self.plan.model.parameters();
+        for _ in 0..MAX_ATTEMPTS {
+            let rows: u64 = results.iter().map(|d| d.result.rows).sum();
+            let mut parts = Vec::with_capacity(results.len());
+            let mut unreachable = None;
+            for (index, done) in results.iter().enumerate() {
+                let update = done.result.update.ok_or("a training result without an update")?;
+                match self.client_for(&done.placement.node).await {
+                    Ok(client) => parts.push(Part {
+                        client,
+                        update,
+                        share: done.result.rows as f64 / rows.max(1) as f64,
+                    }),
+                    Err(error) => {
+                        unreachable = Some((index, error));
+                        break;
+                    }
+                }
+            }
+            let failed = match unreachable {
+                Some((index, error)) => (index, error),
+                None => match data_plane::reduce(&parts, parameters).await {
+                    Ok(sum) => {
+                        WireTally::add(&self.wire.collected_bytes, parameters * 4 * parts.len() as u64);
+                        return Ok(sum);
+                    }
+                    Err(PlaneError::Collect { index, error }) => {
+                        self.ctx
+                            .metrics
+                            .tensor_refusals
+                            .with_label_values(&[error.reason()])
+                            .inc();
+                        (index, error.to_string())
+                    }
+                    Err(other) => return Err(other.to_string()),
+                },
+            };
+            let (index, error) = failed;
+            let node = results[index].placement.node;
+            warn!(round, node = %self.name(&node), %error, "an update could not be collected; re-running its task elsewhere");
+            self.failures.lock().expect("failures").push(json!({
+                "node": self.name(&node),
+                "task": results[index].result.task.to_string(),
+                "shard": group[index].id,
+                "error": format!("update not collected: {error}"),
+            }));
+            let mut redone = self
+                .execute(TaskId::random(), TaskKind::Gradient, &group[index], &[node])
+                .await?;
+            redone
+                .failed_attempts
+                .push(format!("{}: update not collected: {error}", self.name(&node)));
+            results[index] = redone;
+        }
+        Err("the round's updates could not be collected".into())
+    }
+
+    /// A connection to a compute node, reused across tasks and collections.
+    async fn client_for(&self, node: &NodeId) -> Result<RpcClient, String> {
+        let cached = self
+            .clients
+            .lock()
+            .expect("clients")
+            .get(node)
+            .filter(|c| !c.is_closed())
+            .cloned();
+        if let Some(client) = cached {
+            return Ok(client);
+        }
+        let status = self.node(node).ok_or("the node left")?;
+        let connect = RpcClient::connect(&self.ctx.endpoint, &status.quic_addr, Role::Compute);
+        let client = tokio::time::timeout(DIAL_TIMEOUT, connect)
+            .await
+            .map_err(|_| format!("{} did not answer within {DIAL_TIMEOUT:?}", status.quic_addr))?
+            .map_err(|e| e.to_string())?
+            .with_timeout(self.ctx.task_timeout);
+        if client.peer().node_id != *node {
+            return Err("the node at that address is another node".to_string());
+        }
+        self.clients
+            .lock()
+            .expect("clients")
+            .insert(*node, client.clone());
+        Ok(client)
+    }
+
+    /// Whether two executions of one task agree: their results' numbers, and their updates
+    /// compared chunk by chunk as both stream in. An update that cannot be read counts as a
+    /// disagreement (a third execution then decides who was wrong).
+    async fn agree(&self, a: &Done, b: &Done) -> bool {
+        if !rating::results_agree(&a.result, &b.result) {
+            return false;
+        }
+        let (Some(update_a), Some(update_b)) = (a.result.update, b.result.update) else {
+            return a.result.update.is_none() && b.result.update.is_none();
+        };
+        let (Ok(client_a), Ok(client_b)) = (
+            self.client_for(&a.placement.node).await,
+            self.client_for(&b.placement.node).await,
+        ) else {
+            return false;
+        };
+        let parameters = self.plan.model.parameters();
+        match data_plane::updates_agree((&client_a, update_a), (&client_b, update_b), parameters).await {
+            Ok(agree) => {
+                WireTally::add(&self.wire.compared_bytes, 2 * parameters * 4);
+                agree
+            }
+            Err((side, error)) => {
+                let node = if side == 0 {
+                    a.placement.node
+                } else {
+                    b.placement.node
+                };
+                warn!(node = %self.name(&node), %error, "a spot check could not read an update");
+                self.ctx
+                    .metrics
+                    .tensor_refusals
+                    .with_label_values(&[error.reason()])
+                    .inc();
+                false
+            }
+        }
     }
 
     /// Runs one task per shard of `shards` (concurrently), spot-checks them, and re-runs the
@@ -1202,12 +1533,16 @@ impl Run {
             return Err("results kept coming from nodes found wrong; giving up".into());
         }
         let results: Vec<Done> = results.into_iter().map(|d| d.expect("every shard ran")).collect();
+        Ok(results)
+    }
+
+    /// Credits and reports a step's accepted tasks (once their updates are in).
+    fn record_tasks(&mut self, round: u32, kind: TaskKind, shards: &[ShardEntry], results: &[Done]) {
         for (done, entry) in results.iter().zip(shards) {
             self.account(done, entry);
             let task = self.task_json(round, kind, entry, done);
             push(&mut self.report["tasks"], task);
         }
-        Ok(results)
     }
 
     /// Credits a task's work: its rows to the compute node, the shard's bytes to the storage
@@ -1232,6 +1567,7 @@ impl Run {
             "rows": done.result.rows,
             "loss": done.result.loss,
             "cached": done.result.cache_hits > 0,
+            "weights_fetched_bytes": done.result.weights_fetched_bytes,
             "failed_attempts": done.failed_attempts,
             "fetch_ms": done.result.fetch_micros as f64 / 1000.0,
             "compute_ms": done.result.compute_micros as f64 / 1000.0,
@@ -1278,7 +1614,7 @@ impl Run {
             "original": self.name(&node),
             "checker": self.name(&checker.placement.node),
         });
-        if rating::results_agree(&original.result, &checker.result) {
+        if self.agree(&original, &checker).await {
             self.ctx.metrics.spot_checks.with_label_values(&["agreed"]).inc();
             self.rate(node, true).await;
             self.rate(checker.placement.node, true).await;
@@ -1296,13 +1632,17 @@ impl Run {
             .execute(task, kind, entry, &[node, checker.placement.node])
             .await
             .ok();
-        let verdict = rating::decide(
-            &original.result,
-            &checker.result,
-            third.as_ref().map(|d| &d.result),
-        );
+        let third_agreement = match &third {
+            Some(third) => Some((
+                self.agree(&checker, third).await,
+                self.agree(&original, third).await,
+            )),
+            None => None,
+        };
+        let verdict = rating::decide(false, third_agreement);
         record["third"] = json!(third.as_ref().map(|d| self.name(&d.placement.node)));
         let (accepted, wrong) = match verdict {
+            // Unreachable: the first comparison disagreed.
             Verdict::Agreed => (original.clone(), None),
             Verdict::OriginalWrong => (checker.clone(), Some(node)),
             Verdict::CheckerWrong => (original.clone(), Some(checker.placement.node)),
@@ -1459,11 +1799,12 @@ impl Run {
                 .inc();
             match outcome {
                 Ok(result) => {
+                    WireTally::add(&self.wire.fetched_bytes, result.weights_fetched_bytes);
                     return Ok(Done {
                         result,
                         placement,
                         failed_attempts: failures,
-                    })
+                    });
                 }
                 Err(error) => {
                     warn!(node = %self.name(&placement.node), %task, %error, "task failed; placing it elsewhere");
@@ -1489,62 +1830,55 @@ impl Run {
         shard: ShardId,
         placement: &Placement<NodeId>,
     ) -> Result<TaskResult, String> {
-        let compute = self.node(&placement.node).ok_or("the node left")?;
         let storage = self.node(&placement.replica).ok_or("the storage node left")?;
+        let stored = self.stored.as_ref().ok_or("the round's weights are not stored")?;
         let expires_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
             + self.ctx.task_timeout.as_millis() as u64
             + 60_000;
-        let ticket = ShardTicket {
-            job: self.plan.request.job,
-            node: placement.node,
-            dataset: self.plan.dataset.clone(),
-            expires_ms,
-        }
-        .sign(&self.ctx.ticket_key);
+        let ticket_for = |dataset: String| {
+            ShardTicket {
+                job: self.plan.request.job,
+                node: placement.node,
+                dataset,
+                expires_ms,
+            }
+            .sign(&self.ctx.ticket_key)
+        };
+        // The weights' holders, the storage node chosen for the shard first when it holds them.
+        let mut holders: Vec<&NodeId> = stored.holders.iter().collect();
+        holders.sort_by_key(|id| **id != placement.replica);
+        let weights = WeightsSource {
+            tensor: stored.weights,
+            storage: holders
+                .into_iter()
+                .filter_map(|id| self.node(id).map(|n| n.quic_addr.clone()))
+                .collect(),
+            ticket: ticket_for(stored.weights.ticket_name()),
+        };
         let spec = TaskSpec {
             job: self.plan.request.job,
             task,
-            round: 0,
+            round: self.round,
             kind,
             model: self.plan.model,
-            weights: self.weights.clone(),
+            weights,
+            training: LocalTraining {
+                steps: self.plan.request.local_steps,
+                optimizer: self.plan.request.inner_optimizer,
+                learning_rate: self.plan.request.learning_rate_milli as f32 / 1000.0,
+            },
             label: self.plan.manifest.label.clone(),
             shards: vec![ShardSource {
                 dataset: self.plan.dataset.clone(),
                 shard,
                 storage: storage.quic_addr.clone(),
-                ticket,
+                ticket: ticket_for(self.plan.dataset.clone()),
             }],
         };
         let call = async {
-            let cached = self
-                .clients
-                .lock()
-                .expect("clients")
-                .get(&placement.node)
-                .filter(|c| !c.is_closed())
-                .cloned();
-            let client = match cached {
-                Some(client) => client,
-                None => {
-                    let connect = RpcClient::connect(&self.ctx.endpoint, &compute.quic_addr, Role::Compute);
-                    let client = tokio::time::timeout(DIAL_TIMEOUT, connect)
-                        .await
-                        .map_err(|_| format!("{} did not answer within {DIAL_TIMEOUT:?}", compute.quic_addr))?
-                        .map_err(|e| e.to_string())?
-                        .with_timeout(self.ctx.task_timeout);
-                    self.clients
-                        .lock()
-                        .expect("clients")
-                        .insert(placement.node, client.clone());
-                    client
-                }
-            };
-            if client.peer().node_id != placement.node {
-                return Err("the node at that address is another node".to_string());
-            }
+            let client = self.client_for(&placement.node).await?;
             client
                 .call(&PeerRequest::RunTask(Box::new(spec)))
                 .await
@@ -1583,19 +1917,22 @@ impl Run {
         if result.task != task || !result.digest_matches() {
             return Err("the result's digest does not match its numbers".into());
         }
-        let expected_values = match kind {
-            TaskKind::Gradient => self.plan.model.parameters() as usize,
+        let (expected_update, expected_values) = match kind {
+            TaskKind::Gradient => (Some(self.plan.model.parameters()), 0),
             // A regression's evaluation answers Σy and Σy² of its targets, for R².
-            TaskKind::Evaluate if self.plan.model.is_regression() => 2,
-            TaskKind::Evaluate => 0,
+            TaskKind::Evaluate if self.plan.model.is_regression() => (None, 2),
+            TaskKind::Evaluate => (None, 0),
         };
-        if result.values.len() != expected_values
+        if result.update.map(|u| u.elements) != expected_update
+            || result.values.len() != expected_values
             || result.rows != entry.rows
             || !result.loss.is_finite()
             || result.values.iter().any(|v| !v.is_finite())
         {
             return Err(format!(
-                "the result has the wrong shape ({} values, {} rows; expected {expected_values} and {})",
+                "the result has the wrong shape (an update of {:?} values, {} values, {} rows; \
+                 expected {expected_update:?}, {expected_values} and {})",
+                result.update.map(|u| u.elements),
                 result.values.len(),
                 result.rows,
                 entry.rows
@@ -1688,17 +2025,25 @@ impl Run {
         self.reward(&addresses).await;
 
         if completed {
+            // The optimizer's state is not part of the trained model: free it before the export
+            // copy is made.
+            self.state.momentum = None;
             let (content_hash, stored) = match self.store_weights().await {
                 Ok((manifest, object)) => (aic_protocol::manifest::manifest_hash(&manifest), Some(object)),
                 Err(error) => {
-                    warn!(%job, %error, "the trained weights could not be stored; they are kept on the ledger only");
+                    warn!(%job, %error, "the trained weights could not be stored for export; the asset names the checkpointed tensor");
                     self.report["weights_storage_error"] = json!(error);
-                    let bytes: Vec<u8> = self.weights.iter().flat_map(|w| w.to_le_bytes()).collect();
-                    (*blake3::hash(&bytes).as_bytes(), None)
+                    (TensorRef::of(&self.state.weights).hash, None)
                 }
             };
-            let bytes: Vec<u8> = self.weights.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let mut manifest = json!({
+            let weights = self.stored.as_ref().map(|t| {
+                json!({
+                    "tensor": t.weights.hex(),
+                    "elements": t.weights.elements,
+                    "holders": t.holders.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                })
+            });
+            let manifest = json!({
                 "model": self.plan.model,
                 "dataset_asset": self.plan.request.dataset_asset.to_string(),
                 "model_asset": self.plan.request.model_asset.to_string(),
@@ -1706,11 +2051,8 @@ impl Run {
                 "accuracy": self.report["accuracy"],
                 "r2": self.report["r2"],
                 "stored_object": stored,
-                "weights_f32_le_hex": hex::encode(&bytes),
+                "weights": weights,
             });
-            if manifest.to_string().len() > aic_ledger::state::MAX_MANIFEST_BYTES {
-                manifest["weights_f32_le_hex"] = json!("too large for the ledger: export the stored object");
-            }
             let events = system
                 .submit(
                     &self.ctx.ledger,
@@ -1793,7 +2135,7 @@ impl Run {
             .shapes()
             .into_iter()
             .map(|(rows, cols)| {
-                let tensor = self.weights[offset..offset + rows * cols].to_vec();
+                let tensor = self.state.weights[offset..offset + rows * cols].to_vec();
                 offset += rows * cols;
                 tensor
             })

@@ -16,6 +16,7 @@ pub mod api;
 pub mod block_generator;
 pub mod coin_payroll;
 pub mod config;
+pub mod data_plane;
 pub mod job;
 pub mod lottery;
 pub mod membership;

@@ -46,6 +46,8 @@ pub struct SchedulerMetrics {
     pub jobs_running: IntGauge,
     pub jobs_finished: IntCounterVec,
     pub job_rounds: IntCounter,
+    /// Task updates refused while collecting or comparing them, by reason.
+    pub tensor_refusals: IntCounterVec,
     /// The smallest share of its escrow any running job has left after what it owes so far
     /// (1 when no job runs).
     pub job_escrow_left: Gauge,
@@ -134,7 +136,18 @@ impl SchedulerMetrics {
                 registry,
                 IntCounter::new(
                     "aic_scheduler_job_rounds_total",
-                    "Training rounds completed (gradients averaged, weights updated)",
+                    "Training rounds completed (updates reduced, weights updated and stored)",
+                )?,
+            )?,
+            tensor_refusals: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_scheduler_tensor_refusals_total",
+                        "Task updates refused while collecting or comparing them (not true to \
+                         their name, cut, out of order, not finite, gone), by reason",
+                    ),
+                    &["reason"],
                 )?,
             )?,
             job_escrow_left: registered(

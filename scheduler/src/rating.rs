@@ -69,12 +69,20 @@ pub fn should_check(record: &NodeRecord, draw: f64) -> bool {
     draw < record.check_rate()
 }
 
-/// Whether two executions of one task agree.
+/// Whether two executions of one task agree on what the result carries: rows, correct count,
+/// loss, evaluation sums, and whether each has an update of the same length. The updates
+/// themselves are compared chunk by chunk with [`chunks_agree`] as they stream in.
 pub fn results_agree(a: &TaskResult, b: &TaskResult) -> bool {
     a.rows == b.rows
         && a.correct == b.correct
+        && a.update.map(|u| u.elements) == b.update.map(|u| u.elements)
         && aic_kernels::compare::agree_within(&[a.loss], &[b.loss], RTOL, ATOL).is_ok()
         && aic_kernels::compare::agree_within(&a.values, &b.values, RTOL, ATOL).is_ok()
+}
+
+/// Whether the same chunk of two executions' updates agrees within the tolerance.
+pub fn chunks_agree(a: &[f32], b: &[f32]) -> bool {
+    aic_kernels::compare::agree_within(a, b, RTOL, ATOL).is_ok()
 }
 
 /// The outcome of a spot check with a possible third execution.
@@ -91,14 +99,15 @@ pub enum Verdict {
     Undecided,
 }
 
-/// Decides a spot check from the original, the check, and (when they disagree) a third run.
-pub fn decide(original: &TaskResult, check: &TaskResult, third: Option<&TaskResult>) -> Verdict {
-    if results_agree(original, check) {
+/// Decides a spot check from whether the original and the check agree and, when they do not,
+/// how a third run compared with each: `(check agrees with third, original agrees with third)`.
+pub fn decide(original_agrees_with_check: bool, third: Option<(bool, bool)>) -> Verdict {
+    if original_agrees_with_check {
         return Verdict::Agreed;
     }
     match third {
-        Some(third) if results_agree(check, third) => Verdict::OriginalWrong,
-        Some(third) if results_agree(original, third) => Verdict::CheckerWrong,
+        Some((true, _)) => Verdict::OriginalWrong,
+        Some((false, true)) => Verdict::CheckerWrong,
         _ => Verdict::Undecided,
     }
 }
@@ -117,12 +126,14 @@ mod tests {
             task,
             rows: 100,
             loss,
-            digest: TaskResult::compute_digest(&task, 100, loss, &values, 0),
+            digest: TaskResult::compute_digest(&task, 100, loss, None, &values, 0),
+            update: None,
             values,
             correct: 0,
             fetch_micros: 0,
             compute_micros: 0,
             cache_hits: 0,
+            weights_fetched_bytes: 0,
             backend: "cpu".into(),
         }
     }
@@ -152,11 +163,33 @@ mod tests {
         let wrong = result(vec![-1.5, 0.76, 0.01], 2.3);
         assert!(results_agree(&honest, &rounded));
         assert!(!results_agree(&honest, &wrong));
-        assert_eq!(decide(&honest, &rounded, None), Verdict::Agreed);
-        assert_eq!(decide(&wrong, &honest, Some(&rounded)), Verdict::OriginalWrong);
-        assert_eq!(decide(&honest, &wrong, Some(&rounded)), Verdict::CheckerWrong);
+        assert!(chunks_agree(&honest.values, &rounded.values));
+        assert!(!chunks_agree(&honest.values, &wrong.values));
+        let agree = |a: &TaskResult, b: &TaskResult| results_agree(a, b);
+        assert_eq!(decide(agree(&honest, &rounded), None), Verdict::Agreed);
+        assert_eq!(
+            decide(
+                agree(&wrong, &honest),
+                Some((agree(&honest, &rounded), agree(&wrong, &rounded)))
+            ),
+            Verdict::OriginalWrong
+        );
+        assert_eq!(
+            decide(
+                agree(&honest, &wrong),
+                Some((agree(&wrong, &rounded), agree(&honest, &rounded)))
+            ),
+            Verdict::CheckerWrong
+        );
         let other = result(vec![9.0, 9.0, 9.0], 1.0);
-        assert_eq!(decide(&honest, &wrong, Some(&other)), Verdict::Undecided);
+        assert_eq!(
+            decide(
+                agree(&honest, &wrong),
+                Some((agree(&wrong, &other), agree(&honest, &other)))
+            ),
+            Verdict::Undecided
+        );
+        assert_eq!(decide(false, None), Verdict::Undecided);
         let mut fewer_rows = honest.clone();
         fewer_rows.rows = 99;
         assert!(!results_agree(&honest, &fewer_rows));

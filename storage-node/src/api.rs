@@ -111,6 +111,11 @@ impl RpcHandler for StorageApi {
                 node.drop_replica(peer, &dataset).await?;
                 Ok(Reply::One(PeerResponse::Dropped))
             }
+            PeerRequest::GetTensor { tensor, ticket } => node.get_tensor(peer, tensor, ticket.as_ref()).await,
+            PeerRequest::PutTensor { tensor, index, bytes } => {
+                let complete = node.put_tensor(peer, tensor, index, &bytes).await?;
+                Ok(Reply::One(PeerResponse::TensorStored { complete }))
+            }
             other => answer_peer(other).map(Reply::One),
         }
     }

@@ -4,6 +4,7 @@
 //! measures RTTs to its peers), takes dataset uploads and places them on their replicas, keeps
 //! shards sealed in an object store, serves them to compute nodes holding a scheduler's ticket,
 //! exports them to the Dataset asset's owner, and scrubs and repairs them from other replicas.
+//! It also keeps training jobs' tensors (checkpointed weights), sealed like shards.
 
 mod api;
 // The data vocabulary every node shares lives in the protocol crate; these paths stay for the
@@ -22,6 +23,7 @@ pub mod scrub;
 pub mod sealing;
 mod serving;
 pub mod shard_store;
+pub mod tensor_store;
 mod uploads;
 
 use std::collections::HashSet;
@@ -55,6 +57,9 @@ pub fn start(
     };
     let store = shard_store::ShardStore::from_url(&store_url)
         .map_err(|e| aic_protocol::Error::Transport(format!("shard store {store_url}: {e}")))?;
+    let tensor_key = tensor_store::TensorStore::load_or_create_key(&storage.data_dir.join("tensors.key"))
+        .map_err(|e| aic_protocol::Error::Transport(e.to_string()))?;
+    let tensors = Arc::new(store.tensor_store(tensor_key));
     let catalog = catalog::Catalog::open(&storage.data_dir.join("datasets"))
         .map_err(|e| aic_protocol::Error::Transport(e.to_string()))?;
     let registry = prometheus::Registry::new();
@@ -73,6 +78,7 @@ pub fn start(
         me: identity.me.node_id,
         node_key,
         store,
+        tensors,
         catalog: tokio::sync::RwLock::new(catalog),
         trusted: std::sync::RwLock::new(trusted),
         uploads: tokio::sync::Mutex::new(uploads::Uploads::new(

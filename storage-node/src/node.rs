@@ -24,6 +24,8 @@ pub(crate) struct StorageNode {
     /// The certificate's key, which signs this node's import attestations.
     pub node_key: aic_ledger::Keypair,
     pub store: ShardStore,
+    /// Jobs' tensors (checkpointed weights), beside the shards.
+    pub tensors: std::sync::Arc<crate::tensor_store::TensorStore>,
     pub catalog: RwLock<Catalog>,
     /// Schedulers whose tickets are honoured.
     pub trusted: std::sync::RwLock<HashSet<NodeId>>,

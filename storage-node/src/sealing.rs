@@ -45,6 +45,25 @@ impl DatasetKey {
 
     /// Encrypts a shard's plaintext under this key, binding it to its id.
     pub fn seal(&self, shard: &ShardId, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seal_bound(shard.as_bytes(), plaintext)
+    }
+
+    /// Decrypts and checks a sealed shard: authentic, and its content hashes to its id.
+    pub fn open(&self, shard: &ShardId, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let plaintext = self.open_bound(shard.as_bytes(), sealed).map_err(|e| match e {
+            OpenError::Truncated => SealError::Truncated(*shard),
+            OpenError::Authentication => SealError::Authentication(*shard),
+        })?;
+        let actual = ShardId::of_content(&plaintext);
+        if actual != *shard {
+            return Err(SealError::WrongContent(*shard, actual));
+        }
+        Ok(plaintext)
+    }
+
+    /// Encrypts `plaintext`, binding it to `name` (authenticated, not encrypted): the sealed
+    /// bytes open only under the same name.
+    pub fn seal_bound(&self, name: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let nonce_bytes: [u8; NONCE_LEN] = rand_bytes();
         let ciphertext = self
             .cipher()
@@ -52,7 +71,7 @@ impl DatasetKey {
                 &Nonce::from(nonce_bytes),
                 Payload {
                     msg: plaintext,
-                    aad: shard.as_bytes(),
+                    aad: name,
                 },
             )
             .map_err(|e| SealError::Encrypt(e.to_string()))?;
@@ -62,29 +81,32 @@ impl DatasetKey {
         Ok(sealed)
     }
 
-    /// Decrypts and checks a sealed shard: authentic, and its content hashes to its id.
-    pub fn open(&self, shard: &ShardId, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    /// Decrypts bytes sealed under `name`.
+    pub fn open_bound(&self, name: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         if sealed.len() < NONCE_LEN + 16 {
-            return Err(SealError::Truncated(*shard));
+            return Err(OpenError::Truncated);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at the nonce length");
-        let plaintext = self
-            .cipher()
+        self.cipher()
             .decrypt(
                 &Nonce::from(nonce),
                 Payload {
                     msg: ciphertext,
-                    aad: shard.as_bytes(),
+                    aad: name,
                 },
             )
-            .map_err(|_| SealError::Authentication(*shard))?;
-        let actual = ShardId::of_content(&plaintext);
-        if actual != *shard {
-            return Err(SealError::WrongContent(*shard, actual));
-        }
-        Ok(plaintext)
+            .map_err(|_| OpenError::Authentication)
     }
+}
+
+/// Why sealed bytes did not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("shorter than a nonce and a tag")]
+    Truncated,
+    #[error("fails authentication: corrupt, sealed under another name or another key")]
+    Authentication,
 }
 
 impl std::fmt::Debug for DatasetKey {

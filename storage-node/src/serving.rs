@@ -348,3 +348,82 @@ fn rows_at(batches: &[RecordBatch], positions: &[u64]) -> Vec<(Vec<f32>, LabelVa
     }
     out
 }
+
+impl StorageNode {
+    /// Serves a job's tensor: to a scheduler replica, or to a compute node showing a ticket that
+    /// names this tensor.
+    pub async fn get_tensor(
+        &self,
+        peer: &PeerIdentity,
+        tensor: aic_protocol::tensor::TensorRef,
+        ticket: Option<&SignedTicket>,
+    ) -> Result<Reply<PeerResponse>, RpcError> {
+        let timer = RequestTimer::start(self.metrics.request_duration.with_label_values(&["get_tensor"]));
+        if peer.role != aic_protocol::Role::Scheduler {
+            let Some(ticket) = ticket else {
+                return Err(self.refuse(
+                    "ticket_missing",
+                    ErrorCode::PermissionDenied,
+                    "a compute node reads a tensor with a scheduler's ticket",
+                ));
+            };
+            let trusted: HashSet<_> = self.trusted.read().expect("trusted set").clone();
+            if let Err(e) = ticket.check(&peer.node_id, &tensor.ticket_name(), now_ms(), |id| {
+                trusted.contains(id)
+            }) {
+                return Err(self.refuse(e.reason(), ErrorCode::PermissionDenied, e.to_string()));
+            }
+        }
+        let frames = self
+            .tensors
+            .serve(tensor)
+            .await
+            .map_err(|e| self.tensor_refusal(e))?;
+        let served = self.metrics.served_bytes.clone();
+        let rejected = self.metrics.rejected.clone();
+        Ok(Reply::Stream(Box::pin(futures::StreamExt::map(
+            frames,
+            move |frame| {
+                let _timer = &timer;
+                match frame {
+                    Ok(frame) => {
+                        if let PeerResponse::TensorChunk { bytes, .. } = &frame {
+                            served.inc_by(bytes.len() as u64);
+                        }
+                        Ok(frame)
+                    }
+                    Err(e) => {
+                        rejected.with_label_values(&[e.reason()]).inc();
+                        Err(RpcError::new(ErrorCode::Internal, e.to_string()))
+                    }
+                }
+            },
+        ))))
+    }
+
+    /// Takes one chunk of a tensor a scheduler replica stores here.
+    pub async fn put_tensor(
+        &self,
+        peer: &PeerIdentity,
+        tensor: aic_protocol::tensor::TensorRef,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<bool, RpcError> {
+        self.tensors
+            .put_chunk(peer.node_id, tensor, index, bytes)
+            .await
+            .map_err(|e| self.tensor_refusal(e))
+    }
+
+    fn tensor_refusal(&self, error: crate::tensor_store::TensorStoreError) -> RpcError {
+        use crate::tensor_store::TensorStoreError as E;
+        let code = match &error {
+            E::Refused(_) => ErrorCode::InvalidArgument,
+            E::NotFound(_) => ErrorCode::NotFound,
+            E::Busy(_) => ErrorCode::ResourceExhausted,
+            E::Corrupt { .. } | E::Key { .. } => ErrorCode::Internal,
+            E::Backend(_) => ErrorCode::Unavailable,
+        };
+        self.refuse(error.reason(), code, error.to_string())
+    }
+}

@@ -113,6 +113,11 @@ impl ShardStore {
         })
     }
 
+    /// A tensor store beside the shards, in the same object store, sealed under `key`.
+    pub fn tensor_store(&self, key: crate::sealing::DatasetKey) -> crate::tensor_store::TensorStore {
+        crate::tensor_store::TensorStore::new(self.inner.clone(), self.prefix.clone(), key)
+    }
+
     fn shards_dir(&self) -> Path {
         Path::from(format!("{}/shards", self.prefix))
     }

@@ -201,8 +201,8 @@ mod tests {
                 job: aic_protocol::JobId::from_bytes([1; 16]),
                 runner: aic_protocol::NodeId::from_public_key(b"runner"),
                 round: index as u32,
-                weights: vec![0xab; weights],
-                progress: Vec::new(),
+                tensors: None,
+                progress: vec![0xab; weights],
             },
         }
         .sign(&key);

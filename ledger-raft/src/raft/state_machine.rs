@@ -109,6 +109,12 @@ impl LedgerStateMachine {
                     Err(e) => e.label(),
                 };
                 self.metrics.transactions.with_label_values(&[kind, label]).inc();
+                if let Ok(encoded) = postcard::to_stdvec(&signed) {
+                    self.metrics
+                        .transaction_bytes
+                        .with_label_values(&[kind])
+                        .inc_by(encoded.len() as u64);
+                }
                 if let Ok(events) = &result {
                     self.metrics.record_events(events);
                 }

@@ -1,9 +1,11 @@
 //! Job records: the request a running job was started with, the replica running it, and its
-//! latest checkpoint (weights and tallies after a round), so that another scheduler replica can
+//! latest checkpoint (the names of its weight tensors, where they are stored, and the tallies
+//! after a round), so that another scheduler replica can
 //! resume the job where it stopped. Every checkpoint goes through the log, so the chain keeps
 //! each round's assignments. A record exists only beside its open escrow and goes when the
 //! escrow is released: paid work is never resumed, so never paid twice.
 
+use aic_protocol::tensor::TensorRef;
 use aic_protocol::{JobId, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +14,8 @@ use crate::error::TxError;
 
 /// Largest encoded job request a record holds.
 pub const MAX_JOB_REQUEST_BYTES: usize = 4096;
-/// Largest checkpointed weights (a job with a bigger model is not resumable).
-pub const MAX_JOB_WEIGHTS_BYTES: usize = 256 * 1024;
+/// Most storage nodes a checkpoint may name as holding its tensors.
+pub const MAX_CHECKPOINT_HOLDERS: usize = 8;
 /// Largest checkpointed tallies.
 pub const MAX_JOB_PROGRESS_BYTES: usize = 64 * 1024;
 
@@ -25,14 +27,24 @@ pub struct JobRecord {
     pub request: Vec<u8>,
     /// Rounds completed at the latest checkpoint (0 before the first).
     pub round: u32,
-    #[serde(with = "serde_bytes")]
-    pub weights: Vec<u8>,
+    /// The latest checkpoint's tensors (none before the first round).
+    pub tensors: Option<CheckpointTensors>,
     #[serde(with = "serde_bytes")]
     pub progress: Vec<u8>,
     /// Checkpoints so far.
     pub checkpoints: u64,
     /// Replicas that took the job over.
     pub takeovers: u32,
+}
+
+/// What a checkpoint names: the weights and the outer optimizer's state as tensor objects, and
+/// the storage nodes that hold them. The bytes stay off the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointTensors {
+    pub weights: TensorRef,
+    /// The outer optimizer's state (Nesterov momentum), shaped like the weights.
+    pub optimizer_state: Option<TensorRef>,
+    pub holders: Vec<NodeId>,
 }
 
 fn too_large(what: &str, len: usize, max: usize) -> TxError {
@@ -56,7 +68,7 @@ impl LedgerState {
                 runner,
                 request: request.to_vec(),
                 round: 0,
-                weights: Vec::new(),
+                tensors: None,
                 progress: Vec::new(),
                 checkpoints: 0,
                 takeovers: 0,
@@ -70,7 +82,7 @@ impl LedgerState {
         job: &JobId,
         runner: NodeId,
         round: u32,
-        weights: &[u8],
+        tensors: &Option<CheckpointTensors>,
         progress: &[u8],
     ) -> TxResult {
         let record = self
@@ -90,12 +102,21 @@ impl LedgerState {
                 record.round
             )));
         }
-        if weights.len() > MAX_JOB_WEIGHTS_BYTES {
-            return Err(too_large(
-                "checkpointed weights",
-                weights.len(),
-                MAX_JOB_WEIGHTS_BYTES,
-            ));
+        if let Some(tensors) = tensors {
+            if tensors.holders.is_empty() || tensors.holders.len() > MAX_CHECKPOINT_HOLDERS {
+                return Err(TxError::Invalid(format!(
+                    "a checkpoint names 1 to {MAX_CHECKPOINT_HOLDERS} storage nodes holding its tensors"
+                )));
+            }
+            if tensors.weights.elements == 0
+                || tensors
+                    .optimizer_state
+                    .is_some_and(|state| state.elements != tensors.weights.elements)
+            {
+                return Err(TxError::Invalid(
+                    "a checkpoint's optimizer state must be shaped like its (non-empty) weights".into(),
+                ));
+            }
         }
         if progress.len() > MAX_JOB_PROGRESS_BYTES {
             return Err(too_large(
@@ -107,7 +128,7 @@ impl LedgerState {
         let checkpoints = record.checkpoints.checked_add(1).ok_or(TxError::Overflow)?;
         let record = self.jobs.get_mut(job).expect("checked above");
         record.round = round;
-        record.weights = weights.to_vec();
+        record.tensors = tensors.clone();
         record.progress = progress.to_vec();
         record.checkpoints = checkpoints;
         Ok(vec![Event::JobCheckpointed {

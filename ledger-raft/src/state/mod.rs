@@ -13,7 +13,9 @@ pub use erc721::MAX_MANIFEST_BYTES;
 mod escrow;
 mod invariants;
 mod jobs;
-pub use jobs::{JobRecord, MAX_JOB_PROGRESS_BYTES, MAX_JOB_REQUEST_BYTES, MAX_JOB_WEIGHTS_BYTES};
+pub use jobs::{
+    CheckpointTensors, JobRecord, MAX_CHECKPOINT_HOLDERS, MAX_JOB_PROGRESS_BYTES, MAX_JOB_REQUEST_BYTES,
+};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -471,9 +473,9 @@ impl LedgerState {
                 job,
                 runner,
                 round,
-                weights,
+                tensors,
                 progress,
-            } => self.checkpoint_job(job, *runner, *round, weights, progress),
+            } => self.checkpoint_job(job, *runner, *round, tensors, progress),
             Call::TakeOverJob { job, runner } => self.take_over_job(job, *runner),
             Call::AccrueRewards { job, rewards } => self.accrue_rewards(job, rewards),
             Call::PayRewardEpoch { epoch } => self.pay_reward_epoch(*epoch),
