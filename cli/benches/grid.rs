@@ -5,10 +5,15 @@
 //!     locally in one process on the same shards: the grid's overhead.
 //! (d) Verification overhead — re-executions as a share of all executions — and how a node that
 //!     corrupts 10 % of its results fares: caught in how many jobs, after how many bad results.
+//! (e) A 10 M-parameter MLP over the grid (one OS process per service) with H = 1 and H = 8 local
+//!     steps, beside the same kernel calls in one process: the wall-time ratio, bytes on the wire
+//!     per round ÷ model bytes, the runner's peak RSS (growth during the job) ÷ model bytes, and
+//!     the ledger bytes per round.
 //!
-//! `cargo bench -p aic-cli --bench grid`
+//! `cargo bench -p aic-cli --bench grid` (`-- large` runs (e) alone)
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use aic_kernels::{BackendChoice, ModelSpec};
@@ -46,12 +51,16 @@ fn executions(job: &Value) -> (usize, usize) {
 fn main() {
     aic_protocol::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let large_only = std::env::args().any(|a| a == "large");
+    let shards = digits_shards(&runtime);
+    if !large_only {
+        small_model(&shards);
+    }
+    large_model(&shards);
+}
 
-    // (c) the grid's overhead.
-    let (status, _) = devnet(&[]);
-    let job = &status["job"];
-    let grid_secs = job["seconds"].as_f64().unwrap();
-    let (tasks, extra) = executions(job);
+/// The digits as the devnet imports them (256-row shards), decoded: training shards first.
+fn digits_shards(runtime: &tokio::runtime::Runtime) -> Vec<Vec<arrow_array::RecordBatch>> {
     let digits = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../storage-node/data/digits/digits.csv"
@@ -67,7 +76,7 @@ fn main() {
             &store,
         ))
         .unwrap();
-    let shards: Vec<_> = manifest
+    manifest
         .train
         .iter()
         .chain(&manifest.test)
@@ -76,7 +85,16 @@ fn main() {
                 .block_on(read_shard(&store, &key, &e.id.parse().unwrap()))
                 .unwrap()
         })
-        .collect();
+        .collect()
+}
+
+fn small_model(shards: &[Vec<arrow_array::RecordBatch>]) {
+
+    // (c) the grid's overhead.
+    let (status, _) = devnet(&[]);
+    let job = &status["job"];
+    let grid_secs = job["seconds"].as_f64().unwrap();
+    let (tasks, extra) = executions(job);
     let spec = ModelSpec::SoftmaxRegression {
         features: 64,
         classes: 10,
@@ -144,4 +162,200 @@ fn main() {
         slipped.iter().sum::<usize>() as f64 / FAULTY_RUNS as f64,
         100.0 * overhead.iter().sum::<f64>() / FAULTY_RUNS as f64
     );
+}
+
+/// Runs `aic` with `args`, answering its JSON output.
+fn aic_json(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(args)
+        .output()
+        .expect("the aic binary runs");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+/// A `/metrics` page over plain HTTP/1.0.
+fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").trim_end_matches("/metrics");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page
+}
+
+/// The sum of a counter's samples whose labels contain `labels`.
+fn counter(page: &str, name: &str, labels: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The process whose command line names `<service>.toml` (the devnet's child for a service).
+fn pid_of(service: &str) -> Option<u32> {
+    let wanted = format!("{service}.toml");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline)
+            .contains(&wanted)
+            .then_some(pid)
+    })
+}
+
+/// A `/proc/PID/status` field in bytes (VmRSS, VmHWM).
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// (e) a 10 M-parameter model over the grid, H = 1 and H = 8, beside one process.
+fn large_model(shards: &[Vec<arrow_array::RecordBatch>]) {
+    const HIDDEN: usize = 133_334;
+    const EPOCHS: &str = "2";
+    let spec = ModelSpec::Mlp {
+        features: 64,
+        hidden: HIDDEN,
+        classes: 10,
+    };
+    let parameters: usize = spec.shapes().iter().map(|(r, c)| r * c).sum();
+    let model_bytes = parameters as f64 * 4.0;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("devnet");
+    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(["devnet", "--processes", "--json", "--epochs", "1", "--timeout-secs", "120", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(devnet.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let status: Value = serde_json::from_str(&line).expect("the devnet's status line");
+    let profile = status["profile"].as_str().unwrap().to_string();
+    let digits = status["datasets"][0]["asset"].as_str().unwrap().to_string();
+    let wallet = |name: &str| data_dir.join(format!("wallets/{name}.key")).display().to_string();
+    let names: Vec<(String, String)> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_string(), n["name"].as_str().unwrap().to_string()))
+        .collect();
+    let scheduler_metrics = status["metrics"]["scheduler-1"].as_str().unwrap().to_string();
+    let model = aic_json(&[
+        "model", "register", "--name", "mlp-10m", "--kind", "mlp", "--hidden", &HIDDEN.to_string(),
+        "--for-dataset", &digits, "--profile", &profile, "--wallet", &wallet("model-owner"), "--json",
+    ]);
+    let model = model["asset"].as_str().unwrap().to_string();
+    println!(
+        "\n(e) a {parameters}-parameter MLP (64 → {HIDDEN} → 10, {:.1} MB) on the digits, {EPOCHS} epochs, \
+         3 compute nodes, one OS process per service",
+        model_bytes / 1e6
+    );
+    let mut backend = aic_kernels::open(BackendChoice::Cpu).unwrap();
+    let weights = spec.init(1);
+    for local_steps in [1u32, 8] {
+        let pids: Vec<(String, u32)> = ["scheduler-1", "scheduler-2", "scheduler-3"]
+            .iter()
+            .filter_map(|s| pid_of(s).map(|p| (s.to_string(), p)))
+            .collect();
+        // Peak RSS from here on: clear each replica's high-water mark.
+        let rss_before: Vec<u64> = pids
+            .iter()
+            .map(|(_, pid)| {
+                let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+                status_bytes(*pid, "VmRSS")
+            })
+            .collect();
+        let page = scrape(&scheduler_metrics);
+        let ledger_before = counter(&page, "aic_ledger_transaction_bytes_total", "");
+        let checkpoints_before = counter(&page, "aic_ledger_transaction_bytes_total", "checkpoint_job");
+        let job = aic_json(&[
+            "job", "submit", "--dataset", &digits, "--model", &model, "--budget", "300", "--epochs", EPOCHS,
+            "--local-steps", &local_steps.to_string(), "--learning-rate", "0.05", "--profile", &profile,
+            "--wallet", &wallet("user"), "--json",
+        ]);
+        assert_eq!(job["state"], "done", "{job}");
+        let page = scrape(&scheduler_metrics);
+        let rounds = job["rounds"].as_f64().unwrap();
+        let ledger = (counter(&page, "aic_ledger_transaction_bytes_total", "") - ledger_before) / rounds;
+        let checkpoints =
+            (counter(&page, "aic_ledger_transaction_bytes_total", "checkpoint_job") - checkpoints_before) / rounds;
+        let runner_id = job["runner"].as_str().unwrap();
+        let runner = names.iter().find(|(id, _)| id == runner_id).map(|(_, n)| n.clone()).unwrap();
+        let (index, pid) = pids
+            .iter()
+            .enumerate()
+            .find(|(_, (name, _))| *name == runner)
+            .map(|(i, (_, pid))| (i, *pid))
+            .unwrap();
+        let peak = status_bytes(pid, "VmHWM");
+        let growth = peak.saturating_sub(rss_before[index]);
+        let grid_secs = job["seconds"].as_f64().unwrap();
+        let (tasks, extra) = executions(&job);
+        let train_tasks = job["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"] == "gradient")
+            .count();
+        let evaluations = tasks - train_tasks;
+        // The same kernel calls in one process: every training execution (accepted, checks,
+        // third runs) takes H steps over its 256-row shard; every evaluation one pass.
+        let train_shards = shards.len() - 2;
+        let started = Instant::now();
+        for call in 0..train_tasks + extra {
+            for _ in 0..local_steps {
+                for batch in &shards[call % train_shards] {
+                    aic_kernels::step::train_step(backend.as_mut(), &spec, &weights, batch, "digit").unwrap();
+                }
+            }
+        }
+        for call in 0..evaluations {
+            for batch in &shards[train_shards + call % 2] {
+                aic_kernels::step::evaluate(backend.as_mut(), &spec, &weights, batch, "digit").unwrap();
+            }
+        }
+        let local_secs = started.elapsed().as_secs_f64();
+        println!(
+            "  H = {local_steps}: {rounds} rounds, {train_tasks} training tasks + {extra} re-executions + {evaluations} evaluations, accuracy {:.4}",
+            job["accuracy"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "    grid {grid_secs:.1} s; the same kernel calls in one process {local_secs:.1} s; ratio grid/local {:.2}×",
+            grid_secs / local_secs
+        );
+        println!(
+            "    bytes on the wire per round ÷ model bytes: {:.2} (stored {:.0} MB, fetched {:.0} MB, collected {:.0} MB, compared {:.0} MB in all)",
+            job["wire"]["per_round_over_model_bytes"].as_f64().unwrap(),
+            job["wire"]["stored_bytes"].as_f64().unwrap() / 1e6,
+            job["wire"]["fetched_bytes"].as_f64().unwrap() / 1e6,
+            job["wire"]["collected_bytes"].as_f64().unwrap() / 1e6,
+            job["wire"]["compared_bytes"].as_f64().unwrap() / 1e6,
+        );
+        println!(
+            "    runner ({runner}) peak RSS {:.0} MB, {:.0} MB above its RSS before the job: {:.2}× the model bytes",
+            peak as f64 / 1e6,
+            growth as f64 / 1e6,
+            growth as f64 / model_bytes
+        );
+        println!("    ledger bytes per round: {ledger:.0} (checkpoints {checkpoints:.0})");
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(devnet.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = devnet.wait();
 }

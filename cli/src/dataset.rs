@@ -578,6 +578,9 @@ async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::R
             key.address()
         );
     }
+    if asset.kind == AssetKind::TrainedModel {
+        return export_trained_model(args, &profile, &key, me, asset_id, &asset, out).await;
+    }
     let dataset = dataset_id_of_hash(&asset.metadata.content_hash);
     // Where to read it: --storage, else the nodes reporting it intact, else the replicas its
     // published manifest names (reports lag an import by a heartbeat).
@@ -655,6 +658,59 @@ async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::R
         )
     });
     Ok(())
+}
+
+/// A TrainedModel's weights from the first storage node (--storage, else those its manifest
+/// names) that serves them whole and true to the asset's content hash.
+async fn export_trained_model(
+    args: &DatasetArgs,
+    profile: &ClientProfile,
+    key: &Keypair,
+    me: NodeId,
+    asset_id: &AssetId,
+    asset: &aic_ledger::state::Asset,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let (tensor, _, holders, _) = crate::model_export::weights_of(asset)?;
+    let candidates = match &args.storage {
+        Some(addr) => vec![addr.clone()],
+        None => holders,
+    };
+    let bar = progress_bar(tensor.bytes());
+    let mut failures = Vec::new();
+    for addr in &candidates {
+        let attempt = async {
+            let storage = dial_storage(profile, addr).await?;
+            crate::model_export::export_weights(&storage, key, me, asset_id, asset, out, &bar).await
+        };
+        match attempt.await {
+            Ok(exported) => {
+                bar.finish_and_clear();
+                let value = json!({
+                    "asset": asset_id.to_string(),
+                    "parameters": exported.parameters,
+                    "files": [exported.path.display().to_string(), out.join("model.json").display().to_string()],
+                });
+                print_out(args.json, value, || {
+                    format!(
+                        "exported the {} weights of {asset_id} to {} and model.json",
+                        exported.parameters,
+                        exported.path.display()
+                    )
+                });
+                return Ok(());
+            }
+            Err(e) => failures.push(format!("{addr}: {e:#}")),
+        }
+    }
+    bail!(
+        "no storage node could serve the weights of {asset_id}: {}",
+        if failures.is_empty() {
+            "the asset names none".to_string()
+        } else {
+            failures.join("; ")
+        }
+    )
 }
 
 /// One shard's plain Parquet, checked against its name.

@@ -9,6 +9,7 @@ mod devnet;
 mod devnet_prometheus;
 mod job;
 mod ledger_client;
+mod model_export;
 mod nodes;
 mod roles;
 mod wallet;

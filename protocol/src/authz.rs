@@ -25,7 +25,7 @@ const REPLICAS_AND_COMPUTE: &[Role] = &[Role::Scheduler, Role::Compute];
 const ANY_NODE: &[Role] = &[Role::Scheduler, Role::Storage, Role::Compute];
 /// People: users and operators.
 const PEOPLE: &[Role] = &[Role::Client, Role::Operator];
-/// People, and scheduler replicas acting for a job (storing weights, reading the grid).
+/// People, and scheduler replicas reading the grid for a job.
 const PEOPLE_AND_REPLICAS: &[Role] = &[Role::Client, Role::Operator, Role::Scheduler];
 const EVERYONE: &[Role] = &[
     Role::Client,
@@ -55,12 +55,14 @@ pub const TABLE: &[Rule] = &[
     rule(C, "list_datasets", PEOPLE_AND_REPLICAS),
     rule(C, "preview", PEOPLE_AND_REPLICAS),
     rule(C, "stat", PEOPLE_AND_REPLICAS),
-    rule(C, "begin_import", PEOPLE_AND_REPLICAS),
-    rule(C, "upload_shard", PEOPLE_AND_REPLICAS),
-    rule(C, "commit_import", PEOPLE_AND_REPLICAS),
-    rule(C, "abort_import", PEOPLE_AND_REPLICAS),
-    rule(C, "drop_dataset", PEOPLE_AND_REPLICAS),
+    // Imports are people's: a job's weights are tensors (`put_tensor`), never a dataset.
+    rule(C, "begin_import", PEOPLE),
+    rule(C, "upload_shard", PEOPLE),
+    rule(C, "commit_import", PEOPLE),
+    rule(C, "abort_import", PEOPLE),
+    rule(C, "drop_dataset", PEOPLE),
     rule(C, "export", PEOPLE),
+    rule(C, "export_tensor", PEOPLE),
     rule(C, "quote_job", PEOPLE),
     rule(C, "submit_job", PEOPLE),
     rule(C, "job_status", PEOPLE),

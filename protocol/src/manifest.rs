@@ -38,14 +38,13 @@ pub struct ReplicaLocation {
     pub quic_addr: String,
 }
 
-/// What a stored object is: a training dataset, or a trained model's weights.
+/// What a stored object is. Only datasets are stored as shards: a trained model's weights are a
+/// tensor object (`tensor.rs`), named by the TrainedModel asset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectKind {
     #[default]
     Dataset,
-    /// One shard of (tensor, index, value) rows: a trained model's parameters.
-    TrainedModel,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,46 +128,19 @@ impl Manifest {
                 self.rows
             ));
         }
-        if self.kind == ObjectKind::Dataset {
-            if self.features.is_empty() || (self.classes.is_empty() && self.target.is_none()) {
-                return Err("a manifest needs at least one feature, and classes or a target".into());
-            }
-            let width: u64 = self.features.iter().map(|f| f.width() as u64).sum();
-            if self.input_width != 0 && self.input_width != width {
-                return Err(format!(
-                    "the manifest says an input width of {} but its features encode into {width}",
-                    self.input_width
-                ));
-            }
+        if self.features.is_empty() || (self.classes.is_empty() && self.target.is_none()) {
+            return Err("a manifest needs at least one feature, and classes or a target".into());
+        }
+        let width: u64 = self.features.iter().map(|f| f.width() as u64).sum();
+        if self.input_width != 0 && self.input_width != width {
+            return Err(format!(
+                "the manifest says an input width of {} but its features encode into {width}",
+                self.input_width
+            ));
         }
         Ok(())
     }
 
-    /// The manifest of a trained model's weights stored as one shard of (tensor, index, value)
-    /// rows.
-    pub fn weights(name: &str, shard: ShardEntry, replicas: Vec<ReplicaLocation>) -> Manifest {
-        Manifest {
-            kind: ObjectKind::TrainedModel,
-            name: name.to_string(),
-            rows: shard.rows,
-            features: Vec::new(),
-            label: String::new(),
-            classes: Vec::new(),
-            seed: 0,
-            test_fraction: 0.0,
-            shard_rows: shard.rows as usize,
-            train: vec![shard],
-            test: Vec::new(),
-            replicas,
-            fee: "0".into(),
-            target: None,
-            null_markers: Vec::new(),
-            excluded: Vec::new(),
-            rows_dropped: 0,
-            input_width: 0,
-            report: Vec::new(),
-        }
-    }
 
     /// Columns of model input the features encode into.
     pub fn input_width(&self) -> u64 {

@@ -414,6 +414,13 @@ pub enum ClientRequest {
     AbortImport {
         upload: u64,
     },
+    /// A trained model's weights for the TrainedModel asset's owner (the proof signs the
+    /// tensor's ticket name), streamed as [`ClientResponse::TensorChunk`]s then
+    /// [`ClientResponse::TensorEnd`].
+    ExportTensor {
+        tensor: crate::tensor::TensorRef,
+        proof: OwnerProof,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -458,6 +465,14 @@ pub enum ClientResponse {
         report: String,
     },
     Aborted,
+    TensorChunk {
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    TensorEnd {
+        chunks: u64,
+    },
 }
 
 impl Request for ClientRequest {
@@ -482,6 +497,7 @@ impl Request for ClientRequest {
             ClientRequest::CancelJob { .. } => "cancel_job",
             ClientRequest::Ratings => "ratings",
             ClientRequest::AbortImport { .. } => "abort_import",
+            ClientRequest::ExportTensor { .. } => "export_tensor",
         }
     }
 }

@@ -114,6 +114,8 @@ pub enum TensorError {
     Transport(#[from] crate::Error),
     #[error("a tensor of {elements} values is refused (at most {limit})")]
     TooLarge { elements: u64, limit: u64 },
+    #[error("a tensor of {elements} values where {expected} belong (the wrong shape)")]
+    WrongLength { elements: u64, expected: u64 },
     #[error("chunk {got} arrived where chunk {expected} belongs")]
     OutOfOrder { expected: u64, got: u64 },
     #[error("chunk {index} holds {got} bytes; it must hold {expected}")]
@@ -130,12 +132,29 @@ pub enum TensorError {
     Unexpected(&'static str),
 }
 
+/// Every reason a tensor is refused for, as metric labels (the [`TensorError`] reasons and a
+/// tensor asked for that is not held).
+pub const REFUSAL_REASONS: [&str; 11] = [
+    "transport",
+    "too_large",
+    "wrong_length",
+    "out_of_order",
+    "wrong_chunk_size",
+    "truncated",
+    "too_long",
+    "wrong_hash",
+    "not_finite",
+    "unexpected",
+    "unknown_tensor",
+];
+
 impl TensorError {
     /// A snake_case reason, for metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
             TensorError::Transport(_) => "transport",
             TensorError::TooLarge { .. } => "too_large",
+            TensorError::WrongLength { .. } => "wrong_length",
             TensorError::OutOfOrder { .. } => "out_of_order",
             TensorError::WrongChunkSize { .. } => "wrong_chunk_size",
             TensorError::Truncated { .. } => "truncated",
@@ -287,7 +306,12 @@ pub async fn fetch_tensor(
 
 /// Stores `values` on a storage node, chunk by chunk in order; answers its name.
 pub async fn put_tensor(client: &RpcClient, values: &[f32]) -> Result<TensorRef, TensorError> {
-    let tensor = TensorRef::of(values);
+    put_named_tensor(client, TensorRef::of(values), values).await
+}
+
+/// [`put_tensor`] for values whose name the caller computed already (hashing a large tensor
+/// belongs on a blocking thread).
+pub async fn put_named_tensor(client: &RpcClient, tensor: TensorRef, values: &[f32]) -> Result<TensorRef, TensorError> {
     tensor.check_declared()?;
     for (index, chunk) in values.chunks(TENSOR_CHUNK_ELEMENTS).enumerate() {
         let answer = client

@@ -154,55 +154,6 @@ impl ShardSink for UploadSink<'_> {
     }
 }
 
-/// A trained model's parameters as one Parquet shard — columns `tensor`, `index`, `value`, one
-/// row per parameter — uploaded to `client`'s node and placed on `replicas`. Answers the
-/// manifest (its hash is the TrainedModel asset's content hash) and the stored object's id.
-pub async fn store_weights(
-    client: &RpcClient,
-    name: &str,
-    tensors: &[Vec<f32>],
-    replicas: Vec<crate::manifest::ReplicaLocation>,
-) -> Result<(Manifest, String), SinkError> {
-    use std::sync::Arc;
-
-    use arrow_array::{ArrayRef, Float32Array, RecordBatch, UInt32Array};
-
-    let mut tensor_ids = Vec::new();
-    let mut indices = Vec::new();
-    let mut values = Vec::new();
-    for (t, tensor) in tensors.iter().enumerate() {
-        for (i, v) in tensor.iter().enumerate() {
-            tensor_ids.push(t as u32);
-            indices.push(i as u32);
-            values.push(*v);
-        }
-    }
-    let rows = values.len() as u64;
-    let batch = RecordBatch::try_from_iter([
-        ("tensor", Arc::new(UInt32Array::from(tensor_ids)) as ArrayRef),
-        ("index", Arc::new(UInt32Array::from(indices)) as ArrayRef),
-        ("value", Arc::new(Float32Array::from(values)) as ArrayRef),
-    ])
-    .map_err(|e| SinkError::Shard(e.to_string()))?;
-    let parquet = write_parquet(&batch).map_err(SinkError::Shard)?;
-    let id = ShardId::of_content(&parquet);
-    let bytes = parquet.len() as u64;
-    let mut sink = UploadSink::new(client, |_| {});
-    if let Err(error) = sink.put(id, parquet).await {
-        let _ = sink.abort().await;
-        return Err(error);
-    }
-    let shard = crate::manifest::ShardEntry {
-        id: id.to_string(),
-        rows,
-        bytes,
-    };
-    let manifest = Manifest::weights(name, shard, replicas);
-    // The weights' asset is minted by the job, not by this commit: no owner is named.
-    let committed = sink.commit(&manifest, [0; 32]).await?;
-    Ok((manifest, committed.dataset))
-}
-
 /// One shard as Parquet: zstd, one row group.
 pub fn write_parquet(batch: &arrow_array::RecordBatch) -> Result<Vec<u8>, String> {
     use parquet::arrow::ArrowWriter;

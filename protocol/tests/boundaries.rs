@@ -192,6 +192,15 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         ClientRequest::CancelJob { job: JobId::random() },
         ClientRequest::Ratings,
         ClientRequest::AbortImport { upload: 1 },
+        ClientRequest::ExportTensor {
+            tensor: TensorRef::of(&[1.0]),
+            proof: OwnerProof {
+                asset: AssetId::random(),
+                owner: [0; 32],
+                expires_ms: 0,
+                signature: Vec::new(),
+            },
+        },
     ];
     let peers: Vec<PeerRequest> = vec![
         PeerRequest::Ping { nonce: 1 },

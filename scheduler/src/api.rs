@@ -126,7 +126,8 @@ impl RpcHandler for SchedulerApi {
             | ClientRequest::CommitImport { .. }
             | ClientRequest::DropDataset { .. }
             | ClientRequest::AbortImport { .. }
-            | ClientRequest::Export { .. } => Err(RpcError::new(
+            | ClientRequest::Export { .. }
+            | ClientRequest::ExportTensor { .. } => Err(RpcError::new(
                 ErrorCode::Unsupported,
                 "datasets are served by storage nodes, not the scheduler",
             )),

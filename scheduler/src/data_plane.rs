@@ -9,11 +9,12 @@
 //! bytes on the wire: the weights once to each holder, once to each compute node that runs a
 //! task (it keeps them for its other tasks of the round), and each update once back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aic_protocol::messages::OuterOptimizer;
 use aic_protocol::rpc::RpcClient;
-use aic_protocol::tensor::{put_tensor, TensorError, TensorReader, TensorRef};
+use aic_protocol::tensor::{put_named_tensor, TensorError, TensorReader, TensorRef};
 use aic_protocol::{NodeId, Role};
 
 /// Nesterov's momentum coefficient.
@@ -24,34 +25,39 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most storage nodes that hold a round's weights.
 pub const WEIGHT_HOLDERS: usize = 2;
 
-/// The weights and the outer optimizer's state: what the runner holds between rounds.
-#[derive(Clone, Debug, PartialEq)]
+/// The weights and the outer optimizer's state: what the runner holds between rounds. Shared
+/// (`Arc`) so hashing and the outer step run on a blocking thread, never on the actor's.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct OuterState {
-    pub weights: Vec<f32>,
+    pub weights: Arc<Vec<f32>>,
     /// Nesterov momentum, shaped like the weights; none for outer SGD.
-    pub momentum: Option<Vec<f32>>,
+    pub momentum: Option<Arc<Vec<f32>>>,
 }
 
 impl OuterState {
     pub fn new(weights: Vec<f32>, optimizer: OuterOptimizer) -> Self {
         let momentum = match optimizer {
             OuterOptimizer::Sgd => None,
-            OuterOptimizer::Nesterov => Some(vec![0.0; weights.len()]),
+            OuterOptimizer::Nesterov => Some(Arc::new(vec![0.0; weights.len()])),
         };
-        OuterState { weights, momentum }
+        OuterState {
+            weights: Arc::new(weights),
+            momentum,
+        }
     }
 
     /// Applies the round's mean update Δ: SGD w ← w − η·Δ; Nesterov m ← μ·m + Δ,
     /// w ← w − η·(Δ + μ·m).
     pub fn apply(&mut self, mean_update: &[f32], learning_rate: f32) {
-        match self.momentum.as_mut() {
+        let weights = Arc::make_mut(&mut self.weights);
+        match self.momentum.as_mut().map(Arc::make_mut) {
             None => {
-                for (w, d) in self.weights.iter_mut().zip(mean_update) {
+                for (w, d) in weights.iter_mut().zip(mean_update) {
                     *w -= learning_rate * d;
                 }
             }
             Some(momentum) => {
-                for ((w, m), d) in self.weights.iter_mut().zip(momentum.iter_mut()).zip(mean_update) {
+                for ((w, m), d) in weights.iter_mut().zip(momentum.iter_mut()).zip(mean_update) {
                     *m = NESTEROV_MOMENTUM * *m + d;
                     *w -= learning_rate * (d + NESTEROV_MOMENTUM * *m);
                 }
@@ -89,19 +95,29 @@ pub async fn dial(endpoint: &quinn::Endpoint, addr: &str, role: Role) -> Result<
     }
 }
 
+/// The name of `values`, hashed on a blocking thread.
+pub async fn name_of(values: Arc<Vec<f32>>) -> TensorRef {
+    tokio::task::spawn_blocking(move || TensorRef::of(&values))
+        .await
+        .expect("hashing does not panic")
+}
+
 /// Stores `values` on each of `storage` (node, address), answering its name and the nodes that
 /// took it; at least one must.
 pub async fn store(
     endpoint: &quinn::Endpoint,
     storage: &[(NodeId, String)],
-    values: &[f32],
+    values: Arc<Vec<f32>>,
 ) -> Result<(TensorRef, Vec<NodeId>), PlaneError> {
+    let tensor = name_of(values.clone()).await;
     let mut holders = Vec::new();
     let mut failures = Vec::new();
     let mut stored = None;
     for (node, addr) in storage.iter().take(WEIGHT_HOLDERS) {
         let outcome = match dial(endpoint, addr, Role::Storage).await {
-            Ok(client) => put_tensor(&client, values).await.map_err(|e| e.to_string()),
+            Ok(client) => put_named_tensor(&client, tensor, &values)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match outcome {
@@ -162,9 +178,9 @@ pub async fn reduce(parts: &[Part], parameters: u64) -> Result<Vec<f32>, PlaneEr
     for (index, part) in parts.iter().enumerate() {
         let collect = |error| PlaneError::Collect { index, error };
         if part.update.elements != parameters {
-            return Err(collect(TensorError::TooLarge {
+            return Err(collect(TensorError::WrongLength {
                 elements: part.update.elements,
-                limit: parameters,
+                expected: parameters,
             }));
         }
         let mut reader = TensorReader::open(&part.client, part.update, None, parameters)
@@ -213,13 +229,133 @@ pub async fn updates_agree(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use aic_protocol::certs::{CertificateAuthority, Identity, PeerIdentity, Validity};
+    use aic_protocol::messages::{PeerRequest, PeerResponse};
+    use aic_protocol::metrics::TransportMetrics;
+    use aic_protocol::rpc::{self, Reply, RpcHandler};
+    use aic_protocol::tensor::{to_bytes, TENSOR_CHUNK_ELEMENTS};
+    use aic_protocol::transport::{self, TransportTuning};
+    use aic_protocol::{ErrorCode, RpcError};
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+
+    /// A compute node that lies: for each update name it serves the frames it was given.
+    struct Liar(HashMap<TensorRef, Vec<PeerResponse>>);
+
+    impl RpcHandler for Liar {
+        async fn peer_reply(&self, _: &PeerIdentity, request: PeerRequest) -> Result<Reply<PeerResponse>, RpcError> {
+            let PeerRequest::GetTensor { tensor, .. } = request else {
+                return Err(RpcError::new(ErrorCode::Unsupported, "only tensors here"));
+            };
+            let frames = self.0.get(&tensor).cloned().unwrap_or_default();
+            Ok(Reply::Stream(Box::pin(futures::stream::iter(frames.into_iter().map(Ok)))))
+        }
+    }
+
+    fn endpoint(ca: &CertificateAuthority, role: Role) -> quinn::Endpoint {
+        let identity = Identity::from_issued(ca, &ca.issue(role, role.as_str(), &[], Validity::default()).unwrap())
+            .unwrap();
+        let tuning = TransportTuning::default();
+        transport::endpoint(
+            transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
+            &identity,
+            &tuning,
+        )
+        .unwrap()
+    }
+
+    fn chunk(index: u64, values: &[f32]) -> PeerResponse {
+        PeerResponse::TensorChunk {
+            index,
+            bytes: to_bytes(values),
+        }
+    }
+
+    /// The runner's reduce against a compute node serving updates that are not what their
+    /// names say, cut short, too long, out of order, not finite or of the wrong shape: each is
+    /// refused with its typed reason and the part's index, and no sum comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lying_compute_node_gets_no_update_into_the_sum() {
+        aic_protocol::install_crypto_provider();
+        let ca = CertificateAuthority::generate("data-plane").unwrap();
+        let n = TENSOR_CHUNK_ELEMENTS + 10;
+        let honest: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.5).collect();
+        let other: Vec<f32> = honest.iter().map(|v| v + 1.0).collect();
+        let name = TensorRef::of(&honest);
+        let (first, second) = honest.split_at(TENSOR_CHUNK_ELEMENTS);
+        let end = PeerResponse::TensorEnd { chunks: 2 };
+        let mut nan = second.to_vec();
+        nan[3] = f32::NAN;
+        // A stream that goes on after a tensor true to its name.
+        let long: Vec<f32> = honest.iter().map(|v| v + 2.0).collect();
+        let long_name = TensorRef::of(&long);
+        let (long_first, long_second) = long.split_at(TENSOR_CHUNK_ELEMENTS);
+        // Each lie is served under its own name (the runner knows each by its result).
+        let lies: Vec<(&str, TensorRef, Vec<PeerResponse>)> = vec![
+            ("wrong_hash", TensorRef { hash: [1; 32], ..name }, vec![chunk(0, first), chunk(1, second), end.clone()]),
+            ("truncated", TensorRef { hash: [2; 32], ..name }, vec![chunk(0, first)]),
+            ("too_long", long_name, vec![chunk(0, long_first), chunk(1, long_second), chunk(2, &[1.0])]),
+            ("out_of_order", TensorRef { hash: [4; 32], ..name }, vec![chunk(1, second), chunk(0, first), end.clone()]),
+            ("not_finite", TensorRef { hash: [5; 32], ..name }, vec![chunk(0, first), chunk(1, &nan), end.clone()]),
+            ("wrong_chunk_size", TensorRef { hash: [6; 32], ..name }, vec![chunk(0, &first[..10]), end.clone()]),
+        ];
+        let mut served: HashMap<TensorRef, Vec<PeerResponse>> =
+            lies.iter().map(|(_, t, frames)| (*t, frames.clone())).collect();
+        served.insert(name, vec![chunk(0, first), chunk(1, second), end.clone()]);
+        let other_name = TensorRef::of(&other);
+        served.insert(
+            other_name,
+            vec![chunk(0, &other[..TENSOR_CHUNK_ELEMENTS]), chunk(1, &other[TENSOR_CHUNK_ELEMENTS..]), end],
+        );
+        let shutdown = CancellationToken::new();
+        let server = endpoint(&ca, Role::Compute);
+        let addr = server.local_addr().unwrap().to_string();
+        let metrics = TransportMetrics::register(&prometheus::Registry::new(), "compute").unwrap();
+        tokio::spawn(rpc::serve(server, Arc::new(Liar(served)), metrics, shutdown.clone()));
+        let runner = endpoint(&ca, Role::Scheduler);
+        let client = dial(&runner, &addr, Role::Compute).await.unwrap();
+        let part = |update: TensorRef, share: f64| Part {
+            client: client.clone(),
+            update,
+            share,
+        };
+
+        // Honest parts reduce to their weighted sum, in order.
+        let sum = reduce(&[part(name, 0.25), part(other_name, 0.75)], n as u64).await.unwrap();
+        assert!((sum[7] - (0.25 * honest[7] + 0.75 * other[7])).abs() < 1e-6);
+
+        for (reason, lie, _) in &lies {
+            match reduce(&[part(name, 0.5), part(*lie, 0.5)], n as u64).await {
+                Err(PlaneError::Collect { index: 1, error }) => assert_eq!(error.reason(), *reason, "{error}"),
+                Ok(_) => panic!("{reason}: a lie reached the sum"),
+                Err(other) => panic!("{reason}: {other}"),
+            }
+        }
+        // An update of the wrong shape is refused before a byte is read.
+        let short = TensorRef { elements: 10, ..name };
+        match reduce(&[part(short, 1.0)], n as u64).await {
+            Err(PlaneError::Collect { index: 0, error }) => assert_eq!(error.reason(), "wrong_length"),
+            other => panic!("{:?}", other.map(|s| s.len())),
+        }
+        // A spot check sees the difference too, chunk by chunk.
+        assert!(updates_agree((&client, name), (&client, name), n as u64).await.unwrap());
+        assert!(!updates_agree((&client, name), (&client, other_name), n as u64).await.unwrap());
+        assert!(matches!(
+            updates_agree((&client, name), (&client, lies[0].1), n as u64).await,
+            Err((1, TensorError::WrongHash))
+        ));
+        shutdown.cancel();
+    }
 
     #[test]
     fn outer_sgd_at_rate_one_applies_the_mean_update() {
         let mut state = OuterState::new(vec![1.0, 2.0], OuterOptimizer::Sgd);
         state.apply(&[0.5, -1.0], 1.0);
-        assert_eq!(state.weights, vec![0.5, 3.0]);
+        assert_eq!(*state.weights, vec![0.5, 3.0]);
         assert!(state.momentum.is_none());
     }
 
@@ -228,7 +364,7 @@ mod tests {
         let mut state = OuterState::new(vec![0.0], OuterOptimizer::Nesterov);
         state.apply(&[1.0], 0.5);
         // m = 1; w = −0.5·(1 + 0.9·1)
-        assert_eq!(state.momentum, Some(vec![1.0]));
+        assert_eq!(state.momentum.as_deref(), Some(&vec![1.0]));
         assert!((state.weights[0] + 0.95).abs() < 1e-6);
         state.apply(&[1.0], 0.5);
         // m = 1.9; w −= 0.5·(1 + 0.9·1.9)

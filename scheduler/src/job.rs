@@ -33,7 +33,6 @@ use aic_protocol::messages::{
     ShardSource, TaskKind, TaskResult, TaskSpec, WeightsSource, MAX_LOCAL_STEPS,
 };
 use aic_protocol::rpc::RpcClient;
-use aic_protocol::tensor::TensorRef;
 use aic_protocol::ticket::ShardTicket;
 use aic_protocol::{AssetId, ErrorCode, JobId, NodeId, Role, RpcError, ShardId, TaskId};
 use serde::{Deserialize, Serialize};
@@ -776,6 +775,9 @@ pub async fn resume(ctx: &JobContext, job: JobId, record: &JobRecord) -> Result<
         "from_round": record.round,
         "by": ctx.me.to_string(),
         "previous_runner": record.runner.to_string(),
+        // The checkpoint's weights, fetched back from the storage nodes that held them.
+        "weights": record.tensors.as_ref().map(|t| t.weights.hex()),
+        "weights_holders": record.tensors.as_ref().map(|t| t.holders.len()),
     });
     info!(%job, round = record.round, previous = %record.runner.short(), "resuming a job");
     launch(run);
@@ -966,6 +968,7 @@ impl Run {
         let report = json!({
             "id": plan.request.job.to_string(),
             "state": "running",
+            "runner": ctx.me.to_string(),
             "dataset": plan.dataset,
             "dataset_asset": plan.request.dataset_asset.to_string(),
             "model_asset": plan.request.model_asset.to_string(),
@@ -1056,7 +1059,7 @@ impl Run {
     /// remembers their names: what tasks fetch and what the next checkpoint records.
     async fn store_state(&mut self) -> Result<CheckpointTensors, String> {
         let storage = self.storage_nodes();
-        let (weights, holders) = data_plane::store(&self.ctx.endpoint, &storage, &self.state.weights)
+        let (weights, holders) = data_plane::store(&self.ctx.endpoint, &storage, self.state.weights.clone())
             .await
             .map_err(|e| format!("storing the round's weights: {e}"))?;
         let holder_addrs: Vec<(NodeId, String)> = storage
@@ -1066,7 +1069,7 @@ impl Run {
             .collect();
         let optimizer_state = match &self.state.momentum {
             Some(momentum) => Some(
-                data_plane::store(&self.ctx.endpoint, &holder_addrs, momentum)
+                data_plane::store(&self.ctx.endpoint, &holder_addrs, momentum.clone())
                     .await
                     .map_err(|e| format!("storing the outer optimizer's state: {e}"))?
                     .0,
@@ -1114,7 +1117,10 @@ impl Run {
         if momentum.is_some() != self.state.momentum.is_some() {
             return Err("the checkpoint's optimizer state does not fit the job's outer optimizer".into());
         }
-        self.state = OuterState { weights, momentum };
+        self.state = OuterState {
+            weights: std::sync::Arc::new(weights),
+            momentum: momentum.map(std::sync::Arc::new),
+        };
         self.stored = Some(tensors.clone());
         Ok(())
     }
@@ -1339,8 +1345,14 @@ impl Run {
             .iter()
             .map(|d| f64::from(d.result.loss) * d.result.rows as f64 / rows.max(1) as f64)
             .sum();
-        self.state.apply(&mean_update, outer_lr);
-        drop(mean_update);
+        // The outer step runs on a blocking thread: the actor's thread keeps serving.
+        let mut state = std::mem::take(&mut self.state);
+        self.state = tokio::task::spawn_blocking(move || {
+            state.apply(&mean_update, outer_lr);
+            state
+        })
+        .await
+        .map_err(|e| format!("the outer step: {e}"))?;
         self.store_state().await?;
         Ok((results, loss))
     }
@@ -2025,24 +2037,20 @@ impl Run {
         self.reward(&addresses).await;
 
         if completed {
-            // The optimizer's state is not part of the trained model: free it before the export
-            // copy is made.
-            self.state.momentum = None;
-            let (content_hash, stored) = match self.store_weights().await {
-                Ok((manifest, object)) => (aic_protocol::manifest::manifest_hash(&manifest), Some(object)),
-                Err(error) => {
-                    warn!(%job, %error, "the trained weights could not be stored for export; the asset names the checkpointed tensor");
-                    self.report["weights_storage_error"] = json!(error);
-                    (TensorRef::of(&self.state.weights).hash, None)
-                }
-            };
-            let weights = self.stored.as_ref().map(|t| {
-                json!({
-                    "tensor": t.weights.hex(),
-                    "elements": t.weights.elements,
-                    "holders": t.holders.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            // The asset names the weights tensor the last checkpoint stored: its content hash is
+            // the tensor's, its manifest says where the tensor is held.
+            let stored = self.stored.clone().ok_or("the trained weights were never stored")?;
+            let holders: Vec<Value> = stored
+                .holders
+                .iter()
+                .map(|id| {
+                    json!({
+                        "node": id.to_string(),
+                        "quic_addr": self.node(id).map(|n| n.quic_addr.clone()).unwrap_or_default(),
+                    })
                 })
-            });
+                .collect();
+            let content_hash = stored.weights.hash;
             let manifest = json!({
                 "model": self.plan.model,
                 "dataset_asset": self.plan.request.dataset_asset.to_string(),
@@ -2050,8 +2058,11 @@ impl Run {
                 "job": job.to_string(),
                 "accuracy": self.report["accuracy"],
                 "r2": self.report["r2"],
-                "stored_object": stored,
-                "weights": weights,
+                "weights": {
+                    "tensor": stored.weights.hex(),
+                    "elements": stored.weights.elements,
+                    "holders": holders,
+                },
             });
             let events = system
                 .submit(
@@ -2069,7 +2080,7 @@ impl Run {
                 .await?;
             if let Some(asset) = aic_ledger::state::Event::minted_asset(&events) {
                 self.report["trained_model"] = json!(asset.to_string());
-                self.report["trained_model_object"] = json!(stored);
+                self.report["trained_model_weights"] = json!(stored.weights.hex());
             }
         }
         Ok(())
@@ -2114,43 +2125,6 @@ impl Run {
         if let Err(error) = self.ctx.tickets.grant(session, node, holder) {
             warn!(node = %self.name(&node), %error, "ticket refused");
         }
-    }
-
-    /// Stores the trained weights on the storage nodes (every one up, at most two): one sealed
-    /// Parquet shard, exportable by the TrainedModel asset's owner like a dataset.
-    async fn store_weights(&self) -> Result<(Manifest, String), String> {
-        let storage: Vec<&NodeStatus> = self
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Storage && n.state == NodeState::Up)
-            .take(2)
-            .collect();
-        let first = storage.first().ok_or("no storage node is up")?;
-        let client = RpcClient::connect(&self.ctx.endpoint, &first.quic_addr, Role::Storage)
-            .await
-            .map_err(|e| e.to_string())?;
-        let spec = aic_compute_node::executor::model_spec(self.plan.model);
-        let mut offset = 0;
-        let tensors: Vec<Vec<f32>> = spec
-            .shapes()
-            .into_iter()
-            .map(|(rows, cols)| {
-                let tensor = self.state.weights[offset..offset + rows * cols].to_vec();
-                offset += rows * cols;
-                tensor
-            })
-            .collect();
-        let replicas = storage
-            .iter()
-            .map(|n| aic_protocol::manifest::ReplicaLocation {
-                node: n.node_id.to_string(),
-                quic_addr: n.quic_addr.clone(),
-            })
-            .collect();
-        let name = format!("weights of job {}", self.plan.request.job);
-        aic_protocol::upload::store_weights(&client, &name, &tensors, replicas)
-            .await
-            .map_err(|e| e.to_string())
     }
 
     /// Proof-of-Value rewards from the reserve for verified work, within what issuance allows

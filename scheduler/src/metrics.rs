@@ -239,6 +239,9 @@ impl SchedulerMetrics {
         for outcome in ["won", "no_winner", "failed"] {
             metrics.lottery_rounds.with_label_values(&[outcome]);
         }
+        for reason in aic_protocol::tensor::REFUSAL_REASONS {
+            metrics.tensor_refusals.with_label_values(&[reason]);
+        }
         // Publish zeros for every combination so dashboards and alerts see the series at once.
         for role in [Role::Storage, Role::Compute] {
             for state in [NodeState::Up, NodeState::Down] {

@@ -66,6 +66,9 @@ impl RpcHandler for StorageApi {
             } => {
                 return node.export(peer, &dataset, &shard, &proof).await;
             }
+            ClientRequest::ExportTensor { tensor, proof } => {
+                return node.export_tensor(peer, tensor, &proof).await;
+            }
             ClientRequest::ListNodes
             | ClientRequest::Ledger(_)
             | ClientRequest::QuoteJob(_)

@@ -182,9 +182,14 @@ impl TensorStore {
             pending.remove(&tensor);
             return Err(refusal.into());
         }
-        let sealed = self
-            .key
-            .seal_bound(&Self::bound_name(&tensor, index), bytes)
+        // Sealing a chunk is CPU work: off the runtime's threads, so heartbeats keep going.
+        let (key, name, plain) = (self.key.clone(), Self::bound_name(&tensor, index), bytes.to_vec());
+        let sealed = tokio::task::spawn_blocking(move || key.seal_bound(&name, &plain))
+            .await
+            .map_err(|e| TensorStoreError::Key {
+                path: "tensor key".into(),
+                reason: e.to_string(),
+            })?
             .map_err(|e| TensorStoreError::Key {
                 path: "tensor key".into(),
                 reason: e.to_string(),
@@ -256,13 +261,15 @@ impl TensorStore {
             .await?
             .bytes()
             .await?;
-        let bytes = self
-            .key
-            .open_bound(&Self::bound_name(tensor, index), &sealed)
-            .map_err(|_| TensorStoreError::Corrupt {
-                tensor: *tensor,
-                index,
-            })?;
+        let (key, name) = (self.key.clone(), Self::bound_name(tensor, index));
+        let corrupt = || TensorStoreError::Corrupt {
+            tensor: *tensor,
+            index,
+        };
+        let bytes = tokio::task::spawn_blocking(move || key.open_bound(&name, &sealed))
+            .await
+            .map_err(|_| corrupt())?
+            .map_err(|_| corrupt())?;
         if bytes.len() != tensor.chunk_elements(index) * 4 {
             return Err(TensorStoreError::Corrupt {
                 tensor: *tensor,

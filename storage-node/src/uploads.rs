@@ -12,11 +12,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use aic_protocol::certs::PeerIdentity;
-use aic_protocol::{AssetId, ErrorCode, NodeId, Role, RpcError, ShardId};
+use aic_protocol::{AssetId, ErrorCode, NodeId, RpcError, ShardId};
 use bytes::Bytes;
 
 use crate::catalog::dataset_id;
-use crate::manifest::{Manifest, ObjectKind};
+use crate::manifest::Manifest;
 use crate::node::StorageNode;
 use crate::sealing::DatasetKey;
 
@@ -289,23 +289,6 @@ impl StorageNode {
     ) -> Result<(String, Vec<NodeId>, Option<AssetId>), RpcError> {
         let invalid = |message: String| self.refuse("bad_manifest", ErrorCode::InvalidArgument, message);
         let manifest = Manifest::from_json(manifest_json).map_err(invalid)?;
-        // A trained model's weights are stored by the scheduler replica that ran the job (the
-        // job mints their asset); a person's upload is a dataset.
-        let expected = if peer.role == Role::Scheduler {
-            ObjectKind::TrainedModel
-        } else {
-            ObjectKind::Dataset
-        };
-        if manifest.kind != expected {
-            return Err(self.refuse(
-                "bad_manifest",
-                ErrorCode::PermissionDenied,
-                format!(
-                    "a {} certificate uploads {:?} objects, not {:?}",
-                    peer.role, expected, manifest.kind
-                ),
-            ));
-        }
         for entry in manifest.shards() {
             let id: ShardId = entry.id.parse().expect("checked by from_json");
             if !upload.stored.contains(&id) {
@@ -351,7 +334,7 @@ impl StorageNode {
             .await;
         let minted = match placed {
             Err((error, done)) => Err((error, done)),
-            Ok(attestations) if manifest.kind == ObjectKind::Dataset => {
+            Ok(attestations) => {
                 let done = manifest
                     .replicas
                     .iter()
@@ -360,13 +343,11 @@ impl StorageNode {
                     .collect();
                 self.mint_dataset(&manifest, owner, attestations)
                     .await
-                    .map(Some)
                     .map_err(|error| (error, done))
             }
-            Ok(_) => Ok(None),
         };
         let asset = match minted {
-            Ok(Some(asset)) => {
+            Ok(asset) => {
                 self.catalog
                     .write()
                     .await
@@ -374,7 +355,6 @@ impl StorageNode {
                     .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
                 Some(asset)
             }
-            Ok(None) => None,
             Err((error, done)) => {
                 // No half import: every copy goes again, and nothing was minted.
                 for addr in done {

@@ -1,8 +1,8 @@
 //! The storage node's boundaries as an attacker meets them, over real QUIC with each role's
 //! certificate: upload slots per client identity, aborts and idle expiry that leave no shard
-//! behind, a preview that reveals one fixed sample however often it is called, previews of
-//! datasets only, weights stored only by schedulers, and an import whose asset cannot be minted
-//! leaving nothing stored (issue 12, items 4–6).
+//! behind, a preview that reveals one fixed sample however often it is called, and an import
+//! whose asset cannot be minted leaving nothing stored (issue 12, items 4–6). Tensors (a job's
+//! weights) have their own boundary test, `tensors.rs`.
 
 mod common;
 
@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use aic_protocol::messages::{ClientRequest, ClientResponse, DatasetPreview};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::{Error, ErrorCode, Role, RpcError, ShardId};
-use aic_storage_node::import::{preprocess, ImportOptions, ShardSink};
+use aic_storage_node::import::{preprocess, ImportOptions};
 use aic_storage_node::manifest::{Manifest, ReplicaLocation};
 use aic_storage_node::preview_sample_size;
 use aic_storage_node::shard_store::ShardStore;
-use aic_storage_node::upload_client::{store_weights, UploadSink};
+use aic_storage_node::upload_client::UploadSink;
 use common::{connect, digits_csv, eventually, start_minting_scheduler, start_storage_with, REFUSED_OWNER};
 use tokio_util::sync::CancellationToken;
 
@@ -212,52 +212,6 @@ async fn the_preview_reveals_one_fixed_sample_however_often_it_is_called() {
         }
     }
     assert_eq!(seen.len(), sample, "200 previews revealed only the sample");
-    node.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_datasets_are_previewed_and_only_schedulers_store_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca(dir.path());
-    let node = start(dir.path(), &ca);
-    let (scheduler, _) = connect(&ca, Role::Scheduler, "scheduler", &node.addr).await;
-    let (_, object) = store_weights(&scheduler, "weights", &[vec![0.5; 300]], node.replicas())
-        .await
-        .unwrap();
-    // Previewing stored weights once panicked the handler; now it is a clear refusal.
-    let (client, _) = connect(&ca, Role::Client, "client", &node.addr).await;
-    let (code, message) = refusal(
-        client
-            .call(&ClientRequest::Preview {
-                dataset: object.clone(),
-                rows: 10,
-            })
-            .await,
-    );
-    assert_eq!(code, ErrorCode::InvalidArgument);
-    assert!(message.contains("only datasets can be previewed"), "{message}");
-
-    // A client cannot store a "trained model" of its own, nor a scheduler a dataset.
-    let mut sink = UploadSink::new(&client, |_| {});
-    let parquet = b"not really parquet".to_vec();
-    let id = ShardId::of_content(&parquet);
-    sink.put(id, parquet.clone()).await.unwrap();
-    let shard = aic_storage_node::manifest::ShardEntry {
-        id: id.to_string(),
-        rows: 1,
-        bytes: parquet.len() as u64,
-    };
-    let weights = Manifest::weights("fake", shard, node.replicas());
-    match sink.commit(&weights, [1; 32]).await {
-        Err(aic_storage_node::import::SinkError::Upload(error)) => {
-            assert_eq!(refusal::<()>(Err(error)).0, ErrorCode::PermissionDenied)
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(
-        node.store.list().await.unwrap().len() == 1,
-        "only the scheduler's weights stay stored"
-    );
     node.stop().await;
 }
 
