@@ -89,7 +89,6 @@ fn digits_shards(runtime: &tokio::runtime::Runtime) -> Vec<Vec<arrow_array::Reco
 }
 
 fn small_model(shards: &[Vec<arrow_array::RecordBatch>]) {
-
     // (c) the grid's overhead.
     let (status, _) = devnet(&[]);
     let job = &status["job"];
@@ -203,9 +202,7 @@ fn pid_of(service: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
         let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline)
-            .contains(&wanted)
-            .then_some(pid)
+        String::from_utf8_lossy(&cmdline).contains(&wanted).then_some(pid)
     })
 }
 
@@ -233,7 +230,16 @@ fn large_model(shards: &[Vec<arrow_array::RecordBatch>]) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("devnet");
     let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
-        .args(["devnet", "--processes", "--json", "--epochs", "1", "--timeout-secs", "120", "--data-dir"])
+        .args([
+            "devnet",
+            "--processes",
+            "--json",
+            "--epochs",
+            "1",
+            "--timeout-secs",
+            "120",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -251,12 +257,30 @@ fn large_model(shards: &[Vec<arrow_array::RecordBatch>]) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["id"].as_str().unwrap().to_string(), n["name"].as_str().unwrap().to_string()))
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["name"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let scheduler_metrics = status["metrics"]["scheduler-1"].as_str().unwrap().to_string();
     let model = aic_json(&[
-        "model", "register", "--name", "mlp-10m", "--kind", "mlp", "--hidden", &HIDDEN.to_string(),
-        "--for-dataset", &digits, "--profile", &profile, "--wallet", &wallet("model-owner"), "--json",
+        "model",
+        "register",
+        "--name",
+        "mlp-10m",
+        "--kind",
+        "mlp",
+        "--hidden",
+        &HIDDEN.to_string(),
+        "--for-dataset",
+        &digits,
+        "--profile",
+        &profile,
+        "--wallet",
+        &wallet("model-owner"),
+        "--json",
     ]);
     let model = model["asset"].as_str().unwrap().to_string();
     println!(
@@ -283,18 +307,39 @@ fn large_model(shards: &[Vec<arrow_array::RecordBatch>]) {
         let ledger_before = counter(&page, "aic_ledger_transaction_bytes_total", "");
         let checkpoints_before = counter(&page, "aic_ledger_transaction_bytes_total", "checkpoint_job");
         let job = aic_json(&[
-            "job", "submit", "--dataset", &digits, "--model", &model, "--budget", "300", "--epochs", EPOCHS,
-            "--local-steps", &local_steps.to_string(), "--learning-rate", "0.05", "--profile", &profile,
-            "--wallet", &wallet("user"), "--json",
+            "job",
+            "submit",
+            "--dataset",
+            &digits,
+            "--model",
+            &model,
+            "--budget",
+            "300",
+            "--epochs",
+            EPOCHS,
+            "--local-steps",
+            &local_steps.to_string(),
+            "--learning-rate",
+            "0.05",
+            "--profile",
+            &profile,
+            "--wallet",
+            &wallet("user"),
+            "--json",
         ]);
         assert_eq!(job["state"], "done", "{job}");
         let page = scrape(&scheduler_metrics);
         let rounds = job["rounds"].as_f64().unwrap();
         let ledger = (counter(&page, "aic_ledger_transaction_bytes_total", "") - ledger_before) / rounds;
-        let checkpoints =
-            (counter(&page, "aic_ledger_transaction_bytes_total", "checkpoint_job") - checkpoints_before) / rounds;
+        let checkpoints = (counter(&page, "aic_ledger_transaction_bytes_total", "checkpoint_job")
+            - checkpoints_before)
+            / rounds;
         let runner_id = job["runner"].as_str().unwrap();
-        let runner = names.iter().find(|(id, _)| id == runner_id).map(|(_, n)| n.clone()).unwrap();
+        let runner = names
+            .iter()
+            .find(|(id, _)| id == runner_id)
+            .map(|(_, n)| n.clone())
+            .unwrap();
         let (index, pid) = pids
             .iter()
             .enumerate()

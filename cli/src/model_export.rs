@@ -83,7 +83,12 @@ pub async fn export_weights(
 
     let expires_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64
         + Duration::from_secs(600).as_millis() as u64;
-    let signature = key.sign(&OwnerProof::message(asset_id, &tensor.ticket_name(), &me, expires_ms));
+    let signature = key.sign(&OwnerProof::message(
+        asset_id,
+        &tensor.ticket_name(),
+        &me,
+        expires_ms,
+    ));
     let request = ClientRequest::ExportTensor {
         tensor,
         proof: OwnerProof {
@@ -124,7 +129,9 @@ pub async fn export_weights(
                     bar.inc(bytes.len() as u64);
                     next += 1;
                 }
-                Some(Ok(ClientResponse::TensorEnd { chunks })) if chunks == next && next == tensor.chunks() => {
+                Some(Ok(ClientResponse::TensorEnd { chunks }))
+                    if chunks == next && next == tensor.chunks() =>
+                {
                     break Ok(());
                 }
                 Some(Ok(ClientResponse::TensorEnd { chunks })) => {

@@ -809,7 +809,9 @@ fn check_a_ten_million_parameter_job(
     let replicas: Vec<String> = (1..=3)
         .map(|i| {
             let url = metrics[format!("scheduler-{i}")].as_str().unwrap();
-            url.trim_start_matches("http://").trim_end_matches("/metrics").to_string()
+            url.trim_start_matches("http://")
+                .trim_end_matches("/metrics")
+                .to_string()
         })
         .collect();
     let checkpoint_bytes = || -> Vec<f64> {
@@ -818,7 +820,11 @@ fn check_a_ten_million_parameter_job(
             .map(|addr| {
                 let (code, page) = support::http_get(addr, "/metrics");
                 assert_eq!(code, 200);
-                support::sample(&page, "aic_ledger_transaction_bytes_total", "kind=\"checkpoint_job\"")
+                support::sample(
+                    &page,
+                    "aic_ledger_transaction_bytes_total",
+                    "kind=\"checkpoint_job\"",
+                )
             })
             .collect()
     };
@@ -827,7 +833,11 @@ fn check_a_ten_million_parameter_job(
             .iter()
             .map(|addr| {
                 let (_, page) = support::http_get(addr, "/metrics");
-                support::sample(&page, "aic_ledger_transactions_total", "kind=\"checkpoint_job\",result=\"ok\"")
+                support::sample(
+                    &page,
+                    "aic_ledger_transactions_total",
+                    "kind=\"checkpoint_job\",result=\"ok\"",
+                )
             })
             .collect()
     };
@@ -884,8 +894,14 @@ fn check_a_ten_million_parameter_job(
     // The rounds moved the weights as tensors: stored, fetched by the compute nodes, and every
     // update collected once.
     let wire = &job["wire"];
-    assert!(wire["stored_bytes"].as_u64().unwrap() >= rounds * PARAMETERS * 4, "{wire}");
-    assert!(wire["collected_bytes"].as_u64().unwrap() >= rounds * PARAMETERS * 4, "{wire}");
+    assert!(
+        wire["stored_bytes"].as_u64().unwrap() >= rounds * PARAMETERS * 4,
+        "{wire}"
+    );
+    assert!(
+        wire["collected_bytes"].as_u64().unwrap() >= rounds * PARAMETERS * 4,
+        "{wire}"
+    );
 
     let (bytes_after, count_after) = (checkpoint_bytes(), checkpoints());
     for (i, ((b0, b1), (c0, c1))) in bytes_before
@@ -895,7 +911,10 @@ fn check_a_ten_million_parameter_job(
         .enumerate()
     {
         let entries = c1 - c0;
-        assert!(entries >= rounds as f64, "replica {i}: {entries} checkpoints for {rounds} rounds");
+        assert!(
+            entries >= rounds as f64,
+            "replica {i}: {entries} checkpoints for {rounds} rounds"
+        );
         let per_checkpoint = (b1 - b0) / entries;
         assert!(
             per_checkpoint <= 2048.0,

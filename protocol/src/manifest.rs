@@ -141,7 +141,6 @@ impl Manifest {
         Ok(())
     }
 
-
     /// Columns of model input the features encode into.
     pub fn input_width(&self) -> u64 {
         self.features.iter().map(|f| f.width() as u64).sum()

@@ -405,7 +405,10 @@ where
         Frame::encode(FrameKind::Response, response)
             .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))
     };
-    let answer = match handle(request).await {
+    // Every request runs in a span naming it and its caller: under the job and task spans a
+    // node opens, one job's path through the grid reads as job → round → task → rpc.
+    let span = tracing::info_span!("rpc", rpc, peer = %peer.node_id.short(), role = %peer.role);
+    let answer = match tracing::Instrument::instrument(handle(request), span).await {
         Ok(Reply::One(response)) => encode(&response).map(Reply::One),
         Ok(Reply::Stream(responses)) => Ok(Reply::Stream(Box::pin(
             responses.map(move |item| item.and_then(|response| encode(&response))),

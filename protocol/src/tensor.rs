@@ -311,7 +311,11 @@ pub async fn put_tensor(client: &RpcClient, values: &[f32]) -> Result<TensorRef,
 
 /// [`put_tensor`] for values whose name the caller computed already (hashing a large tensor
 /// belongs on a blocking thread).
-pub async fn put_named_tensor(client: &RpcClient, tensor: TensorRef, values: &[f32]) -> Result<TensorRef, TensorError> {
+pub async fn put_named_tensor(
+    client: &RpcClient,
+    tensor: TensorRef,
+    values: &[f32],
+) -> Result<TensorRef, TensorError> {
     tensor.check_declared()?;
     for (index, chunk) in values.chunks(TENSOR_CHUNK_ELEMENTS).enumerate() {
         let answer = client

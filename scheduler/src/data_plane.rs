@@ -247,18 +247,27 @@ mod tests {
     struct Liar(HashMap<TensorRef, Vec<PeerResponse>>);
 
     impl RpcHandler for Liar {
-        async fn peer_reply(&self, _: &PeerIdentity, request: PeerRequest) -> Result<Reply<PeerResponse>, RpcError> {
+        async fn peer_reply(
+            &self,
+            _: &PeerIdentity,
+            request: PeerRequest,
+        ) -> Result<Reply<PeerResponse>, RpcError> {
             let PeerRequest::GetTensor { tensor, .. } = request else {
                 return Err(RpcError::new(ErrorCode::Unsupported, "only tensors here"));
             };
             let frames = self.0.get(&tensor).cloned().unwrap_or_default();
-            Ok(Reply::Stream(Box::pin(futures::stream::iter(frames.into_iter().map(Ok)))))
+            Ok(Reply::Stream(Box::pin(futures::stream::iter(
+                frames.into_iter().map(Ok),
+            ))))
         }
     }
 
     fn endpoint(ca: &CertificateAuthority, role: Role) -> quinn::Endpoint {
-        let identity = Identity::from_issued(ca, &ca.issue(role, role.as_str(), &[], Validity::default()).unwrap())
-            .unwrap();
+        let identity = Identity::from_issued(
+            ca,
+            &ca.issue(role, role.as_str(), &[], Validity::default()).unwrap(),
+        )
+        .unwrap();
         let tuning = TransportTuning::default();
         transport::endpoint(
             transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
@@ -296,12 +305,51 @@ mod tests {
         let (long_first, long_second) = long.split_at(TENSOR_CHUNK_ELEMENTS);
         // Each lie is served under its own name (the runner knows each by its result).
         let lies: Vec<(&str, TensorRef, Vec<PeerResponse>)> = vec![
-            ("wrong_hash", TensorRef { hash: [1; 32], ..name }, vec![chunk(0, first), chunk(1, second), end.clone()]),
-            ("truncated", TensorRef { hash: [2; 32], ..name }, vec![chunk(0, first)]),
-            ("too_long", long_name, vec![chunk(0, long_first), chunk(1, long_second), chunk(2, &[1.0])]),
-            ("out_of_order", TensorRef { hash: [4; 32], ..name }, vec![chunk(1, second), chunk(0, first), end.clone()]),
-            ("not_finite", TensorRef { hash: [5; 32], ..name }, vec![chunk(0, first), chunk(1, &nan), end.clone()]),
-            ("wrong_chunk_size", TensorRef { hash: [6; 32], ..name }, vec![chunk(0, &first[..10]), end.clone()]),
+            (
+                "wrong_hash",
+                TensorRef {
+                    hash: [1; 32],
+                    ..name
+                },
+                vec![chunk(0, first), chunk(1, second), end.clone()],
+            ),
+            (
+                "truncated",
+                TensorRef {
+                    hash: [2; 32],
+                    ..name
+                },
+                vec![chunk(0, first)],
+            ),
+            (
+                "too_long",
+                long_name,
+                vec![chunk(0, long_first), chunk(1, long_second), chunk(2, &[1.0])],
+            ),
+            (
+                "out_of_order",
+                TensorRef {
+                    hash: [4; 32],
+                    ..name
+                },
+                vec![chunk(1, second), chunk(0, first), end.clone()],
+            ),
+            (
+                "not_finite",
+                TensorRef {
+                    hash: [5; 32],
+                    ..name
+                },
+                vec![chunk(0, first), chunk(1, &nan), end.clone()],
+            ),
+            (
+                "wrong_chunk_size",
+                TensorRef {
+                    hash: [6; 32],
+                    ..name
+                },
+                vec![chunk(0, &first[..10]), end.clone()],
+            ),
         ];
         let mut served: HashMap<TensorRef, Vec<PeerResponse>> =
             lies.iter().map(|(_, t, frames)| (*t, frames.clone())).collect();
@@ -309,13 +357,22 @@ mod tests {
         let other_name = TensorRef::of(&other);
         served.insert(
             other_name,
-            vec![chunk(0, &other[..TENSOR_CHUNK_ELEMENTS]), chunk(1, &other[TENSOR_CHUNK_ELEMENTS..]), end],
+            vec![
+                chunk(0, &other[..TENSOR_CHUNK_ELEMENTS]),
+                chunk(1, &other[TENSOR_CHUNK_ELEMENTS..]),
+                end,
+            ],
         );
         let shutdown = CancellationToken::new();
         let server = endpoint(&ca, Role::Compute);
         let addr = server.local_addr().unwrap().to_string();
         let metrics = TransportMetrics::register(&prometheus::Registry::new(), "compute").unwrap();
-        tokio::spawn(rpc::serve(server, Arc::new(Liar(served)), metrics, shutdown.clone()));
+        tokio::spawn(rpc::serve(
+            server,
+            Arc::new(Liar(served)),
+            metrics,
+            shutdown.clone(),
+        ));
         let runner = endpoint(&ca, Role::Scheduler);
         let client = dial(&runner, &addr, Role::Compute).await.unwrap();
         let part = |update: TensorRef, share: f64| Part {
@@ -325,12 +382,16 @@ mod tests {
         };
 
         // Honest parts reduce to their weighted sum, in order.
-        let sum = reduce(&[part(name, 0.25), part(other_name, 0.75)], n as u64).await.unwrap();
+        let sum = reduce(&[part(name, 0.25), part(other_name, 0.75)], n as u64)
+            .await
+            .unwrap();
         assert!((sum[7] - (0.25 * honest[7] + 0.75 * other[7])).abs() < 1e-6);
 
         for (reason, lie, _) in &lies {
             match reduce(&[part(name, 0.5), part(*lie, 0.5)], n as u64).await {
-                Err(PlaneError::Collect { index: 1, error }) => assert_eq!(error.reason(), *reason, "{error}"),
+                Err(PlaneError::Collect { index: 1, error }) => {
+                    assert_eq!(error.reason(), *reason, "{error}")
+                }
                 Ok(_) => panic!("{reason}: a lie reached the sum"),
                 Err(other) => panic!("{reason}: {other}"),
             }
@@ -342,8 +403,12 @@ mod tests {
             other => panic!("{:?}", other.map(|s| s.len())),
         }
         // A spot check sees the difference too, chunk by chunk.
-        assert!(updates_agree((&client, name), (&client, name), n as u64).await.unwrap());
-        assert!(!updates_agree((&client, name), (&client, other_name), n as u64).await.unwrap());
+        assert!(updates_agree((&client, name), (&client, name), n as u64)
+            .await
+            .unwrap());
+        assert!(!updates_agree((&client, name), (&client, other_name), n as u64)
+            .await
+            .unwrap());
         assert!(matches!(
             updates_agree((&client, name), (&client, lies[0].1), n as u64).await,
             Err((1, TensorError::WrongHash))

@@ -2039,7 +2039,10 @@ impl Run {
         if completed {
             // The asset names the weights tensor the last checkpoint stored: its content hash is
             // the tensor's, its manifest says where the tensor is held.
-            let stored = self.stored.clone().ok_or("the trained weights were never stored")?;
+            let stored = self
+                .stored
+                .clone()
+                .ok_or("the trained weights were never stored")?;
             let holders: Vec<Value> = stored
                 .holders
                 .iter()

@@ -10,8 +10,8 @@ use aic_ledger::tx::AssetKind;
 use aic_ledger::Address;
 use aic_protocol::certs::PeerIdentity;
 use aic_protocol::messages::{ClientResponse, OwnerProof, PeerResponse};
-use aic_protocol::tensor::TensorRef;
 use aic_protocol::rpc::Reply;
+use aic_protocol::tensor::TensorRef;
 use aic_protocol::{ErrorCode, RpcError, ShardId};
 
 use crate::catalog::dataset_id_of_hash;
@@ -59,29 +59,38 @@ impl StorageNode {
         tensor: TensorRef,
         proof: &OwnerProof,
     ) -> Result<Reply<ClientResponse>, RpcError> {
-        let timer = RequestTimer::start(self.metrics.request_duration.with_label_values(&["export_tensor"]));
+        let timer = RequestTimer::start(
+            self.metrics
+                .request_duration
+                .with_label_values(&["export_tensor"]),
+        );
         self.check_owner(peer, &tensor.ticket_name(), proof, Exported::Weights(tensor))
             .await?;
-        let frames = self.tensors.serve(tensor).await.map_err(|e| {
-            self.refuse(e.reason(), ErrorCode::NotFound, e.to_string())
-        })?;
+        let frames = self
+            .tensors
+            .serve(tensor)
+            .await
+            .map_err(|e| self.refuse(e.reason(), ErrorCode::NotFound, e.to_string()))?;
         let exported = self.metrics.exported_bytes.clone();
         let rejected = self.metrics.rejected.clone();
-        Ok(Reply::Stream(Box::pin(futures::StreamExt::map(frames, move |frame| {
-            let _timer = &timer;
-            match frame {
-                Ok(PeerResponse::TensorChunk { index, bytes }) => {
-                    exported.inc_by(bytes.len() as u64);
-                    Ok(ClientResponse::TensorChunk { index, bytes })
+        Ok(Reply::Stream(Box::pin(futures::StreamExt::map(
+            frames,
+            move |frame| {
+                let _timer = &timer;
+                match frame {
+                    Ok(PeerResponse::TensorChunk { index, bytes }) => {
+                        exported.inc_by(bytes.len() as u64);
+                        Ok(ClientResponse::TensorChunk { index, bytes })
+                    }
+                    Ok(PeerResponse::TensorEnd { chunks }) => Ok(ClientResponse::TensorEnd { chunks }),
+                    Ok(_) => Err(RpcError::new(ErrorCode::Internal, "not a tensor frame")),
+                    Err(e) => {
+                        rejected.with_label_values(&[e.reason()]).inc();
+                        Err(RpcError::new(ErrorCode::Internal, e.to_string()))
+                    }
                 }
-                Ok(PeerResponse::TensorEnd { chunks }) => Ok(ClientResponse::TensorEnd { chunks }),
-                Ok(_) => Err(RpcError::new(ErrorCode::Internal, "not a tensor frame")),
-                Err(e) => {
-                    rejected.with_label_values(&[e.reason()]).inc();
-                    Err(RpcError::new(ErrorCode::Internal, e.to_string()))
-                }
-            }
-        }))))
+            },
+        ))))
     }
 
     /// The proof is fresh, signed by the key it names for this caller and `name` (a dataset id,

@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aic_protocol::messages::{PeerRequest, PeerResponse};
 use aic_protocol::rpc::RpcClient;
-use aic_protocol::tensor::{fetch_tensor, put_tensor, to_bytes, TensorError, TensorRef, TENSOR_CHUNK_ELEMENTS};
+use aic_protocol::tensor::{
+    fetch_tensor, put_tensor, to_bytes, TensorError, TensorRef, TENSOR_CHUNK_ELEMENTS,
+};
 use aic_protocol::ticket::{ShardTicket, SignedTicket};
 use aic_protocol::{Error, ErrorCode, JobId, NodeId, Role, RpcError};
 use ed25519_dalek::SigningKey;
@@ -42,7 +44,12 @@ fn ticket(node: NodeId, tensor: &TensorRef, key: &SigningKey) -> SignedTicket {
     .sign(key)
 }
 
-async fn put_chunk(client: &RpcClient, tensor: TensorRef, index: u64, values: &[f32]) -> Result<PeerResponse, Error> {
+async fn put_chunk(
+    client: &RpcClient,
+    tensor: TensorRef,
+    index: u64,
+    values: &[f32],
+) -> Result<PeerResponse, Error> {
     client
         .call(&PeerRequest::PutTensor {
             tensor,
@@ -74,7 +81,9 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
     let (client, _) = common::connect(&ca, Role::Client, "client", &addr).await;
 
     // A scheduler stores a tensor of two chunks; sending it again stops at the first chunk.
-    let values: Vec<f32> = (0..TENSOR_CHUNK_ELEMENTS + 1000).map(|i| (i % 97) as f32 * 0.01).collect();
+    let values: Vec<f32> = (0..TENSOR_CHUNK_ELEMENTS + 1000)
+        .map(|i| (i % 97) as f32 * 0.01)
+        .collect();
     let tensor = put_tensor(&scheduler, &values).await.unwrap();
     assert_eq!(tensor, TensorRef::of(&values));
     assert_eq!(put_tensor(&scheduler, &values).await.unwrap(), tensor);
@@ -85,9 +94,17 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
         assert_eq!(code, ErrorCode::PermissionDenied);
     }
     // A client never reads one; a compute node needs a trusted ticket naming this tensor.
-    let (code, _) = refused(fetch_tensor(&client, tensor, None, tensor.elements).await.unwrap_err());
+    let (code, _) = refused(
+        fetch_tensor(&client, tensor, None, tensor.elements)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(code, ErrorCode::PermissionDenied);
-    let (code, message) = refused(fetch_tensor(&compute, tensor, None, tensor.elements).await.unwrap_err());
+    let (code, message) = refused(
+        fetch_tensor(&compute, tensor, None, tensor.elements)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(code, ErrorCode::PermissionDenied, "{message}");
     let other = TensorRef::of(&[1.0, 2.0]);
     let wrong_tensor = ticket(compute_id, &other, &scheduler_key);
@@ -118,7 +135,9 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
         Err(TensorError::TooLarge { .. })
     ));
     assert_eq!(
-        fetch_tensor(&scheduler, tensor, None, tensor.elements).await.unwrap(),
+        fetch_tensor(&scheduler, tensor, None, tensor.elements)
+            .await
+            .unwrap(),
         values
     );
 
@@ -131,19 +150,29 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
     assert_eq!(code, ErrorCode::NotFound, "a refused tensor is never served");
     let big = vec![1.5f32; TENSOR_CHUNK_ELEMENTS + 1];
     let big_ref = TensorRef::of(&big);
-    let (code, message) = call_refused(put_chunk(&scheduler, big_ref, 1, &big[TENSOR_CHUNK_ELEMENTS..]).await);
+    let (code, message) =
+        call_refused(put_chunk(&scheduler, big_ref, 1, &big[TENSOR_CHUNK_ELEMENTS..]).await);
     assert_eq!(code, ErrorCode::InvalidArgument);
     assert!(message.contains("where chunk 0 belongs"), "{message}");
     let (code, message) = call_refused(put_chunk(&scheduler, claimed, 0, &[f32::NAN; 100]).await);
     assert_eq!(code, ErrorCode::InvalidArgument);
     assert!(message.contains("not finite"), "{message}");
 
-    let metrics = aic_protocol::metrics_http::scrape(node.metrics_addr).await.unwrap();
-    for reason in ["wrong_hash", "out_of_order", "not_finite", "ticket_missing", "ticket_wrong_dataset"] {
+    let metrics = aic_protocol::metrics_http::scrape(node.metrics_addr)
+        .await
+        .unwrap();
+    for reason in [
+        "wrong_hash",
+        "out_of_order",
+        "not_finite",
+        "ticket_missing",
+        "ticket_wrong_dataset",
+    ] {
         assert!(
             metrics
                 .lines()
-                .any(|l| l.starts_with("aic_storage_requests_rejected_total") && l.contains(&format!("reason=\"{reason}\""))),
+                .any(|l| l.starts_with("aic_storage_requests_rejected_total")
+                    && l.contains(&format!("reason=\"{reason}\""))),
             "{reason} counted:\n{metrics}"
         );
     }

@@ -23,7 +23,6 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-
 /// The value of the sample `name{labels}` on a `/metrics` page (0 when absent), where `labels`
 /// is the exact label text, e.g. `kind="checkpoint_job"`.
 pub fn sample(page: &str, name: &str, labels: &str) -> f64 {
