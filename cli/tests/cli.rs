@@ -366,11 +366,14 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
         profile,
         status["datasets"][0]["asset"].as_str().unwrap(),
     );
+    // Softmax regression 64 → 10: 640 weights and 10 biases.
     check_trained_model_export(
         dir.path(),
+        "weights",
         &data_dir,
         profile,
         status["job"]["trained_model"].as_str().unwrap(),
+        65 * 10,
     );
 
     nix::sys::signal::kill(
@@ -923,29 +926,14 @@ fn check_a_ten_million_parameter_job(
     }
 
     // The owner exports every parameter, checked against the asset's content hash.
-    let asset = job["trained_model"].as_str().unwrap();
-    let out = dir.join("weights-10m");
-    let exported = run(&[
-        "dataset",
-        "export",
-        asset,
-        "--out",
-        out.to_str().unwrap(),
-        "--profile",
+    check_trained_model_export(
+        dir,
+        "weights-10m",
+        data_dir,
         profile,
-        "--wallet",
-        &wallet("user"),
-        "--json",
-    ]);
-    assert_eq!(exported["parameters"], PARAMETERS, "{exported}");
-    let file = std::fs::File::open(out.join("weights.parquet")).unwrap();
-    let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap().num_rows())
-        .sum();
-    assert_eq!(rows as u64, PARAMETERS);
+        job["trained_model"].as_str().unwrap(),
+        PARAMETERS as usize,
+    );
 }
 
 /// Sums decimal AIC amounts exactly (base units).
@@ -1205,11 +1193,19 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
     );
 }
 
-/// The main job's trained weights are stored on the storage nodes: the TrainedModel asset's
-/// owner (the job's submitter) exports them as Parquet, one row per parameter.
-fn check_trained_model_export(dir: &std::path::Path, data_dir: &std::path::Path, profile: &str, asset: &str) {
+/// A job's trained weights are stored on the storage nodes: the TrainedModel asset's owner (the
+/// job's submitter) exports them as Parquet, one row per parameter, which the parquet reader
+/// reads back whole.
+fn check_trained_model_export(
+    dir: &std::path::Path,
+    out: &str,
+    data_dir: &std::path::Path,
+    profile: &str,
+    asset: &str,
+    parameters: usize,
+) {
     let user = data_dir.join("wallets/user.key");
-    let out = dir.join("weights");
+    let out = dir.join(out);
     let exported = aic(&[
         "dataset",
         "export",
@@ -1229,11 +1225,7 @@ fn check_trained_model_export(dir: &std::path::Path, data_dir: &std::path::Path,
         .unwrap()
         .map(|b| b.unwrap().num_rows())
         .sum();
-    assert_eq!(
-        rows,
-        65 * 10,
-        "softmax regression 64 → 10: 640 weights and 10 biases"
-    );
+    assert_eq!(rows, parameters);
 }
 
 #[test]

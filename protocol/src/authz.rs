@@ -80,6 +80,7 @@ pub const TABLE: &[Rule] = &[
     // Compute nodes read a round's weights (with a ticket); replicas store and read tensors.
     rule(P, "get_tensor", REPLICAS_AND_COMPUTE),
     rule(P, "put_tensor", REPLICAS),
+    rule(P, "drop_tensor", REPLICAS),
     // replica → replica
     rule(R, "raft_append_entries", REPLICAS),
     rule(R, "raft_vote", REPLICAS),

@@ -725,6 +725,9 @@ pub enum PeerRequest {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// Scheduler to storage node: forget a tensor no checkpoint names any more (a superseded
+    /// round's weights); answered [`PeerResponse::Dropped`].
+    DropTensor { tensor: crate::tensor::TensorRef },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -793,6 +796,7 @@ impl Request for PeerRequest {
             PeerRequest::SignBlock { .. } => "sign_block",
             PeerRequest::GetTensor { .. } => "get_tensor",
             PeerRequest::PutTensor { .. } => "put_tensor",
+            PeerRequest::DropTensor { .. } => "drop_tensor",
         }
     }
 }

@@ -235,6 +235,9 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
             index: 0,
             bytes: vec![0; 4],
         },
+        PeerRequest::DropTensor {
+            tensor: TensorRef::of(&[1.0]),
+        },
     ];
     let replicas: Vec<ReplicaRequest> = vec![
         ReplicaRequest::AppendEntries(vec![1]),

@@ -138,6 +138,23 @@ pub async fn store(
     }
 }
 
+/// Asks each of `holders` (addresses) to forget `tensor`; a holder that cannot be reached keeps
+/// it (disk, not correctness, is what that costs). Answers how many dropped it.
+pub async fn drop(endpoint: &quinn::Endpoint, holders: &[String], tensor: TensorRef) -> usize {
+    let mut dropped = 0;
+    for addr in holders {
+        if let Ok(client) = dial(endpoint, addr, Role::Storage).await {
+            let asked = client
+                .call(&aic_protocol::messages::PeerRequest::DropTensor { tensor })
+                .await;
+            if matches!(asked, Ok(aic_protocol::messages::PeerResponse::Dropped)) {
+                dropped += 1;
+            }
+        }
+    }
+    dropped
+}
+
 /// Fetches a whole tensor from the first of `holders` (addresses) that serves it true to its
 /// name: how a resumed job gets its checkpoint back.
 pub async fn fetch(

@@ -1013,9 +1013,9 @@ impl Run {
         &mut self,
         assignments: Vec<(ShardId, NodeId, NodeId)>,
         tensors: Option<CheckpointTensors>,
-    ) {
+    ) -> bool {
         let Some(system) = self.ctx.system.clone() else {
-            return;
+            return false;
         };
         let progress = Progress {
             compute_rows: self.compute_rows.clone(),
@@ -1032,7 +1032,7 @@ impl Run {
             progress: postcard::to_stdvec(&progress).expect("tallies encode"),
         };
         match system.try_submit(&self.ctx.ledger, call).await {
-            Ok(_) => {}
+            Ok(_) => true,
             // Another replica runs the job now, or has already settled it (its record went
             // with the escrow release): either way this replica must not pay it.
             Err(Refusal::Ledger(
@@ -1040,8 +1040,12 @@ impl Run {
             )) => {
                 self.taken_over = true;
                 self.cancel.store(true, Ordering::SeqCst);
+                false
             }
-            Err(error) => warn!(job = %self.plan.request.job, ?error, "checkpoint not recorded"),
+            Err(error) => {
+                warn!(job = %self.plan.request.job, ?error, "checkpoint not recorded");
+                false
+            }
         }
     }
 
@@ -1268,7 +1272,8 @@ impl Run {
                 }
                 self.refresh_nodes().await?;
                 let span = tracing::info_span!("round", round, epoch);
-                let (results, loss) = self.train_round(round, group, outer_lr).instrument(span).await?;
+                let (results, loss, previous) =
+                    self.train_round(round, group, outer_lr).instrument(span).await?;
                 round += 1;
                 self.round = round;
                 self.ctx.metrics.job_rounds.inc();
@@ -1286,9 +1291,13 @@ impl Run {
                     })
                     .collect();
                 let tensors = self.stored.clone();
-                self.checkpoint(assignments, tensors).await;
+                let recorded = self.checkpoint(assignments, tensors).await;
                 if self.taken_over {
                     return Err("another scheduler replica took this job over".into());
+                }
+                // The ledger names the new weights now; until it does, the old ones stay.
+                if recorded {
+                    self.drop_superseded(previous).await;
                 }
                 self.publish().await;
             }
@@ -1331,12 +1340,31 @@ impl Run {
     /// One training round: the tasks (spot-checked), their updates collected and reduced in
     /// shard order, the outer step, and the new weights stored. Answers the accepted results and
     /// the round's mean loss.
+    /// Forgets the tensors of a checkpoint the ledger no longer names (the new one landed): a
+    /// job keeps one round's weights on the storage nodes, not all of them.
+    async fn drop_superseded(&self, old: Option<CheckpointTensors>) {
+        let (Some(old), Some(new)) = (old, self.stored.as_ref()) else {
+            return;
+        };
+        let holders: Vec<String> = old
+            .holders
+            .iter()
+            .filter_map(|id| self.node(id).map(|n| n.quic_addr.clone()))
+            .collect();
+        for tensor in std::iter::once(old.weights).chain(old.optimizer_state) {
+            if tensor != new.weights && Some(tensor) != new.optimizer_state {
+                data_plane::drop(&self.ctx.endpoint, &holders, tensor).await;
+            }
+        }
+    }
+
     async fn train_round(
         &mut self,
         round: u32,
         group: &[ShardEntry],
         outer_lr: f32,
-    ) -> Result<(Vec<Done>, f64), String> {
+    ) -> Result<(Vec<Done>, f64, Option<CheckpointTensors>), String> {
+        let previous = self.stored.clone();
         let mut results = self.run_step(round, TaskKind::Gradient, group).await?;
         let mean_update = self.collect(round, group, &mut results).await?;
         self.record_tasks(round, TaskKind::Gradient, group, &results);
@@ -1354,7 +1382,7 @@ impl Run {
         .await
         .map_err(|e| format!("the outer step: {e}"))?;
         self.store_state().await?;
-        Ok((results, loss))
+        Ok((results, loss, previous))
     }
 
     /// The round's mean update: every task's update collected from the node that holds it, in

@@ -119,6 +119,10 @@ impl RpcHandler for StorageApi {
                 let complete = node.put_tensor(peer, tensor, index, &bytes).await?;
                 Ok(Reply::One(PeerResponse::TensorStored { complete }))
             }
+            PeerRequest::DropTensor { tensor } => {
+                node.drop_tensor(tensor).await?;
+                Ok(Reply::One(PeerResponse::Dropped))
+            }
             other => answer_peer(other).map(Reply::One),
         }
     }

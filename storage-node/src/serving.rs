@@ -415,6 +415,14 @@ impl StorageNode {
             .map_err(|e| self.tensor_refusal(e))
     }
 
+    /// Forgets a tensor a scheduler replica no longer needs (a superseded round's weights).
+    pub async fn drop_tensor(&self, tensor: aic_protocol::tensor::TensorRef) -> Result<(), RpcError> {
+        self.tensors
+            .delete(&tensor)
+            .await
+            .map_err(|e| self.tensor_refusal(e))
+    }
+
     fn tensor_refusal(&self, error: crate::tensor_store::TensorStoreError) -> RpcError {
         use crate::tensor_store::TensorStoreError as E;
         let code = match &error {

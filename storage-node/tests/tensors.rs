@@ -158,6 +158,20 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
     assert_eq!(code, ErrorCode::InvalidArgument);
     assert!(message.contains("not finite"), "{message}");
 
+    // Only a scheduler forgets a tensor (a superseded round's weights); then it is gone.
+    let (code, _) = call_refused(compute.call(&PeerRequest::DropTensor { tensor }).await);
+    assert_eq!(code, ErrorCode::PermissionDenied);
+    assert!(matches!(
+        scheduler.call(&PeerRequest::DropTensor { tensor }).await,
+        Ok(PeerResponse::Dropped)
+    ));
+    let (code, _) = refused(
+        fetch_tensor(&scheduler, tensor, None, tensor.elements)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ErrorCode::NotFound);
+
     let metrics = aic_protocol::metrics_http::scrape(node.metrics_addr)
         .await
         .unwrap();
