@@ -148,8 +148,7 @@ async fn tensors_are_stored_by_schedulers_only_and_read_against_a_ticket_naming_
     assert_eq!(code, ErrorCode::NotFound, "a refused tensor is never served");
     let big = vec![1.5f32; TENSOR_CHUNK_ELEMENTS + 1];
     let big_ref = TensorRef::of(&big);
-    let (code, message) =
-        call_refused(put_chunk(&scheduler, big_ref, 1, &big[TENSOR_CHUNK_ELEMENTS..]).await);
+    let (code, _) = call_refused(put_chunk(&scheduler, big_ref, 1, &big[TENSOR_CHUNK_ELEMENTS..]).await);
     assert_eq!(code, ErrorCode::InvalidArgument);
     let (code, _) = call_refused(put_chunk(&scheduler, claimed, 0, &[f32::NAN; 100]).await);
     assert_eq!(code, ErrorCode::InvalidArgument);
