@@ -9,8 +9,12 @@
 //!     steps, beside the same kernel calls in one process: the wall-time ratio, bytes on the wire
 //!     per round ÷ model bytes, the runner's peak RSS (growth during the job) ÷ model bytes, and
 //!     the ledger bytes per round.
+//! (f) A 100 M-parameter MLP over the same grid for one epoch (H = 1): the job's time, and the
+//!     peak RSS of every process ÷ the model bytes. Heavy (about 10 GB of memory in all), so it
+//!     runs only when asked.
 //!
-//! `cargo bench -p aic-cli --bench grid` (`-- large` runs (e) alone)
+//! `cargo bench -p aic-cli --bench grid` runs (c)–(e); `-- large` runs (e) alone, `-- hundred`
+//! runs (f) alone.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -51,6 +55,10 @@ fn executions(job: &Value) -> (usize, usize) {
 fn main() {
     aic_protocol::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    if std::env::args().any(|a| a == "hundred") {
+        hundred_million_parameters();
+        return;
+    }
     let large_only = std::env::args().any(|a| a == "large");
     let shards = digits_shards(&runtime);
     if !large_only {
@@ -229,27 +237,7 @@ fn large_model(shards: &[Vec<arrow_array::RecordBatch>]) {
     let model_bytes = parameters as f64 * 4.0;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("devnet");
-    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
-        .args([
-            "devnet",
-            "--processes",
-            "--json",
-            "--epochs",
-            "1",
-            "--timeout-secs",
-            "120",
-            "--data-dir",
-        ])
-        .arg(&data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(devnet.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let status: Value = serde_json::from_str(&line).expect("the devnet's status line");
+    let (mut devnet, status) = process_devnet(&data_dir, &[]);
     let profile = status["profile"].as_str().unwrap().to_string();
     let digits = status["datasets"][0]["asset"].as_str().unwrap().to_string();
     let wallet = |name: &str| data_dir.join(format!("wallets/{name}.key")).display().to_string();
@@ -265,24 +253,7 @@ fn large_model(shards: &[Vec<arrow_array::RecordBatch>]) {
         })
         .collect();
     let scheduler_metrics = status["metrics"]["scheduler-1"].as_str().unwrap().to_string();
-    let model = aic_json(&[
-        "model",
-        "register",
-        "--name",
-        "mlp-10m",
-        "--kind",
-        "mlp",
-        "--hidden",
-        &HIDDEN.to_string(),
-        "--for-dataset",
-        &digits,
-        "--profile",
-        &profile,
-        "--wallet",
-        &wallet("model-owner"),
-        "--json",
-    ]);
-    let model = model["asset"].as_str().unwrap().to_string();
+    let model = register_mlp("mlp-10m", HIDDEN, &digits, &profile, &wallet("model-owner"));
     println!(
         "\n(e) a {parameters}-parameter MLP (64 → {HIDDEN} → 10, {:.1} MB) on the digits, {EPOCHS} epochs, \
          3 compute nodes, one OS process per service",
@@ -403,4 +374,162 @@ fn large_model(shards: &[Vec<arrow_array::RecordBatch>]) {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = devnet.wait();
+}
+
+/// A devnet with one OS process per service, its status line, and the child to stop.
+fn process_devnet(data_dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, Value) {
+    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args([
+            "devnet",
+            "--processes",
+            "--json",
+            "--epochs",
+            "1",
+            "--timeout-secs",
+            "120",
+        ])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(devnet.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (
+        devnet,
+        serde_json::from_str(&line).expect("the devnet's status line"),
+    )
+}
+
+/// (f) a 100 M-parameter model over the grid: time and peak memory per process.
+fn hundred_million_parameters() {
+    const HIDDEN: usize = 1_333_334;
+    let spec = ModelSpec::Mlp {
+        features: 64,
+        hidden: HIDDEN,
+        classes: 10,
+    };
+    let parameters: usize = spec.shapes().iter().map(|(r, c)| r * c).sum();
+    let model_bytes = parameters as f64 * 4.0;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("devnet");
+    // A round of this model takes minutes on a small machine: the lease and the task timeout
+    // are raised above it, so no replica takes the job for dead.
+    let (mut devnet, status) = process_devnet(
+        &data_dir,
+        &["--resume-after-secs", "1800", "--task-timeout-secs", "1200"],
+    );
+    let profile = status["profile"].as_str().unwrap().to_string();
+    let digits = status["datasets"][0]["asset"].as_str().unwrap().to_string();
+    let wallet = |name: &str| data_dir.join(format!("wallets/{name}.key")).display().to_string();
+    let scheduler_metrics = status["metrics"]["scheduler-1"].as_str().unwrap().to_string();
+    let services = [
+        "scheduler-1",
+        "scheduler-2",
+        "scheduler-3",
+        "storage-1",
+        "storage-2",
+        "compute-1",
+        "compute-2",
+        "compute-3",
+    ];
+    let pids: Vec<(&str, u32)> = services
+        .iter()
+        .filter_map(|s| pid_of(s).map(|p| (*s, p)))
+        .collect();
+    let model = register_mlp("mlp-100m", HIDDEN, &digits, &profile, &wallet("model-owner"));
+    println!(
+        "\n(f) a {parameters}-parameter MLP (64 → {HIDDEN} → 10, {:.0} MB) on the digits, 1 epoch, H = 1, \
+         3 compute nodes, one OS process per service",
+        model_bytes / 1e6
+    );
+    let rss_before: Vec<u64> = pids
+        .iter()
+        .map(|(_, pid)| {
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+            status_bytes(*pid, "VmRSS")
+        })
+        .collect();
+    let page = scrape(&scheduler_metrics);
+    let ledger_before = counter(&page, "aic_ledger_transaction_bytes_total", "");
+    let started = Instant::now();
+    let job = aic_json(&[
+        "job",
+        "submit",
+        "--dataset",
+        &digits,
+        "--model",
+        &model,
+        "--budget",
+        "300",
+        "--epochs",
+        "1",
+        "--learning-rate",
+        "0.05",
+        "--profile",
+        &profile,
+        "--wallet",
+        &wallet("user"),
+        "--json",
+    ]);
+    let wall = started.elapsed().as_secs_f64();
+    assert_eq!(job["state"], "done", "{job}");
+    let rounds = job["rounds"].as_f64().unwrap();
+    let page = scrape(&scheduler_metrics);
+    let ledger = (counter(&page, "aic_ledger_transaction_bytes_total", "") - ledger_before) / rounds;
+    let (tasks, extra) = executions(&job);
+    println!(
+        "  {rounds} rounds, {tasks} accepted tasks + {extra} re-executions, accuracy {:.4}; \
+         the job took {:.0} s ({wall:.0} s from submit to answer)",
+        job["accuracy"].as_f64().unwrap_or(f64::NAN),
+        job["seconds"].as_f64().unwrap_or(f64::NAN),
+    );
+    println!(
+        "  bytes on the wire per round ÷ model bytes: {:.2}; ledger bytes per round: {ledger:.0}",
+        job["wire"]["per_round_over_model_bytes"].as_f64().unwrap(),
+    );
+    println!(
+        "  {:<12} {:>12} {:>14} {:>12}",
+        "process", "peak RSS MB", "growth MB", "peak ÷ model"
+    );
+    for ((name, pid), before) in pids.iter().zip(&rss_before) {
+        let peak = status_bytes(*pid, "VmHWM");
+        println!(
+            "  {name:<12} {:>12.0} {:>14.0} {:>12.2}",
+            peak as f64 / 1e6,
+            peak.saturating_sub(*before) as f64 / 1e6,
+            peak as f64 / model_bytes
+        );
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(devnet.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = devnet.wait();
+}
+
+/// Registers an MLP of `hidden` units for the digits; answers its asset.
+fn register_mlp(name: &str, hidden: usize, digits: &str, profile: &str, wallet: &str) -> String {
+    let model = aic_json(&[
+        "model",
+        "register",
+        "--name",
+        name,
+        "--kind",
+        "mlp",
+        "--hidden",
+        &hidden.to_string(),
+        "--for-dataset",
+        digits,
+        "--profile",
+        profile,
+        "--wallet",
+        wallet,
+        "--json",
+    ]);
+    model["asset"].as_str().unwrap().to_string()
 }

@@ -56,7 +56,8 @@ const BLOCK_INTERVAL_MS: u64 = 500;
 const REWARD_EPOCH_BLOCKS: u64 = 5;
 /// Devnet rounds take a fraction of a second: a job silent for 10 s has lost its replica (under
 /// a loaded machine a round can stall a few seconds; a takeover then is harmless, only wasteful).
-const RESUME_AFTER_MS: u64 = 10_000;
+/// A bigger model's rounds take longer: `--resume-after-secs` raises the lease.
+const RESUME_AFTER_SECS: u64 = 10;
 /// The longest the devnet follows a job that another replica must resume.
 const RESUMED_JOB_LIMIT: Duration = Duration::from_secs(300);
 
@@ -93,6 +94,13 @@ pub struct DevnetArgs {
     /// job reaches this round, to watch the new Raft leader resume it from its last checkpoint.
     #[arg(long, requires = "processes", conflicts_with = "kill_compute_at_round")]
     pub kill_scheduler_at_round: Option<u64>,
+    /// How long a job's runner may go without a checkpoint before another scheduler replica
+    /// takes the job over. Raise it above the longest round (a large model's).
+    #[arg(long, default_value_t = RESUME_AFTER_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resume_after_secs: u64,
+    /// How long a task may run on a compute node before it is placed elsewhere.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub task_timeout_secs: u64,
 }
 
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
@@ -148,7 +156,8 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             config.ledger.bootstrap = i == 0;
             config.jobs.system_key = dir.join("wallets").join("system.key");
             config.ledger.block_interval_ms = BLOCK_INTERVAL_MS;
-            config.jobs.resume_after_ms = RESUME_AFTER_MS;
+            config.jobs.resume_after_ms = args.resume_after_secs * 1000;
+            config.jobs.task_timeout_ms = args.task_timeout_secs * 1000;
             config.jobs.reward_epoch_blocks = REWARD_EPOCH_BLOCKS;
             let (addr, metrics) = grid.start(dir, name, "scheduler", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));

@@ -61,7 +61,7 @@ pub async fn export_weights(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Exported> {
     let (tensor, model, _, manifest) = weights_of(asset)?;
-    let shapes = aic_compute_node::executor::model_spec(model).shapes();
+    let shapes = aic_kernels::ModelSpec::from(model).shapes();
     let parameters: usize = shapes.iter().map(|(r, c)| r * c).sum();
     if parameters as u64 != tensor.elements {
         bail!(

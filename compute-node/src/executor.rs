@@ -129,28 +129,6 @@ fn probe(backend: &mut dyn Backend) -> Result<DeviceProbe, String> {
     })
 }
 
-/// The kernels' model for a wire shape.
-pub fn model_spec(shape: ModelShape) -> ModelSpec {
-    match shape {
-        ModelShape::LinearRegression { features } => ModelSpec::LinearRegression {
-            features: features as usize,
-        },
-        ModelShape::SoftmaxRegression { features, classes } => ModelSpec::SoftmaxRegression {
-            features: features as usize,
-            classes: classes as usize,
-        },
-        ModelShape::Mlp {
-            features,
-            hidden,
-            classes,
-        } => ModelSpec::Mlp {
-            features: features as usize,
-            hidden: hidden as usize,
-            classes: classes as usize,
-        },
-    }
-}
-
 /// Flat parameters cut into the model's tensors.
 pub fn unflatten(spec: &ModelSpec, flat: &[f32]) -> Result<Weights, String> {
     let shapes = spec.shapes();
@@ -179,7 +157,7 @@ pub fn unflatten(spec: &ModelSpec, flat: &[f32]) -> Result<Weights, String> {
 /// answers, as its values, Σy and Σy² of the rows' targets, from which the runner computes R²
 /// over the whole held-out split.
 fn run(backend: &mut dyn Backend, work: &Work) -> Result<Computed, String> {
-    let spec = model_spec(work.model);
+    let spec = ModelSpec::from(work.model);
     match work.kind {
         TaskKind::Gradient => train(backend, &spec, work),
         TaskKind::Evaluate => evaluate(backend, &spec, work),
@@ -281,7 +259,13 @@ fn mean_gradient(
     let mut rows = 0u64;
     let mut loss_sum = 0.0f64;
     let mut gradient_sum: Vec<f64> = Vec::new();
-    for batch in &work.batches {
+    // Passes of bounded rows: a wide model's activations stay within the kernels' budget.
+    let passes = work
+        .batches
+        .iter()
+        .flat_map(|b| aic_kernels::step::passes(spec, b));
+    for batch in passes {
+        let batch = &batch;
         let n = batch.num_rows() as u64;
         if n == 0 {
             continue;
@@ -315,7 +299,12 @@ fn evaluate(backend: &mut dyn Backend, spec: &ModelSpec, work: &Work) -> Result<
     let mut loss_sum = 0.0f64;
     let mut sums = [0.0f64; 2];
     let mut correct = 0u64;
-    for batch in &work.batches {
+    let passes = work
+        .batches
+        .iter()
+        .flat_map(|b| aic_kernels::step::passes(spec, b));
+    for batch in passes {
+        let batch = &batch;
         let n = batch.num_rows() as u64;
         if n == 0 {
             continue;

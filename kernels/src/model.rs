@@ -18,6 +18,31 @@ pub enum ModelSpec {
     LinearRegression { features: usize },
 }
 
+/// The kernels' model for a shape named on the wire (a job's model asset).
+impl From<aic_protocol::messages::ModelShape> for ModelSpec {
+    fn from(shape: aic_protocol::messages::ModelShape) -> Self {
+        use aic_protocol::messages::ModelShape;
+        match shape {
+            ModelShape::LinearRegression { features } => ModelSpec::LinearRegression {
+                features: features as usize,
+            },
+            ModelShape::SoftmaxRegression { features, classes } => ModelSpec::SoftmaxRegression {
+                features: features as usize,
+                classes: classes as usize,
+            },
+            ModelShape::Mlp {
+                features,
+                hidden,
+                classes,
+            } => ModelSpec::Mlp {
+                features: features as usize,
+                hidden: hidden as usize,
+                classes: classes as usize,
+            },
+        }
+    }
+}
+
 impl ModelSpec {
     pub fn features(&self) -> usize {
         match *self {

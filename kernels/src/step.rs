@@ -8,6 +8,39 @@ use crate::batch::from_record_batch;
 use crate::error::Result;
 use crate::model::{ModelSpec, Weights};
 
+/// Bytes of activations (and their gradients) one pass may hold at once: a batch larger than
+/// that is cut into passes of fewer rows, so a task's memory follows the model, not the shard.
+pub const ACTIVATION_BUDGET_BYTES: u64 = 256 << 20;
+
+/// Activation bytes one row costs: the widest layer's pre-activations, activations and their
+/// gradients, in `f32`.
+pub fn activation_bytes_per_row(model: &ModelSpec) -> u64 {
+    let widest = match *model {
+        ModelSpec::Mlp {
+            features,
+            hidden,
+            classes,
+        } => features.max(hidden).max(classes),
+        other => other.features().max(other.classes()),
+    };
+    widest as u64 * 4 * 4
+}
+
+/// The most rows one pass of `model` takes.
+pub fn rows_per_pass(model: &ModelSpec) -> usize {
+    (ACTIVATION_BUDGET_BYTES / activation_bytes_per_row(model).max(1)).max(1) as usize
+}
+
+/// `batch` cut into passes of at most [`rows_per_pass`] rows (zero-copy slices). A caller that
+/// weights each pass's mean by its rows gets the whole batch's mean.
+pub fn passes<'a>(model: &ModelSpec, batch: &'a RecordBatch) -> impl Iterator<Item = RecordBatch> + 'a {
+    let rows = rows_per_pass(model);
+    let total = batch.num_rows();
+    (0..total)
+        .step_by(rows)
+        .map(move |offset| batch.slice(offset, rows.min(total - offset)))
+}
+
 /// Loss and gradients of `model` at `weights` on the rows of `shard`; `label` names the label
 /// column, every other column is a feature.
 pub fn train_step(

@@ -88,3 +88,54 @@ fn device_choice_prefers_a_gpu_and_admits_lavapipe_only_when_asked() {
         explicit.describe()
     );
 }
+
+#[test]
+fn a_wide_model_takes_a_batch_in_passes_whose_weighted_mean_is_the_whole_batchs() {
+    use aic_kernels::step::{passes, rows_per_pass, train_step, ACTIVATION_BUDGET_BYTES};
+    // A hidden layer of 2 M units: 8 rows per pass fit the activation budget.
+    let wide = ModelSpec::Mlp {
+        features: 2,
+        hidden: 2_000_000,
+        classes: 2,
+    };
+    assert_eq!(
+        rows_per_pass(&wide) as u64,
+        ACTIVATION_BUDGET_BYTES / (2_000_000 * 16)
+    );
+    let rows = 2 * rows_per_pass(&wide) + 3;
+    let xs: Vec<f32> = (0..rows).map(|i| i as f32 / rows as f32).collect();
+    let labels: Vec<i64> = (0..rows).map(|i| (i % 2) as i64).collect();
+    let rb = batch(vec![
+        ("a", Arc::new(Float32Array::from(xs.clone())) as ArrayRef),
+        ("b", Arc::new(Float32Array::from(xs)) as ArrayRef),
+        ("label", Arc::new(Int64Array::from(labels)) as ArrayRef),
+    ]);
+    let cut: Vec<RecordBatch> = passes(&wide, &rb).collect();
+    let sizes: Vec<usize> = cut.iter().map(RecordBatch::num_rows).collect();
+    assert_eq!(sizes, [rows_per_pass(&wide), rows_per_pass(&wide), 3]);
+    assert_eq!(
+        cut[2].column(0).as_ref(),
+        rb.column(0).slice(rows - 3, 3).as_ref()
+    );
+
+    // A small model is never cut, and the mean of its passes' gradients weighted by rows is the
+    // whole batch's gradient (what the compute node relies on when it does cut).
+    let small = ModelSpec::SoftmaxRegression {
+        features: 2,
+        classes: 2,
+    };
+    assert_eq!(passes(&small, &rb).count(), 1);
+    let weights = small.init(3);
+    let mut cpu = CpuBackend;
+    let (_, whole) = train_step(&mut cpu, &small, &weights, &rb, "label").unwrap();
+    let mut sum = vec![0.0f64; whole.flat().len()];
+    for part in [rb.slice(0, 7), rb.slice(7, rows - 7)] {
+        let (_, g) = train_step(&mut cpu, &small, &weights, &part, "label").unwrap();
+        for (s, v) in sum.iter_mut().zip(g.flat()) {
+            *s += f64::from(v) * part.num_rows() as f64;
+        }
+    }
+    for (s, w) in sum.iter().zip(whole.flat()) {
+        assert!((*s / rows as f64 - f64::from(w)).abs() < 1e-5, "{s} vs {w}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Checkpoints: the tallies a job records on the ledger after each round (postcard, O(1) in the
+//! model size), the weights it stores on storage nodes by name, and taking both back when a
+//! replica resumes the job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use aic_ledger::state::CheckpointTensors;
+use aic_ledger::tx::Call;
+use aic_protocol::{NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::engine::CheckpointOutcome;
+use super::runner::Effects;
+use super::signer::Refusal;
+use crate::data_plane::{self, OuterState};
+
+/// What a job has earned so far, by node: enough to resume it and pay it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tallies {
+    /// Row-passes of accepted tasks.
+    pub compute_rows: BTreeMap<NodeId, u64>,
+    /// Rows of results a spot check confirmed: what Proof-of-Value rewards.
+    pub verified_rows: BTreeMap<NodeId, u64>,
+    /// Shard bytes served.
+    pub storage_bytes: BTreeMap<NodeId, u64>,
+    /// Nodes confirmed wrong in this job: never used again, never paid.
+    pub banned: BTreeSet<NodeId>,
+}
+
+/// A checkpoint's progress field: the tallies and where the round's tasks ran (shard, compute
+/// node, storage node). Node ids are 32 raw bytes, so a round costs the log a few hundred bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub tallies: Tallies,
+    pub assignments: Vec<(ShardId, NodeId, NodeId)>,
+}
+
+impl Progress {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("tallies encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        if bytes.is_empty() {
+            return Ok(Progress::default());
+        }
+        postcard::from_bytes(bytes)
+    }
+}
+
+impl Effects {
+    /// Records a checkpoint on the ledger. A refusal because another replica runs the job (or
+    /// already settled it: its record went with the escrow release) is `TakenOver`; anything
+    /// else only costs resumability.
+    pub async fn record_checkpoint(
+        self: Arc<Self>,
+        round: u32,
+        tensors: Option<CheckpointTensors>,
+        progress: Progress,
+    ) -> CheckpointOutcome {
+        let Some(system) = self.ctx.system.clone() else {
+            return CheckpointOutcome::NotRecorded;
+        };
+        let call = Call::CheckpointJob {
+            job: self.plan.request.job,
+            runner: self.ctx.me,
+            round,
+            tensors,
+            progress: progress.encode(),
+        };
+        match system.try_submit(&self.ctx.ledger, call).await {
+            Ok(_) => CheckpointOutcome::Recorded,
+            Err(Refusal::Ledger(
+                aic_ledger::TxError::NotTheRunner { .. } | aic_ledger::TxError::JobNotRecorded(_),
+            )) => CheckpointOutcome::TakenOver,
+            Err(error) => {
+                warn!(job = %self.plan.request.job, ?error, "checkpoint not recorded");
+                CheckpointOutcome::NotRecorded
+            }
+        }
+    }
+
+    /// Storage nodes up, nearest to the runner's view first (the registry's order), with their
+    /// addresses.
+    fn storage_nodes(&self) -> Vec<(NodeId, String)> {
+        use aic_protocol::messages::NodeState;
+        use aic_protocol::Role;
+        self.nodes()
+            .iter()
+            .filter(|n| n.role == Role::Storage && n.state == NodeState::Up)
+            .map(|n| (n.node_id, n.quic_addr.clone()))
+            .collect()
+    }
+
+    /// Stores the current weights (and the outer optimizer's state) on storage nodes: what
+    /// tasks fetch and what the next checkpoint names.
+    pub async fn store_state(self: Arc<Self>) -> Result<CheckpointTensors, String> {
+        let storage = self.storage_nodes();
+        let (weights, momentum) = {
+            let state = self.outer.lock().expect("outer state");
+            (state.weights.clone(), state.momentum.clone())
+        };
+        let (weights, holders) = data_plane::store(&self.ctx.endpoint, &storage, weights)
+            .await
+            .map_err(|e| format!("storing the round's weights: {e}"))?;
+        let holder_addrs: Vec<(NodeId, String)> = storage
+            .iter()
+            .filter(|(n, _)| holders.contains(n))
+            .cloned()
+            .collect();
+        let optimizer_state = match momentum {
+            Some(momentum) => Some(
+                data_plane::store(&self.ctx.endpoint, &holder_addrs, momentum)
+                    .await
+                    .map_err(|e| format!("storing the outer optimizer's state: {e}"))?
+                    .0,
+            ),
+            None => None,
+        };
+        let per_holder = weights.bytes() + optimizer_state.map_or(0, |t| t.bytes());
+        self.wire.add_stored(per_holder * holders.len() as u64);
+        Ok(CheckpointTensors {
+            weights,
+            optimizer_state,
+            holders,
+        })
+    }
+
+    /// Applies the outer optimizer to the round's collected mean update (on a blocking thread:
+    /// the actor's thread keeps serving) and stores the new weights.
+    pub async fn outer_step(self: Arc<Self>) -> Result<CheckpointTensors, String> {
+        let mean_update = self
+            .mean_update
+            .lock()
+            .expect("mean update")
+            .take()
+            .ok_or("no collected update to apply")?;
+        let outer_lr = self.plan.request.outer_learning_rate_milli as f32 / 1000.0;
+        let mut state = std::mem::take(&mut *self.outer.lock().expect("outer state"));
+        state = tokio::task::spawn_blocking(move || {
+            state.apply(&mean_update, outer_lr);
+            state
+        })
+        .await
+        .map_err(|e| format!("the outer step: {e}"))?;
+        *self.outer.lock().expect("outer state") = state;
+        self.store_state().await
+    }
+
+    /// Takes a checkpoint's weights (and optimizer state) back from the storage nodes that
+    /// hold them, checked against their names.
+    pub async fn restore(&self, tensors: &CheckpointTensors) -> Result<(), String> {
+        let parameters = self.plan.model.parameters();
+        if tensors.weights.elements != parameters {
+            return Err(format!(
+                "the checkpoint's weights hold {} values; the model has {parameters}",
+                tensors.weights.elements
+            ));
+        }
+        let holders: Vec<String> = tensors
+            .holders
+            .iter()
+            .filter_map(|id| self.address_of(id))
+            .collect();
+        let weights = data_plane::fetch(&self.ctx.endpoint, &holders, tensors.weights)
+            .await
+            .map_err(|e| format!("the checkpoint's weights: {e}"))?;
+        let momentum = match tensors.optimizer_state {
+            Some(state) => Some(
+                data_plane::fetch(&self.ctx.endpoint, &holders, state)
+                    .await
+                    .map_err(|e| format!("the checkpoint's optimizer state: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut outer = self.outer.lock().expect("outer state");
+        if momentum.is_some() != outer.momentum.is_some() {
+            return Err("the checkpoint's optimizer state does not fit the job's outer optimizer".into());
+        }
+        *outer = OuterState {
+            weights: Arc::new(weights),
+            momentum: momentum.map(Arc::new),
+        };
+        Ok(())
+    }
+
+    /// Forgets tensors no checkpoint names any more (best effort).
+    pub async fn drop_tensors(
+        self: Arc<Self>,
+        tensors: Vec<aic_protocol::tensor::TensorRef>,
+        holders: Vec<NodeId>,
+    ) {
+        let holders: Vec<String> = holders.iter().filter_map(|id| self.address_of(id)).collect();
+        for tensor in tensors {
+            data_plane::drop(&self.ctx.endpoint, &holders, tensor).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_of_many_nodes_stays_small_and_round_trips() {
+        let node = |b: u8| -> NodeId { hex::encode([b; 32]).parse().expect("64 hex digits") };
+        let mut tallies = Tallies::default();
+        for b in 0..8 {
+            tallies.compute_rows.insert(node(b), u64::MAX / 3);
+            tallies.verified_rows.insert(node(b), 1 << 40);
+            tallies.storage_bytes.insert(node(100 + b), 1 << 50);
+        }
+        tallies.banned.insert(node(7));
+        let progress = Progress {
+            tallies,
+            assignments: (0..8u8)
+                .map(|b| (ShardId::of_content(&[b]), node(b), node(100 + b)))
+                .collect(),
+        };
+        let bytes = progress.encode();
+        // A round of 8 tasks over 16 nodes fits the 2 KB a checkpoint may cost, whatever the model.
+        assert!(bytes.len() < 2_048, "{} bytes", bytes.len());
+        assert_eq!(Progress::decode(&bytes).unwrap(), progress);
+        assert_eq!(Progress::decode(&[]).unwrap(), Progress::default());
+        assert!(Progress::decode(&[0xff; 3]).is_err());
+    }
+}

@@ -1,0 +1,1527 @@
+//! Scenario tests of the job engine: each drives it with events and asserts the commands it
+//! answers. Nodes 1–3 are compute nodes, node 100 the storage node holding the dataset.
+
+use std::collections::HashMap;
+
+use aic_protocol::messages::{Capacity, DatasetHolding, NodeState, NodeStatus, TaskKind, TaskResult};
+use aic_protocol::tensor::TensorRef;
+use aic_protocol::{JobId, NodeId, Role, ShardId, TaskId};
+
+use super::*;
+
+const PARAMETERS: u64 = 1_000;
+const STORAGE: u8 = 100;
+const DATASET: &str = "dataset-1";
+
+fn id(b: u8) -> NodeId {
+    hex::encode([b; 32]).parse().expect("64 hex digits")
+}
+
+fn address(b: u8) -> Address {
+    Address([b; 32])
+}
+
+fn node(b: u8, role: Role) -> NodeStatus {
+    let holdings = if role == Role::Storage {
+        vec![DatasetHolding {
+            dataset: DATASET.into(),
+            healthy_shards: 6,
+            shards: 6,
+            bytes: 6_000,
+            replicas_wanted: 1,
+        }]
+    } else {
+        Vec::new()
+    };
+    NodeStatus {
+        node_id: id(b),
+        name: format!("node-{b}"),
+        role,
+        version: "test".into(),
+        quic_addr: format!("127.0.0.1:{}", 7000 + u16::from(b)),
+        metrics_addr: String::new(),
+        state: NodeState::Up,
+        last_heartbeat_ms_ago: Some(0),
+        times_marked_down: 0,
+        capacity: Capacity::default(),
+        rtts: Vec::new(),
+        holdings,
+        payout_address: address(b).to_string(),
+    }
+}
+
+/// Three compute nodes and the storage node.
+fn grid() -> Vec<NodeStatus> {
+    vec![
+        node(1, Role::Compute),
+        node(2, Role::Compute),
+        node(3, Role::Compute),
+        node(STORAGE, Role::Storage),
+    ]
+}
+
+fn shard(i: u8) -> ShardEntry {
+    ShardEntry {
+        id: ShardId::of_content(&[i]).to_string(),
+        rows: 100 + u64::from(i),
+        bytes: 1_000 * (u64::from(i) + 1),
+    }
+}
+
+fn tensors(n: u8) -> CheckpointTensors {
+    CheckpointTensors {
+        weights: TensorRef {
+            hash: [n; 32],
+            elements: PARAMETERS,
+        },
+        optimizer_state: None,
+        holders: vec![id(STORAGE)],
+    }
+}
+
+fn placement(b: u8) -> Placement<NodeId> {
+    Placement {
+        node: id(b),
+        replica: id(STORAGE),
+        rtt_ms: 1.0,
+        transfer_secs: 0.0,
+        queue_secs: 0.0,
+        compute_secs: 0.0,
+        reputation: 1.0,
+        cost: 1.0,
+    }
+}
+
+fn fees() -> Vec<(Address, Amount, PayoutKind)> {
+    vec![
+        (address(200), Amount(7), PayoutKind::DatasetFee),
+        (address(201), Amount(5), PayoutKind::ModelFee),
+    ]
+}
+
+/// `train` shards, `steps` rounds per epoch, `epochs` epochs, two held-out shards.
+fn setup(train: u8, steps: u32, epochs: u32) -> EngineSetup {
+    EngineSetup {
+        job: JobId::from_bytes([9; 16]),
+        dataset: DATASET.into(),
+        train: (0..train).map(shard).collect(),
+        test: vec![shard(10), shard(11)],
+        steps_per_epoch: steps,
+        epochs,
+        parameters: PARAMETERS,
+        regression: false,
+        fees: fees(),
+        task_seed: 42,
+        resumed: None,
+    }
+}
+
+/// A result for `task` on `entry` whose update is named by `version` (equal versions agree).
+fn result(task: TaskId, entry: &ShardEntry, kind: TaskKind, version: u8) -> TaskResult {
+    let update = (kind == TaskKind::Gradient).then_some(TensorRef {
+        hash: [version; 32],
+        elements: PARAMETERS,
+    });
+    let (loss, correct) = (
+        0.5,
+        if kind == TaskKind::Evaluate {
+            entry.rows / 2
+        } else {
+            0
+        },
+    );
+    TaskResult {
+        task,
+        rows: entry.rows,
+        loss,
+        update,
+        values: Vec::new(),
+        correct,
+        digest: TaskResult::compute_digest(&task, entry.rows, loss, update.as_ref(), &[], correct),
+        fetch_micros: 1,
+        compute_micros: 1,
+        cache_hits: 0,
+        weights_fetched_bytes: 0,
+        backend: "cpu".into(),
+    }
+}
+
+fn with_digest(mut r: TaskResult) -> TaskResult {
+    r.digest = TaskResult::compute_digest(&r.task, r.rows, r.loss, r.update.as_ref(), &r.values, r.correct);
+    r
+}
+
+/// The engine with what the tests need to answer its commands: each execution's shard, task
+/// and kind as its commands named them.
+struct Harness {
+    engine: Engine,
+    shard_of: HashMap<u64, ShardEntry>,
+    task_of: HashMap<u64, (TaskId, TaskKind)>,
+}
+
+impl Harness {
+    fn new(setup: EngineSetup) -> Self {
+        Harness {
+            engine: Engine::new(setup),
+            shard_of: HashMap::new(),
+            task_of: HashMap::new(),
+        }
+    }
+
+    fn send(&mut self, event: Event) -> Vec<Command> {
+        let commands = self.engine.handle(event);
+        for command in &commands {
+            match command {
+                Command::Place { exec, shard, .. } => {
+                    self.shard_of.insert(*exec, shard.clone());
+                }
+                Command::Dispatch { exec, task, kind, .. } => {
+                    self.task_of.insert(*exec, (*task, *kind));
+                }
+                _ => {}
+            }
+        }
+        commands
+    }
+
+    /// A new job from `Start` to its first round's placements.
+    fn started(setup: EngineSetup) -> (Self, Vec<Command>) {
+        let mut h = Harness::new(setup);
+        assert_eq!(h.send(Event::Start), [Command::RefreshNodes { after: None }]);
+        assert_eq!(h.send(Event::Nodes(Ok(grid()))), [Command::StoreState]);
+        assert_eq!(
+            h.send(Event::Stored(Ok(tensors(0)))),
+            [Command::RefreshNodes { after: None }]
+        );
+        let places = h.send(Event::Nodes(Ok(grid())));
+        (h, places)
+    }
+
+    /// Places `exec` on node `b` and answers its dispatch with a result of `version`.
+    fn run(&mut self, exec: u64, b: u8, version: u8) -> Vec<Command> {
+        let dispatched = self.send(Event::Placed {
+            exec,
+            placement: Some(placement(b)),
+        });
+        assert!(
+            matches!(dispatched.as_slice(), [Command::Dispatch { exec: e, .. }] if *e == exec),
+            "{dispatched:?}"
+        );
+        let (task, kind) = self.task_of[&exec];
+        let outcome = Ok(result(task, &self.shard_of[&exec], kind, version));
+        self.send(Event::Ran { exec, outcome })
+    }
+
+    /// Places `exec` on node `b` and answers its dispatch with `outcome(task, shard)`.
+    fn run_with(
+        &mut self,
+        exec: u64,
+        b: u8,
+        outcome: impl FnOnce(TaskId, &ShardEntry) -> Result<TaskResult, String>,
+    ) -> Vec<Command> {
+        self.send(Event::Placed {
+            exec,
+            placement: Some(placement(b)),
+        });
+        let (task, _) = self.task_of[&exec];
+        let outcome = outcome(task, &self.shard_of[&exec]);
+        self.send(Event::Ran { exec, outcome })
+    }
+
+    /// Runs one unchecked round of the given executions on nodes in turn, through the outer
+    /// step; answers the checkpoint command's output.
+    fn unchecked_round(&mut self, execs: &[u64], stored: u8) -> Vec<Command> {
+        for (i, exec) in execs.iter().enumerate() {
+            let b = 1 + (i as u8 % 3);
+            self.run(*exec, b, 1);
+            let slot = i;
+            let out = self.send(Event::CheckDrawn { slot, check: false });
+            if i + 1 == execs.len() {
+                assert!(matches!(out.as_slice(), [Command::Collect { .. }]), "{out:?}");
+            }
+        }
+        assert_eq!(
+            self.send(Event::Collected(Ok(()))),
+            [Command::OuterStep {
+                round: self.engine.rounds()
+            }]
+        );
+        self.send(Event::Stepped(Ok(tensors(stored))))
+    }
+}
+
+fn execs_of(commands: &[Command]) -> Vec<u64> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Place { exec, .. } => Some(*exec),
+            _ => None,
+        })
+        .collect()
+}
+
+fn decisions(commands: Vec<Command>) -> Vec<Command> {
+    commands
+        .into_iter()
+        .filter(|c| !matches!(c, Command::Report(_)))
+        .collect()
+}
+
+fn is_error(command: &Command) -> bool {
+    matches!(command, Command::Report(ReportItem::Error(_)))
+}
+
+fn claim(round: u32, stored: Option<CheckpointTensors>, tallies: Tallies) -> Command {
+    Command::Checkpoint {
+        round,
+        tensors: stored,
+        progress: Progress {
+            tallies,
+            assignments: Vec::new(),
+        },
+    }
+}
+
+fn settle_order(commands: &[Command]) -> SettleOrder {
+    commands
+        .iter()
+        .find_map(|c| match c {
+            Command::Settle(order) => Some(order.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no settle order in {commands:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Starting
+
+#[test]
+fn a_job_starts_by_reading_the_registry() {
+    let mut h = Harness::new(setup(2, 1, 1));
+    assert_eq!(h.send(Event::Start), [Command::RefreshNodes { after: None }]);
+    // A second start is no new job.
+    assert_eq!(h.send(Event::Start), []);
+}
+
+#[test]
+fn without_a_replica_yet_the_registry_is_read_again_after_a_pause() {
+    let mut h = Harness::new(setup(2, 1, 1));
+    h.send(Event::Start);
+    let no_storage: Vec<NodeStatus> = grid().into_iter().filter(|n| n.role == Role::Compute).collect();
+    assert_eq!(
+        h.send(Event::Nodes(Ok(no_storage))),
+        [Command::RefreshNodes {
+            after: Some(REPLICA_POLL)
+        }]
+    );
+    assert_eq!(h.send(Event::Nodes(Ok(grid()))), [Command::StoreState]);
+}
+
+#[test]
+fn when_the_replica_wait_runs_out_the_job_fails_unpaid() {
+    let mut h = Harness::new(setup(2, 1, 1));
+    h.send(Event::Start);
+    let no_storage: Vec<NodeStatus> = grid().into_iter().filter(|n| n.role == Role::Compute).collect();
+    for _ in 0..MAX_REPLICA_WAITS {
+        h.send(Event::Nodes(Ok(no_storage.clone())));
+    }
+    assert_eq!(
+        h.send(Event::Nodes(Ok(no_storage.clone()))),
+        [Command::StoreState]
+    );
+    h.send(Event::Stored(Ok(tensors(0))));
+    let out = h.send(Event::Nodes(Ok(no_storage)));
+    assert!(is_error(&out[0]), "{out:?}");
+    assert_eq!(out[1], claim(0, Some(tensors(0)), Tallies::default()));
+    let out = h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+    let order = settle_order(&out);
+    assert!(!order.completed && order.work == WorkDone::default() && order.trained.is_none());
+    assert_eq!(
+        h.send(Event::Settled { ok: true }),
+        [Command::Finish(Ending::Failed)]
+    );
+    assert!(h.engine.finished());
+}
+
+#[test]
+fn the_registry_failing_fails_the_job() {
+    let mut h = Harness::new(setup(2, 1, 1));
+    h.send(Event::Start);
+    let out = h.send(Event::Nodes(Err("mailbox closed".into())));
+    assert!(is_error(&out[0]));
+    assert_eq!(out[1], claim(0, None, Tallies::default()));
+}
+
+#[test]
+fn storing_the_initial_weights_failing_fails_the_job() {
+    let mut h = Harness::new(setup(2, 1, 1));
+    h.send(Event::Start);
+    h.send(Event::Nodes(Ok(grid())));
+    let out = h.send(Event::Stored(Err("no storage node took the weights".into())));
+    assert!(is_error(&out[0]));
+    assert_eq!(out[1], claim(0, None, Tallies::default()));
+}
+
+#[test]
+fn a_round_places_every_nth_shard_with_no_exclusions() {
+    let (_, places) = Harness::started(setup(4, 2, 1));
+    assert_eq!(
+        places,
+        [
+            Command::Place {
+                exec: 0,
+                shard: shard(0),
+                exclude: vec![],
+                after: None
+            },
+            Command::Place {
+                exec: 1,
+                shard: shard(2),
+                exclude: vec![],
+                after: None
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_resumed_job_starts_at_its_round_with_its_weights_and_tallies() {
+    let mut s = setup(4, 2, 1);
+    let mut tallies = Tallies::default();
+    tallies.compute_rows.insert(id(1), 500);
+    s.resumed = Some(Resumed {
+        round: 1,
+        tallies: tallies.clone(),
+        tensors: Some(tensors(7)),
+    });
+    let mut h = Harness::new(s);
+    h.send(Event::Start);
+    // No initial weights to store: the checkpoint's are on the storage nodes.
+    assert_eq!(
+        h.send(Event::Nodes(Ok(grid()))),
+        [Command::RefreshNodes { after: None }]
+    );
+    let places = h.send(Event::Nodes(Ok(grid())));
+    let shards: Vec<ShardEntry> = places
+        .iter()
+        .filter_map(|c| match c {
+            Command::Place { shard, .. } => Some(shard.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shards, [shard(1), shard(3)]);
+    let out = h.send(Event::Placed {
+        exec: 0,
+        placement: Some(placement(1)),
+    });
+    assert!(
+        matches!(&out[..], [Command::Dispatch { round: 1, weights, .. }] if *weights == tensors(7)),
+        "{out:?}"
+    );
+    assert_eq!(h.engine.tallies(), &tallies);
+}
+
+#[test]
+fn resumed_runs_mint_task_ids_of_their_own() {
+    let (a, _) = Harness::started(setup(2, 1, 1));
+    let mut other = setup(2, 1, 1);
+    other.task_seed = 43;
+    let (b, _) = Harness::started(other);
+    let first = |h: &Harness| h.engine.step.as_ref().unwrap().slots[0].task;
+    assert_ne!(first(&a), first(&b));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Placement, dispatch, retries
+
+#[test]
+fn a_placement_dispatches_the_task_with_the_rounds_weights() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let exec = execs_of(&places)[0];
+    let out = h.send(Event::Placed {
+        exec,
+        placement: Some(placement(2)),
+    });
+    let [Command::Dispatch {
+        exec: e,
+        kind,
+        round,
+        shard: s,
+        placement: p,
+        weights,
+        ..
+    }] = out.as_slice()
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((*e, *kind, *round), (exec, TaskKind::Gradient, 0));
+    assert_eq!((s, p, weights), (&shard(0), &placement(2), &tensors(0)));
+}
+
+#[test]
+fn busy_nodes_are_asked_again_after_a_pause() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let exec = execs_of(&places)[0];
+    assert_eq!(
+        h.send(Event::Placed {
+            exec,
+            placement: None
+        }),
+        [Command::Place {
+            exec,
+            shard: shard(0),
+            exclude: vec![],
+            after: Some(SLOT_POLL)
+        }]
+    );
+}
+
+#[test]
+fn with_no_eligible_node_the_job_fails() {
+    let mut h = Harness::new(setup(1, 1, 1));
+    h.send(Event::Start);
+    let storage_only = vec![node(STORAGE, Role::Storage)];
+    h.send(Event::Nodes(Ok(storage_only.clone())));
+    h.send(Event::Stored(Ok(tensors(0))));
+    let places = h.send(Event::Nodes(Ok(storage_only)));
+    let out = h.send(Event::Placed {
+        exec: execs_of(&places)[0],
+        placement: None,
+    });
+    assert!(is_error(&out[0]), "{out:?}");
+    assert!(matches!(out[1], Command::Checkpoint { .. }));
+}
+
+#[test]
+fn a_failed_task_is_placed_elsewhere_and_reported() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let exec = execs_of(&places)[0];
+    let out = h.run_with(exec, 2, |_, _| Err("connection lost".into()));
+    let (task, _) = h.task_of[&exec];
+    assert_eq!(
+        out,
+        [
+            Command::Report(ReportItem::Attempt {
+                kind: TaskKind::Gradient,
+                ok: false
+            }),
+            Command::Report(ReportItem::Failure {
+                node: id(2),
+                task,
+                shard: shard(0).id,
+                error: "connection lost".into()
+            }),
+            Command::Place {
+                exec,
+                shard: shard(0),
+                exclude: vec![id(2)],
+                after: None
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_task_failing_on_four_nodes_fails_the_job_and_pays_no_compute() {
+    let (mut h, places) = Harness::started(setup(1, 1, 1));
+    let exec = execs_of(&places)[0];
+    let mut out = Vec::new();
+    for b in 1..=4 {
+        out = h.run_with(exec, b, |_, _| Err("crashed".into()));
+    }
+    let error = out.iter().find(|c| is_error(c)).expect("the job failed");
+    let Command::Report(ReportItem::Error(message)) = error else {
+        unreachable!()
+    };
+    assert!(message.starts_with("task on shard"), "{message}");
+    let out = h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+    let order = settle_order(&out);
+    assert!(!order.completed);
+    assert!(order.work.compute_rows.is_empty() && order.work.fees.is_empty());
+}
+
+#[test]
+fn a_result_for_another_task_is_refused() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let exec = execs_of(&places)[0];
+    let out = h.run_with(exec, 1, |_, entry| {
+        Ok(result(
+            TaskId::from_bytes([0xee; 16]),
+            entry,
+            TaskKind::Gradient,
+            1,
+        ))
+    });
+    assert_eq!(
+        out[0],
+        Command::Report(ReportItem::Attempt {
+            kind: TaskKind::Gradient,
+            ok: false
+        })
+    );
+    assert!(matches!(&out[2], Command::Place { exclude, .. } if exclude == &vec![id(1)]));
+}
+
+#[test]
+fn a_result_whose_digest_does_not_match_its_numbers_is_refused() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let exec = execs_of(&places)[0];
+    let out = h.run_with(exec, 1, |task, entry| {
+        let mut r = result(task, entry, TaskKind::Gradient, 1);
+        r.loss = 0.01;
+        Ok(r)
+    });
+    assert!(matches!(&out[2], Command::Place { .. }), "{out:?}");
+}
+
+#[test]
+fn an_update_of_the_wrong_length_is_refused() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let exec = execs_of(&places)[0];
+    let out = h.run_with(exec, 1, |task, entry| {
+        let mut r = result(task, entry, TaskKind::Gradient, 1);
+        r.update = Some(TensorRef {
+            hash: [1; 32],
+            elements: PARAMETERS + 1,
+        });
+        Ok(with_digest(r))
+    });
+    assert!(matches!(&out[2], Command::Place { .. }), "{out:?}");
+}
+
+#[test]
+fn a_non_finite_loss_or_the_wrong_rows_is_refused() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let [a, b] = execs_of(&places)[..] else { panic!() };
+    let nan = h.run_with(a, 1, |task, entry| {
+        let mut r = result(task, entry, TaskKind::Gradient, 1);
+        r.loss = f32::NAN;
+        Ok(with_digest(r))
+    });
+    assert!(matches!(&nan[2], Command::Place { .. }), "{nan:?}");
+    let rows = h.run_with(b, 1, |task, entry| {
+        let mut r = result(task, entry, TaskKind::Gradient, 1);
+        r.rows += 1;
+        Ok(with_digest(r))
+    });
+    assert!(matches!(&rows[2], Command::Place { .. }), "{rows:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spot checks
+
+#[test]
+fn a_training_result_asks_the_rater_whether_to_check_it() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let out = h.run(execs_of(&places)[1], 3, 1);
+    assert_eq!(decisions(out), [Command::DrawCheck { slot: 1, node: id(3) }]);
+}
+
+#[test]
+fn unchecked_results_are_collected_in_shard_order_whatever_order_they_came_in() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let [a, b] = execs_of(&places)[..] else { panic!() };
+    h.run(b, 2, 5);
+    h.send(Event::CheckDrawn {
+        slot: 1,
+        check: false,
+    });
+    h.run(a, 1, 4);
+    let out = h.send(Event::CheckDrawn {
+        slot: 0,
+        check: false,
+    });
+    let part = |b: u8, v: u8, rows: u64| {
+        (
+            id(b),
+            TensorRef {
+                hash: [v; 32],
+                elements: PARAMETERS,
+            },
+            rows,
+        )
+    };
+    assert_eq!(
+        out,
+        [Command::Collect {
+            round: 0,
+            parts: vec![part(1, 4, shard(0).rows), part(2, 5, shard(1).rows)]
+        }]
+    );
+}
+
+#[test]
+fn a_drawn_check_is_placed_away_from_the_original() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    h.run(execs_of(&places)[0], 2, 1);
+    let out = h.send(Event::CheckDrawn { slot: 0, check: true });
+    assert!(
+        matches!(&out[..], [Command::Place { shard: s, exclude, after: None, .. }] if *s == shard(0) && exclude == &vec![id(2)]),
+        "{out:?}"
+    );
+}
+
+/// Runs slot 0's original on node 1 and a checker on node 2 (versions given); answers the
+/// harness, the checker's exec and the compare command's output.
+fn checked(original: u8, checker: u8) -> (Harness, Vec<u64>, Vec<Command>) {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let execs = execs_of(&places);
+    h.run(execs[0], 1, original);
+    let place = h.send(Event::CheckDrawn { slot: 0, check: true });
+    let check = execs_of(&place)[0];
+    let out = h.run(check, 2, checker);
+    (h, vec![execs[0], execs[1], check], out)
+}
+
+#[test]
+fn a_checker_result_is_compared_with_the_original() {
+    let (h, execs, out) = checked(1, 1);
+    let (task, _) = h.task_of[&execs[0]];
+    assert_eq!(h.task_of[&execs[2]].0, task, "a check re-runs the same task");
+    assert!(
+        matches!(&decisions(out)[..], [Command::Compare { slot: 0, pair: Pair::OriginalChecker, a, b }] if a.0 == id(1) && b.0 == id(2)),
+    );
+}
+
+#[test]
+fn agreement_rates_both_credits_their_rows_and_grants_tickets() {
+    let (mut h, _, _) = checked(1, 1);
+    let out = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        agree: true,
+    });
+    assert_eq!(
+        decisions(out),
+        [
+            Command::Rate {
+                node: id(1),
+                matched: true
+            },
+            Command::Rate {
+                node: id(2),
+                matched: true
+            },
+            Command::GrantTicket { node: id(1) },
+            Command::GrantTicket { node: id(2) },
+        ]
+    );
+    let rows = shard(0).rows;
+    assert_eq!(
+        h.engine.tallies().verified_rows,
+        BTreeMap::from([(id(1), rows), (id(2), rows)])
+    );
+}
+
+#[test]
+fn a_check_no_other_node_can_run_leaves_the_result_unverified() {
+    let mut h = Harness::new(setup(1, 1, 1));
+    let one_compute = vec![node(1, Role::Compute), node(STORAGE, Role::Storage)];
+    h.send(Event::Start);
+    h.send(Event::Nodes(Ok(one_compute.clone())));
+    h.send(Event::Stored(Ok(tensors(0))));
+    let places = h.send(Event::Nodes(Ok(one_compute)));
+    h.run(execs_of(&places)[0], 1, 1);
+    let place = h.send(Event::CheckDrawn { slot: 0, check: true });
+    let out = h.send(Event::Placed {
+        exec: execs_of(&place)[0],
+        placement: None,
+    });
+    assert!(
+        matches!(&out[..], [Command::Collect { parts, .. }] if parts[0].0 == id(1)),
+        "{out:?}"
+    );
+    assert!(h.engine.tallies().verified_rows.is_empty());
+}
+
+#[test]
+fn a_disagreement_calls_a_third_execution_away_from_both() {
+    let (mut h, _, _) = checked(1, 2);
+    let out = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        agree: false,
+    });
+    assert!(
+        matches!(&out[..], [Command::Place { exclude, .. }] if exclude == &vec![id(1), id(2)]),
+        "{out:?}"
+    );
+}
+
+/// A disagreement between node 1 (original) and node 2 (checker), a third run on node 3:
+/// answers the harness, the executions and the output of both comparisons.
+fn third(checker_vs_third: bool, original_vs_third: bool) -> (Harness, Vec<u64>, Vec<Command>) {
+    let (mut h, mut execs, _) = checked(1, 2);
+    let place = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        agree: false,
+    });
+    let exec = execs_of(&place)[0];
+    execs.push(exec);
+    let compares = h.run(exec, 3, 2);
+    assert_eq!(
+        decisions(compares)
+            .iter()
+            .filter(|c| matches!(c, Command::Compare { .. }))
+            .count(),
+        2
+    );
+    let first = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::CheckerThird,
+        agree: checker_vs_third,
+    });
+    assert_eq!(first, [], "the verdict waits for both comparisons");
+    let out = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalThird,
+        agree: original_vs_third,
+    });
+    (h, execs, out)
+}
+
+#[test]
+fn a_third_siding_with_the_checker_bans_the_original() {
+    let (h, execs, out) = third(true, false);
+    let (task, _) = h.task_of[&execs[0]];
+    let rows = shard(0).rows;
+    assert_eq!(
+        decisions(out.clone()),
+        [
+            Command::Rate {
+                node: id(1),
+                matched: false
+            },
+            Command::Rate {
+                node: id(2),
+                matched: true
+            },
+            Command::Rate {
+                node: id(3),
+                matched: true
+            },
+            Command::Penalise { node: id(1), task },
+            Command::Ban { node: id(1) },
+            Command::GrantTicket { node: id(2) },
+            Command::GrantTicket { node: id(3) },
+        ]
+    );
+    assert!(out.iter().any(|c| matches!(
+        c,
+        Command::Report(ReportItem::SpotCheck { verdict: CheckVerdict::OriginalWrong, third: Some(t), .. }) if *t == id(3)
+    )));
+    let tallies = h.engine.tallies();
+    assert!(tallies.banned.contains(&id(1)));
+    assert_eq!(
+        tallies.verified_rows,
+        BTreeMap::from([(id(2), rows), (id(3), rows)])
+    );
+}
+
+#[test]
+fn a_third_siding_with_the_original_bans_the_checker_and_keeps_the_original() {
+    let (mut h, execs, out) = third(false, true);
+    assert!(decisions(out).contains(&Command::Ban { node: id(2) }));
+    // Slot 1 next, unchecked: the round's parts use the original's update for slot 0.
+    h.run(execs[1], 3, 1);
+    let out = h.send(Event::CheckDrawn {
+        slot: 1,
+        check: false,
+    });
+    assert!(
+        matches!(&out[..], [Command::Collect { parts, .. }] if parts[0].0 == id(1) && parts[0].1.hash == [1; 32])
+    );
+}
+
+#[test]
+fn three_disagreeing_executions_fail_the_round_and_ban_nobody() {
+    let (h, _, out) = third(false, false);
+    assert!(out.iter().any(|c| matches!(
+        c,
+        Command::Report(ReportItem::SpotCheck {
+            verdict: CheckVerdict::Undecided,
+            ..
+        })
+    )));
+    assert!(out.iter().any(is_error));
+    assert!(!out
+        .iter()
+        .any(|c| matches!(c, Command::Ban { .. } | Command::Penalise { .. })));
+    assert!(h.engine.tallies().banned.is_empty());
+}
+
+#[test]
+fn no_node_for_a_third_execution_leaves_the_check_undecided() {
+    let (mut h, _, _) = checked(1, 2);
+    let place = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        agree: false,
+    });
+    let exec = execs_of(&place)[0];
+    // Node 3 is up, so the engine waits for it; then it goes and nothing is eligible.
+    h.send(Event::Nodes(Ok(vec![
+        node(1, Role::Compute),
+        node(2, Role::Compute),
+        node(STORAGE, Role::Storage),
+    ])));
+    let out = h.send(Event::Placed {
+        exec,
+        placement: None,
+    });
+    assert!(out.iter().any(|c| matches!(
+        c,
+        Command::Report(ReportItem::SpotCheck {
+            verdict: CheckVerdict::Undecided,
+            third: None,
+            ..
+        })
+    )));
+    assert!(out.iter().any(is_error));
+}
+
+#[test]
+fn a_node_marked_down_during_a_check_is_replaced_for_the_check() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    h.run(execs_of(&places)[0], 1, 1);
+    let place = h.send(Event::CheckDrawn { slot: 0, check: true });
+    let check = execs_of(&place)[0];
+    let out = h.run_with(check, 2, |_, _| {
+        Err("the node was marked down while running the task".into())
+    });
+    assert!(
+        matches!(out.last(), Some(Command::Place { exec, exclude, .. }) if *exec == check && exclude == &vec![id(1), id(2)]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_ban_mid_round_reruns_the_banned_nodes_unverified_results() {
+    // Slot 1 ran unchecked on node 1; slot 0's check then finds node 1 wrong.
+    let (mut h, execs, _) = checked(1, 2);
+    h.run(execs[1], 1, 1);
+    h.send(Event::CheckDrawn {
+        slot: 1,
+        check: false,
+    });
+    let place = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        agree: false,
+    });
+    h.run(execs_of(&place)[0], 3, 2);
+    h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::CheckerThird,
+        agree: true,
+    });
+    let out = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalThird,
+        agree: false,
+    });
+    let rerun = out.last().expect("commands");
+    assert!(
+        matches!(rerun, Command::Place { shard: s, exclude, .. } if *s == shard(1) && exclude == &vec![id(1)]),
+        "{out:?}"
+    );
+    // The re-run is a new task, placed away from the banned node.
+    let exec = execs_of(std::slice::from_ref(rerun))[0];
+    h.run(exec, 2, 2);
+    assert_ne!(h.task_of[&exec].0, h.task_of[&execs[1]].0);
+    let out = h.send(Event::CheckDrawn {
+        slot: 1,
+        check: false,
+    });
+    assert!(matches!(&out[..], [Command::Collect { parts, .. }] if parts.iter().all(|p| p.0 != id(1))));
+}
+
+#[test]
+fn late_answers_for_a_settled_slot_are_ignored() {
+    let (mut h, _, _) = checked(1, 1);
+    h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        agree: true,
+    });
+    assert_eq!(
+        h.send(Event::Compared {
+            slot: 0,
+            pair: Pair::OriginalChecker,
+            agree: false
+        }),
+        []
+    );
+    assert_eq!(h.send(Event::CheckDrawn { slot: 0, check: true }), []);
+    assert_eq!(h.send(Event::CheckDrawn { slot: 9, check: true }), []);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collecting, the outer step, checkpoints
+
+fn round_ready() -> (Harness, Vec<u64>) {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let execs = execs_of(&places);
+    for (slot, exec) in execs.iter().enumerate() {
+        h.run(*exec, 1 + slot as u8, 1);
+        h.send(Event::CheckDrawn { slot, check: false });
+    }
+    (h, execs)
+}
+
+#[test]
+fn an_update_that_cannot_be_collected_is_rerun_elsewhere_then_all_are_collected_again() {
+    let (mut h, _) = round_ready();
+    let out = h.send(Event::Collected(Err(CollectFailure {
+        index: Some(1),
+        error: "stream truncated".into(),
+    })));
+    assert!(matches!(&out[0], Command::Report(ReportItem::Failure { node, .. }) if *node == id(2)));
+    let [Command::Place { exec, exclude, .. }] = &out[1..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(exclude, &vec![id(2)]);
+    // The re-run is not spot-checked again: its result goes straight into a new collect.
+    let out = h.run(*exec, 3, 1);
+    assert!(matches!(&decisions(out)[..], [Command::Collect { parts, .. }] if parts[1].0 == id(3)));
+}
+
+#[test]
+fn updates_that_keep_failing_to_collect_fail_the_job() {
+    let (mut h, _) = round_ready();
+    let mut last = Vec::new();
+    for n in 0..MAX_ATTEMPTS {
+        last = h.send(Event::Collected(Err(CollectFailure {
+            index: Some(0),
+            error: "gone".into(),
+        })));
+        if n + 1 < MAX_ATTEMPTS {
+            let exec = execs_of(&last)[0];
+            h.run(exec, 3, 1);
+        }
+    }
+    assert!(last.iter().any(is_error), "{last:?}");
+}
+
+#[test]
+fn a_reduce_failure_no_node_caused_fails_the_job() {
+    let (mut h, _) = round_ready();
+    let out = h.send(Event::Collected(Err(CollectFailure {
+        index: None,
+        error: "out of memory".into(),
+    })));
+    assert!(is_error(&out[0]));
+    assert!(matches!(out[1], Command::Checkpoint { .. }));
+}
+
+#[test]
+fn the_outer_step_checkpoints_the_new_names_and_the_tallies() {
+    let (mut h, _) = round_ready();
+    assert_eq!(
+        h.send(Event::Collected(Ok(()))),
+        [Command::OuterStep { round: 0 }]
+    );
+    let out = h.send(Event::Stepped(Ok(tensors(1))));
+    let tasks = out
+        .iter()
+        .filter(|c| matches!(c, Command::Report(ReportItem::Task { .. })))
+        .count();
+    assert_eq!(tasks, 2);
+    let Some(Command::Checkpoint {
+        round,
+        tensors: named,
+        progress,
+    }) = out.last()
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((*round, named), (1, &Some(tensors(1))));
+    assert_eq!(
+        progress.tallies.compute_rows,
+        BTreeMap::from([(id(1), shard(0).rows), (id(2), shard(1).rows)])
+    );
+    assert_eq!(
+        progress.tallies.storage_bytes,
+        BTreeMap::from([(id(STORAGE), shard(0).bytes + shard(1).bytes)])
+    );
+    assert_eq!(progress.assignments.len(), 2);
+}
+
+#[test]
+fn the_outer_step_failing_fails_the_job() {
+    let (mut h, _) = round_ready();
+    h.send(Event::Collected(Ok(())));
+    let out = h.send(Event::Stepped(Err("no storage node took the weights".into())));
+    assert!(is_error(&out[0]));
+}
+
+#[test]
+fn a_recorded_checkpoint_drops_the_superseded_weights_and_starts_the_next_round() {
+    let (mut h, places) = Harness::started(setup(2, 1, 2));
+    h.unchecked_round(&execs_of(&places), 1);
+    assert_eq!(
+        h.send(Event::Checkpointed(CheckpointOutcome::Recorded)),
+        [
+            Command::DropTensors {
+                tensors: vec![tensors(0).weights],
+                holders: vec![id(STORAGE)]
+            },
+            Command::Publish,
+            Command::RefreshNodes { after: None },
+        ]
+    );
+}
+
+#[test]
+fn an_unrecorded_checkpoint_keeps_the_weights_the_ledger_still_names() {
+    let (mut h, places) = Harness::started(setup(2, 1, 2));
+    h.unchecked_round(&execs_of(&places), 1);
+    assert_eq!(
+        h.send(Event::Checkpointed(CheckpointOutcome::NotRecorded)),
+        [Command::Publish, Command::RefreshNodes { after: None }]
+    );
+}
+
+#[test]
+fn a_takeover_at_a_checkpoint_ends_the_job_here_without_paying() {
+    let (mut h, places) = Harness::started(setup(2, 1, 2));
+    h.unchecked_round(&execs_of(&places), 1);
+    assert_eq!(
+        h.send(Event::Checkpointed(CheckpointOutcome::TakenOver)),
+        [Command::Finish(Ending::Moved)]
+    );
+    assert!(h.engine.finished());
+    assert_eq!(h.send(Event::Settled { ok: true }), []);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancel, evaluation, settlement
+
+#[test]
+fn a_cancel_during_a_spot_check_stops_the_job_at_the_round_boundary() {
+    let (mut h, execs, _) = checked(1, 1);
+    assert_eq!(h.send(Event::Cancel), []);
+    // The check and the round finish; their work is credited.
+    h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        agree: true,
+    });
+    h.run(execs[1], 3, 1);
+    h.send(Event::CheckDrawn {
+        slot: 1,
+        check: false,
+    });
+    h.send(Event::Collected(Ok(())));
+    h.send(Event::Stepped(Ok(tensors(1))));
+    let out = h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+    let tallies = h.engine.tallies().clone();
+    assert_eq!(
+        out,
+        [
+            Command::DropTensors {
+                tensors: vec![tensors(0).weights],
+                holders: vec![id(STORAGE)]
+            },
+            Command::Publish,
+            claim(1, Some(tensors(1)), tallies),
+        ]
+    );
+    let order = settle_order(&h.send(Event::Checkpointed(CheckpointOutcome::Recorded)));
+    assert!(!order.completed && order.trained.is_none() && order.work.fees.is_empty());
+    assert_eq!(order.work.compute_rows.len(), 2);
+    assert_eq!(
+        h.send(Event::Settled { ok: true }),
+        [Command::Finish(Ending::Cancelled)]
+    );
+}
+
+#[test]
+fn a_cancel_before_the_first_round_runs_no_task() {
+    let mut h = Harness::new(setup(2, 1, 1));
+    h.send(Event::Start);
+    h.send(Event::Cancel);
+    h.send(Event::Nodes(Ok(grid())));
+    let out = h.send(Event::Stored(Ok(tensors(0))));
+    assert_eq!(out, [claim(0, Some(tensors(0)), Tallies::default())]);
+}
+
+/// A one-round job run to its evaluation's placements.
+fn evaluating(regression: bool) -> (Harness, Vec<u64>) {
+    let mut s = setup(2, 1, 1);
+    s.regression = regression;
+    let (mut h, places) = Harness::started(s);
+    h.unchecked_round(&execs_of(&places), 1);
+    h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+    let places = h.send(Event::Nodes(Ok(grid())));
+    let shards: Vec<ShardEntry> = places
+        .iter()
+        .filter_map(|c| match c {
+            Command::Place { shard, .. } => Some(shard.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shards, [shard(10), shard(11)], "the held-out shards");
+    (h, execs_of(&places))
+}
+
+#[test]
+fn the_evaluation_runs_unchecked_reports_accuracy_and_settles_completed() {
+    let (mut h, execs) = evaluating(false);
+    let out = h.run(execs[0], 1, 0);
+    assert_eq!(decisions(out), [], "no spot check of an evaluation");
+    let out = h.run(execs[1], 2, 0);
+    let rows = shard(10).rows + shard(11).rows;
+    let correct = shard(10).rows / 2 + shard(11).rows / 2;
+    assert!(out.iter().any(|c| matches!(
+        c,
+        Command::Report(ReportItem::Evaluation { rows: r, accuracy: Some(a), r2: None, .. })
+            if *r == rows && (*a - correct as f64 / rows as f64).abs() < 1e-12
+    )));
+    assert!(matches!(out.last(), Some(Command::Checkpoint { round: 1, .. })));
+    let order = settle_order(&h.send(Event::Checkpointed(CheckpointOutcome::Recorded)));
+    assert!(order.completed);
+    assert_eq!(order.trained, Some(tensors(1)));
+    assert_eq!(order.work.fees, fees());
+    assert_eq!(
+        h.send(Event::Settled { ok: false }),
+        [Command::Finish(Ending::Done)]
+    );
+}
+
+#[test]
+fn a_regression_reports_r2_from_the_targets_sums() {
+    let (mut h, execs) = evaluating(true);
+    let mut out = Vec::new();
+    for (i, exec) in execs.iter().enumerate() {
+        out = h.run_with(*exec, 1 + i as u8, |task, entry| {
+            let mut r = result(task, entry, TaskKind::Evaluate, 0);
+            r.correct = 0;
+            // Σy = 0, Σy² = 2·rows: the targets' variance is 2, the loss (MSE) 0.5 → R² = 0.75.
+            r.values = vec![0.0, 2.0 * entry.rows as f32];
+            Ok(with_digest(r))
+        });
+    }
+    assert!(
+        out.iter().any(|c| matches!(
+            c,
+            Command::Report(ReportItem::Evaluation { r2: Some(r2), accuracy: None, .. }) if (*r2 - 0.75).abs() < 1e-9
+        )),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_evaluation_of_a_regression_without_its_sums_is_refused() {
+    let (mut h, execs) = evaluating(true);
+    let out = h.run(execs[0], 1, 0);
+    assert!(matches!(out.last(), Some(Command::Place { .. })), "{out:?}");
+}
+
+#[test]
+fn a_takeover_at_the_final_claim_pays_nothing_here() {
+    let (mut h, execs) = evaluating(false);
+    h.run(execs[0], 1, 0);
+    h.run(execs[1], 2, 0);
+    assert_eq!(
+        h.send(Event::Checkpointed(CheckpointOutcome::TakenOver)),
+        [Command::Finish(Ending::Moved)]
+    );
+}
+
+#[test]
+fn settlement_pays_no_banned_node_and_no_bytes_of_a_cached_shard() {
+    let (mut h, execs, _) = third(true, false);
+    // Node 1 is banned; slot 1 runs on node 3 from its cache.
+    h.run_with(execs[1], 3, |task, entry| {
+        let mut r = result(task, entry, TaskKind::Gradient, 2);
+        r.cache_hits = 1;
+        Ok(r)
+    });
+    h.send(Event::CheckDrawn {
+        slot: 1,
+        check: false,
+    });
+    h.send(Event::Collected(Ok(())));
+    h.send(Event::Stepped(Ok(tensors(1))));
+    h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+    let places = h.send(Event::Nodes(Ok(grid())));
+    for (i, exec) in execs_of(&places).into_iter().enumerate() {
+        let out = h.run_with(exec, 2 + i as u8, |task, entry| {
+            let mut r = result(task, entry, TaskKind::Evaluate, 0);
+            r.cache_hits = 1;
+            Ok(with_digest(r))
+        });
+        if let Some(Command::Place { exclude, .. }) = out.last() {
+            panic!("evaluation refused: {exclude:?}");
+        }
+    }
+    let order = settle_order(&h.send(Event::Checkpointed(CheckpointOutcome::Recorded)));
+    assert!(!order.work.compute_rows.contains_key(&address(1)));
+    assert_eq!(order.slash, vec![(id(1), address(1))]);
+    assert!(order.verified.iter().all(|(n, _, _)| *n != id(1)));
+    // Slot 0 came from the storage node (checker's placement), everything else from caches.
+    assert_eq!(
+        order.work.storage_bytes,
+        BTreeMap::from([(address(STORAGE), shard(0).bytes)])
+    );
+}
+
+#[test]
+fn a_resumed_jobs_earlier_tallies_are_paid() {
+    let mut s = setup(2, 1, 1);
+    let mut tallies = Tallies::default();
+    tallies.compute_rows.insert(id(3), 1_000);
+    tallies.verified_rows.insert(id(3), 1_000);
+    s.resumed = Some(Resumed {
+        round: 1,
+        tallies,
+        tensors: Some(tensors(5)),
+    });
+    let mut h = Harness::new(s);
+    h.send(Event::Start);
+    h.send(Event::Nodes(Ok(grid())));
+    let places = h.send(Event::Nodes(Ok(grid())));
+    for (i, exec) in execs_of(&places).into_iter().enumerate() {
+        h.run(exec, 1 + i as u8, 0);
+    }
+    let order = settle_order(&h.send(Event::Checkpointed(CheckpointOutcome::Recorded)));
+    assert!(order.completed);
+    assert_eq!(order.work.compute_rows[&address(3)], 1_000);
+    assert_eq!(order.verified, vec![(id(3), address(3), 1_000)]);
+}
+
+#[test]
+fn answers_after_the_job_ended_are_ignored() {
+    let (mut h, places) = Harness::started(setup(2, 1, 1));
+    let execs = execs_of(&places);
+    // Every compute node leaves: the first placement fails the job.
+    h.send(Event::Nodes(Ok(vec![node(STORAGE, Role::Storage)])));
+    let out = h.send(Event::Placed {
+        exec: execs[0],
+        placement: None,
+    });
+    assert!(out.iter().any(is_error), "{out:?}");
+    // The round's other answers arrive late.
+    assert_eq!(
+        h.send(Event::Placed {
+            exec: execs[1],
+            placement: Some(placement(1))
+        }),
+        []
+    );
+    assert_eq!(h.send(Event::Collected(Ok(()))), []);
+    assert_eq!(h.send(Event::Stepped(Ok(tensors(3)))), []);
+    let out = h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+    assert!(matches!(&out[..], [Command::Settle(_)]));
+    assert_eq!(
+        h.send(Event::Settled { ok: true }),
+        [Command::Finish(Ending::Failed)]
+    );
+    assert_eq!(h.send(Event::Settled { ok: true }), []);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Any interleaving balances the escrow
+
+mod interleavings {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::payroll::{self, Pricing};
+
+    /// Node 3 lies: its updates differ from every honest execution's.
+    const LIAR: u8 = 3;
+    const MAX_STEPS: usize = 20_000;
+
+    /// The engine and a world that answers its commands as the choices say, in the order the
+    /// choices pick from everything outstanding.
+    struct World {
+        h: Harness,
+        pending: Vec<Command>,
+        choices: Vec<u8>,
+        at: usize,
+        settled: Vec<SettleOrder>,
+        endings: Vec<Ending>,
+        /// Rows the engine credited per node (its `Task` report items).
+        credited: BTreeMap<NodeId, u64>,
+        stored: u8,
+    }
+
+    impl World {
+        fn choice(&mut self) -> u8 {
+            let c = self.choices.get(self.at).copied().unwrap_or(0);
+            self.at += 1;
+            c
+        }
+
+        fn take(&mut self, commands: Vec<Command>) {
+            for command in commands {
+                match command {
+                    Command::Report(ReportItem::Task { done, .. }) => {
+                        *self.credited.entry(done.placement.node).or_insert(0) += done.result.rows;
+                    }
+                    Command::Finish(ending) => self.endings.push(ending),
+                    Command::Rate { .. }
+                    | Command::Penalise { .. }
+                    | Command::Ban { .. }
+                    | Command::GrantTicket { .. }
+                    | Command::Report(_)
+                    | Command::Publish
+                    | Command::DropTensors { .. } => {}
+                    other => self.pending.push(other),
+                }
+            }
+        }
+
+        fn answer(&mut self, command: Command) -> Option<Event> {
+            let c = self.choice();
+            Some(match command {
+                Command::RefreshNodes { .. } => Event::Nodes(Ok(grid())),
+                Command::StoreState => Event::Stored(Ok(tensors(0))),
+                Command::Place { exec, exclude, .. } => {
+                    let candidates: Vec<u8> = [1, 2, LIAR]
+                        .into_iter()
+                        .filter(|b| !exclude.contains(&id(*b)))
+                        .collect();
+                    let placement = if candidates.is_empty() || c % 6 == 5 {
+                        None
+                    } else {
+                        Some(placement(candidates[c as usize % candidates.len()]))
+                    };
+                    Event::Placed { exec, placement }
+                }
+                Command::Dispatch {
+                    exec,
+                    task,
+                    kind,
+                    shard,
+                    placement,
+                    ..
+                } => {
+                    let version = if placement.node == id(LIAR) { 9 } else { 1 };
+                    let outcome = if c % 8 == 7 {
+                        Err("crashed".into())
+                    } else {
+                        Ok(result(task, &shard, kind, version))
+                    };
+                    Event::Ran { exec, outcome }
+                }
+                Command::DrawCheck { slot, .. } => Event::CheckDrawn {
+                    slot,
+                    check: c % 2 == 1,
+                },
+                Command::Compare { slot, pair, a, b } => Event::Compared {
+                    slot,
+                    pair,
+                    // The truth, flipped now and then (an unreadable update, a flaky link).
+                    agree: (a.1.update == b.1.update) != (c % 11 == 10),
+                },
+                Command::Collect { parts, .. } => Event::Collected(if c % 7 == 6 {
+                    Err(CollectFailure {
+                        index: Some(c as usize % parts.len()),
+                        error: "stream truncated".into(),
+                    })
+                } else {
+                    Ok(())
+                }),
+                Command::OuterStep { .. } => {
+                    self.stored += 1;
+                    Event::Stepped(Ok(tensors(self.stored)))
+                }
+                Command::Checkpoint { .. } => Event::Checkpointed(match c {
+                    c if c % 29 == 28 => CheckpointOutcome::TakenOver,
+                    c if c % 13 == 12 => CheckpointOutcome::NotRecorded,
+                    _ => CheckpointOutcome::Recorded,
+                }),
+                Command::Settle(order) => {
+                    self.settled.push(order);
+                    Event::Settled { ok: true }
+                }
+                _ => return None,
+            })
+        }
+
+        fn run(setup: EngineSetup, choices: Vec<u8>) -> World {
+            let mut w = World {
+                h: Harness::new(setup),
+                pending: Vec::new(),
+                choices,
+                at: 0,
+                settled: Vec::new(),
+                endings: Vec::new(),
+                credited: BTreeMap::new(),
+                stored: 0,
+            };
+            let out = w.h.send(Event::Start);
+            w.take(out);
+            for _ in 0..MAX_STEPS {
+                if w.pending.is_empty() {
+                    break;
+                }
+                let c = w.choice();
+                if c == 255 {
+                    let out = w.h.send(Event::Cancel);
+                    w.take(out);
+                }
+                let command = w.pending.remove(c as usize % w.pending.len());
+                if let Some(event) = w.answer(command) {
+                    let out = w.h.send(event);
+                    w.take(out);
+                }
+            }
+            w
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn any_interleaving_of_results_failures_and_verdicts_balances_the_escrow(
+            choices in proptest::collection::vec(any::<u8>(), 0..600),
+            budget in 12u128..1_000_000_000_000_000_000_000u128,
+            compute in 0u128..1_000_000_000_000_000_000u128,
+            storage in 0u128..1_000_000_000_000_000_000u128,
+            fee_percent in 0u8..=50,
+            shards in 1u8..5,
+            epochs in 1u32..3,
+        ) {
+            let w = World::run(setup(shards, 2, epochs), choices);
+            prop_assert!(w.pending.is_empty(), "the job did not end: {:?}", w.pending);
+            prop_assert_eq!(w.endings.len(), 1);
+            let ending = w.endings[0];
+            let tallies = w.h.engine.tallies().clone();
+            if ending == Ending::Moved {
+                prop_assert!(w.settled.is_empty(), "a job taken over is settled by its new runner");
+                return Ok(());
+            }
+            prop_assert_eq!(w.settled.len(), 1);
+            let order = &w.settled[0];
+            prop_assert_eq!(order.completed, ending == Ending::Done);
+            prop_assert_eq!(order.trained.is_some(), ending == Ending::Done);
+            // Every accepted task of a node not banned is paid, and nothing else.
+            for (node, rows) in &w.credited {
+                let paid = order.work.compute_rows.get(&Address(*node.as_bytes())).copied().unwrap_or(0);
+                let expected = if tallies.banned.contains(node) { 0 } else { *rows };
+                prop_assert_eq!(paid, expected);
+            }
+            prop_assert_eq!(
+                order.work.compute_rows.values().sum::<u64>(),
+                w.credited.iter().filter(|(n, _)| !tallies.banned.contains(n)).map(|(_, r)| r).sum::<u64>()
+            );
+            prop_assert!(order.verified.iter().all(|(n, _, _)| !tallies.banned.contains(n)));
+            prop_assert!(order.slash.iter().all(|(n, _)| tallies.banned.contains(n)));
+            // The escrow balances to the base unit: payouts + burned fee + refund = budget.
+            let pricing = Pricing {
+                compute_per_million_rows: Amount(compute),
+                storage_per_gb: Amount(storage),
+                platform_fee_percent: fee_percent,
+            };
+            let settlement = payroll::settle(Amount(budget), &order.work, &pricing).expect("settles");
+            let paid = settlement.payouts.iter().map(|p| p.amount.0).sum::<u128>();
+            prop_assert_eq!(paid + settlement.platform_fee.0 + settlement.refund.0, budget);
+        }
+    }
+}
