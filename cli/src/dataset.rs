@@ -104,6 +104,10 @@ pub struct ImportArgs {
     #[arg(long = "null-marker", value_name = "TEXT")]
     pub null_markers: Vec<String>,
     /// Print the import report and store nothing.
+    /// Read the input columns as images, CxHxW (row-major pixels), e.g. 1x8x8: recorded in the
+    /// manifest for models whose input is an image.
+    #[arg(long, value_name = "CxHxW", value_parser = parse_image_shape)]
+    pub image_shape: Option<[u64; 3]>,
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -139,6 +143,7 @@ impl ImportArgs {
             column_types: Vec::new(),
             missing: Vec::new(),
             null_markers: Vec::new(),
+            image_shape: None,
             dry_run: false,
         }
     }
@@ -158,6 +163,7 @@ impl ImportArgs {
             column_types: self.column_types.iter().cloned().collect(),
             missing: self.missing.iter().cloned().collect(),
             null_markers: self.null_markers.clone(),
+            image_shape: self.image_shape,
             ..ImportOptions::new(&label)
         }
     }
@@ -168,6 +174,19 @@ impl ImportArgs {
                 .file_stem()
                 .map_or("dataset".into(), |s| s.to_string_lossy().into_owned())
         })
+    }
+}
+
+/// `CxHxW`, each a whole number of at least 1.
+fn parse_image_shape(text: &str) -> Result<[u64; 3], String> {
+    let dims: Vec<u64> = text
+        .split(['x', 'X', '×'])
+        .map(|d| d.trim().parse::<u64>().ok().filter(|d| *d >= 1))
+        .collect::<Option<Vec<u64>>>()
+        .ok_or_else(|| format!("{text:?} is not CxHxW (e.g. 1x8x8)"))?;
+    match dims[..] {
+        [c, h, w] => Ok([c, h, w]),
+        _ => Err(format!("{text:?} is not CxHxW (e.g. 1x8x8)")),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `aic model register` and `aic job submit|status|result|cancel`: a model asset, and a training
-//! job paid from an escrow the submitter opens.
+//! `aic model register|show` and `aic job submit|status|result|cancel`: a model asset (a layer
+//! graph), and a training job paid from an escrow the submitter opens.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call};
 use aic_ledger::{Amount, Keypair};
 use aic_protocol::messages::{ClientRequest, ClientResponse, JobRequest, ModelShape};
+use aic_protocol::model_graph::{self, ModelGraph};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::{AssetId, JobId};
 use anyhow::{bail, Context};
@@ -43,27 +44,41 @@ pub enum ModelKindArg {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum ModelCommand {
-    /// Mint a Model asset: an architecture others may train, for a fee per job.
+    /// Mint a Model asset: an architecture others may train, for a fee per job. Either a layer
+    /// graph you describe (`--spec model.toml`, see examples/models/) or one of the fixed kinds.
     Register {
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_enum)]
-        kind: ModelKindArg,
+        /// A model description (TOML or JSON): validated, its summary printed, then minted.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "features", "classes", "hidden"])]
+        spec: Option<PathBuf>,
+        /// The asset's name (default: the description's name).
+        #[arg(long, required_unless_present = "spec")]
+        name: Option<String>,
+        #[arg(long, value_enum, required_unless_present = "spec")]
+        kind: Option<ModelKindArg>,
         /// Model inputs (a dataset's encoded input width).
-        #[arg(long, required_unless_present = "for_dataset")]
+        #[arg(long, required_unless_present_any = ["for_dataset", "spec"])]
         features: Option<u32>,
         /// Classes (classifiers only).
         #[arg(long)]
         classes: Option<u32>,
-        /// Take the features (the dataset's input width) and classes from a Dataset asset.
+        /// Take the features (the dataset's input width) and classes from a Dataset asset; with
+        /// --spec, check the description fits it.
         #[arg(long, value_name = "ASSET", conflicts_with_all = ["features", "classes"])]
         for_dataset: Option<AssetId>,
         /// Hidden units (MLP only).
-        #[arg(long, default_value_t = 64)]
-        hidden: u32,
+        #[arg(long)]
+        hidden: Option<u32>,
         /// AIC paid to you each time a job uses the model.
         #[arg(long, default_value = "0")]
         fee: Amount,
+    },
+    /// Print a model's layers, output shapes and parameter counts: a Model asset's, or a
+    /// description's before it is minted.
+    Show {
+        #[arg(required_unless_present = "spec", conflicts_with = "spec")]
+        asset: Option<AssetId>,
+        #[arg(long, value_name = "FILE")]
+        spec: Option<PathBuf>,
     },
 }
 
@@ -97,20 +112,23 @@ pub struct SubmitArgs {
     pub dataset: AssetId,
     #[arg(long)]
     pub model: AssetId,
-    #[arg(long, default_value_t = 20)]
-    pub epochs: u32,
+    /// Epochs (default: the model description's, else 20).
+    #[arg(long)]
+    pub epochs: Option<u32>,
     /// The most you will pay, in AIC: it goes into escrow; what is not spent comes back.
     #[arg(long)]
     pub budget: Amount,
-    /// The local (inner) optimizer's learning rate.
-    #[arg(long, default_value_t = 0.5)]
-    pub learning_rate: f64,
+    /// The local (inner) optimizer's learning rate (default: the description's, else 0.5).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
     /// Local steps each task takes on its shard before answering a weight update (H). More
     /// steps send the same bytes per round for H times the work: what makes slow links usable.
-    #[arg(long, default_value_t = 1)]
-    pub local_steps: u32,
-    #[arg(long, value_enum, default_value_t = InnerOptimizerArg::Sgd)]
-    pub inner_optimizer: InnerOptimizerArg,
+    /// Default: the description's, else 1.
+    #[arg(long)]
+    pub local_steps: Option<u32>,
+    /// The local optimizer (default: the description's, else sgd).
+    #[arg(long, value_enum)]
+    pub inner_optimizer: Option<InnerOptimizerArg>,
     /// How the round's mean update is applied to the weights.
     #[arg(long, value_enum, default_value_t = OuterOptimizerArg::Sgd)]
     pub outer_optimizer: OuterOptimizerArg,
@@ -146,11 +164,11 @@ impl SubmitArgs {
         SubmitArgs {
             dataset,
             model,
-            epochs,
+            epochs: Some(epochs),
             budget,
-            learning_rate,
-            local_steps: 1,
-            inner_optimizer: InnerOptimizerArg::Sgd,
+            learning_rate: Some(learning_rate),
+            local_steps: Some(1),
+            inner_optimizer: Some(InnerOptimizerArg::Sgd),
             outer_optimizer: OuterOptimizerArg::Sgd,
             outer_lr: 1.0,
             detach: true,
@@ -159,15 +177,81 @@ impl SubmitArgs {
 }
 
 pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
+    match &args.command {
+        ModelCommand::Register {
+            spec: Some(path),
+            name,
+            for_dataset,
+            fee,
+            ..
+        } => register_spec(&args, path, name.as_deref(), for_dataset.as_ref(), *fee).await,
+        ModelCommand::Register { .. } => register_kind(&args).await,
+        ModelCommand::Show { asset, spec } => show_model(&args, asset.as_ref(), spec.as_deref()).await,
+    }
+}
+
+/// Reads and validates a description file.
+fn read_spec(path: &std::path::Path) -> anyhow::Result<ModelGraph> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.len() > aic_protocol::model_graph::MAX_SPEC_BYTES as u64 {
+        bail!(
+            "{}: {} bytes; a model description is at most {} bytes",
+            path.display(),
+            meta.len(),
+            aic_protocol::model_graph::MAX_SPEC_BYTES
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    model_graph::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+async fn register_spec(
+    args: &ModelArgs,
+    path: &std::path::Path,
+    name: Option<&str>,
+    for_dataset: Option<&AssetId>,
+    fee: Amount,
+) -> anyhow::Result<()> {
+    let graph = read_spec(path)?;
+    let summary = graph.render_summary()?;
+    let profile = args.client.load()?;
+    if let Some(asset) = for_dataset {
+        let (features, classes, target) = dataset_dimensions(&profile, asset).await?;
+        let classes = (!target).then_some(classes as usize);
+        graph
+            .check_dataset(u64::from(features), classes)
+            .map_err(|e| anyhow::anyhow!("the description does not fit dataset {asset}: {e}"))?;
+    }
+    let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+    let name = name.unwrap_or(&graph.name).to_string();
+    let asset = register_graph(&profile, &key, &name, &graph, fee).await?;
+    print_out(
+        args.json,
+        json!({
+            "asset": asset.to_string(),
+            "parameters": graph.parameters()?,
+            "trains_today": graph.as_shape().is_some(),
+            "graph": graph,
+        }),
+        || format!("{summary}model {name} registered as asset {asset}"),
+    );
+    Ok(())
+}
+
+async fn register_kind(args: &ModelArgs) -> anyhow::Result<()> {
     let ModelCommand::Register {
-        name,
-        kind,
+        name: Some(name),
+        kind: Some(kind),
         features,
         classes,
         for_dataset,
         hidden,
         fee,
-    } = &args.command;
+        ..
+    } = &args.command
+    else {
+        bail!("aic model register needs --spec FILE, or --name and --kind");
+    };
     let profile = args.client.load()?;
     let regression = matches!(kind, ModelKindArg::Linear);
     let (features, classes) = match for_dataset {
@@ -201,7 +285,7 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
         ModelKindArg::Softmax => ModelShape::SoftmaxRegression { features, classes },
         ModelKindArg::Mlp => ModelShape::Mlp {
             features,
-            hidden: *hidden,
+            hidden: hidden.unwrap_or(64),
             classes,
         },
         ModelKindArg::Linear => ModelShape::LinearRegression { features },
@@ -214,6 +298,63 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
         || format!("model {name} registered as asset {asset}"),
     );
     Ok(())
+}
+
+async fn show_model(
+    args: &ModelArgs,
+    asset: Option<&AssetId>,
+    spec: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let graph = match (asset, spec) {
+        (_, Some(path)) => read_spec(path)?,
+        (Some(asset), None) => {
+            let profile = args.client.load()?;
+            let scheduler = nodes::connect(&profile).await?;
+            let LedgerResponse::Asset(Some(found)) =
+                ledger_client::request(&scheduler, &LedgerRequest::Asset(*asset)).await?
+            else {
+                bail!("no asset {asset} on the ledger");
+            };
+            if found.kind != AssetKind::Model {
+                bail!("asset {asset} is a {:?}, not a Model", found.kind);
+            }
+            let mut graph = model_graph::of_manifest(&found.metadata.manifest)
+                .map_err(|e| anyhow::anyhow!("asset {asset}'s description: {e}"))?;
+            graph.name = found.metadata.name.clone();
+            graph
+        }
+        (None, None) => bail!("aic model show needs an ASSET or --spec FILE"),
+    };
+    let summary = graph.render_summary()?;
+    let rows: Vec<Value> = graph
+        .summary()?
+        .iter()
+        .map(|r| json!({"name": r.name, "kind": r.kind, "output": r.output.to_string(), "parameters": r.parameters}))
+        .collect();
+    print_out(
+        args.json,
+        json!({"name": graph.name, "layers": rows, "parameters": graph.parameters()?, "trains_today": graph.as_shape().is_some()}),
+        || summary.trim_end().to_string(),
+    );
+    Ok(())
+}
+
+/// The training defaults a Model asset's description carries (none for a fixed shape).
+async fn model_training_defaults(
+    scheduler: &RpcClient,
+    asset: &AssetId,
+) -> anyhow::Result<aic_protocol::model_graph::TrainingDefaults> {
+    let LedgerResponse::Asset(Some(found)) =
+        ledger_client::request(scheduler, &LedgerRequest::Asset(*asset)).await?
+    else {
+        bail!("no asset {asset} on the ledger");
+    };
+    if found.kind != AssetKind::Model {
+        bail!("asset {asset} is a {:?}, not a Model", found.kind);
+    }
+    let graph = model_graph::of_manifest(&found.metadata.manifest)
+        .map_err(|e| anyhow::anyhow!("asset {asset}'s description: {e}"))?;
+    Ok(graph.training)
 }
 
 /// A Dataset asset's model input width, class count, and whether its label is a numeric target,
@@ -237,7 +378,7 @@ async fn dataset_dimensions(profile: &ClientProfile, asset: &AssetId) -> anyhow:
     ))
 }
 
-/// Mints a Model asset whose manifest is the model's shape.
+/// Mints a Model asset of one of the fixed shapes: an ordinary description of it.
 pub async fn register_model(
     profile: &ClientProfile,
     key: &Keypair,
@@ -248,13 +389,27 @@ pub async fn register_model(
     if shape.features() == 0 || (!shape.is_regression() && shape.classes() < 2) {
         bail!("a model needs at least one feature, and a classifier two classes");
     }
+    let graph = ModelGraph::of_shape(name, shape);
+    graph.summary()?;
+    register_graph(profile, key, name, &graph, fee).await
+}
+
+/// Mints a Model asset whose manifest is the description's canonical form and whose content
+/// hash is that form's hash.
+pub async fn register_graph(
+    profile: &ClientProfile,
+    key: &Keypair,
+    name: &str,
+    graph: &ModelGraph,
+    fee: Amount,
+) -> anyhow::Result<AssetId> {
     let scheduler = nodes::connect(profile).await?;
-    let manifest = serde_json::to_string(&shape)?;
+    let manifest = String::from_utf8(graph.canonical_bytes())?;
     let call = Call::MintAsset {
         kind: AssetKind::Model,
         metadata: AssetMetadata {
             name: name.to_string(),
-            content_hash: *blake3::hash(manifest.as_bytes()).as_bytes(),
+            content_hash: graph.content_hash(),
             manifest,
             usage_fee: fee,
         },
@@ -338,23 +493,31 @@ pub async fn run_job(args: JobArgs) -> anyhow::Result<()> {
 /// Quotes the job, checks the budget and the balance, opens the escrow and starts the job.
 /// Everything refusable is refused before the escrow is opened.
 pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArgs) -> anyhow::Result<JobId> {
-    if !(submit.learning_rate > 0.0 && submit.learning_rate <= 100.0) {
+    // What the flags leave open comes from the model's description, then the built-in defaults.
+    let defaults = model_training_defaults(scheduler, &submit.model).await?;
+    let learning_rate = submit
+        .learning_rate
+        .or(defaults.learning_rate.map(f64::from))
+        .unwrap_or(0.5);
+    if !(learning_rate > 0.0 && learning_rate <= 100.0) {
         bail!("--learning-rate must be in (0, 100]");
     }
     if !(submit.outer_lr > 0.0 && submit.outer_lr <= 100.0) {
         bail!("--outer-lr must be in (0, 100]");
     }
+    let inner_optimizer = match submit.inner_optimizer {
+        Some(InnerOptimizerArg::Sgd) => aic_protocol::messages::InnerOptimizer::Sgd,
+        Some(InnerOptimizerArg::Adam) => aic_protocol::messages::InnerOptimizer::Adam,
+        None => defaults.optimizer.unwrap_or_default(),
+    };
     let request = JobRequest {
         job: JobId::random(),
         dataset_asset: submit.dataset,
         model_asset: submit.model,
-        epochs: submit.epochs,
-        learning_rate_milli: (submit.learning_rate * 1000.0).round() as u32,
-        local_steps: submit.local_steps,
-        inner_optimizer: match submit.inner_optimizer {
-            InnerOptimizerArg::Sgd => aic_protocol::messages::InnerOptimizer::Sgd,
-            InnerOptimizerArg::Adam => aic_protocol::messages::InnerOptimizer::Adam,
-        },
+        epochs: submit.epochs.or(defaults.epochs).unwrap_or(20),
+        learning_rate_milli: (learning_rate * 1000.0).round() as u32,
+        local_steps: submit.local_steps.or(defaults.local_steps).unwrap_or(1),
+        inner_optimizer,
         outer_optimizer: match submit.outer_optimizer {
             OuterOptimizerArg::Sgd => aic_protocol::messages::OuterOptimizer::Sgd,
             OuterOptimizerArg::Nesterov => aic_protocol::messages::OuterOptimizer::Nesterov,

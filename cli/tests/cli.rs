@@ -1065,6 +1065,37 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
         out["asset"].as_str().unwrap().to_string()
     };
     let (fits, misfit) = (register("64"), register("10"));
+    // A described CNN registers (checked against the digits), and its job is refused at the
+    // quote until its layers' kernels exist: valid, but not trainable yet.
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models/digits-cnn.toml");
+    let out = aic(&[
+        "model",
+        "register",
+        "--spec",
+        spec,
+        "--for-dataset",
+        digits,
+        "--profile",
+        profile,
+        "--wallet",
+        &owner,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let registered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            registered["parameters"].as_u64(),
+            registered["trains_today"].as_bool()
+        ),
+        (Some(5050), Some(false))
+    );
+    let cnn = registered["asset"].as_str().unwrap().to_string();
+    let shown = aic(&["model", "show", &cnn, "--profile", profile, "--json"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["parameters"], 5050);
+    assert_eq!(shown["layers"][0]["output"], "16×8×8");
     let balance = || {
         let out = aic(&[
             "wallet",
@@ -1121,6 +1152,12 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
             fits.as_str(),
             "50",
             "no asset 00000000000000000000000000000000",
+        ),
+        (
+            digits,
+            cnn.as_str(),
+            "50",
+            "the grid's kernels do not train this model's graph yet (conv2d → relu",
         ),
     ] {
         let out = submit(dataset, model, budget);
@@ -1288,4 +1325,42 @@ fn a_scheduler_replica_killed_mid_job_has_the_job_resumed_by_the_new_leader() {
         .collect();
     assert!(!paid_compute.is_empty(), "{job}");
     assert_eq!(status["chain"]["verified"], true, "{status}");
+}
+
+/// `aic model show --spec` checks a description offline: the summary table for a good one, the
+/// layer and the numbers for a bad one, and nothing minted either way.
+#[test]
+fn model_show_checks_a_description_and_names_the_layer_that_does_not_fit() {
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models/digits-cnn.toml");
+    let out = aic(&["model", "show", "--spec", spec]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let total = table.lines().last().unwrap();
+    assert!(
+        total.starts_with("total") && total.trim_end().ends_with("5050"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("conv1") && l.contains("16×8×8")),
+        "{table}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"bad\"\ninput = { image = [1, 8, 8] }\nloss = \"softmax_cross_entropy\"\n\
+         [[layer]]\nname = \"head\"\nkind = \"dense\"\nunits = 10\n",
+    )
+    .unwrap();
+    let out = aic(&["model", "show", "--spec", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out)
+            .contains("layer 1 (head, dense) takes a vector (add a flatten layer); its input is 1×8×8"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -194,7 +194,7 @@ async fn a_softmax_model_classifies_held_out_penguins() {
         features: manifest.input_width as usize,
         classes: manifest.classes.len(),
     };
-    let mut backend = CpuBackend;
+    let mut backend = CpuBackend::default();
     let mut weights = model.init(7);
     for _ in 0..300 {
         let (_, grads) = backend.train_step(&model, &weights, &train).unwrap();
@@ -378,7 +378,17 @@ async fn a_linear_regression_on_body_mass_matches_ridge() {
     let model = ModelSpec::LinearRegression {
         features: manifest.input_width as usize,
     };
-    let mut backend = CpuBackend;
+    // The shipped description of this model fits the import as it is.
+    let spec = include_str!("../../examples/models/penguins-regression.toml");
+    let graph = aic_protocol::model_graph::parse(spec).unwrap();
+    graph.check_dataset(manifest.input_width, None).unwrap();
+    assert_eq!(
+        graph.as_shape(),
+        Some(aic_protocol::messages::ModelShape::LinearRegression {
+            features: manifest.input_width as u32
+        })
+    );
+    let mut backend = CpuBackend::default();
     let mut weights = model.init(3);
     for _ in 0..600 {
         let (_, grads) = backend.train_step(&model, &weights, &train).unwrap();

@@ -29,6 +29,8 @@ pub enum BackendSetting {
 #[serde(deny_unknown_fields, default)]
 pub struct ComputeSettings {
     pub backend: BackendSetting,
+    /// Cores the CPU backend's matrix multiplies use; 0 means every core.
+    pub cpu_threads: u32,
     /// Tasks run at once (they share the one device, one after another).
     pub task_slots: u32,
     /// Bytes of decoded shards kept for later rounds.
@@ -47,6 +49,7 @@ impl Default for ComputeSettings {
     fn default() -> Self {
         ComputeSettings {
             backend: BackendSetting::Auto,
+            cpu_threads: 0,
             task_slots: 2,
             cache_bytes: 512 * 1024 * 1024,
             tensor_cache_bytes: 4 * 1024 * 1024 * 1024,
@@ -75,6 +78,12 @@ impl Validate for ComputeConfig {
         self.scheduler.validate("scheduler")?;
         if self.compute.task_slots == 0 {
             return Err(Invalid::new("compute.task_slots", "must be at least 1"));
+        }
+        if self.compute.cpu_threads > 1024 {
+            return Err(Invalid::new(
+                "compute.cpu_threads",
+                "is a core count, 0 (every core) to 1024",
+            ));
         }
         if self.compute.corrupt_results_percent > 100 {
             return Err(Invalid::new(

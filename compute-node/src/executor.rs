@@ -49,14 +49,15 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Opens the backend on its own thread and measures it: a 256³ matrix multiply, best of 3.
-    pub fn start(choice: BackendChoice) -> Result<(Executor, DeviceProbe), String> {
+    /// Opens the backend on its own thread (the CPU backend on `cpu_threads` cores, 0 for
+    /// every core) and measures it: a 256³ matrix multiply, best of 3.
+    pub fn start(choice: BackendChoice, cpu_threads: usize) -> Result<(Executor, DeviceProbe), String> {
         let (work_tx, work_rx) = mpsc::channel::<Work>();
         let (probe_tx, probe_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("aic-device".into())
             .spawn(move || {
-                let mut backend = match aic_kernels::open(choice) {
+                let mut backend = match aic_kernels::open_with(choice, cpu_threads) {
                     Ok(backend) => backend,
                     Err(e) => {
                         let _ = probe_tx.send(Err(e.to_string()));

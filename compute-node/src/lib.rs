@@ -365,7 +365,7 @@ pub fn start(
             allow_cpu_device: true,
         },
     };
-    let (executor, probe) = Executor::start(choice)
+    let (executor, probe) = Executor::start(choice, config.compute.cpu_threads as usize)
         .map_err(|e| aic_protocol::Error::Transport(format!("opening the compute backend: {e}")))?;
     let host = local_capacity();
     tracing::info!(device = %probe.describe, mflops = probe.mflops, "device probed");

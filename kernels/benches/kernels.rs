@@ -1,8 +1,10 @@
-//! Kernel benchmark: matrix multiply GFLOP/s at n = 256…2048 on every backend available, beside
-//! the `matrixmultiply` SGEMM on one thread measured in the same run; and the Vulkan backend's
-//! per-step host overhead beside an empty submit-and-wait round trip.
+//! Kernel benchmark: matrix multiply GFLOP/s at n = 256…2048 — the CPU backend on one thread and
+//! on every core, beside `matrixmultiply`'s one-thread SGEMM and numpy's BLAS (OpenBLAS, every
+//! core) measured in the same run, and the Vulkan backend; and the Vulkan backend's per-step host
+//! overhead beside an empty submit-and-wait round trip.
 //!
 //! ```text
+//! ops/install-bench-deps.sh      # numpy, for the BLAS column
 //! cargo bench -p aic-kernels --bench kernels
 //! AIC_BENCH_MAX_N=1024 cargo bench -p aic-kernels --bench kernels
 //! ```
@@ -48,24 +50,64 @@ fn main() {
     };
     if let Some(v) = vulkan.as_mut() {
         v.warm_up().unwrap();
-        println!("Vulkan device: {}", v.describe());
+        println!(
+            "Vulkan device: {} ({} matrix multiply)",
+            v.describe(),
+            if v.blocked_matmul() {
+                "register-blocked"
+            } else {
+                "16×16"
+            }
+        );
+    }
+    // The 16×16 kernel on the same device: what register blocking buys.
+    let mut simple = VulkanBackend::new(VulkanOptions {
+        allow_cpu_device: true,
+        validation: false,
+    })
+    .ok();
+    if let Some(v) = simple.as_mut() {
+        v.use_simple_matmul();
+        v.warm_up().unwrap();
     }
 
-    println!("\nmatrix multiply, n×n·n×n, f32");
+    let sizes: Vec<usize> = [256usize, 512, 1024, 2048]
+        .into_iter()
+        .filter(|&n| n <= max_n)
+        .collect();
+    let blas = numpy_gflops(&sizes);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("\nmatrix multiply, n×n·n×n, f32 ({cores} cores)");
     println!(
-        "  {:>5} {:>22} {:>22} {:>8}",
-        "n", "cpu sgemm 1 thread", "vulkan (kernel only)", "ratio"
+        "  {:>5} {:>16} {:>16} {:>16} {:>16} {:>12} {:>16} {:>16} {:>10}",
+        "n",
+        "matrixmultiply 1t",
+        "cpu gemm 1t",
+        "cpu gemm all",
+        "numpy BLAS all",
+        "all ÷ BLAS",
+        "vulkan blocked",
+        "vulkan 16×16",
+        "blocked ÷"
     );
-    let mut cpu = CpuBackend;
-    for n in [256usize, 512, 1024, 2048].into_iter().filter(|&n| n <= max_n) {
+    let mut one = CpuBackend::default();
+    let mut all = CpuBackend::with_threads(0);
+    for (i, &n) in sizes.iter().enumerate() {
         let (a, b) = (matrix(n, 1), matrix(n, 2));
-        let cpu_time = median(3, || {
-            let t = Instant::now();
-            cpu.matmul(&a, &b, false, false).unwrap();
-            t.elapsed()
-        });
-        let cpu_gflops = gflops(n, 1, cpu_time);
-        let vulkan_gflops = vulkan.as_mut().map(|v| {
+        let baseline = gflops(n, 1, median(3, || matrixmultiply_once(&a, &b)));
+        let time = |backend: &mut CpuBackend| {
+            gflops(
+                n,
+                1,
+                median(3, || {
+                    let t = Instant::now();
+                    backend.matmul(&a, &b, false, false).unwrap();
+                    t.elapsed()
+                }),
+            )
+        };
+        let (one_gflops, all_gflops) = (time(&mut one), time(&mut all));
+        let time_vulkan = |v: &mut VulkanBackend| {
             // Enough repeats for ~0.2 s of work on a fast device, at least one.
             let repeats = if v.is_cpu_device() {
                 1
@@ -73,14 +115,29 @@ fn main() {
                 (4096 / n).pow(2).clamp(1, 64)
             };
             gflops(n, repeats, median(3, || v.time_matmul(&a, &b, repeats).unwrap()))
-        });
-        match vulkan_gflops {
-            Some(g) => println!(
-                "  {n:>5} {cpu_gflops:>16.2} GF/s {g:>16.2} GF/s {:>7.2}×",
-                g / cpu_gflops
-            ),
-            None => println!("  {n:>5} {cpu_gflops:>16.2} GF/s {:>22} {:>8}", "-", "-"),
-        }
+        };
+        let vulkan_gflops = vulkan.as_mut().map(time_vulkan);
+        let simple_gflops = simple.as_mut().map(time_vulkan);
+        let cell = |g: Option<f64>| g.map_or_else(|| "-".to_string(), |g| format!("{g:.1} GF/s"));
+        let blas_n = blas.as_ref().ok().map(|b| b[i]);
+        let blocked_ratio = match (vulkan_gflops, simple_gflops) {
+            (Some(b), Some(s)) => format!("{:.2}×", b / s),
+            _ => "-".to_string(),
+        };
+        println!(
+            "  {n:>5} {:>16} {:>16} {:>16} {:>16} {:>12} {:>16} {:>16} {:>10}",
+            cell(Some(baseline)),
+            cell(Some(one_gflops)),
+            cell(Some(all_gflops)),
+            cell(blas_n),
+            blas_n.map_or_else(|| "-".to_string(), |b| format!("{:.2}×", all_gflops / b)),
+            cell(vulkan_gflops),
+            cell(simple_gflops),
+            blocked_ratio,
+        );
+    }
+    if let Err(why) = &blas {
+        println!("  no numpy BLAS column: {why} (run ops/install-bench-deps.sh)");
     }
 
     if let Some(v) = vulkan.as_mut() {
@@ -126,7 +183,7 @@ fn main() {
         };
         let cpu_step = median(11, || {
             let t = Instant::now();
-            cpu.train_step(&model, &weights, &batch).unwrap();
+            all.train_step(&model, &weights, &batch).unwrap();
             t.elapsed()
         });
         let gpu_step = median(11, || {
@@ -141,4 +198,65 @@ fn main() {
             gpu_step.as_secs_f64() / cpu_step.as_secs_f64()
         );
     }
+}
+
+/// One `matrixmultiply` SGEMM on one thread: the baseline the CPU backend is compared with.
+fn matrixmultiply_once(a: &Matrix, b: &Matrix) -> Duration {
+    let n = a.rows;
+    let mut c = vec![0.0f32; n * n];
+    let t = Instant::now();
+    // SAFETY: a, b and c are n×n row-major matrices of exactly n² elements; c is not aliased.
+    unsafe {
+        matrixmultiply::sgemm(
+            n,
+            n,
+            n,
+            1.0,
+            a.data.as_ptr(),
+            n as isize,
+            1,
+            b.data.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+    t.elapsed()
+}
+
+/// numpy's matrix multiply (its BLAS, every core) at each size: median GFLOP/s of 3 runs, in a
+/// Python process started here.
+fn numpy_gflops(sizes: &[usize]) -> Result<Vec<f64>, String> {
+    let script = r#"
+import sys, time
+import numpy as np
+for n in map(int, sys.argv[1:]):
+    a = np.random.rand(n, n).astype(np.float32) - 0.5
+    b = np.random.rand(n, n).astype(np.float32) - 0.5
+    a @ b
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    times.sort()
+    print(2 * n ** 3 / times[1] / 1e9)
+"#;
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(sizes.iter().map(usize::to_string))
+        .output()
+        .map_err(|e| format!("python3 did not start: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(stderr.lines().last().unwrap_or("python3 failed").to_string());
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| l.trim().parse::<f64>().map_err(|e| e.to_string()))
+        .collect()
 }

@@ -245,10 +245,16 @@ pub enum BackendChoice {
     },
 }
 
-/// Opens the chosen backend.
+/// Opens the chosen backend; the CPU backend uses every core.
 pub fn open(choice: BackendChoice) -> Result<Box<dyn Backend>> {
+    open_with(choice, 0)
+}
+
+/// Opens the chosen backend; the CPU backend uses `cpu_threads` cores (0: every core).
+pub fn open_with(choice: BackendChoice, cpu_threads: usize) -> Result<Box<dyn Backend>> {
+    let cpu = crate::cpu::CpuBackend::with_threads(cpu_threads);
     match choice {
-        BackendChoice::Cpu => Ok(Box::new(crate::cpu::CpuBackend)),
+        BackendChoice::Cpu => Ok(Box::new(cpu)),
         BackendChoice::Vulkan { allow_cpu_device } => {
             let options = crate::vulkan::VulkanOptions {
                 allow_cpu_device,
@@ -260,7 +266,7 @@ pub fn open(choice: BackendChoice) -> Result<Box<dyn Backend>> {
             Ok(vulkan) => Ok(Box::new(vulkan)),
             Err(reason) => {
                 tracing::info!(%reason, "no usable Vulkan GPU; using the CPU backend");
-                Ok(Box::new(crate::cpu::CpuBackend))
+                Ok(Box::new(cpu))
             }
         },
     }

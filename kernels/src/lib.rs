@@ -5,7 +5,7 @@
 //!  arrow RecordBatch ──► batch::from_record_batch ──► Batch (features, labels), checked
 //!                                                       │
 //!  ModelSpec + Weights ──► Backend::train_step / evaluate ──► loss, gradients / accuracy
-//!                              ├─ CpuBackend     (matrixmultiply SGEMM, loops in index order)
+//!                              ├─ CpuBackend     (gemm SGEMM on every core, other loops in index order)
 //!                              └─ VulkanBackend  (GLSL → SPIR-V shaders, one submission a step)
 //!  compare::agree: the cross-backend tolerance the rater applies
 //! ```
@@ -15,12 +15,13 @@ pub mod batch;
 pub mod compare;
 pub mod cpu;
 pub mod error;
+pub mod graph;
 pub mod model;
 pub mod step;
 pub mod tensor;
 pub mod vulkan;
 
-pub use backend::{open, AdamParams, Backend, BackendChoice};
+pub use backend::{open, open_with, AdamParams, Backend, BackendChoice};
 pub use cpu::CpuBackend;
 pub use error::{KernelError, Result};
 pub use model::{Batch, ModelSpec, Weights};

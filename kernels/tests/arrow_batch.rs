@@ -30,7 +30,9 @@ fn a_record_batch_becomes_features_and_labels() {
         features: 2,
         classes: 2,
     };
-    let (loss, accuracy) = CpuBackend.evaluate(&model, &model.init(1), &b).unwrap();
+    let (loss, accuracy) = CpuBackend::default()
+        .evaluate(&model, &model.init(1), &b)
+        .unwrap();
     assert!(loss.is_finite() && (0.0..=1.0).contains(&accuracy));
 }
 
@@ -126,7 +128,7 @@ fn a_wide_model_takes_a_batch_in_passes_whose_weighted_mean_is_the_whole_batchs(
     };
     assert_eq!(passes(&small, &rb).count(), 1);
     let weights = small.init(3);
-    let mut cpu = CpuBackend;
+    let mut cpu = CpuBackend::default();
     let (_, whole) = train_step(&mut cpu, &small, &weights, &rb, "label").unwrap();
     let mut sum = vec![0.0f64; whole.flat().len()];
     for part in [rb.slice(0, 7), rb.slice(7, rows - 7)] {

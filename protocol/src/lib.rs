@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod messages;
 pub mod metrics;
 pub mod metrics_http;
+pub mod model_graph;
 pub mod node_agent;
 pub mod report;
 pub mod rpc;

@@ -86,6 +86,10 @@ pub struct Manifest {
     /// What the import found in each column (the import report).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub report: Vec<ColumnReport>,
+    /// The input columns read as images, channels × height × width (row-major pixels), when the
+    /// import was told so (`--image-shape 1x8x8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_shape: Option<[u64; 3]>,
 }
 
 /// Most shards one manifest may name.
@@ -137,6 +141,15 @@ impl Manifest {
                 "the manifest says an input width of {} but its features encode into {width}",
                 self.input_width
             ));
+        }
+        if let Some(shape) = self.image_shape {
+            let pixels = shape.iter().try_fold(1u64, |p, d| p.checked_mul(*d));
+            if shape.contains(&0) || pixels != Some(width) {
+                return Err(format!(
+                    "the manifest's image shape {}×{}×{} does not hold its {width} input columns",
+                    shape[0], shape[1], shape[2]
+                ));
+            }
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ use aic_protocol::service::{BoundSockets, ServiceHandle};
 use aic_protocol::transport;
 use aic_protocol::{NodeId, Role};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use config::StorageConfig;
 pub use serving::{encode_ipc, preview_sample, preview_sample_size, MAX_BATCH_BYTES};
@@ -134,10 +135,13 @@ async fn sweep_uploads(node: Arc<StorageNode>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let expired = node.sweep_idle_uploads().await;
-        if expired > 0 {
-            tracing::info!(expired, "idle uploads abandoned and their shards deleted");
-        }
+        let sweep = async {
+            let expired = node.sweep_idle_uploads().await;
+            if expired > 0 {
+                tracing::info!(expired, "idle uploads abandoned and their shards deleted");
+            }
+        };
+        sweep.instrument(tracing::info_span!("sweep_uploads")).await;
     }
 }
 
@@ -145,46 +149,54 @@ async fn sweep_uploads(node: Arc<StorageNode>, shutdown: CancellationToken) {
 /// repairs damaged shards from other replicas, and reports the holdings to the scheduler.
 async fn scrub_loop(node: Arc<StorageNode>, interval: std::time::Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
-    loop {
+    for pass in 0u64.. {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let started = std::time::Instant::now();
-        let report = scrub::scrub(&node.store, &*node.catalog.read().await).await;
-        match (report, node.store.list().await) {
-            (Ok(report), Ok(held)) => {
-                node.metrics.record(&report);
-                node.metrics
-                    .bytes_stored
-                    .set(held.iter().map(|s| s.bytes as i64).sum());
-                let damaged: Vec<_> = report.damaged().copied().collect();
-                for shard in &damaged {
-                    tracing::warn!(%shard, "scrub found a damaged shard");
-                }
-                let repaired = if damaged.is_empty() {
-                    0
-                } else {
-                    node.repair_from_peers(&damaged).await
-                };
-                // What is still damaged after repair is reported as such.
-                let still: HashSet<_> = if repaired == damaged.len() {
-                    HashSet::new()
-                } else {
-                    scrub::scrub(&node.store, &*node.catalog.read().await)
-                        .await
-                        .map(|r| r.damaged().copied().collect())
-                        .unwrap_or_else(|_| damaged.iter().copied().collect())
-                };
-                node.publish_holdings(&still).await;
-            }
-            (Err(error), _) | (_, Err(error)) => {
-                node.metrics.scrubs.with_label_values(&["error"]).inc();
-                tracing::warn!(%error, "scrub failed");
-            }
-        }
-        node.metrics
-            .scrub_duration
-            .observe(started.elapsed().as_secs_f64());
+        scrub_once(&node)
+            .instrument(tracing::info_span!("scrub", pass))
+            .await;
     }
+}
+
+/// One scrub: every shard checked against its name, damaged ones repaired from peers, the
+/// holdings published.
+async fn scrub_once(node: &StorageNode) {
+    let started = std::time::Instant::now();
+    let report = scrub::scrub(&node.store, &*node.catalog.read().await).await;
+    match (report, node.store.list().await) {
+        (Ok(report), Ok(held)) => {
+            node.metrics.record(&report);
+            node.metrics
+                .bytes_stored
+                .set(held.iter().map(|s| s.bytes as i64).sum());
+            let damaged: Vec<_> = report.damaged().copied().collect();
+            for shard in &damaged {
+                tracing::warn!(%shard, "scrub found a damaged shard");
+            }
+            let repaired = if damaged.is_empty() {
+                0
+            } else {
+                node.repair_from_peers(&damaged).await
+            };
+            // What is still damaged after repair is reported as such.
+            let still: HashSet<_> = if repaired == damaged.len() {
+                HashSet::new()
+            } else {
+                scrub::scrub(&node.store, &*node.catalog.read().await)
+                    .await
+                    .map(|r| r.damaged().copied().collect())
+                    .unwrap_or_else(|_| damaged.iter().copied().collect())
+            };
+            node.publish_holdings(&still).await;
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            node.metrics.scrubs.with_label_values(&["error"]).inc();
+            tracing::warn!(%error, "scrub failed");
+        }
+    }
+    node.metrics
+        .scrub_duration
+        .observe(started.elapsed().as_secs_f64());
 }

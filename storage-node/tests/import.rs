@@ -350,3 +350,48 @@ async fn statistics_that_would_overflow_are_refused_with_the_column_named() {
     let err = refused("size,label\n1.7e308,0\n-1.7e308,1\n1,0\n", "label").await;
     assert!(err.contains("\"size\"") && err.contains("overflow"), "{err}");
 }
+
+#[tokio::test]
+async fn an_image_shape_is_recorded_when_it_holds_every_column_and_refused_otherwise() {
+    let store = ShardStore::memory();
+    let mut options = ImportOptions::new("digit");
+    options.image_shape = Some([1, 8, 8]);
+    let (manifest, _) = import_file(&digits_path(), "digits as images", &options, &store)
+        .await
+        .unwrap();
+    assert_eq!(manifest.image_shape, Some([1, 8, 8]));
+    manifest.check().unwrap();
+    let reread = aic_storage_node::manifest::Manifest::from_json(&manifest.to_json()).unwrap();
+    assert_eq!(reread.image_shape, Some([1, 8, 8]));
+
+    // 1×8×9 holds 72 values, not the file's 64 columns: refused before anything is stored.
+    let store = ShardStore::memory();
+    options.image_shape = Some([1, 8, 9]);
+    let err = import_file(&digits_path(), "digits", &options, &store)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, aic_storage_node::import::ImportError::Input { .. }),
+        "{err}"
+    );
+    assert!(store.list().await.unwrap().is_empty());
+
+    // A manifest whose image shape does not hold its columns is refused when read.
+    let mut forged = manifest.clone();
+    forged.image_shape = Some([2, 8, 8]);
+    assert!(aic_storage_node::manifest::Manifest::from_json(&forged.to_json()).is_err());
+}
+
+#[test]
+fn an_image_view_of_a_category_is_refused() {
+    use aic_storage_node::import::check_image_shape;
+    let csv = b"colour,size,label\nred,1,0\nblue,2,1\nred,3,0\nblue,4,1\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.csv");
+    std::fs::write(&path, csv).unwrap();
+    let analysis = analyse(&path, "mixed", &ImportOptions::new("label"), &|_| {}).unwrap();
+    let features = analysis.features();
+    let width: usize = features.iter().map(|f| f.width()).sum();
+    let err = check_image_shape([1, 1, width as u64], &features).unwrap_err();
+    assert!(err.starts_with("column \"colour\" is a category"), "{err}");
+}

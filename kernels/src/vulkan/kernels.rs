@@ -22,6 +22,8 @@ macro_rules! spirv {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Matmul,
+    /// Register-blocked matrix multiply (64×64 tiles, 4×4 per invocation).
+    MatmulBlocked,
     BiasAct,
     ReluBackward,
     SoftmaxXent,
@@ -32,8 +34,9 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Matmul,
+        Kernel::MatmulBlocked,
         Kernel::BiasAct,
         Kernel::ReluBackward,
         Kernel::SoftmaxXent,
@@ -46,6 +49,7 @@ impl Kernel {
     fn spirv(self) -> &'static [u8] {
         match self {
             Kernel::Matmul => spirv!("matmul"),
+            Kernel::MatmulBlocked => spirv!("matmul_blocked"),
             Kernel::BiasAct => spirv!("bias_act"),
             Kernel::ReluBackward => spirv!("relu_backward"),
             Kernel::SoftmaxXent => spirv!("softmax_xent"),

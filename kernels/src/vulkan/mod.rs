@@ -52,14 +52,23 @@ pub struct VulkanBackend {
     free: HashMap<usize, Vec<Subbuffer<[f32]>>>,
     free_labels: HashMap<usize, Vec<Subbuffer<[u32]>>>,
     max_buffer_bytes: u64,
+    /// Whether the device runs the register-blocked matrix multiply (256 invocations and 8 KiB
+    /// of shared memory per workgroup); the 16×16 kernel otherwise.
+    blocked_matmul: bool,
 }
 
 impl VulkanBackend {
     pub fn new(options: VulkanOptions) -> Result<Self> {
         let context = Context::open(options)?;
         let device = context.device.clone();
-        let max_buffer_bytes = u64::from(device.physical_device().properties().max_storage_buffer_range);
+        let properties = device.physical_device().properties();
+        let max_buffer_bytes = u64::from(properties.max_storage_buffer_range);
+        let blocked_matmul = properties.max_compute_work_group_invocations >= 256
+            && properties.max_compute_work_group_size[0] >= 16
+            && properties.max_compute_work_group_size[1] >= 16
+            && properties.max_compute_shared_memory_size >= 2 * 64 * 16 * 4;
         Ok(VulkanBackend {
+            blocked_matmul,
             memory: Arc::new(StandardMemoryAllocator::new_default(device.clone())),
             descriptor_sets: Arc::new(StandardDescriptorSetAllocator::new(
                 device.clone(),
@@ -76,6 +85,16 @@ impl VulkanBackend {
 
     pub fn device_name(&self) -> &str {
         &self.context.device_name
+    }
+
+    /// Whether matrix multiplies use the register-blocked kernel.
+    pub fn blocked_matmul(&self) -> bool {
+        self.blocked_matmul
+    }
+
+    /// Uses the 16×16 matrix multiply even where the blocked one could run (to compare them).
+    pub fn use_simple_matmul(&mut self) {
+        self.blocked_matmul = false;
     }
 
     pub fn is_cpu_device(&self) -> bool {
@@ -277,7 +296,16 @@ impl<'a> Recorder<'a> {
             WriteDescriptorSet::buffer(1, b.clone()),
             WriteDescriptorSet::buffer(2, c.clone()),
         ];
-        self.dispatch(Kernel::Matmul, writes, push, [groups(n, 16), groups(m, 16), 1])?;
+        if self.backend.blocked_matmul {
+            self.dispatch(
+                Kernel::MatmulBlocked,
+                writes,
+                push,
+                [groups(n, 64), groups(m, 64), 1],
+            )?;
+        } else {
+            self.dispatch(Kernel::Matmul, writes, push, [groups(n, 16), groups(m, 16), 1])?;
+        }
         Ok(c)
     }
 

@@ -102,10 +102,37 @@ pub(super) async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Res
             format!("asset {} is not a Model", request.model_asset),
         ));
     }
-    let shape: ModelShape = serde_json::from_str(&model.metadata.manifest).map_err(|e| {
+    let graph = aic_protocol::model_graph::of_manifest(&model.metadata.manifest).map_err(|e| {
         refuse(
             ErrorCode::InvalidArgument,
-            format!("the model's manifest is not a model shape: {e}"),
+            format!("the model's manifest is not a usable description: {e}"),
+        )
+    })?;
+    // An image model reads the dataset's columns as the images they were imported as.
+    if let (aic_protocol::model_graph::InputView::Image(view), Some(imported)) =
+        (graph.input, manifest.image_shape)
+    {
+        if view != imported {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the model reads {}×{}×{} images; the dataset was imported as {}×{}×{}",
+                    view[0], view[1], view[2], imported[0], imported[1], imported[2]
+                ),
+            ));
+        }
+    }
+    // The kernels train one dense layer, or dense → relu → dense, today; other graphs are
+    // valid descriptions that wait for their layers' kernels.
+    let shape: ModelShape = graph.as_shape().ok_or_else(|| {
+        let kinds: Vec<&str> = graph.layers.iter().map(|l| l.op.kind()).collect();
+        refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the grid's kernels do not train this model's graph yet ({}); \
+                 one dense layer, or dense → relu → dense, on a feature vector trains today",
+                kinds.join(" → ")
+            ),
         )
     })?;
     // The model's input is the dataset's encoded width (one-hot categories take a column each);

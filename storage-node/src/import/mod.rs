@@ -109,6 +109,8 @@ pub struct ImportOptions {
     pub missing: BTreeMap<String, MissingPolicy>,
     /// Values read as missing; empty means [`DEFAULT_NULL_MARKERS`].
     pub null_markers: Vec<String>,
+    /// The input columns as images: channels × height × width, row-major pixels.
+    pub image_shape: Option<[u64; 3]>,
 }
 
 impl ImportOptions {
@@ -124,6 +126,7 @@ impl ImportOptions {
             column_types: BTreeMap::new(),
             missing: BTreeMap::new(),
             null_markers: Vec::new(),
+            image_shape: None,
         }
     }
 
@@ -487,6 +490,9 @@ pub async fn encode(
     let features = analysis.features();
     let input_columns: Vec<String> = features.iter().flat_map(|f| f.column_names()).collect();
     let width = input_columns.len();
+    if let Some(shape) = options.image_shape {
+        check_image_shape(shape, &features).map_err(input)?;
+    }
     let label_policy = options.label_missing();
     let mut writer = ShardWriter::new(
         &input_columns,
@@ -590,7 +596,31 @@ pub async fn encode(
         rows_dropped: dropped,
         input_width: width as u64,
         report: analysis.report.clone(),
+        image_shape: options.image_shape,
     })
+}
+
+/// An image view must hold exactly the input columns, every one a number (a pixel), not a
+/// category's one-hot columns.
+pub fn check_image_shape(shape: [u64; 3], features: &[crate::encoding::Feature]) -> Result<(), String> {
+    let width: usize = features.iter().map(|f| f.width()).sum();
+    let pixels = shape.iter().try_fold(1u64, |p, d| p.checked_mul(*d));
+    if shape.contains(&0) || pixels != Some(width as u64) {
+        return Err(format!(
+            "an image shape of {}×{}×{} holds {} values; the file has {width} input columns",
+            shape[0],
+            shape[1],
+            shape[2],
+            pixels.map_or_else(|| "too many".to_string(), |p| p.to_string())
+        ));
+    }
+    if let Some(category) = features.iter().find(|f| f.width() != 1) {
+        return Err(format!(
+            "column {:?} is a category, not a pixel: an image's columns are all numbers",
+            category.name
+        ));
+    }
+    Ok(())
 }
 
 /// Whether row `row` of the file belongs to the held-out test split: a seeded hash, so the split
