@@ -230,7 +230,6 @@ async fn register_spec(
         json!({
             "asset": asset.to_string(),
             "parameters": graph.parameters()?,
-            "trains_today": graph.as_shape().is_some(),
             "graph": graph,
         }),
         || format!("{summary}model {name} registered as asset {asset}"),
@@ -333,7 +332,7 @@ async fn show_model(
         .collect();
     print_out(
         args.json,
-        json!({"name": graph.name, "layers": rows, "parameters": graph.parameters()?, "trains_today": graph.as_shape().is_some()}),
+        json!({"name": graph.name, "layers": rows, "parameters": graph.parameters()?}),
         || summary.trim_end().to_string(),
     );
     Ok(())

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aic_ledger::state::Asset;
 use aic_ledger::Keypair;
-use aic_protocol::messages::{ClientRequest, ClientResponse, ModelShape, OwnerProof};
+use aic_protocol::messages::{ClientRequest, ClientResponse, ModelShape, OwnerProof, TaskModel};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::tensor::{check_chunk, TensorRef};
 use aic_protocol::{AssetId, NodeId};
@@ -27,14 +27,20 @@ pub struct Exported {
 
 /// The weights tensor a TrainedModel asset names, and the storage nodes (QUIC addresses) its
 /// manifest says hold it.
-pub fn weights_of(asset: &Asset) -> anyhow::Result<(TensorRef, ModelShape, Vec<String>, Value)> {
+pub fn weights_of(asset: &Asset) -> anyhow::Result<(TensorRef, TaskModel, Vec<String>, Value)> {
     let manifest: Value =
         serde_json::from_str(&asset.metadata.manifest).context("the asset's manifest is not JSON")?;
     let elements = manifest["weights"]["elements"]
         .as_u64()
         .context("the asset's manifest names no weights tensor")?;
-    let model: ModelShape =
-        serde_json::from_value(manifest["model"].clone()).context("the asset's manifest names no model")?;
+    // A fixed shape as itself, a layer graph under "graph".
+    let model = match serde_json::from_value::<ModelShape>(manifest["model"].clone()) {
+        Ok(shape) => TaskModel::Shape(shape),
+        Err(_) if manifest["model"]["graph"].is_object() => {
+            TaskModel::Graph(manifest["model"]["graph"].to_string())
+        }
+        Err(_) => bail!("the asset's manifest names no model"),
+    };
     let holders = manifest["weights"]["holders"]
         .as_array()
         .map(|h| {
@@ -61,7 +67,9 @@ pub async fn export_weights(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Exported> {
     let (tensor, model, _, manifest) = weights_of(asset)?;
-    let shapes = aic_kernels::ModelSpec::from(model).shapes();
+    let shapes = aic_kernels::Trainable::of(&model)
+        .map_err(|e| anyhow::anyhow!("the asset's model: {e}"))?
+        .shapes();
     let parameters: usize = shapes.iter().map(|(r, c)| r * c).sum();
     if parameters as u64 != tensor.elements {
         bail!(

@@ -754,10 +754,11 @@ fn check_a_penguins_job(data_dir: &std::path::Path, profile: &str) {
     let model = run(&[
         "model",
         "register",
-        "--name",
-        "mass",
-        "--kind",
-        "linear",
+        "--spec",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/models/penguins-regression.toml"
+        ),
         "--for-dataset",
         dataset,
         "--profile",
@@ -766,6 +767,7 @@ fn check_a_penguins_job(data_dir: &std::path::Path, profile: &str) {
         &developer,
         "--json",
     ]);
+    // The description's training defaults (100 epochs at 0.05) stand: no flags override them.
     let job = run(&[
         "job",
         "submit",
@@ -775,10 +777,6 @@ fn check_a_penguins_job(data_dir: &std::path::Path, profile: &str) {
         model["asset"].as_str().unwrap(),
         "--budget",
         "200",
-        "--epochs",
-        "100",
-        "--learning-rate",
-        "0.05",
         "--profile",
         profile,
         "--wallet",
@@ -786,6 +784,7 @@ fn check_a_penguins_job(data_dir: &std::path::Path, profile: &str) {
         "--json",
     ]);
     assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["epochs"], 100, "the description's default epochs");
     let r2 = job["r2"].as_f64().unwrap();
     assert!(r2 >= RIDGE_R2 - 0.03, "held-out R² {r2}, ridge {RIDGE_R2}");
 }
@@ -1065,8 +1064,7 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
         out["asset"].as_str().unwrap().to_string()
     };
     let (fits, misfit) = (register("64"), register("10"));
-    // A described CNN registers (checked against the digits), and its job is refused at the
-    // quote until its layers' kernels exist: valid, but not trainable yet.
+    // A described CNN registers (checked against the digits) and shows its layers.
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models/digits-cnn.toml");
     let out = aic(&[
         "model",
@@ -1083,13 +1081,7 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let registered: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (
-            registered["parameters"].as_u64(),
-            registered["trains_today"].as_bool()
-        ),
-        (Some(5050), Some(false))
-    );
+    assert_eq!(registered["parameters"].as_u64(), Some(5050));
     let cnn = registered["asset"].as_str().unwrap().to_string();
     let shown = aic(&["model", "show", &cnn, "--profile", profile, "--json"]);
     assert!(shown.status.success(), "{}", stderr(&shown));
@@ -1153,12 +1145,6 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
             "50",
             "no asset 00000000000000000000000000000000",
         ),
-        (
-            digits,
-            cnn.as_str(),
-            "50",
-            "the grid's kernels do not train this model's graph yet (conv2d → relu",
-        ),
     ] {
         let out = submit(dataset, model, budget);
         assert!(!out.status.success());
@@ -1169,6 +1155,51 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
         );
     }
     assert_eq!(balance(), before, "no escrow was opened by a refused job");
+
+    // A described graph the fixed kernels do not cover (dense → gelu → layer_norm → dense →
+    // tanh → dense) trains layer by layer on the compute nodes and learns the digits.
+    let deep = aic(&[
+        "model",
+        "register",
+        "--spec",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models/deep-mlp.toml"),
+        "--for-dataset",
+        digits,
+        "--profile",
+        profile,
+        "--wallet",
+        &owner,
+        "--json",
+    ]);
+    assert!(deep.status.success(), "{}", stderr(&deep));
+    let deep: Value = serde_json::from_slice(&deep.stdout).unwrap();
+    let out = aic(&[
+        "job",
+        "submit",
+        "--dataset",
+        digits,
+        "--model",
+        deep["asset"].as_str().unwrap(),
+        "--budget",
+        "50",
+        "--epochs",
+        "6",
+        "--local-steps",
+        "8",
+        "--learning-rate",
+        "0.002",
+        "--profile",
+        profile,
+        "--wallet",
+        &user,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["model"]["parameters"], 17482, "{job}");
+    let accuracy = job["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.93, "the deep MLP's held-out accuracy {accuracy}");
 
     // A long job cancelled by its submitter: the work done is paid, the rest refunded, and the
     // escrow balances to the base unit.

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use aic_kernels::{Backend, BackendChoice, Matrix, ModelSpec, Weights};
-use aic_protocol::messages::{InnerOptimizer, LocalTraining, ModelShape, TaskKind};
+use aic_kernels::{Backend, BackendChoice, Matrix, Trainable, Weights};
+use aic_protocol::messages::{InnerOptimizer, LocalTraining, TaskKind, TaskModel};
 use arrow_array::RecordBatch;
 use tokio::sync::oneshot;
 
@@ -34,7 +34,10 @@ pub struct Computed {
 
 struct Work {
     kind: TaskKind,
-    model: ModelShape,
+    model: TaskModel,
+    /// Seeds a graph's dropout masks: derived from the task, so a re-execution elsewhere draws
+    /// the same masks.
+    seed: u64,
     weights: Arc<Vec<f32>>,
     training: LocalTraining,
     label: String,
@@ -82,10 +85,12 @@ impl Executor {
     }
 
     /// Runs a task's kernels on the device thread.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
         kind: TaskKind,
-        model: ModelShape,
+        model: TaskModel,
+        seed: u64,
         weights: Arc<Vec<f32>>,
         training: LocalTraining,
         label: String,
@@ -96,6 +101,7 @@ impl Executor {
             .send(Work {
                 kind,
                 model,
+                seed,
                 weights,
                 training,
                 label,
@@ -131,8 +137,7 @@ fn probe(backend: &mut dyn Backend) -> Result<DeviceProbe, String> {
 }
 
 /// Flat parameters cut into the model's tensors.
-pub fn unflatten(spec: &ModelSpec, flat: &[f32]) -> Result<Weights, String> {
-    let shapes = spec.shapes();
+pub fn unflatten(shapes: &[(usize, usize)], flat: &[f32]) -> Result<Weights, String> {
     let needed: usize = shapes.iter().map(|(r, c)| r * c).sum();
     if flat.len() != needed {
         return Err(format!(
@@ -142,8 +147,8 @@ pub fn unflatten(spec: &ModelSpec, flat: &[f32]) -> Result<Weights, String> {
     }
     let mut offset = 0;
     let tensors = shapes
-        .into_iter()
-        .map(|(rows, cols)| {
+        .iter()
+        .map(|&(rows, cols)| {
             let data = flat[offset..offset + rows * cols].to_vec();
             offset += rows * cols;
             Matrix { rows, cols, data }
@@ -158,26 +163,27 @@ pub fn unflatten(spec: &ModelSpec, flat: &[f32]) -> Result<Weights, String> {
 /// answers, as its values, Σy and Σy² of the rows' targets, from which the runner computes R²
 /// over the whole held-out split.
 fn run(backend: &mut dyn Backend, work: &Work) -> Result<Computed, String> {
-    let spec = ModelSpec::from(work.model);
+    let model = Trainable::of(&work.model).map_err(|e| e.to_string())?;
     match work.kind {
-        TaskKind::Gradient => train(backend, &spec, work),
-        TaskKind::Evaluate => evaluate(backend, &spec, work),
+        TaskKind::Gradient => train(backend, &model, work),
+        TaskKind::Evaluate => evaluate(backend, &model, work),
     }
 }
 
-fn train(backend: &mut dyn Backend, spec: &ModelSpec, work: &Work) -> Result<Computed, String> {
+fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Computed, String> {
     let steps = work.training.steps.max(1);
     let lr = work.training.learning_rate;
-    let mut weights = unflatten(spec, &work.weights)?;
-    spec.check_weights(&weights).map_err(|e| e.to_string())?;
+    let mut weights = unflatten(&model.shapes(), &work.weights)?;
+    model.check_weights(&weights).map_err(|e| e.to_string())?;
     let mut adam = match work.training.optimizer {
         InnerOptimizer::Sgd => None,
         InnerOptimizer::Adam => Some(Adam::new(work.weights.len())),
     };
     let mut first_loss = None;
     let mut rows = 0;
-    for _ in 0..steps {
-        let (step_rows, loss, gradient) = mean_gradient(backend, spec, &weights, work)?;
+    for step in 0..steps {
+        let seed = work.seed ^ u64::from(step).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let (step_rows, loss, gradient) = mean_gradient(backend, model, &weights, work, seed)?;
         rows = step_rows;
         first_loss.get_or_insert(loss);
         let mut offset = 0;
@@ -253,9 +259,10 @@ impl Adam {
 /// Rows, mean loss and mean gradient (flat) over every row of the task's batches.
 fn mean_gradient(
     backend: &mut dyn Backend,
-    spec: &ModelSpec,
+    model: &Trainable,
     weights: &Weights,
     work: &Work,
+    seed: u64,
 ) -> Result<(u64, f32, Vec<f32>), String> {
     let mut rows = 0u64;
     let mut loss_sum = 0.0f64;
@@ -264,15 +271,17 @@ fn mean_gradient(
     let passes = work
         .batches
         .iter()
-        .flat_map(|b| aic_kernels::step::passes(spec, b));
-    for batch in passes {
+        .flat_map(|b| aic_kernels::step::passes_of(model.rows_per_pass(), b));
+    for (pass, batch) in passes.enumerate() {
         let batch = &batch;
         let n = batch.num_rows() as u64;
         if n == 0 {
             continue;
         }
-        let (loss, gradient) = aic_kernels::step::train_step(backend, spec, weights, batch, &work.label)
-            .map_err(|e| e.to_string())?;
+        let pass_seed = seed ^ (pass as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let (loss, gradient) =
+            aic_kernels::step::train_model(backend, model, weights, batch, &work.label, pass_seed)
+                .map_err(|e| e.to_string())?;
         if gradient_sum.is_empty() {
             gradient_sum = vec![0.0; work.weights.len()];
         }
@@ -293,9 +302,9 @@ fn mean_gradient(
     Ok((rows, (loss_sum / rows as f64) as f32, gradient))
 }
 
-fn evaluate(backend: &mut dyn Backend, spec: &ModelSpec, work: &Work) -> Result<Computed, String> {
-    let weights = unflatten(spec, &work.weights)?;
-    spec.check_weights(&weights).map_err(|e| e.to_string())?;
+fn evaluate(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Computed, String> {
+    let weights = unflatten(&model.shapes(), &work.weights)?;
+    model.check_weights(&weights).map_err(|e| e.to_string())?;
     let mut rows = 0u64;
     let mut loss_sum = 0.0f64;
     let mut sums = [0.0f64; 2];
@@ -303,17 +312,18 @@ fn evaluate(backend: &mut dyn Backend, spec: &ModelSpec, work: &Work) -> Result<
     let passes = work
         .batches
         .iter()
-        .flat_map(|b| aic_kernels::step::passes(spec, b));
+        .flat_map(|b| aic_kernels::step::passes_of(model.rows_per_pass(), b));
     for batch in passes {
         let batch = &batch;
         let n = batch.num_rows() as u64;
         if n == 0 {
             continue;
         }
-        let (loss, accuracy) = aic_kernels::step::evaluate(backend, spec, &weights, batch, &work.label)
-            .map_err(|e| e.to_string())?;
+        let (loss, accuracy) =
+            aic_kernels::step::evaluate_model(backend, model, &weights, batch, &work.label)
+                .map_err(|e| e.to_string())?;
         loss_sum += f64::from(loss) * n as f64;
-        if spec.is_regression() {
+        if model.is_regression() {
             let targets = aic_kernels::batch::from_record_batch(batch, &work.label)
                 .map_err(|e| e.to_string())?
                 .targets;
@@ -334,7 +344,7 @@ fn evaluate(backend: &mut dyn Backend, spec: &ModelSpec, work: &Work) -> Result<
         loss: (loss_sum / rows as f64) as f32,
         update: None,
         // Sums, not means: the runner adds them up across tasks.
-        values: if spec.is_regression() {
+        values: if model.is_regression() {
             sums.iter().map(|v| *v as f32).collect()
         } else {
             Vec::new()

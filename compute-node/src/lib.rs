@@ -170,10 +170,13 @@ impl ComputeNode {
         if spec.shards.is_empty() || spec.shards.len() > MAX_TASK_SHARDS {
             return Err(invalid(format!("a task names 1 to {MAX_TASK_SHARDS} shards")));
         }
-        if spec.weights.tensor.elements != spec.model.parameters() {
+        // A described model is validated here again: a scheduler's word is not taken for it.
+        let parameters = aic_kernels::Trainable::of(&spec.model)
+            .map_err(|e| invalid(format!("the task's model: {e}")))?
+            .parameters() as u64;
+        if spec.weights.tensor.elements != parameters {
             return Err(invalid(format!(
-                "the model has {} parameters, the task's weights {}",
-                spec.model.parameters(),
+                "the model has {parameters} parameters, the task's weights {}",
                 spec.weights.tensor.elements
             )));
         }
@@ -223,7 +226,15 @@ impl ComputeNode {
         let compute_started = Instant::now();
         let mut computed = self
             .executor
-            .run(spec.kind, spec.model, weights, training, spec.label, batches)
+            .run(
+                spec.kind,
+                spec.model.clone(),
+                u64::from_le_bytes(spec.task.as_bytes()[..8].try_into().expect("8 bytes")),
+                weights,
+                training,
+                spec.label,
+                batches,
+            )
             .await
             .map_err(|e| RpcError::new(ErrorCode::InvalidArgument, e))?;
         let compute_micros = compute_started.elapsed().as_micros() as u64;

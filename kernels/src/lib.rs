@@ -19,6 +19,7 @@ pub mod graph;
 pub mod model;
 pub mod step;
 pub mod tensor;
+pub mod trainable;
 pub mod vulkan;
 
 pub use backend::{open, open_with, AdamParams, Backend, BackendChoice};
@@ -26,4 +27,5 @@ pub use cpu::CpuBackend;
 pub use error::{KernelError, Result};
 pub use model::{Batch, ModelSpec, Weights};
 pub use tensor::Matrix;
+pub use trainable::Trainable;
 pub use vulkan::{VulkanBackend, VulkanOptions};

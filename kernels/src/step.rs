@@ -34,7 +34,12 @@ pub fn rows_per_pass(model: &ModelSpec) -> usize {
 /// `batch` cut into passes of at most [`rows_per_pass`] rows (zero-copy slices). A caller that
 /// weights each pass's mean by its rows gets the whole batch's mean.
 pub fn passes<'a>(model: &ModelSpec, batch: &'a RecordBatch) -> impl Iterator<Item = RecordBatch> + 'a {
-    let rows = rows_per_pass(model);
+    passes_of(rows_per_pass(model), batch)
+}
+
+/// `batch` cut into passes of at most `rows` rows (zero-copy slices).
+pub fn passes_of(rows: usize, batch: &RecordBatch) -> impl Iterator<Item = RecordBatch> + '_ {
+    let rows = rows.max(1);
     let total = batch.num_rows();
     (0..total)
         .step_by(rows)
@@ -62,4 +67,28 @@ pub fn evaluate(
     label: &str,
 ) -> Result<(f32, f32)> {
     backend.evaluate(model, weights, &from_record_batch(shard, label)?)
+}
+
+/// Loss and gradients of any trainable model on the rows of `shard` (`dropout_seed` draws a
+/// graph's dropout masks).
+pub fn train_model(
+    backend: &mut dyn Backend,
+    model: &crate::Trainable,
+    weights: &Weights,
+    shard: &RecordBatch,
+    label: &str,
+    dropout_seed: u64,
+) -> Result<(f32, Weights)> {
+    model.train_step(backend, weights, &from_record_batch(shard, label)?, dropout_seed)
+}
+
+/// Loss and accuracy (or R²) of any trainable model on the rows of `shard`.
+pub fn evaluate_model(
+    backend: &mut dyn Backend,
+    model: &crate::Trainable,
+    weights: &Weights,
+    shard: &RecordBatch,
+    label: &str,
+) -> Result<(f32, f32)> {
+    model.evaluate(backend, weights, &from_record_batch(shard, label)?)
 }

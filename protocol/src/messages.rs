@@ -595,6 +595,33 @@ pub struct WeightsSource {
     pub ticket: crate::ticket::SignedTicket,
 }
 
+/// What a task trains: one of the fixed shapes, or a layer graph as its description's canonical
+/// JSON (`model_graph`), which the compute node validates again before running it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskModel {
+    Shape(ModelShape),
+    Graph(String),
+}
+
+impl TaskModel {
+    /// The description of either kind.
+    pub fn graph(&self) -> Result<crate::model_graph::ModelGraph, crate::model_graph::SpecError> {
+        match self {
+            TaskModel::Shape(shape) => Ok(crate::model_graph::ModelGraph::of_shape("model", *shape)),
+            TaskModel::Graph(text) => crate::model_graph::parse(text),
+        }
+    }
+
+    /// Weights and biases in all (0 for a description that does not validate).
+    pub fn parameters(&self) -> u64 {
+        match self {
+            TaskModel::Shape(shape) => shape.parameters(),
+            TaskModel::Graph(_) => self.graph().and_then(|g| g.parameters()).unwrap_or(0),
+        }
+    }
+}
+
 /// One unit of work the scheduler gives a compute node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -602,7 +629,7 @@ pub struct TaskSpec {
     pub task: crate::TaskId,
     pub round: u32,
     pub kind: TaskKind,
-    pub model: ModelShape,
+    pub model: TaskModel,
     /// The parameters to start from (in the model's tensor order, flattened), fetched by name.
     pub weights: WeightsSource,
     /// Gradient tasks: the local steps to take.

@@ -126,10 +126,10 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         task: TaskId::random(),
         round: 0,
         kind: TaskKind::Gradient,
-        model: ModelShape::SoftmaxRegression {
+        model: TaskModel::Shape(ModelShape::SoftmaxRegression {
             features: 1,
             classes: 2,
-        },
+        }),
         weights: WeightsSource {
             tensor: TensorRef::of(&[0.0; 4]),
             storage: Vec::new(),

@@ -8,7 +8,7 @@ use aic_ledger::tx::{AssetKind, Call};
 use aic_ledger::{Address, Amount};
 use aic_protocol::manifest::{Manifest, ShardEntry};
 use aic_protocol::messages::{
-    InnerOptimizer, JobRequest, ModelShape, NodeState, NodeStatus, MAX_LOCAL_STEPS,
+    InnerOptimizer, JobRequest, ModelShape, NodeState, NodeStatus, TaskModel, MAX_LOCAL_STEPS,
 };
 use aic_protocol::{AssetId, ErrorCode, NodeId, Role, RpcError};
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,10 @@ pub struct Plan {
     pub manifest: Manifest,
     pub dataset_owner: Address,
     pub dataset_fee: Amount,
-    pub model: ModelShape,
+    /// What tasks train: a fixed shape or a layer graph.
+    pub model: TaskModel,
+    /// The same model, runnable: its parameters, initial weights, memory per row.
+    pub trainable: aic_kernels::Trainable,
     pub model_owner: Address,
     pub model_fee: Amount,
 }
@@ -122,51 +125,33 @@ pub(super) async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Res
             ));
         }
     }
-    // The kernels train one dense layer, or dense → relu → dense, today; other graphs are
-    // valid descriptions that wait for their layers' kernels.
-    let shape: ModelShape = graph.as_shape().ok_or_else(|| {
-        let kinds: Vec<&str> = graph.layers.iter().map(|l| l.op.kind()).collect();
-        refuse(
-            ErrorCode::InvalidArgument,
-            format!(
-                "the grid's kernels do not train this model's graph yet ({}); \
-                 one dense layer, or dense → relu → dense, on a feature vector trains today",
-                kinds.join(" → ")
-            ),
-        )
-    })?;
     // The model's input is the dataset's encoded width (one-hot categories take a column each);
     // a numeric target needs a regression, classes a classifier with as many outputs.
     let input_width = manifest.input_width();
-    let fits = match (&manifest.target, shape.is_regression()) {
-        (Some(_), true) => u64::from(shape.features()) == input_width,
-        (None, false) => {
-            u64::from(shape.features()) == input_width && shape.classes() as usize == manifest.classes.len()
+    let model_to_train = match graph.as_shape() {
+        // A fixed shape runs on the backends' fused kernels.
+        Some(shape) => {
+            check_shape_fits(&shape, &manifest)?;
+            TaskModel::Shape(shape)
         }
-        _ => false,
+        // Any other graph runs layer by layer.
+        None => {
+            let classes = manifest.target.is_none().then_some(manifest.classes.len());
+            graph.check_dataset(input_width, classes).map_err(|e| {
+                refuse(
+                    ErrorCode::InvalidArgument,
+                    format!("the model does not fit the dataset: {e}"),
+                )
+            })?;
+            TaskModel::Graph(String::from_utf8(graph.canonical_bytes()).expect("canonical JSON is UTF-8"))
+        }
     };
-    if !fits {
-        let dataset = match &manifest.target {
-            Some(_) => format!("{input_width} features and a numeric target {:?}", manifest.label),
-            None => format!("{input_width} features and {} classes", manifest.classes.len()),
-        };
-        let model = if shape.is_regression() {
-            format!("the model regresses {} features onto a number", shape.features())
-        } else {
-            format!(
-                "the model takes {} features into {} classes",
-                shape.features(),
-                shape.classes()
-            )
-        };
-        return Err(refuse(
+    let trainable = aic_kernels::Trainable::of(&model_to_train).map_err(|e| {
+        refuse(
             ErrorCode::InvalidArgument,
-            format!(
-                "{model}; the dataset has {dataset} \
-                 (aic model register --for-dataset ASSET takes them from the dataset)"
-            ),
-        ));
-    }
+            format!("the model cannot be built: {e}"),
+        )
+    })?;
     if manifest.train.is_empty() || manifest.test.is_empty() {
         return Err(refuse(
             ErrorCode::InvalidArgument,
@@ -181,10 +166,66 @@ pub(super) async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Res
         manifest,
         dataset_owner: dataset.owner,
         dataset_fee: dataset.metadata.usage_fee,
-        model: shape,
+        model: model_to_train,
+        trainable,
         model_owner: model.owner,
         model_fee: model.metadata.usage_fee,
     })
+}
+
+impl Plan {
+    /// The model's weights and biases in all.
+    pub fn parameters(&self) -> u64 {
+        self.trainable.parameters() as u64
+    }
+
+    /// The model as the report and the TrainedModel manifest show it: a fixed shape as itself,
+    /// a graph by its name and size.
+    pub fn model_json(&self) -> serde_json::Value {
+        match &self.model {
+            TaskModel::Shape(shape) => json!(shape),
+            TaskModel::Graph(text) => {
+                let graph: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+                json!({"graph": graph, "parameters": self.parameters()})
+            }
+        }
+    }
+}
+
+/// A fixed shape against the dataset: its features the dataset's encoded width, and a numeric
+/// target for a regression or as many classes as the classifier has outputs.
+fn check_shape_fits(shape: &ModelShape, manifest: &Manifest) -> Result<(), RpcError> {
+    let input_width = manifest.input_width();
+    let fits = match (&manifest.target, shape.is_regression()) {
+        (Some(_), true) => u64::from(shape.features()) == input_width,
+        (None, false) => {
+            u64::from(shape.features()) == input_width && shape.classes() as usize == manifest.classes.len()
+        }
+        _ => false,
+    };
+    if fits {
+        return Ok(());
+    }
+    let dataset = match &manifest.target {
+        Some(_) => format!("{input_width} features and a numeric target {:?}", manifest.label),
+        None => format!("{input_width} features and {} classes", manifest.classes.len()),
+    };
+    let model = if shape.is_regression() {
+        format!("the model regresses {} features onto a number", shape.features())
+    } else {
+        format!(
+            "the model takes {} features into {} classes",
+            shape.features(),
+            shape.classes()
+        )
+    };
+    Err(refuse(
+        ErrorCode::InvalidArgument,
+        format!(
+            "{model}; the dataset has {dataset} \
+             (aic model register --for-dataset ASSET takes them from the dataset)"
+        ),
+    ))
 }
 
 fn fees(plan: &Plan) -> Result<Amount, RpcError> {
@@ -196,7 +237,7 @@ fn fees(plan: &Plan) -> Result<Amount, RpcError> {
 /// Device memory one task of `plan` needs: the weights, a copy for the update, the gradient
 /// and its double-precision sum, the inner optimizer's two moments when it is Adam, and the
 /// largest shard decoded with the activations of one pass over it.
-pub fn task_memory_bytes(model: &ModelShape, inner: InnerOptimizer, manifest: &Manifest) -> u64 {
+pub fn task_memory_bytes(model: &aic_kernels::Trainable, inner: InnerOptimizer, manifest: &Manifest) -> u64 {
     let parameter_copies: u64 = match inner {
         InnerOptimizer::Sgd => 5,
         InnerOptimizer::Adam => 7,
@@ -207,11 +248,9 @@ pub fn task_memory_bytes(model: &ModelShape, inner: InnerOptimizer, manifest: &M
         .max_by_key(|(_, b)| *b);
     let (rows, bytes) = largest.unwrap_or((0, 0));
     // A pass holds the activations of at most the kernels' rows per pass (a larger shard is cut).
-    let spec = aic_kernels::ModelSpec::from(*model);
-    let pass_rows = rows.min(aic_kernels::step::rows_per_pass(&spec) as u64);
-    let activations = pass_rows.saturating_mul(aic_kernels::step::activation_bytes_per_row(&spec));
-    model
-        .parameters()
+    let pass_rows = rows.min(model.rows_per_pass() as u64);
+    let activations = pass_rows.saturating_mul(model.activation_bytes_per_row());
+    (model.parameters() as u64)
         .saturating_mul(4 * parameter_copies)
         .saturating_add(bytes.saturating_mul(4))
         .saturating_add(activations)
@@ -219,7 +258,7 @@ pub fn task_memory_bytes(model: &ModelShape, inner: InnerOptimizer, manifest: &M
 
 /// Refuses a job whose tasks fit no live compute node's device memory, saying what is short.
 fn check_fits(plan: &Plan, nodes: &[NodeStatus]) -> Result<(), RpcError> {
-    let needed = task_memory_bytes(&plan.model, plan.request.inner_optimizer, &plan.manifest);
+    let needed = task_memory_bytes(&plan.trainable, plan.request.inner_optimizer, &plan.manifest);
     let largest = nodes
         .iter()
         .filter(|n| n.role == Role::Compute && n.state == NodeState::Up)
@@ -233,7 +272,7 @@ fn check_fits(plan: &Plan, nodes: &[NodeStatus]) -> Result<(), RpcError> {
                 "device memory is short: a task of this model ({} parameters) needs about {:.2} GiB \
                  (weights, update, gradient, optimizer state and a shard's activations); the \
                  largest live compute node offers {:.2} GiB",
-                plan.model.parameters(),
+                plan.parameters(),
                 needed as f64 / (1u64 << 30) as f64,
                 memory as f64 / (1u64 << 30) as f64
             ),

@@ -152,7 +152,7 @@ impl Effects {
     /// Takes a checkpoint's weights (and optimizer state) back from the storage nodes that
     /// hold them, checked against their names.
     pub async fn restore(&self, tensors: &CheckpointTensors) -> Result<(), String> {
-        let parameters = self.plan.model.parameters();
+        let parameters = self.plan.parameters();
         if tensors.weights.elements != parameters {
             return Err(format!(
                 "the checkpoint's weights hold {} values; the model has {parameters}",

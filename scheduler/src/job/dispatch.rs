@@ -69,7 +69,7 @@ impl Effects {
         exclude: Vec<NodeId>,
     ) -> Option<Placement<NodeId>> {
         let replicas = super::engine::replicas_of(&self.nodes(), &self.plan.dataset);
-        let flops = shard.rows as f64 * self.plan.model.parameters() as f64 * 6.0;
+        let flops = shard.rows as f64 * self.plan.parameters() as f64 * 6.0;
         let placing = Instant::now();
         let placed = self
             .ctx
@@ -151,7 +151,7 @@ impl Effects {
             task,
             round,
             kind,
-            model: self.plan.model,
+            model: self.plan.model.clone(),
             weights,
             training: LocalTraining {
                 steps: self.plan.request.local_steps,
@@ -225,7 +225,7 @@ impl Effects {
         else {
             return false;
         };
-        let parameters = self.plan.model.parameters();
+        let parameters = self.plan.parameters();
         match data_plane::updates_agree((&client_a, update_a), (&client_b, update_b), parameters).await {
             Ok(agree) => {
                 self.wire.add_compared(2 * parameters * 4);
@@ -251,7 +251,7 @@ impl Effects {
         self: Arc<Self>,
         parts: Vec<(NodeId, TensorRef, u64)>,
     ) -> Result<(), CollectFailure> {
-        let parameters = self.plan.model.parameters();
+        let parameters = self.plan.parameters();
         let rows: u64 = parts.iter().map(|(_, _, r)| r).sum();
         let mut streams = Vec::with_capacity(parts.len());
         for (index, (node, update, part_rows)) in parts.iter().enumerate() {

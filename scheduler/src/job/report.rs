@@ -89,7 +89,7 @@ impl JobReport {
             "dataset": plan.dataset,
             "dataset_asset": plan.request.dataset_asset.to_string(),
             "model_asset": plan.request.model_asset.to_string(),
-            "model": plan.model,
+            "model": plan.model_json(),
             "epochs": plan.request.epochs,
             "local_steps": plan.request.local_steps,
             "inner_optimizer": plan.request.inner_optimizer,
@@ -106,7 +106,7 @@ impl JobReport {
             failures: Vec::new(),
             started: Instant::now(),
             start_round,
-            model_bytes: plan.model.parameters() * 4,
+            model_bytes: plan.parameters() * 4,
         }
     }
 

@@ -46,9 +46,8 @@ pub struct Effects {
 
 impl Effects {
     pub(super) fn new(ctx: JobContext, plan: Plan) -> Self {
-        let spec = aic_kernels::ModelSpec::from(plan.model);
         let seed = u64::from_le_bytes(plan.request.job.as_bytes()[..8].try_into().expect("8 bytes"));
-        let outer = OuterState::new(spec.init(seed).flat(), plan.request.outer_optimizer);
+        let outer = OuterState::new(plan.trainable.init(seed).flat(), plan.request.outer_optimizer);
         Effects {
             ctx,
             plan,
@@ -118,8 +117,8 @@ pub fn launch(
         test: plan.manifest.test.clone(),
         steps_per_epoch: ctx.steps_per_epoch,
         epochs: plan.request.epochs,
-        parameters: plan.model.parameters(),
-        regression: plan.model.is_regression(),
+        parameters: plan.parameters(),
+        regression: plan.trainable.is_regression(),
         fees: vec![
             (
                 plan.dataset_owner,

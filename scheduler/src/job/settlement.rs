@@ -114,7 +114,7 @@ impl Effects {
                 .map(|id| json!({"node": id.to_string(), "quic_addr": self.address_of(id).unwrap_or_default()}))
                 .collect();
             let manifest = json!({
-                "model": self.plan.model,
+                "model": self.plan.model_json(),
                 "dataset_asset": self.plan.request.dataset_asset.to_string(),
                 "model_asset": self.plan.request.model_asset.to_string(),
                 "job": job.to_string(),
