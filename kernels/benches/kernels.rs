@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use aic_kernels::{Backend, Batch, CpuBackend, Matrix, ModelSpec, VulkanBackend, VulkanOptions};
 
+/// The largest product timed on a CPU-type Vulkan device.
+const LAVAPIPE_MAX_N: usize = 1024;
+
 fn matrix(n: usize, seed: u32) -> Matrix {
     let data = (0..n * n)
         .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 1000.0 - 0.5);
@@ -116,8 +119,10 @@ fn main() {
             };
             gflops(n, repeats, median(3, || v.time_matmul(&a, &b, repeats).unwrap()))
         };
-        let vulkan_gflops = vulkan.as_mut().map(time_vulkan);
-        let simple_gflops = simple.as_mut().map(time_vulkan);
+        // lavapipe takes minutes for one 2048³ product: a CPU-type device stops at 1024.
+        let on_vulkan = |v: &&mut VulkanBackend| !v.is_cpu_device() || n <= LAVAPIPE_MAX_N;
+        let vulkan_gflops = vulkan.as_mut().filter(on_vulkan).map(time_vulkan);
+        let simple_gflops = simple.as_mut().filter(on_vulkan).map(time_vulkan);
         let cell = |g: Option<f64>| g.map_or_else(|| "-".to_string(), |g| format!("{g:.1} GF/s"));
         let blas_n = blas.as_ref().ok().map(|b| b[i]);
         let blocked_ratio = match (vulkan_gflops, simple_gflops) {
@@ -135,6 +140,9 @@ fn main() {
             cell(simple_gflops),
             blocked_ratio,
         );
+    }
+    if vulkan.as_ref().is_some_and(|v| v.is_cpu_device()) && sizes.iter().any(|&n| n > LAVAPIPE_MAX_N) {
+        println!("  the Vulkan columns stop at n = {LAVAPIPE_MAX_N} on a CPU-type device (lavapipe)");
     }
     if let Err(why) = &blas {
         println!("  no numpy BLAS column: {why} (run ops/install-bench-deps.sh)");
