@@ -7,7 +7,7 @@ use std::time::Duration;
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call};
 use aic_ledger::{Amount, Keypair};
-use aic_protocol::messages::{ClientRequest, ClientResponse, JobRequest, ModelShape};
+use aic_protocol::messages::{ClientRequest, ClientResponse, JobRequest, LrSchedule, ModelShape};
 use aic_protocol::model_graph::{self, ModelGraph};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::{AssetId, JobId};
@@ -129,6 +129,23 @@ pub struct SubmitArgs {
     /// The local optimizer (default: the description's, else sgd).
     #[arg(long, value_enum)]
     pub inner_optimizer: Option<InnerOptimizerArg>,
+    /// Weight decay of the local optimizer: L2 for sgd and momentum, decoupled for adamw
+    /// (default: the description's, else 0).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// How the local learning rate changes over the rounds (default: the description's, else
+    /// constant).
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// Cosine schedule: rounds of linear warm-up first.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_rounds: u32,
+    /// Step schedule: decay every this many rounds …
+    #[arg(long, default_value_t = 10)]
+    pub step_every: u32,
+    /// … by this factor.
+    #[arg(long, default_value_t = 0.5)]
+    pub step_factor: f64,
     /// How the round's mean update is applied to the weights.
     #[arg(long, value_enum, default_value_t = OuterOptimizerArg::Sgd)]
     pub outer_optimizer: OuterOptimizerArg,
@@ -143,7 +160,16 @@ pub struct SubmitArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InnerOptimizerArg {
     Sgd,
+    Momentum,
     Adam,
+    Adamw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    Step,
+    Cosine,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -169,6 +195,11 @@ impl SubmitArgs {
             learning_rate: Some(learning_rate),
             local_steps: Some(1),
             inner_optimizer: Some(InnerOptimizerArg::Sgd),
+            weight_decay: None,
+            schedule: None,
+            warmup_rounds: 0,
+            step_every: 10,
+            step_factor: 0.5,
             outer_optimizer: OuterOptimizerArg::Sgd,
             outer_lr: 1.0,
             detach: true,
@@ -506,8 +537,33 @@ pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArg
     }
     let inner_optimizer = match submit.inner_optimizer {
         Some(InnerOptimizerArg::Sgd) => aic_protocol::messages::InnerOptimizer::Sgd,
+        Some(InnerOptimizerArg::Momentum) => aic_protocol::messages::InnerOptimizer::Momentum,
         Some(InnerOptimizerArg::Adam) => aic_protocol::messages::InnerOptimizer::Adam,
+        Some(InnerOptimizerArg::Adamw) => aic_protocol::messages::InnerOptimizer::AdamW,
         None => defaults.optimizer.unwrap_or_default(),
+    };
+    let weight_decay = submit
+        .weight_decay
+        .or(defaults.weight_decay.map(f64::from))
+        .unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&weight_decay) {
+        bail!("--weight-decay must be in [0, 1]");
+    }
+    let schedule = match submit.schedule {
+        None => defaults.schedule.unwrap_or_default(),
+        Some(ScheduleArg::Constant) => LrSchedule::Constant,
+        Some(ScheduleArg::Cosine) => LrSchedule::Cosine {
+            warmup_rounds: submit.warmup_rounds,
+        },
+        Some(ScheduleArg::Step) => {
+            if submit.step_every == 0 || !(submit.step_factor > 0.0 && submit.step_factor <= 1.0) {
+                bail!("a step schedule needs --step-every of 1 or more and a --step-factor in (0, 1]");
+            }
+            LrSchedule::Step {
+                every_rounds: submit.step_every,
+                factor_milli: (submit.step_factor * 1000.0).round().max(1.0) as u32,
+            }
+        }
     };
     let request = JobRequest {
         job: JobId::random(),
@@ -522,6 +578,8 @@ pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArg
             OuterOptimizerArg::Nesterov => aic_protocol::messages::OuterOptimizer::Nesterov,
         },
         outer_learning_rate_milli: (submit.outer_lr * 1000.0).round() as u32,
+        weight_decay_micro: (weight_decay * 1e6).round() as u32,
+        schedule,
     };
     let (quote, detail) = match scheduler.call(&ClientRequest::QuoteJob(request.clone())).await? {
         ClientResponse::JobQuote { amount, detail } => {

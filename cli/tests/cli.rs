@@ -1157,7 +1157,8 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
     assert_eq!(balance(), before, "no escrow was opened by a refused job");
 
     // A described graph the fixed kernels do not cover (dense → gelu → layer_norm → dense →
-    // tanh → dense) trains layer by layer on the compute nodes and learns the digits.
+    // tanh → dense) trains layer by layer on the compute nodes and learns the digits, with
+    // AdamW inside and a cosine schedule over the rounds.
     let deep = aic(&[
         "model",
         "register",
@@ -1183,11 +1184,19 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
         "--budget",
         "50",
         "--epochs",
-        "6",
+        "8",
         "--local-steps",
         "8",
         "--learning-rate",
         "0.002",
+        "--inner-optimizer",
+        "adamw",
+        "--weight-decay",
+        "0.0001",
+        "--schedule",
+        "cosine",
+        "--warmup-rounds",
+        "2",
         "--profile",
         profile,
         "--wallet",
@@ -1198,6 +1207,8 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["model"]["parameters"], 17482, "{job}");
+    assert_eq!(job["inner_optimizer"], "adamw", "{job}");
+    assert_eq!(job["schedule"]["cosine"]["warmup_rounds"], 2, "{job}");
     let accuracy = job["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.93, "the deep MLP's held-out accuracy {accuracy}");
 

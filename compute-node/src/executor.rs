@@ -7,7 +7,9 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use aic_kernels::{Backend, BackendChoice, Matrix, Trainable, Weights};
-use aic_protocol::messages::{InnerOptimizer, LocalTraining, TaskKind, TaskModel};
+use aic_protocol::messages::{LocalTraining, TaskKind, TaskModel};
+
+use crate::inner_optimizer::InnerState;
 use arrow_array::RecordBatch;
 use tokio::sync::oneshot;
 
@@ -175,10 +177,12 @@ fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Co
     let lr = work.training.learning_rate;
     let mut weights = unflatten(&model.shapes(), &work.weights)?;
     model.check_weights(&weights).map_err(|e| e.to_string())?;
-    let mut adam = match work.training.optimizer {
-        InnerOptimizer::Sgd => None,
-        InnerOptimizer::Adam => Some(Adam::new(work.weights.len())),
-    };
+    let mut optimizer = InnerState::new(
+        work.training.optimizer,
+        work.weights.len(),
+        lr,
+        work.training.weight_decay,
+    );
     let mut first_loss = None;
     let mut rows = 0;
     for step in 0..steps {
@@ -189,16 +193,10 @@ fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Co
         let mut offset = 0;
         for tensor in &mut weights.tensors {
             let len = tensor.data.len();
-            let g = &gradient[offset..offset + len];
-            match adam.as_mut() {
-                None => tensor.data.iter_mut().zip(g).for_each(|(w, g)| *w -= lr * g),
-                Some(adam) => adam.step(offset, &mut tensor.data, g, lr),
-            }
+            optimizer.apply(offset, &mut tensor.data, &gradient[offset..offset + len]);
             offset += len;
         }
-        if let Some(adam) = adam.as_mut() {
-            adam.t += 1;
-        }
+        optimizer.finish_step();
     }
     let update: Vec<f32> = work
         .weights
@@ -216,44 +214,6 @@ fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Co
         values: Vec::new(),
         correct: 0,
     })
-}
-
-/// Adam's moments for one task's local steps (β₁ = 0.9, β₂ = 0.999, ε = 1e-8).
-struct Adam {
-    m: Vec<f32>,
-    v: Vec<f32>,
-    /// Steps taken so far.
-    t: i32,
-}
-
-impl Adam {
-    fn new(parameters: usize) -> Self {
-        Adam {
-            m: vec![0.0; parameters],
-            v: vec![0.0; parameters],
-            t: 0,
-        }
-    }
-
-    /// One step on the parameters at `offset..` of the flat order.
-    fn step(&mut self, offset: usize, weights: &mut [f32], gradient: &[f32], lr: f32) {
-        const B1: f32 = 0.9;
-        const B2: f32 = 0.999;
-        const EPS: f32 = 1e-8;
-        let t = self.t + 1;
-        let correct1 = 1.0 - B1.powi(t);
-        let correct2 = 1.0 - B2.powi(t);
-        let m = &mut self.m[offset..offset + weights.len()];
-        let v = &mut self.v[offset..offset + weights.len()];
-        for i in 0..weights.len() {
-            let g = gradient[i];
-            m[i] = B1 * m[i] + (1.0 - B1) * g;
-            v[i] = B2 * v[i] + (1.0 - B2) * g * g;
-            let m_hat = m[i] / correct1;
-            let v_hat = v[i] / correct2;
-            weights[i] -= lr * m_hat / (v_hat.sqrt() + EPS);
-        }
-    }
 }
 
 /// Rows, mean loss and mean gradient (flat) over every row of the task's batches.

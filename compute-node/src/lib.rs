@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod executor;
+pub mod inner_optimizer;
 pub mod metrics;
 pub mod shard_cache;
 pub mod tensor_cache;

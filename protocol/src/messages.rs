@@ -315,6 +315,54 @@ pub struct JobRequest {
     pub outer_optimizer: OuterOptimizer,
     /// The outer learning rate applied to the round's mean update, in thousandths.
     pub outer_learning_rate_milli: u32,
+    /// Weight decay of the inner optimizer, in millionths: added to the gradient (L2) for SGD
+    /// and momentum, decoupled for AdamW; Adam ignores it (use AdamW).
+    #[serde(default)]
+    pub weight_decay_micro: u32,
+    /// How the inner learning rate changes over the job's rounds.
+    #[serde(default)]
+    pub schedule: LrSchedule,
+}
+
+/// How the inner learning rate changes over a job's rounds; the runner sends each round's rate
+/// with its tasks, so a task and its spot check use the same one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    /// The rate times `factor_milli`/1000 after every `every_rounds` rounds.
+    Step { every_rounds: u32, factor_milli: u32 },
+    /// A linear warm-up over `warmup_rounds`, then a cosine decay to zero at the last round.
+    Cosine { warmup_rounds: u32 },
+}
+
+impl LrSchedule {
+    /// The rate for round `round` (0-based) of `rounds`, from the base rate. Never below a
+    /// millionth of the base (a task's rate must be positive); rounds past the last (the
+    /// evaluation) keep the last round's rate.
+    pub fn rate(&self, base: f32, round: u32, rounds: u32) -> f32 {
+        let round = round.min(rounds.saturating_sub(1));
+        let rate = match *self {
+            LrSchedule::Constant => base,
+            LrSchedule::Step {
+                every_rounds,
+                factor_milli,
+            } => {
+                let decays = round / every_rounds.max(1);
+                base * (factor_milli as f32 / 1000.0).powi(decays.min(i32::MAX as u32) as i32)
+            }
+            LrSchedule::Cosine { warmup_rounds } => {
+                if round < warmup_rounds {
+                    return base * (round + 1) as f32 / warmup_rounds as f32;
+                }
+                let span = rounds.saturating_sub(warmup_rounds).max(1) as f32;
+                let progress = (round - warmup_rounds) as f32 / span;
+                base * 0.5 * (1.0 + (std::f32::consts::PI * progress.min(1.0)).cos())
+            }
+        };
+        rate.max(base * 1e-6)
+    }
 }
 
 /// The optimizer a task runs for its local steps (its state starts fresh each task).
@@ -323,8 +371,13 @@ pub struct JobRequest {
 pub enum InnerOptimizer {
     #[default]
     Sgd,
+    /// SGD with heavy-ball momentum 0.9.
+    Momentum,
     /// Adam with β₁ = 0.9, β₂ = 0.999, ε = 1e-8 and bias correction.
     Adam,
+    /// Adam with decoupled weight decay (Loshchilov & Hutter).
+    #[serde(rename = "adamw")]
+    AdamW,
 }
 
 /// How the runner applies a round's mean weight update Δ to the weights.
@@ -344,7 +397,9 @@ pub enum OuterOptimizer {
 pub struct LocalTraining {
     pub steps: u32,
     pub optimizer: InnerOptimizer,
+    /// This round's rate (the job's schedule applied by the runner).
     pub learning_rate: f32,
+    pub weight_decay: f32,
 }
 
 /// Most local steps one task may take.

@@ -31,7 +31,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::messages::ModelShape;
+use crate::messages::{LrSchedule, ModelShape};
 
 /// The longest description accepted (bytes of TOML or JSON).
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
@@ -163,6 +163,10 @@ pub struct TrainingDefaults {
     pub epochs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_steps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::messages::LrSchedule>,
 }
 
 /// What the input layer sees of the dataset's encoded columns.
@@ -582,11 +586,13 @@ fn parse_training(value: &Value) -> Result<TrainingDefaults, SpecError> {
     let optimizer = match fields.string("optimizer")?.as_deref() {
         None => None,
         Some("sgd") => Some(crate::messages::InnerOptimizer::Sgd),
+        Some("momentum") => Some(crate::messages::InnerOptimizer::Momentum),
         Some("adam") => Some(crate::messages::InnerOptimizer::Adam),
+        Some("adamw") => Some(crate::messages::InnerOptimizer::AdamW),
         Some(other) => {
             return Err(field_error(
                 "training",
-                format!("unknown optimizer {other:?}; one of sgd, adam"),
+                format!("unknown optimizer {other:?}; one of sgd, momentum, adam, adamw"),
             ))
         }
     };
@@ -612,13 +618,95 @@ fn parse_training(value: &Value) -> Result<TrainingDefaults, SpecError> {
             format!("local_steps must be 1 to {max_steps}, not {steps}"),
         ));
     }
+    let weight_decay = fields.float("weight_decay")?;
+    if let Some(decay) = weight_decay.filter(|d| !(0.0..=1.0).contains(d)) {
+        return Err(field_error(
+            "training",
+            format!("weight_decay must be in [0, 1], not {decay}"),
+        ));
+    }
+    let schedule = parse_schedule(&mut fields)?;
     fields.done()?;
     Ok(TrainingDefaults {
         optimizer,
         learning_rate,
         epochs: epochs.map(|e| e as u32),
         local_steps: local_steps.map(|s| s as u32),
+        weight_decay,
+        schedule,
     })
+}
+
+/// `schedule = "constant" | "step" | "cosine"`, with `step_every` and `step_factor` for a step
+/// schedule and `warmup_rounds` for a cosine one.
+fn parse_schedule(fields: &mut Fields) -> Result<Option<LrSchedule>, SpecError> {
+    let kind = match fields.take("schedule") {
+        None => None,
+        Some(Value::String(kind)) => Some(kind),
+        // The canonical form writes a schedule as serde does: {"step": {…}}, {"cosine": {…}}.
+        Some(object @ Value::Object(_)) => {
+            let schedule: LrSchedule = serde_json::from_value(object)
+                .map_err(|e| field_error("training", format!("schedule: {e}")))?;
+            return match schedule {
+                LrSchedule::Step {
+                    every_rounds,
+                    factor_milli,
+                } if every_rounds == 0 || factor_milli == 0 || factor_milli > 1000 => Err(field_error(
+                    "training",
+                    "a step schedule decays every 1 or more rounds by a factor in (0, 1]",
+                )),
+                schedule => Ok(Some(schedule)),
+            };
+        }
+        Some(other) => {
+            return Err(field_error(
+                "training",
+                format!("schedule must be text, not {other}"),
+            ))
+        }
+    };
+    let every = fields.integer("step_every")?;
+    let factor = fields.float("step_factor")?;
+    let warmup = fields.integer("warmup_rounds")?;
+    let schedule = match kind.as_deref() {
+        None if every.is_none() && factor.is_none() && warmup.is_none() => return Ok(None),
+        None => {
+            return Err(field_error(
+                "training",
+                "step_every, step_factor and warmup_rounds need a schedule",
+            ))
+        }
+        Some("constant") => LrSchedule::Constant,
+        Some("step") => {
+            let every_rounds = every
+                .filter(|e| (1..=u64::from(u32::MAX)).contains(e))
+                .ok_or_else(|| {
+                    field_error("training", "a step schedule needs step_every = 1 or more rounds")
+                })? as u32;
+            let factor = factor.unwrap_or(0.5);
+            if !(factor > 0.0 && factor <= 1.0) {
+                return Err(field_error(
+                    "training",
+                    format!("step_factor must be in (0, 1], not {factor}"),
+                ));
+            }
+            LrSchedule::Step {
+                every_rounds,
+                factor_milli: (factor * 1000.0).round().max(1.0) as u32,
+            }
+        }
+        Some("cosine") => LrSchedule::Cosine {
+            warmup_rounds: u32::try_from(warmup.unwrap_or(0))
+                .map_err(|_| field_error("training", "warmup_rounds is too large"))?,
+        },
+        Some(other) => {
+            return Err(field_error(
+                "training",
+                format!("unknown schedule {other:?}; one of constant, step, cosine"),
+            ))
+        }
+    };
+    Ok(Some(schedule))
 }
 
 // ---------------------------------------------------------------------------------------------

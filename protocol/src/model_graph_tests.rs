@@ -326,3 +326,76 @@ fn unknown_fields_bad_syntax_and_oversized_descriptions_are_refused() {
     let err = refused("name = \"t\"\ninput = { features = 4, image = [1, 2, 2] }\nloss = \"mean_squared_error\"\n[[layer]]\nkind = \"dense\"\nunits = 1\n");
     assert!(matches!(err, SpecError::Field { .. }), "{err:?}");
 }
+
+#[test]
+fn training_defaults_name_the_optimizers_and_schedules_and_survive_the_canonical_form() {
+    use crate::messages::{InnerOptimizer, LrSchedule};
+    let with = |training: &str| {
+        format!(
+            "{}\n[training]\n{training}\n",
+            DEEP_MLP.split("[training]").next().unwrap()
+        )
+    };
+    let graph = parse(&with(
+        "optimizer = \"adamw\"\nweight_decay = 0.01\nschedule = \"step\"\nstep_every = 4\nstep_factor = 0.5",
+    ))
+    .unwrap();
+    assert_eq!(graph.training.optimizer, Some(InnerOptimizer::AdamW));
+    assert_eq!(graph.training.weight_decay, Some(0.01));
+    assert_eq!(
+        graph.training.schedule,
+        Some(LrSchedule::Step {
+            every_rounds: 4,
+            factor_milli: 500
+        })
+    );
+    let canonical = String::from_utf8(graph.canonical_bytes()).unwrap();
+    assert_eq!(parse(&canonical).unwrap(), graph);
+    let cosine = parse(&with(
+        "optimizer = \"momentum\"\nschedule = \"cosine\"\nwarmup_rounds = 2",
+    ))
+    .unwrap();
+    assert_eq!(
+        cosine.training.schedule,
+        Some(LrSchedule::Cosine { warmup_rounds: 2 })
+    );
+    assert_eq!(
+        parse(&String::from_utf8(cosine.canonical_bytes()).unwrap()).unwrap(),
+        cosine
+    );
+    for bad in [
+        "schedule = \"linear\"",
+        "schedule = \"step\"",
+        "schedule = \"step\"\nstep_every = 2\nstep_factor = 1.5",
+        "warmup_rounds = 2",
+        "weight_decay = 2.0",
+        "optimizer = \"lion\"",
+    ] {
+        assert!(matches!(parse(&with(bad)), Err(SpecError::Field { .. })), "{bad}");
+    }
+}
+
+#[test]
+fn schedules_give_each_round_its_rate() {
+    use crate::messages::LrSchedule;
+    assert_eq!(LrSchedule::Constant.rate(0.1, 7, 10), 0.1);
+    let step = LrSchedule::Step {
+        every_rounds: 3,
+        factor_milli: 500,
+    };
+    let rates: Vec<f32> = (0..7).map(|r| step.rate(1.0, r, 7)).collect();
+    assert_eq!(rates, [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]);
+    let cosine = LrSchedule::Cosine { warmup_rounds: 2 };
+    assert_eq!(cosine.rate(1.0, 0, 10), 0.5);
+    assert_eq!(cosine.rate(1.0, 1, 10), 1.0);
+    assert!((cosine.rate(1.0, 2, 10) - 1.0).abs() < 1e-6);
+    assert!((cosine.rate(1.0, 6, 10) - 0.5).abs() < 1e-6, "halfway down");
+    assert!(cosine.rate(1.0, 9, 10) < 0.05 && cosine.rate(1.0, 9, 10) > 0.0);
+    // The evaluation (round 10 of 10) keeps the last round's rate: a task's rate is positive.
+    assert_eq!(cosine.rate(1.0, 10, 10), cosine.rate(1.0, 9, 10));
+    let steep = LrSchedule::Step {
+        every_rounds: 1,
+        factor_milli: 1,
+    };
+    assert!(steep.rate(0.5, 40, 50) > 0.0, "never zero, however many decays");
+}

@@ -103,6 +103,8 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         inner_optimizer: Default::default(),
         outer_optimizer: Default::default(),
         outer_learning_rate_milli: 1000,
+        weight_decay_micro: 0,
+        schedule: Default::default(),
     };
     let registration = Registration {
         role: Role::Compute,
@@ -139,6 +141,7 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
             steps: 1,
             optimizer: Default::default(),
             learning_rate: 0.1,
+            weight_decay: 0.0,
         },
         label: "l".into(),
         shards: Vec::new(),

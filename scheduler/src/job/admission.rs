@@ -73,6 +73,24 @@ pub(super) async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Res
             "the learning rate must be in (0, 100]",
         ));
     }
+    if request.weight_decay_micro > 1_000_000 {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            "the weight decay must be in [0, 1]",
+        ));
+    }
+    match request.schedule {
+        aic_protocol::messages::LrSchedule::Step {
+            every_rounds,
+            factor_milli,
+        } if every_rounds == 0 || factor_milli == 0 || factor_milli > 1000 => {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                "a step schedule decays every 1 or more rounds by a factor in (0, 1]",
+            ))
+        }
+        _ => {}
+    }
     if request.outer_learning_rate_milli == 0 || request.outer_learning_rate_milli > 100_000 {
         return Err(refuse(
             ErrorCode::InvalidArgument,
@@ -240,7 +258,8 @@ fn fees(plan: &Plan) -> Result<Amount, RpcError> {
 pub fn task_memory_bytes(model: &aic_kernels::Trainable, inner: InnerOptimizer, manifest: &Manifest) -> u64 {
     let parameter_copies: u64 = match inner {
         InnerOptimizer::Sgd => 5,
-        InnerOptimizer::Adam => 7,
+        InnerOptimizer::Momentum => 6,
+        InnerOptimizer::Adam | InnerOptimizer::AdamW => 7,
     };
     let largest = manifest
         .shards()

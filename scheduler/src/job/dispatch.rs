@@ -156,7 +156,12 @@ impl Effects {
             training: LocalTraining {
                 steps: self.plan.request.local_steps,
                 optimizer: self.plan.request.inner_optimizer,
-                learning_rate: self.plan.request.learning_rate_milli as f32 / 1000.0,
+                learning_rate: self.plan.request.schedule.rate(
+                    self.plan.request.learning_rate_milli as f32 / 1000.0,
+                    round,
+                    self.rounds,
+                ),
+                weight_decay: self.plan.request.weight_decay_micro as f32 / 1e6,
             },
             label: self.plan.manifest.label.clone(),
             shards: vec![ShardSource {

@@ -94,6 +94,8 @@ impl JobReport {
             "local_steps": plan.request.local_steps,
             "inner_optimizer": plan.request.inner_optimizer,
             "outer_optimizer": plan.request.outer_optimizer,
+            "weight_decay": plan.request.weight_decay_micro as f64 / 1e6,
+            "schedule": plan.request.schedule,
             "budget": plan.budget.to_string(),
             "rounds": start_round,
             "tasks": [],

@@ -42,6 +42,8 @@ pub struct Effects {
     pub(super) mean_update: Mutex<Option<Vec<f32>>>,
     /// Nodes banned in this job: a ticket signed after the ban is not granted.
     pub(super) banned: Mutex<HashSet<NodeId>>,
+    /// Rounds the job trains in all (what the learning-rate schedule spans).
+    pub(super) rounds: u32,
 }
 
 impl Effects {
@@ -57,6 +59,7 @@ impl Effects {
             outer: Mutex::new(outer),
             mean_update: Mutex::new(None),
             banned: Mutex::new(HashSet::new()),
+            rounds: 0,
         }
     }
 
@@ -141,9 +144,12 @@ pub fn launch(
     }
     let span = tracing::info_span!("job", job = %plan.request.job);
     let arbiter = ctx.arbiter.clone();
+    let engine = Engine::new(setup);
+    let mut effects = effects;
+    effects.rounds = engine.total_rounds();
     let effects = Arc::new(effects);
     Job::start_in_arbiter(&arbiter, move |_| Job {
-        engine: Engine::new(setup),
+        engine,
         effects,
         report,
         cancel,
