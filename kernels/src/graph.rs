@@ -243,16 +243,18 @@ impl GraphModel {
                     padding,
                 } => {
                     let geometry = Conv::new(layer.input, layer.output, *kernel, *stride, *padding);
+                    let (positions, filters) = (geometry.positions(), *filters as usize);
+                    // Every sample's receptive fields in one matrix, one GEMM for the batch:
+                    // (rows·positions × field) · (filters × field)ᵀ.
+                    let cols = geometry.im2col_batch(input);
+                    let y = cpu.matmul(&cols, &params[0], false, true)?;
                     let mut out = Matrix::zeros(rows, layer.output.elements() as usize);
                     for r in 0..rows {
-                        let cols = geometry.im2col(&input.data[r * input.cols..(r + 1) * input.cols]);
-                        // (filters × field) · (positions × field)ᵀ = filters × positions.
-                        let y = cpu.matmul(&params[0], &cols, false, true)?;
                         let row = &mut out.data[r * out.cols..(r + 1) * out.cols];
-                        for f in 0..*filters as usize {
-                            for p in 0..geometry.positions() {
-                                row[f * geometry.positions() + p] =
-                                    y.data[f * y.cols + p] + params[1].data[f];
+                        for p in 0..positions {
+                            let at = (r * positions + p) * filters;
+                            for f in 0..filters {
+                                row[f * positions + p] = y.data[at + f] + params[1].data[f];
                             }
                         }
                     }
@@ -425,29 +427,30 @@ impl GraphModel {
                     padding,
                 } => {
                     let geometry = Conv::new(layer.input, layer.output, *kernel, *stride, *padding);
-                    let positions = geometry.positions();
-                    let filters = *filters as usize;
-                    let mut d_w = Matrix::zeros(grads[p].rows, grads[p].cols);
-                    let mut d_b = vec![0.0f32; filters];
-                    let mut d_x = Matrix::zeros(input.rows, input.cols);
+                    let (positions, filters) = (geometry.positions(), *filters as usize);
+                    // The output gradient as (rows·positions × filters), like the forward GEMM.
+                    let mut g_p = Matrix::zeros(input.rows * positions, filters);
                     for r in 0..input.rows {
-                        let cols = geometry.im2col(&input.data[r * input.cols..(r + 1) * input.cols]);
-                        let g_r =
-                            Matrix::new(filters, positions, g.data[r * g.cols..(r + 1) * g.cols].to_vec())?;
-                        // dW += dY (filters × positions) · cols (positions × field).
-                        let d_w_r = cpu.matmul(&g_r, &cols, false, false)?;
-                        for (acc, v) in d_w.data.iter_mut().zip(&d_w_r.data) {
-                            *acc += v;
+                        for f in 0..filters {
+                            for p in 0..positions {
+                                g_p.data[(r * positions + p) * filters + f] =
+                                    g.data[r * g.cols + f * positions + p];
+                            }
                         }
-                        for (f, sum) in d_b.iter_mut().enumerate() {
-                            *sum += g_r.data[f * positions..(f + 1) * positions].iter().sum::<f32>();
-                        }
-                        // dcols = dYᵀ (positions × filters) · W (filters × field).
-                        let d_cols = cpu.matmul(&g_r, &weights.tensors[p], true, false)?;
-                        geometry.col2im(&d_cols, &mut d_x.data[r * input.cols..(r + 1) * input.cols]);
                     }
-                    grads[p] = d_w;
-                    grads[p + 1] = Matrix::new(1, filters, d_b)?;
+                    let cols = geometry.im2col_batch(input);
+                    // dW = g_pᵀ · cols (filters × field); db = column sums; dcols = g_p · W.
+                    grads[p] = cpu.matmul(&g_p, &cols, true, false)?;
+                    grads[p + 1] = Matrix::new(1, filters, cpu.column_sum(&g_p)?)?;
+                    let d_cols = cpu.matmul(&g_p, &weights.tensors[p], false, false)?;
+                    let mut d_x = Matrix::zeros(input.rows, input.cols);
+                    let block = positions * geometry.field();
+                    for r in 0..input.rows {
+                        geometry.col2im(
+                            &d_cols.data[r * block..(r + 1) * block],
+                            &mut d_x.data[r * input.cols..(r + 1) * input.cols],
+                        );
+                    }
                     d_x
                 }
                 Op::MaxPool2d { kernel, .. } | Op::AvgPool2d { kernel, .. } => {
@@ -692,27 +695,35 @@ impl Conv {
         (y < self.height && x < self.width).then_some(c * self.height * self.width + y * self.width + x)
     }
 
-    /// One sample's receptive fields as rows: positions × (channels·k·k), zero where padded.
-    fn im2col(&self, image: &[f32]) -> Matrix {
+    /// Every sample's receptive fields as rows: (rows·positions) × (channels·k·k), zero where
+    /// padded.
+    fn im2col_batch(&self, x: &Matrix) -> Matrix {
         let (positions, field) = (self.positions(), self.field());
-        let mut cols = Matrix::zeros(positions, field);
-        for p in 0..positions {
-            for e in 0..field {
-                if let Some(i) = self.source(p, e) {
-                    cols.data[p * field + e] = image[i];
+        let mut cols = Matrix::zeros(x.rows * positions, field);
+        // Where each (position, entry) reads from, worked out once for the batch.
+        let sources: Vec<Option<usize>> = (0..positions * field)
+            .map(|i| self.source(i / field, i % field))
+            .collect();
+        for r in 0..x.rows {
+            let image = &x.data[r * x.cols..(r + 1) * x.cols];
+            let block = &mut cols.data[r * positions * field..(r + 1) * positions * field];
+            for (value, source) in block.iter_mut().zip(&sources) {
+                if let Some(i) = source {
+                    *value = image[*i];
                 }
             }
         }
         cols
     }
 
-    /// Adds the gradient of each receptive-field entry back onto the input value it read.
-    fn col2im(&self, d_cols: &Matrix, d_image: &mut [f32]) {
+    /// Adds one sample's receptive-field gradients (positions × field, row-major) back onto the
+    /// input values they read.
+    fn col2im(&self, d_cols: &[f32], d_image: &mut [f32]) {
         let field = self.field();
         for p in 0..self.positions() {
             for e in 0..field {
                 if let Some(i) = self.source(p, e) {
-                    d_image[i] += d_cols.data[p * field + e];
+                    d_image[i] += d_cols[p * field + e];
                 }
             }
         }
