@@ -17,7 +17,7 @@ use aic_protocol::ticket::ShardTicket;
 use aic_protocol::{NodeId, Role, ShardId, TaskId};
 use tracing::warn;
 
-use super::engine::CollectFailure;
+use super::engine::{CollectFailure, Comparison};
 use super::runner::Effects;
 use crate::allocator::{Finished, Place};
 use crate::data_plane::{self, Part, PlaneError};
@@ -215,26 +215,38 @@ impl Effects {
         self.ctx.rater.send(ShouldCheck { node }).await.unwrap_or(true)
     }
 
-    /// Whether two executions of one task agree: their results' numbers, and their updates
-    /// compared chunk by chunk as both stream in. An update that cannot be read counts as a
-    /// disagreement (a third execution then decides who was wrong).
-    pub async fn agree(self: Arc<Self>, a: &(NodeId, TaskResult), b: &(NodeId, TaskResult)) -> bool {
+    /// How two executions of one task compare: their results' numbers, then their updates
+    /// chunk by chunk as both stream in. An update that cannot be read names its node: that is
+    /// no verdict on anyone (a node that went away mid-check is not judged).
+    pub async fn agree(self: Arc<Self>, a: &(NodeId, TaskResult), b: &(NodeId, TaskResult)) -> Comparison {
         let ((node_a, a), (node_b, b)) = (a, b);
         if !rating::results_agree(a, b) {
-            return false;
+            return Comparison::Disagree;
         }
         let (Some(update_a), Some(update_b)) = (a.update, b.update) else {
-            return a.update.is_none() && b.update.is_none();
+            return if a.update.is_none() && b.update.is_none() {
+                Comparison::Agree
+            } else {
+                Comparison::Disagree
+            };
         };
-        let (Ok(client_a), Ok(client_b)) = (self.client_for(node_a).await, self.client_for(node_b).await)
-        else {
-            return false;
+        let client_a = match self.client_for(node_a).await {
+            Ok(client) => client,
+            Err(_) => return Comparison::Unreadable(*node_a),
+        };
+        let client_b = match self.client_for(node_b).await {
+            Ok(client) => client,
+            Err(_) => return Comparison::Unreadable(*node_b),
         };
         let parameters = self.plan.parameters();
         match data_plane::updates_agree((&client_a, update_a), (&client_b, update_b), parameters).await {
             Ok(agree) => {
                 self.wire.add_compared(2 * parameters * 4);
-                agree
+                if agree {
+                    Comparison::Agree
+                } else {
+                    Comparison::Disagree
+                }
             }
             Err((side, error)) => {
                 let node = if side == 0 { node_a } else { node_b };
@@ -244,7 +256,7 @@ impl Effects {
                     .tensor_refusals
                     .with_label_values(&[error.reason()])
                     .inc();
-                false
+                Comparison::Unreadable(*node)
             }
         }
     }

@@ -91,6 +91,16 @@ pub enum Pair {
     OriginalThird,
 }
 
+/// How two executions of one task compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparison {
+    Agree,
+    Disagree,
+    /// This node's update could not be read (it went away, or sent what its result did not
+    /// name): no verdict on anyone, the task starts over elsewhere.
+    Unreadable(NodeId),
+}
+
 /// Why a round's update could not be collected from the node that holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CollectFailure {
@@ -163,11 +173,11 @@ pub enum Event {
         slot: usize,
         check: bool,
     },
-    /// Whether two executions agree (answers `Compare`).
+    /// How two executions compared (answers `Compare`).
     Compared {
         slot: usize,
         pair: Pair,
-        agree: bool,
+        outcome: Comparison,
     },
     /// The round's updates were reduced, or one could not be collected (answers `Collect`).
     Collected(Result<(), CollectFailure>),
@@ -366,6 +376,8 @@ struct Step {
     /// Passes run (each re-runs results of nodes banned in the previous one).
     passes: usize,
     collect_failures: usize,
+    /// Slots started over because a check could not read an update.
+    restarts: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -470,7 +482,7 @@ impl Engine {
             Event::Placed { exec, placement } => self.on_placed(exec, placement),
             Event::Ran { exec, outcome } => self.on_ran(exec, outcome),
             Event::CheckDrawn { slot, check } => self.on_check_drawn(slot, check),
-            Event::Compared { slot, pair, agree } => self.on_compared(slot, pair, agree),
+            Event::Compared { slot, pair, outcome } => self.on_compared(slot, pair, outcome),
             Event::Collected(outcome) => self.on_collected(outcome),
             Event::Stepped(stored) => self.on_stepped(stored),
             Event::Checkpointed(outcome) => self.on_checkpointed(outcome),
@@ -603,6 +615,7 @@ impl Engine {
             slots,
             passes: 1,
             collect_failures: 0,
+            restarts: 0,
         });
         self.phase = Phase::Running;
         for slot in 0..count {
@@ -911,16 +924,29 @@ impl Engine {
         }
     }
 
-    fn on_compared(&mut self, slot: usize, pair: Pair, agree: bool) {
+    fn on_compared(&mut self, slot: usize, pair: Pair, outcome: Comparison) {
         if self.phase != Phase::Running {
             return;
         }
         let Some(s) = self.step.as_mut().and_then(|s| s.slots.get_mut(slot)) else {
             return;
         };
-        if s.accepted.is_some() {
+        // Answers for executions this slot no longer has (it started over) are stale.
+        let current = match pair {
+            Pair::OriginalChecker => s.checker.is_some() && s.third.is_none(),
+            Pair::CheckerThird | Pair::OriginalThird => s.third.is_some(),
+        };
+        if s.accepted.is_some() || !current {
             return;
         }
+        let agree = match outcome {
+            Comparison::Agree => true,
+            Comparison::Disagree => false,
+            Comparison::Unreadable(node) => {
+                self.start_over(slot, node);
+                return;
+            }
+        };
         match pair {
             Pair::OriginalChecker => {
                 let (Some(original), Some(checker)) = (s.original.clone(), s.checker.clone()) else {
@@ -956,6 +982,22 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A slot whose check could not read `node`'s update starts over under a new task id away
+    /// from that node: a node that went away mid-check is not judged, and its result of the
+    /// task is not paid (nothing of the slot was credited yet).
+    fn start_over(&mut self, slot: usize, node: NodeId) {
+        let step = self.step.as_mut().expect("a step runs");
+        step.restarts += 1;
+        if step.restarts > MAX_ATTEMPTS * step.slots.len() {
+            self.fail("spot checks kept failing to read the updates; giving up".into());
+            return;
+        }
+        let task = self.mint_task();
+        let s = self.slot_mut(slot);
+        *s = Slot::new(s.entry.clone(), task);
+        self.start_exec(slot, ExecRole::Original, vec![node], Vec::new());
     }
 
     /// The verdict on a disagreement, from how a third execution (if any ran) compared with

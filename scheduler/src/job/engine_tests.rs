@@ -250,6 +250,14 @@ impl Harness {
     }
 }
 
+fn verdict(agree: bool) -> Comparison {
+    if agree {
+        Comparison::Agree
+    } else {
+        Comparison::Disagree
+    }
+}
+
 fn execs_of(commands: &[Command]) -> Vec<u64> {
     commands
         .iter()
@@ -689,7 +697,7 @@ fn agreement_rates_both_credits_their_rows_and_grants_tickets() {
     let out = h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalChecker,
-        agree: true,
+        outcome: Comparison::Agree,
     });
     assert_eq!(
         decisions(out),
@@ -740,7 +748,7 @@ fn a_disagreement_calls_a_third_execution_away_from_both() {
     let out = h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalChecker,
-        agree: false,
+        outcome: Comparison::Disagree,
     });
     assert!(
         matches!(&out[..], [Command::Place { exclude, .. }] if exclude == &vec![id(1), id(2)]),
@@ -755,7 +763,7 @@ fn third(checker_vs_third: bool, original_vs_third: bool) -> (Harness, Vec<u64>,
     let place = h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalChecker,
-        agree: false,
+        outcome: Comparison::Disagree,
     });
     let exec = execs_of(&place)[0];
     execs.push(exec);
@@ -770,13 +778,13 @@ fn third(checker_vs_third: bool, original_vs_third: bool) -> (Harness, Vec<u64>,
     let first = h.send(Event::Compared {
         slot: 0,
         pair: Pair::CheckerThird,
-        agree: checker_vs_third,
+        outcome: verdict(checker_vs_third),
     });
     assert_eq!(first, [], "the verdict waits for both comparisons");
     let out = h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalThird,
-        agree: original_vs_third,
+        outcome: verdict(original_vs_third),
     });
     (h, execs, out)
 }
@@ -857,7 +865,7 @@ fn no_node_for_a_third_execution_leaves_the_check_undecided() {
     let place = h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalChecker,
-        agree: false,
+        outcome: Comparison::Disagree,
     });
     let exec = execs_of(&place)[0];
     // Node 3 is up, so the engine waits for it; then it goes and nothing is eligible.
@@ -908,18 +916,18 @@ fn a_ban_mid_round_reruns_the_banned_nodes_unverified_results() {
     let place = h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalChecker,
-        agree: false,
+        outcome: Comparison::Disagree,
     });
     h.run(execs_of(&place)[0], 3, 2);
     h.send(Event::Compared {
         slot: 0,
         pair: Pair::CheckerThird,
-        agree: true,
+        outcome: Comparison::Agree,
     });
     let out = h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalThird,
-        agree: false,
+        outcome: Comparison::Disagree,
     });
     let rerun = out.last().expect("commands");
     assert!(
@@ -943,13 +951,13 @@ fn late_answers_for_a_settled_slot_are_ignored() {
     h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalChecker,
-        agree: true,
+        outcome: Comparison::Agree,
     });
     assert_eq!(
         h.send(Event::Compared {
             slot: 0,
             pair: Pair::OriginalChecker,
-            agree: false
+            outcome: Comparison::Disagree
         }),
         []
     );
@@ -1106,7 +1114,7 @@ fn a_cancel_during_a_spot_check_stops_the_job_at_the_round_boundary() {
     h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalChecker,
-        agree: true,
+        outcome: Comparison::Agree,
     });
     h.run(execs[1], 3, 1);
     h.send(Event::CheckDrawn {
@@ -1415,8 +1423,13 @@ mod interleavings {
                 Command::Compare { slot, pair, a, b } => Event::Compared {
                     slot,
                     pair,
-                    // The truth, flipped now and then (an unreadable update, a flaky link).
-                    agree: (a.1.update == b.1.update) != (c % 11 == 10),
+                    // The truth, flipped now and then (a flaky comparison), and now and then a
+                    // node whose update cannot be read.
+                    outcome: if c % 17 == 16 {
+                        Comparison::Unreadable(b.0)
+                    } else {
+                        verdict((a.1.update == b.1.update) != (c % 11 == 10))
+                    },
                 },
                 Command::Collect { parts, .. } => Event::Collected(if c % 7 == 6 {
                     Err(CollectFailure {
@@ -1524,4 +1537,31 @@ mod interleavings {
             prop_assert_eq!(paid + settlement.platform_fee.0 + settlement.refund.0, budget);
         }
     }
+}
+
+#[test]
+fn an_update_a_check_cannot_read_starts_the_task_over_and_judges_nobody() {
+    let (mut h, execs, _) = checked(1, 1);
+    let out = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        outcome: Comparison::Unreadable(id(1)),
+    });
+    // A new task, placed away from the node that went away; no rating, penalty or ban.
+    let [Command::Place { exec, exclude, .. }] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(exclude, &vec![id(1)]);
+    assert!(h.engine.tallies().banned.is_empty() && h.engine.tallies().verified_rows.is_empty());
+    h.run(*exec, 2, 1);
+    assert_ne!(h.task_of[exec].0, h.task_of[&execs[0]].0);
+    // The stale check's answer for the old executions changes nothing.
+    assert_eq!(
+        h.send(Event::Compared {
+            slot: 0,
+            pair: Pair::OriginalChecker,
+            outcome: Comparison::Disagree
+        }),
+        []
+    );
 }

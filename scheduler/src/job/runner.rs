@@ -357,7 +357,7 @@ impl Job {
                         Event::Compared {
                             slot,
                             pair,
-                            agree: fx.agree(&a, &b).await,
+                            outcome: fx.agree(&a, &b).await,
                         }
                     },
                     round,
