@@ -214,6 +214,15 @@ fn pid_of(service: &str) -> Option<u32> {
     })
 }
 
+/// Clears each process's peak-RSS mark (so VmHWM counts from here) and answers its RSS now.
+fn reset_peaks(pids: impl Iterator<Item = u32>) -> Vec<u64> {
+    pids.map(|pid| {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        status_bytes(pid, "VmRSS")
+    })
+    .collect()
+}
+
 /// A `/proc/PID/status` field in bytes (VmRSS, VmHWM).
 fn status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -267,13 +276,7 @@ fn large_model(shards: &[Vec<arrow_array::RecordBatch>]) {
             .filter_map(|s| pid_of(s).map(|p| (s.to_string(), p)))
             .collect();
         // Peak RSS from here on: clear each replica's high-water mark.
-        let rss_before: Vec<u64> = pids
-            .iter()
-            .map(|(_, pid)| {
-                let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-                status_bytes(*pid, "VmRSS")
-            })
-            .collect();
+        let rss_before = reset_peaks(pids.iter().map(|(_, pid)| *pid));
         let page = scrape(&scheduler_metrics);
         let ledger_before = counter(&page, "aic_ledger_transaction_bytes_total", "");
         let checkpoints_before = counter(&page, "aic_ledger_transaction_bytes_total", "checkpoint_job");
@@ -447,13 +450,7 @@ fn hundred_million_parameters() {
          3 compute nodes, one OS process per service",
         model_bytes / 1e6
     );
-    let rss_before: Vec<u64> = pids
-        .iter()
-        .map(|(_, pid)| {
-            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-            status_bytes(*pid, "VmRSS")
-        })
-        .collect();
+    let rss_before = reset_peaks(pids.iter().map(|(_, pid)| *pid));
     let page = scrape(&scheduler_metrics);
     let ledger_before = counter(&page, "aic_ledger_transaction_bytes_total", "");
     let started = Instant::now();

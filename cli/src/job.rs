@@ -340,17 +340,10 @@ async fn show_model(
         (Some(asset), None) => {
             let profile = args.client.load()?;
             let scheduler = nodes::connect(&profile).await?;
-            let LedgerResponse::Asset(Some(found)) =
-                ledger_client::request(&scheduler, &LedgerRequest::Asset(*asset)).await?
-            else {
-                bail!("no asset {asset} on the ledger");
-            };
-            if found.kind != AssetKind::Model {
-                bail!("asset {asset} is a {:?}, not a Model", found.kind);
-            }
+            let found = fetch_asset(&scheduler, asset, AssetKind::Model).await?;
             let mut graph = model_graph::of_manifest(&found.metadata.manifest)
                 .map_err(|e| anyhow::anyhow!("asset {asset}'s description: {e}"))?;
-            graph.name = found.metadata.name.clone();
+            graph.name = found.metadata.name;
             graph
         }
         (None, None) => bail!("aic model show needs an ASSET or --spec FILE"),
@@ -369,19 +362,29 @@ async fn show_model(
     Ok(())
 }
 
-/// The training defaults a Model asset's description carries (none for a fixed shape).
-async fn model_training_defaults(
+/// An asset from the ledger, refused unless it is of `kind`.
+async fn fetch_asset(
     scheduler: &RpcClient,
     asset: &AssetId,
-) -> anyhow::Result<aic_protocol::model_graph::TrainingDefaults> {
+    kind: AssetKind,
+) -> anyhow::Result<aic_ledger::state::Asset> {
     let LedgerResponse::Asset(Some(found)) =
         ledger_client::request(scheduler, &LedgerRequest::Asset(*asset)).await?
     else {
         bail!("no asset {asset} on the ledger");
     };
-    if found.kind != AssetKind::Model {
-        bail!("asset {asset} is a {:?}, not a Model", found.kind);
+    if found.kind != kind {
+        bail!("asset {asset} is a {:?}, not a {kind:?}", found.kind);
     }
+    Ok(found)
+}
+
+/// The training defaults a Model asset's description carries (none for a fixed shape).
+async fn model_training_defaults(
+    scheduler: &RpcClient,
+    asset: &AssetId,
+) -> anyhow::Result<aic_protocol::model_graph::TrainingDefaults> {
+    let found = fetch_asset(scheduler, asset, AssetKind::Model).await?;
     let graph = model_graph::of_manifest(&found.metadata.manifest)
         .map_err(|e| anyhow::anyhow!("asset {asset}'s description: {e}"))?;
     Ok(graph.training)
@@ -391,14 +394,7 @@ async fn model_training_defaults(
 /// from its published manifest.
 async fn dataset_dimensions(profile: &ClientProfile, asset: &AssetId) -> anyhow::Result<(u32, u32, bool)> {
     let scheduler = nodes::connect(profile).await?;
-    let aic_ledger::api::LedgerResponse::Asset(Some(found)) =
-        ledger_client::request(&scheduler, &aic_ledger::api::LedgerRequest::Asset(*asset)).await?
-    else {
-        bail!("no asset {asset} on the ledger");
-    };
-    if found.kind != AssetKind::Dataset {
-        bail!("asset {asset} is a {:?}, not a Dataset", found.kind);
-    }
+    let found = fetch_asset(&scheduler, asset, AssetKind::Dataset).await?;
     let manifest = aic_storage_node::manifest::Manifest::from_json(&found.metadata.manifest)
         .map_err(|e| anyhow::anyhow!("the dataset's manifest: {e}"))?;
     Ok((

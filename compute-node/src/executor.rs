@@ -7,7 +7,7 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use aic_kernels::{Backend, BackendChoice, Matrix, Trainable, Weights};
-use aic_protocol::messages::{LocalTraining, TaskKind, TaskModel};
+use aic_protocol::messages::{LocalTraining, TaskKind};
 
 use crate::inner_optimizer::InnerState;
 use arrow_array::RecordBatch;
@@ -36,7 +36,8 @@ pub struct Computed {
 
 struct Work {
     kind: TaskKind,
-    model: TaskModel,
+    /// Validated and built by the caller.
+    model: Trainable,
     /// Seeds a graph's dropout masks: derived from the task, so a re-execution elsewhere draws
     /// the same masks.
     seed: u64,
@@ -91,7 +92,7 @@ impl Executor {
     pub async fn run(
         &self,
         kind: TaskKind,
-        model: TaskModel,
+        model: Trainable,
         seed: u64,
         weights: Arc<Vec<f32>>,
         training: LocalTraining,
@@ -165,10 +166,9 @@ pub fn unflatten(shapes: &[(usize, usize)], flat: &[f32]) -> Result<Weights, Str
 /// answers, as its values, Σy and Σy² of the rows' targets, from which the runner computes R²
 /// over the whole held-out split.
 fn run(backend: &mut dyn Backend, work: &Work) -> Result<Computed, String> {
-    let model = Trainable::of(&work.model).map_err(|e| e.to_string())?;
     match work.kind {
-        TaskKind::Gradient => train(backend, &model, work),
-        TaskKind::Evaluate => evaluate(backend, &model, work),
+        TaskKind::Gradient => train(backend, &work.model, work),
+        TaskKind::Evaluate => evaluate(backend, &work.model, work),
     }
 }
 

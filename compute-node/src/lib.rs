@@ -172,9 +172,9 @@ impl ComputeNode {
             return Err(invalid(format!("a task names 1 to {MAX_TASK_SHARDS} shards")));
         }
         // A described model is validated here again: a scheduler's word is not taken for it.
-        let parameters = aic_kernels::Trainable::of(&spec.model)
-            .map_err(|e| invalid(format!("the task's model: {e}")))?
-            .parameters() as u64;
+        let model =
+            aic_kernels::Trainable::of(&spec.model).map_err(|e| invalid(format!("the task's model: {e}")))?;
+        let parameters = model.parameters() as u64;
         if spec.weights.tensor.elements != parameters {
             return Err(invalid(format!(
                 "the model has {parameters} parameters, the task's weights {}",
@@ -202,7 +202,7 @@ impl ComputeNode {
             .await
             .map_err(|_| RpcError::new(ErrorCode::Unavailable, "shutting down"))?;
         let fetch_started = Instant::now();
-        let (weights, weights_fetched_bytes) = self.weights(&spec).await?;
+        let (weights, weights_fetched_bytes) = self.weights(&spec, parameters).await?;
         let mut batches: Vec<RecordBatch> = Vec::new();
         let mut cache_hits = 0u32;
         for source in &spec.shards {
@@ -229,7 +229,7 @@ impl ComputeNode {
             .executor
             .run(
                 spec.kind,
-                spec.model.clone(),
+                model,
                 u64::from_le_bytes(spec.task.as_bytes()[..8].try_into().expect("8 bytes")),
                 weights,
                 training,
@@ -285,7 +285,7 @@ impl ComputeNode {
 
     /// The task's starting weights: held already, or fetched from the first storage node named
     /// that serves them whole and true to their name.
-    async fn weights(&self, spec: &TaskSpec) -> Result<(Arc<Vec<f32>>, u64), RpcError> {
+    async fn weights(&self, spec: &TaskSpec, parameters: u64) -> Result<(Arc<Vec<f32>>, u64), RpcError> {
         let tensor = spec.weights.tensor;
         if let Some(held) = self.tensors.lock().expect("tensor cache").get(&tensor) {
             return Ok((held, 0));
@@ -303,7 +303,7 @@ impl ComputeNode {
                 &client,
                 tensor,
                 Some(spec.weights.ticket.clone()),
-                spec.model.parameters(),
+                parameters,
             )
             .await
             {

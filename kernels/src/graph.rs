@@ -148,15 +148,9 @@ impl GraphModel {
     /// Seeded initial weights: Kaiming-uniform for a layer a ReLU or GELU follows, Xavier-uniform
     /// otherwise; zero biases; layer norm γ = 1, β = 0.
     pub fn init(&self, seed: u64) -> Weights {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let mut uniform = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut draw = crate::model::seeded_draws(seed);
+        // Uniform in [-1, 1).
+        let mut uniform = move || 2.0 * draw();
         let shapes = self.shapes();
         let mut tensors = Vec::new();
         for layer in &self.layers {

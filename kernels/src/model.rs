@@ -3,6 +3,20 @@
 use crate::error::{check_finite, KernelError, Result};
 use crate::tensor::Matrix;
 
+/// Seeded pseudo-random draws in [-0.5, 0.5) (a 64-bit LCG's top 24 bits): the same seed gives
+/// the same initial weights on every machine.
+pub(crate) fn seeded_draws(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+}
+
 /// A model's architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelSpec {
@@ -83,15 +97,7 @@ impl ModelSpec {
 
     /// Parameters with small deterministic pseudo-random weights and zero biases.
     pub fn init(&self, seed: u64) -> Weights {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = seeded_draws(seed);
         let tensors = self
             .shapes()
             .into_iter()

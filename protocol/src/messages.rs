@@ -659,24 +659,6 @@ pub enum TaskModel {
     Graph(String),
 }
 
-impl TaskModel {
-    /// The description of either kind.
-    pub fn graph(&self) -> Result<crate::model_graph::ModelGraph, crate::model_graph::SpecError> {
-        match self {
-            TaskModel::Shape(shape) => Ok(crate::model_graph::ModelGraph::of_shape("model", *shape)),
-            TaskModel::Graph(text) => crate::model_graph::parse(text),
-        }
-    }
-
-    /// Weights and biases in all (0 for a description that does not validate).
-    pub fn parameters(&self) -> u64 {
-        match self {
-            TaskModel::Shape(shape) => shape.parameters(),
-            TaskModel::Graph(_) => self.graph().and_then(|g| g.parameters()).unwrap_or(0),
-        }
-    }
-}
-
 /// One unit of work the scheduler gives a compute node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {

@@ -327,23 +327,18 @@ fn field_error(place: &str, problem: impl Into<String>) -> SpecError {
 }
 
 /// Takes the fields of a table one by one, so what is left over can be named.
-struct Fields<'a> {
+struct Fields {
     place: String,
     map: Map<String, Value>,
-    _source: std::marker::PhantomData<&'a ()>,
 }
 
-impl Fields<'_> {
+impl Fields {
     fn of(place: String, value: &Value) -> Result<Self, SpecError> {
         let map = value
             .as_object()
             .ok_or_else(|| field_error(&place, "must be a table"))?
             .clone();
-        Ok(Fields {
-            place,
-            map,
-            _source: std::marker::PhantomData,
-        })
+        Ok(Fields { place, map })
     }
 
     fn take(&mut self, key: &str) -> Option<Value> {
