@@ -190,7 +190,7 @@ fn parse_image_shape(text: &str) -> Result<[u64; 3], String> {
     }
 }
 
-async fn dial_storage(profile: &ClientProfile, addr: &str) -> anyhow::Result<RpcClient> {
+pub(crate) async fn dial_storage(profile: &ClientProfile, addr: &str) -> anyhow::Result<RpcClient> {
     let endpoint = transport::outbound_endpoint(&profile.tls.load()?)?;
     RpcClient::connect(&endpoint, addr, Role::Storage)
         .await
@@ -393,7 +393,7 @@ async fn placement(
         .collect())
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")

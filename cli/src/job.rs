@@ -80,6 +80,33 @@ pub enum ModelCommand {
         #[arg(long, value_name = "FILE")]
         spec: Option<PathBuf>,
     },
+    /// Take a TrainedModel out (its owner only): an ONNX file any runtime reads, taking the raw
+    /// columns the dataset was imported with (preprocessing folded in), or the weights as Parquet.
+    Export {
+        asset: AssetId,
+        /// onnx: one file, `--out model.onnx`; parquet: `weights.parquet` and `model.json` in
+        /// the `--out` directory.
+        #[arg(long, value_enum, default_value = "onnx")]
+        format: crate::model_use::ExportFormat,
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Read the weights from this storage node (default: those the asset names).
+        #[arg(long)]
+        storage: Option<String>,
+    },
+    /// Answer raw rows with a TrainedModel, on this machine (its owner only): a CSV or Parquet
+    /// file with the columns the dataset was imported with; class and probabilities, or a value
+    /// in the target's units, per row.
+    Predict {
+        asset: AssetId,
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// Most rows read from the file.
+        #[arg(long, default_value = "100000")]
+        limit: usize,
+        #[arg(long)]
+        storage: Option<String>,
+    },
 }
 
 #[derive(Args, Clone, Debug)]
@@ -218,6 +245,18 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
         } => register_spec(&args, path, name.as_deref(), for_dataset.as_ref(), *fee).await,
         ModelCommand::Register { .. } => register_kind(&args).await,
         ModelCommand::Show { asset, spec } => show_model(&args, asset.as_ref(), spec.as_deref()).await,
+        ModelCommand::Export {
+            asset,
+            format,
+            out,
+            storage,
+        } => crate::model_use::export(&args, asset, *format, out, storage.as_deref()).await,
+        ModelCommand::Predict {
+            asset,
+            input,
+            limit,
+            storage,
+        } => crate::model_use::predict(&args, asset, input, *limit, storage.as_deref()).await,
     }
 }
 
@@ -363,7 +402,7 @@ async fn show_model(
 }
 
 /// An asset from the ledger, refused unless it is of `kind`.
-async fn fetch_asset(
+pub(crate) async fn fetch_asset(
     scheduler: &RpcClient,
     asset: &AssetId,
     kind: AssetKind,

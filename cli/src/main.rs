@@ -10,7 +10,9 @@ mod devnet_prometheus;
 mod job;
 mod ledger_client;
 mod model_export;
+mod model_use;
 mod nodes;
+mod onnx;
 mod roles;
 mod wallet;
 

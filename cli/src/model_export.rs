@@ -89,76 +89,30 @@ pub async fn export_weights(
         (t as u32, (flat - starts[t]) as u32)
     };
 
-    let expires_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64
-        + Duration::from_secs(600).as_millis() as u64;
-    let signature = key.sign(&OwnerProof::message(
-        asset_id,
-        &tensor.ticket_name(),
-        &me,
-        expires_ms,
-    ));
-    let request = ClientRequest::ExportTensor {
-        tensor,
-        proof: OwnerProof {
-            asset: *asset_id,
-            owner: key.address().0,
-            expires_ms,
-            signature: signature.to_vec(),
-        },
-    };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("weights.parquet");
     let partial = out.join("weights.parquet.partial");
     let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let schema = Arc::new(arrow_schema_of());
     let mut writer = ArrowWriter::try_new(file, schema.clone(), None)?;
-    let mut stream = storage.call_stream(&request).await?;
-    let mut hasher = blake3::Hasher::new();
-    let mut next = 0u64;
-    let outcome: anyhow::Result<()> = async {
-        loop {
-            match stream.next().await {
-                Some(Ok(ClientResponse::TensorChunk { index, bytes })) => {
-                    let values = check_chunk(&tensor, next, index, &bytes)?;
-                    hasher.update(&bytes);
-                    let start = next * aic_protocol::tensor::TENSOR_CHUNK_ELEMENTS as u64;
-                    let (ids, indices): (Vec<u32>, Vec<u32>) =
-                        (start..start + values.len() as u64).map(&locate).unzip();
-                    let batch = RecordBatch::try_new(
-                        schema.clone(),
-                        vec![
-                            Arc::new(UInt32Array::from(ids)) as ArrayRef,
-                            Arc::new(UInt32Array::from(indices)) as ArrayRef,
-                            Arc::new(Float32Array::from(values)) as ArrayRef,
-                        ],
-                    )?;
-                    writer.write(&batch)?;
-                    writer.flush()?;
-                    bar.inc(bytes.len() as u64);
-                    next += 1;
-                }
-                Some(Ok(ClientResponse::TensorEnd { chunks }))
-                    if chunks == next && next == tensor.chunks() =>
-                {
-                    break Ok(());
-                }
-                Some(Ok(ClientResponse::TensorEnd { chunks })) => {
-                    bail!("the stream ended after {chunks} of {} chunks", tensor.chunks())
-                }
-                Some(Ok(other)) => bail!("unexpected answer {other:?}"),
-                Some(Err(e)) => return Err(e.into()),
-                None => bail!("the stream ended after {next} of {} chunks", tensor.chunks()),
-            }
-        }
-    }
+    let outcome = stream_weights(storage, key, me, asset_id, &tensor, bar, |start, values| {
+        let (ids, indices): (Vec<u32>, Vec<u32>) = (start..start + values.len() as u64).map(&locate).unzip();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(UInt32Array::from(ids)) as ArrayRef,
+                Arc::new(UInt32Array::from(indices)) as ArrayRef,
+                Arc::new(Float32Array::from(values)) as ArrayRef,
+            ],
+        )?;
+        writer.write(&batch)?;
+        writer.flush()?;
+        Ok(())
+    })
     .await;
     if let Err(error) = outcome {
         let _ = std::fs::remove_file(&partial);
         return Err(error);
-    }
-    if *hasher.finalize().as_bytes() != tensor.hash {
-        let _ = std::fs::remove_file(&partial);
-        bail!("the exported weights do not hash to the asset's content hash");
     }
     writer.close()?;
     std::fs::rename(&partial, &path).with_context(|| format!("renaming to {}", path.display()))?;
@@ -170,6 +124,88 @@ pub async fn export_weights(
         path,
         parameters: tensor.elements,
     })
+}
+
+/// The trained weights in memory, in the order updates travel (what an ONNX file or a local
+/// prediction needs whole).
+pub async fn read_weights(
+    storage: &RpcClient,
+    key: &Keypair,
+    me: NodeId,
+    asset_id: &AssetId,
+    asset: &Asset,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Vec<f32>> {
+    let (tensor, _, _, _) = weights_of(asset)?;
+    let capacity = usize::try_from(tensor.elements).context("the weights do not fit in memory")?;
+    let mut weights = Vec::with_capacity(capacity);
+    stream_weights(storage, key, me, asset_id, &tensor, bar, |start, values| {
+        if start != weights.len() as u64 {
+            bail!("chunk at {start} after {} values", weights.len());
+        }
+        weights.extend_from_slice(&values);
+        Ok(())
+    })
+    .await?;
+    Ok(weights)
+}
+
+/// Asks `storage` for the weights tensor as the asset's owner and hands each chunk's values to
+/// `sink` (with the flat index of its first value), in order; fails unless every chunk came and
+/// the whole hashes to the tensor's name.
+async fn stream_weights(
+    storage: &RpcClient,
+    key: &Keypair,
+    me: NodeId,
+    asset_id: &AssetId,
+    tensor: &TensorRef,
+    bar: &indicatif::ProgressBar,
+    mut sink: impl FnMut(u64, Vec<f32>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let expires_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64
+        + Duration::from_secs(600).as_millis() as u64;
+    let signature = key.sign(&OwnerProof::message(
+        asset_id,
+        &tensor.ticket_name(),
+        &me,
+        expires_ms,
+    ));
+    let request = ClientRequest::ExportTensor {
+        tensor: *tensor,
+        proof: OwnerProof {
+            asset: *asset_id,
+            owner: key.address().0,
+            expires_ms,
+            signature: signature.to_vec(),
+        },
+    };
+    let mut stream = storage.call_stream(&request).await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut next = 0u64;
+    loop {
+        match stream.next().await {
+            Some(Ok(ClientResponse::TensorChunk { index, bytes })) => {
+                let values = check_chunk(tensor, next, index, &bytes)?;
+                hasher.update(&bytes);
+                sink(next * aic_protocol::tensor::TENSOR_CHUNK_ELEMENTS as u64, values)?;
+                bar.inc(bytes.len() as u64);
+                next += 1;
+            }
+            Some(Ok(ClientResponse::TensorEnd { chunks })) if chunks == next && next == tensor.chunks() => {
+                break
+            }
+            Some(Ok(ClientResponse::TensorEnd { chunks })) => {
+                bail!("the stream ended after {chunks} of {} chunks", tensor.chunks())
+            }
+            Some(Ok(other)) => bail!("unexpected answer {other:?}"),
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("the stream ended after {next} of {} chunks", tensor.chunks()),
+        }
+    }
+    if *hasher.finalize().as_bytes() != tensor.hash {
+        bail!("the exported weights do not hash to the asset's content hash");
+    }
+    Ok(())
 }
 
 fn arrow_schema_of() -> arrow_schema::Schema {

@@ -731,6 +731,7 @@ fn check_a_penguins_job(data_dir: &std::path::Path, profile: &str) {
     assert_eq!(job["state"], "done", "{job}");
     let accuracy = job["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.97, "held-out accuracy {accuracy}");
+    check_onnx_export(data_dir, job["trained_model"].as_str().unwrap(), penguins);
 
     // Body mass from the other columns: a linear regression job, held to ridge regression's R²
     // on the same seeded split (computed by `penguins.rs::a_linear_regression_on_body_mass_
@@ -787,6 +788,99 @@ fn check_a_penguins_job(data_dir: &std::path::Path, profile: &str) {
     assert_eq!(job["epochs"], 100, "the description's default epochs");
     let r2 = job["r2"].as_f64().unwrap();
     assert!(r2 >= RIDGE_R2 - 0.03, "held-out R² {r2}, ridge {RIDGE_R2}");
+    check_onnx_export(data_dir, job["trained_model"].as_str().unwrap(), penguins);
+}
+
+/// A trained model leaves the grid as ONNX, its owner only: the onnx package's full checker
+/// accepts the file and onnxruntime, fed the raw CSV (`NA`s and all, through
+/// `ops/onnx-predict.py`), answers every row as `aic model predict` does, to 1e-4.
+fn check_onnx_export(data_dir: &std::path::Path, trained_model: &str, rows: &str) {
+    let profile = data_dir.join("client.toml");
+    let profile = profile.to_str().unwrap();
+    let user = data_dir.join("wallets/user.key");
+    let stranger = data_dir.join("wallets/data-owner.key");
+    let file = data_dir.join(format!("{trained_model}.onnx"));
+    let export = |wallet: &std::path::Path| {
+        aic(&[
+            "model",
+            "export",
+            trained_model,
+            "--format",
+            "onnx",
+            "--out",
+            file.to_str().unwrap(),
+            "--profile",
+            profile,
+            "--wallet",
+            wallet.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let refused = export(&stranger);
+    assert!(
+        !refused.status.success() && !file.exists(),
+        "only the owner exports"
+    );
+    assert!(
+        stderr(&refused).contains("only the owner"),
+        "{}",
+        stderr(&refused)
+    );
+    let exported = export(&user);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let predicted = aic(&[
+        "model",
+        "predict",
+        trained_model,
+        "--input",
+        rows,
+        "--profile",
+        profile,
+        "--wallet",
+        user.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(predicted.status.success(), "{}", stderr(&predicted));
+    let grid: Vec<Value> = serde_json::from_slice(&predicted.stdout).unwrap();
+    let runtime = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/onnx-predict.py"))
+        .arg(&file)
+        .arg(rows)
+        .output()
+        .expect("python3 runs (ops/install-test-deps.sh installs onnx and onnxruntime)");
+    assert!(
+        runtime.status.success(),
+        "{}",
+        String::from_utf8_lossy(&runtime.stderr)
+    );
+    let theirs: Vec<Value> = String::from_utf8(runtime.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(theirs.len(), grid.len());
+    assert!(grid.len() > 300, "every penguin answered: {}", grid.len());
+    for (row, (ours, theirs)) in grid.iter().zip(&theirs).enumerate() {
+        if let Some(value) = ours["prediction"].as_f64() {
+            let got = theirs["prediction"].as_f64().unwrap();
+            // Grams: 1e-4 of the value.
+            assert!(
+                (value - got).abs() <= 1e-4 * value.abs(),
+                "row {row}: {value} vs {got}"
+            );
+        } else {
+            assert_eq!(ours["label"], theirs["label"], "row {row}");
+            let (a, b) = (
+                ours["probabilities"].as_array().unwrap(),
+                theirs["probabilities"].as_array().unwrap(),
+            );
+            assert_eq!(a.len(), b.len());
+            for (p, q) in a.iter().zip(b) {
+                let (p, q) = (p.as_f64().unwrap(), q.as_f64().unwrap());
+                assert!((p - q).abs() <= 1e-4, "row {row}: {ours} vs {theirs}");
+            }
+        }
+    }
 }
 
 /// A 10,000,060-parameter MLP (64 → 133,334 → 10) trained on the digits with local-SGD rounds

@@ -139,27 +139,6 @@ fn probe(backend: &mut dyn Backend) -> Result<DeviceProbe, String> {
     })
 }
 
-/// Flat parameters cut into the model's tensors.
-pub fn unflatten(shapes: &[(usize, usize)], flat: &[f32]) -> Result<Weights, String> {
-    let needed: usize = shapes.iter().map(|(r, c)| r * c).sum();
-    if flat.len() != needed {
-        return Err(format!(
-            "the model has {needed} parameters, the task sent {}",
-            flat.len()
-        ));
-    }
-    let mut offset = 0;
-    let tensors = shapes
-        .iter()
-        .map(|&(rows, cols)| {
-            let data = flat[offset..offset + rows * cols].to_vec();
-            offset += rows * cols;
-            Matrix { rows, cols, data }
-        })
-        .collect();
-    Ok(Weights { tensors })
-}
-
 /// Runs one task. Gradient: the local steps (each a full pass over the task's rows: the mean
 /// gradient, then the inner optimizer's step), answering the loss at the starting weights and
 /// the update start − end. Evaluate: mean loss and correct count; a regression's evaluation
@@ -175,7 +154,7 @@ fn run(backend: &mut dyn Backend, work: &Work) -> Result<Computed, String> {
 fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Computed, String> {
     let steps = work.training.steps.max(1);
     let lr = work.training.learning_rate;
-    let mut weights = unflatten(&model.shapes(), &work.weights)?;
+    let mut weights = Weights::from_flat(&model.shapes(), &work.weights).map_err(|e| e.to_string())?;
     model.check_weights(&weights).map_err(|e| e.to_string())?;
     let mut optimizer = InnerState::new(
         work.training.optimizer,
@@ -263,7 +242,7 @@ fn mean_gradient(
 }
 
 fn evaluate(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Computed, String> {
-    let weights = unflatten(&model.shapes(), &work.weights)?;
+    let weights = Weights::from_flat(&model.shapes(), &work.weights).map_err(|e| e.to_string())?;
     model.check_weights(&weights).map_err(|e| e.to_string())?;
     let mut rows = 0u64;
     let mut loss_sum = 0.0f64;

@@ -16,6 +16,7 @@ pub mod compare;
 pub mod cpu;
 pub mod error;
 pub mod graph;
+pub mod inference;
 pub mod model;
 pub mod step;
 pub mod tensor;

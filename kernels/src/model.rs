@@ -183,6 +183,27 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Flat parameters cut into tensors of `shapes` (rows, cols), in order.
+    pub fn from_flat(shapes: &[(usize, usize)], flat: &[f32]) -> crate::Result<Weights> {
+        let needed: usize = shapes.iter().map(|(r, c)| r * c).sum();
+        if flat.len() != needed {
+            return Err(crate::KernelError::Shape {
+                op: "weights",
+                detail: format!("the model has {needed} parameters, got {}", flat.len()),
+            });
+        }
+        let mut offset = 0;
+        let tensors = shapes
+            .iter()
+            .map(|&(rows, cols)| {
+                let data = flat[offset..offset + rows * cols].to_vec();
+                offset += rows * cols;
+                Matrix { rows, cols, data }
+            })
+            .collect();
+        Ok(Weights { tensors })
+    }
+
     /// All values, tensor after tensor.
     pub fn flat(&self) -> Vec<f32> {
         self.tensors.iter().flat_map(|t| t.data.iter().copied()).collect()

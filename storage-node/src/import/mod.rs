@@ -32,7 +32,7 @@ use bytes::Bytes;
 pub use aic_protocol::upload::{write_parquet, ShardSink, SinkError};
 pub use profile::{date_text, AUTO_CATEGORY_LIMIT, MAX_MEDIAN_VALUES};
 pub use shards::read_shard;
-pub use source::InputFormat;
+pub use source::{read_text_rows, InputFormat, TextRows};
 
 use crate::encoding::{is_missing, parse_number, Feature, MissingPolicy, DEFAULT_NULL_MARKERS};
 use crate::manifest::{Excluded, Manifest, Target};

@@ -147,6 +147,36 @@ impl BatchSource {
     }
 }
 
+/// A file's header and its rows as text cells (`None` where the file has no value).
+pub type TextRows = (Vec<String>, Vec<Vec<Option<String>>>);
+
+/// Up to `limit` rows of a CSV or Parquet file as text cells (`None` where the file has no
+/// value), with the header: what a model is asked about (`aic model predict`), read by the same
+/// bounded reader as an import.
+pub fn read_text_rows(file: &Path, limit: usize) -> Result<TextRows, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    let source = BatchSource::open(file, 4096)?;
+    let header: Vec<String> = source.schema.fields().iter().map(|f| f.name().clone()).collect();
+    let mut rows = Vec::new();
+    for batch in source.batches()? {
+        let batch = batch?;
+        if rows.len() + batch.num_rows() > limit {
+            return Err(format!("the file has more than {limit} rows"));
+        }
+        let columns: Vec<_> = batch.columns().iter().map(|c| c.as_string::<i32>()).collect();
+        for r in 0..batch.num_rows() {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|c| (!c.is_null(r)).then(|| c.value(r).to_string()))
+                    .collect(),
+            );
+        }
+    }
+    Ok((header, rows))
+}
+
 pub(super) struct Batches {
     inner: Box<dyn Iterator<Item = Result<RecordBatch, String>> + Send>,
     schema: SchemaRef,
