@@ -153,6 +153,14 @@ pub struct SubmitArgs {
     /// Default: the description's, else 1.
     #[arg(long)]
     pub local_steps: Option<u32>,
+    /// Seeds the initial weights, dropout and minibatches: the same job with the same seed
+    /// trains the same weights (default: drawn from the job id).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Rows per local step: each step takes the next minibatch of a seeded shuffle of the
+    /// task's rows (default: the description's, else all of them every step).
+    #[arg(long)]
+    pub batch_size: Option<u32>,
     /// The local optimizer (default: the description's, else sgd).
     #[arg(long, value_enum)]
     pub inner_optimizer: Option<InnerOptimizerArg>,
@@ -223,6 +231,8 @@ impl SubmitArgs {
             local_steps: Some(1),
             inner_optimizer: Some(InnerOptimizerArg::Sgd),
             weight_decay: None,
+            batch_size: None,
+            seed: None,
             schedule: None,
             warmup_rounds: 0,
             step_every: 10,
@@ -615,6 +625,8 @@ pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArg
         outer_learning_rate_milli: (submit.outer_lr * 1000.0).round() as u32,
         weight_decay_micro: (weight_decay * 1e6).round() as u32,
         schedule,
+        batch_size: submit.batch_size.or(defaults.batch_size).unwrap_or(0),
+        seed: submit.seed,
     };
     let (quote, detail) = match scheduler.call(&ClientRequest::QuoteJob(request.clone())).await? {
         ClientResponse::JobQuote { amount, detail } => {

@@ -1175,13 +1175,13 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let registered: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(registered["parameters"].as_u64(), Some(5050));
+    assert_eq!(registered["parameters"].as_u64(), Some(14698));
     let cnn = registered["asset"].as_str().unwrap().to_string();
     let shown = aic(&["model", "show", &cnn, "--profile", profile, "--json"]);
     assert!(shown.status.success(), "{}", stderr(&shown));
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert_eq!(shown["parameters"], 5050);
-    assert_eq!(shown["layers"][0]["output"], "16×8×8");
+    assert_eq!(shown["parameters"], 14698);
+    assert_eq!(shown["layers"][0]["output"], "32×8×8");
     let balance = || {
         let out = aic(&[
             "wallet",
@@ -1250,6 +1250,39 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
     }
     assert_eq!(balance(), before, "no escrow was opened by a refused job");
 
+    // The CNN on the digits read as 1×8×8 images, with its description's training defaults
+    // (60 epochs of minibatches of 32, 16 AdamW steps per task, a cosine schedule). The issue
+    // asks ≥ 0.98 held out. A seeded job trains the same weights every time (below), so this
+    // asserts one reproducible run — seed 1 gives 0.986 — not a draw; unseeded runs gave
+    // 0.978–0.989 (seven runs, one under 0.98).
+    let out = aic(&[
+        "job",
+        "submit",
+        "--dataset",
+        digits,
+        "--model",
+        &cnn,
+        "--budget",
+        "50",
+        "--seed",
+        "1",
+        "--profile",
+        profile,
+        "--wallet",
+        &user,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        (&job["epochs"], &job["local_steps"], &job["batch_size"]),
+        (&Value::from(60), &Value::from(16), &Value::from(32)),
+        "the description's defaults"
+    );
+    let accuracy = job["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.98, "the CNN's held-out accuracy {accuracy}");
+
     // A described graph the fixed kernels do not cover (dense → gelu → layer_norm → dense →
     // tanh → dense) trains layer by layer on the compute nodes and learns the digits, with
     // AdamW inside and a cosine schedule over the rounds.
@@ -1268,35 +1301,40 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
     ]);
     assert!(deep.status.success(), "{}", stderr(&deep));
     let deep: Value = serde_json::from_slice(&deep.stdout).unwrap();
-    let out = aic(&[
-        "job",
-        "submit",
-        "--dataset",
-        digits,
-        "--model",
-        deep["asset"].as_str().unwrap(),
-        "--budget",
-        "50",
-        "--epochs",
-        "8",
-        "--local-steps",
-        "8",
-        "--learning-rate",
-        "0.002",
-        "--inner-optimizer",
-        "adamw",
-        "--weight-decay",
-        "0.0001",
-        "--schedule",
-        "cosine",
-        "--warmup-rounds",
-        "2",
-        "--profile",
-        profile,
-        "--wallet",
-        &user,
-        "--json",
-    ]);
+    let deep_job = || {
+        aic(&[
+            "job",
+            "submit",
+            "--dataset",
+            digits,
+            "--model",
+            deep["asset"].as_str().unwrap(),
+            "--budget",
+            "50",
+            "--epochs",
+            "8",
+            "--local-steps",
+            "8",
+            "--learning-rate",
+            "0.002",
+            "--inner-optimizer",
+            "adamw",
+            "--weight-decay",
+            "0.0001",
+            "--schedule",
+            "cosine",
+            "--warmup-rounds",
+            "2",
+            "--seed",
+            "7",
+            "--profile",
+            profile,
+            "--wallet",
+            &user,
+            "--json",
+        ])
+    };
+    let out = deep_job();
     assert!(out.status.success(), "{}", stderr(&out));
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["state"], "done", "{job}");
@@ -1305,6 +1343,23 @@ fn check_job_refusals(data_dir: &std::path::Path, profile: &str, digits: &str) {
     assert_eq!(job["schedule"]["cosine"]["warmup_rounds"], 2, "{job}");
     let accuracy = job["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.93, "the deep MLP's held-out accuracy {accuracy}");
+    // The same job with the same seed trains bit for bit the same weights, however its tasks
+    // were placed and checked: the same losses, and weights whose content is already minted.
+    let out = deep_job();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["state"], "done", "{again}");
+    assert_eq!(
+        (&again["loss"], &again["test_loss"], &again["accuracy"]),
+        (&job["loss"], &job["test_loss"], &job["accuracy"])
+    );
+    let first = job["trained_model"].as_str().unwrap();
+    assert!(
+        again["settlement_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(first)),
+        "the second run's weights are the first's asset {first}: {again}"
+    );
 
     // A long job cancelled by its submitter: the work done is paid, the rest refunded, and the
     // escrow balances to the base unit.
@@ -1473,13 +1528,13 @@ fn model_show_checks_a_description_and_names_the_layer_that_does_not_fit() {
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     let total = table.lines().last().unwrap();
     assert!(
-        total.starts_with("total") && total.trim_end().ends_with("5050"),
+        total.starts_with("total") && total.trim_end().ends_with("14698"),
         "{table}"
     );
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("conv1") && l.contains("16×8×8")),
+            .any(|l| l.starts_with("conv1") && l.contains("32×8×8")),
         "{table}"
     );
 

@@ -38,8 +38,8 @@ struct Work {
     kind: TaskKind,
     /// Validated and built by the caller.
     model: Trainable,
-    /// Seeds a graph's dropout masks: derived from the task, so a re-execution elsewhere draws
-    /// the same masks.
+    /// Seeds a graph's dropout masks and the minibatch order: the task spec's (the job's seed,
+    /// the round and the shard), so a re-execution elsewhere draws the same.
     seed: u64,
     weights: Arc<Vec<f32>>,
     training: LocalTraining,
@@ -75,7 +75,9 @@ impl Executor {
                     return;
                 }
                 // Runs until every handle is dropped.
-                while let Ok(work) = work_rx.recv() {
+                while let Ok(mut work) = work_rx.recv() {
+                    // A layer graph runs on the host: its matrix multiplies get the same cores.
+                    work.model.set_host_threads(cpu_threads);
                     let result = run(backend.as_mut(), &work);
                     let _ = work.reply.send(result);
                 }
@@ -163,11 +165,18 @@ fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Co
         work.training.weight_decay,
     );
     let mut first_loss = None;
-    let mut rows = 0;
+    // The task's rows: what it is paid for and checked against, however many each step takes.
+    let rows: u64 = work.batches.iter().map(|b| b.num_rows() as u64).sum();
+    let minibatches = crate::minibatch::Minibatches::new(&work.batches, work.training.batch_size, work.seed)?;
     for step in 0..steps {
         let seed = work.seed ^ u64::from(step).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let (step_rows, loss, gradient) = mean_gradient(backend, model, &weights, work, seed)?;
-        rows = step_rows;
+        let (_, loss, gradient) = match &minibatches {
+            Some(minibatches) => {
+                let batch = [minibatches.step(step)?];
+                mean_gradient(backend, model, &weights, &batch, &work.label, seed)?
+            }
+            None => mean_gradient(backend, model, &weights, &work.batches, &work.label, seed)?,
+        };
         first_loss.get_or_insert(loss);
         let mut offset = 0;
         for tensor in &mut weights.tensors {
@@ -195,20 +204,20 @@ fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Co
     })
 }
 
-/// Rows, mean loss and mean gradient (flat) over every row of the task's batches.
+/// Rows, mean loss and mean gradient (flat) over every row of `batches`.
 fn mean_gradient(
     backend: &mut dyn Backend,
     model: &Trainable,
     weights: &Weights,
-    work: &Work,
+    batches: &[RecordBatch],
+    label: &str,
     seed: u64,
 ) -> Result<(u64, f32, Vec<f32>), String> {
     let mut rows = 0u64;
     let mut loss_sum = 0.0f64;
     let mut gradient_sum: Vec<f64> = Vec::new();
     // Passes of bounded rows: a wide model's activations stay within the kernels' budget.
-    let passes = work
-        .batches
+    let passes = batches
         .iter()
         .flat_map(|b| aic_kernels::step::passes_of(model.rows_per_pass(), b));
     for (pass, batch) in passes.enumerate() {
@@ -219,10 +228,10 @@ fn mean_gradient(
         }
         let pass_seed = seed ^ (pass as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         let (loss, gradient) =
-            aic_kernels::step::train_model(backend, model, weights, batch, &work.label, pass_seed)
+            aic_kernels::step::train_model(backend, model, weights, batch, label, pass_seed)
                 .map_err(|e| e.to_string())?;
         if gradient_sum.is_empty() {
-            gradient_sum = vec![0.0; work.weights.len()];
+            gradient_sum = vec![0.0; weights.tensors.iter().map(|t| t.data.len()).sum()];
         }
         // Each batch's gradient is its mean; weight it by its rows.
         let mut sums = gradient_sum.iter_mut();

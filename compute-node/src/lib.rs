@@ -10,6 +10,7 @@ pub mod config;
 pub mod executor;
 pub mod inner_optimizer;
 pub mod metrics;
+pub mod minibatch;
 pub mod shard_cache;
 pub mod tensor_cache;
 
@@ -228,13 +229,7 @@ impl ComputeNode {
         let mut computed = self
             .executor
             .run(
-                spec.kind,
-                model,
-                u64::from_le_bytes(spec.task.as_bytes()[..8].try_into().expect("8 bytes")),
-                weights,
-                training,
-                spec.label,
-                batches,
+                spec.kind, model, spec.seed, weights, training, spec.label, batches,
             )
             .await
             .map_err(|e| RpcError::new(ErrorCode::InvalidArgument, e))?;

@@ -1,7 +1,8 @@
 //! Kernel benchmark: matrix multiply GFLOP/s at n = 256…2048 — the CPU backend on one thread and
 //! on every core, beside `matrixmultiply`'s one-thread SGEMM and numpy's BLAS (OpenBLAS, every
-//! core) measured in the same run, and the Vulkan backend; and the Vulkan backend's per-step host
-//! overhead beside an empty submit-and-wait round trip.
+//! core) measured in the same run, and the Vulkan backend; the Vulkan backend's per-step host
+//! overhead beside an empty submit-and-wait round trip; and layer graphs: conv2d forward +
+//! backward GFLOP/s and the digits CNN's training samples/s, one thread against every core.
 //!
 //! ```text
 //! ops/install-bench-deps.sh      # numpy, for the BLAS column
@@ -206,6 +207,104 @@ fn main() {
             gpu_step.as_secs_f64() / cpu_step.as_secs_f64()
         );
     }
+    layer_graphs();
+}
+
+/// Layer graphs: conv2d forward + backward GFLOP/s and the digits CNN's training samples/s on the
+/// host (one thread and every core). Graph layers have no Vulkan kernels yet: a GPU node runs
+/// them on its host too, so there is no Vulkan column to print.
+fn layer_graphs() {
+    use aic_kernels::graph::GraphModel;
+    use aic_protocol::model_graph;
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("\nlayer graphs on the host (no Vulkan kernels for graph layers yet)");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "conv2d fwd+bwd (im2col + GEMM)",
+        "1 thread",
+        format!("{cores} threads"),
+        "ratio"
+    );
+    // (channels, size, filters, rows): the digits CNN's conv2, a CIFAR-sized first layer, a
+    // middle layer.
+    for (channels, size, filters, rows) in [(32u64, 8u64, 32u64, 256usize), (3, 32, 64, 32), (64, 16, 64, 32)]
+    {
+        // relu first so the convolution is not the first layer: its input gradient is computed.
+        let text = format!(
+            "name = \"c\"\ninput = {{ image = [{channels}, {size}, {size}] }}\nloss = \"mean_squared_error\"\n\
+             [[layer]]\nkind = \"relu\"\n[[layer]]\nkind = \"conv2d\"\nfilters = {filters}\nkernel = 3\npadding = 1\n\
+             [[layer]]\nkind = \"flatten\"\n[[layer]]\nkind = \"dense\"\nunits = 1\n"
+        );
+        let graph = model_graph::parse(&text).unwrap();
+        let width = (channels * size * size) as usize;
+        let batch = Batch {
+            x: Matrix::new(
+                rows,
+                width,
+                (0..rows * width)
+                    .map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5)
+                    .collect(),
+            )
+            .unwrap(),
+            labels: Vec::new(),
+            targets: (0..rows).map(|i| (i % 7) as f32).collect(),
+        };
+        // Forward, weight gradient and input gradient: three GEMMs of 2·rows·positions·field·filters.
+        let flops = 3.0 * 2.0 * (rows as u64 * size * size * channels * 9 * filters) as f64;
+        let mut rates = Vec::new();
+        for threads in [1, cores] {
+            let mut model = GraphModel::new(&graph).unwrap();
+            model.set_threads(threads);
+            let weights = model.init(1);
+            let time = median(5, || {
+                let t = Instant::now();
+                model.train_step(&weights, &batch, 1).unwrap();
+                t.elapsed()
+            });
+            rates.push(flops / time.as_secs_f64() / 1e9);
+        }
+        println!(
+            "{:<34} {:>8.1} GF/s {:>7.1} GF/s {:>7.2}×",
+            format!("{channels}×{size}×{size} → {filters}, 3×3, batch {rows}"),
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
+    }
+
+    let description = include_str!("../../examples/models/digits-cnn.toml");
+    let graph = model_graph::parse(description).unwrap();
+    let rows = 256;
+    let batch = Batch {
+        x: Matrix::new(
+            rows,
+            64,
+            (0..rows * 64).map(|i| ((i * 13) % 17) as f32 / 17.0).collect(),
+        )
+        .unwrap(),
+        labels: (0..rows as u32).map(|i| i % 10).collect(),
+        targets: Vec::new(),
+    };
+    let mut per_thread = Vec::new();
+    for threads in [1, cores] {
+        let mut model = GraphModel::new(&graph).unwrap();
+        model.set_threads(threads);
+        let weights = model.init(1);
+        let time = median(5, || {
+            let t = Instant::now();
+            model.train_step(&weights, &batch, 1).unwrap();
+            t.elapsed()
+        });
+        per_thread.push(rows as f64 / time.as_secs_f64());
+    }
+    println!(
+        "digits CNN training ({} parameters, batch {rows}): {:.0} samples/s on 1 thread, {:.0} on {cores} ({:.2}×)",
+        GraphModel::new(&graph).unwrap().parameters(),
+        per_thread[0],
+        per_thread[1],
+        per_thread[1] / per_thread[0]
+    );
 }
 
 /// One `matrixmultiply` SGEMM on one thread: the baseline the CPU backend is compared with.

@@ -21,6 +21,8 @@ pub struct GraphModel {
     layers: Vec<Planned>,
     input: Shape,
     loss: Loss,
+    /// Cores the matrix multiplies use (1 unless told; 0 means every core).
+    threads: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -96,7 +98,13 @@ impl GraphModel {
             layers,
             input: graph.input.shape(),
             loss: graph.loss,
+            threads: 1,
         })
+    }
+
+    /// Runs the matrix multiplies on `threads` cores (0: every core).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads;
     }
 
     /// (rows, cols) of each parameter tensor in order: per dense layer W (in × out) and b
@@ -213,7 +221,7 @@ impl GraphModel {
     /// The forward pass. `dropout_seed` draws the dropout masks when `training` (the same seed
     /// draws the same masks, so a re-execution agrees); without training dropout passes through.
     pub fn forward(&self, weights: &Weights, x: &Matrix, training: bool, dropout_seed: u64) -> Result<Trace> {
-        let mut cpu = CpuBackend::default();
+        let mut cpu = CpuBackend::with_threads(self.threads);
         let rows = x.rows;
         let mut trace = Trace {
             outputs: Vec::with_capacity(self.layers.len()),
@@ -393,7 +401,7 @@ impl GraphModel {
     }
 
     fn backward(&self, weights: &Weights, x: &Matrix, trace: &Trace, grad_logits: Matrix) -> Result<Weights> {
-        let mut cpu = CpuBackend::default();
+        let mut cpu = CpuBackend::with_threads(self.threads);
         let mut grads: Vec<Matrix> = weights
             .tensors
             .iter()
@@ -412,7 +420,11 @@ impl GraphModel {
                 Op::Dense { .. } => {
                     grads[p] = cpu.matmul(input, &g, true, false)?;
                     grads[p + 1] = Matrix::new(1, g.cols, cpu.column_sum(&g)?)?;
-                    cpu.matmul(&g, &weights.tensors[p], false, true)?
+                    if index > 0 {
+                        cpu.matmul(&g, &weights.tensors[p], false, true)?
+                    } else {
+                        Matrix::zeros(0, 0)
+                    }
                 }
                 Op::Conv2d {
                     filters,
@@ -436,14 +448,11 @@ impl GraphModel {
                     // dW = g_pᵀ · cols (filters × field); db = column sums; dcols = g_p · W.
                     grads[p] = cpu.matmul(&g_p, &cols, true, false)?;
                     grads[p + 1] = Matrix::new(1, filters, cpu.column_sum(&g_p)?)?;
-                    let d_cols = cpu.matmul(&g_p, &weights.tensors[p], false, false)?;
                     let mut d_x = Matrix::zeros(input.rows, input.cols);
-                    let block = positions * geometry.field();
-                    for r in 0..input.rows {
-                        geometry.col2im(
-                            &d_cols.data[r * block..(r + 1) * block],
-                            &mut d_x.data[r * input.cols..(r + 1) * input.cols],
-                        );
+                    // The first layer's input is the data: nothing upstream needs its gradient.
+                    if index > 0 {
+                        let d_cols = cpu.matmul(&g_p, &weights.tensors[p], false, false)?;
+                        geometry.col2im_batch(&d_cols, &mut d_x);
                     }
                     d_x
                 }
@@ -694,10 +703,7 @@ impl Conv {
     fn im2col_batch(&self, x: &Matrix) -> Matrix {
         let (positions, field) = (self.positions(), self.field());
         let mut cols = Matrix::zeros(x.rows * positions, field);
-        // Where each (position, entry) reads from, worked out once for the batch.
-        let sources: Vec<Option<usize>> = (0..positions * field)
-            .map(|i| self.source(i / field, i % field))
-            .collect();
+        let sources = self.sources();
         for r in 0..x.rows {
             let image = &x.data[r * x.cols..(r + 1) * x.cols];
             let block = &mut cols.data[r * positions * field..(r + 1) * positions * field];
@@ -710,17 +716,27 @@ impl Conv {
         cols
     }
 
-    /// Adds one sample's receptive-field gradients (positions × field, row-major) back onto the
-    /// input values they read.
-    fn col2im(&self, d_cols: &[f32], d_image: &mut [f32]) {
-        let field = self.field();
-        for p in 0..self.positions() {
-            for e in 0..field {
-                if let Some(i) = self.source(p, e) {
-                    d_image[i] += d_cols[p * field + e];
+    /// Adds each sample's receptive-field gradients ((rows·positions) × field, row-major) back
+    /// onto the input values they read.
+    fn col2im_batch(&self, d_cols: &Matrix, d_x: &mut Matrix) {
+        let sources = self.sources();
+        let block = self.positions() * self.field();
+        for r in 0..d_x.rows {
+            let image = &mut d_x.data[r * d_x.cols..(r + 1) * d_x.cols];
+            for (value, source) in d_cols.data[r * block..(r + 1) * block].iter().zip(&sources) {
+                if let Some(i) = source {
+                    image[*i] += value;
                 }
             }
         }
+    }
+
+    /// Where each (position, field entry) reads from, worked out once per batch.
+    fn sources(&self) -> Vec<Option<usize>> {
+        let field = self.field();
+        (0..self.positions() * field)
+            .map(|i| self.source(i / field, i % field))
+            .collect()
     }
 }
 

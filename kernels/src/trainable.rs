@@ -40,6 +40,14 @@ impl Trainable {
         }
     }
 
+    /// Cores a layer graph's host matrix multiplies use (0: every core); the fixed models run
+    /// on the backend, which has its own.
+    pub fn set_host_threads(&mut self, threads: usize) {
+        if let Trainable::Graph(graph) = self {
+            graph.set_threads(threads);
+        }
+    }
+
     pub fn parameters(&self) -> usize {
         self.shapes().iter().map(|(r, c)| r * c).sum()
     }

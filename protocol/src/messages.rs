@@ -322,6 +322,33 @@ pub struct JobRequest {
     /// How the inner learning rate changes over the job's rounds.
     #[serde(default)]
     pub schedule: LrSchedule,
+    /// Rows per local step: each step takes the next minibatch of a seeded shuffle of the
+    /// task's rows. 0: every step takes all of them (full-batch).
+    #[serde(default)]
+    pub batch_size: u32,
+    /// Seeds the initial weights, every task's dropout masks and minibatch order: the same job
+    /// with the same seed trains the same weights. None: drawn from the job id.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+impl JobRequest {
+    /// The seed the job trains with: the one asked for, else the job id's first bytes.
+    pub fn training_seed(&self) -> u64 {
+        self.seed
+            .unwrap_or_else(|| u64::from_le_bytes(self.job.as_bytes()[..8].try_into().expect("8 bytes")))
+    }
+
+    /// The seed of the task that trains `shard` in `round`: a spot check or a retry of that task
+    /// draws the same dropout masks and minibatches.
+    pub fn task_seed(&self, round: u32, shard: &crate::ShardId) -> u64 {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"aic-task-seed");
+        hasher.update(&self.training_seed().to_le_bytes());
+        hasher.update(&round.to_le_bytes());
+        hasher.update(shard.as_bytes());
+        u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+    }
 }
 
 /// How the inner learning rate changes over a job's rounds; the runner sends each round's rate
@@ -400,10 +427,14 @@ pub struct LocalTraining {
     /// This round's rate (the job's schedule applied by the runner).
     pub learning_rate: f32,
     pub weight_decay: f32,
+    /// Rows per local step (0: all the task's rows each step).
+    pub batch_size: u32,
 }
 
 /// Most local steps one task may take.
 pub const MAX_LOCAL_STEPS: u32 = 1000;
+/// Most rows one local step may take (a bigger minibatch is no longer a minibatch).
+pub const MAX_BATCH_SIZE: u32 = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
@@ -674,6 +705,8 @@ pub struct TaskSpec {
     /// The label column of the shards.
     pub label: String,
     pub shards: Vec<ShardSource>,
+    /// Seeds the task's dropout masks and minibatch order (`JobRequest::task_seed`).
+    pub seed: u64,
 }
 
 /// What a compute node returns for a task, with a digest binding the numbers to the task.

@@ -167,6 +167,8 @@ pub struct TrainingDefaults {
     pub weight_decay: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<crate::messages::LrSchedule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
 }
 
 /// What the input layer sees of the dataset's encoded columns.
@@ -621,6 +623,16 @@ fn parse_training(value: &Value) -> Result<TrainingDefaults, SpecError> {
         ));
     }
     let schedule = parse_schedule(&mut fields)?;
+    let batch_size = fields.integer("batch_size")?;
+    if let Some(size) = batch_size.filter(|s| !(1..=u64::from(crate::messages::MAX_BATCH_SIZE)).contains(s)) {
+        return Err(field_error(
+            "training",
+            format!(
+                "batch_size must be 1 to {}, not {size}",
+                crate::messages::MAX_BATCH_SIZE
+            ),
+        ));
+    }
     fields.done()?;
     Ok(TrainingDefaults {
         optimizer,
@@ -629,6 +641,7 @@ fn parse_training(value: &Value) -> Result<TrainingDefaults, SpecError> {
         local_steps: local_steps.map(|s| s as u32),
         weight_decay,
         schedule,
+        batch_size: batch_size.map(|s| s as u32),
     })
 }
 

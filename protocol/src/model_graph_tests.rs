@@ -22,17 +22,24 @@ fn the_digits_cnn_infers_its_shapes_and_counts_its_parameters() {
     let outputs: Vec<String> = rows.iter().map(|r| r.output.to_string()).collect();
     assert_eq!(
         outputs,
-        ["16×8×8", "16×8×8", "16×8×8", "16×8×8", "16×8×8", "16×4×4", "256", "256", "10"]
+        ["32×8×8", "32×8×8", "32×8×8", "32×8×8", "32×8×8", "32×4×4", "512", "10"]
     );
     let parameters: Vec<u64> = rows.iter().map(|r| r.parameters).collect();
-    // conv1: 16·1·3·3 + 16; conv2: 16·16·3·3 + 16; logits: 256·10 + 10.
-    assert_eq!(parameters, [160, 0, 2320, 0, 0, 0, 0, 0, 2570]);
-    assert_eq!(graph.parameters().unwrap(), 5050);
+    // conv1: 32·1·3·3 + 32; conv2: 32·32·3·3 + 32; logits: 512·10 + 10.
+    assert_eq!(parameters, [320, 0, 9248, 0, 0, 0, 0, 5130]);
+    assert_eq!(graph.parameters().unwrap(), 14698);
     assert_eq!(
         graph.training.optimizer,
-        Some(crate::messages::InnerOptimizer::Adam)
+        Some(crate::messages::InnerOptimizer::AdamW)
     );
-    assert_eq!(graph.training.epochs, Some(30));
+    assert_eq!(
+        (
+            graph.training.epochs,
+            graph.training.local_steps,
+            graph.training.batch_size
+        ),
+        (Some(60), Some(16), Some(32))
+    );
     graph.check_dataset(64, Some(10)).unwrap();
     assert_eq!(graph.as_shape(), None, "a CNN is not one of the fixed shapes");
 }
@@ -62,9 +69,10 @@ fn the_summary_table_names_every_layer_and_the_total() {
     let table = parse(DIGITS_CNN).unwrap().render_summary().unwrap();
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("digits-cnn: input 1×8×8, loss softmax_cross_entropy"));
-    assert_eq!(lines.len(), 2 + 9 + 1);
-    assert!(lines[2].starts_with("conv1") && lines[2].trim_end().ends_with("160"));
-    assert!(lines[11].starts_with("total") && lines[11].trim_end().ends_with("5050"));
+    assert_eq!(lines.len(), 2 + 8 + 1);
+    // 32 filters of 1×3×3 and their biases.
+    assert!(lines[2].starts_with("conv1") && lines[2].trim_end().ends_with("320"));
+    assert!(lines[10].starts_with("total") && lines[10].trim_end().ends_with("14698"));
 }
 
 #[test]
@@ -370,6 +378,8 @@ fn training_defaults_name_the_optimizers_and_schedules_and_survive_the_canonical
         "warmup_rounds = 2",
         "weight_decay = 2.0",
         "optimizer = \"lion\"",
+        "batch_size = 0",
+        "batch_size = 2000000",
     ] {
         assert!(matches!(parse(&with(bad)), Err(SpecError::Field { .. })), "{bad}");
     }

@@ -105,6 +105,8 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         outer_learning_rate_milli: 1000,
         weight_decay_micro: 0,
         schedule: Default::default(),
+        batch_size: 0,
+        seed: None,
     };
     let registration = Registration {
         role: Role::Compute,
@@ -142,9 +144,11 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
             optimizer: Default::default(),
             learning_rate: 0.1,
             weight_decay: 0.0,
+            batch_size: 0,
         },
         label: "l".into(),
         shards: Vec::new(),
+        seed: 0,
     };
     let shard = ShardId::of_content(b"s");
     let nodes: Vec<NodeRequest> = vec![

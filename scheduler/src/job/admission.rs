@@ -103,6 +103,16 @@ pub(super) async fn resolve(ledger: &LedgerReplica, request: &JobRequest) -> Res
             format!("local steps must be 1 to {MAX_LOCAL_STEPS}"),
         ));
     }
+    if request.batch_size > aic_protocol::messages::MAX_BATCH_SIZE {
+        return Err(refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "a batch size of {} rows; at most {}",
+                request.batch_size,
+                aic_protocol::messages::MAX_BATCH_SIZE
+            ),
+        ));
+    }
     let dataset = asset(ledger, request.dataset_asset).await?;
     if dataset.kind != AssetKind::Dataset {
         return Err(refuse(

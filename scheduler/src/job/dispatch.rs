@@ -162,8 +162,10 @@ impl Effects {
                     self.rounds,
                 ),
                 weight_decay: self.plan.request.weight_decay_micro as f32 / 1e6,
+                batch_size: self.plan.request.batch_size,
             },
             label: self.plan.manifest.label.clone(),
+            seed: self.plan.request.task_seed(round, &shard),
             shards: vec![ShardSource {
                 dataset: self.plan.dataset.clone(),
                 shard,

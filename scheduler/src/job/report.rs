@@ -92,6 +92,8 @@ impl JobReport {
             "model": plan.model_json(),
             "epochs": plan.request.epochs,
             "local_steps": plan.request.local_steps,
+            "batch_size": plan.request.batch_size,
+            "seed": plan.request.training_seed(),
             "inner_optimizer": plan.request.inner_optimizer,
             "outer_optimizer": plan.request.outer_optimizer,
             "weight_decay": plan.request.weight_decay_micro as f64 / 1e6,

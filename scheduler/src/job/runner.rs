@@ -48,8 +48,10 @@ pub struct Effects {
 
 impl Effects {
     pub(super) fn new(ctx: JobContext, plan: Plan) -> Self {
-        let seed = u64::from_le_bytes(plan.request.job.as_bytes()[..8].try_into().expect("8 bytes"));
-        let outer = OuterState::new(plan.trainable.init(seed).flat(), plan.request.outer_optimizer);
+        let outer = OuterState::new(
+            plan.trainable.init(plan.request.training_seed()).flat(),
+            plan.request.outer_optimizer,
+        );
         Effects {
             ctx,
             plan,
