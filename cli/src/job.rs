@@ -719,11 +719,16 @@ pub fn print_report(as_json: bool, report: &Value) {
 
 /// The report as text: accuracy, where tasks ran and why, spot checks, payments.
 pub fn render_report(report: &Value) -> String {
+    // A classifier reports its accuracy, a regression its R².
+    let score = match (report["accuracy"].as_f64(), report["r2"].as_f64()) {
+        (Some(accuracy), _) => format!("held-out accuracy {accuracy:.4}"),
+        (None, Some(r2)) => format!("held-out R² {r2:.4}"),
+        (None, None) => "no held-out score".to_string(),
+    };
     let mut text = format!(
-        "job {} {}: held-out accuracy {:.4} on {} rows after {} rounds ({:.1} s)\n",
+        "job {} {}: {score} on {} rows after {} rounds ({:.1} s)\n",
         report["id"].as_str().unwrap_or_default(),
         report["state"].as_str().unwrap_or_default(),
-        report["accuracy"].as_f64().unwrap_or(f64::NAN),
         report["test_rows"],
         report["rounds"],
         report["seconds"].as_f64().unwrap_or(0.0)
@@ -793,6 +798,9 @@ pub fn render_report(report: &Value) -> String {
     }
     if let Some(model) = report["trained_model"].as_str() {
         text.push_str(&format!("\ntrained model: asset {model}\n"));
+    }
+    if let Some(error) = report["settlement_error"].as_str() {
+        text.push_str(&format!("\nsettlement: {error}\n"));
     }
     text
 }
