@@ -598,7 +598,17 @@ async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::R
         );
     }
     if asset.kind == AssetKind::TrainedModel {
-        return export_trained_model(args, &profile, &key, me, asset_id, &asset, out).await;
+        return export_trained_model(
+            args.json,
+            args.storage.as_deref(),
+            &profile,
+            &key,
+            me,
+            asset_id,
+            &asset,
+            out,
+        )
+        .await;
     }
     let dataset = dataset_id_of_hash(&asset.metadata.content_hash);
     // Where to read it: --storage, else the nodes reporting it intact, else the replicas its
@@ -681,8 +691,10 @@ async fn export(args: &DatasetArgs, asset_id: &AssetId, out: &Path) -> anyhow::R
 
 /// A TrainedModel's weights from the first storage node (--storage, else those its manifest
 /// names) that serves them whole and true to the asset's content hash.
-async fn export_trained_model(
-    args: &DatasetArgs,
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn export_trained_model(
+    json_out: bool,
+    storage: Option<&str>,
     profile: &ClientProfile,
     key: &Keypair,
     me: NodeId,
@@ -691,8 +703,8 @@ async fn export_trained_model(
     out: &Path,
 ) -> anyhow::Result<()> {
     let (tensor, _, holders, _) = crate::model_export::weights_of(asset)?;
-    let candidates = match &args.storage {
-        Some(addr) => vec![addr.clone()],
+    let candidates = match storage {
+        Some(addr) => vec![addr.to_string()],
         None => holders,
     };
     let bar = progress_bar(tensor.bytes());
@@ -710,7 +722,7 @@ async fn export_trained_model(
                     "parameters": exported.parameters,
                     "files": [exported.path.display().to_string(), out.join("model.json").display().to_string()],
                 });
-                print_out(args.json, value, || {
+                print_out(json_out, value, || {
                     format!(
                         "exported the {} weights of {asset_id} to {} and model.json",
                         exported.parameters,

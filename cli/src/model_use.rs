@@ -116,39 +116,17 @@ pub async fn export(
 ) -> anyhow::Result<()> {
     let owned = owned(args, asset_id, storage).await?;
     if format == ExportFormat::Parquet {
-        let mut last = None;
-        for addr in &owned.holders {
-            let storage = crate::dataset::dial_storage(&owned.profile, addr).await?;
-            let bar = indicatif::ProgressBar::hidden();
-            match crate::model_export::export_weights(
-                &storage,
-                &owned.key,
-                owned.me,
-                asset_id,
-                &owned.asset,
-                out,
-                &bar,
-            )
-            .await
-            {
-                Ok(exported) => {
-                    let value = json!({"asset": asset_id.to_string(), "format": "parquet", "parameters": exported.parameters, "files": [exported.path.display().to_string(), out.join("model.json").display().to_string()]});
-                    print_out(args.json, value, || {
-                        format!(
-                            "exported the {} weights of {asset_id} to {}",
-                            exported.parameters,
-                            exported.path.display()
-                        )
-                    });
-                    return Ok(());
-                }
-                Err(e) => last = Some(format!("{addr}: {e:#}")),
-            }
-        }
-        bail!(
-            "no storage node could serve the weights of {asset_id}: {}",
-            last.unwrap_or_else(|| "the asset names none".into())
-        );
+        return crate::dataset::export_trained_model(
+            args.json,
+            storage,
+            &owned.profile,
+            &owned.key,
+            owned.me,
+            asset_id,
+            &owned.asset,
+            out,
+        )
+        .await;
     }
     let weights = weights(&owned, asset_id).await?;
     let provenance = crate::onnx::Provenance {

@@ -75,9 +75,7 @@ impl Executor {
                     return;
                 }
                 // Runs until every handle is dropped.
-                while let Ok(mut work) = work_rx.recv() {
-                    // A layer graph runs on the host: its matrix multiplies get the same cores.
-                    work.model.set_host_threads(cpu_threads);
+                while let Ok(work) = work_rx.recv() {
                     let result = run(backend.as_mut(), &work);
                     let _ = work.reply.send(result);
                 }

@@ -207,24 +207,25 @@ fn main() {
             gpu_step.as_secs_f64() / cpu_step.as_secs_f64()
         );
     }
-    layer_graphs();
+    layer_graphs(vulkan.as_mut().filter(|v| !v.is_cpu_device()));
 }
 
 /// Layer graphs: conv2d forward + backward GFLOP/s and the digits CNN's training samples/s on the
-/// host (one thread and every core). Graph layers have no Vulkan kernels yet: a GPU node runs
-/// them on its host too, so there is no Vulkan column to print.
-fn layer_graphs() {
-    use aic_kernels::graph::GraphModel;
+/// CPU backend (one thread and every core), and on a GPU where there is one. Only a graph's matrix
+/// multiplies run on Vulkan (its other layers on the host), so on a CPU-type device the column
+/// would time the CPU twice and is left out.
+fn layer_graphs(mut gpu: Option<&mut VulkanBackend>) {
     use aic_protocol::model_graph;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("\nlayer graphs on the host (no Vulkan kernels for graph layers yet)");
+    println!("\nlayer graphs (matrix multiplies on the backend, other layers on the host)");
     println!(
-        "{:<34} {:>12} {:>12} {:>8}",
+        "{:<34} {:>12} {:>12} {:>8} {:>12}",
         "conv2d fwd+bwd (im2col + GEMM)",
-        "1 thread",
-        format!("{cores} threads"),
-        "ratio"
+        "cpu 1 thread",
+        format!("cpu {cores} thr."),
+        "ratio",
+        "vulkan (GPU)"
     );
     // (channels, size, filters, rows): the digits CNN's conv2, a CIFAR-sized first layer, a
     // middle layer.
@@ -252,24 +253,20 @@ fn layer_graphs() {
         };
         // Forward, weight gradient and input gradient: three GEMMs of 2·rows·positions·field·filters.
         let flops = 3.0 * 2.0 * (rows as u64 * size * size * channels * 9 * filters) as f64;
-        let mut rates = Vec::new();
-        for threads in [1, cores] {
-            let mut model = GraphModel::new(&graph).unwrap();
-            model.set_threads(threads);
-            let weights = model.init(1);
-            let time = median(5, || {
-                let t = Instant::now();
-                model.train_step(&weights, &batch, 1).unwrap();
-                t.elapsed()
-            });
-            rates.push(flops / time.as_secs_f64() / 1e9);
-        }
+        let rate =
+            |backend: &mut dyn Backend| flops / graph_step_time(&graph, backend, &batch).as_secs_f64() / 1e9;
+        let one = rate(&mut CpuBackend::with_threads(1));
+        let all = rate(&mut CpuBackend::with_threads(cores));
+        let on_gpu = gpu
+            .as_deref_mut()
+            .map_or("-".to_string(), |v| format!("{:.1} GF/s", rate(v)));
         println!(
-            "{:<34} {:>8.1} GF/s {:>7.1} GF/s {:>7.2}×",
+            "{:<34} {:>7.1} GF/s {:>7.1} GF/s {:>7.2}× {:>12}",
             format!("{channels}×{size}×{size} → {filters}, 3×3, batch {rows}"),
-            rates[0],
-            rates[1],
-            rates[1] / rates[0]
+            one,
+            all,
+            all / one,
+            on_gpu
         );
     }
 
@@ -286,25 +283,34 @@ fn layer_graphs() {
         labels: (0..rows as u32).map(|i| i % 10).collect(),
         targets: Vec::new(),
     };
-    let mut per_thread = Vec::new();
-    for threads in [1, cores] {
-        let mut model = GraphModel::new(&graph).unwrap();
-        model.set_threads(threads);
-        let weights = model.init(1);
-        let time = median(5, || {
-            let t = Instant::now();
-            model.train_step(&weights, &batch, 1).unwrap();
-            t.elapsed()
-        });
-        per_thread.push(rows as f64 / time.as_secs_f64());
-    }
+    let samples =
+        |backend: &mut dyn Backend| rows as f64 / graph_step_time(&graph, backend, &batch).as_secs_f64();
+    let one = samples(&mut CpuBackend::with_threads(1));
+    let all = samples(&mut CpuBackend::with_threads(cores));
     println!(
-        "digits CNN training ({} parameters, batch {rows}): {:.0} samples/s on 1 thread, {:.0} on {cores} ({:.2}×)",
-        GraphModel::new(&graph).unwrap().parameters(),
-        per_thread[0],
-        per_thread[1],
-        per_thread[1] / per_thread[0]
+        "digits CNN training ({} parameters, batch {rows}): {one:.0} samples/s on 1 thread, {all:.0} on {cores} ({:.2}×)",
+        aic_kernels::graph::GraphModel::new(&graph).unwrap().parameters(),
+        all / one
     );
+    if let Some(v) = gpu {
+        println!("  on {}: {:.0} samples/s", v.describe(), samples(v));
+    }
+}
+
+/// The median time of one training step (forward, loss, backward) of `graph` with its matrix
+/// multiplies on `backend`.
+fn graph_step_time(
+    graph: &aic_protocol::model_graph::ModelGraph,
+    backend: &mut dyn Backend,
+    batch: &Batch,
+) -> Duration {
+    let model = aic_kernels::graph::GraphModel::new(graph).unwrap();
+    let weights = model.init(1);
+    median(5, || {
+        let t = Instant::now();
+        model.train_step_on(backend, &weights, batch, 1).unwrap();
+        t.elapsed()
+    })
 }
 
 /// One `matrixmultiply` SGEMM on one thread: the baseline the CPU backend is compared with.

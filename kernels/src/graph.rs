@@ -1,6 +1,8 @@
-//! Layer graphs on the host: the forward and backward pass of every layer a model description
-//! (`aic_protocol::model_graph`) may use, and its losses — the reference other backends are
-//! checked against, and what a CPU compute node runs.
+//! Layer graphs: the forward and backward pass of every layer a model description
+//! (`aic_protocol::model_graph`) may use, and its losses. The matrix multiplies (dense layers,
+//! convolutions) run on the backend a node trains with — Vulkan on a GPU node, the CPU's SGEMM on
+//! every configured core otherwise — and every other layer on the host; on the CPU backend this is
+//! the reference other backends are checked against.
 //!
 //! A batch is a matrix of rows; an image row holds channels × height × width values, row-major.
 //! Convolution is im2col + GEMM: each output position's receptive field becomes a row, so the
@@ -218,10 +220,28 @@ impl GraphModel {
         Ok(())
     }
 
-    /// The forward pass. `dropout_seed` draws the dropout masks when `training` (the same seed
-    /// draws the same masks, so a re-execution agrees); without training dropout passes through.
+    /// The host backend the convenience methods run on: the CPU on this graph's threads.
+    fn host(&self) -> CpuBackend {
+        CpuBackend::with_threads(self.threads)
+    }
+
+    /// The forward pass on the host. `dropout_seed` draws the dropout masks when `training` (the
+    /// same seed draws the same masks, so a re-execution agrees); without training dropout passes
+    /// through.
     pub fn forward(&self, weights: &Weights, x: &Matrix, training: bool, dropout_seed: u64) -> Result<Trace> {
-        let mut cpu = CpuBackend::with_threads(self.threads);
+        self.forward_on(&mut self.host(), weights, x, training, dropout_seed)
+    }
+
+    /// The forward pass with the matrix multiplies (dense layers, convolutions) on `backend`:
+    /// the Vulkan backend on a GPU node; the other layers run on the host.
+    pub fn forward_on(
+        &self,
+        backend: &mut dyn Backend,
+        weights: &Weights,
+        x: &Matrix,
+        training: bool,
+        dropout_seed: u64,
+    ) -> Result<Trace> {
         let rows = x.rows;
         let mut trace = Trace {
             outputs: Vec::with_capacity(self.layers.len()),
@@ -235,7 +255,7 @@ impl GraphModel {
             let (mut argmax, mut mask, mut norm) = (Vec::new(), Vec::new(), Vec::new());
             let output = match &layer.op {
                 Op::Dense { .. } => {
-                    let z = cpu.matmul(input, &params[0], false, false)?;
+                    let z = backend.matmul(input, &params[0], false, false)?;
                     add_bias(z, &params[1].data)
                 }
                 Op::Conv2d {
@@ -249,7 +269,7 @@ impl GraphModel {
                     // Every sample's receptive fields in one matrix, one GEMM for the batch:
                     // (rows·positions × field) · (filters × field)ᵀ.
                     let cols = geometry.im2col_batch(input);
-                    let y = cpu.matmul(&cols, &params[0], false, true)?;
+                    let y = backend.matmul(&cols, &params[0], false, true)?;
                     let mut out = Matrix::zeros(rows, layer.output.elements() as usize);
                     for r in 0..rows {
                         let row = &mut out.data[r * out.cols..(r + 1) * out.cols];
@@ -317,24 +337,45 @@ impl GraphModel {
         Ok(trace)
     }
 
-    /// The loss on `batch` and its gradient for every parameter.
+    /// The loss on `batch` and its gradient for every parameter, on the host.
     pub fn train_step(&self, weights: &Weights, batch: &Batch, dropout_seed: u64) -> Result<(f32, Weights)> {
+        self.train_step_on(&mut self.host(), weights, batch, dropout_seed)
+    }
+
+    /// [`Self::train_step`] with the matrix multiplies on `backend`.
+    pub fn train_step_on(
+        &self,
+        backend: &mut dyn Backend,
+        weights: &Weights,
+        batch: &Batch,
+        dropout_seed: u64,
+    ) -> Result<(f32, Weights)> {
         self.check_weights(weights)?;
         self.check_batch(batch)?;
-        let trace = self.forward(weights, &batch.x, true, dropout_seed)?;
+        let trace = self.forward_on(backend, weights, &batch.x, true, dropout_seed)?;
         let logits = trace.outputs.last().expect("a graph has layers");
         let (loss, grad_logits) = self.loss_and_gradient(logits, batch)?;
-        let grads = self.backward(weights, &batch.x, &trace, grad_logits)?;
+        let grads = self.backward(backend, weights, &batch.x, &trace, grad_logits)?;
         check_finite("loss", &[loss])?;
         check_finite("gradients", &grads.flat())?;
         Ok((loss, grads))
     }
 
-    /// The mean loss, and the accuracy (classifiers) or R² (regression) on `batch`.
+    /// The mean loss, and the accuracy (classifiers) or R² (regression) on `batch`, on the host.
     pub fn evaluate(&self, weights: &Weights, batch: &Batch) -> Result<(f32, f32)> {
+        self.evaluate_on(&mut self.host(), weights, batch)
+    }
+
+    /// [`Self::evaluate`] with the matrix multiplies on `backend`.
+    pub fn evaluate_on(
+        &self,
+        backend: &mut dyn Backend,
+        weights: &Weights,
+        batch: &Batch,
+    ) -> Result<(f32, f32)> {
         self.check_weights(weights)?;
         self.check_batch(batch)?;
-        let trace = self.forward(weights, &batch.x, false, 0)?;
+        let trace = self.forward_on(backend, weights, &batch.x, false, 0)?;
         let logits = trace.outputs.last().expect("a graph has layers");
         let (loss, _) = self.loss_and_gradient(logits, batch)?;
         let score = match self.loss {
@@ -400,8 +441,14 @@ impl GraphModel {
         }
     }
 
-    fn backward(&self, weights: &Weights, x: &Matrix, trace: &Trace, grad_logits: Matrix) -> Result<Weights> {
-        let mut cpu = CpuBackend::with_threads(self.threads);
+    fn backward(
+        &self,
+        backend: &mut dyn Backend,
+        weights: &Weights,
+        x: &Matrix,
+        trace: &Trace,
+        grad_logits: Matrix,
+    ) -> Result<Weights> {
         let mut grads: Vec<Matrix> = weights
             .tensors
             .iter()
@@ -418,10 +465,10 @@ impl GraphModel {
             let p = layer.first_param;
             let grad_input = match &layer.op {
                 Op::Dense { .. } => {
-                    grads[p] = cpu.matmul(input, &g, true, false)?;
-                    grads[p + 1] = Matrix::new(1, g.cols, cpu.column_sum(&g)?)?;
+                    grads[p] = backend.matmul(input, &g, true, false)?;
+                    grads[p + 1] = Matrix::new(1, g.cols, backend.column_sum(&g)?)?;
                     if index > 0 {
-                        cpu.matmul(&g, &weights.tensors[p], false, true)?
+                        backend.matmul(&g, &weights.tensors[p], false, true)?
                     } else {
                         Matrix::zeros(0, 0)
                     }
@@ -446,12 +493,12 @@ impl GraphModel {
                     }
                     let cols = geometry.im2col_batch(input);
                     // dW = g_pᵀ · cols (filters × field); db = column sums; dcols = g_p · W.
-                    grads[p] = cpu.matmul(&g_p, &cols, true, false)?;
-                    grads[p + 1] = Matrix::new(1, filters, cpu.column_sum(&g_p)?)?;
+                    grads[p] = backend.matmul(&g_p, &cols, true, false)?;
+                    grads[p + 1] = Matrix::new(1, filters, backend.column_sum(&g_p)?)?;
                     let mut d_x = Matrix::zeros(input.rows, input.cols);
                     // The first layer's input is the data: nothing upstream needs its gradient.
                     if index > 0 {
-                        let d_cols = cpu.matmul(&g_p, &weights.tensors[p], false, false)?;
+                        let d_cols = backend.matmul(&g_p, &weights.tensors[p], false, false)?;
                         geometry.col2im_batch(&d_cols, &mut d_x);
                     }
                     d_x

@@ -1,6 +1,6 @@
 //! What a task trains, behind one interface: one of the fixed models (the backend's own fused
-//! kernels: Vulkan or CPU) or a layer graph (the host implementation in [`crate::graph`], every
-//! layer forward and backward).
+//! kernels: Vulkan or CPU) or a layer graph ([`crate::graph`]: its matrix multiplies on the
+//! backend, every other layer forward and backward on the host).
 
 use aic_protocol::messages::TaskModel;
 use aic_protocol::model_graph::{self, Loss};
@@ -37,14 +37,6 @@ impl Trainable {
         match self {
             Trainable::Fixed(spec) => spec.shapes(),
             Trainable::Graph(graph) => graph.shapes(),
-        }
-    }
-
-    /// Cores a layer graph's host matrix multiplies use (0: every core); the fixed models run
-    /// on the backend, which has its own.
-    pub fn set_host_threads(&mut self, threads: usize) {
-        if let Trainable::Graph(graph) = self {
-            graph.set_threads(threads);
         }
     }
 
@@ -96,7 +88,7 @@ impl Trainable {
     ) -> Result<(f32, Weights)> {
         match self {
             Trainable::Fixed(spec) => backend.train_step(spec, weights, batch),
-            Trainable::Graph(graph) => graph.train_step(weights, batch, dropout_seed),
+            Trainable::Graph(graph) => graph.train_step_on(backend, weights, batch, dropout_seed),
         }
     }
 
@@ -109,7 +101,7 @@ impl Trainable {
     ) -> Result<(f32, f32)> {
         match self {
             Trainable::Fixed(spec) => backend.evaluate(spec, weights, batch),
-            Trainable::Graph(graph) => graph.evaluate(weights, batch),
+            Trainable::Graph(graph) => graph.evaluate_on(backend, weights, batch),
         }
     }
 }

@@ -253,6 +253,82 @@ fn training_steps_lower_the_loss_alike_on_both_backends() {
     assert_no_validation_messages(&gpu);
 }
 
+/// A layer graph's matrix multiplies (dense layers, convolutions as im2col + GEMM, forward and
+/// backward) on the Vulkan backend: the loss and every gradient as on the CPU, within the
+/// tolerance the rater applies, for a graph with every layer kind at odd sizes.
+#[test]
+fn a_layer_graph_gives_the_cpus_gradients_with_its_matrix_multiplies_on_vulkan() {
+    use aic_kernels::graph::GraphModel;
+    let description = r#"
+name = "every-layer"
+input = { image = [2, 7, 5] }
+loss = "softmax_cross_entropy"
+[[layer]]
+name = "c1"
+kind = "conv2d"
+filters = 5
+kernel = 3
+padding = 1
+[[layer]]
+kind = "gelu"
+[[layer]]
+kind = "conv2d"
+filters = 5
+kernel = 3
+padding = 1
+[[layer]]
+kind = "add"
+from = "c1"
+[[layer]]
+kind = "layer_norm"
+[[layer]]
+kind = "max_pool2d"
+kernel = 2
+[[layer]]
+kind = "avg_pool2d"
+kernel = 2
+stride = 1
+[[layer]]
+kind = "flatten"
+[[layer]]
+kind = "dense"
+units = 9
+[[layer]]
+kind = "tanh"
+[[layer]]
+kind = "dropout"
+rate = 0.3
+[[layer]]
+kind = "dense"
+units = 4
+"#;
+    let graph = GraphModel::new(&aic_protocol::model_graph::parse(description).unwrap()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let batch = Batch {
+        x: random(&mut rng, 37, 70),
+        labels: (0..37).map(|i| i % 4).collect(),
+        targets: Vec::new(),
+    };
+    let weights = graph.init(3);
+    let mut gpu = vulkan();
+    let mut cpu = CpuBackend::default();
+    let (loss_cpu, grads_cpu) = graph.train_step_on(&mut cpu, &weights, &batch, 5).unwrap();
+    let (loss_gpu, grads_gpu) = graph.train_step_on(&mut gpu, &weights, &batch, 5).unwrap();
+    close("graph loss", &[loss_cpu], &[loss_gpu]);
+    for (i, (c, g)) in grads_cpu.tensors.iter().zip(&grads_gpu.tensors).enumerate() {
+        if let Err(m) = agree_within(&c.data, &g.data, 1e-3, 1e-4) {
+            panic!(
+                "gradient tensor {i}: element {} differs: cpu {} vs vulkan {}",
+                m.index, m.left, m.right
+            );
+        }
+    }
+    let (eval_cpu, _) = graph.evaluate_on(&mut cpu, &weights, &batch).unwrap();
+    let (eval_gpu, _) = graph.evaluate_on(&mut gpu, &weights, &batch).unwrap();
+    close("graph evaluation loss", &[eval_cpu], &[eval_gpu]);
+    assert_no_validation_messages(&gpu);
+}
+
 #[test]
 fn the_same_inputs_give_bitwise_the_same_outputs_on_one_device() {
     let mut gpu = vulkan();
