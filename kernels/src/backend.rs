@@ -37,6 +37,12 @@ pub trait Backend {
         None
     }
 
+    /// Cores the host-side loops of a layer graph may use alongside this backend (im2col and
+    /// its inverse): the CPU backend's own count; one for a device that computes elsewhere.
+    fn host_threads(&self) -> usize {
+        1
+    }
+
     /// op(a)·op(b), where op transposes when asked.
     fn matmul(&mut self, a: &Matrix, b: &Matrix, transpose_a: bool, transpose_b: bool) -> Result<Matrix>;
     /// x + bias (per column), then ReLU when `relu`.

@@ -42,6 +42,10 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
+    fn host_threads(&self) -> usize {
+        self.threads
+    }
+
     fn describe(&self) -> String {
         let threads = self.threads;
         format!(

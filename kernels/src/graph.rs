@@ -85,6 +85,14 @@ impl GraphModel {
                 Op::Dense { .. } | Op::Conv2d { .. } | Op::LayerNorm { .. } => 2,
                 _ => 0,
             };
+            // im2col indexes a sample's values with 32 bits.
+            if matches!(layer.op, Op::Conv2d { .. }) && input.elements() >= u64::from(PADDING) {
+                return Err(shape_error(format!(
+                    "layer {:?}: an input of {} values per row is more than a convolution indexes ({PADDING})",
+                    layer.name,
+                    input.elements()
+                )));
+            }
             layers.push(Planned {
                 op: layer.op.clone(),
                 input,
@@ -268,18 +276,26 @@ impl GraphModel {
                     let (positions, filters) = (geometry.positions(), *filters as usize);
                     // Every sample's receptive fields in one matrix, one GEMM for the batch:
                     // (rows·positions × field) · (filters × field)ᵀ.
-                    let cols = geometry.im2col_batch(input);
+                    let parallel = backend.host_threads() > 1;
+                    let cols = geometry.im2col_batch(input, parallel);
                     let y = backend.matmul(&cols, &params[0], false, true)?;
                     let mut out = Matrix::zeros(rows, layer.output.elements() as usize);
-                    for r in 0..rows {
-                        let row = &mut out.data[r * out.cols..(r + 1) * out.cols];
-                        for p in 0..positions {
-                            let at = (r * positions + p) * filters;
-                            for f in 0..filters {
-                                row[f * positions + p] = y.data[at + f] + params[1].data[f];
+                    let bias = &params[1].data;
+                    let out_cols = out.cols;
+                    for_each_row(
+                        &mut out.data,
+                        out_cols,
+                        &y.data,
+                        positions * filters,
+                        parallel,
+                        |row, y| {
+                            for p in 0..positions {
+                                for f in 0..filters {
+                                    row[f * positions + p] = y[p * filters + f] + bias[f];
+                                }
                             }
-                        }
-                    }
+                        },
+                    );
                     out
                 }
                 Op::MaxPool2d { kernel, stride } | Op::AvgPool2d { kernel, stride } => {
@@ -481,17 +497,24 @@ impl GraphModel {
                 } => {
                     let geometry = Conv::new(layer.input, layer.output, *kernel, *stride, *padding);
                     let (positions, filters) = (geometry.positions(), *filters as usize);
+                    let parallel = backend.host_threads() > 1;
                     // The output gradient as (rows·positions × filters), like the forward GEMM.
                     let mut g_p = Matrix::zeros(input.rows * positions, filters);
-                    for r in 0..input.rows {
-                        for f in 0..filters {
-                            for p in 0..positions {
-                                g_p.data[(r * positions + p) * filters + f] =
-                                    g.data[r * g.cols + f * positions + p];
+                    for_each_row(
+                        &mut g_p.data,
+                        positions * filters,
+                        &g.data,
+                        g.cols,
+                        parallel,
+                        |out, g| {
+                            for f in 0..filters {
+                                for p in 0..positions {
+                                    out[p * filters + f] = g[f * positions + p];
+                                }
                             }
-                        }
-                    }
-                    let cols = geometry.im2col_batch(input);
+                        },
+                    );
+                    let cols = geometry.im2col_batch(input, parallel);
                     // dW = g_pᵀ · cols (filters × field); db = column sums; dcols = g_p · W.
                     grads[p] = backend.matmul(&g_p, &cols, true, false)?;
                     grads[p + 1] = Matrix::new(1, filters, backend.column_sum(&g_p)?)?;
@@ -499,7 +522,7 @@ impl GraphModel {
                     // The first layer's input is the data: nothing upstream needs its gradient.
                     if index > 0 {
                         let d_cols = backend.matmul(&g_p, &weights.tensors[p], false, false)?;
-                        geometry.col2im_batch(&d_cols, &mut d_x);
+                        geometry.col2im_batch(&d_cols, &mut d_x, parallel);
                     }
                     d_x
                 }
@@ -559,6 +582,35 @@ impl GraphModel {
             }
         }
         Ok(Weights { tensors: grads })
+    }
+}
+
+/// A receptive-field entry that falls in the zero padding.
+const PADDING: u32 = u32::MAX;
+
+/// Calls `f` on each row of `out` (`out_width` values) with the matching row of `input`
+/// (`in_width` values): on rayon's pool when `parallel` (rows are independent), in order
+/// otherwise. Either way each row's values are computed the same way, so results are identical.
+fn for_each_row(
+    out: &mut [f32],
+    out_width: usize,
+    input: &[f32],
+    in_width: usize,
+    parallel: bool,
+    f: impl Fn(&mut [f32], &[f32]) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    if out_width == 0 || in_width == 0 {
+        return;
+    }
+    if parallel {
+        out.par_chunks_mut(out_width)
+            .zip(input.par_chunks(in_width))
+            .for_each(|(o, i)| f(o, i));
+    } else {
+        out.chunks_mut(out_width)
+            .zip(input.chunks(in_width))
+            .for_each(|(o, i)| f(o, i));
     }
 }
 
@@ -747,42 +799,48 @@ impl Conv {
 
     /// Every sample's receptive fields as rows: (rows·positions) × (channels·k·k), zero where
     /// padded.
-    fn im2col_batch(&self, x: &Matrix) -> Matrix {
-        let (positions, field) = (self.positions(), self.field());
-        let mut cols = Matrix::zeros(x.rows * positions, field);
+    fn im2col_batch(&self, x: &Matrix, parallel: bool) -> Matrix {
+        let block = self.positions() * self.field();
+        let mut cols = Matrix::zeros(x.rows * self.positions(), self.field());
         let sources = self.sources();
-        for r in 0..x.rows {
-            let image = &x.data[r * x.cols..(r + 1) * x.cols];
-            let block = &mut cols.data[r * positions * field..(r + 1) * positions * field];
-            for (value, source) in block.iter_mut().zip(&sources) {
-                if let Some(i) = source {
-                    *value = image[*i];
+        for_each_row(&mut cols.data, block, &x.data, x.cols, parallel, |out, image| {
+            for (value, &source) in out.iter_mut().zip(&sources) {
+                if source != PADDING {
+                    *value = image[source as usize];
                 }
             }
-        }
+        });
         cols
     }
 
     /// Adds each sample's receptive-field gradients ((rows·positions) × field, row-major) back
     /// onto the input values they read.
-    fn col2im_batch(&self, d_cols: &Matrix, d_x: &mut Matrix) {
+    fn col2im_batch(&self, d_cols: &Matrix, d_x: &mut Matrix, parallel: bool) {
         let sources = self.sources();
         let block = self.positions() * self.field();
-        for r in 0..d_x.rows {
-            let image = &mut d_x.data[r * d_x.cols..(r + 1) * d_x.cols];
-            for (value, source) in d_cols.data[r * block..(r + 1) * block].iter().zip(&sources) {
-                if let Some(i) = source {
-                    image[*i] += value;
+        let width = d_x.cols;
+        for_each_row(
+            &mut d_x.data,
+            width,
+            &d_cols.data,
+            block,
+            parallel,
+            |image, d_cols| {
+                for (value, &source) in d_cols.iter().zip(&sources) {
+                    if source != PADDING {
+                        image[source as usize] += value;
+                    }
                 }
-            }
-        }
+            },
+        );
     }
 
-    /// Where each (position, field entry) reads from, worked out once per batch.
-    fn sources(&self) -> Vec<Option<usize>> {
+    /// Where each (position, field entry) reads from, worked out once per batch: an index into
+    /// the sample's values, or [`PADDING`]. Four bytes an entry keeps the table in cache.
+    fn sources(&self) -> Vec<u32> {
         let field = self.field();
         (0..self.positions() * field)
-            .map(|i| self.source(i / field, i % field))
+            .map(|i| self.source(i / field, i % field).map_or(PADDING, |s| s as u32))
             .collect()
     }
 }

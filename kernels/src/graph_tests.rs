@@ -214,3 +214,27 @@ fn the_digits_cnn_learns_two_kinds_of_image() {
     assert!(last < first / 2.0, "the loss fell from {first} to {last}");
     assert_eq!(accuracy, 1.0);
 }
+
+#[test]
+fn every_core_computes_the_same_step_as_one() {
+    // Convolutions with padding and a stride, so im2col, its inverse and the output scatter run
+    // on several rows at once; the answer must not depend on how many cores took part.
+    let layers = layer("conv2d", "filters = 4\nkernel = 3\npadding = 1")
+        + &layer("relu", "")
+        + &layer("conv2d", "filters = 3\nkernel = 3\nstride = 2\npadding = 1")
+        + &layer("flatten", "")
+        + &layer("dense", "units = 3");
+    let description = graph(IMAGE, "softmax_cross_entropy", &layers);
+    let rows = 33;
+    let data = batch(rows, 50, 3);
+    let mut one = GraphModel::new(&description).unwrap();
+    one.set_threads(1);
+    let mut all = GraphModel::new(&description).unwrap();
+    all.set_threads(4);
+    let weights = one.init(9);
+    let (loss_one, grads_one) = one.train_step(&weights, &data, 1).unwrap();
+    let (loss_all, grads_all) = all.train_step(&weights, &data, 1).unwrap();
+    assert_eq!(loss_one.to_bits(), loss_all.to_bits());
+    assert_eq!(grads_one.flat(), grads_all.flat());
+    assert!(grads_one.flat().iter().any(|g| *g != 0.0));
+}
