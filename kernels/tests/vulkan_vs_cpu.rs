@@ -323,6 +323,10 @@ units = 4
             );
         }
     }
+    // On one device the same step repeats bit for bit.
+    let (loss_again, grads_again) = graph.train_step_on(&mut gpu, &weights, &batch, 5).unwrap();
+    assert_eq!(loss_again.to_bits(), loss_gpu.to_bits());
+    assert_eq!(grads_again.flat(), grads_gpu.flat());
     let (eval_cpu, _) = graph.evaluate_on(&mut cpu, &weights, &batch).unwrap();
     let (eval_gpu, _) = graph.evaluate_on(&mut gpu, &weights, &batch).unwrap();
     close("graph evaluation loss", &[eval_cpu], &[eval_gpu]);
