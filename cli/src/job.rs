@@ -799,6 +799,11 @@ pub fn render_report(report: &Value) -> String {
     if let Some(model) = report["trained_model"].as_str() {
         text.push_str(&format!("\ntrained model: asset {model}\n"));
     }
+    if let Some(model) = report["trained_model_identical_to"].as_str() {
+        text.push_str(&format!(
+            "\ntrained model: these weights are already asset {model} (a seeded job run again)\n"
+        ));
+    }
     if let Some(error) = report["settlement_error"].as_str() {
         text.push_str(&format!("\nsettlement: {error}\n"));
     }

@@ -135,10 +135,25 @@ impl Effects {
                     usage_fee: Amount::ZERO,
                 },
             };
-            let events = system.submit(&self.ctx.ledger, call).await?;
-            if let Some(asset) = aic_ledger::state::Event::minted_asset(&events) {
-                report["trained_model"] = json!(asset.to_string());
-                report["trained_model_weights"] = json!(trained.weights.hex());
+            match system.try_submit(&self.ctx.ledger, call).await {
+                Ok(events) => {
+                    if let Some(asset) = aic_ledger::state::Event::minted_asset(&events) {
+                        report["trained_model"] = json!(asset.to_string());
+                        report["trained_model_weights"] = json!(trained.weights.hex());
+                    }
+                }
+                // The same weights are an asset already (content is minted once): a seeded job
+                // run again trains bit for bit what the first did. The job is settled all the
+                // same; the report names the asset that holds these weights.
+                Err(super::signer::Refusal::Ledger(aic_ledger::TxError::AlreadyMinted {
+                    kind: aic_ledger::tx::AssetKind::TrainedModel,
+                    asset,
+                })) => {
+                    report["trained_model_identical_to"] = json!(asset.to_string());
+                    report["trained_model_weights"] = json!(trained.weights.hex());
+                }
+                Err(super::signer::Refusal::Ledger(e)) => return Err(e.to_string()),
+                Err(super::signer::Refusal::Other(e)) => return Err(e),
             }
         }
         Ok(())
