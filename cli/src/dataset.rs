@@ -734,14 +734,7 @@ pub(crate) async fn export_trained_model(
             Err(e) => failures.push(format!("{addr}: {e:#}")),
         }
     }
-    bail!(
-        "no storage node could serve the weights of {asset_id}: {}",
-        if failures.is_empty() {
-            "the asset names none".to_string()
-        } else {
-            failures.join("; ")
-        }
-    )
+    Err(crate::model_export::no_holder_served(asset_id, &failures))
 }
 
 /// One shard's plain Parquet, checked against its name.

@@ -133,13 +133,12 @@ pub async fn read_weights(
     key: &Keypair,
     me: NodeId,
     asset_id: &AssetId,
-    asset: &Asset,
+    tensor: &TensorRef,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Vec<f32>> {
-    let (tensor, _, _, _) = weights_of(asset)?;
     let capacity = usize::try_from(tensor.elements).context("the weights do not fit in memory")?;
     let mut weights = Vec::with_capacity(capacity);
-    stream_weights(storage, key, me, asset_id, &tensor, bar, |start, values| {
+    stream_weights(storage, key, me, asset_id, tensor, bar, |start, values| {
         if start != weights.len() as u64 {
             bail!("chunk at {start} after {} values", weights.len());
         }
@@ -148,6 +147,19 @@ pub async fn read_weights(
     })
     .await?;
     Ok(weights)
+}
+
+/// Why no storage node gave the weights: each one tried and its failure, or that the asset
+/// names none.
+pub fn no_holder_served(asset_id: &AssetId, failures: &[String]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no storage node could serve the weights of {asset_id}: {}",
+        if failures.is_empty() {
+            "the asset names none".to_string()
+        } else {
+            failures.join("; ")
+        }
+    )
 }
 
 /// Asks `storage` for the weights tensor as the asset's owner and hands each chunk's values to

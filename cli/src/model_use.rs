@@ -11,6 +11,8 @@ use aic_ledger::tx::AssetKind;
 use aic_ledger::Keypair;
 use aic_protocol::manifest::Manifest;
 use aic_protocol::messages::TaskModel;
+use aic_protocol::rpc::RpcClient;
+use aic_protocol::tensor::TensorRef;
 use aic_protocol::{AssetId, NodeId};
 use anyhow::{bail, Context};
 use clap::ValueEnum;
@@ -30,13 +32,28 @@ pub enum ExportFormat {
 /// A TrainedModel as its owner reaches it.
 struct Owned {
     profile: ClientProfile,
+    scheduler: RpcClient,
     key: Keypair,
     me: NodeId,
     asset: Asset,
+    tensor: TensorRef,
     model: TaskModel,
     manifest: Value,
-    dataset: Manifest,
     holders: Vec<String>,
+}
+
+impl Owned {
+    /// The manifest of the Dataset asset the model was trained on: its encodings and classes.
+    async fn dataset(&self) -> anyhow::Result<Manifest> {
+        let dataset_id: AssetId = self.manifest["dataset_asset"]
+            .as_str()
+            .context("the asset's manifest names no dataset")?
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the asset's manifest names a bad dataset: {e}"))?;
+        let dataset_asset = fetch_asset(&self.scheduler, &dataset_id, AssetKind::Dataset).await?;
+        Manifest::from_json(&dataset_asset.metadata.manifest)
+            .map_err(|e| anyhow::anyhow!("dataset {dataset_id}: {e}"))
+    }
 }
 
 async fn owned(args: &ModelArgs, asset_id: &AssetId, storage: Option<&str>) -> anyhow::Result<Owned> {
@@ -52,40 +69,32 @@ async fn owned(args: &ModelArgs, asset_id: &AssetId, storage: Option<&str>) -> a
             key.address()
         );
     }
-    let (_, model, holders, manifest) = crate::model_export::weights_of(&asset)?;
-    let dataset_id: AssetId = manifest["dataset_asset"]
-        .as_str()
-        .context("the asset's manifest names no dataset")?
-        .parse()
-        .map_err(|e| anyhow::anyhow!("the asset's manifest names a bad dataset: {e}"))?;
-    let dataset_asset = fetch_asset(&scheduler, &dataset_id, AssetKind::Dataset).await?;
-    let dataset = Manifest::from_json(&dataset_asset.metadata.manifest)
-        .map_err(|e| anyhow::anyhow!("dataset {dataset_id}: {e}"))?;
+    let (tensor, model, holders, manifest) = crate::model_export::weights_of(&asset)?;
     let holders = match storage {
         Some(addr) => vec![addr.to_string()],
         None => holders,
     };
     Ok(Owned {
         profile,
+        scheduler,
         key,
         me,
         asset,
+        tensor,
         model,
         manifest,
-        dataset,
         holders,
     })
 }
 
 /// The weights from the first holder that serves them whole.
 async fn weights(owned: &Owned, asset_id: &AssetId) -> anyhow::Result<Vec<f32>> {
-    let (tensor, _, _, _) = crate::model_export::weights_of(&owned.asset)?;
-    let bar = crate::dataset::progress_bar(tensor.bytes());
+    let bar = crate::dataset::progress_bar(owned.tensor.bytes());
     let mut failures = Vec::new();
     for addr in &owned.holders {
         let attempt = async {
             let storage = crate::dataset::dial_storage(&owned.profile, addr).await?;
-            crate::model_export::read_weights(&storage, &owned.key, owned.me, asset_id, &owned.asset, &bar)
+            crate::model_export::read_weights(&storage, &owned.key, owned.me, asset_id, &owned.tensor, &bar)
                 .await
         };
         match attempt.await {
@@ -97,14 +106,7 @@ async fn weights(owned: &Owned, asset_id: &AssetId) -> anyhow::Result<Vec<f32>> 
         }
     }
     bar.finish_and_clear();
-    bail!(
-        "no storage node could serve the weights of {asset_id}: {}",
-        if failures.is_empty() {
-            "the asset names none".to_string()
-        } else {
-            failures.join("; ")
-        }
-    )
+    Err(crate::model_export::no_holder_served(asset_id, &failures))
 }
 
 pub async fn export(
@@ -128,6 +130,7 @@ pub async fn export(
         )
         .await;
     }
+    let dataset = owned.dataset().await?;
     let weights = weights(&owned, asset_id).await?;
     let provenance = crate::onnx::Provenance {
         trained_model: asset_id.to_string(),
@@ -137,7 +140,7 @@ pub async fn export(
             .to_string(),
         job: owned.manifest["job"].as_str().unwrap_or_default().to_string(),
     };
-    let proto = crate::onnx::build(&owned.model, &weights, &owned.dataset, &provenance)?;
+    let proto = crate::onnx::build(&owned.model, &weights, &dataset, &provenance)?;
     let bytes = crate::onnx::encode(&proto);
     // Written whole or not at all: a reader never meets half a file.
     let partial = out.with_extension("onnx.partial");
@@ -162,7 +165,7 @@ pub async fn export(
         "parameters": weights.len(),
         "inputs": inputs,
         "outputs": outputs,
-        "classes": owned.dataset.classes,
+        "classes": dataset.classes,
     });
     print_out(args.json, value, || {
         format!(
@@ -191,13 +194,13 @@ pub async fn predict(
     let (header, rows) = aic_storage_node::import::read_text_rows(input, limit)
         .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
     let owned = owned(args, asset_id, storage).await?;
+    let dataset = owned.dataset().await?;
     let weights = weights(&owned, asset_id).await?;
-    let predictor =
-        Predictor::new(&owned.model, &weights, &owned.dataset).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let predictor = Predictor::new(&owned.model, &weights, &dataset).map_err(|e| anyhow::anyhow!("{e}"))?;
     let answers = predictor
         .predict(&header, &rows)
         .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
-    let classes = &owned.dataset.classes;
+    let classes = &dataset.classes;
     let values: Vec<Value> = answers
         .iter()
         .map(|answer| match answer {

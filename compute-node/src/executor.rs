@@ -168,7 +168,7 @@ fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Co
     let minibatches = crate::minibatch::Minibatches::new(&work.batches, work.training.batch_size, work.seed)?;
     for step in 0..steps {
         let seed = work.seed ^ u64::from(step).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let (_, loss, gradient) = match &minibatches {
+        let (loss, gradient) = match &minibatches {
             Some(minibatches) => {
                 let batch = [minibatches.step(step)?];
                 mean_gradient(backend, model, &weights, &batch, &work.label, seed)?
@@ -202,7 +202,7 @@ fn train(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Co
     })
 }
 
-/// Rows, mean loss and mean gradient (flat) over every row of `batches`.
+/// Mean loss and mean gradient (flat) over every row of `batches`.
 fn mean_gradient(
     backend: &mut dyn Backend,
     model: &Trainable,
@@ -210,7 +210,7 @@ fn mean_gradient(
     batches: &[RecordBatch],
     label: &str,
     seed: u64,
-) -> Result<(u64, f32, Vec<f32>), String> {
+) -> Result<(f32, Vec<f32>), String> {
     let mut rows = 0u64;
     let mut loss_sum = 0.0f64;
     let mut gradient_sum: Vec<f64> = Vec::new();
@@ -245,7 +245,7 @@ fn mean_gradient(
         return Err("the task's shards hold no rows".into());
     }
     let gradient = gradient_sum.iter().map(|g| (g / rows as f64) as f32).collect();
-    Ok((rows, (loss_sum / rows as f64) as f32, gradient))
+    Ok(((loss_sum / rows as f64) as f32, gradient))
 }
 
 fn evaluate(backend: &mut dyn Backend, model: &Trainable, work: &Work) -> Result<Computed, String> {

@@ -10,6 +10,9 @@ pub enum KernelError {
     NonFinite { what: String, index: usize, value: f32 },
     #[error("batch does not fit the model: {0}")]
     Batch(String),
+    /// Raw rows (or their dataset) that do not fit a trained model's inputs.
+    #[error(transparent)]
+    Input(#[from] crate::inference::InputError),
     #[error("label {label} at row {row} is not a class of a {classes}-class model")]
     Label { row: usize, label: u32, classes: usize },
     #[error("a buffer of {bytes} bytes exceeds the device's limit of {limit} bytes")]

@@ -3,7 +3,7 @@
 //! target's units — the same encoding the import applied (`aic_protocol::encoding`), the same
 //! forward pass training ran. What `aic model predict` answers and the ONNX export must equal.
 
-use aic_protocol::encoding::{is_missing, Feature};
+use aic_protocol::encoding::{is_missing, CellError, Feature};
 use aic_protocol::manifest::Manifest;
 use aic_protocol::messages::TaskModel;
 use aic_protocol::model_graph::{self, Loss, ModelGraph};
@@ -53,8 +53,23 @@ pub fn graph_of(model: &TaskModel) -> Result<ModelGraph> {
     }
 }
 
-fn input_error(detail: String) -> KernelError {
-    KernelError::Batch(detail)
+/// Why raw rows or a dataset do not fit a trained model.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("the dataset encodes {dataset} input columns; the model reads {model}")]
+    Width { dataset: usize, model: u64 },
+    #[error("{rows} rows in one call; at most {MAX_PREDICT_ROWS}")]
+    TooManyRows { rows: usize },
+    #[error("no column {0:?} in the input")]
+    MissingColumn(String),
+    #[error("row {row} has {cells} cells; the header names {header}")]
+    RowWidth { row: usize, cells: usize, header: usize },
+    #[error("row {row}, column {column:?}: {error}")]
+    Cell {
+        row: usize,
+        column: String,
+        error: CellError,
+    },
 }
 
 impl Predictor {
@@ -66,10 +81,11 @@ impl Predictor {
         graph.check_weights(&weights)?;
         let input_width: usize = dataset.features.iter().map(Feature::width).sum();
         if input_width as u64 != description.input.shape().elements() {
-            return Err(input_error(format!(
-                "the dataset encodes {input_width} input columns; the model reads {}",
-                description.input.shape().elements()
-            )));
+            return Err(InputError::Width {
+                dataset: input_width,
+                model: description.input.shape().elements(),
+            }
+            .into());
         }
         Ok(Predictor {
             graph,
@@ -92,10 +108,7 @@ impl Predictor {
     /// import did: every feature's column must be present, others are ignored.
     pub fn encode(&self, header: &[String], rows: &[Vec<Option<String>>]) -> Result<Matrix> {
         if rows.len() > MAX_PREDICT_ROWS {
-            return Err(input_error(format!(
-                "{} rows in one call; at most {MAX_PREDICT_ROWS}",
-                rows.len()
-            )));
+            return Err(InputError::TooManyRows { rows: rows.len() }.into());
         }
         let positions = self
             .features
@@ -104,17 +117,18 @@ impl Predictor {
                 header
                     .iter()
                     .position(|h| h == &f.name)
-                    .ok_or_else(|| input_error(format!("no column {:?} in the input", f.name)))
+                    .ok_or_else(|| InputError::MissingColumn(f.name.clone()).into())
             })
             .collect::<Result<Vec<usize>>>()?;
         let mut x = Matrix::zeros(rows.len(), self.input_width);
         for (r, row) in rows.iter().enumerate() {
             if row.len() != header.len() {
-                return Err(input_error(format!(
-                    "row {r} has {} cells; the header names {}",
-                    row.len(),
-                    header.len()
-                )));
+                return Err(InputError::RowWidth {
+                    row: r,
+                    cells: row.len(),
+                    header: header.len(),
+                }
+                .into());
             }
             let out = &mut x.data[r * self.input_width..(r + 1) * self.input_width];
             let mut offset = 0;
@@ -124,7 +138,11 @@ impl Predictor {
                 let width = feature.width();
                 feature
                     .encode_into(raw.unwrap_or(""), missing, &mut out[offset..offset + width])
-                    .map_err(|e| input_error(format!("row {r}, column {:?}: {e}", feature.name)))?;
+                    .map_err(|error| InputError::Cell {
+                        row: r,
+                        column: feature.name.clone(),
+                        error,
+                    })?;
                 offset += width;
             }
         }

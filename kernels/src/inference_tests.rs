@@ -1,7 +1,7 @@
 //! Raw rows through the predictor: encoded as the import encodes them, answered as the model's
 //! loss says, and refused with the row and column named.
 
-use aic_protocol::encoding::{FeatureEncoding, MissingPolicy, MISSING_LEVEL};
+use aic_protocol::encoding::{CellError, FeatureEncoding, MissingPolicy, MISSING_LEVEL};
 use aic_protocol::manifest::Target;
 use aic_protocol::messages::ModelShape;
 
@@ -141,19 +141,30 @@ fn bad_rows_are_refused_with_the_row_and_column_named() {
         )
         .unwrap_err();
     assert!(
-        matches!(&error, KernelError::Batch(detail) if detail.contains("row 1") && detail.contains("mass")),
+        matches!(
+            &error,
+            KernelError::Input(InputError::Cell { row: 1, column, error: CellError::NotANumber(_) })
+                if column == "mass"
+        ),
         "{error}"
     );
     let error = predictor
         .predict(&["mass".to_string()], &[vec![Some("1".into())]])
         .unwrap_err();
     assert!(
-        matches!(&error, KernelError::Batch(detail) if detail.contains("island")),
+        matches!(&error, KernelError::Input(InputError::MissingColumn(column)) if column == "island"),
         "{error}"
     );
     let error = predictor.predict(&header(), &[vec![None]]).unwrap_err();
     assert!(
-        matches!(&error, KernelError::Batch(detail) if detail.contains("1 cells")),
+        matches!(
+            &error,
+            KernelError::Input(InputError::RowWidth {
+                row: 0,
+                cells: 1,
+                header: 3
+            })
+        ),
         "{error}"
     );
     // Weights that do not fit the model, and a dataset the model does not read.
