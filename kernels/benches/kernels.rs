@@ -2,7 +2,8 @@
 //! on every core, beside `matrixmultiply`'s one-thread SGEMM and numpy's BLAS (OpenBLAS, every
 //! core) measured in the same run, and the Vulkan backend; the Vulkan backend's per-step host
 //! overhead beside an empty submit-and-wait round trip; and layer graphs: conv2d forward +
-//! backward GFLOP/s and the digits CNN's training samples/s, one thread against every core.
+//! backward GFLOP/s and the digits CNN's training samples/s, one thread against every core and
+//! against the Vulkan device.
 //!
 //! ```text
 //! ops/install-bench-deps.sh      # numpy, for the BLAS column
@@ -207,25 +208,27 @@ fn main() {
             gpu_step.as_secs_f64() / cpu_step.as_secs_f64()
         );
     }
-    layer_graphs(vulkan.as_mut().filter(|v| !v.is_cpu_device()));
+    layer_graphs(vulkan.as_mut());
 }
 
 /// Layer graphs: conv2d forward + backward GFLOP/s and the digits CNN's training samples/s on the
-/// CPU backend (one thread and every core), and on a GPU where there is one. Only a graph's matrix
-/// multiplies run on Vulkan (its other layers on the host), so on a CPU-type device the column
-/// would time the CPU twice and is left out.
+/// CPU backend (one thread and every core), and on the Vulkan device, where the whole step runs
+/// as one submission (on lavapipe that is the CPU again, through Mesa's shader compiler).
 fn layer_graphs(mut gpu: Option<&mut VulkanBackend>) {
     use aic_protocol::model_graph;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("\nlayer graphs (matrix multiplies on the backend, other layers on the host)");
+    println!("\nlayer graphs (a whole training step on each backend)");
+    if let Some(v) = gpu.as_deref() {
+        println!("  vulkan column: {}", v.describe());
+    }
     println!(
         "{:<34} {:>12} {:>12} {:>8} {:>12}",
         "conv2d fwd+bwd (im2col + GEMM)",
         "cpu 1 thread",
         format!("cpu {cores} thr."),
         "ratio",
-        "vulkan (GPU)"
+        "vulkan"
     );
     // (channels, size, filters, rows): the digits CNN's conv2, a CIFAR-sized first layer, a
     // middle layer.
@@ -297,8 +300,7 @@ fn layer_graphs(mut gpu: Option<&mut VulkanBackend>) {
     }
 }
 
-/// The median time of one training step (forward, loss, backward) of `graph` with its matrix
-/// multiplies on `backend`.
+/// The median time of one training step (forward, loss, backward) of `graph` on `backend`.
 fn graph_step_time(
     graph: &aic_protocol::model_graph::ModelGraph,
     backend: &mut dyn Backend,

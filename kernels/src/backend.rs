@@ -2,6 +2,8 @@
 //! the choice between the Vulkan and CPU backends.
 
 use crate::error::{check_finite, KernelError, Result};
+use crate::graph::GraphModel;
+use crate::host_ops::HostOps;
 use crate::model::{Batch, ModelSpec, Weights};
 use crate::tensor::Matrix;
 
@@ -89,6 +91,25 @@ pub trait Backend {
     /// Loss and accuracy of the weights on a batch.
     fn evaluate(&mut self, model: &ModelSpec, weights: &Weights, batch: &Batch) -> Result<(f32, f32)> {
         evaluate_by_ops(self, model, weights, batch)
+    }
+
+    /// The mean loss and every parameter's gradient of a layer graph's step (weights and batch
+    /// checked by the caller): by default the host loops with this backend's matrix multiplies.
+    fn graph_train_step(
+        &mut self,
+        graph: &GraphModel,
+        weights: &Weights,
+        batch: &Batch,
+        dropout_seed: u64,
+    ) -> Result<(f32, Weights)> {
+        let (loss_sum, tensors) = graph.step_with(&mut HostOps::new(self), weights, batch, dropout_seed)?;
+        Ok((loss_sum.data[0] / batch.x.rows.max(1) as f32, Weights { tensors }))
+    }
+
+    /// A layer graph's outputs for the rows of `x`, without training (weights checked by the
+    /// caller).
+    fn graph_outputs(&mut self, graph: &GraphModel, weights: &Weights, x: &Matrix) -> Result<Matrix> {
+        graph.outputs_with(&mut HostOps::new(self), weights, x)
     }
 }
 

@@ -7,6 +7,9 @@
 //!  ModelSpec + Weights ──► Backend::train_step / evaluate ──► loss, gradients / accuracy
 //!                              ├─ CpuBackend     (gemm SGEMM on every core, other loops in index order)
 //!                              └─ VulkanBackend  (GLSL → SPIR-V shaders, one submission a step)
+//!  GraphModel (layer graphs) ──► step_with(GraphOps) ──► loss, gradients
+//!                              ├─ HostOps     (host loops, matrix multiplies on the backend: the reference)
+//!                              └─ DeviceOps   (every layer a Vulkan shader, one submission a step)
 //!  compare::agree: the cross-backend tolerance the rater applies
 //! ```
 
@@ -16,6 +19,8 @@ pub mod compare;
 pub mod cpu;
 pub mod error;
 pub mod graph;
+pub mod graph_ops;
+pub mod host_ops;
 pub mod inference;
 pub mod model;
 pub mod step;

@@ -3,42 +3,12 @@
 //! machines without a GPU (installed by `ops/install-test-deps.sh`). No device is a failure, never
 //! a skip. Where the Khronos validation layer is installed it is on, and any message fails.
 
-use aic_kernels::compare::{agree, agree_within};
-use aic_kernels::{AdamParams, Backend, Batch, CpuBackend, Matrix, ModelSpec, VulkanBackend, VulkanOptions};
+mod common;
+
+use aic_kernels::compare::agree_within;
+use aic_kernels::{AdamParams, Backend, Batch, CpuBackend, Matrix, ModelSpec, VulkanBackend};
+use common::{assert_no_validation_messages, close, random, vulkan};
 use rand::{Rng, SeedableRng};
-
-fn vulkan() -> VulkanBackend {
-    let backend = VulkanBackend::new(VulkanOptions {
-        allow_cpu_device: true,
-        validation: true,
-    })
-    .unwrap_or_else(|e| panic!("a Vulkan device is required for this test (install lavapipe): {e}"));
-    eprintln!("testing on {}", backend.describe());
-    backend
-}
-
-fn assert_no_validation_messages(backend: &VulkanBackend) {
-    let messages = backend.validation_messages();
-    assert!(messages.is_empty(), "validation layer reported: {messages:#?}");
-}
-
-fn random(rng: &mut impl Rng, rows: usize, cols: usize) -> Matrix {
-    Matrix::new(
-        rows,
-        cols,
-        (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
-    )
-    .unwrap()
-}
-
-fn close(what: &str, cpu: &[f32], gpu: &[f32]) {
-    if let Err(m) = agree(cpu, gpu) {
-        panic!(
-            "{what}: element {} differs: cpu {} vs vulkan {}",
-            m.index, m.left, m.right
-        );
-    }
-}
 
 #[test]
 fn matmul_matches_the_cpu_for_every_transpose_and_odd_sizes() {
@@ -253,11 +223,10 @@ fn training_steps_lower_the_loss_alike_on_both_backends() {
     assert_no_validation_messages(&gpu);
 }
 
-/// A layer graph's matrix multiplies (dense layers, convolutions as im2col + GEMM, forward and
-/// backward) on the Vulkan backend: the loss and every gradient as on the CPU, within the
-/// tolerance the rater applies, for a graph with every layer kind at odd sizes.
+/// A layer graph's whole step on the Vulkan backend: the loss and every gradient as on the CPU,
+/// within the tolerance the rater applies, for a graph with every layer kind at odd sizes.
 #[test]
-fn a_layer_graph_gives_the_cpus_gradients_with_its_matrix_multiplies_on_vulkan() {
+fn a_layer_graph_step_on_vulkan_gives_the_cpus_loss_and_gradients() {
     use aic_kernels::graph::GraphModel;
     let description = r#"
 name = "every-layer"

@@ -31,10 +31,25 @@ pub enum Kernel {
     Reduce,
     Sgd,
     Adam,
+    // The layers of a layer graph (see `graph_ops`).
+    Im2col,
+    Col2im,
+    ConvOutput,
+    ConvOutputGrad,
+    Pool,
+    PoolBackward,
+    Activation,
+    ActivationBackward,
+    Dropout,
+    Elementwise,
+    LayerNorm,
+    LayerNormBackward,
+    LayerNormParams,
+    RegressionLoss,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::Matmul,
         Kernel::MatmulBlocked,
         Kernel::BiasAct,
@@ -44,6 +59,20 @@ impl Kernel {
         Kernel::Reduce,
         Kernel::Sgd,
         Kernel::Adam,
+        Kernel::Im2col,
+        Kernel::Col2im,
+        Kernel::ConvOutput,
+        Kernel::ConvOutputGrad,
+        Kernel::Pool,
+        Kernel::PoolBackward,
+        Kernel::Activation,
+        Kernel::ActivationBackward,
+        Kernel::Dropout,
+        Kernel::Elementwise,
+        Kernel::LayerNorm,
+        Kernel::LayerNormBackward,
+        Kernel::LayerNormParams,
+        Kernel::RegressionLoss,
     ];
 
     fn spirv(self) -> &'static [u8] {
@@ -57,6 +86,20 @@ impl Kernel {
             Kernel::Reduce => spirv!("reduce"),
             Kernel::Sgd => spirv!("sgd"),
             Kernel::Adam => spirv!("adam"),
+            Kernel::Im2col => spirv!("im2col"),
+            Kernel::Col2im => spirv!("col2im"),
+            Kernel::ConvOutput => spirv!("conv_output"),
+            Kernel::ConvOutputGrad => spirv!("conv_output_grad"),
+            Kernel::Pool => spirv!("pool"),
+            Kernel::PoolBackward => spirv!("pool_backward"),
+            Kernel::Activation => spirv!("activation"),
+            Kernel::ActivationBackward => spirv!("activation_backward"),
+            Kernel::Dropout => spirv!("dropout"),
+            Kernel::Elementwise => spirv!("elementwise"),
+            Kernel::LayerNorm => spirv!("layer_norm"),
+            Kernel::LayerNormBackward => spirv!("layer_norm_backward"),
+            Kernel::LayerNormParams => spirv!("layer_norm_params"),
+            Kernel::RegressionLoss => spirv!("regression_loss"),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! into one command buffer and submitted once (vulkano inserts the barriers between dispatches).
 
 mod context;
+mod graph_ops;
 mod kernels;
 
 use std::collections::HashMap;
@@ -21,10 +22,14 @@ use vulkano::sync::{self, GpuFuture};
 
 use context::Context;
 pub use context::VulkanOptions;
+use graph_ops::DeviceOps;
+pub use graph_ops::DeviceTensor;
 use kernels::{Kernel, Pipelines};
 
 use crate::backend::{check_adam, check_labels, check_len, check_matmul, check_same, AdamParams, Backend};
 use crate::error::{check_finite, KernelError, Result};
+use crate::graph::GraphModel;
+use crate::graph_ops::{GraphOps, Shaped};
 use crate::model::{Batch, ModelSpec, Weights};
 use crate::tensor::Matrix;
 
@@ -55,6 +60,7 @@ pub struct VulkanBackend {
     /// Whether the device runs the register-blocked matrix multiply (256 invocations and 8 KiB
     /// of shared memory per workgroup); the 16×16 kernel otherwise.
     blocked_matmul: bool,
+    submissions: u64,
 }
 
 impl VulkanBackend {
@@ -69,6 +75,7 @@ impl VulkanBackend {
             && properties.max_compute_shared_memory_size >= 2 * 64 * 16 * 4;
         Ok(VulkanBackend {
             blocked_matmul,
+            submissions: 0,
             memory: Arc::new(StandardMemoryAllocator::new_default(device.clone())),
             descriptor_sets: Arc::new(StandardDescriptorSetAllocator::new(
                 device.clone(),
@@ -134,6 +141,31 @@ impl VulkanBackend {
         let elapsed = started.elapsed();
         self.recycle(done);
         Ok(elapsed)
+    }
+
+    /// Records whatever `record` asks of the layer-graph operations into one command buffer,
+    /// submits it, and reads back the tensors it answers (tests and benchmarks drive single
+    /// operations through this).
+    pub fn with_graph_ops(
+        &mut self,
+        record: impl FnOnce(
+            &mut dyn GraphOps<Tensor = DeviceTensor, Indices = Subbuffer<[u32]>>,
+        ) -> Result<Vec<DeviceTensor>>,
+    ) -> Result<Vec<Matrix>> {
+        let mut rec = Recorder::new(self)?;
+        let outputs = record(&mut DeviceOps::new(&mut rec))?;
+        let done = rec.submit()?;
+        let read = outputs
+            .iter()
+            .map(|t| Matrix::new(t.rows(), t.cols(), self.download(&t.buffer, t.rows() * t.cols())?))
+            .collect();
+        self.recycle(done);
+        read
+    }
+
+    /// Command buffers submitted so far: a layer graph's training step is one.
+    pub fn submissions(&self) -> u64 {
+        self.submissions
     }
 
     /// Submits an empty command buffer and waits: the floor under every step's host overhead.
@@ -232,6 +264,17 @@ impl<'a> Recorder<'a> {
 
     fn labels(&mut self, labels: &[u32]) -> Result<Subbuffer<[u32]>> {
         let buffer = self.backend.upload_labels(labels)?;
+        self.labels.push(buffer.clone());
+        Ok(buffer)
+    }
+
+    /// An index buffer for a kernel to fill, poisoned with `u32::MAX` first.
+    fn indices(&mut self, len: usize) -> Result<Subbuffer<[u32]>> {
+        let buffer = match self.backend.free_labels.get_mut(&len.max(1)).and_then(Vec::pop) {
+            Some(buffer) => buffer,
+            None => self.backend.new_buffer(len)?,
+        };
+        self.builder.fill_buffer(buffer.clone(), u32::MAX).map_err(vk)?;
         self.labels.push(buffer.clone());
         Ok(buffer)
     }
@@ -425,6 +468,7 @@ impl<'a> Recorder<'a> {
             labels,
         } = self;
         let commands = builder.build().map_err(vk)?;
+        backend.submissions += 1;
         sync::now(backend.context.device.clone())
             .then_execute(backend.context.queue.clone(), commands)
             .map_err(vk)?
@@ -601,6 +645,40 @@ impl Backend for VulkanBackend {
         m.copy_from_slice(&results.1?);
         v.copy_from_slice(&results.2?);
         Ok(())
+    }
+
+    /// A layer graph's whole step — forward, loss, backward — recorded into one command buffer
+    /// and submitted once; only the loss and the gradients come back.
+    fn graph_train_step(
+        &mut self,
+        graph: &GraphModel,
+        weights: &Weights,
+        batch: &Batch,
+        dropout_seed: u64,
+    ) -> Result<(f32, Weights)> {
+        let mut rec = Recorder::new(self)?;
+        let (loss_sum, grads) =
+            graph.step_with(&mut DeviceOps::new(&mut rec), weights, batch, dropout_seed)?;
+        let done = rec.submit()?;
+        let read = (|| {
+            let loss = self.download(&loss_sum.buffer, 1)?[0] / batch.x.rows.max(1) as f32;
+            let tensors = grads
+                .iter()
+                .map(|g| Matrix::new(g.rows(), g.cols(), self.download(&g.buffer, g.rows() * g.cols())?))
+                .collect::<Result<Vec<_>>>()?;
+            Ok::<_, KernelError>((loss, Weights { tensors }))
+        })();
+        self.recycle(done);
+        read
+    }
+
+    fn graph_outputs(&mut self, graph: &GraphModel, weights: &Weights, x: &Matrix) -> Result<Matrix> {
+        let mut rec = Recorder::new(self)?;
+        let out = graph.outputs_with(&mut DeviceOps::new(&mut rec), weights, x)?;
+        let done = rec.submit()?;
+        let data = self.download(&out.buffer, out.rows() * out.cols());
+        self.recycle(done);
+        Matrix::new(out.rows(), out.cols(), data?)
     }
 
     /// The whole step — forward, loss, backward — in one command buffer and one submission.
