@@ -75,6 +75,16 @@ fn main() {
         v.use_simple_matmul();
         v.warm_up().unwrap();
     }
+    // The blocked kernel with scalar loads: what vec4 loads buy.
+    let mut scalar = VulkanBackend::new(VulkanOptions {
+        allow_cpu_device: true,
+        validation: false,
+    })
+    .ok();
+    if let Some(v) = scalar.as_mut() {
+        v.use_scalar_loads();
+        v.warm_up().unwrap();
+    }
 
     let sizes: Vec<usize> = [256usize, 512, 1024, 2048]
         .into_iter()
@@ -84,15 +94,17 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("\nmatrix multiply, n×n·n×n, f32 ({cores} cores)");
     println!(
-        "  {:>5} {:>16} {:>16} {:>16} {:>16} {:>12} {:>16} {:>16} {:>10}",
+        "  {:>5} {:>16} {:>16} {:>16} {:>16} {:>12} {:>16} {:>16} {:>16} {:>10} {:>10}",
         "n",
         "matrixmultiply 1t",
         "cpu gemm 1t",
         "cpu gemm all",
         "numpy BLAS all",
         "all ÷ BLAS",
-        "vulkan blocked",
+        "vulkan vec4",
+        "vulkan scalar",
         "vulkan 16×16",
+        "vec4 ÷",
         "blocked ÷"
     );
     let mut one = CpuBackend::default();
@@ -125,22 +137,25 @@ fn main() {
         let on_vulkan = |v: &&mut VulkanBackend| !v.is_cpu_device() || n <= LAVAPIPE_MAX_N;
         let vulkan_gflops = vulkan.as_mut().filter(on_vulkan).map(time_vulkan);
         let simple_gflops = simple.as_mut().filter(on_vulkan).map(time_vulkan);
+        let scalar_gflops = scalar.as_mut().filter(on_vulkan).map(time_vulkan);
         let cell = |g: Option<f64>| g.map_or_else(|| "-".to_string(), |g| format!("{g:.1} GF/s"));
         let blas_n = blas.as_ref().ok().map(|b| b[i]);
-        let blocked_ratio = match (vulkan_gflops, simple_gflops) {
-            (Some(b), Some(s)) => format!("{:.2}×", b / s),
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}×", a / b),
             _ => "-".to_string(),
         };
         println!(
-            "  {n:>5} {:>16} {:>16} {:>16} {:>16} {:>12} {:>16} {:>16} {:>10}",
+            "  {n:>5} {:>16} {:>16} {:>16} {:>16} {:>12} {:>16} {:>16} {:>16} {:>10} {:>10}",
             cell(Some(baseline)),
             cell(Some(one_gflops)),
             cell(Some(all_gflops)),
             cell(blas_n),
             blas_n.map_or_else(|| "-".to_string(), |b| format!("{:.2}×", all_gflops / b)),
             cell(vulkan_gflops),
+            cell(scalar_gflops),
             cell(simple_gflops),
-            blocked_ratio,
+            ratio(vulkan_gflops, scalar_gflops),
+            ratio(scalar_gflops, simple_gflops),
         );
     }
     if vulkan.as_ref().is_some_and(|v| v.is_cpu_device()) && sizes.iter().any(|&n| n > LAVAPIPE_MAX_N) {

@@ -34,5 +34,5 @@ fn committed_spirv_matches_the_shader_sources() {
         checked += 1;
     }
     std::fs::remove_dir_all(&out).ok();
-    assert_eq!(checked, 23, "every shader was checked");
+    assert_eq!(checked, 24, "every shader was checked");
 }

@@ -24,6 +24,8 @@ pub enum Kernel {
     Matmul,
     /// Register-blocked matrix multiply (64×64 tiles, 4×4 per invocation).
     MatmulBlocked,
+    /// The same with vec4 loads, where the stored rows' lengths are multiples of 4.
+    MatmulBlockedVec4,
     BiasAct,
     ReluBackward,
     SoftmaxXent,
@@ -49,9 +51,10 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::Matmul,
         Kernel::MatmulBlocked,
+        Kernel::MatmulBlockedVec4,
         Kernel::BiasAct,
         Kernel::ReluBackward,
         Kernel::SoftmaxXent,
@@ -79,6 +82,7 @@ impl Kernel {
         match self {
             Kernel::Matmul => spirv!("matmul"),
             Kernel::MatmulBlocked => spirv!("matmul_blocked"),
+            Kernel::MatmulBlockedVec4 => spirv!("matmul_blocked_vec4"),
             Kernel::BiasAct => spirv!("bias_act"),
             Kernel::ReluBackward => spirv!("relu_backward"),
             Kernel::SoftmaxXent => spirv!("softmax_xent"),

@@ -60,6 +60,9 @@ pub struct VulkanBackend {
     /// Whether the device runs the register-blocked matrix multiply (256 invocations and 8 KiB
     /// of shared memory per workgroup); the 16×16 kernel otherwise.
     blocked_matmul: bool,
+    /// Whether the blocked matrix multiply loads vec4s where the shapes allow.
+    vector_loads: bool,
+    vector_load_multiplies: u64,
     submissions: u64,
 }
 
@@ -76,6 +79,8 @@ impl VulkanBackend {
         Ok(VulkanBackend {
             blocked_matmul,
             submissions: 0,
+            vector_loads: true,
+            vector_load_multiplies: 0,
             memory: Arc::new(StandardMemoryAllocator::new_default(device.clone())),
             descriptor_sets: Arc::new(StandardDescriptorSetAllocator::new(
                 device.clone(),
@@ -102,6 +107,12 @@ impl VulkanBackend {
     /// Uses the 16×16 matrix multiply even where the blocked one could run (to compare them).
     pub fn use_simple_matmul(&mut self) {
         self.blocked_matmul = false;
+    }
+
+    /// Keeps the blocked matrix multiply on scalar loads even where vec4 loads could run (to
+    /// compare them).
+    pub fn use_scalar_loads(&mut self) {
+        self.vector_loads = false;
     }
 
     pub fn is_cpu_device(&self) -> bool {
@@ -161,6 +172,11 @@ impl VulkanBackend {
             .collect();
         self.recycle(done);
         read
+    }
+
+    /// Matrix multiplies recorded with vec4 loads so far.
+    pub fn vector_load_multiplies(&self) -> u64 {
+        self.vector_load_multiplies
     }
 
     /// Command buffers submitted so far: a layer graph's training step is one.
@@ -339,13 +355,18 @@ impl<'a> Recorder<'a> {
             WriteDescriptorSet::buffer(1, b.clone()),
             WriteDescriptorSet::buffer(2, c.clone()),
         ];
+        // vec4 loads need every stored row's length to be a multiple of 4: op(A)'s m×k is
+        // stored with rows of k (k×m when transposed: rows of m); op(B)'s k×n rows of n (or k).
+        let rows_of_four =
+            (if transpose_a { m } else { k }) % 4 == 0 && (if transpose_b { k } else { n }) % 4 == 0;
         if self.backend.blocked_matmul {
-            self.dispatch(
-                Kernel::MatmulBlocked,
-                writes,
-                push,
-                [groups(n, 64), groups(m, 64), 1],
-            )?;
+            let kernel = if self.backend.vector_loads && rows_of_four {
+                self.backend.vector_load_multiplies += 1;
+                Kernel::MatmulBlockedVec4
+            } else {
+                Kernel::MatmulBlocked
+            };
+            self.dispatch(kernel, writes, push, [groups(n, 64), groups(m, 64), 1])?;
         } else {
             self.dispatch(Kernel::Matmul, writes, push, [groups(n, 16), groups(m, 16), 1])?;
         }
