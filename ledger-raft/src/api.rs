@@ -10,7 +10,7 @@ use crate::block::BlockHeader;
 use crate::error::TxError;
 use crate::keys::Address;
 use crate::raft::types::{ReplicaAddr, ReplicaId};
-use crate::state::{Account, Asset, Event, HistoryEntry};
+use crate::state::{Account, ApiKey, Asset, Event, HistoryEntry, Publication};
 use crate::tx::SignedTransaction;
 
 /// Most blocks one `Blocks` answer carries.
@@ -58,6 +58,14 @@ pub enum LedgerRequest {
     ChangeMembership {
         voters: Vec<ReplicaId>,
     },
+    /// What a gateway checks before serving a call: the API key (by its hash), its account's
+    /// inference escrow, and the published model a name (alias or asset id) resolves to.
+    InferenceAccess {
+        key_hash: [u8; 32],
+        model: String,
+    },
+    /// An account's API keys (hashes and labels) and its inference escrow.
+    ApiKeys(Address),
 }
 
 impl LedgerRequest {
@@ -78,6 +86,8 @@ impl LedgerRequest {
             LedgerRequest::Audit => "audit",
             LedgerRequest::AddLearner { .. } => "add_learner",
             LedgerRequest::ChangeMembership { .. } => "change_membership",
+            LedgerRequest::InferenceAccess { .. } => "inference_access",
+            LedgerRequest::ApiKeys(_) => "api_keys",
         }
     }
 
@@ -127,6 +137,11 @@ impl LedgerRequest {
             },
             // No voters: refused by openraft, membership unchanged.
             LedgerRequest::ChangeMembership { voters: Vec::new() },
+            LedgerRequest::InferenceAccess {
+                key_hash: [7; 32],
+                model: "nothing".into(),
+            },
+            LedgerRequest::ApiKeys(nobody),
         ]
     }
 
@@ -197,6 +212,30 @@ pub enum LedgerResponse {
     MembershipChanged {
         index: u64,
     },
+    InferenceAccess(InferenceAccess),
+    ApiKeys {
+        keys: Vec<([u8; 32], ApiKey)>,
+        escrow: Amount,
+    },
+}
+
+/// A published model as a gateway serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedModel {
+    pub id: AssetId,
+    pub asset: Asset,
+    pub publication: Publication,
+}
+
+/// The answer to [`LedgerRequest::InferenceAccess`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceAccess {
+    /// The key's record, if the hash is registered (revoked or not).
+    pub key: Option<ApiKey>,
+    /// The key's account's inference escrow (zero without a key).
+    pub escrow: Amount,
+    /// The live publication the name resolves to, if any.
+    pub model: Option<PublishedModel>,
 }
 
 /// Why a ledger request could not be served (distinct from a transaction's refusal, which is a

@@ -51,6 +51,8 @@ pub const TABLE: &[LedgerRule] = &[
     rule("blocks", EVERYONE),
     rule("status", EVERYONE),
     rule("audit", EVERYONE),
+    rule("inference_access", EVERYONE),
+    rule("api_keys", EVERYONE),
     rule("add_learner", OPERATORS),
     rule("change_membership", OPERATORS),
 ];
@@ -81,6 +83,10 @@ pub fn check_stateless(state: &LedgerState, signed: &SignedTransaction) -> Resul
     if system && tx.from != state.genesis.system_key {
         return Err(TxError::NotSystem);
     }
+    if tx.call.is_settlement() && !state.may_settle_inference(&tx.from) {
+        return Err(TxError::NotSettler);
+    }
+    let system = system || tx.call.is_settlement();
     let (what, max) = if system {
         ("system", MAX_SYSTEM_TX_BYTES)
     } else {

@@ -71,6 +71,18 @@ pub enum TxError {
     /// Refused before consensus: the transaction is larger than its kind may be.
     #[error("a {what} transaction of {bytes} bytes exceeds the {max}-byte limit")]
     TooLarge { what: String, bytes: u64, max: u64 },
+    #[error("alias {alias:?} already names asset {asset}")]
+    AliasTaken {
+        alias: String,
+        asset: aic_protocol::AssetId,
+    },
+    #[error("model {0} is not published for inference")]
+    NotPublished(String),
+    /// A gateway's settlement periods only go forward: a retried settlement is refused whole.
+    #[error("inference period {period} is settled already (last settled: {last})")]
+    PeriodSettled { period: u64, last: u64 },
+    #[error("only the system key or an inference settler named in genesis may settle inference")]
+    NotSettler,
 }
 
 impl TxError {
@@ -101,6 +113,10 @@ impl TxError {
             TxError::TooLarge { .. } => 121,
             TxError::JobNotRecorded(_) => 122,
             TxError::NotTheRunner { .. } => 123,
+            TxError::AliasTaken { .. } => 124,
+            TxError::NotPublished(_) => 125,
+            TxError::PeriodSettled { .. } => 126,
+            TxError::NotSettler => 127,
         }
     }
 
@@ -131,6 +147,10 @@ impl TxError {
             TxError::TooLarge { .. } => "too_large",
             TxError::JobNotRecorded(_) => "job_not_recorded",
             TxError::NotTheRunner { .. } => "not_the_runner",
+            TxError::AliasTaken { .. } => "alias_taken",
+            TxError::NotPublished(_) => "not_published",
+            TxError::PeriodSettled { .. } => "period_settled",
+            TxError::NotSettler => "not_settler",
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct Genesis {
     pub issuance: IssuanceCurve,
     /// The scheduler's key: the only signer of system transactions.
     pub system_key: Address,
+    /// Inference gateways' keys: besides the system key, the only signers of inference
+    /// settlements.
+    #[serde(default)]
+    pub inference_settlers: Vec<Address>,
 }
 
 /// One genesis share.
@@ -71,6 +75,7 @@ impl Genesis {
             },
             issuance: IssuanceCurve::default(),
             system_key,
+            inference_settlers: Vec::new(),
         }
     }
 

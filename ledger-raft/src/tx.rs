@@ -173,6 +173,39 @@ pub enum Call {
         job: JobId,
         runner: NodeId,
     },
+    // Inference
+    /// Offers a TrainedModel the caller owns for inference at a price per 1,000 rows, under an
+    /// optional alias; publishing again changes the price and alias.
+    PublishModel {
+        asset: AssetId,
+        price_per_1k_rows: Amount,
+        alias: Option<String>,
+    },
+    UnpublishModel {
+        asset: AssetId,
+    },
+    /// Moves AIC from the caller's balance into its prepaid inference escrow.
+    FundInference {
+        amount: Amount,
+    },
+    WithdrawInference {
+        amount: Amount,
+    },
+    /// Binds an API key (by its BLAKE3 hash; the key never reaches the ledger) to the caller.
+    CreateApiKey {
+        key_hash: [u8; 32],
+        label: String,
+    },
+    RevokeApiKey {
+        key_hash: [u8; 32],
+    },
+    /// One period of a gateway's metered usage, signed by the system key or an inference
+    /// settler named in genesis; each signer's periods only go forward.
+    SettleInference {
+        period: u64,
+        tariff: crate::state::InferenceTariff,
+        usage: Vec<crate::state::InferenceUsage>,
+    },
 }
 
 impl Call {
@@ -191,6 +224,11 @@ impl Call {
                 | Call::AccrueRewards { .. }
                 | Call::PayRewardEpoch { .. }
         )
+    }
+
+    /// Settlements are signed by a gateway's key (or the system key), not a user's.
+    pub fn is_settlement(&self) -> bool {
+        matches!(self, Call::SettleInference { .. })
     }
 
     /// The call's name, a closed set for metric labels.
@@ -219,6 +257,13 @@ impl Call {
             Call::TakeOverJob { .. } => "take_over_job",
             Call::AccrueRewards { .. } => "accrue_rewards",
             Call::PayRewardEpoch { .. } => "pay_reward_epoch",
+            Call::PublishModel { .. } => "publish_model",
+            Call::UnpublishModel { .. } => "unpublish_model",
+            Call::FundInference { .. } => "fund_inference",
+            Call::WithdrawInference { .. } => "withdraw_inference",
+            Call::CreateApiKey { .. } => "create_api_key",
+            Call::RevokeApiKey { .. } => "revoke_api_key",
+            Call::SettleInference { .. } => "settle_inference",
         }
     }
 }

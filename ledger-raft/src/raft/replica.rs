@@ -19,9 +19,10 @@ use super::mem_log_store::MemLogStore;
 use super::network::QuicNetwork;
 use super::state_machine::{Applied, LedgerStateMachine, SharedState};
 use super::types::{replica_id_of, CommandOutcome, LedgerCommand, Raft, ReplicaAddr, ReplicaId};
+use crate::amount::Amount;
 use crate::api::{
-    decode, encode, AccountView, LedgerApiError, LedgerRequest, LedgerResponse, LedgerResult, LedgerStatus,
-    ReplicaView, MAX_BLOCKS_PER_REQUEST,
+    decode, encode, AccountView, InferenceAccess, LedgerApiError, LedgerRequest, LedgerResponse,
+    LedgerResult, LedgerStatus, PublishedModel, ReplicaView, MAX_BLOCKS_PER_REQUEST,
 };
 use crate::authz;
 use crate::error::TxError;
@@ -339,6 +340,33 @@ impl LedgerReplica {
                     .map(|(header, txs)| (header.clone(), txs.clone()))
                     .collect()
             }))),
+            LedgerRequest::InferenceAccess { key_hash, model } => {
+                Ok(LedgerResponse::InferenceAccess(self.read(|a| {
+                    let key = a.state.api_keys.get(&key_hash).cloned();
+                    let escrow = key
+                        .as_ref()
+                        .map_or(Amount::ZERO, |k| a.state.inference_escrow_of(&k.account));
+                    let model = a.state.resolve_model(&model).and_then(|(id, publication)| {
+                        let asset = a.state.assets.get(&id)?.clone();
+                        publication.live.then(|| PublishedModel {
+                            id,
+                            asset,
+                            publication: publication.clone(),
+                        })
+                    });
+                    InferenceAccess { key, escrow, model }
+                })))
+            }
+            LedgerRequest::ApiKeys(account) => Ok(self.read(|a| LedgerResponse::ApiKeys {
+                keys: a
+                    .state
+                    .api_keys
+                    .iter()
+                    .filter(|(_, k)| k.account == account)
+                    .map(|(hash, k)| (*hash, k.clone()))
+                    .collect(),
+                escrow: a.state.inference_escrow_of(&account),
+            })),
             LedgerRequest::Status => Ok(LedgerResponse::Status(self.status())),
             LedgerRequest::Audit => Ok(LedgerResponse::Audit(
                 self.read(|a| a.state.audit().map_err(|v| v.to_string())),

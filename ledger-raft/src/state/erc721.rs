@@ -273,6 +273,7 @@ impl LedgerState {
         let asset = self.managed_asset(caller, asset_id)?;
         let owner = asset.owner;
         self.assets.remove(asset_id);
+        self.forget_publication(asset_id);
         self.bump_count(&owner, false);
         Ok(vec![Event::AssetTransfer {
             from: Some(owner),

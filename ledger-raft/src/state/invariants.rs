@@ -25,6 +25,12 @@ pub(super) fn audit(state: &LedgerState) -> Result<(), InvariantViolation> {
     for escrow in state.escrows.values() {
         held = add(held, escrow.remaining.0)?;
     }
+    for escrow in state.inference_escrow.values() {
+        if escrow.is_zero() {
+            return Err(violation("an empty inference escrow was kept"));
+        }
+        held = add(held, escrow.0)?;
+    }
     let left = add(held, state.burned.0)?;
     let right = state
         .genesis_supply
@@ -56,6 +62,14 @@ pub(super) fn audit(state: &LedgerState) -> Result<(), InvariantViolation> {
                 "asset {id} is not the one minted for its content hash"
             )));
         }
+    }
+    for (alias, id) in &state.aliases {
+        if state.published.get(id).and_then(|p| p.alias.as_ref()) != Some(alias) {
+            return Err(violation(format!("alias {alias} does not name its publication")));
+        }
+    }
+    if let Some(id) = state.published.keys().find(|id| !state.assets.contains_key(id)) {
+        return Err(violation(format!("published model {id} is not an asset")));
     }
     if counts != state.asset_counts {
         return Err(violation("asset owner counts do not match the assets"));

@@ -11,6 +11,11 @@ mod erc20;
 mod erc721;
 pub use erc721::MAX_MANIFEST_BYTES;
 mod escrow;
+mod inference;
+pub use inference::{
+    ApiKey, InferenceTariff, InferenceUsage, Publication, MAX_ALIAS_BYTES, MAX_KEYS_PER_ACCOUNT,
+    MAX_USAGE_LINES,
+};
 mod invariants;
 mod jobs;
 pub use jobs::{
@@ -189,6 +194,49 @@ pub enum Event {
         /// Accrued rewards the issuance cap held back for later epochs.
         still_accrued: Amount,
     },
+    ModelPublished {
+        asset: AssetId,
+        owner: Address,
+        price_per_1k_rows: Amount,
+        alias: Option<String>,
+    },
+    ModelUnpublished {
+        asset: AssetId,
+    },
+    InferenceFunded {
+        account: Address,
+        amount: Amount,
+    },
+    InferenceWithdrawn {
+        account: Address,
+        amount: Amount,
+    },
+    ApiKeyCreated {
+        account: Address,
+        key_hash: [u8; 32],
+    },
+    ApiKeyRevoked {
+        account: Address,
+        key_hash: [u8; 32],
+    },
+    /// A payer's metered rows of one model in a settled period, and what they cost in all.
+    InferenceCharged {
+        period: u64,
+        payer: Address,
+        model: AssetId,
+        rows: u64,
+        amount: Amount,
+    },
+    InferencePaid {
+        model: AssetId,
+        to: Address,
+        amount: Amount,
+        kind: PayoutKind,
+    },
+    InferenceFeeBurned {
+        period: u64,
+        amount: Amount,
+    },
 }
 
 impl Event {
@@ -223,7 +271,16 @@ impl Event {
             | Event::JobRecorded { .. }
             | Event::JobCheckpointed { .. }
             | Event::JobTakenOver { .. }
-            | Event::RewardEpochPaid { .. } => {}
+            | Event::RewardEpochPaid { .. }
+            | Event::ModelUnpublished { .. }
+            | Event::InferenceFeeBurned { .. } => {}
+            Event::ModelPublished { owner, .. } => parties.push(*owner),
+            Event::InferenceFunded { account, .. }
+            | Event::InferenceWithdrawn { account, .. }
+            | Event::ApiKeyCreated { account, .. }
+            | Event::ApiKeyRevoked { account, .. } => parties.push(*account),
+            Event::InferenceCharged { payer, .. } => parties.push(*payer),
+            Event::InferencePaid { to, .. } => parties.push(*to),
             Event::Staked { account, .. }
             | Event::Unstaked { account, .. }
             | Event::Slashed { account, .. } => parties.push(*account),
@@ -271,6 +328,15 @@ pub struct LedgerState {
     /// Ledger time: the last block's timestamp.
     pub time_ms: u64,
     pub history: BTreeMap<Address, VecDeque<HistoryEntry>>,
+    /// TrainedModels offered for inference, and their aliases.
+    pub published: BTreeMap<AssetId, Publication>,
+    pub aliases: BTreeMap<String, AssetId>,
+    /// API keys by the BLAKE3 hash of the key.
+    pub api_keys: BTreeMap<[u8; 32], ApiKey>,
+    /// Each account's prepaid inference escrow (none kept empty).
+    pub inference_escrow: BTreeMap<Address, Amount>,
+    /// The last inference period each settler settled.
+    pub inference_settled: BTreeMap<Address, u64>,
     pub blocks: Vec<BlockHeader>,
     /// Transaction hashes of each sealed block, by height.
     pub block_transactions: Vec<Vec<[u8; 32]>>,
@@ -302,6 +368,11 @@ impl LedgerState {
             reward_epoch: 0,
             time_ms: genesis.time_ms,
             history: BTreeMap::new(),
+            published: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            api_keys: BTreeMap::new(),
+            inference_escrow: BTreeMap::new(),
+            inference_settled: BTreeMap::new(),
             blocks: vec![BlockHeader::genesis(genesis.time_ms)],
             block_transactions: vec![Vec::new()],
             pending: Vec::new(),
@@ -398,6 +469,9 @@ impl LedgerState {
         if tx.call.is_system() && tx.from != self.genesis.system_key {
             return Err(TxError::NotSystem);
         }
+        if tx.call.is_settlement() && !self.may_settle_inference(&tx.from) {
+            return Err(TxError::NotSettler);
+        }
         let expected = self.account(&tx.from).nonce;
         if tx.nonce != expected {
             return Err(TxError::BadNonce {
@@ -479,6 +553,21 @@ impl LedgerState {
             Call::TakeOverJob { job, runner } => self.take_over_job(job, *runner),
             Call::AccrueRewards { job, rewards } => self.accrue_rewards(job, rewards),
             Call::PayRewardEpoch { epoch } => self.pay_reward_epoch(*epoch),
+            Call::PublishModel {
+                asset,
+                price_per_1k_rows,
+                alias,
+            } => self.publish_model(from, asset, *price_per_1k_rows, alias),
+            Call::UnpublishModel { asset } => self.unpublish_model(from, asset),
+            Call::FundInference { amount } => self.fund_inference(from, *amount),
+            Call::WithdrawInference { amount } => self.withdraw_inference(from, *amount),
+            Call::CreateApiKey { key_hash, label } => self.create_api_key(from, key_hash, label),
+            Call::RevokeApiKey { key_hash } => self.revoke_api_key(from, key_hash),
+            Call::SettleInference {
+                period,
+                tariff,
+                usage,
+            } => self.settle_inference(from, *period, *tariff, usage),
         }
     }
 
@@ -507,6 +596,11 @@ impl LedgerState {
             });
         }
         Ok(())
+    }
+
+    /// Whether `signer` may settle inference: the system key or a settler named in genesis.
+    pub fn may_settle_inference(&self, signer: &Address) -> bool {
+        *signer == self.genesis.system_key || self.genesis.inference_settlers.contains(signer)
     }
 
     /// Runs the audit; a violation is fatal for the replica.
