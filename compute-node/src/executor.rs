@@ -1,5 +1,6 @@
 //! The device thread: one OS thread owns the kernel backend (a Vulkan device or the CPU), runs
-//! tasks one at a time in the order they arrive, and measures the device at start.
+//! tasks and inference batches one at a time in the order they arrive, and measures the device
+//! at start.
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -48,17 +49,30 @@ struct Work {
     reply: oneshot::Sender<Result<Computed, String>>,
 }
 
+/// A batch of encoded rows for a served model's forward pass.
+struct InferWork {
+    served: Arc<aic_kernels::inference::ServedGraph>,
+    x: Matrix,
+    reply: oneshot::Sender<Result<Matrix, String>>,
+}
+
+/// What the device thread runs.
+enum Job {
+    Task(Work),
+    Infer(InferWork),
+}
+
 /// A handle to the device thread.
 #[derive(Clone)]
 pub struct Executor {
-    work: mpsc::Sender<Work>,
+    work: mpsc::Sender<Job>,
 }
 
 impl Executor {
     /// Opens the backend on its own thread (the CPU backend on `cpu_threads` cores, 0 for
     /// every core) and measures it: a 256³ matrix multiply, best of 3.
     pub fn start(choice: BackendChoice, cpu_threads: usize) -> Result<(Executor, DeviceProbe), String> {
-        let (work_tx, work_rx) = mpsc::channel::<Work>();
+        let (work_tx, work_rx) = mpsc::channel::<Job>();
         let (probe_tx, probe_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("aic-device".into())
@@ -75,9 +89,20 @@ impl Executor {
                     return;
                 }
                 // Runs until every handle is dropped.
-                while let Ok(work) = work_rx.recv() {
-                    let result = run(backend.as_mut(), &work);
-                    let _ = work.reply.send(result);
+                while let Ok(job) = work_rx.recv() {
+                    match job {
+                        Job::Task(work) => {
+                            let result = run(backend.as_mut(), &work);
+                            let _ = work.reply.send(result);
+                        }
+                        Job::Infer(work) => {
+                            let result = work
+                                .served
+                                .outputs(backend.as_mut(), &work.x)
+                                .map_err(|e| e.to_string());
+                            let _ = work.reply.send(result);
+                        }
+                    }
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -101,7 +126,7 @@ impl Executor {
     ) -> Result<Computed, String> {
         let (reply, answer) = oneshot::channel();
         self.work
-            .send(Work {
+            .send(Job::Task(Work {
                 kind,
                 model,
                 seed,
@@ -110,11 +135,26 @@ impl Executor {
                 label,
                 batches,
                 reply,
-            })
+            }))
             .map_err(|_| "the device thread has stopped".to_string())?;
         answer
             .await
             .map_err(|_| "the device thread dropped the task".to_string())?
+    }
+
+    /// A served model's outputs for encoded rows, on the device thread.
+    pub async fn infer(
+        &self,
+        served: Arc<aic_kernels::inference::ServedGraph>,
+        x: Matrix,
+    ) -> Result<Matrix, String> {
+        let (reply, answer) = oneshot::channel();
+        self.work
+            .send(Job::Infer(InferWork { served, x, reply }))
+            .map_err(|_| "the device thread has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the device thread dropped the batch".to_string())?
     }
 }
 

@@ -5,9 +5,11 @@
 //! round's weights by name and the shards a task names from the storage nodes the allocator
 //! chose (keeping bounded caches of both), runs the local steps on the device thread, keeps the
 //! weight update for the runner to collect, and returns the result with a digest and timings.
+//! For inference gateways it runs published models' forward passes on batches of encoded rows.
 
 pub mod config;
 pub mod executor;
+mod inference;
 pub mod inner_optimizer;
 pub mod metrics;
 pub mod minibatch;
@@ -49,6 +51,8 @@ struct ComputeNode {
     backend: String,
     cache: Mutex<ShardCache>,
     tensors: std::sync::Mutex<TensorCache>,
+    /// Published models built for inference.
+    served: std::sync::Mutex<inference::ServedModels>,
     slots: Semaphore,
     outbound: quinn::Endpoint,
     storage: Mutex<HashMap<String, RpcClient>>,
@@ -127,6 +131,7 @@ impl RpcHandler for ComputeApi {
                 })
             }
             PeerRequest::SignBlock { header } => self.0.cosign_block(&header),
+            PeerRequest::Infer(request) => self.0.infer(*request).await,
             other => answer_peer(other),
         }
     }
@@ -392,6 +397,7 @@ pub fn start(
         backend: probe.describe,
         cache: Mutex::new(ShardCache::new(config.compute.cache_bytes)),
         tensors: std::sync::Mutex::new(TensorCache::new(config.compute.tensor_cache_bytes)),
+        served: std::sync::Mutex::new(inference::ServedModels::default()),
         slots: Semaphore::new(config.compute.task_slots as usize),
         outbound,
         storage: Mutex::new(HashMap::new()),

@@ -1,8 +1,11 @@
 //! The compute node's own metrics: tasks by kind and result, their duration, shard bytes
-//! fetched, cache hits, tensors refused, and the device's measured speed.
+//! fetched, cache hits, tensors refused, inference batches and rows served, and the device's
+//! measured speed.
 
 use aic_protocol::metrics::registered;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct ComputeMetrics {
@@ -13,6 +16,9 @@ pub struct ComputeMetrics {
     pub device_mflops: IntGauge,
     pub blocks_signed: IntCounterVec,
     pub tensor_refusals: IntCounterVec,
+    pub inference_batches: IntCounterVec,
+    pub inference_rows: IntCounter,
+    pub inference_duration: Histogram,
 }
 
 impl ComputeMetrics {
@@ -81,7 +87,34 @@ impl ComputeMetrics {
                     &["reason"],
                 )?,
             )?,
+            inference_batches: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_compute_inference_batches_total",
+                        "Inference batches run for gateways, by result",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            inference_rows: registered(
+                registry,
+                IntCounter::new("aic_compute_inference_rows_total", "Rows of inference served")?,
+            )?,
+            inference_duration: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "aic_compute_inference_duration_seconds",
+                        "Time from an inference batch's arrival to its outputs, a weights fetch included",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0001, 4.0, 10)?),
+                )?,
+            )?,
         };
+        for result in ["ok", "error"] {
+            metrics.inference_batches.with_label_values(&[result]);
+        }
         for reason in aic_protocol::tensor::REFUSAL_REASONS {
             metrics.tensor_refusals.with_label_values(&[reason]);
         }

@@ -154,6 +154,11 @@ impl GraphModel {
         self.loss
     }
 
+    /// Values per row of the last layer's output.
+    pub fn output_width(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.output.elements() as usize)
+    }
+
     /// The most values any layer holds per row, the input included.
     pub fn widest(&self) -> usize {
         self.layers

@@ -29,17 +29,55 @@ pub enum Prediction {
     Value(f64),
 }
 
-/// A trained model ready to answer raw rows.
+/// A trained model ready to answer raw rows on this machine: the preprocessing and the weights.
 pub struct Predictor {
-    graph: GraphModel,
+    preprocessor: Preprocessor,
+    served: ServedGraph,
+}
+
+/// What travels with a model between raw rows and answers, without its weights: the dataset's
+/// encoding of each column on the way in, class names or the target's units on the way out. An
+/// inference gateway encodes here and decodes what a compute node's [`ServedGraph`] answers.
+#[derive(Clone, Debug)]
+pub struct Preprocessor {
     loss: Loss,
-    weights: Weights,
     features: Vec<Feature>,
     null_markers: Vec<String>,
     classes: Vec<String>,
     /// The target's (mean, std) when the dataset regresses a standardised number.
     target: Option<(f64, f64)>,
     input_width: usize,
+    output_width: usize,
+}
+
+/// A model's layer graph with its trained weights: raw numbers in, outputs (logits, or a
+/// regression's standardised values) out, on any backend.
+#[derive(Clone, Debug)]
+pub struct ServedGraph {
+    graph: GraphModel,
+    weights: Weights,
+}
+
+impl ServedGraph {
+    /// `flat` is the trained parameters in the order updates travel in.
+    pub fn new(model: &TaskModel, flat: &[f32]) -> Result<Self> {
+        let graph = GraphModel::new(&graph_of(model)?)?;
+        let weights = Weights::from_flat(&graph.shapes(), flat)?;
+        graph.check_weights(&weights)?;
+        Ok(ServedGraph { graph, weights })
+    }
+
+    /// The outputs for encoded rows, the forward pass on `backend` (the whole pass on the device
+    /// of a Vulkan backend).
+    pub fn outputs(&self, backend: &mut dyn crate::Backend, x: &Matrix) -> Result<Matrix> {
+        crate::error::check_finite("features", &x.data)?;
+        backend.graph_outputs(&self.graph, &self.weights, x)
+    }
+
+    /// The outputs on the host.
+    pub fn outputs_on_host(&self, x: &Matrix) -> Result<Matrix> {
+        self.graph.predict(&self.weights, x)
+    }
 }
 
 /// The layer graph a task's model is: a description, or a fixed shape as its graph.
@@ -75,10 +113,42 @@ pub enum InputError {
 impl Predictor {
     /// `flat` is the trained parameters in the order updates travel in.
     pub fn new(model: &TaskModel, flat: &[f32], dataset: &Manifest) -> Result<Self> {
+        Ok(Predictor {
+            preprocessor: Preprocessor::new(model, dataset)?,
+            served: ServedGraph::new(model, flat)?,
+        })
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    /// The columns a caller sends: the imported features, by name, in the manifest's order.
+    pub fn columns(&self) -> Vec<&str> {
+        self.preprocessor.columns()
+    }
+
+    /// Encodes raw rows as the import did.
+    pub fn encode(&self, header: &[String], rows: &[Vec<Option<String>>]) -> Result<Matrix> {
+        self.preprocessor.encode(header, rows)
+    }
+
+    /// The model's answer for each encoded row.
+    pub fn predict_encoded(&self, x: &Matrix) -> Result<Vec<Prediction>> {
+        self.preprocessor.answers(&self.served.outputs_on_host(x)?)
+    }
+
+    /// Encodes and predicts raw rows.
+    pub fn predict(&self, header: &[String], rows: &[Vec<Option<String>>]) -> Result<Vec<Prediction>> {
+        self.predict_encoded(&self.encode(header, rows)?)
+    }
+}
+
+impl Preprocessor {
+    /// The model's encoding of `dataset`'s columns: refused when the dataset's encoded width is
+    /// not what the model's input takes.
+    pub fn new(model: &TaskModel, dataset: &Manifest) -> Result<Self> {
         let description = graph_of(model)?;
-        let graph = GraphModel::new(&description)?;
-        let weights = Weights::from_flat(&graph.shapes(), flat)?;
-        graph.check_weights(&weights)?;
         let input_width: usize = dataset.features.iter().map(Feature::width).sum();
         if input_width as u64 != description.input.shape().elements() {
             return Err(InputError::Width {
@@ -87,16 +157,40 @@ impl Predictor {
             }
             .into());
         }
-        Ok(Predictor {
-            graph,
+        let output_width = GraphModel::new(&description)?.output_width();
+        Ok(Preprocessor {
             loss: description.loss,
-            weights,
             features: dataset.features.clone(),
             null_markers: dataset.null_markers.clone(),
             classes: dataset.classes.clone(),
             target: dataset.target.as_ref().map(|t| (t.mean, t.std)),
             input_width,
+            output_width,
         })
+    }
+
+    /// Values per encoded row: what the model's input takes.
+    pub fn input_width(&self) -> usize {
+        self.input_width
+    }
+
+    /// Values per output row (logits, or 1).
+    pub fn output_width(&self) -> usize {
+        self.output_width
+    }
+
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+
+    /// Class names, in output order (empty for a regression).
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Each column's name and kind, as the manifest describes it.
+    pub fn features(&self) -> &[Feature] {
+        &self.features
     }
 
     /// The columns a caller sends: the imported features, by name, in the manifest's order.
@@ -149,9 +243,17 @@ impl Predictor {
         Ok(x)
     }
 
-    /// The model's answer for each encoded row.
-    pub fn predict_encoded(&self, x: &Matrix) -> Result<Vec<Prediction>> {
-        let outputs = self.graph.predict(&self.weights, x)?;
+    /// The answer for each row of a model's outputs.
+    pub fn answers(&self, outputs: &Matrix) -> Result<Vec<Prediction>> {
+        if outputs.cols != self.output_width {
+            return Err(KernelError::Shape {
+                op: "answers",
+                detail: format!(
+                    "outputs of {} values a row; the model gives {}",
+                    outputs.cols, self.output_width
+                ),
+            });
+        }
         let mut answers = Vec::with_capacity(outputs.rows);
         for row in outputs.data.chunks(outputs.cols.max(1)) {
             answers.push(match self.loss {
@@ -167,11 +269,6 @@ impl Predictor {
             });
         }
         Ok(answers)
-    }
-
-    /// Encodes and predicts raw rows.
-    pub fn predict(&self, header: &[String], rows: &[Vec<Option<String>>]) -> Result<Vec<Prediction>> {
-        self.predict_encoded(&self.encode(header, rows)?)
     }
 
     fn class(&self, probabilities: Vec<f32>) -> Prediction {

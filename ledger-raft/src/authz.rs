@@ -26,9 +26,11 @@ const EVERYONE: &[Role] = &[
     Role::Scheduler,
     Role::Storage,
     Role::Compute,
+    Role::Gateway,
 ];
-/// Signed transactions come from people's wallets and from the scheduler's system key.
-const SIGNERS: &[Role] = &[Role::Client, Role::Operator, Role::Scheduler];
+/// Signed transactions come from people's wallets, the scheduler's system key and gateways'
+/// settlement keys.
+const SIGNERS: &[Role] = &[Role::Client, Role::Operator, Role::Scheduler, Role::Gateway];
 const OPERATORS: &[Role] = &[Role::Operator];
 
 const fn rule(call: &'static str, roles: &'static [Role]) -> LedgerRule {

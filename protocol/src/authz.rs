@@ -18,6 +18,7 @@ pub struct Rule {
 }
 
 const NODES: &[Role] = &[Role::Storage, Role::Compute];
+const GATEWAY: &[Role] = &[Role::Gateway];
 const STORAGE: &[Role] = &[Role::Storage];
 const COMPUTE: &[Role] = &[Role::Compute];
 const REPLICAS: &[Role] = &[Role::Scheduler];
@@ -27,12 +28,15 @@ const ANY_NODE: &[Role] = &[Role::Scheduler, Role::Storage, Role::Compute];
 const PEOPLE: &[Role] = &[Role::Client, Role::Operator];
 /// People, and scheduler replicas reading the grid for a job.
 const PEOPLE_AND_REPLICAS: &[Role] = &[Role::Client, Role::Operator, Role::Scheduler];
+/// Who looks up the grid's nodes: people, replicas, and gateways placing inference.
+const NODE_READERS: &[Role] = &[Role::Client, Role::Operator, Role::Scheduler, Role::Gateway];
 const EVERYONE: &[Role] = &[
     Role::Client,
     Role::Operator,
     Role::Scheduler,
     Role::Storage,
     Role::Compute,
+    Role::Gateway,
 ];
 
 const fn rule(kind: FrameKind, rpc: &'static str, roles: &'static [Role]) -> Rule {
@@ -48,7 +52,7 @@ pub const TABLE: &[Rule] = &[
     rule(N, "heartbeat", NODES),
     rule(N, "attest_import", STORAGE),
     // client → scheduler or storage node
-    rule(C, "list_nodes", PEOPLE_AND_REPLICAS),
+    rule(C, "list_nodes", NODE_READERS),
     // Every role reads the ledger (a storage node checks an asset before an export); which
     // ledger calls a role may make is the ledger's own table.
     rule(C, "ledger", EVERYONE),
@@ -81,6 +85,9 @@ pub const TABLE: &[Rule] = &[
     rule(P, "get_tensor", REPLICAS_AND_COMPUTE),
     rule(P, "put_tensor", REPLICAS),
     rule(P, "drop_tensor", REPLICAS),
+    // Inference: a gateway asks a compute node; the node reads a published model's weights.
+    rule(P, "infer", GATEWAY),
+    rule(P, "get_published_tensor", COMPUTE),
     // replica → replica
     rule(R, "raft_append_entries", REPLICAS),
     rule(R, "raft_vote", REPLICAS),

@@ -18,10 +18,11 @@ use crate::error::{Error, Result};
 
 /// The protocol version this build writes. Version 2: imports are attested and minted by the
 /// storage nodes (`CommitImport` names the owner), uploads can be aborted, and nodes ask the
-/// scheduler to mint attested imports.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// scheduler to mint attested imports. Version 6: the gateway role, inference on compute nodes
+/// and published models' weights.
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The oldest protocol version this build still reads.
-pub const MIN_PROTOCOL_VERSION: u16 = 5;
+pub const MIN_PROTOCOL_VERSION: u16 = 6;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 7;
 /// The default hard limit on a frame's payload. Control messages are far smaller; bulk data

@@ -173,15 +173,19 @@ pub enum Role {
     /// (adding, promoting and removing scheduler replicas). Issued with `aic ca issue --role
     /// operator` to the people who run the cluster, never to a node.
     Operator,
+    /// An inference gateway: places published models' inference on compute nodes and settles
+    /// the metered rows on the ledger. Issued with `aic ca issue --role gateway`.
+    Gateway,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Scheduler,
         Role::Storage,
         Role::Compute,
         Role::Client,
         Role::Operator,
+        Role::Gateway,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -191,6 +195,7 @@ impl Role {
             Role::Compute => "compute",
             Role::Client => "client",
             Role::Operator => "operator",
+            Role::Gateway => "gateway",
         }
     }
 }
@@ -209,7 +214,7 @@ impl FromStr for Role {
             .into_iter()
             .find(|role| role.as_str() == s)
             .ok_or_else(|| Error::InvalidId {
-                kind: "role (scheduler|storage|compute|client|operator)",
+                kind: "role (scheduler|storage|compute|client|operator|gateway)",
                 value: s.to_string(),
             })
     }

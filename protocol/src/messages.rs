@@ -825,6 +825,74 @@ pub enum PeerRequest {
     /// Scheduler to storage node: forget a tensor no checkpoint names any more (a superseded
     /// round's weights); answered [`PeerResponse::Dropped`].
     DropTensor { tensor: crate::tensor::TensorRef },
+    /// Gateway to compute node: the outputs of a published model for a batch of encoded rows,
+    /// answered [`PeerResponse::Inferred`].
+    Infer(Box<InferRequest>),
+    /// Compute node to storage node: the weights of a TrainedModel that is published for
+    /// inference (the ledger says so; no ticket), streamed like [`PeerRequest::GetTensor`].
+    GetPublishedTensor {
+        asset: crate::AssetId,
+        tensor: crate::tensor::TensorRef,
+    },
+}
+
+/// A published model a compute node serves: its TrainedModel asset, the weights tensor the asset
+/// names and where it is held, and the model they fit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedModel {
+    pub asset: crate::AssetId,
+    pub tensor: crate::tensor::TensorRef,
+    pub model: TaskModel,
+    /// Storage nodes holding the weights (QUIC addresses).
+    pub holders: Vec<String>,
+}
+
+impl ServedModel {
+    /// What a TrainedModel asset's manifest names (as the job that trained it wrote it): the
+    /// weights tensor (whose hash is the asset's content hash), the model — a fixed shape as
+    /// itself, a layer graph under "graph" — and the storage nodes holding the weights.
+    pub fn from_trained_manifest(
+        asset: crate::AssetId,
+        content_hash: [u8; 32],
+        manifest: &serde_json::Value,
+    ) -> Result<ServedModel, String> {
+        let elements = manifest["weights"]["elements"]
+            .as_u64()
+            .ok_or("the asset's manifest names no weights tensor")?;
+        let model = match serde_json::from_value::<ModelShape>(manifest["model"].clone()) {
+            Ok(shape) => TaskModel::Shape(shape),
+            Err(_) if manifest["model"]["graph"].is_object() => {
+                TaskModel::Graph(manifest["model"]["graph"].to_string())
+            }
+            Err(_) => return Err("the asset's manifest names no model".into()),
+        };
+        let holders = manifest["weights"]["holders"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| h["quic_addr"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ServedModel {
+            asset,
+            tensor: crate::tensor::TensorRef {
+                hash: content_hash,
+                elements,
+            },
+            model,
+            holders,
+        })
+    }
+}
+
+/// A batch of rows, already encoded as the model's features (row-major, `rows` × `width`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    pub model: ServedModel,
+    pub rows: u32,
+    pub width: u32,
+    pub features: Vec<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -875,6 +943,12 @@ pub enum PeerResponse {
     TensorStored {
         complete: bool,
     },
+    /// The model's outputs (logits, or a regression's values), row-major `rows` × `width`.
+    Inferred {
+        rows: u32,
+        width: u32,
+        outputs: Vec<f32>,
+    },
 }
 
 impl Request for PeerRequest {
@@ -894,6 +968,8 @@ impl Request for PeerRequest {
             PeerRequest::GetTensor { .. } => "get_tensor",
             PeerRequest::PutTensor { .. } => "put_tensor",
             PeerRequest::DropTensor { .. } => "drop_tensor",
+            PeerRequest::Infer(_) => "infer",
+            PeerRequest::GetPublishedTensor { .. } => "get_published_tensor",
         }
     }
 }

@@ -206,12 +206,17 @@ pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
         PeerRequest::RunTask(_) | PeerRequest::SignTicket { .. } | PeerRequest::SignBlock { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node runs no tasks"))
         }
-        PeerRequest::GetTensor { .. } | PeerRequest::PutTensor { .. } | PeerRequest::DropTensor { .. } => {
-            Err(RpcError::new(
-                ErrorCode::Unsupported,
-                "this node holds no tensors",
-            ))
-        }
+        PeerRequest::GetTensor { .. }
+        | PeerRequest::PutTensor { .. }
+        | PeerRequest::DropTensor { .. }
+        | PeerRequest::GetPublishedTensor { .. } => Err(RpcError::new(
+            ErrorCode::Unsupported,
+            "this node holds no tensors",
+        )),
+        PeerRequest::Infer(_) => Err(RpcError::new(
+            ErrorCode::Unsupported,
+            "this node serves no models",
+        )),
     }
 }
 

@@ -221,6 +221,16 @@ impl TensorReader {
         ticket: Option<SignedTicket>,
         limit: u64,
     ) -> Result<Self, TensorError> {
+        Self::open_with(client, tensor, PeerRequest::GetTensor { tensor, ticket }, limit).await
+    }
+
+    /// Asks `client` for `tensor` with `request` (a `GetTensor` or a `GetPublishedTensor`).
+    async fn open_with(
+        client: &RpcClient,
+        tensor: TensorRef,
+        request: PeerRequest,
+        limit: u64,
+    ) -> Result<Self, TensorError> {
         tensor.check_declared()?;
         if tensor.elements > limit {
             return Err(TensorError::TooLarge {
@@ -228,9 +238,7 @@ impl TensorReader {
                 limit,
             });
         }
-        let stream = client
-            .call_stream(&PeerRequest::GetTensor { tensor, ticket })
-            .await?;
+        let stream = client.call_stream(&request).await?;
         Ok(TensorReader {
             stream,
             tensor,
@@ -297,6 +305,23 @@ pub async fn fetch_tensor(
     limit: u64,
 ) -> Result<Vec<f32>, TensorError> {
     let mut reader = TensorReader::open(client, tensor, ticket, limit).await?;
+    let mut values = Vec::with_capacity(tensor.elements as usize);
+    while let Some(chunk) = reader.next_chunk().await? {
+        values.extend_from_slice(&chunk);
+    }
+    Ok(values)
+}
+
+/// Fetches the weights of a published TrainedModel (at most `limit` values), checked against
+/// their name.
+pub async fn fetch_published_tensor(
+    client: &RpcClient,
+    asset: crate::AssetId,
+    tensor: TensorRef,
+    limit: u64,
+) -> Result<Vec<f32>, TensorError> {
+    let request = PeerRequest::GetPublishedTensor { asset, tensor };
+    let mut reader = TensorReader::open_with(client, tensor, request, limit).await?;
     let mut values = Vec::with_capacity(tensor.elements as usize);
     while let Some(chunk) = reader.next_chunk().await? {
         values.extend_from_slice(&chunk);

@@ -245,6 +245,21 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         PeerRequest::DropTensor {
             tensor: TensorRef::of(&[1.0]),
         },
+        PeerRequest::Infer(Box::new(aic_protocol::messages::InferRequest {
+            model: aic_protocol::messages::ServedModel {
+                asset: AssetId::random(),
+                tensor: TensorRef::of(&[1.0]),
+                model: aic_protocol::messages::TaskModel::Graph("{}".into()),
+                holders: Vec::new(),
+            },
+            rows: 1,
+            width: 1,
+            features: vec![0.0],
+        })),
+        PeerRequest::GetPublishedTensor {
+            asset: AssetId::random(),
+            tensor: TensorRef::of(&[1.0]),
+        },
     ];
     let replicas: Vec<ReplicaRequest> = vec![
         ReplicaRequest::AppendEntries(vec![1]),

@@ -115,6 +115,9 @@ impl RpcHandler for StorageApi {
                 Ok(Reply::One(PeerResponse::Dropped))
             }
             PeerRequest::GetTensor { tensor, ticket } => node.get_tensor(peer, tensor, ticket.as_ref()).await,
+            PeerRequest::GetPublishedTensor { asset, tensor } => {
+                node.get_published_tensor(asset, tensor).await
+            }
             PeerRequest::PutTensor { tensor, index, bytes } => {
                 let complete = node.put_tensor(peer, tensor, index, &bytes).await?;
                 Ok(Reply::One(PeerResponse::TensorStored { complete }))

@@ -374,6 +374,64 @@ impl StorageNode {
                 return Err(self.refuse(e.reason(), ErrorCode::PermissionDenied, e.to_string()));
             }
         }
+        self.serve_tensor(tensor, timer).await
+    }
+
+    /// Serves the weights of a TrainedModel the ledger says is published for inference, to a
+    /// compute node that will run it: the asset must be a trained model whose content is this
+    /// very tensor, and live.
+    pub async fn get_published_tensor(
+        &self,
+        asset: aic_protocol::AssetId,
+        tensor: aic_protocol::tensor::TensorRef,
+    ) -> Result<Reply<PeerResponse>, RpcError> {
+        let timer = RequestTimer::start(
+            self.metrics
+                .request_duration
+                .with_label_values(&["get_published_tensor"]),
+        );
+        let scheduler = self.dial_scheduler().await?;
+        let request = aic_ledger::api::LedgerRequest::InferenceAccess {
+            key_hash: [0; 32],
+            model: asset.to_string(),
+        };
+        let published = match aic_ledger::remote::request(&scheduler, &request).await {
+            Ok(aic_ledger::api::LedgerResponse::InferenceAccess(access)) => access.model,
+            Ok(other) => {
+                return Err(RpcError::new(
+                    ErrorCode::Internal,
+                    format!("unexpected ledger answer {other:?}"),
+                ))
+            }
+            Err(e) => {
+                return Err(RpcError::new(
+                    ErrorCode::Unavailable,
+                    format!("reading the ledger: {e}"),
+                ))
+            }
+        };
+        let genuine = published.is_some_and(|p| {
+            p.id == asset
+                && p.asset.kind == aic_ledger::tx::AssetKind::TrainedModel
+                && matches!(p.asset.provenance, aic_ledger::state::Provenance::Trained { .. })
+                && p.asset.metadata.content_hash == tensor.hash
+        });
+        if !genuine {
+            return Err(self.refuse(
+                "not_published",
+                ErrorCode::PermissionDenied,
+                format!("asset {asset} is not a published trained model whose weights are this tensor"),
+            ));
+        }
+        self.serve_tensor(tensor, timer).await
+    }
+
+    /// A stored tensor's frames, counted as served.
+    async fn serve_tensor(
+        &self,
+        tensor: aic_protocol::tensor::TensorRef,
+        timer: RequestTimer,
+    ) -> Result<Reply<PeerResponse>, RpcError> {
         let frames = self
             .tensors
             .serve(tensor)
