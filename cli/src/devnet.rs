@@ -48,6 +48,10 @@ const MARKER: &str = ".aic-devnet";
 const SCHEDULERS: [&str; 3] = ["scheduler-1", "scheduler-2", "scheduler-3"];
 const STORAGE_NODES: [&str; 2] = ["storage-1", "storage-2"];
 const COMPUTE_NODES: [&str; 3] = ["compute-1", "compute-2", "compute-3"];
+/// The inference gateway, serving the main job's trained model.
+const GATEWAY: &str = "gateway-1";
+/// What a call to the devnet's model costs its caller, per 1,000 rows (the owner's price).
+const DEVNET_MODEL_PRICE: &str = "0.1";
 /// Devnet heartbeats are brisk so the grid settles in about a second.
 const HEARTBEAT_INTERVAL_MS: u64 = 300;
 /// Devnet blocks come every half second, so the lottery is seen within the run.
@@ -201,6 +205,24 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             let (_, metrics) = grid.start(dir, name, "compute-node", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
         }
+        let gateway_config = aic_scheduler::gateway::GatewayConfig {
+            endpoint: aic_scheduler::gateway::config::GatewayEndpoint {
+                name: GATEWAY.to_string(),
+                https_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                tls: issue(Role::Gateway, GATEWAY)?.0,
+            },
+            scheduler: link.clone(),
+            settlement: aic_scheduler::gateway::config::SettlementSettings {
+                key: dir.join("wallets").join("gateway-settler.key"),
+                // Devnet periods are short, so a call's settlement is seen within a second.
+                period_ms: 1000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (https_addr, metrics) = grid.start(dir, GATEWAY, "gateway", &gateway_config).await?;
+        metrics_urls.insert(GATEWAY.to_string(), json!(metrics));
 
         let profile = ClientProfile {
             scheduler: scheduler_addr,
@@ -256,6 +278,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             client = other;
             write_toml(&profile_path, &profile)?;
         }
+        let gateway = serve_trained_model(dir, &client, &job, https_addr).await?;
         let lottery_blocks = wait_for_lottery_block(&client).await?;
         wait_for_reward_epoch(&client).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
@@ -268,6 +291,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             chain_verified,
             digits,
             job,
+            gateway,
             lottery_blocks,
         };
         report(dir, args, &profile_path, &status)?;
@@ -364,6 +388,90 @@ async fn main_job(
         // A slow round let another replica take the job over: it finishes it.
     }
     follow_resumed(&drill.followers, job).await
+}
+
+/// Serves the main job's trained model: its owner (the job's payer) publishes it as "digits",
+/// and a caller — a wallet of its own, funded by the fundraiser — funds an inference escrow and
+/// gets an API key. Answers what `--json` reports as `gateway`.
+async fn serve_trained_model(
+    dir: &Path,
+    client: &RpcClient,
+    job: &Value,
+    https: std::net::SocketAddr,
+) -> anyhow::Result<Value> {
+    let Some(asset) = job["trained_model"]
+        .as_str()
+        .or(job["trained_model_identical_to"].as_str())
+    else {
+        return Ok(Value::Null);
+    };
+    let asset: aic_protocol::AssetId = asset
+        .parse()
+        .map_err(|e| anyhow::anyhow!("trained model {asset}: {e}"))?;
+    let wallets = dir.join("wallets");
+    let aic = |n: &str| n.parse::<aic_ledger::Amount>().expect("an amount");
+    let owner = ledger_client::load_wallet(&wallets.join("user.key"))?;
+    ledger_client::submit(
+        client,
+        &owner,
+        aic_ledger::Call::PublishModel {
+            asset,
+            price_per_1k_rows: aic(DEVNET_MODEL_PRICE),
+            alias: Some("digits".into()),
+        },
+    )
+    .await?;
+    let caller = Keypair::generate();
+    ledger_client::save_wallet(&wallets.join("caller.key"), &caller)?;
+    let fundraiser = ledger_client::load_wallet(&wallets.join("fundraiser.key"))?;
+    ledger_client::submit(
+        client,
+        &fundraiser,
+        aic_ledger::Call::Transfer {
+            to: caller.address(),
+            amount: aic("100"),
+        },
+    )
+    .await?;
+    ledger_client::submit(
+        client,
+        &caller,
+        aic_ledger::Call::FundInference { amount: aic("50") },
+    )
+    .await?;
+    let api_key = aic_scheduler::gateway::access::new_key();
+    ledger_client::submit(
+        client,
+        &caller,
+        aic_ledger::Call::CreateApiKey {
+            key_hash: aic_scheduler::gateway::access::key_hash(&api_key),
+            label: "devnet demo".into(),
+        },
+    )
+    .await?;
+    let key_file = dir.join("gateway-api-key");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&key_file)
+            .with_context(|| format!("writing {}", key_file.display()))?;
+        writeln!(file, "{api_key}")?;
+    }
+    Ok(json!({
+        "url": format!("https://{https}"),
+        "model": "digits",
+        "asset": asset.to_string(),
+        "api_key": api_key,
+        "api_key_file": key_file.display().to_string(),
+        "ca": dir.join("certs").join("ca.pem").display().to_string(),
+        "caller_wallet": wallets.join("caller.key").display().to_string(),
+        "price_per_1k_rows": DEVNET_MODEL_PRICE,
+    }))
 }
 
 /// A failure drill during the main job.
@@ -479,7 +587,9 @@ fn write_genesis(dir: &Path) -> anyhow::Result<PathBuf> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let genesis = Genesis::local("aic-devnet", now_ms, holders, key("system")?);
+    let mut genesis = Genesis::local("aic-devnet", now_ms, holders, key("system")?);
+    // The gateway signs its inference settlements with a key of its own.
+    genesis.inference_settlers = vec![key("gateway-settler")?];
     let path = dir.join("genesis.toml");
     genesis.save(&path).map_err(anyhow::Error::msg)?;
     Ok(path)
@@ -571,6 +681,11 @@ impl Grid {
                         let c: aic_compute_node::ComputeConfig = config::load(Some(&config_path), &no_flags)?;
                         let bound = c.endpoint.bind()?;
                         aic_compute_node::start(c, bound, shutdown.clone())?
+                    }
+                    "gateway" => {
+                        let c: aic_scheduler::gateway::GatewayConfig =
+                            config::load(Some(&config_path), &no_flags)?;
+                        aic_scheduler::gateway::start(c, shutdown.clone()).await?
                     }
                     other => bail!("unknown service {other}"),
                 };
@@ -719,6 +834,8 @@ struct GridStatus {
     chain_verified: bool,
     digits: crate::dataset::Imported,
     job: Value,
+    /// The gateway serving the job's trained model: its URL, the model's name, a demo key.
+    gateway: Value,
     /// Blocks whose proposer won the lottery (a session's ticket holder, co-signed).
     lottery_blocks: Vec<Value>,
 }
@@ -732,6 +849,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
         chain_verified,
         digits,
         job,
+        gateway,
         lottery_blocks,
     } = status;
     let chain_verified = *chain_verified;
@@ -777,6 +895,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
             "ledger": ledger_json,
             "datasets": [dataset_json],
             "job": job,
+            "gateway": gateway,
             "chain": {
                 "height": ledger.block_height,
                 "verified": chain_verified,
@@ -839,6 +958,19 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
             "NOT verified"
         }
     );
+    if let Some(url) = gateway["url"].as_str() {
+        println!(
+            "\nthe trained model is served at {url}/v2/models/{} (Open Inference Protocol v2; key in {}):",
+            gateway["model"].as_str().unwrap_or_default(),
+            gateway["api_key_file"].as_str().unwrap_or_default()
+        );
+        println!(
+            "  curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {url}/v2/models/{}",
+            gateway["ca"].as_str().unwrap_or_default(),
+            gateway["api_key_file"].as_str().unwrap_or_default(),
+            gateway["model"].as_str().unwrap_or_default()
+        );
+    }
     println!("\nmetrics:");
     for (name, url) in metrics {
         println!("  {name:<12} {}", url.as_str().unwrap_or_default());

@@ -36,7 +36,7 @@ pub fn write(dir: &Path, metrics_urls: &Map<String, Value>) -> anyhow::Result<St
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     std::fs::create_dir_all(root.join("targets"))?;
-    for role in ["scheduler", "storage", "compute"] {
+    for role in ["scheduler", "storage", "compute", "gateway"] {
         let groups: Vec<Value> = metrics_urls
             .iter()
             .filter(|(name, _)| name.starts_with(&format!("{role}-")))

@@ -107,6 +107,18 @@ pub enum ModelCommand {
         #[arg(long)]
         storage: Option<String>,
     },
+    /// Offer a TrainedModel you own for inference through the grid's gateways: callers pay you
+    /// this price per 1,000 rows (besides compute and the platform fee).
+    Publish {
+        asset: AssetId,
+        #[arg(long, value_name = "AIC")]
+        price_per_1k_rows: Amount,
+        /// The name calls use (`POST /v2/models/ALIAS/infer`); the asset id otherwise.
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// Stop offering a TrainedModel for inference.
+    Unpublish { asset: AssetId },
 }
 
 #[derive(Args, Clone, Debug)]
@@ -267,6 +279,12 @@ pub async fn run_model(args: ModelArgs) -> anyhow::Result<()> {
             limit,
             storage,
         } => crate::model_use::predict(&args, asset, input, *limit, storage.as_deref()).await,
+        ModelCommand::Publish {
+            asset,
+            price_per_1k_rows,
+            alias,
+        } => crate::gateway::publish(&args, asset, *price_per_1k_rows, alias.as_deref()).await,
+        ModelCommand::Unpublish { asset } => crate::gateway::unpublish(&args, asset).await,
     }
 }
 

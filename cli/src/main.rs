@@ -7,6 +7,7 @@ mod chain;
 mod dataset;
 mod devnet;
 mod devnet_prometheus;
+mod gateway;
 mod job;
 mod ledger_client;
 mod model_export;
@@ -64,6 +65,8 @@ enum Command {
     Model(job::ModelArgs),
     /// Training jobs: submit, status, result, cancel.
     Job(job::JobArgs),
+    /// Run an inference gateway (`--config`), or manage your API keys and inference escrow.
+    Gateway(gateway::GatewayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +75,7 @@ fn main() -> std::process::ExitCode {
     // Services log at info; one-shot tools only warn, so their output stays readable.
     let default_level = match cli.command {
         Command::Scheduler(_) | Command::StorageNode(_) | Command::ComputeNode(_) => "info",
+        Command::Gateway(ref args) if args.command.is_none() => "info",
         // openraft warns about routine election races; operators of one-shot tools need not see them.
         _ => "warn,openraft=error",
     };
@@ -113,6 +117,7 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::Dataset(args) => dataset::run(args).await,
             Command::Model(args) => job::run_model(args).await,
             Command::Job(args) => job::run_job(args).await,
+            Command::Gateway(args) => gateway::run(args).await,
             Command::Ca(_) => unreachable!("handled synchronously"),
         }
     })

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aic_protocol::config::{self, Validate};
-use aic_protocol::service::{EndpointSettings, ServiceHandle};
+use aic_protocol::service::ServiceHandle;
 use anyhow::Context;
 use clap::Args;
 use serde::de::DeserializeOwned;
@@ -93,8 +93,10 @@ pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         &args.service,
         flags,
         "aic scheduler",
-        |c| &c.endpoint,
-        |config, bound, shutdown| async move { Ok(aic_scheduler::start(config, bound, shutdown).await?) },
+        |config, shutdown| async move {
+            let bound = config.endpoint.bind()?;
+            Ok(aic_scheduler::start(config, bound, shutdown).await?)
+        },
     )
     .await
 }
@@ -104,8 +106,10 @@ pub async fn run_storage(args: NodeArgs) -> anyhow::Result<()> {
         &args.service,
         node_overrides(&args),
         "aic storage-node",
-        |c| &c.endpoint,
-        |config, bound, shutdown| async move { Ok(aic_storage_node::start(config, bound, shutdown)?) },
+        |config, shutdown| async move {
+            let bound = config.endpoint.bind()?;
+            Ok(aic_storage_node::start(config, bound, shutdown)?)
+        },
     )
     .await
 }
@@ -115,8 +119,10 @@ pub async fn run_compute(args: NodeArgs) -> anyhow::Result<()> {
         &args.service,
         node_overrides(&args),
         "aic compute-node",
-        |c| &c.endpoint,
-        |config, bound, shutdown| async move { Ok(aic_compute_node::start(config, bound, shutdown)?) },
+        |config, shutdown| async move {
+            let bound = config.endpoint.bind()?;
+            Ok(aic_compute_node::start(config, bound, shutdown)?)
+        },
     )
     .await
 }
@@ -129,12 +135,13 @@ fn node_overrides(args: &NodeArgs) -> Map<String, Value> {
     flags
 }
 
-async fn run_service<C, Fut>(
+/// Loads a service's layered config (or prints it), starts the service, writes the ready file,
+/// and stops the service on Ctrl-C or SIGTERM.
+pub(crate) async fn run_service<C, Fut>(
     args: &ServiceArgs,
     flags: Map<String, Value>,
     title: &str,
-    endpoint_of: fn(&C) -> &EndpointSettings,
-    start: impl FnOnce(C, aic_protocol::service::BoundSockets, CancellationToken) -> Fut,
+    start: impl FnOnce(C, CancellationToken) -> Fut,
 ) -> anyhow::Result<()>
 where
     C: Serialize + DeserializeOwned + Default + Validate,
@@ -149,9 +156,8 @@ where
         print!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    let bound = endpoint_of(&config).bind()?;
     let shutdown = CancellationToken::new();
-    let handle = start(config, bound, shutdown.clone()).await?;
+    let handle = start(config, shutdown.clone()).await?;
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &handle)?;
     }
@@ -162,7 +168,8 @@ where
     Ok(())
 }
 
-/// The addresses a started service bound, for a parent process that asked for port 0.
+/// The addresses a started service bound, for a parent process that asked for port 0 (a
+/// gateway's `quic` is its HTTPS address: it accepts no QUIC).
 #[derive(Serialize, serde::Deserialize)]
 pub struct ReadyFile {
     pub quic: SocketAddr,

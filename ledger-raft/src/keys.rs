@@ -83,6 +83,15 @@ impl Keypair {
             .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))
     }
 
+    /// A wallet file: the secret as 64 hex digits (what `aic wallet new` writes).
+    pub fn from_wallet_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut secret)
+            .map_err(|_| format!("{}: not a 64-digit hex key", path.display()))?;
+        Ok(Keypair::from_secret(secret))
+    }
+
     pub fn secret_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
     }

@@ -43,6 +43,18 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig> {
     Ok(config)
 }
 
+/// An HTTPS server (the inference gateway's API): our certificate, TLS 1.2 or 1.3, HTTP/1.1.
+/// Its callers are API users, not grid members: they authenticate with an API key, and check
+/// the server against the grid's CA.
+pub fn https_server_config(identity: &Identity) -> Result<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The client side: TLS 1.3 only, presents our certificate, verifies the server against the CA.
 pub fn client_config(identity: &Identity) -> Result<rustls::ClientConfig> {
     let verifier = WebPkiServerVerifier::builder_with_provider(roots(identity)?, provider())

@@ -17,6 +17,7 @@ pub mod block_generator;
 pub mod coin_payroll;
 pub mod config;
 pub mod data_plane;
+pub mod gateway;
 pub mod job;
 pub mod lottery;
 pub mod membership;
@@ -145,22 +146,9 @@ pub async fn start(
     let system = if config.jobs.system_key.as_os_str().is_empty() {
         None
     } else {
-        let text = std::fs::read_to_string(&config.jobs.system_key).map_err(|e| {
-            StartError::Ledger(format!(
-                "jobs.system_key {}: {e}",
-                config.jobs.system_key.display()
-            ))
-        })?;
-        let mut secret = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut secret).map_err(|_| {
-            StartError::Ledger(format!(
-                "jobs.system_key {}: not a 64-digit hex key",
-                config.jobs.system_key.display()
-            ))
-        })?;
-        Some(Arc::new(job::SystemSigner::new(
-            aic_ledger::Keypair::from_secret(secret),
-        )))
+        let key = aic_ledger::Keypair::from_wallet_file(&config.jobs.system_key)
+            .map_err(|e| StartError::Ledger(format!("jobs.system_key {e}")))?;
+        Some(Arc::new(job::SystemSigner::new(key)))
     };
     let amount = |text: &str| {
         text.parse::<aic_ledger::Amount>()

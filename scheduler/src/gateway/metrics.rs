@@ -1,0 +1,111 @@
+//! The gateway's metrics: requests by model and status code, latency, batch sizes, queue depth,
+//! retries on another node, rows served, AIC charged, settlements by outcome and the compute
+//! nodes it can use.
+
+use aic_protocol::metrics::registered;
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub rows: IntCounterVec,
+    pub charged: CounterVec,
+    pub batch_rows: Histogram,
+    pub queue_depth: IntGauge,
+    pub retries: IntCounter,
+    pub settlements: IntCounterVec,
+    pub compute_nodes: IntGauge,
+}
+
+/// Every settlement outcome, so each series exists from the start.
+pub const SETTLEMENT_OUTCOMES: [&str; 4] = ["settled", "already_settled", "refused", "retried"];
+
+impl GatewayMetrics {
+    pub fn register(registry: &Registry) -> aic_protocol::Result<Self> {
+        let metrics = GatewayMetrics {
+            requests: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_gateway_requests_total",
+                        "HTTP requests, by model and status code",
+                    ),
+                    &["model", "code"],
+                )?,
+            )?,
+            request_duration: registered(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "aic_gateway_request_duration_seconds",
+                        "Time from an inference request's arrival to its answer, by model",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16)?),
+                    &["model"],
+                )?,
+            )?,
+            rows: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_gateway_rows_total",
+                        "Rows served (metered for settlement), by model",
+                    ),
+                    &["model"],
+                )?,
+            )?,
+            charged: registered(
+                registry,
+                CounterVec::new(
+                    Opts::new(
+                        "aic_gateway_charged_aic_total",
+                        "AIC charged to callers' escrow as checked per call (settled per period), by model",
+                    ),
+                    &["model"],
+                )?,
+            )?,
+            batch_rows: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("aic_gateway_batch_rows", "Rows per batch sent to a compute node")
+                        .buckets(prometheus::exponential_buckets(1.0, 2.0, 14)?),
+                )?,
+            )?,
+            queue_depth: registered(
+                registry,
+                IntGauge::new("aic_gateway_queue_depth", "Calls waiting to join a batch")?,
+            )?,
+            retries: registered(
+                registry,
+                IntCounter::new(
+                    "aic_gateway_batch_retries_total",
+                    "Batches a compute node failed, sent to another node",
+                )?,
+            )?,
+            settlements: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_gateway_settlements_total",
+                        "Settlement transactions, by outcome",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            compute_nodes: registered(
+                registry,
+                IntGauge::new(
+                    "aic_gateway_compute_nodes",
+                    "Live compute nodes the gateway may use",
+                )?,
+            )?,
+        };
+        for outcome in SETTLEMENT_OUTCOMES {
+            metrics.settlements.with_label_values(&[outcome]);
+        }
+        Ok(metrics)
+    }
+}
