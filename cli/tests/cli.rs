@@ -1,5 +1,6 @@
 //! The `aic` binary end to end: the devnet in both modes, and the errors an operator meets first.
 
+mod gateway;
 mod support;
 
 use std::collections::BTreeMap;
@@ -61,8 +62,15 @@ fn check_devnet(extra: &[&str]) {
     let metrics = status["metrics"].as_object().expect("metrics");
     assert_eq!(
         metrics.len(),
-        8,
-        "three scheduler replicas and five nodes: {metrics:?}"
+        9,
+        "three scheduler replicas, five nodes and the gateway: {metrics:?}"
+    );
+    let gateway = &status["gateway"];
+    assert!(
+        gateway["url"].as_str().unwrap().starts_with("https://127.0.0.1:")
+            && gateway["model"] == "digits"
+            && gateway["api_key"].as_str().unwrap().starts_with("aic_"),
+        "{gateway}"
     );
 
     let ledger = &status["ledger"];
@@ -351,6 +359,7 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     let history: Value = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
 
+    gateway::check_the_gateway(&status, &data_dir);
     check_dataset_commands(dir.path(), profile, alice, fundraiser);
     check_a_copier_gets_no_dataset(&data_dir, status["datasets"][0]["asset"].as_str().unwrap());
     check_a_penguins_job(&data_dir, profile);
