@@ -268,7 +268,7 @@ fn promtool_accepts_the_configuration_and_every_alert_passes_its_unit_test() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 10, "{names:?}");
+    assert_eq!(names.len(), 11, "{names:?}");
     let unit_tests = std::fs::read_to_string(prometheus.join("tests/alerts_test.yml")).unwrap();
     for name in &names {
         assert!(
@@ -289,7 +289,11 @@ fn rules_and_dashboards_read_only_metrics_the_inventory_lists() {
     let known = |name: &str| family_of(name, &metrics).is_some() || recorded.contains(name);
 
     let rules = rule_expressions();
-    assert_eq!(rules.len(), 20, "ten recording rules and ten alerts: {rules:#?}");
+    assert_eq!(
+        rules.len(),
+        21,
+        "ten recording rules and eleven alerts: {rules:#?}"
+    );
     for expr in &rules {
         for name in names_in(expr) {
             assert!(
@@ -306,6 +310,7 @@ fn rules_and_dashboards_read_only_metrics_the_inventory_lists() {
         [
             "AIC / Compute and kernels",
             "AIC / Economy",
+            "AIC / Inference gateway",
             "AIC / Allocator and jobs",
             "AIC / Ledger and Raft",
             "AIC / Cluster overview",
@@ -658,7 +663,7 @@ fn a_real_prometheus_scrapes_a_devnet_that_matches_the_inventory() {
         let (_, body) = http_get(&listen, "/api/v1/targets");
         let answer: Value = serde_json::from_str(&body).ok()?;
         let active = answer["data"]["activeTargets"].as_array()?.clone();
-        (active.len() == 8 && active.iter().all(|t| t["health"] == "up")).then_some(active)
+        (active.len() == 9 && active.iter().all(|t| t["health"] == "up")).then_some(active)
     });
     let jobs: BTreeMap<String, usize> = targets.iter().fold(BTreeMap::new(), |mut jobs, t| {
         *jobs
@@ -670,6 +675,7 @@ fn a_real_prometheus_scrapes_a_devnet_that_matches_the_inventory() {
         jobs,
         BTreeMap::from([
             ("compute".to_string(), 3),
+            ("gateway".to_string(), 1),
             ("scheduler".to_string(), 3),
             ("storage".to_string(), 2)
         ]),
@@ -711,7 +717,7 @@ fn a_real_prometheus_scrapes_a_devnet_that_matches_the_inventory() {
             .iter()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        assert_eq!(rules.len(), 20, "{body}");
+        assert_eq!(rules.len(), 21, "{body}");
         for rule in &rules {
             assert_ne!(rule["health"], "err", "{rule}");
         }

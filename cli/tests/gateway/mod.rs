@@ -322,6 +322,103 @@ pub fn check_the_gateway(status: &Value, data_dir: &Path) {
 
     // Settlement: 20 + 20 + 1 rows, each period's lines paid to the base unit.
     check_settlement(profile, &caller, escrow_before, 41);
+
+    // A compute node reads a published model's weights from a storage node — those weights
+    // only, and only while the model is published.
+    let asset: aic_protocol::AssetId = status["gateway"]["asset"].as_str().unwrap().parse().unwrap();
+    assert_eq!(published_weights(status, data_dir, asset, false), Ok(650));
+    assert_eq!(
+        published_weights(status, data_dir, asset, true),
+        Err(aic_protocol::ErrorCode::PermissionDenied)
+    );
+    let owner = data_dir.join("wallets/user.key");
+    let unpublished = aic(&[
+        "model",
+        "unpublish",
+        &asset.to_string(),
+        "--profile",
+        profile,
+        "--wallet",
+        owner.to_str().unwrap(),
+    ]);
+    assert!(unpublished.status.success(), "{}", stderr(&unpublished));
+    error_of(&gateway.infer(model, &good), 404, "no published model");
+    assert_eq!(
+        published_weights(status, data_dir, asset, false),
+        Err(aic_protocol::ErrorCode::PermissionDenied)
+    );
+}
+
+/// What a storage node holding them answers compute-1 asking for `asset`'s weights (with a tensor name not the
+/// asset's when `tampered`): how many values, or the refusal's code.
+fn published_weights(
+    status: &Value,
+    data_dir: &Path,
+    asset: aic_protocol::AssetId,
+    tampered: bool,
+) -> Result<usize, aic_protocol::ErrorCode> {
+    use aic_ledger::api::{LedgerRequest, LedgerResponse};
+    use aic_protocol::certs::IdentityFiles;
+    use aic_protocol::rpc::RpcClient;
+    use aic_protocol::Role;
+    let node = |name: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap()["addr"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let identity = |name: &str| {
+        let certs = data_dir.join("certs");
+        IdentityFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join(format!("{name}.pem")),
+            key: certs.join(format!("{name}.key")),
+        }
+        .load()
+        .unwrap()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = aic_protocol::transport::outbound_endpoint(&identity("client")).unwrap();
+        let scheduler = RpcClient::connect(&client, &node("scheduler-1"), Role::Scheduler)
+            .await
+            .unwrap();
+        let LedgerResponse::Asset(Some(held)) =
+            aic_ledger::remote::request(&scheduler, &LedgerRequest::Asset(asset))
+                .await
+                .unwrap()
+        else {
+            panic!("no asset {asset}");
+        };
+        let manifest: Value = serde_json::from_str(&held.metadata.manifest).unwrap();
+        let served = aic_protocol::messages::ServedModel::from_trained_manifest(
+            asset,
+            held.metadata.content_hash,
+            &manifest,
+        )
+        .unwrap();
+        let mut tensor = served.tensor;
+        if tampered {
+            tensor.hash[0] ^= 1;
+        }
+        let compute = aic_protocol::transport::outbound_endpoint(&identity("compute-1")).unwrap();
+        let storage = RpcClient::connect(&compute, &node("storage-1"), Role::Storage)
+            .await
+            .unwrap();
+        match aic_protocol::tensor::fetch_published_tensor(&storage, asset, tensor, tensor.elements).await {
+            Ok(values) => Ok(values.len()),
+            Err(aic_protocol::tensor::TensorError::Transport(aic_protocol::Error::Rpc(e))) => Err(e.code),
+            Err(other) => panic!("refused for another reason: {other}"),
+        }
+    })
 }
 
 /// Waits (bounded) for the gateway's periods to settle the caller's `rows`, then checks the

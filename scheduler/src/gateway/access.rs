@@ -121,6 +121,8 @@ pub struct ModelEntry {
     pub id: AssetId,
     /// The name the URL uses: the alias, or the asset id.
     pub name: String,
+    /// Its metric label: the alias, or `unaliased`.
+    pub label: String,
     /// The version: the job that trained it.
     pub version: String,
     pub served: ServedModel,
@@ -170,6 +172,11 @@ impl Models {
                 .alias
                 .clone()
                 .unwrap_or_else(|| published.id.to_string()),
+            label: published
+                .publication
+                .alias
+                .clone()
+                .unwrap_or_else(|| super::metrics::UNALIASED_MODEL.to_string()),
             version: manifest["job"].as_str().unwrap_or_default().to_string(),
             served,
             preprocessor,

@@ -17,11 +17,9 @@ use serde_json::{json, Value};
 
 use super::access::{self, Denied};
 use super::dispatch::DispatchError;
+use super::metrics::UNKNOWN_MODEL;
 use super::oip::{self, InferRequestBody, TensorError};
 use super::Gateway;
-
-/// The metric label of calls that named no published model.
-const UNKNOWN_MODEL: &str = "unknown";
 
 /// The OpenAPI document of these endpoints.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -359,7 +357,7 @@ async fn run_infer(
     })?;
     let access = access::check(&gateway.ledger, Some(&key), &path.name).await?;
     let entry = gateway.models.entry(&gateway.ledger, &access.published).await?;
-    *served_model = Some(entry.name.clone());
+    *served_model = Some(entry.label.clone());
     check_version(&path, &entry.version)?;
     let pre = &entry.preprocessor;
     oip::check_requested(pre, request.outputs.as_deref())?;
@@ -398,11 +396,11 @@ async fn run_infer(
     gateway
         .meter
         .record(access.account, entry.id, served.node.payout, n, cost);
-    gateway.metrics.rows.with_label_values(&[&path.name]).inc_by(n);
+    gateway.metrics.rows.with_label_values(&[&entry.label]).inc_by(n);
     gateway
         .metrics
         .charged
-        .with_label_values(&[&path.name])
+        .with_label_values(&[&entry.label])
         .inc_by(cost.as_aic_f64());
     let outputs = oip::outputs_of(&answers, pre, request.outputs.as_deref())?;
     Ok(json!({

@@ -23,6 +23,19 @@ pub struct GatewayMetrics {
 /// Every settlement outcome, so each series exists from the start.
 pub const SETTLEMENT_OUTCOMES: [&str; 4] = ["settled", "already_settled", "refused", "retried"];
 
+/// The `model` label of calls that named no published model; its refusals' series exist from
+/// the start, so an error-rate alert sees them.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
+/// The `model` label of a model published without an alias (its asset id would make the label
+/// unbounded).
+pub const UNALIASED_MODEL: &str = "unaliased";
+
+/// Status codes a call may end with.
+pub const STATUS_CODES: [&str; 11] = [
+    "200", "400", "401", "402", "403", "404", "413", "429", "500", "502", "503",
+];
+
 impl GatewayMetrics {
     pub fn register(registry: &Registry) -> aic_protocol::Result<Self> {
         let metrics = GatewayMetrics {
@@ -31,7 +44,7 @@ impl GatewayMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "aic_gateway_requests_total",
-                        "HTTP requests, by model and status code",
+                        "Inference requests, by model and status code",
                     ),
                     &["model", "code"],
                 )?,
@@ -106,6 +119,12 @@ impl GatewayMetrics {
         for outcome in SETTLEMENT_OUTCOMES {
             metrics.settlements.with_label_values(&[outcome]);
         }
+        for code in &STATUS_CODES[1..] {
+            metrics.requests.with_label_values(&[UNKNOWN_MODEL, code]);
+        }
+        metrics.request_duration.with_label_values(&[UNKNOWN_MODEL]);
+        metrics.rows.with_label_values(&[UNKNOWN_MODEL]);
+        metrics.charged.with_label_values(&[UNKNOWN_MODEL]);
         Ok(metrics)
     }
 }

@@ -1,0 +1,251 @@
+//! Inference gateway benchmark, on loopback: the devnet's digits model (softmax regression
+//! 64 → 10) called over HTTPS through the gateway to a compute node, beside the same forward pass
+//! called in this process on the CPU.
+//!
+//! (a) One client, one row per call, calls in sequence: p50 and p99 latency and calls/s, beside
+//!     an in-process forward pass of one row. The goal: p50 overhead ≤ 2 ms.
+//! (b) 64 clients at once, one row per call (the gateway batches them): rows/s, p50 and p99,
+//!     beside in-process forward passes of 64 rows. The goal: ≥ 0.5× the in-process rows/s.
+//!
+//! `cargo bench -p aic-cli --bench gateway` (a devnet starts first: about a minute).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aic_kernels::inference::ServedGraph;
+use aic_kernels::{CpuBackend, Matrix};
+use serde_json::{json, Value};
+
+const SEQUENTIAL_CALLS: usize = 1000;
+const CLIENTS: usize = 64;
+const CALLS_PER_CLIENT: usize = 100;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    aic_protocol::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("devnet");
+    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(["devnet", "--json", "--timeout-secs", "300", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(devnet.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let status: Value = serde_json::from_str(&line).expect("the devnet's status line");
+    let gateway = &status["gateway"];
+    let url = format!(
+        "{}/v2/models/{}/infer",
+        gateway["url"].as_str().unwrap(),
+        gateway["model"].as_str().unwrap()
+    );
+    let key = gateway["api_key"].as_str().unwrap().to_string();
+    let ca = std::fs::read(gateway["ca"].as_str().unwrap()).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let served = served_model(&data_dir, &status, gateway["asset"].as_str().unwrap());
+
+    let pixels: Vec<Vec<f32>> = std::fs::read_to_string(data_dir.join("data/digits.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take(CLIENTS)
+        .map(|l| l.split(',').take(64).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let body = |row: &[f32]| {
+        serde_json::to_vec(
+            &json!({"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32", "data": row}]}),
+        )
+        .unwrap()
+    };
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(pixels.iter().map(|r| body(r)).collect());
+    let call = |client: &reqwest::blocking::Client, body: &[u8]| {
+        let started = Instant::now();
+        let response = client
+            .post(&url)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.bytes().unwrap();
+        started.elapsed()
+    };
+    // Warm the model into the compute nodes and the connections.
+    for body in bodies.iter() {
+        call(&client, body);
+    }
+
+    // (a) One row per call, in sequence.
+    let mut latencies: Vec<Duration> = (0..SEQUENTIAL_CALLS)
+        .map(|i| call(&client, &bodies[i % bodies.len()]))
+        .collect();
+    let total: Duration = latencies.iter().sum();
+    latencies.sort();
+    let mut cpu = CpuBackend::default();
+    let one_row = Matrix::new(1, 64, pixels[0].clone()).unwrap();
+    let mut local: Vec<Duration> = (0..SEQUENTIAL_CALLS)
+        .map(|_| {
+            let started = Instant::now();
+            served.outputs(&mut cpu, &one_row).unwrap();
+            started.elapsed()
+        })
+        .collect();
+    local.sort();
+    println!("inference gateway, loopback HTTPS → gateway → compute node (QUIC), digits softmax 64 → 10");
+    println!("\n(a) one client, one row per call, {SEQUENTIAL_CALLS} calls in sequence");
+    println!(
+        "  gateway     p50 {:>8.3} ms   p99 {:>8.3} ms   {:>8.0} calls/s",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        SEQUENTIAL_CALLS as f64 / total.as_secs_f64()
+    );
+    println!(
+        "  in-process  p50 {:>8.3} ms   p99 {:>8.3} ms   (the forward pass alone)",
+        ms(percentile(&local, 0.5)),
+        ms(percentile(&local, 0.99))
+    );
+    let overhead = percentile(&latencies, 0.5).saturating_sub(percentile(&local, 0.5));
+    println!(
+        "  p50 overhead {:.3} ms (goal ≤ 2 ms: {})",
+        ms(overhead),
+        if overhead <= Duration::from_millis(2) {
+            "met"
+        } else {
+            "missed"
+        }
+    );
+
+    // (b) 64 clients at once, one row per call.
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (client, bodies, url, key) = (client.clone(), bodies.clone(), url.clone(), key.clone());
+            std::thread::spawn(move || {
+                (0..CALLS_PER_CLIENT)
+                    .map(|i| {
+                        let started = Instant::now();
+                        let response = client
+                            .post(&url)
+                            .header("authorization", format!("Bearer {key}"))
+                            .header("content-type", "application/json")
+                            .body(bodies[(c + i) % bodies.len()].clone())
+                            .send()
+                            .unwrap();
+                        assert_eq!(response.status().as_u16(), 200);
+                        response.bytes().unwrap();
+                        started.elapsed()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut concurrent: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let wall = started.elapsed();
+    concurrent.sort();
+    let rows = (CLIENTS * CALLS_PER_CLIENT) as f64;
+    let batch = Matrix::new(CLIENTS, 64, pixels.concat()).unwrap();
+    let rounds = 2000;
+    let local_started = Instant::now();
+    for _ in 0..rounds {
+        served.outputs(&mut cpu, &batch).unwrap();
+    }
+    let local_rows = (rounds * CLIENTS) as f64 / local_started.elapsed().as_secs_f64();
+    let gateway_rows = rows / wall.as_secs_f64();
+    println!("\n(b) {CLIENTS} clients at once, one row per call, {CALLS_PER_CLIENT} calls each (batched by the gateway)");
+    println!(
+        "  gateway     {:>10.0} rows/s   p50 {:>8.3} ms   p99 {:>8.3} ms",
+        gateway_rows,
+        ms(percentile(&concurrent, 0.5)),
+        ms(percentile(&concurrent, 0.99))
+    );
+    println!("  in-process  {local_rows:>10.0} rows/s   (forward passes of {CLIENTS} rows)");
+    println!(
+        "  gateway ÷ in-process {:.4}× (goal ≥ 0.5×: {})",
+        gateway_rows / local_rows,
+        if gateway_rows / local_rows >= 0.5 {
+            "met"
+        } else {
+            "missed"
+        }
+    );
+    let metrics = status["metrics"]["gateway-1"].as_str().unwrap();
+    let page = reqwest::blocking::get(metrics).unwrap().text().unwrap();
+    let value = |name: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "  batches: {} for {} rows in all (mean {:.1} rows a batch)",
+        value("aic_gateway_batch_rows_count"),
+        value("aic_gateway_batch_rows_sum"),
+        value("aic_gateway_batch_rows_sum") / value("aic_gateway_batch_rows_count").max(1.0)
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(devnet.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    devnet.wait().unwrap();
+}
+
+/// The served model built in this process from the weights its owner exports.
+fn served_model(data_dir: &std::path::Path, status: &Value, asset: &str) -> ServedGraph {
+    let out = data_dir.join("bench-weights");
+    let exported = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(["model", "export", asset, "--format", "parquet", "--out"])
+        .arg(&out)
+        .args(["--profile", status["profile"].as_str().unwrap(), "--wallet"])
+        .arg(data_dir.join("wallets/user.key"))
+        .output()
+        .unwrap();
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let model: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    let served = aic_protocol::messages::ServedModel::from_trained_manifest(
+        asset.parse().unwrap(),
+        [0; 32],
+        &model["manifest"],
+    )
+    .unwrap();
+    let file = std::fs::File::open(out.join("weights.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut flat = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let values = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow_array::Float32Array>()
+            .unwrap();
+        flat.extend(values.values().iter().copied());
+    }
+    ServedGraph::new(&served.model, &flat).unwrap()
+}
