@@ -219,6 +219,10 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
                 period_ms: 1000,
                 ..Default::default()
             },
+            verification: aic_scheduler::gateway::config::VerificationSettings {
+                // Every batch is checked where a node is made to lie; one in ten otherwise.
+                sample_percent: if args.faulty_percent > 0 { 100 } else { 10 },
+            },
             ..Default::default()
         };
         let (https_addr, metrics) = grid.start(dir, GATEWAY, "gateway", &gateway_config).await?;

@@ -395,6 +395,49 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     assert!(data_dir.join("client.toml").exists(), "a named data dir is kept");
 }
 
+/// A devnet whose compute-3 corrupts every result, kept running: the gateway's verification
+/// outvotes it and the rater penalises it (`tests/gateway/mod.rs`).
+#[test]
+fn the_gateways_verification_outvotes_a_compute_node_that_lies() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("devnet");
+    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args([
+            "devnet",
+            "--json",
+            "--faulty-percent",
+            "100",
+            "--timeout-secs",
+            "60",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status_line = String::new();
+    BufReader::new(devnet.stdout.take().unwrap())
+        .read_line(&mut status_line)
+        .unwrap();
+    let status: Value = serde_json::from_str(&status_line).expect("a status line");
+    // The devnet stops with the test, whatever the checks find.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    let stop = Stop(devnet.id());
+    gateway::check_a_lying_node_is_outvoted(&status, &data_dir);
+    drop(stop);
+    assert!(devnet.wait().unwrap().success());
+}
+
 /// `aic dataset` against the running devnet: bad imports refused before anything is stored; the
 /// digits imported onto both storage nodes with a Dataset asset minted to the importer; every
 /// shard healthy on each node; export for the owner only, as Parquet the parquet reader reads.

@@ -45,7 +45,12 @@ impl ComputeNode {
         self.metrics
             .inference_duration
             .observe(started.elapsed().as_secs_f64());
-        let outputs = result.map_err(invalid)?;
+        let mut outputs = result.map_err(invalid)?;
+        if self.corrupt_percent > 0 && rand::random_range(0..100u8) < self.corrupt_percent {
+            // Fault injection (tests and drills): plausible-looking wrong outputs.
+            tracing::warn!(model = %request.model.asset, "fault injection: corrupting these outputs");
+            outputs.data.iter_mut().for_each(|v| *v = -*v * 3.0 + 0.01);
+        }
         Ok(PeerResponse::Inferred {
             rows: outputs.rows as u32,
             width: outputs.cols as u32,

@@ -72,6 +72,8 @@ pub const TABLE: &[Rule] = &[
     rule(C, "job_status", PEOPLE),
     rule(C, "cancel_job", PEOPLE),
     rule(C, "ratings", PEOPLE),
+    // A gateway reports what its verification of a node's inference found.
+    rule(C, "inference_verdict", GATEWAY),
     // node → node
     rule(P, "ping", ANY_NODE),
     rule(P, "get_shard", COMPUTE),

@@ -507,6 +507,13 @@ pub enum ClientRequest {
         tensor: crate::tensor::TensorRef,
         proof: OwnerProof,
     },
+    /// Gateway to scheduler: a verification of a compute node's inference outputs (the same
+    /// batch re-run on other nodes) found them right or wrong; the rater records it.
+    InferenceVerdict {
+        node: NodeId,
+        model: crate::AssetId,
+        matched: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -550,6 +557,8 @@ pub enum ClientResponse {
     Ratings {
         report: String,
     },
+    /// A verdict was recorded.
+    Recorded,
     Aborted,
     TensorChunk {
         index: u64,
@@ -584,6 +593,7 @@ impl Request for ClientRequest {
             ClientRequest::Ratings => "ratings",
             ClientRequest::AbortImport { .. } => "abort_import",
             ClientRequest::ExportTensor { .. } => "export_tensor",
+            ClientRequest::InferenceVerdict { .. } => "inference_verdict",
         }
     }
 }

@@ -199,6 +199,11 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         ClientRequest::CancelJob { job: JobId::random() },
         ClientRequest::Ratings,
         ClientRequest::AbortImport { upload: 1 },
+        ClientRequest::InferenceVerdict {
+            node,
+            model: AssetId::random(),
+            matched: true,
+        },
         ClientRequest::ExportTensor {
             tensor: TensorRef::of(&[1.0]),
             proof: OwnerProof {

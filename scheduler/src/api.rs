@@ -118,6 +118,27 @@ impl RpcHandler for SchedulerApi {
                     report: serde_json::json!({"records": records, "penalties": penalties}).to_string(),
                 })
             }
+            ClientRequest::InferenceVerdict { node, model, matched } => {
+                if matched {
+                    self.jobs
+                        .rater
+                        .do_send(crate::rater::RecordCheck { node, matched });
+                } else {
+                    // Penalties name nodes as `aic nodes` does.
+                    let name = self
+                        .registry
+                        .send(ListNodes)
+                        .await
+                        .map_err(unavailable)?
+                        .into_iter()
+                        .find(|n| n.node_id == node)
+                        .map_or_else(|| node.to_string(), |n| n.name);
+                    self.jobs
+                        .rater
+                        .do_send(crate::rater::RecordInferenceFault { node, name, model });
+                }
+                Ok(ClientResponse::Recorded)
+            }
             ClientRequest::ListDatasets
             | ClientRequest::Preview { .. }
             | ClientRequest::Stat { .. }

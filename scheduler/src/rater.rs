@@ -41,6 +41,18 @@ pub struct RecordCheck {
 #[rtype(result = "()")]
 pub struct RecordPenalty(pub Penalty);
 
+/// A gateway's verification found `node`'s outputs for `model` wrong (two other nodes agreed
+/// against it): a mismatch on its record, and a penalty. Inference pays per period, so there is
+/// no job escrow to withhold; the node's reputation, and so its placement, pays.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordInferenceFault {
+    pub node: NodeId,
+    /// The node's name, as penalties show it.
+    pub name: String,
+    pub model: aic_protocol::AssetId,
+}
+
 /// Every node's record and penalties.
 #[derive(Message)]
 #[rtype(result = "(BTreeMap<NodeId, NodeRecord>, Vec<Penalty>)")]
@@ -97,6 +109,28 @@ impl Handler<RecordPenalty> for Rater {
 
     fn handle(&mut self, message: RecordPenalty, _: &mut Self::Context) {
         self.penalties.push(message.0);
+    }
+}
+
+impl Handler<RecordInferenceFault> for Rater {
+    type Result = ();
+
+    fn handle(&mut self, message: RecordInferenceFault, _: &mut Self::Context) {
+        let record = self.records.entry(message.node).or_default();
+        record.record_mismatch();
+        let reputation = record.reputation;
+        self.allocator.do_send(SetReputation {
+            node: message.node,
+            reputation,
+        });
+        self.penalties.push(Penalty {
+            node: message.name,
+            job: "inference".into(),
+            task: message.model.to_string(),
+            reason: "wrong_inference_outputs".into(),
+            slashed: "0".into(),
+            reputation_after: reputation,
+        });
     }
 }
 

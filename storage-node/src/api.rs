@@ -75,6 +75,7 @@ impl RpcHandler for StorageApi {
             | ClientRequest::SubmitJob(_)
             | ClientRequest::JobStatus { .. }
             | ClientRequest::CancelJob { .. }
+            | ClientRequest::InferenceVerdict { .. }
             | ClientRequest::Ratings => {
                 return Err(RpcError::new(
                     ErrorCode::Unsupported,

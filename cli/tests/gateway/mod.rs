@@ -536,3 +536,64 @@ fn onnxruntime_answers(
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
+
+/// The gateway's verification against a devnet whose compute-3 corrupts every output: calls
+/// succeed, the batches are re-run on other nodes, compute-3 is outvoted by the two honest ones,
+/// the scheduler's rater records a `wrong_inference_outputs` penalty against it (and against no
+/// honest node), and later calls are answered by honest nodes only.
+pub fn check_a_lying_node_is_outvoted(status: &Value, data_dir: &Path) {
+    let gateway = Gateway::new(status);
+    let profile = status["profile"].as_str().unwrap();
+    let model = status["gateway"]["model"].as_str().unwrap();
+    let (header, rows) = digits(data_dir, 5);
+    let request = column_request(&header, &rows);
+    let metrics = status["metrics"]["gateway-1"].as_str().unwrap();
+    let addr = metrics.trim_start_matches("http://").trim_end_matches("/metrics");
+    let outvoted = || {
+        sample(
+            &http_get(addr, "/metrics").1,
+            "aic_gateway_verifications_total",
+            "verdict=\"outvoted\"",
+        )
+    };
+    // Each call's batch is verified (a faulty devnet checks them all) by randomly drawn nodes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut calls = 0;
+    while outvoted() < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "compute-3 was not outvoted after {calls} calls"
+        );
+        let (code, answer) = gateway.infer(model, &request);
+        assert_eq!(code, 200, "{answer}");
+        calls += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The verdict reaches the rater (reported after the vote).
+    let penalised = || {
+        let nodes = aic(&["nodes", "--json", "--profile", profile]);
+        let nodes: Vec<Value> = serde_json::from_slice(&nodes.stdout).unwrap();
+        nodes
+            .iter()
+            .filter(|n| {
+                n["penalties"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["reason"] == "wrong_inference_outputs"))
+            })
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut names = penalised();
+    while names.is_empty() {
+        assert!(Instant::now() < deadline, "no inference penalty recorded");
+        std::thread::sleep(Duration::from_millis(200));
+        names = penalised();
+    }
+    assert_eq!(names, ["compute-3"], "only the lying node is penalised");
+    // Passed over from now on: honest nodes answer alike.
+    let answers: Vec<Value> = (0..6)
+        .map(|_| gateway.infer(model, &request).1["outputs"][0]["data"].clone())
+        .collect();
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+}

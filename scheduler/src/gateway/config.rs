@@ -19,6 +19,22 @@ pub struct GatewayConfig {
     pub batching: BatchingSettings,
     pub limits: LimitSettings,
     pub settlement: SettlementSettings,
+    pub verification: VerificationSettings,
+}
+
+/// The `[verification]` table: the share of batches re-run on a second node (and a third when
+/// the two disagree), off the callers' path; a node the other two outvote is reported to the
+/// scheduler's rater and passed over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerificationSettings {
+    pub sample_percent: u8,
+}
+
+impl Default for VerificationSettings {
+    fn default() -> Self {
+        VerificationSettings { sample_percent: 5 }
+    }
 }
 
 /// The `[endpoint]` table: the HTTPS API, the metrics endpoint and the gateway's certificate
@@ -159,6 +175,9 @@ impl Validate for GatewayConfig {
                 "limits.burst",
                 "requests_per_second at least 1, and a burst at least that",
             ));
+        }
+        if self.verification.sample_percent > 100 {
+            return Err(Invalid::new("verification.sample_percent", "0 to 100"));
         }
         if self.settlement.period_ms < 100 {
             return Err(Invalid::new("settlement.period_ms", "at least 100"));

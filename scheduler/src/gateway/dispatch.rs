@@ -2,6 +2,9 @@
 //! compute node together (up to a bounded batch, and within a frame); the node is the least
 //! loaded live one (then the fastest measured), and a batch a node fails is retried on another,
 //! so a node that dies mid-stream loses no call. Rows are counted only once a node has answered.
+//! A sampled share of batches is run again on a second node (a third when they disagree), off
+//! the callers' path: a node two others outvote is reported to the scheduler's rater and passed
+//! over from then on.
 //!
 //! ```text
 //!  call ──► queue[model] ──(max_rows or max_delay)──► batch ──► least-loaded node ──► outputs
@@ -33,6 +36,8 @@ const FAILED_NODE_COOLDOWN: Duration = Duration::from_secs(10);
 const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Calls waiting per model before new ones are refused.
 const QUEUE_CAPACITY: usize = 4096;
+/// How long a node two others outvoted is passed over.
+const DISTRUST_FOR: Duration = Duration::from_secs(600);
 
 /// A compute node the gateway may use.
 #[derive(Clone, Debug)]
@@ -57,16 +62,24 @@ pub enum DispatchError {
     Stopping,
 }
 
-/// A call's rows, served.
+/// A batch's share of rows, served.
+#[derive(Clone, Debug)]
+struct Part {
+    outputs: Matrix,
+    node: ComputeNode,
+}
+
+/// A call's rows, served (by one node, or several for a call split across frames).
 #[derive(Clone, Debug)]
 pub struct Served {
     pub outputs: Matrix,
-    pub node: ComputeNode,
+    /// Each serving node's operator account and how many of the rows it served.
+    pub served_by: Vec<(Address, u64)>,
 }
 
 struct Pending {
     features: Matrix,
-    reply: oneshot::Sender<Result<Served, DispatchError>>,
+    reply: oneshot::Sender<Result<Part, DispatchError>>,
 }
 
 /// The compute nodes, their load, and one batching queue per model.
@@ -75,6 +88,10 @@ pub struct Dispatcher {
     nodes: Mutex<Vec<ComputeNode>>,
     load: Mutex<HashMap<NodeId, u32>>,
     failed: Mutex<HashMap<NodeId, Instant>>,
+    distrusted: Mutex<HashMap<NodeId, Instant>>,
+    /// Percent of batches verified on other nodes.
+    verify_percent: u8,
+    ledger: Arc<Ledger>,
     clients: tokio::sync::Mutex<HashMap<NodeId, RpcClient>>,
     queues: Mutex<HashMap<aic_protocol::AssetId, mpsc::Sender<Pending>>>,
     max_rows: usize,
@@ -87,9 +104,9 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         outbound: quinn::Endpoint,
-        max_rows: u32,
-        max_delay: Duration,
-        attempts: u32,
+        batching: &super::config::BatchingSettings,
+        verify_percent: u8,
+        ledger: Arc<Ledger>,
         metrics: GatewayMetrics,
         shutdown: CancellationToken,
     ) -> Self {
@@ -98,11 +115,14 @@ impl Dispatcher {
             nodes: Mutex::new(Vec::new()),
             load: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            distrusted: Mutex::new(HashMap::new()),
+            verify_percent,
+            ledger,
             clients: tokio::sync::Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
-            max_rows: max_rows as usize,
-            max_delay,
-            attempts,
+            max_rows: batching.max_rows as usize,
+            max_delay: Duration::from_micros(batching.max_delay_us),
+            attempts: batching.attempts,
             metrics,
             shutdown,
         }
@@ -142,20 +162,59 @@ impl Dispatcher {
         !self.nodes.lock().expect("nodes").is_empty()
     }
 
-    /// Serves `features` (encoded rows) with `model`, batched with other calls for it.
+    /// Serves `features` (encoded rows) with `model`, whose outputs are `output_width` values a
+    /// row, batched with other calls for it. A call too big for one frame is streamed as several
+    /// parts, each batched on its own, and answered whole.
     pub async fn serve(
         self: &Arc<Self>,
         model: &ServedModel,
         features: Matrix,
+        output_width: usize,
     ) -> Result<Served, DispatchError> {
-        let (reply, answer) = oneshot::channel();
+        let width = features.cols.max(output_width).max(1);
+        let part_rows = (MAX_BATCH_VALUES / width).max(1);
         let queue = self.queue(model);
-        queue.try_send(Pending { features, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => DispatchError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => DispatchError::Stopping,
-        })?;
-        self.metrics.queue_depth.inc();
-        answer.await.map_err(|_| DispatchError::Stopping)?
+        let mut answers = Vec::new();
+        for start in (0..features.rows).step_by(part_rows) {
+            let rows = part_rows.min(features.rows - start);
+            let cols = features.cols;
+            let part = Matrix {
+                rows,
+                cols,
+                data: features.data[start * cols..(start + rows) * cols].to_vec(),
+            };
+            let (reply, answer) = oneshot::channel();
+            queue
+                .try_send(Pending {
+                    features: part,
+                    reply,
+                })
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => DispatchError::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => DispatchError::Stopping,
+                })?;
+            self.metrics.queue_depth.inc();
+            answers.push(answer);
+        }
+        let mut outputs = Matrix {
+            rows: features.rows,
+            cols: output_width,
+            data: Vec::with_capacity(features.rows * output_width),
+        };
+        let mut served_by: Vec<(Address, u64)> = Vec::new();
+        for answer in answers {
+            let part = answer.await.map_err(|_| DispatchError::Stopping)??;
+            outputs.cols = part.outputs.cols;
+            outputs.data.extend_from_slice(&part.outputs.data);
+            match served_by
+                .iter_mut()
+                .find(|(payout, _)| *payout == part.node.payout)
+            {
+                Some((_, rows)) => *rows += part.outputs.rows as u64,
+                None => served_by.push((part.node.payout, part.outputs.rows as u64)),
+            }
+        }
+        Ok(Served { outputs, served_by })
     }
 
     fn queue(self: &Arc<Self>, model: &ServedModel) -> mpsc::Sender<Pending> {
@@ -220,7 +279,7 @@ impl Dispatcher {
     }
 
     /// Runs one batch, on another node after each failure, and answers every call in it.
-    async fn run_batch(&self, model: &ServedModel, batch: Vec<Pending>) {
+    async fn run_batch(self: &Arc<Self>, model: &ServedModel, batch: Vec<Pending>) {
         let width = batch[0].features.cols;
         let rows: usize = batch.iter().map(|p| p.features.rows).sum();
         self.metrics.batch_rows.observe(rows as f64);
@@ -268,12 +327,18 @@ impl Dispatcher {
         };
         match outcome {
             Ok((outputs, node)) => {
+                if self.verify_percent > 0 && rand::random_range(0..100u8) < self.verify_percent {
+                    tokio::spawn(
+                        self.clone()
+                            .verify(model.asset, request, outputs.clone(), node.clone()),
+                    );
+                }
                 let mut offset = 0;
                 for pending in batch {
                     let n = pending.features.rows;
                     let data = outputs.data[offset * outputs.cols..(offset + n) * outputs.cols].to_vec();
                     offset += n;
-                    let _ = pending.reply.send(Ok(Served {
+                    let _ = pending.reply.send(Ok(Part {
                         outputs: Matrix {
                             rows: n,
                             cols: outputs.cols,
@@ -291,13 +356,74 @@ impl Dispatcher {
         }
     }
 
-    /// The least loaded live node not tried yet (then the fastest, then by id).
+    /// Runs a served batch again on a second node, and on a third when the two disagree; reports
+    /// what it found to the scheduler's rater and passes over a node the other two outvoted.
+    async fn verify(
+        self: Arc<Self>,
+        model: aic_protocol::AssetId,
+        request: PeerRequest,
+        first: Matrix,
+        node: ComputeNode,
+    ) {
+        let verdict = async {
+            let second_node = self.pick(&[node.id])?;
+            let second = self.call(&second_node, &request).await.ok()?;
+            if outputs_agree(&first, &second) {
+                return Some(vec![(node.id, true), (second_node.id, true)]);
+            }
+            let third_node = self.pick(&[node.id, second_node.id])?;
+            let third = self.call(&third_node, &request).await.ok()?;
+            match judge(&first, &second, &third) {
+                Judgement::FirstWrong => Some(vec![
+                    (node.id, false),
+                    (second_node.id, true),
+                    (third_node.id, true),
+                ]),
+                Judgement::SecondWrong => Some(vec![
+                    (second_node.id, false),
+                    (node.id, true),
+                    (third_node.id, true),
+                ]),
+                Judgement::NoMajority => None,
+            }
+        }
+        .await;
+        let Some(verdicts) = verdict else {
+            self.metrics
+                .verifications
+                .with_label_values(&["inconclusive"])
+                .inc();
+            return;
+        };
+        let outvoted = verdicts.iter().any(|(_, matched)| !matched);
+        self.metrics
+            .verifications
+            .with_label_values(&[if outvoted { "outvoted" } else { "agreed" }])
+            .inc();
+        for (id, matched) in verdicts {
+            if !matched {
+                tracing::warn!(node = %id, %model, "a compute node's inference outputs were outvoted");
+                self.distrusted
+                    .lock()
+                    .expect("distrusted")
+                    .insert(id, Instant::now());
+            }
+            if let Err(e) = self.ledger.report_verdict(id, model, matched).await {
+                tracing::warn!(error = %e, node = %id, "reporting a verification verdict");
+            }
+        }
+    }
+
+    /// A least loaded live node not tried yet, drawn at random among equals; never one two
+    /// others outvoted lately.
     fn pick(&self, tried: &[NodeId]) -> Option<ComputeNode> {
         let nodes = self.nodes.lock().expect("nodes");
         let load = self.load.lock().expect("load");
         let mut failed = self.failed.lock().expect("failed");
         failed.retain(|_, at| at.elapsed() < FAILED_NODE_COOLDOWN);
-        let usable = |n: &&ComputeNode| !tried.contains(&n.id);
+        let mut distrusted = self.distrusted.lock().expect("distrusted");
+        distrusted.retain(|_, at| at.elapsed() < DISTRUST_FOR);
+        let usable = |n: &&ComputeNode| !tried.contains(&n.id) && !distrusted.contains_key(&n.id);
         let fresh: Vec<&ComputeNode> = nodes
             .iter()
             .filter(usable)
@@ -309,16 +435,18 @@ impl Dispatcher {
         } else {
             fresh
         };
-        candidates
+        // Among the least loaded, any: calls and verifications spread over every node.
+        let least = candidates
+            .iter()
+            .map(|n| load.get(&n.id).copied().unwrap_or(0))
+            .min()?;
+        let least: Vec<&ComputeNode> = candidates
             .into_iter()
-            .min_by_key(|n| {
-                (
-                    load.get(&n.id).copied().unwrap_or(0),
-                    std::cmp::Reverse(n.mflops),
-                    n.id,
-                )
-            })
-            .cloned()
+            .filter(|n| load.get(&n.id).copied().unwrap_or(0) == least)
+            .collect();
+        least
+            .get(rand::random_range(0..least.len()))
+            .map(|n| (*n).clone())
     }
 
     async fn call(&self, node: &ComputeNode, request: &PeerRequest) -> Result<Matrix, String> {
@@ -346,5 +474,56 @@ impl Dispatcher {
             .with_timeout(BATCH_TIMEOUT);
         clients.insert(node.id, client.clone());
         Ok(client)
+    }
+}
+
+/// Two nodes' outputs for one batch agree within the rule the rater applies to training.
+fn outputs_agree(a: &Matrix, b: &Matrix) -> bool {
+    (a.rows, a.cols) == (b.rows, b.cols) && aic_kernels::compare::agree(&a.data, &b.data).is_ok()
+}
+
+/// Who is wrong when a first and second node disagree, by a third node's outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judgement {
+    FirstWrong,
+    SecondWrong,
+    NoMajority,
+}
+
+fn judge(first: &Matrix, second: &Matrix, third: &Matrix) -> Judgement {
+    match (outputs_agree(first, third), outputs_agree(second, third)) {
+        (false, true) => Judgement::FirstWrong,
+        (true, false) => Judgement::SecondWrong,
+        _ => Judgement::NoMajority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outputs(values: &[f32]) -> Matrix {
+        Matrix::new(1, values.len(), values.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_node_two_others_outvote_is_the_wrong_one() {
+        let right = outputs(&[1.0, 2.0, 3.0]);
+        // Another device's rounding: agreed within the rater's tolerance.
+        let close = outputs(&[1.0, 2.0000001, 3.0]);
+        let wrong = outputs(&[-2.99, -5.99, -8.99]);
+        assert!(outputs_agree(&right, &close));
+        assert!(!outputs_agree(&right, &wrong));
+        assert!(
+            !outputs_agree(&right, &outputs(&[1.0, 2.0])),
+            "another shape never agrees"
+        );
+        assert_eq!(judge(&wrong, &right, &close), Judgement::FirstWrong);
+        assert_eq!(judge(&right, &wrong, &close), Judgement::SecondWrong);
+        // Three different answers name nobody.
+        assert_eq!(
+            judge(&right, &wrong, &outputs(&[9.0, 9.0, 9.0])),
+            Judgement::NoMajority
+        );
     }
 }

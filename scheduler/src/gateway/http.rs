@@ -379,7 +379,11 @@ async fn run_infer(
             needed: cost,
             available,
         })?;
-    let served = match gateway.dispatcher.serve(&entry.served, features).await {
+    let served = match gateway
+        .dispatcher
+        .serve(&entry.served, features, pre.output_width())
+        .await
+    {
         Ok(served) => served,
         Err(e) => {
             gateway.meter.release(access.account, cost);
@@ -395,7 +399,7 @@ async fn run_infer(
     };
     gateway
         .meter
-        .record(access.account, entry.id, served.node.payout, n, cost);
+        .record(access.account, entry.id, &served.served_by, cost);
     gateway.metrics.rows.with_label_values(&[&entry.label]).inc_by(n);
     gateway
         .metrics

@@ -76,6 +76,24 @@ impl Ledger {
         }
     }
 
+    /// Tells the scheduler's rater what a verification found about `node`.
+    pub async fn report_verdict(
+        &self,
+        node: aic_protocol::NodeId,
+        model: aic_protocol::AssetId,
+        matched: bool,
+    ) -> Result<(), String> {
+        let client = self.client().await?;
+        match client
+            .call(&ClientRequest::InferenceVerdict { node, model, matched })
+            .await
+        {
+            Ok(ClientResponse::Recorded) => Ok(()),
+            Ok(other) => Err(format!("unexpected answer to a verdict: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// The grid's nodes as the scheduler lists them.
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>, String> {
         let client = self.client().await?;

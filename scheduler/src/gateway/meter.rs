@@ -61,13 +61,15 @@ impl Meter {
         }
     }
 
-    /// Counts `rows` of `model` served for `payer` (its reservation `cost`) by the node whose
-    /// operator is `node`.
-    pub fn record(&self, payer: Address, model: AssetId, node: Address, rows: u64, cost: Amount) {
+    /// Counts a call's rows of `model`, served for `payer` (its reservation `cost`) by the
+    /// nodes whose operators are named, each with its rows.
+    pub fn record(&self, payer: Address, model: AssetId, served_by: &[(Address, u64)], cost: Amount) {
         let mut lines = self.lines.lock().expect("meter");
         let line = lines.entry((payer, model)).or_default();
-        line.rows += rows;
-        *line.served.entry(node).or_default() += rows;
+        for (node, rows) in served_by {
+            line.rows += rows;
+            *line.served.entry(*node).or_default() += rows;
+        }
         line.cost = Amount(line.cost.0.saturating_add(cost.0));
     }
 

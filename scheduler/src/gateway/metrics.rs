@@ -18,10 +18,15 @@ pub struct GatewayMetrics {
     pub retries: IntCounter,
     pub settlements: IntCounterVec,
     pub compute_nodes: IntGauge,
+    pub verifications: IntCounterVec,
 }
 
 /// Every settlement outcome, so each series exists from the start.
 pub const SETTLEMENT_OUTCOMES: [&str; 4] = ["settled", "already_settled", "refused", "retried"];
+
+/// Every verification verdict: the second node agreed; a node was outvoted by two others; no
+/// majority (or no other node to ask).
+pub const VERDICTS: [&str; 3] = ["agreed", "outvoted", "inconclusive"];
 
 /// The `model` label of calls that named no published model; its refusals' series exist from
 /// the start, so an error-rate alert sees them.
@@ -115,7 +120,20 @@ impl GatewayMetrics {
                     "Live compute nodes the gateway may use",
                 )?,
             )?,
+            verifications: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_gateway_verifications_total",
+                        "Batches re-run on other nodes to check a node's outputs, by verdict",
+                    ),
+                    &["verdict"],
+                )?,
+            )?,
         };
+        for verdict in VERDICTS {
+            metrics.verifications.with_label_values(&[verdict]);
+        }
         for outcome in SETTLEMENT_OUTCOMES {
             metrics.settlements.with_label_values(&[outcome]);
         }

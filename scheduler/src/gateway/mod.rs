@@ -84,9 +84,9 @@ pub async fn start(
     let ledger = Arc::new(ledger::Ledger::new(outbound.clone(), replicas));
     let dispatcher = Arc::new(dispatch::Dispatcher::new(
         outbound,
-        config.batching.max_rows,
-        Duration::from_micros(config.batching.max_delay_us),
-        config.batching.attempts,
+        &config.batching,
+        config.verification.sample_percent,
+        ledger.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
