@@ -395,10 +395,11 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     assert!(data_dir.join("client.toml").exists(), "a named data dir is kept");
 }
 
-/// A devnet whose compute-3 corrupts every result, kept running: the gateway's verification
-/// outvotes it and the rater penalises it (`tests/gateway/mod.rs`).
+/// A devnet of one process per service whose compute-3 corrupts every result, kept running: the
+/// gateway's verification outvotes compute-3 and the rater penalises it; compute-1 is killed
+/// between two calls and no call is lost; every row is charged once (`tests/gateway/mod.rs`).
 #[test]
-fn the_gateways_verification_outvotes_a_compute_node_that_lies() {
+fn the_gateway_outvotes_a_lying_node_and_loses_no_call_when_another_dies() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("devnet");
@@ -406,6 +407,7 @@ fn the_gateways_verification_outvotes_a_compute_node_that_lies() {
         .args([
             "devnet",
             "--json",
+            "--processes",
             "--faulty-percent",
             "100",
             "--timeout-secs",
@@ -433,7 +435,7 @@ fn the_gateways_verification_outvotes_a_compute_node_that_lies() {
         }
     }
     let stop = Stop(devnet.id());
-    gateway::check_a_lying_node_is_outvoted(&status, &data_dir);
+    gateway::check_a_lying_node_and_a_dead_one(&status, &data_dir);
     drop(stop);
     assert!(devnet.wait().unwrap().success());
 }

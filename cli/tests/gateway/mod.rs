@@ -320,7 +320,8 @@ pub fn check_the_gateway(status: &Value, data_dir: &Path) {
         "inference escrow",
     );
 
-    // Settlement: 20 + 20 + 1 rows, each period's lines paid to the base unit.
+    // Settlement: 20 + 20 + 1 rows, each period's lines paid to the base unit (this devnet's
+    // caller made no other call).
     check_settlement(profile, &caller, escrow_before, 41);
 
     // A compute node reads a published model's weights from a storage node — those weights
@@ -537,11 +538,57 @@ fn onnxruntime_answers(
         .collect()
 }
 
-/// The gateway's verification against a devnet whose compute-3 corrupts every output: calls
-/// succeed, the batches are re-run on other nodes, compute-3 is outvoted by the two honest ones,
-/// the scheduler's rater records a `wrong_inference_outputs` penalty against it (and against no
-/// honest node), and later calls are answered by honest nodes only.
-pub fn check_a_lying_node_is_outvoted(status: &Value, data_dir: &Path) {
+/// The gateway against a devnet (one process per service) whose compute-3 corrupts every
+/// output: its verification outvotes compute-3 (`check_a_lying_node_is_outvoted`); then compute-1
+/// is killed between two calls and no call is lost; every row served is charged once.
+pub fn check_a_lying_node_and_a_dead_one(status: &Value, data_dir: &Path) {
+    let profile = status["profile"].as_str().unwrap();
+    let caller = data_dir.join("wallets/caller.key");
+    let before = escrow(profile, &caller);
+    let mut rows = check_a_lying_node_is_outvoted(status, data_dir);
+    rows += check_a_killed_node_loses_no_call(status, data_dir);
+    check_settlement(profile, &caller, before, rows);
+}
+
+/// Ten calls, compute-1 killed (SIGKILL, between the tenth and the eleventh), ten more: every
+/// call answered. Answers the rows served.
+fn check_a_killed_node_loses_no_call(status: &Value, data_dir: &Path) -> u64 {
+    let gateway = Gateway::new(status);
+    let model = status["gateway"]["model"].as_str().unwrap();
+    let (header, rows) = digits(data_dir, 5);
+    let request = column_request(&header, &rows);
+    let mut served = 0;
+    for call in 0..20 {
+        if call == 10 {
+            let pid = pid_of("compute-1").expect("compute-1 runs as its own process");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        }
+        let (code, answer) = gateway.infer(model, &request);
+        assert_eq!(code, 200, "call {call}: {answer}");
+        served += 5;
+    }
+    served
+}
+
+/// The process started from `<name>.toml`.
+fn pid_of(name: &str) -> Option<u32> {
+    let wanted = format!("{name}.toml");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains(&wanted).then_some(pid)
+    })
+}
+
+/// Calls succeed, the batches are re-run on other nodes, compute-3 is outvoted by the two honest
+/// ones, the scheduler's rater records a `wrong_inference_outputs` penalty against it (and
+/// against no honest node), and later calls are answered by honest nodes only. Answers the rows
+/// served.
+fn check_a_lying_node_is_outvoted(status: &Value, data_dir: &Path) -> u64 {
     let gateway = Gateway::new(status);
     let profile = status["profile"].as_str().unwrap();
     let model = status["gateway"]["model"].as_str().unwrap();
@@ -558,7 +605,7 @@ pub fn check_a_lying_node_is_outvoted(status: &Value, data_dir: &Path) {
     };
     // Each call's batch is verified (a faulty devnet checks them all) by randomly drawn nodes.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut calls = 0;
+    let mut calls: u64 = 0;
     while outvoted() < 1.0 {
         assert!(
             Instant::now() < deadline,
@@ -596,4 +643,5 @@ pub fn check_a_lying_node_is_outvoted(status: &Value, data_dir: &Path) {
         .map(|_| gateway.infer(model, &request).1["outputs"][0]["data"].clone())
         .collect();
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    (calls + 6) * 5
 }
