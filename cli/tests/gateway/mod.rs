@@ -13,6 +13,12 @@ use serde_json::{json, Value};
 use super::support::{http_get, sample};
 use super::{aic, stderr};
 
+/// The gateway reuses the ledger's word on a key and a model for `limits.access_cache_ms` (1 s by
+/// default): a revocation or an unpublication committed before this returns holds after it.
+fn settle_access_cache() {
+    std::thread::sleep(Duration::from_millis(1200));
+}
+
 struct Gateway {
     client: reqwest::blocking::Client,
     url: String,
@@ -300,6 +306,7 @@ pub fn check_the_gateway(status: &Value, data_dir: &Path) {
         wallet,
     ]);
     assert!(revoked.status.success(), "{}", stderr(&revoked));
+    settle_access_cache();
     error_of(&gateway.infer_with(Some(second), model, &body), 403, "revoked");
     let broke = data_dir.join("wallets/data-owner.key");
     let created = aic(&[
@@ -320,9 +327,37 @@ pub fn check_the_gateway(status: &Value, data_dir: &Path) {
         "inference escrow",
     );
 
-    // Settlement: 20 + 20 + 1 rows, each period's lines paid to the base unit (this devnet's
-    // caller made no other call).
-    check_settlement(profile, &caller, escrow_before, 41);
+    // 64 clients at once, a row each: every call answered, each with its own row's answer.
+    let alone: Vec<Value> = rows[..20]
+        .iter()
+        .map(|row| {
+            let (code, answer) = gateway.infer(model, &column_request(&header, std::slice::from_ref(row)));
+            assert_eq!(code, 200, "{answer}");
+            answer["outputs"][0]["data"][0].clone()
+        })
+        .collect();
+    let together: Vec<(usize, Value)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..64)
+            .map(|i| {
+                let (gateway, header, rows) = (&gateway, &header, &rows);
+                scope.spawn(move || {
+                    let row = i % 20;
+                    let (code, answer) =
+                        gateway.infer(model, &column_request(header, std::slice::from_ref(&rows[row])));
+                    assert_eq!(code, 200, "{answer}");
+                    (row, answer["outputs"][0]["data"][0].clone())
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for (row, label) in &together {
+        assert_eq!(label, &alone[*row], "row {row} answered differently under load");
+    }
+
+    // Settlement: 20 + 20 + 1 + 20 + 64 rows, each period's lines paid to the base unit (this
+    // devnet's caller made no other call).
+    check_settlement(profile, &caller, escrow_before, 125);
 
     // A compute node reads a published model's weights from a storage node — those weights
     // only, and only while the model is published.
@@ -343,6 +378,7 @@ pub fn check_the_gateway(status: &Value, data_dir: &Path) {
         owner.to_str().unwrap(),
     ]);
     assert!(unpublished.status.success(), "{}", stderr(&unpublished));
+    settle_access_cache();
     error_of(&gateway.infer(model, &good), 404, "no published model");
     assert_eq!(
         published_weights(status, data_dir, asset, false),

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use aic_kernels::inference::Preprocessor;
 use aic_ledger::amount::Amount;
-use aic_ledger::api::{LedgerRequest, LedgerResponse, PublishedModel};
+use aic_ledger::api::{InferenceAccess, LedgerRequest, LedgerResponse, PublishedModel};
 use aic_ledger::tx::AssetKind;
 use aic_ledger::Address;
 use aic_protocol::manifest::Manifest;
@@ -66,18 +66,64 @@ pub struct Access {
     pub published: PublishedModel,
 }
 
-/// Checks `key` and resolves `model` in one ledger read.
-pub async fn check(ledger: &Ledger, key: Option<&str>, model: &str) -> Result<Access, Denied> {
+/// What the ledger said about a key and a model name, kept for a short while: a busy key costs
+/// one linearizable ledger read per `ttl`, not one per call. A revocation, an unpublication or a
+/// new escrow balance is seen within `ttl` (zero: every call reads the ledger).
+pub struct AccessCache {
+    ttl: std::time::Duration,
+    entries: Mutex<HashMap<AccessSlot, (Instant, InferenceAccess)>>,
+}
+
+/// A key's hash and a model's name as the call gave it.
+type AccessSlot = ([u8; 32], String);
+
+/// Entries the cache holds before it starts over.
+const MAX_CACHED_ACCESSES: usize = 10_000;
+
+impl AccessCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        AccessCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get(&self, ledger: &Ledger, key_hash: [u8; 32], model: &str) -> Result<InferenceAccess, Denied> {
+        let slot = (key_hash, model.to_string());
+        if let Some((at, access)) = self.entries.lock().expect("access cache").get(&slot) {
+            if at.elapsed() < self.ttl {
+                return Ok(access.clone());
+            }
+        }
+        let request = LedgerRequest::InferenceAccess {
+            key_hash,
+            model: model.to_string(),
+        };
+        let access = match ledger.request(&request).await {
+            Ok(LedgerResponse::InferenceAccess(access)) => access,
+            Ok(other) => return Err(Denied::Ledger(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(Denied::Ledger(e)),
+        };
+        if !self.ttl.is_zero() {
+            let mut entries = self.entries.lock().expect("access cache");
+            if entries.len() >= MAX_CACHED_ACCESSES {
+                entries.clear();
+            }
+            entries.insert(slot, (Instant::now(), access.clone()));
+        }
+        Ok(access)
+    }
+}
+
+/// Checks `key` and resolves `model`: one ledger read (or a recent answer from `cache`).
+pub async fn check(
+    ledger: &Ledger,
+    cache: &AccessCache,
+    key: Option<&str>,
+    model: &str,
+) -> Result<Access, Denied> {
     let key = key.ok_or(Denied::NoKey)?;
-    let request = LedgerRequest::InferenceAccess {
-        key_hash: key_hash(key),
-        model: model.to_string(),
-    };
-    let access = match ledger.request(&request).await {
-        Ok(LedgerResponse::InferenceAccess(access)) => access,
-        Ok(other) => return Err(Denied::Ledger(format!("unexpected answer {other:?}"))),
-        Err(e) => return Err(Denied::Ledger(e)),
-    };
+    let access = cache.get(ledger, key_hash(key), model).await?;
     let record = access.key.ok_or(Denied::UnknownKey)?;
     if record.revoked {
         return Err(Denied::RevokedKey);

@@ -73,6 +73,9 @@ pub struct LimitSettings {
     /// Each API key's sustained requests per second, and the burst it may save up.
     pub requests_per_second: u32,
     pub burst: u32,
+    /// How long the ledger's word on a key, its escrow and a model is reused: a revocation or an
+    /// unpublication holds within this (0: every call reads the ledger).
+    pub access_cache_ms: u64,
 }
 
 /// The `[settlement]` table: metered rows go to the ledger once per period, signed by the
@@ -105,6 +108,7 @@ impl Default for LimitSettings {
             max_rows_per_request: 4096,
             requests_per_second: 500,
             burst: 1000,
+            access_cache_ms: 1000,
         }
     }
 }
@@ -178,6 +182,9 @@ impl Validate for GatewayConfig {
         }
         if self.verification.sample_percent > 100 {
             return Err(Invalid::new("verification.sample_percent", "0 to 100"));
+        }
+        if self.limits.access_cache_ms > 60_000 {
+            return Err(Invalid::new("limits.access_cache_ms", "at most a minute (60000)"));
         }
         if self.settlement.period_ms < 100 {
             return Err(Invalid::new("settlement.period_ms", "at least 100"));

@@ -244,22 +244,33 @@ impl Dispatcher {
             let max_rows = self.max_rows.min((MAX_BATCH_VALUES / width).max(1));
             let mut rows = first.features.rows;
             let mut batch = vec![first];
+            // Waiting for company pays only under load: with no batch of this model on a node,
+            // the call goes at once, with whatever already queued behind it.
+            let idle = in_flight.available_permits() == BATCHES_IN_FLIGHT;
             let deadline = tokio::time::Instant::now() + self.max_delay;
             while rows < max_rows {
-                tokio::select! {
-                    next = queue.recv() => match next {
-                        Some(next) if rows + next.features.rows <= max_rows => {
-                            rows += next.features.rows;
-                            batch.push(next);
-                        }
-                        Some(next) => {
-                            // Too big to join: it starts the next batch, which runs now too.
-                            self.clone().launch(&model, vec![next], &in_flight).await;
-                            break;
-                        }
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
+                let next = if idle {
+                    match queue.try_recv() {
+                        Ok(next) => Some(next),
+                        Err(_) => break,
+                    }
+                } else {
+                    tokio::select! {
+                        next = queue.recv() => next,
+                        _ = tokio::time::sleep_until(deadline) => break,
+                    }
+                };
+                match next {
+                    Some(next) if rows + next.features.rows <= max_rows => {
+                        rows += next.features.rows;
+                        batch.push(next);
+                    }
+                    Some(next) => {
+                        // Too big to join: it starts the next batch, which runs now too.
+                        self.clone().launch(&model, vec![next], &in_flight).await;
+                        break;
+                    }
+                    None => break,
                 }
             }
             self.clone().launch(&model, batch, &in_flight).await;

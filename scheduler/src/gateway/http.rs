@@ -355,7 +355,7 @@ async fn run_infer(
             format!("the body is not an inference request: {e}"),
         )
     })?;
-    let access = access::check(&gateway.ledger, Some(&key), &path.name).await?;
+    let access = access::check(&gateway.ledger, &gateway.access, Some(&key), &path.name).await?;
     let entry = gateway.models.entry(&gateway.ledger, &access.published).await?;
     *served_model = Some(entry.label.clone());
     check_version(&path, &entry.version)?;

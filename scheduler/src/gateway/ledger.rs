@@ -8,6 +8,9 @@ use aic_protocol::rpc::RpcClient;
 use aic_protocol::Role;
 use tokio::sync::Mutex;
 
+/// Further tries of a read Raft could not confirm.
+const RAFT_READ_ATTEMPTS: u64 = 3;
+
 /// A scheduler connection that redials on failure, trying each replica in turn.
 pub struct Ledger {
     outbound: quinn::Endpoint,
@@ -42,16 +45,26 @@ impl Ledger {
         Err(format!("no scheduler replica answered ({})", failures.join("; ")))
     }
 
-    /// One ledger request; a broken connection is dropped so the next call redials.
+    /// One ledger request; a broken connection is dropped so the next call redials, and a read
+    /// Raft could not confirm (a leader that missed its quorum's heartbeats) is tried again.
     pub async fn request(&self, request: &LedgerRequest) -> Result<LedgerResponse, String> {
-        let client = self.client().await?;
-        match aic_ledger::remote::request(&client, request).await {
-            Ok(response) => Ok(response),
-            Err(aic_ledger::remote::RemoteError::Transport(e)) => {
-                *self.client.lock().await = None;
-                Err(e.to_string())
+        let mut attempt = 0;
+        loop {
+            let client = self.client().await?;
+            match aic_ledger::remote::request(&client, request).await {
+                Ok(response) => return Ok(response),
+                Err(aic_ledger::remote::RemoteError::Transport(e)) => {
+                    *self.client.lock().await = None;
+                    return Err(e.to_string());
+                }
+                Err(aic_ledger::remote::RemoteError::Ledger(aic_ledger::api::LedgerApiError::Raft(_)))
+                    if attempt < RAFT_READ_ATTEMPTS && !request.is_write() =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(e.to_string()),
             }
-            Err(e) => Err(e.to_string()),
         }
     }
 
