@@ -79,7 +79,9 @@ pub struct LimitSettings {
 }
 
 /// The `[settlement]` table: metered rows go to the ledger once per period, signed by the
-/// settler key (a wallet file genesis names among `inference_settlers`, or the system key).
+/// settler key (a wallet file genesis names among `inference_settlers`, or the system key). Each
+/// gateway needs a key of its own: the ledger keeps one period counter per key, and a period at
+/// or below the key's last is refused as already settled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SettlementSettings {
