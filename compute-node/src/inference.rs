@@ -98,41 +98,13 @@ impl ComputeNode {
         model: &ServedModel,
         parameters: u64,
     ) -> Result<Arc<Vec<f32>>, RpcError> {
-        if let Some(held) = self.tensors.lock().expect("tensor cache").get(&model.tensor) {
-            return Ok(held);
-        }
-        let mut failures = Vec::new();
-        for holder in &model.holders {
-            let client = match self.storage_client(holder).await {
-                Ok(client) => client,
-                Err(e) => {
-                    failures.push(e.to_string());
-                    continue;
-                }
-            };
-            match aic_protocol::tensor::fetch_published_tensor(&client, model.asset, model.tensor, parameters)
-                .await
-            {
-                Ok(values) => {
-                    let values = Arc::new(values);
-                    self.tensors
-                        .lock()
-                        .expect("tensor cache")
-                        .insert(model.tensor, values.clone());
-                    return Ok(values);
-                }
-                Err(e) => {
-                    self.metrics
-                        .tensor_refusals
-                        .with_label_values(&[e.reason()])
-                        .inc();
-                    failures.push(format!("{holder}: {e}"));
-                }
-            }
-        }
-        Err(RpcError::new(
-            ErrorCode::Unavailable,
-            format!("the weights of model {}: {}", model.asset, failures.join("; ")),
-        ))
+        let (asset, tensor) = (model.asset, model.tensor);
+        let what = format!("the weights of model {asset}");
+        let (values, _) = self
+            .held_or_fetched(tensor, &model.holders, &what, |client| async move {
+                aic_protocol::tensor::fetch_published_tensor(&client, asset, tensor, parameters).await
+            })
+            .await?;
+        Ok(values)
     }
 }

@@ -287,26 +287,40 @@ impl ComputeNode {
     /// that serves them whole and true to their name.
     async fn weights(&self, spec: &TaskSpec, parameters: u64) -> Result<(Arc<Vec<f32>>, u64), RpcError> {
         let tensor = spec.weights.tensor;
+        let ticket = &spec.weights.ticket;
+        self.held_or_fetched(tensor, &spec.weights.storage, &format!("the task's weights {tensor}"), |client| {
+            let ticket = ticket.clone();
+            async move { aic_protocol::tensor::fetch_tensor(&client, tensor, Some(ticket), parameters).await }
+        })
+        .await
+    }
+
+    /// `tensor` held already, or fetched with `fetch` from the first of `holders` that serves it
+    /// whole and true to its name (and kept). Answers the values and the bytes fetched (0 when
+    /// held); every holder's failure, named, when none served it.
+    pub(crate) async fn held_or_fetched<Fut>(
+        &self,
+        tensor: TensorRef,
+        holders: &[String],
+        what: &str,
+        fetch: impl Fn(RpcClient) -> Fut,
+    ) -> Result<(Arc<Vec<f32>>, u64), RpcError>
+    where
+        Fut: std::future::Future<Output = Result<Vec<f32>, aic_protocol::tensor::TensorError>>,
+    {
         if let Some(held) = self.tensors.lock().expect("tensor cache").get(&tensor) {
             return Ok((held, 0));
         }
         let mut failures = Vec::new();
-        for storage in &spec.weights.storage {
-            let client = match self.storage_client(storage).await {
+        for holder in holders {
+            let client = match self.storage_client(holder).await {
                 Ok(client) => client,
                 Err(e) => {
                     failures.push(e.to_string());
                     continue;
                 }
             };
-            match aic_protocol::tensor::fetch_tensor(
-                &client,
-                tensor,
-                Some(spec.weights.ticket.clone()),
-                parameters,
-            )
-            .await
-            {
+            match fetch(client).await {
                 Ok(values) => {
                     let values = Arc::new(values);
                     self.tensors
@@ -320,13 +334,13 @@ impl ComputeNode {
                         .tensor_refusals
                         .with_label_values(&[e.reason()])
                         .inc();
-                    failures.push(format!("{storage}: {e}"));
+                    failures.push(format!("{holder}: {e}"));
                 }
             }
         }
         Err(RpcError::new(
             ErrorCode::Unavailable,
-            format!("the task's weights {tensor}: {}", failures.join("; ")),
+            format!("{what}: {}", failures.join("; ")),
         ))
     }
 

@@ -251,6 +251,15 @@ impl TensorReader {
         &self.tensor
     }
 
+    /// Every chunk, checked, as one vector.
+    async fn read_all(mut self) -> Result<Vec<f32>, TensorError> {
+        let mut values = Vec::with_capacity(self.tensor.elements as usize);
+        while let Some(chunk) = self.next_chunk().await? {
+            values.extend_from_slice(&chunk);
+        }
+        Ok(values)
+    }
+
     /// The next chunk's values; `None` once the whole tensor arrived and hashed to its name.
     /// The last chunk is handed over only after the hash is checked.
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<f32>>, TensorError> {
@@ -304,12 +313,10 @@ pub async fn fetch_tensor(
     ticket: Option<SignedTicket>,
     limit: u64,
 ) -> Result<Vec<f32>, TensorError> {
-    let mut reader = TensorReader::open(client, tensor, ticket, limit).await?;
-    let mut values = Vec::with_capacity(tensor.elements as usize);
-    while let Some(chunk) = reader.next_chunk().await? {
-        values.extend_from_slice(&chunk);
-    }
-    Ok(values)
+    TensorReader::open(client, tensor, ticket, limit)
+        .await?
+        .read_all()
+        .await
 }
 
 /// Fetches the weights of a published TrainedModel (at most `limit` values), checked against
@@ -321,12 +328,10 @@ pub async fn fetch_published_tensor(
     limit: u64,
 ) -> Result<Vec<f32>, TensorError> {
     let request = PeerRequest::GetPublishedTensor { asset, tensor };
-    let mut reader = TensorReader::open_with(client, tensor, request, limit).await?;
-    let mut values = Vec::with_capacity(tensor.elements as usize);
-    while let Some(chunk) = reader.next_chunk().await? {
-        values.extend_from_slice(&chunk);
-    }
-    Ok(values)
+    TensorReader::open_with(client, tensor, request, limit)
+        .await?
+        .read_all()
+        .await
 }
 
 /// Stores `values` on a storage node, chunk by chunk in order; answers its name.

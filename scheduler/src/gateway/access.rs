@@ -165,8 +165,6 @@ pub fn call_cost(per_1k_rows: &[Amount], rows: u64) -> Amount {
 /// A served model as the gateway keeps it.
 pub struct ModelEntry {
     pub id: AssetId,
-    /// The name the URL uses: the alias, or the asset id.
-    pub name: String,
     /// Its metric label: the alias, or `unaliased`.
     pub label: String,
     /// The version: the job that trained it.
@@ -213,11 +211,6 @@ impl Models {
         let preprocessor = Preprocessor::new(&served.model, &dataset).map_err(|e| broken(e.to_string()))?;
         let entry = Arc::new(ModelEntry {
             id: published.id,
-            name: published
-                .publication
-                .alias
-                .clone()
-                .unwrap_or_else(|| published.id.to_string()),
             label: published
                 .publication
                 .alias

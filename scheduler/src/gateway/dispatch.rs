@@ -406,11 +406,8 @@ impl Dispatcher {
                 .inc();
             return;
         };
+        // The rater hears first, so whoever sees the verdict counted may read it there.
         let outvoted = verdicts.iter().any(|(_, matched)| !matched);
-        self.metrics
-            .verifications
-            .with_label_values(&[if outvoted { "outvoted" } else { "agreed" }])
-            .inc();
         for (id, matched) in verdicts {
             if !matched {
                 tracing::warn!(node = %id, %model, "a compute node's inference outputs were outvoted");
@@ -423,6 +420,10 @@ impl Dispatcher {
                 tracing::warn!(error = %e, node = %id, "reporting a verification verdict");
             }
         }
+        self.metrics
+            .verifications
+            .with_label_values(&[if outvoted { "outvoted" } else { "agreed" }])
+            .inc();
     }
 
     /// A least loaded live node not tried yet, drawn at random among equals; never one two

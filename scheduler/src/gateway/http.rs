@@ -201,9 +201,7 @@ async fn model_metadata(
     let gateway = state.gateway.clone();
     let path = path.into_inner();
     on_main(&state, async move {
-        let published = access::published(&gateway.ledger, &path.name).await?;
-        let entry = gateway.models.entry(&gateway.ledger, &published).await?;
-        check_version(&path, &entry.version)?;
+        let (published, entry) = resolve(&gateway, &path).await?;
         let pre = &entry.preprocessor;
         Ok::<_, ApiError>(json!({
             "name": path.name,
@@ -232,13 +230,22 @@ async fn model_ready(
     let gateway = state.gateway.clone();
     let path = path.into_inner();
     on_main(&state, async move {
-        let published = access::published(&gateway.ledger, &path.name).await?;
-        let entry = gateway.models.entry(&gateway.ledger, &published).await?;
-        check_version(&path, &entry.version)?;
+        resolve(&gateway, &path).await?;
         Ok::<_, ApiError>(json!({ "name": path.name, "ready": true }))
     })
     .await?
     .map(|value| HttpResponse::Ok().json(value))
+}
+
+/// The published model a model route names, built, at the version the route asks for.
+async fn resolve(
+    gateway: &Gateway,
+    path: &ModelPath,
+) -> Result<(aic_ledger::api::PublishedModel, Arc<access::ModelEntry>), Denied> {
+    let published = access::published(&gateway.ledger, &path.name).await?;
+    let entry = gateway.models.entry(&gateway.ledger, &published).await?;
+    check_version(path, &entry.version)?;
+    Ok((published, entry))
 }
 
 fn check_version(path: &ModelPath, actual: &str) -> Result<(), Denied> {
