@@ -1,15 +1,19 @@
-//! Inference gateway benchmark, on loopback: the devnet's digits model (softmax regression
-//! 64 → 10) called over HTTPS through the gateway to a compute node, beside the same forward pass
-//! called in this process on the CPU.
+//! Inference gateway benchmark, on loopback, for two models trained on the devnet's digits: its
+//! main model (softmax regression 64 → 10, 650 parameters, where HTTP is nearly all the cost) and
+//! a wide MLP (64 → 65,536 → 10, 4.9 M parameters, trained here for one epoch: a forward pass
+//! that costs something), each called over HTTPS through the gateway to the compute nodes,
+//! beside the same forward pass called in this process on the CPU.
 //!
 //! (a) One client, one row per call, calls in sequence: p50 and p99 latency and calls/s, beside
 //!     an in-process forward pass of one row. The goal: p50 overhead ≤ 2 ms.
 //! (b) 64 clients at once, one row per call (the gateway batches them): rows/s, p50 and p99,
 //!     beside in-process forward passes of 64 rows. The goal: ≥ 0.5× the in-process rows/s.
 //!
-//! `cargo bench -p aic-cli --bench gateway` (a devnet starts first: about a minute).
+//! `cargo bench -p aic-cli --bench gateway` (a devnet starts first and trains the wide model:
+//! a few minutes).
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +22,22 @@ use aic_kernels::inference::ServedGraph;
 use aic_kernels::{CpuBackend, Matrix};
 use serde_json::{json, Value};
 
-const SEQUENTIAL_CALLS: usize = 1000;
 const CLIENTS: usize = 64;
-const CALLS_PER_CLIENT: usize = 100;
 /// API keys the concurrent clients share.
 const KEYS: usize = 8;
+/// The wide MLP's hidden units.
+const WIDE_HIDDEN: u64 = 65_536;
+
+/// How much of each measurement a model gets: the wide model's calls cost more.
+struct Workload {
+    name: &'static str,
+    /// The name calls use.
+    alias: String,
+    asset: String,
+    sequential_calls: usize,
+    calls_per_client: usize,
+    local_rounds: usize,
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -30,6 +45,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Runs `aic` with `args`; its JSON answer.
+fn aic(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn main() {
@@ -49,19 +78,88 @@ fn main() {
         .unwrap();
     let status: Value = serde_json::from_str(&line).expect("the devnet's status line");
     let gateway = &status["gateway"];
-    let url = format!(
-        "{}/v2/models/{}/infer",
-        gateway["url"].as_str().unwrap(),
-        gateway["model"].as_str().unwrap()
-    );
-    let key = gateway["api_key"].as_str().unwrap().to_string();
+    let profile = status["profile"].as_str().unwrap();
+    let wallet = |name: &str| data_dir.join(format!("wallets/{name}.key")).display().to_string();
     let ca = std::fs::read(gateway["ca"].as_str().unwrap()).unwrap();
     let client = reqwest::blocking::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let served = served_model(&data_dir, &status, gateway["asset"].as_str().unwrap());
+    // A key's rate limit is a policy, not what is measured: the concurrent clients share eight
+    // keys of the caller's account.
+    let keys: Vec<String> = (0..KEYS)
+        .map(|_| {
+            aic(&[
+                "gateway",
+                "key",
+                "create",
+                "--json",
+                "--profile",
+                profile,
+                "--wallet",
+                gateway["caller_wallet"].as_str().unwrap(),
+            ])["api_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    // The wide MLP: registered, trained for one epoch, published.
+    let digits = status["datasets"][0]["asset"].as_str().unwrap();
+    let model = aic(&[
+        "model",
+        "register",
+        "--name",
+        "digits-wide",
+        "--kind",
+        "mlp",
+        "--hidden",
+        &WIDE_HIDDEN.to_string(),
+        "--for-dataset",
+        digits,
+        "--profile",
+        profile,
+        "--wallet",
+        &wallet("model-owner"),
+        "--json",
+    ]);
+    let job = aic(&[
+        "job",
+        "submit",
+        "--dataset",
+        digits,
+        "--model",
+        model["asset"].as_str().unwrap(),
+        "--budget",
+        "200",
+        "--epochs",
+        "1",
+        "--local-steps",
+        "2",
+        "--profile",
+        profile,
+        "--wallet",
+        &wallet("user"),
+        "--json",
+    ]);
+    assert_eq!(job["state"], "done", "{job}");
+    let wide_asset = job["trained_model"].as_str().unwrap().to_string();
+    aic(&[
+        "model",
+        "publish",
+        &wide_asset,
+        "--price-per-1k-rows",
+        "0.1",
+        "--alias",
+        "digits-wide",
+        "--profile",
+        profile,
+        "--wallet",
+        &wallet("user"),
+        "--json",
+    ]);
 
     let pixels: Vec<Vec<f32>> = std::fs::read_to_string(data_dir.join("data/digits.csv"))
         .unwrap()
@@ -70,6 +168,66 @@ fn main() {
         .take(CLIENTS)
         .map(|l| l.split(',').take(64).map(|v| v.parse().unwrap()).collect())
         .collect();
+    println!("inference gateway, loopback HTTPS → gateway → compute node (QUIC)");
+    let workloads = [
+        Workload {
+            name: "digits softmax 64 → 10 (650 parameters)",
+            alias: gateway["model"].as_str().unwrap().to_string(),
+            asset: gateway["asset"].as_str().unwrap().to_string(),
+            sequential_calls: 1000,
+            calls_per_client: 100,
+            local_rounds: 2000,
+        },
+        Workload {
+            name: "wide MLP 64 → 65,536 → 10 (4.9 M parameters)",
+            alias: "digits-wide".into(),
+            asset: wide_asset,
+            sequential_calls: 200,
+            calls_per_client: 10,
+            local_rounds: 20,
+        },
+    ];
+    let url = gateway["url"].as_str().unwrap();
+    for workload in &workloads {
+        let served = served_model(&data_dir, profile, &workload.asset);
+        measure(workload, &served, &client, url, &keys, &pixels);
+    }
+    let metrics = status["metrics"]["gateway-1"].as_str().unwrap();
+    let page = reqwest::blocking::get(metrics).unwrap().text().unwrap();
+    let value = |name: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "
+batches, both models: {} for {} rows in all (mean {:.1} rows a batch); {} hedged, {} retried",
+        value("aic_gateway_batch_rows_count"),
+        value("aic_gateway_batch_rows_sum"),
+        value("aic_gateway_batch_rows_sum") / value("aic_gateway_batch_rows_count").max(1.0),
+        value("aic_gateway_batch_hedges_total"),
+        value("aic_gateway_batch_retries_total"),
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(devnet.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    devnet.wait().unwrap();
+}
+
+/// (a) and (b) for one model.
+fn measure(
+    workload: &Workload,
+    served: &ServedGraph,
+    client: &reqwest::blocking::Client,
+    base: &str,
+    keys: &[String],
+    pixels: &[Vec<f32>],
+) {
+    let url = format!("{base}/v2/models/{}/infer", workload.alias);
     let body = |row: &[f32]| {
         serde_json::to_vec(
             &json!({"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32", "data": row}]}),
@@ -77,7 +235,7 @@ fn main() {
         .unwrap()
     };
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(pixels.iter().map(|r| body(r)).collect());
-    let call = |client: &reqwest::blocking::Client, body: &[u8]| {
+    let call = |client: &reqwest::blocking::Client, key: &str, body: &[u8]| {
         let started = Instant::now();
         let response = client
             .post(&url)
@@ -92,18 +250,19 @@ fn main() {
     };
     // Warm the model into the compute nodes and the connections.
     for body in bodies.iter() {
-        call(&client, body);
+        call(client, &keys[0], body);
     }
 
     // (a) One row per call, in sequence.
-    let mut latencies: Vec<Duration> = (0..SEQUENTIAL_CALLS)
-        .map(|i| call(&client, &bodies[i % bodies.len()]))
+    let sequential = workload.sequential_calls;
+    let mut latencies: Vec<Duration> = (0..sequential)
+        .map(|i| call(client, &keys[0], &bodies[i % bodies.len()]))
         .collect();
     let total: Duration = latencies.iter().sum();
     latencies.sort();
     let mut cpu = CpuBackend::default();
     let one_row = Matrix::new(1, 64, pixels[0].clone()).unwrap();
-    let mut local: Vec<Duration> = (0..SEQUENTIAL_CALLS)
+    let mut local: Vec<Duration> = (0..sequential)
         .map(|_| {
             let started = Instant::now();
             served.outputs(&mut cpu, &one_row).unwrap();
@@ -111,13 +270,17 @@ fn main() {
         })
         .collect();
     local.sort();
-    println!("inference gateway, loopback HTTPS → gateway → compute node (QUIC), digits softmax 64 → 10");
-    println!("\n(a) one client, one row per call, {SEQUENTIAL_CALLS} calls in sequence");
+    println!(
+        "
+== {}",
+        workload.name
+    );
+    println!("(a) one client, one row per call, {sequential} calls in sequence");
     println!(
         "  gateway     p50 {:>8.3} ms   p99 {:>8.3} ms   {:>8.0} calls/s",
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
-        SEQUENTIAL_CALLS as f64 / total.as_secs_f64()
+        sequential as f64 / total.as_secs_f64()
     );
     println!(
         "  in-process  p50 {:>8.3} ms   p99 {:>8.3} ms   (the forward pass alone)",
@@ -135,32 +298,8 @@ fn main() {
         }
     );
 
-    // (b) 64 clients at once, one row per call. A key's rate limit (500 calls a second by
-    // default) is a policy, not what is measured: eight keys of the same account share the load.
-    let keys: Vec<String> = (0..KEYS)
-        .map(|_| {
-            let created = Command::new(env!("CARGO_BIN_EXE_aic"))
-                .args([
-                    "gateway",
-                    "key",
-                    "create",
-                    "--json",
-                    "--profile",
-                    status["profile"].as_str().unwrap(),
-                    "--wallet",
-                ])
-                .arg(gateway["caller_wallet"].as_str().unwrap())
-                .output()
-                .unwrap();
-            assert!(
-                created.status.success(),
-                "{}",
-                String::from_utf8_lossy(&created.stderr)
-            );
-            let created: Value = serde_json::from_slice(&created.stdout).unwrap();
-            created["api_key"].as_str().unwrap().to_string()
-        })
-        .collect();
+    // (b) 64 clients at once, one row per call.
+    let calls_per_client = workload.calls_per_client;
     let started = Instant::now();
     let workers: Vec<_> = (0..CLIENTS)
         .map(|c| {
@@ -168,10 +307,10 @@ fn main() {
                 client.clone(),
                 bodies.clone(),
                 url.clone(),
-                keys[c % KEYS].clone(),
+                keys[c % keys.len()].clone(),
             );
             std::thread::spawn(move || {
-                (0..CALLS_PER_CLIENT)
+                (0..calls_per_client)
                     .map(|i| {
                         let started = Instant::now();
                         let response = client
@@ -192,16 +331,15 @@ fn main() {
     let mut concurrent: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     let wall = started.elapsed();
     concurrent.sort();
-    let rows = (CLIENTS * CALLS_PER_CLIENT) as f64;
+    let rows = (CLIENTS * calls_per_client) as f64;
     let batch = Matrix::new(CLIENTS, 64, pixels.concat()).unwrap();
-    let rounds = 2000;
     let local_started = Instant::now();
-    for _ in 0..rounds {
+    for _ in 0..workload.local_rounds {
         served.outputs(&mut cpu, &batch).unwrap();
     }
-    let local_rows = (rounds * CLIENTS) as f64 / local_started.elapsed().as_secs_f64();
+    let local_rows = (workload.local_rounds * CLIENTS) as f64 / local_started.elapsed().as_secs_f64();
     let gateway_rows = rows / wall.as_secs_f64();
-    println!("\n(b) {CLIENTS} clients at once, one row per call, {CALLS_PER_CLIENT} calls each (batched by the gateway)");
+    println!("(b) {CLIENTS} clients at once, one row per call, {calls_per_client} calls each (batched by the gateway)");
     println!(
         "  gateway     {:>10.0} rows/s   p50 {:>8.3} ms   p99 {:>8.3} ms",
         gateway_rows,
@@ -218,36 +356,15 @@ fn main() {
             "missed"
         }
     );
-    let metrics = status["metrics"]["gateway-1"].as_str().unwrap();
-    let page = reqwest::blocking::get(metrics).unwrap().text().unwrap();
-    let value = |name: &str| {
-        page.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    println!(
-        "  batches: {} for {} rows in all (mean {:.1} rows a batch)",
-        value("aic_gateway_batch_rows_count"),
-        value("aic_gateway_batch_rows_sum"),
-        value("aic_gateway_batch_rows_sum") / value("aic_gateway_batch_rows_count").max(1.0)
-    );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(devnet.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    devnet.wait().unwrap();
 }
 
 /// The served model built in this process from the weights its owner exports.
-fn served_model(data_dir: &std::path::Path, status: &Value, asset: &str) -> ServedGraph {
-    let out = data_dir.join("bench-weights");
+fn served_model(data_dir: &Path, profile: &str, asset: &str) -> ServedGraph {
+    let out = data_dir.join(format!("bench-weights-{asset}"));
     let exported = Command::new(env!("CARGO_BIN_EXE_aic"))
         .args(["model", "export", asset, "--format", "parquet", "--out"])
         .arg(&out)
-        .args(["--profile", status["profile"].as_str().unwrap(), "--wallet"])
+        .args(["--profile", profile, "--wallet"])
         .arg(data_dir.join("wallets/user.key"))
         .output()
         .unwrap();

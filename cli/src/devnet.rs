@@ -86,10 +86,14 @@ pub struct DevnetArgs {
     /// Epochs of the main job (softmax regression on the digits).
     #[arg(long, default_value_t = 30)]
     pub epochs: u32,
-    /// Start compute-3 corrupting this percentage of its results (fault injection, to watch
-    /// the rater catch and slash it).
+    /// Start compute-3 corrupting this percentage of its training results (fault injection, to
+    /// watch the rater catch and slash it).
     #[arg(long, default_value_t = 0)]
     pub faulty_percent: u8,
+    /// Start compute-3 corrupting this percentage of its inference outputs (fault injection, to
+    /// watch the gateway's verification outvote it), with every batch verified.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub faulty_inference_percent: u8,
     /// Drill (with --processes): kill compute-2's process once the main job reaches this
     /// round, to watch its tasks re-run elsewhere.
     #[arg(long, requires = "processes")]
@@ -98,6 +102,10 @@ pub struct DevnetArgs {
     /// job reaches this round, to watch the new Raft leader resume it from its last checkpoint.
     #[arg(long, requires = "processes", conflicts_with = "kill_compute_at_round")]
     pub kill_scheduler_at_round: Option<u64>,
+    /// Drill (with --processes): the first honest compute node the gateway hands an inference
+    /// batch of at least this many rows exits holding it, to watch the batch served elsewhere.
+    #[arg(long, requires = "processes", value_parser = clap::value_parser!(u32).range(1..))]
+    pub kill_compute_on_inference_rows: Option<u32>,
     /// How long a job's runner may go without a checkpoint before another scheduler replica
     /// takes the job over. Raise it above the longest round (a large model's).
     #[arg(long, default_value_t = RESUME_AFTER_SECS, value_parser = clap::value_parser!(u64).range(1..))]
@@ -199,6 +207,17 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
                     } else {
                         0
                     },
+                    corrupt_inference_percent: if name == "compute-3" {
+                        args.faulty_inference_percent
+                    } else {
+                        0
+                    },
+                    // compute-3 is the one the faults corrupt: the drill spares it.
+                    exit_on_inference_rows: match args.kill_compute_on_inference_rows {
+                        Some(rows) if name != "compute-3" => rows,
+                        _ => 0,
+                    },
+                    exit_claim_file: dir.join("drill-inference-exit"),
                     ..Default::default()
                 },
             };
@@ -221,7 +240,11 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             },
             verification: aic_scheduler::gateway::config::VerificationSettings {
                 // Every batch is checked where a node is made to lie; one in ten otherwise.
-                sample_percent: if args.faulty_percent > 0 { 100 } else { 10 },
+                sample_percent: if args.faulty_percent > 0 || args.faulty_inference_percent > 0 {
+                    100
+                } else {
+                    10
+                },
             },
             ..Default::default()
         };

@@ -395,9 +395,10 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     assert!(data_dir.join("client.toml").exists(), "a named data dir is kept");
 }
 
-/// A devnet of one process per service whose compute-3 corrupts every result, kept running: the
-/// gateway's verification outvotes compute-3 and the rater penalises it; compute-1 is killed
-/// between two calls and no call is lost; every row is charged once (`tests/gateway/mod.rs`).
+/// A devnet of one process per service whose compute-3 corrupts every inference output, kept
+/// running: the gateway's verification outvotes compute-3 and the rater penalises it; an honest node dies
+/// holding a batch (the devnet's drill) and no call is lost; every row is charged once
+/// (`tests/gateway/mod.rs`).
 #[test]
 fn the_gateway_outvotes_a_lying_node_and_loses_no_call_when_another_dies() {
     use std::io::{BufRead, BufReader};
@@ -408,8 +409,10 @@ fn the_gateway_outvotes_a_lying_node_and_loses_no_call_when_another_dies() {
             "devnet",
             "--json",
             "--processes",
-            "--faulty-percent",
+            "--faulty-inference-percent",
             "100",
+            "--kill-compute-on-inference-rows",
+            &gateway::DRILL_ROWS.to_string(),
             "--timeout-secs",
             "60",
             "--data-dir",
@@ -438,6 +441,13 @@ fn the_gateway_outvotes_a_lying_node_and_loses_no_call_when_another_dies() {
     gateway::check_a_lying_node_and_a_dead_one(&status, &data_dir);
     drop(stop);
     assert!(devnet.wait().unwrap().success());
+}
+
+/// A flooding client over HTTPS: a gateway allowing one call a minute and a burst of two answers
+/// the third 429 with `Retry-After`, before the body or the ledger (`tests/gateway/limits.rs`).
+#[test]
+fn a_gateway_refuses_a_key_over_its_rate() {
+    gateway::limits::check_a_key_over_its_rate_is_refused();
 }
 
 /// `aic dataset` against the running devnet: bad imports refused before anything is stored; the

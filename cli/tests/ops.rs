@@ -377,6 +377,7 @@ fn the_sample_config_of_every_role_loads_and_keeps_metrics_on_loopback() {
         ("scheduler", "scheduler.toml"),
         ("storage-node", "storage.toml"),
         ("compute-node", "compute.toml"),
+        ("gateway", "gateway.toml"),
     ] {
         let path = repo().join("ops/config").join(file);
         let text = run_ok(

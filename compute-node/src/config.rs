@@ -43,6 +43,17 @@ pub struct ComputeSettings {
     /// results this node corrupts (with a digest that matches the corrupted numbers, as a
     /// dishonest node would). 0 in production.
     pub corrupt_results_percent: u8,
+    /// FAULT INJECTION, for verification tests and drills only: the percentage of inference
+    /// batches whose outputs this node corrupts. 0 in production.
+    pub corrupt_inference_percent: u8,
+    /// FAULT INJECTION, for drills only: the process exits, as if killed, the moment it is handed
+    /// an inference batch of at least this many rows, before running it (a node dying with a
+    /// batch in flight). 0, never, in production.
+    pub exit_on_inference_rows: u32,
+    /// With `exit_on_inference_rows`: a file the dying node creates first; a node that finds it
+    /// made already lives on, so a drill set on several nodes kills exactly one — the first
+    /// handed such a batch. Empty: no claim, this node always exits.
+    pub exit_claim_file: std::path::PathBuf,
 }
 
 impl Default for ComputeSettings {
@@ -55,6 +66,9 @@ impl Default for ComputeSettings {
             tensor_cache_bytes: 4 * 1024 * 1024 * 1024,
             payout_address: String::new(),
             corrupt_results_percent: 0,
+            corrupt_inference_percent: 0,
+            exit_on_inference_rows: 0,
+            exit_claim_file: std::path::PathBuf::new(),
         }
     }
 }
@@ -85,11 +99,19 @@ impl Validate for ComputeConfig {
                 "is a core count, 0 (every core) to 1024",
             ));
         }
-        if self.compute.corrupt_results_percent > 100 {
-            return Err(Invalid::new(
+        for (key, percent) in [
+            (
                 "compute.corrupt_results_percent",
-                "is a percentage, 0 to 100",
-            ));
+                self.compute.corrupt_results_percent,
+            ),
+            (
+                "compute.corrupt_inference_percent",
+                self.compute.corrupt_inference_percent,
+            ),
+        ] {
+            if percent > 100 {
+                return Err(Invalid::new(key, "is a percentage, 0 to 100"));
+            }
         }
         aic_protocol::config::check_payout_address("compute.payout_address", &self.compute.payout_address)
     }

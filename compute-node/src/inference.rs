@@ -35,6 +35,14 @@ impl ComputeNode {
                 request.features.len()
             )));
         }
+        if self.exit_on_inference_rows > 0
+            && request.rows >= self.exit_on_inference_rows
+            && self.claims_the_exit()
+        {
+            // Fault injection (drills): die holding the batch, as a killed node would.
+            tracing::error!(rows, "fault injection: exiting with an inference batch in flight");
+            std::process::exit(137);
+        }
         let started = Instant::now();
         let served = self.served(&request.model).await?;
         let x = Matrix::new(rows, width, request.features).map_err(|e| invalid(e.to_string()))?;
@@ -46,7 +54,8 @@ impl ComputeNode {
             .inference_duration
             .observe(started.elapsed().as_secs_f64());
         let mut outputs = result.map_err(invalid)?;
-        if self.corrupt_percent > 0 && rand::random_range(0..100u8) < self.corrupt_percent {
+        if self.corrupt_inference_percent > 0 && rand::random_range(0..100u8) < self.corrupt_inference_percent
+        {
             // Fault injection (tests and drills): plausible-looking wrong outputs.
             tracing::warn!(model = %request.model.asset, "fault injection: corrupting these outputs");
             outputs.data.iter_mut().for_each(|v| *v = -*v * 3.0 + 0.01);
@@ -56,6 +65,16 @@ impl ComputeNode {
             width: outputs.cols as u32,
             outputs: outputs.data,
         })
+    }
+
+    /// Whether this node is the drill's one to die: no claim file, or this node made it first.
+    fn claims_the_exit(&self) -> bool {
+        self.exit_claim_file.as_os_str().is_empty()
+            || std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.exit_claim_file)
+                .is_ok()
     }
 
     /// The model built from its weights: kept from an earlier batch, or fetched and built now.

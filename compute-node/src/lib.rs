@@ -58,6 +58,12 @@ struct ComputeNode {
     storage: Mutex<HashMap<String, RpcClient>>,
     metrics: metrics::ComputeMetrics,
     corrupt_percent: u8,
+    /// Fault injection: the percentage of inference batches answered wrong.
+    corrupt_inference_percent: u8,
+    /// Drill: the inference batch size at which the process exits (0: never), and the file
+    /// whose creation claims the exit among several nodes (empty: none).
+    exit_on_inference_rows: u32,
+    exit_claim_file: std::path::PathBuf,
     /// The certificate key, which signs lottery blocks.
     key: aic_ledger::Keypair,
     me: aic_protocol::NodeId,
@@ -417,6 +423,9 @@ pub fn start(
         storage: Mutex::new(HashMap::new()),
         metrics,
         corrupt_percent: config.compute.corrupt_results_percent,
+        corrupt_inference_percent: config.compute.corrupt_inference_percent,
+        exit_on_inference_rows: config.compute.exit_on_inference_rows,
+        exit_claim_file: config.compute.exit_claim_file.clone(),
         key: aic_ledger::Keypair::from_pkcs8_der(identity.key.secret_der())
             .map_err(|e| aic_protocol::Error::Certificate(format!("the node key cannot sign blocks: {e}")))?,
         me: identity.me.node_id,

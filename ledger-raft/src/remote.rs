@@ -1,5 +1,7 @@
 //! Calling the ledger over a scheduler connection: ledger requests carried in client frames,
-//! waiting out a leader election. Used by the `aic` commands and by nodes that read the ledger.
+//! waiting out a leader election, and trying again a read whose leader could not confirm its
+//! leadership in time (a loaded replica's heartbeats ran late). Used by the `aic` commands, the
+//! gateway and the nodes that read the ledger.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +24,9 @@ pub enum RemoteError {
     Unexpected(String),
 }
 
-/// Sends one ledger request; while no leader is known (an election), retries until
-/// [`LEADER_WAIT`] has passed.
+/// Sends one ledger request; while no leader is known (an election), or while a read's leader
+/// cannot confirm it leads, retries until [`LEADER_WAIT`] has passed. A write Raft refused is
+/// not retried here: whether it applied is for the caller to find out (its nonce says).
 pub async fn request(client: &RpcClient, request: &LedgerRequest) -> Result<LedgerResponse, RemoteError> {
     let deadline = Instant::now() + LEADER_WAIT;
     loop {
@@ -37,6 +40,9 @@ pub async fn request(client: &RpcClient, request: &LedgerRequest) -> Result<Ledg
                 if Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(LedgerApiError::Raft(_)) if !request.is_write() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => return Err(error.into()),
         }

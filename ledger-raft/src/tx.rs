@@ -22,6 +22,7 @@ pub enum AssetKind {
 pub struct AssetMetadata {
     pub name: String,
     /// BLAKE3 of the asset's content (manifest or weights).
+    #[serde(with = "aic_protocol::hex_serde")]
     pub content_hash: [u8; 32],
     /// The manifest, as JSON text.
     pub manifest: String,
@@ -193,10 +194,12 @@ pub enum Call {
     },
     /// Binds an API key (by its BLAKE3 hash; the key never reaches the ledger) to the caller.
     CreateApiKey {
+        #[serde(with = "aic_protocol::hex_serde")]
         key_hash: [u8; 32],
         label: String,
     },
     RevokeApiKey {
+        #[serde(with = "aic_protocol::hex_serde")]
         key_hash: [u8; 32],
     },
     /// One period of a gateway's metered usage, signed by the system key or an inference

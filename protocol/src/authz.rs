@@ -71,7 +71,8 @@ pub const TABLE: &[Rule] = &[
     rule(C, "submit_job", PEOPLE),
     rule(C, "job_status", PEOPLE),
     rule(C, "cancel_job", PEOPLE),
-    rule(C, "ratings", PEOPLE),
+    // Gateways read reputations to place inference as the allocator places tasks.
+    rule(C, "ratings", NODE_READERS),
     // A gateway reports what its verification of a node's inference found.
     rule(C, "inference_verdict", GATEWAY),
     // node → node

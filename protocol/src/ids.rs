@@ -1,5 +1,6 @@
 //! Typed identifiers: a node is named by the hash of its public key, everything else by
-//! random or content-derived 128/256-bit ids, so two kinds of id can never be mixed up.
+//! random or content-derived 128/256-bit ids, so two kinds of id can never be mixed up. Each is
+//! hex text in JSON and raw bytes on the wire.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +14,7 @@ use crate::error::Error;
 /// Derived, never claimed: a peer computes it from the certificate it verified, so a node
 /// cannot pretend to be another without that node's private key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeId([u8; 32]);
+pub struct NodeId(#[serde(with = "crate::hex_serde")] [u8; 32]);
 
 impl NodeId {
     /// Derives the id from a raw public key (for Ed25519, its 32 bytes).
@@ -61,7 +62,7 @@ macro_rules! id128 {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        pub struct $name([u8; 16]);
+        pub struct $name(#[serde(with = "crate::hex_serde")] [u8; 16]);
 
         impl $name {
             /// A fresh random id.
@@ -123,7 +124,7 @@ id128!(
 
 /// A dataset shard, named by the BLAKE3 hash of its plaintext Parquet bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ShardId([u8; 32]);
+pub struct ShardId(#[serde(with = "crate::hex_serde")] [u8; 32]);
 
 impl ShardId {
     pub fn of_content(content: &[u8]) -> Self {

@@ -22,6 +22,7 @@ pub mod config;
 pub mod encoding;
 pub mod error;
 pub mod frame;
+pub mod hex_serde;
 pub mod ids;
 pub mod logging;
 pub mod manifest;

@@ -125,17 +125,37 @@ impl RpcHandler for SchedulerApi {
                         .do_send(crate::rater::RecordCheck { node, matched });
                 } else {
                     // Penalties name nodes as `aic nodes` does.
-                    let name = self
+                    let listed = self
                         .registry
                         .send(ListNodes)
                         .await
                         .map_err(unavailable)?
                         .into_iter()
-                        .find(|n| n.node_id == node)
-                        .map_or_else(|| node.to_string(), |n| n.name);
-                    self.jobs
-                        .rater
-                        .do_send(crate::rater::RecordInferenceFault { node, name, model });
+                        .find(|n| n.node_id == node);
+                    let name = listed
+                        .as_ref()
+                        .map_or_else(|| node.to_string(), |n| n.name.clone());
+                    let payout = listed.and_then(|n| n.payout_address.parse::<aic_ledger::Address>().ok());
+                    let slashed = match payout {
+                        Some(account) => self
+                            .jobs
+                            .slash_stake(
+                                account,
+                                format!("inference on {model}: outputs outvoted by two nodes"),
+                            )
+                            .await
+                            .unwrap_or_else(|error| {
+                                tracing::warn!(%name, %error, "slash refused");
+                                aic_ledger::Amount::ZERO
+                            }),
+                        None => aic_ledger::Amount::ZERO,
+                    };
+                    self.jobs.rater.do_send(crate::rater::RecordInferenceFault {
+                        node,
+                        name,
+                        model,
+                        slashed,
+                    });
                 }
                 Ok(ClientResponse::Recorded)
             }

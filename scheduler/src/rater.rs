@@ -43,7 +43,8 @@ pub struct RecordPenalty(pub Penalty);
 
 /// A gateway's verification found `node`'s outputs for `model` wrong (two other nodes agreed
 /// against it): a mismatch on its record, and a penalty. Inference pays per period, so there is
-/// no job escrow to withhold; the node's reputation, and so its placement, pays.
+/// no job escrow to withhold: the node's stake (slashed as for a wrong training result) and its
+/// reputation, and so its placement, pay.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RecordInferenceFault {
@@ -51,6 +52,8 @@ pub struct RecordInferenceFault {
     /// The node's name, as penalties show it.
     pub name: String,
     pub model: aic_protocol::AssetId,
+    /// AIC slashed from its stake for it.
+    pub slashed: aic_ledger::Amount,
 }
 
 /// Every node's record and penalties.
@@ -128,7 +131,7 @@ impl Handler<RecordInferenceFault> for Rater {
             job: "inference".into(),
             task: message.model.to_string(),
             reason: "wrong_inference_outputs".into(),
-            slashed: "0".into(),
+            slashed: message.slashed.to_string(),
             reputation_after: reputation,
         });
     }

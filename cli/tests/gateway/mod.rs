@@ -4,6 +4,8 @@
 //! body and status, reach no compute node and cost nothing; keys are created, revoked and
 //! refused without funds; and the settled period balances to the base unit.
 
+pub mod limits;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -501,6 +503,12 @@ fn check_settlement(profile: &str, caller: &Path, before: aic_ledger::Amount, ro
             );
             let per_1k = |aic: &str| aic.parse::<aic_ledger::Amount>().unwrap().0;
             for charge in &charges {
+                assert!(
+                    charge["model"]
+                        .as_str()
+                        .is_some_and(|m| m.parse::<aic_protocol::AssetId>().is_ok()),
+                    "an asset id is hex text in JSON: {charge}"
+                );
                 let n = u128::from(charge["rows"].as_u64().unwrap());
                 // One node served each line here; every term rounds down on its own.
                 let expected =
@@ -574,50 +582,67 @@ fn onnxruntime_answers(
         .collect()
 }
 
+/// Rows of the call the devnet's drill kills a node on (`--kill-compute-on-inference-rows`);
+/// every other call here is smaller.
+pub const DRILL_ROWS: usize = 40;
+
 /// The gateway against a devnet (one process per service) whose compute-3 corrupts every
-/// output: its verification outvotes compute-3 (`check_a_lying_node_is_outvoted`); then compute-1
-/// is killed between two calls and no call is lost; every row served is charged once.
+/// output: its verification outvotes compute-3 (`check_a_lying_node_is_outvoted`); then an
+/// honest node dies holding a call's batch and the call is answered by the other; every row
+/// served is charged once.
 pub fn check_a_lying_node_and_a_dead_one(status: &Value, data_dir: &Path) {
     let profile = status["profile"].as_str().unwrap();
     let caller = data_dir.join("wallets/caller.key");
     let before = escrow(profile, &caller);
     let mut rows = check_a_lying_node_is_outvoted(status, data_dir);
-    rows += check_a_killed_node_loses_no_call(status, data_dir);
+    rows += check_a_node_dying_mid_batch_loses_no_call(status, data_dir);
     check_settlement(profile, &caller, before, rows);
 }
 
-/// Ten calls, compute-1 killed (SIGKILL, between the tenth and the eleventh), ten more: every
-/// call answered. Answers the rows served.
-fn check_a_killed_node_loses_no_call(status: &Value, data_dir: &Path) -> u64 {
+/// compute-3 is passed over by now. A call of [`DRILL_ROWS`] rows goes to compute-1 or
+/// compute-2, whichever the gateway places it on; that node exits holding the batch (the drill
+/// claims one node: the first handed such a batch). The gateway sends the batch to the other
+/// node when the first does not answer: the call is answered, as are ten more. Answers the rows
+/// served.
+fn check_a_node_dying_mid_batch_loses_no_call(status: &Value, data_dir: &Path) -> u64 {
     let gateway = Gateway::new(status);
     let model = status["gateway"]["model"].as_str().unwrap();
+    let metrics = gateway_metrics(status);
+    let rescued = || {
+        let page = http_get(&metrics, "/metrics").1;
+        sample(&page, "aic_gateway_batch_hedges_total", "")
+            + sample(&page, "aic_gateway_batch_retries_total", "")
+    };
+    let claim = data_dir.join("drill-inference-exit");
+    assert!(!claim.exists(), "no node has died yet");
+    let rescued_before = rescued();
+
+    let (header, rows) = digits(data_dir, DRILL_ROWS);
+    let (code, answer) = gateway.infer(model, &column_request(&header, &rows));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["outputs"][0]["shape"][0], DRILL_ROWS, "{answer}");
+    assert!(claim.exists(), "the node handed the batch died holding it");
+    assert!(
+        rescued() > rescued_before,
+        "the batch was hedged or retried on another node"
+    );
+    let mut served = DRILL_ROWS as u64;
     let (header, rows) = digits(data_dir, 5);
     let request = column_request(&header, &rows);
-    let mut served = 0;
-    for call in 0..20 {
-        if call == 10 {
-            let pid = pid_of("compute-1").expect("compute-1 runs as its own process");
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
-        }
+    for call in 0..10 {
         let (code, answer) = gateway.infer(model, &request);
-        assert_eq!(code, 200, "call {call}: {answer}");
+        assert_eq!(code, 200, "call {call} after the death: {answer}");
         served += 5;
     }
     served
 }
 
-/// The process started from `<name>.toml`.
-fn pid_of(name: &str) -> Option<u32> {
-    let wanted = format!("{name}.toml");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline).contains(&wanted).then_some(pid)
-    })
+/// The gateway's metrics address.
+fn gateway_metrics(status: &Value) -> String {
+    let url = status["metrics"]["gateway-1"].as_str().unwrap();
+    url.trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string()
 }
 
 /// Calls succeed, the batches are re-run on other nodes, compute-3 is outvoted by the two honest
@@ -630,11 +655,10 @@ fn check_a_lying_node_is_outvoted(status: &Value, data_dir: &Path) -> u64 {
     let model = status["gateway"]["model"].as_str().unwrap();
     let (header, rows) = digits(data_dir, 5);
     let request = column_request(&header, &rows);
-    let metrics = status["metrics"]["gateway-1"].as_str().unwrap();
-    let addr = metrics.trim_start_matches("http://").trim_end_matches("/metrics");
+    let addr = gateway_metrics(status);
     let outvoted = || {
         sample(
-            &http_get(addr, "/metrics").1,
+            &http_get(&addr, "/metrics").1,
             "aic_gateway_verifications_total",
             "verdict=\"outvoted\"",
         )
@@ -664,6 +688,14 @@ fn check_a_lying_node_is_outvoted(status: &Value, data_dir: &Path) -> u64 {
         .map(|n| n["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["compute-3"], "only the lying node is penalised");
+    // Its stake pays, as for a wrong training result: the devnet slashes 10 AIC a fault, from a
+    // stake of 50 (verifications already under way may outvote it more than once).
+    let penalties = nodes
+        .iter()
+        .flat_map(|n| n["penalties"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p["reason"] == "wrong_inference_outputs")
+        .collect::<Vec<_>>();
+    assert_eq!(penalties[0]["slashed"], "10", "{penalties:?}");
     // Passed over from now on: honest nodes answer alike.
     let answers: Vec<Value> = (0..6)
         .map(|_| gateway.infer(model, &request).1["outputs"][0]["data"].clone())

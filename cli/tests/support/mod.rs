@@ -26,7 +26,12 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// The value of the sample `name{labels}` on a `/metrics` page (0 when absent), where `labels`
 /// is the exact label text, e.g. `kind="checkpoint_job"`.
 pub fn sample(page: &str, name: &str, labels: &str) -> f64 {
-    let prefix = format!("{name}{{{labels}}} ");
+    // An unlabelled series is written without braces.
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
     page.lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|value| value.trim().parse().ok())

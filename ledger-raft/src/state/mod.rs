@@ -213,10 +213,12 @@ pub enum Event {
     },
     ApiKeyCreated {
         account: Address,
+        #[serde(with = "aic_protocol::hex_serde")]
         key_hash: [u8; 32],
     },
     ApiKeyRevoked {
         account: Address,
+        #[serde(with = "aic_protocol::hex_serde")]
         key_hash: [u8; 32],
     },
     /// A payer's metered rows of one model in a settled period, and what they cost in all.

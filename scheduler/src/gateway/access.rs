@@ -51,8 +51,8 @@ pub enum Denied {
     },
     #[error("the account's inference escrow holds {available} AIC; this call needs {needed} AIC more than is already owed")]
     NoFunds { needed: Amount, available: Amount },
-    #[error("too many requests for this API key; retry shortly")]
-    RateLimited,
+    #[error("too many requests for this API key; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("the model cannot be served: {0}")]
     BrokenModel(String),
     #[error("the ledger could not be read: {0}")]
@@ -228,8 +228,9 @@ impl Models {
     }
 }
 
-/// Token buckets per key: `rate` requests a second, saving up to `burst`.
+/// Token buckets per key: `per_minute` requests a minute, saving up to `burst`.
 pub struct RateLimiter {
+    /// Tokens a second.
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<[u8; 32], (f64, Instant)>>,
@@ -239,9 +240,9 @@ pub struct RateLimiter {
 const MAX_TRACKED_KEYS: usize = 100_000;
 
 impl RateLimiter {
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub fn new(per_minute: u32, burst: u32) -> Self {
         RateLimiter {
-            rate: f64::from(rate),
+            rate: f64::from(per_minute) / 60.0,
             burst: f64::from(burst),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -260,7 +261,10 @@ impl RateLimiter {
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
         *at = now;
         if *tokens < 1.0 {
-            return Err(Denied::RateLimited);
+            let wait = (1.0 - *tokens) / self.rate;
+            return Err(Denied::RateLimited {
+                retry_after_secs: wait.ceil().max(1.0) as u64,
+            });
         }
         *tokens -= 1.0;
         Ok(())
@@ -290,7 +294,13 @@ mod tests {
         for _ in 0..3 {
             limiter.admit(&key).unwrap();
         }
-        assert_eq!(limiter.admit(&key), Err(Denied::RateLimited));
+        // One token a minute: the next is most of a minute away.
+        match limiter.admit(&key) {
+            Err(Denied::RateLimited { retry_after_secs }) => {
+                assert!((59..=60).contains(&retry_after_secs), "{retry_after_secs}")
+            }
+            other => panic!("{other:?}"),
+        }
         // Another key has its own bucket.
         limiter.admit(&key_hash("aic_other")).unwrap();
     }

@@ -70,8 +70,8 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
     /// The most rows one request may carry.
     pub max_rows_per_request: u32,
-    /// Each API key's sustained requests per second, and the burst it may save up.
-    pub requests_per_second: u32,
+    /// Each API key's sustained requests per minute, and the burst it may save up.
+    pub requests_per_minute: u32,
     pub burst: u32,
     /// How long the ledger's word on a key, its escrow and a model is reused: a revocation or an
     /// unpublication holds within this (0: every call reads the ledger).
@@ -108,7 +108,7 @@ impl Default for LimitSettings {
         LimitSettings {
             max_body_bytes: 4 << 20,
             max_rows_per_request: 4096,
-            requests_per_second: 500,
+            requests_per_minute: 30_000,
             burst: 1000,
             access_cache_ms: 1000,
         }
@@ -176,11 +176,11 @@ impl Validate for GatewayConfig {
         if self.limits.max_rows_per_request == 0 {
             return Err(Invalid::new("limits.max_rows_per_request", "at least 1"));
         }
-        if self.limits.requests_per_second == 0 || self.limits.burst < self.limits.requests_per_second {
-            return Err(Invalid::new(
-                "limits.burst",
-                "requests_per_second at least 1, and a burst at least that",
-            ));
+        if self.limits.requests_per_minute == 0 {
+            return Err(Invalid::new("limits.requests_per_minute", "at least 1"));
+        }
+        if self.limits.burst == 0 {
+            return Err(Invalid::new("limits.burst", "at least 1"));
         }
         if self.verification.sample_percent > 100 {
             return Err(Invalid::new("verification.sample_percent", "0 to 100"));

@@ -1,13 +1,14 @@
 //! Where a call's rows run: calls for one model wait a bounded delay for company and go to a
-//! compute node together (up to a bounded batch, and within a frame); the node is the least
-//! loaded live one (then the fastest measured), and a batch a node fails is retried on another,
-//! so a node that dies mid-stream loses no call. Rows are counted only once a node has answered.
-//! A sampled share of batches is run again on a second node (a third when they disagree), off
-//! the callers' path: a node two others outvote is reported to the scheduler's rater and passed
-//! over from then on.
+//! compute node together (up to a bounded batch, and within a frame); the node is the cheapest
+//! by the gateway's placement ([`super::placement`]: its path to the node, the batches already
+//! there, the node's measured speed and its reputation), and a batch a node fails is retried on
+//! the next, so a node that dies mid-stream loses no call. Rows are counted only once a node has
+//! answered. A sampled share of batches is run again on a second node (a third when they
+//! disagree), off the callers' path: a node two others outvote is reported to the scheduler's
+//! rater and passed over from then on.
 //!
 //! ```text
-//!  call ──► queue[model] ──(max_rows or max_delay)──► batch ──► least-loaded node ──► outputs
+//!  call ──► queue[model] ──(max_rows or max_delay)──► batch ──► cheapest node ──► outputs
 //!                                                        └── node fails: next node (attempts)
 //! ```
 
@@ -25,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
 use super::metrics::GatewayMetrics;
+use super::placement::{self, BatchDemand, Candidate};
+use crate::placement::NetworkModel;
 
 /// Encoded values one batch may carry, inputs or outputs: well within a 4 MiB frame.
 const MAX_BATCH_VALUES: usize = 768 * 1024;
@@ -38,6 +41,17 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 const QUEUE_CAPACITY: usize = 4096;
 /// How long a node two others outvoted is passed over.
 const DISTRUST_FOR: Duration = Duration::from_secs(600);
+/// A batch unanswered for this many times the model's usual batch time goes to a second node.
+const HEDGE_FACTOR: u32 = 4;
+/// The shortest hedge delay: below it, a second node would mostly duplicate work.
+const HEDGE_MIN: Duration = Duration::from_millis(50);
+/// The hedge delay before a model's first batch is answered (the node fetches its weights).
+const HEDGE_UNKNOWN: Duration = Duration::from_secs(5);
+/// Nodes whose cost is within this factor of the cheapest, plus [`NEAR_EQUAL_SECS`], count as
+/// equal and share the batches at random.
+const COST_SPREAD: f64 = 1.25;
+/// Cost differences under this are noise next to an HTTPS call.
+const NEAR_EQUAL_SECS: f64 = 0.001;
 
 /// A compute node the gateway may use.
 #[derive(Clone, Debug)]
@@ -47,6 +61,8 @@ pub struct ComputeNode {
     /// The operator account paid for the rows it serves.
     pub payout: Address,
     pub mflops: u64,
+    /// The scheduler's rater's word on it, in (0, 1].
+    pub reputation: f64,
 }
 
 /// Why a call's rows were not served.
@@ -79,6 +95,8 @@ pub struct Served {
 
 struct Pending {
     features: Matrix,
+    /// Values a row of the model's outputs.
+    output_width: usize,
     reply: oneshot::Sender<Result<Part, DispatchError>>,
 }
 
@@ -87,6 +105,10 @@ pub struct Dispatcher {
     outbound: quinn::Endpoint,
     nodes: Mutex<Vec<ComputeNode>>,
     load: Mutex<HashMap<NodeId, u32>>,
+    /// Each model's moving average of an answered batch's time (the hedge delay's base).
+    latency: Mutex<HashMap<aic_protocol::AssetId, Duration>>,
+    /// The gateway's latest round-trip estimate to each node it has dialled, in milliseconds.
+    rtt_ms: Mutex<HashMap<NodeId, f64>>,
     failed: Mutex<HashMap<NodeId, Instant>>,
     distrusted: Mutex<HashMap<NodeId, Instant>>,
     /// Percent of batches verified on other nodes.
@@ -96,6 +118,7 @@ pub struct Dispatcher {
     queues: Mutex<HashMap<aic_protocol::AssetId, mpsc::Sender<Pending>>>,
     max_rows: usize,
     max_delay: Duration,
+    network: NetworkModel,
     attempts: u32,
     metrics: GatewayMetrics,
     shutdown: CancellationToken,
@@ -114,6 +137,8 @@ impl Dispatcher {
             outbound,
             nodes: Mutex::new(Vec::new()),
             load: Mutex::new(HashMap::new()),
+            latency: Mutex::new(HashMap::new()),
+            rtt_ms: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             distrusted: Mutex::new(HashMap::new()),
             verify_percent,
@@ -122,6 +147,7 @@ impl Dispatcher {
             queues: Mutex::new(HashMap::new()),
             max_rows: batching.max_rows as usize,
             max_delay: Duration::from_micros(batching.max_delay_us),
+            network: NetworkModel::default(),
             attempts: batching.attempts,
             metrics,
             shutdown,
@@ -131,29 +157,45 @@ impl Dispatcher {
     /// Keeps the node list fresh until shutdown.
     pub async fn follow_nodes(self: Arc<Self>, ledger: Arc<Ledger>, every: Duration) {
         loop {
-            match ledger.nodes().await {
-                Ok(listed) => {
-                    let nodes: Vec<ComputeNode> = listed
-                        .into_iter()
-                        .filter(|n| n.role == Role::Compute && n.state == NodeState::Up)
-                        .filter_map(|n| {
-                            Some(ComputeNode {
-                                payout: n.payout_address.parse().ok()?,
-                                id: n.node_id,
-                                addr: n.quic_addr,
-                                mflops: n.capacity.measured_mflops,
-                            })
-                        })
-                        .collect();
-                    self.metrics.compute_nodes.set(nodes.len() as i64);
-                    *self.nodes.lock().expect("nodes") = nodes;
-                }
-                Err(e) => tracing::warn!(error = %e, "listing compute nodes"),
+            // A scheduler that does not answer must not hold up a shutdown.
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.refresh_nodes(&ledger) => {}
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
+        }
+    }
+
+    /// Reads the compute node list and the rater's reputations once.
+    async fn refresh_nodes(&self, ledger: &Ledger) {
+        match ledger.nodes().await {
+            Ok(listed) => {
+                // Without the rater's word (an older or busy scheduler) every node counts as
+                // trusted; the gateway's own verification still passes over a liar.
+                let reputations = ledger.reputations().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "reading the nodes' reputations");
+                    HashMap::new()
+                });
+                let nodes: Vec<ComputeNode> = listed
+                    .into_iter()
+                    .filter(|n| n.role == Role::Compute && n.state == NodeState::Up)
+                    .filter_map(|n| {
+                        Some(ComputeNode {
+                            payout: n.payout_address.parse().ok()?,
+                            id: n.node_id,
+                            addr: n.quic_addr,
+                            mflops: n.capacity.measured_mflops,
+                            reputation: reputations.get(&n.node_id).copied().unwrap_or(1.0),
+                        })
+                    })
+                    .collect();
+                self.metrics.compute_nodes.set(nodes.len() as i64);
+                *self.nodes.lock().expect("nodes") = nodes;
+            }
+            Err(e) => tracing::warn!(error = %e, "listing compute nodes"),
         }
     }
 
@@ -187,6 +229,7 @@ impl Dispatcher {
             queue
                 .try_send(Pending {
                     features: part,
+                    output_width,
                     reply,
                 })
                 .map_err(|e| match e {
@@ -298,51 +341,27 @@ impl Dispatcher {
         for pending in &batch {
             features.extend_from_slice(&pending.features.data);
         }
+        let demand = BatchDemand {
+            bytes: (rows * (width + batch[0].output_width)) as u64 * 4,
+            flops: rows as f64 * 2.0 * model.tensor.elements as f64,
+        };
         let request = PeerRequest::Infer(Box::new(InferRequest {
             model: model.clone(),
             rows: rows as u32,
             width: width as u32,
             features,
         }));
-        let mut tried = Vec::new();
-        let mut failures = Vec::new();
-        let outcome = loop {
-            if tried.len() >= self.attempts as usize {
-                break Err(DispatchError::Failed(failures.join("; ")));
-            }
-            let Some(node) = self.pick(&tried) else {
-                break Err(if failures.is_empty() {
-                    DispatchError::NoNode
-                } else {
-                    DispatchError::Failed(failures.join("; "))
-                });
-            };
-            tried.push(node.id);
-            *self.load.lock().expect("load").entry(node.id).or_default() += 1;
-            let answer = self.call(&node, &request).await;
-            if let Some(load) = self.load.lock().expect("load").get_mut(&node.id) {
-                *load = load.saturating_sub(1);
-            }
-            match answer {
-                Ok(outputs) if outputs.rows == rows => break Ok((outputs, node)),
-                Ok(outputs) => {
-                    failures.push(format!("{}: {} output rows for {rows}", node.addr, outputs.rows))
-                }
-                Err(e) => failures.push(format!("{}: {e}", node.addr)),
-            }
-            self.metrics.retries.inc();
-            self.failed
-                .lock()
-                .expect("failed")
-                .insert(node.id, Instant::now());
-        };
+        let outcome = self.run_on_nodes(model.asset, &request, rows, demand).await;
         match outcome {
             Ok((outputs, node)) => {
                 if self.verify_percent > 0 && rand::random_range(0..100u8) < self.verify_percent {
-                    tokio::spawn(
-                        self.clone()
-                            .verify(model.asset, request, outputs.clone(), node.clone()),
-                    );
+                    tokio::spawn(self.clone().verify(
+                        model.asset,
+                        request,
+                        demand,
+                        outputs.clone(),
+                        node.clone(),
+                    ));
                 }
                 let mut offset = 0;
                 for pending in batch {
@@ -373,27 +392,28 @@ impl Dispatcher {
         self: Arc<Self>,
         model: aic_protocol::AssetId,
         request: PeerRequest,
+        demand: BatchDemand,
         first: Matrix,
         node: ComputeNode,
     ) {
         let verdict = async {
-            let second_node = self.pick(&[node.id])?;
-            let second = self.call(&second_node, &request).await.ok()?;
+            let second_node = self.pick(&[node.id], demand)?;
+            let second = self.call(&second_node.node, &request).await.ok()?;
             if outputs_agree(&first, &second) {
-                return Some(vec![(node.id, true), (second_node.id, true)]);
+                return Some(vec![(node.id, true), (second_node.node.id, true)]);
             }
-            let third_node = self.pick(&[node.id, second_node.id])?;
-            let third = self.call(&third_node, &request).await.ok()?;
+            let third_node = self.pick(&[node.id, second_node.node.id], demand)?;
+            let third = self.call(&third_node.node, &request).await.ok()?;
             match judge(&first, &second, &third) {
                 Judgement::FirstWrong => Some(vec![
                     (node.id, false),
-                    (second_node.id, true),
-                    (third_node.id, true),
+                    (second_node.node.id, true),
+                    (third_node.node.id, true),
                 ]),
                 Judgement::SecondWrong => Some(vec![
-                    (second_node.id, false),
+                    (second_node.node.id, false),
                     (node.id, true),
-                    (third_node.id, true),
+                    (third_node.node.id, true),
                 ]),
                 Judgement::NoMajority => None,
             }
@@ -426,11 +446,102 @@ impl Dispatcher {
             .inc();
     }
 
-    /// A least loaded live node not tried yet, drawn at random among equals; never one two
-    /// others outvoted lately.
-    fn pick(&self, tried: &[NodeId]) -> Option<ComputeNode> {
+    /// Runs `request` on the cheapest node, and on the next one when a node fails or has not
+    /// answered by the hedge delay (the first good answer wins, the others are dropped), up to
+    /// the configured attempts. Answers the outputs and the node that computed them.
+    async fn run_on_nodes(
+        self: &Arc<Self>,
+        model: aic_protocol::AssetId,
+        request: &PeerRequest,
+        rows: usize,
+        demand: BatchDemand,
+    ) -> Result<(Matrix, ComputeNode), DispatchError> {
+        let hedge_after = self.hedge_delay(model);
+        let mut tried = Vec::new();
+        let mut failures = Vec::new();
+        let mut running = futures::stream::FuturesUnordered::new();
+        // No node left to try: no more hedges either.
+        let mut exhausted = false;
+        let mut hedging = false;
+        // Each turn starts with a node to try: the first, the next after a failure, or a hedge.
+        loop {
+            if !exhausted && tried.len() < self.attempts as usize {
+                match self.pick(&tried, demand) {
+                    Some(lease) => {
+                        if hedging {
+                            self.metrics.hedges.inc();
+                        }
+                        tried.push(lease.node.id);
+                        running.push(async move {
+                            let started = Instant::now();
+                            let answer = self.call(&lease.node, request).await;
+                            (lease, answer, started.elapsed())
+                        });
+                    }
+                    None => exhausted = true,
+                }
+            }
+            hedging = false;
+            if running.is_empty() {
+                return Err(if failures.is_empty() {
+                    DispatchError::NoNode
+                } else {
+                    DispatchError::Failed(failures.join("; "))
+                });
+            }
+            let may_hedge = !exhausted && running.len() == 1 && tried.len() < self.attempts as usize;
+            tokio::select! {
+                Some((lease, answer, took)) = futures::StreamExt::next(&mut running) => {
+                    let node = lease.node.clone();
+                    drop(lease);
+                    match answer {
+                        Ok(outputs) if outputs.rows == rows => {
+                            self.observe_latency(model, took);
+                            // Whoever is still computing it lost the race: passed over a while.
+                            for id in tried.iter().filter(|id| **id != node.id) {
+                                self.failed.lock().expect("failed").entry(*id).or_insert_with(Instant::now);
+                            }
+                            return Ok((outputs, node));
+                        }
+                        Ok(outputs) => failures.push(format!(
+                            "{}: {} output rows for {rows}",
+                            node.addr, outputs.rows
+                        )),
+                        Err(e) => failures.push(format!("{}: {e}", node.addr)),
+                    }
+                    self.metrics.retries.inc();
+                    self.failed.lock().expect("failed").insert(node.id, Instant::now());
+                }
+                _ = tokio::time::sleep(hedge_after), if may_hedge => hedging = true,
+            }
+        }
+    }
+
+    /// How long a batch of `model` may go unanswered before it is sent to a second node too:
+    /// a few times the model's usual batch, so only a node that stalls or died is hedged.
+    fn hedge_delay(&self, model: aic_protocol::AssetId) -> Duration {
+        match self.latency.lock().expect("latency").get(&model) {
+            Some(usual) => (*usual * HEDGE_FACTOR).clamp(HEDGE_MIN, BATCH_TIMEOUT),
+            // The first batch of a model fetches its weights on the node.
+            None => HEDGE_UNKNOWN,
+        }
+    }
+
+    /// Folds one answered batch's time into the model's moving average.
+    fn observe_latency(&self, model: aic_protocol::AssetId, took: Duration) {
+        let mut latency = self.latency.lock().expect("latency");
+        let average = latency.entry(model).or_insert(took);
+        *average = (*average * 7 + took) / 8;
+    }
+
+    /// A node not tried yet for a batch of `demand`, drawn among those whose cost is within
+    /// [`COST_SPREAD`] of the cheapest (so near-equal nodes share the load); never one two others
+    /// outvoted lately, and one that failed lately only when no other is left. The batch counts
+    /// in the node's load while the lease is held.
+    fn pick(self: &Arc<Self>, tried: &[NodeId], demand: BatchDemand) -> Option<Lease> {
         let nodes = self.nodes.lock().expect("nodes");
-        let load = self.load.lock().expect("load");
+        let mut load = self.load.lock().expect("load");
+        let rtt_ms = self.rtt_ms.lock().expect("rtt");
         let mut failed = self.failed.lock().expect("failed");
         failed.retain(|_, at| at.elapsed() < FAILED_NODE_COOLDOWN);
         let mut distrusted = self.distrusted.lock().expect("distrusted");
@@ -447,23 +558,39 @@ impl Dispatcher {
         } else {
             fresh
         };
-        // Among the least loaded, any: calls and verifications spread over every node.
-        let least = candidates
+        let candidates: Vec<Candidate> = candidates
             .iter()
-            .map(|n| load.get(&n.id).copied().unwrap_or(0))
-            .min()?;
-        let least: Vec<&ComputeNode> = candidates
-            .into_iter()
-            .filter(|n| load.get(&n.id).copied().unwrap_or(0) == least)
+            .map(|n| Candidate {
+                node: n.id,
+                rtt_ms: rtt_ms.get(&n.id).copied(),
+                in_flight: load.get(&n.id).copied().unwrap_or(0),
+                flops_per_sec: n.mflops as f64 * 1e6,
+                reputation: n.reputation,
+            })
             .collect();
-        least
-            .get(rand::random_range(0..least.len()))
-            .map(|n| (*n).clone())
+        let ranked = placement::rank(demand, &candidates, &self.network);
+        let cheapest = ranked.first()?.cost_secs;
+        let near: Vec<&placement::Ranked> = ranked
+            .iter()
+            .take_while(|r| r.cost_secs <= cheapest * COST_SPREAD + NEAR_EQUAL_SECS)
+            .collect();
+        let chosen = near[rand::random_range(0..near.len())].node;
+        let node = nodes.iter().find(|n| n.id == chosen)?.clone();
+        *load.entry(node.id).or_default() += 1;
+        Some(Lease {
+            node,
+            dispatcher: self.clone(),
+        })
     }
 
     async fn call(&self, node: &ComputeNode, request: &PeerRequest) -> Result<Matrix, String> {
         let client = self.client(node).await?;
-        match client.call(request).await {
+        let answer = client.call(request).await;
+        self.rtt_ms
+            .lock()
+            .expect("rtt")
+            .insert(node.id, client.connection().rtt().as_secs_f64() * 1e3);
+        match answer {
             Ok(PeerResponse::Inferred { rows, width, outputs }) => {
                 Matrix::new(rows as usize, width as usize, outputs).map_err(|e| e.to_string())
             }
@@ -486,6 +613,20 @@ impl Dispatcher {
             .with_timeout(BATCH_TIMEOUT);
         clients.insert(node.id, client.clone());
         Ok(client)
+    }
+}
+
+/// A batch's place in a node's load, given back when dropped (answered, failed or abandoned).
+struct Lease {
+    node: ComputeNode,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(load) = self.dispatcher.load.lock().expect("load").get_mut(&self.node.id) {
+            *load = load.saturating_sub(1);
+        }
     }
 }
 

@@ -35,6 +35,8 @@ pub struct HttpState {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds a refused caller should wait (`Retry-After`).
+    retry_after_secs: Option<u64>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -49,7 +51,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({ "error": self.message }))
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after_secs {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        response.json(json!({ "error": self.message }))
     }
 }
 
@@ -58,6 +64,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 }
@@ -69,11 +76,15 @@ impl From<Denied> for ApiError {
             Denied::RevokedKey => StatusCode::FORBIDDEN,
             Denied::UnknownModel(_) | Denied::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             Denied::NoFunds { .. } => StatusCode::PAYMENT_REQUIRED,
-            Denied::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Denied::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Denied::BrokenModel(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Denied::Ledger(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError::new(status, denied.to_string())
+        let mut error = ApiError::new(status, denied.to_string());
+        if let Denied::RateLimited { retry_after_secs } = denied {
+            error.retry_after_secs = Some(retry_after_secs);
+        }
+        error
     }
 }
 

@@ -1,15 +1,14 @@
 //! The gateway's line to the grid's control plane: one QUIC connection to a scheduler replica
-//! (the next replica when it breaks), carrying ledger reads, the settlement transactions and
-//! the compute node list.
+//! (the next replica when it breaks), carrying ledger reads, the settlement transactions, the
+//! compute node list and the rater's reputations.
+
+use std::collections::HashMap;
 
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_protocol::messages::{ClientRequest, ClientResponse, NodeStatus};
 use aic_protocol::rpc::RpcClient;
-use aic_protocol::Role;
+use aic_protocol::{NodeId, Role};
 use tokio::sync::Mutex;
-
-/// Further tries of a read Raft could not confirm.
-const RAFT_READ_ATTEMPTS: u64 = 3;
 
 /// A scheduler connection that redials on failure, trying each replica in turn.
 pub struct Ledger {
@@ -45,26 +44,17 @@ impl Ledger {
         Err(format!("no scheduler replica answered ({})", failures.join("; ")))
     }
 
-    /// One ledger request; a broken connection is dropped so the next call redials, and a read
-    /// Raft could not confirm (a leader that missed its quorum's heartbeats) is tried again.
+    /// One ledger request (an election and an unconfirmed read waited out by
+    /// [`aic_ledger::remote::request`]); a broken connection is dropped so the next call redials.
     pub async fn request(&self, request: &LedgerRequest) -> Result<LedgerResponse, String> {
-        let mut attempt = 0;
-        loop {
-            let client = self.client().await?;
-            match aic_ledger::remote::request(&client, request).await {
-                Ok(response) => return Ok(response),
-                Err(aic_ledger::remote::RemoteError::Transport(e)) => {
-                    *self.client.lock().await = None;
-                    return Err(e.to_string());
-                }
-                Err(aic_ledger::remote::RemoteError::Ledger(aic_ledger::api::LedgerApiError::Raft(_)))
-                    if attempt < RAFT_READ_ATTEMPTS && !request.is_write() =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
-                }
-                Err(e) => return Err(e.to_string()),
+        let client = self.client().await?;
+        match aic_ledger::remote::request(&client, request).await {
+            Ok(response) => Ok(response),
+            Err(aic_ledger::remote::RemoteError::Transport(e)) => {
+                *self.client.lock().await = None;
+                Err(e.to_string())
             }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -118,5 +108,23 @@ impl Ledger {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// The scheduler's rater's reputation for each node it has a record of.
+    pub async fn reputations(&self) -> Result<HashMap<NodeId, f64>, String> {
+        let client = self.client().await?;
+        let report = match client.call(&ClientRequest::Ratings).await {
+            Ok(ClientResponse::Ratings { report }) => report,
+            Ok(other) => return Err(format!("unexpected answer to Ratings: {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let report: serde_json::Value =
+            serde_json::from_str(&report).map_err(|e| format!("the ratings report: {e}"))?;
+        Ok(report["records"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(node, record)| Some((node.parse().ok()?, record["reputation"].as_f64()?)))
+            .collect())
     }
 }

@@ -16,6 +16,7 @@ pub struct GatewayMetrics {
     pub batch_rows: Histogram,
     pub queue_depth: IntGauge,
     pub retries: IntCounter,
+    pub hedges: IntCounter,
     pub settlements: IntCounterVec,
     pub compute_nodes: IntGauge,
     pub verifications: IntCounterVec,
@@ -101,6 +102,13 @@ impl GatewayMetrics {
                 IntCounter::new(
                     "aic_gateway_batch_retries_total",
                     "Batches a compute node failed, sent to another node",
+                )?,
+            )?,
+            hedges: registered(
+                registry,
+                IntCounter::new(
+                    "aic_gateway_batch_hedges_total",
+                    "Batches sent to a second compute node because the first had not answered by the hedge delay",
                 )?,
             )?,
             settlements: registered(

@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod meter;
 pub mod metrics;
 pub mod oip;
+pub mod placement;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,7 +94,7 @@ pub async fn start(
     ));
     let meter = Arc::new(meter::Meter::default());
     let gateway = Arc::new(Gateway {
-        limiter: access::RateLimiter::new(config.limits.requests_per_second, config.limits.burst),
+        limiter: access::RateLimiter::new(config.limits.requests_per_minute, config.limits.burst),
         tariff,
         ledger: ledger.clone(),
         dispatcher: dispatcher.clone(),

@@ -22,6 +22,34 @@ use crate::coin_payroll::{Accrue, Release};
 use crate::payroll;
 use crate::rater::Penalty;
 
+impl super::JobContext {
+    /// Slashes `account`'s stake by the configured amount, or what is left of it, for `reason`.
+    /// Answers the amount slashed (zero for an account with no stake).
+    pub async fn slash_stake(&self, account: Address, reason: String) -> Result<Amount, String> {
+        let system = self.system.clone().ok_or("no system key")?;
+        let stake = match self.ledger.execute(LedgerRequest::Account(account)).await {
+            Ok(LedgerResponse::Account(view)) => view.account.stake,
+            Ok(other) => return Err(format!("unexpected answer to an account read: {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let amount = stake.min(self.slash);
+        if amount.is_zero() {
+            return Ok(Amount::ZERO);
+        }
+        system
+            .submit(
+                &self.ledger,
+                Call::Slash {
+                    account,
+                    amount,
+                    reason,
+                },
+            )
+            .await?;
+        Ok(amount)
+    }
+}
+
 impl Effects {
     /// Carries out a settle order, writing what happened into `report`. Answers the report and
     /// whether settlement succeeded (a failure is in the report as `settlement_error`).
@@ -73,21 +101,13 @@ impl Effects {
         // Slash each node confirmed wrong in this job, as far as its stake allows.
         let mut slashed = json!([]);
         for (node, account) in &order.slash {
-            let stake = match self.ctx.ledger.execute(LedgerRequest::Account(*account)).await {
-                Ok(LedgerResponse::Account(view)) => view.account.stake,
-                _ => Amount::ZERO,
-            };
-            let amount = stake.min(self.ctx.slash);
-            if amount.is_zero() {
-                continue;
-            }
-            let call = Call::Slash {
-                account: *account,
-                amount,
-                reason: format!("job {job}: confirmed wrong result"),
-            };
-            match system.submit(&self.ctx.ledger, call).await {
-                Ok(_) => push(
+            match self
+                .ctx
+                .slash_stake(*account, format!("job {job}: confirmed wrong result"))
+                .await
+            {
+                Ok(amount) if amount.is_zero() => {}
+                Ok(amount) => push(
                     &mut slashed,
                     json!({"node": self.name(node), "slashed": amount.to_string()}),
                 ),
