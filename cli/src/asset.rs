@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use aic_ledger::api::{LedgerRequest, LedgerResponse};
+use aic_ledger::amount::Amount;
+use aic_ledger::api::{LedgerRequest, LedgerResponse, MAX_LISTINGS_PER_REQUEST};
 use aic_ledger::state::Asset;
 use aic_ledger::tx::Call;
 use aic_protocol::AssetId;
@@ -44,6 +45,23 @@ pub enum AssetCommand {
         #[arg(long)]
         clear: bool,
     },
+    /// Offer an asset you own for sale at a fixed price (again: a new price).
+    Sell {
+        asset: AssetId,
+        #[arg(long, value_name = "AIC")]
+        price: Amount,
+    },
+    /// Withdraw your listing.
+    Unlist { asset: AssetId },
+    /// Buy a listed asset: its price to the seller and the asset to you, in one transaction.
+    Buy {
+        asset: AssetId,
+        /// The most you pay: a price raised after you looked is refused, not charged.
+        #[arg(long, value_name = "AIC")]
+        max_price: Amount,
+    },
+    /// The assets for sale.
+    Market,
 }
 
 fn asset_json(id: &AssetId, asset: &Asset) -> serde_json::Value {
@@ -157,6 +175,83 @@ pub async fn run(args: AssetArgs) -> anyhow::Result<()> {
                     None => format!("approval of asset {asset} cleared\ntx {hash}"),
                 },
             );
+        }
+        AssetCommand::Sell { asset, price } => {
+            let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+            let (hash, index, _) =
+                ledger_client::submit(&client, &key, Call::ListAsset { asset, price }).await?;
+            print_out(
+                args.json,
+                json!({"tx": hash, "index": index, "asset": asset.to_string(), "price": price}),
+                || format!("asset {asset} is for sale at {price} AIC\ntx {hash}"),
+            );
+        }
+        AssetCommand::Unlist { asset } => {
+            let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+            let (hash, index, _) = ledger_client::submit(&client, &key, Call::UnlistAsset { asset }).await?;
+            print_out(
+                args.json,
+                json!({"tx": hash, "index": index, "asset": asset.to_string()}),
+                || format!("asset {asset} is no longer for sale\ntx {hash}"),
+            );
+        }
+        AssetCommand::Buy { asset, max_price } => {
+            let key = load_wallet(&wallet_path(args.wallet.as_ref()))?;
+            let (hash, index, events) =
+                ledger_client::submit(&client, &key, Call::BuyAsset { asset, max_price }).await?;
+            let price = events.iter().find_map(|e| match e {
+                aic_ledger::state::Event::AssetSold { price, .. } => Some(*price),
+                _ => None,
+            });
+            print_out(
+                args.json,
+                json!({"tx": hash, "index": index, "asset": asset.to_string(), "price": price}),
+                || format!("asset {asset} is yours\ntx {hash}"),
+            );
+        }
+        AssetCommand::Market => {
+            let mut listed = Vec::new();
+            loop {
+                let page = LedgerRequest::Listings {
+                    after: listed.last().map(|(id, _, _)| *id),
+                    limit: MAX_LISTINGS_PER_REQUEST,
+                };
+                let LedgerResponse::Listings(mut got) = ledger_client::request(&client, &page).await? else {
+                    bail!("unexpected answer");
+                };
+                let full = got.len() == MAX_LISTINGS_PER_REQUEST as usize;
+                listed.append(&mut got);
+                if !full {
+                    break;
+                }
+            }
+            let rows: Vec<_> = listed
+                .iter()
+                .map(|(id, listing, asset)| {
+                    let mut row = asset_json(id, asset);
+                    row["price"] = json!(listing.price);
+                    row["seller"] = json!(listing.seller);
+                    row
+                })
+                .collect();
+            print_out(args.json, json!(rows), || {
+                if listed.is_empty() {
+                    return "nothing is for sale".to_string();
+                }
+                listed
+                    .iter()
+                    .map(|(id, listing, a)| {
+                        format!(
+                            "{id}  {:?}  {}  {} AIC  seller {}",
+                            a.kind,
+                            a.metadata.name,
+                            listing.price,
+                            listing.seller.short()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
         }
     }
     Ok(())

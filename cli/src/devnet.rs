@@ -224,21 +224,21 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             let (_, metrics) = grid.start(dir, name, "compute-node", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
         }
-        let gateway_config = aic_scheduler::gateway::GatewayConfig {
-            endpoint: aic_scheduler::gateway::config::GatewayEndpoint {
+        let gateway_config = aic_gateway::GatewayConfig {
+            endpoint: aic_gateway::config::GatewayEndpoint {
                 name: GATEWAY.to_string(),
                 https_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 tls: issue(Role::Gateway, GATEWAY)?.0,
             },
             scheduler: link.clone(),
-            settlement: aic_scheduler::gateway::config::SettlementSettings {
+            settlement: aic_gateway::config::SettlementSettings {
                 key: dir.join("wallets").join("gateway-settler.key"),
                 // Devnet periods are short, so a call's settlement is seen within a second.
                 period_ms: 1000,
                 ..Default::default()
             },
-            verification: aic_scheduler::gateway::config::VerificationSettings {
+            verification: aic_gateway::config::VerificationSettings {
                 // Every batch is checked where a node is made to lie; one in ten otherwise.
                 sample_percent: if args.faulty_percent > 0 || args.faulty_inference_percent > 0 {
                     100
@@ -466,12 +466,12 @@ async fn serve_trained_model(
         aic_ledger::Call::FundInference { amount: aic("50") },
     )
     .await?;
-    let api_key = aic_scheduler::gateway::access::new_key();
+    let api_key = aic_gateway::access::new_key();
     ledger_client::submit(
         client,
         &caller,
         aic_ledger::Call::CreateApiKey {
-            key_hash: aic_scheduler::gateway::access::key_hash(&api_key),
+            key_hash: aic_gateway::access::key_hash(&api_key),
             label: "devnet demo".into(),
         },
     )
@@ -710,9 +710,8 @@ impl Grid {
                         aic_compute_node::start(c, bound, shutdown.clone())?
                     }
                     "gateway" => {
-                        let c: aic_scheduler::gateway::GatewayConfig =
-                            config::load(Some(&config_path), &no_flags)?;
-                        aic_scheduler::gateway::start(c, shutdown.clone()).await?
+                        let c: aic_gateway::GatewayConfig = config::load(Some(&config_path), &no_flags)?;
+                        aic_gateway::start(c, shutdown.clone()).await?
                     }
                     other => bail!("unknown service {other}"),
                 };

@@ -3,11 +3,11 @@
 //! `aic model publish|unpublish`, the owner's side: a TrainedModel offered at a price per 1,000
 //! rows, under an alias.
 
+use aic_gateway::access::{key_hash, new_key};
 use aic_ledger::amount::Amount;
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::tx::Call;
 use aic_protocol::AssetId;
-use aic_scheduler::gateway::access::{key_hash, new_key};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
@@ -108,11 +108,11 @@ async fn run_gateway(args: &GatewayArgs) -> anyhow::Result<()> {
     if let Some(scheduler) = &args.scheduler_addr {
         flags.insert("scheduler".into(), json!({ "addr": scheduler }));
     }
-    crate::roles::run_service::<aic_scheduler::gateway::GatewayConfig, _>(
+    crate::roles::run_service::<aic_gateway::GatewayConfig, _>(
         &args.service,
         flags,
         "aic gateway",
-        |config, shutdown| async move { Ok(aic_scheduler::gateway::start(config, shutdown).await?) },
+        |config, shutdown| async move { Ok(aic_gateway::start(config, shutdown).await?) },
     )
     .await
 }
@@ -168,7 +168,7 @@ async fn run_key(args: KeyArgs) -> anyhow::Result<()> {
             });
         }
         KeyCommand::Revoke { key: given } => {
-            let hash = if given.starts_with(aic_scheduler::gateway::access::KEY_PREFIX) {
+            let hash = if given.starts_with(aic_gateway::access::KEY_PREFIX) {
                 key_hash(&given)
             } else {
                 let mut hash = [0u8; 32];

@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn aic(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_aic"))
@@ -375,6 +375,11 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
         profile,
         status["datasets"][0]["asset"].as_str().unwrap(),
     );
+    check_the_marketplace(
+        &data_dir,
+        profile,
+        status["datasets"][0]["asset"].as_str().unwrap(),
+    );
     // Softmax regression 64 → 10: 640 weights and 10 biases.
     check_trained_model_export(
         dir.path(),
@@ -393,6 +398,84 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     let exit = devnet.wait().unwrap();
     assert!(exit.success(), "SIGTERM is a graceful stop: {exit}");
     assert!(data_dir.join("client.toml").exists(), "a named data dir is kept");
+}
+
+/// The marketplace from the command line: a model's owner lists it and `aic asset market` shows
+/// it; a buyer who will pay less than the price is refused (code 129) and charged nothing; one
+/// who agrees buys it — the price to the seller and the asset to the buyer in one transaction —
+/// and the listing is gone.
+fn check_the_marketplace(data_dir: &std::path::Path, profile: &str, digits: &str) {
+    let wallet = |name: &str| data_dir.join(format!("wallets/{name}.key")).display().to_string();
+    let (seller, buyer) = (wallet("model-owner"), wallet("user"));
+    let run = |args: &[&str], who: &str| -> Value {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--profile", profile, "--wallet", who, "--json"]);
+        let out = aic(&all);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let balance = |who: &str| -> aic_ledger::Amount {
+        run(&["wallet", "balance"], who)["account"]["balance"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let model = run(
+        &[
+            "model",
+            "register",
+            "--name",
+            "for-sale",
+            "--kind",
+            "softmax",
+            "--for-dataset",
+            digits,
+        ],
+        &seller,
+    );
+    let model = model["asset"].as_str().unwrap();
+    run(&["asset", "sell", model, "--price", "2.5"], &seller);
+    let market = run(&["asset", "market"], &buyer);
+    let row = market
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["id"] == model)
+        .unwrap_or_else(|| panic!("listed: {market}"));
+    assert_eq!((&row["price"], &row["name"]), (&json!("2.5"), &json!("for-sale")));
+
+    let (seller_before, buyer_before) = (balance(&seller), balance(&buyer));
+    let cheap = aic(&[
+        "asset",
+        "buy",
+        model,
+        "--max-price",
+        "2",
+        "--profile",
+        profile,
+        "--wallet",
+        &buyer,
+    ]);
+    assert!(!cheap.status.success());
+    assert!(stderr(&cheap).contains("code 129"), "{}", stderr(&cheap));
+    assert_eq!(balance(&buyer), buyer_before, "a refused purchase costs nothing");
+
+    let bought = run(&["asset", "buy", model, "--max-price", "2.5"], &buyer);
+    assert_eq!(bought["price"], "2.5", "{bought}");
+    let price: aic_ledger::Amount = "2.5".parse().unwrap();
+    assert_eq!(balance(&seller).0, seller_before.0 + price.0);
+    assert_eq!(balance(&buyer).0, buyer_before.0 - price.0);
+    let shown = run(&["asset", "show", model], &buyer);
+    assert_eq!(
+        shown["owner"].as_str().unwrap(),
+        run(&["wallet", "address"], &buyer)["address"].as_str().unwrap()
+    );
+    let market = run(&["asset", "market"], &buyer);
+    assert!(
+        market.as_array().unwrap().iter().all(|row| row["id"] != model),
+        "sold: no longer listed: {market}"
+    );
 }
 
 /// A devnet of one process per service whose compute-3 corrupts every inference output, kept

@@ -433,6 +433,10 @@ fn every_role_has_a_systemd_unit_and_kubernetes_manifests_that_start_it() {
             "aic-compute-node.service",
             "aic compute-node --config /etc/aic/compute.toml",
         ),
+        (
+            "aic-gateway.service",
+            "aic gateway --config /etc/aic/gateway.toml",
+        ),
     ] {
         let text = std::fs::read_to_string(repo().join("ops/systemd").join(unit)).unwrap();
         assert!(
@@ -440,6 +444,8 @@ fn every_role_has_a_systemd_unit_and_kubernetes_manifests_that_start_it() {
             "{unit}"
         );
         assert!(text.contains("Restart=on-failure"), "{unit}");
+        // `systemctl enable` needs an [Install] section.
+        assert!(text.contains("\n[Install]\nWantedBy=multi-user.target"), "{unit}");
     }
     let k8s = repo().join("ops/kubernetes");
     let read = |f: &str| std::fs::read_to_string(k8s.join(f)).unwrap();
@@ -449,7 +455,18 @@ fn every_role_has_a_systemd_unit_and_kubernetes_manifests_that_start_it() {
     assert!(read("storage-node.yaml").contains("kind: StatefulSet"));
     let compute = read("compute-node.yaml");
     assert!(compute.contains("kind: DaemonSet") && compute.contains("nvidia.com/gpu"));
-    for file in ["scheduler.yaml", "storage-node.yaml", "compute-node.yaml"] {
+    let gateway = read("gateway.yaml");
+    assert!(gateway.contains("kind: Deployment") && gateway.contains("kind: Service"));
+    assert!(
+        gateway.contains("path: /v2/health/ready"),
+        "ready when a compute node is known"
+    );
+    for file in [
+        "scheduler.yaml",
+        "storage-node.yaml",
+        "compute-node.yaml",
+        "gateway.yaml",
+    ] {
         let text = read(file);
         assert!(
             text.contains("secretName: aic-tls-"),

@@ -15,6 +15,8 @@ use crate::tx::SignedTransaction;
 
 /// Most blocks one `Blocks` answer carries.
 pub const MAX_BLOCKS_PER_REQUEST: u64 = 500;
+/// Most listings one `Listings` answer carries.
+pub const MAX_LISTINGS_PER_REQUEST: u32 = 500;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerRequest {
@@ -66,6 +68,12 @@ pub enum LedgerRequest {
     },
     /// An account's API keys (hashes and labels) and its inference escrow.
     ApiKeys(Address),
+    /// Assets for sale, in asset id order after `after`, at most `limit` (capped at
+    /// [`MAX_LISTINGS_PER_REQUEST`]).
+    Listings {
+        after: Option<AssetId>,
+        limit: u32,
+    },
 }
 
 impl LedgerRequest {
@@ -88,6 +96,7 @@ impl LedgerRequest {
             LedgerRequest::ChangeMembership { .. } => "change_membership",
             LedgerRequest::InferenceAccess { .. } => "inference_access",
             LedgerRequest::ApiKeys(_) => "api_keys",
+            LedgerRequest::Listings { .. } => "listings",
         }
     }
 
@@ -142,6 +151,10 @@ impl LedgerRequest {
                 model: "nothing".into(),
             },
             LedgerRequest::ApiKeys(nobody),
+            LedgerRequest::Listings {
+                after: None,
+                limit: 1,
+            },
         ]
     }
 
@@ -217,6 +230,8 @@ pub enum LedgerResponse {
         keys: Vec<([u8; 32], ApiKey)>,
         escrow: Amount,
     },
+    /// Each listed asset, its listing and the asset itself.
+    Listings(Vec<(AssetId, crate::state::Listing, Asset)>),
 }
 
 /// A published model as a gateway serves it.

@@ -55,6 +55,7 @@ pub const TABLE: &[LedgerRule] = &[
     rule("audit", EVERYONE),
     rule("inference_access", EVERYONE),
     rule("api_keys", EVERYONE),
+    rule("listings", EVERYONE),
     rule("add_learner", OPERATORS),
     rule("change_membership", OPERATORS),
 ];

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::amount::Amount;
+
 /// A transaction's refusal. The state is unchanged whenever one of these is returned. The codes
 /// are part of the protocol: append only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -83,6 +85,11 @@ pub enum TxError {
     PeriodSettled { period: u64, last: u64 },
     #[error("only the system key or an inference settler named in genesis may settle inference")]
     NotSettler,
+    #[error("asset {0} is not for sale")]
+    NotListed(String),
+    /// The listing's price is above what the buyer agreed to pay (it was raised after it looked).
+    #[error("the price is {price} AIC, above the {limit} AIC the buyer agreed to")]
+    PriceAboveLimit { price: Amount, limit: Amount },
 }
 
 impl TxError {
@@ -117,6 +124,8 @@ impl TxError {
             TxError::NotPublished(_) => 125,
             TxError::PeriodSettled { .. } => 126,
             TxError::NotSettler => 127,
+            TxError::NotListed(_) => 128,
+            TxError::PriceAboveLimit { .. } => 129,
         }
     }
 
@@ -151,6 +160,8 @@ impl TxError {
             TxError::NotPublished(_) => "not_published",
             TxError::PeriodSettled { .. } => "period_settled",
             TxError::NotSettler => "not_settler",
+            TxError::NotListed(_) => "not_listed",
+            TxError::PriceAboveLimit { .. } => "price_above_limit",
         }
     }
 }

@@ -209,6 +209,21 @@ pub enum Call {
         tariff: crate::state::InferenceTariff,
         usage: Vec<crate::state::InferenceUsage>,
     },
+    // Marketplace
+    /// Offers an asset the caller owns for sale at a fixed price (listing again changes it).
+    ListAsset {
+        asset: AssetId,
+        price: Amount,
+    },
+    UnlistAsset {
+        asset: AssetId,
+    },
+    /// Buys a listed asset: the price to its seller and the asset to the caller, or neither;
+    /// refused if the price is above `max_price`.
+    BuyAsset {
+        asset: AssetId,
+        max_price: Amount,
+    },
 }
 
 impl Call {
@@ -267,6 +282,9 @@ impl Call {
             Call::CreateApiKey { .. } => "create_api_key",
             Call::RevokeApiKey { .. } => "revoke_api_key",
             Call::SettleInference { .. } => "settle_inference",
+            Call::ListAsset { .. } => "list_asset",
+            Call::UnlistAsset { .. } => "unlist_asset",
+            Call::BuyAsset { .. } => "buy_asset",
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod model_graph;
 pub mod node_agent;
+pub mod path_model;
 pub mod report;
 pub mod rpc;
 pub mod service;

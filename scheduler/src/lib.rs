@@ -17,7 +17,6 @@ pub mod block_generator;
 pub mod coin_payroll;
 pub mod config;
 pub mod data_plane;
-pub mod gateway;
 pub mod job;
 pub mod lottery;
 pub mod membership;

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use aic_gateway::GatewayConfig;
 use aic_protocol::certs::{CertificateAuthority, Validity};
 use aic_protocol::Role;
-use aic_scheduler::gateway::{self, GatewayConfig};
 use serde_json::Value;
 
 pub fn check_a_key_over_its_rate_is_refused() {
@@ -35,7 +35,7 @@ pub fn check_a_key_over_its_rate_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let handle = runtime
-        .block_on(gateway::start(config, shutdown.clone()))
+        .block_on(aic_gateway::start(config, shutdown.clone()))
         .unwrap();
     let url = format!("https://{}", handle.quic_addr);
     let ca_pem = std::fs::read(&tls.ca).unwrap();

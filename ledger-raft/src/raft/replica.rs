@@ -23,6 +23,7 @@ use crate::amount::Amount;
 use crate::api::{
     decode, encode, AccountView, InferenceAccess, LedgerApiError, LedgerRequest, LedgerResponse,
     LedgerResult, LedgerStatus, PublishedModel, ReplicaView, MAX_BLOCKS_PER_REQUEST,
+    MAX_LISTINGS_PER_REQUEST,
 };
 use crate::authz;
 use crate::error::TxError;
@@ -367,6 +368,15 @@ impl LedgerReplica {
                     .collect(),
                 escrow: a.state.inference_escrow_of(&account),
             })),
+            LedgerRequest::Listings { after, limit } => Ok(LedgerResponse::Listings(self.read(|a| {
+                let after = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+                a.state
+                    .listings
+                    .range((after, std::ops::Bound::Unbounded))
+                    .take(limit.min(MAX_LISTINGS_PER_REQUEST) as usize)
+                    .filter_map(|(id, listing)| Some((*id, *listing, a.state.assets.get(id)?.clone())))
+                    .collect()
+            }))),
             LedgerRequest::Status => Ok(LedgerResponse::Status(self.status())),
             LedgerRequest::Audit => Ok(LedgerResponse::Audit(
                 self.read(|a| a.state.audit().map_err(|v| v.to_string())),

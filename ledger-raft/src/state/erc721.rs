@@ -217,6 +217,7 @@ impl LedgerState {
         let asset = self.assets.get_mut(asset_id).expect("checked above");
         asset.owner = *to;
         asset.approved = None;
+        self.end_listing(asset_id);
         self.bump_count(from, false);
         self.bump_count(to, true);
         Ok(vec![Event::AssetTransfer {
@@ -274,6 +275,7 @@ impl LedgerState {
         let owner = asset.owner;
         self.assets.remove(asset_id);
         self.forget_publication(asset_id);
+        self.end_listing(asset_id);
         self.bump_count(&owner, false);
         Ok(vec![Event::AssetTransfer {
             from: Some(owner),

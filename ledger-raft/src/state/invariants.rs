@@ -71,6 +71,16 @@ pub(super) fn audit(state: &LedgerState) -> Result<(), InvariantViolation> {
     if let Some(id) = state.published.keys().find(|id| !state.assets.contains_key(id)) {
         return Err(violation(format!("published model {id} is not an asset")));
     }
+    for (id, listing) in &state.listings {
+        if state.assets.get(id).map(|a| a.owner) != Some(listing.seller) {
+            return Err(violation(format!(
+                "asset {id} is listed by someone who does not own it"
+            )));
+        }
+        if listing.price.is_zero() {
+            return Err(violation(format!("asset {id} is listed at no price")));
+        }
+    }
     if counts != state.asset_counts {
         return Err(violation("asset owner counts do not match the assets"));
     }

@@ -17,6 +17,8 @@ pub use inference::{
     MAX_USAGE_LINES,
 };
 mod invariants;
+mod market;
+pub use market::Listing;
 mod jobs;
 pub use jobs::{
     CheckpointTensors, JobRecord, MAX_CHECKPOINT_HOLDERS, MAX_JOB_PROGRESS_BYTES, MAX_JOB_REQUEST_BYTES,
@@ -239,6 +241,22 @@ pub enum Event {
         period: u64,
         amount: Amount,
     },
+    AssetListed {
+        asset: AssetId,
+        seller: Address,
+        price: Amount,
+    },
+    AssetUnlisted {
+        asset: AssetId,
+        seller: Address,
+    },
+    /// A sale: the `Transfer` and `AssetTransfer` events beside it moved the price and the asset.
+    AssetSold {
+        asset: AssetId,
+        seller: Address,
+        buyer: Address,
+        price: Amount,
+    },
 }
 
 impl Event {
@@ -286,6 +304,8 @@ impl Event {
             Event::Staked { account, .. }
             | Event::Unstaked { account, .. }
             | Event::Slashed { account, .. } => parties.push(*account),
+            Event::AssetListed { seller, .. } | Event::AssetUnlisted { seller, .. } => parties.push(*seller),
+            Event::AssetSold { seller, buyer, .. } => parties.extend([*seller, *buyer]),
         }
         parties.dedup();
         parties
@@ -339,6 +359,8 @@ pub struct LedgerState {
     pub inference_escrow: BTreeMap<Address, Amount>,
     /// The last inference period each settler settled.
     pub inference_settled: BTreeMap<Address, u64>,
+    /// Assets offered for sale, by asset.
+    pub listings: BTreeMap<AssetId, Listing>,
     pub blocks: Vec<BlockHeader>,
     /// Transaction hashes of each sealed block, by height.
     pub block_transactions: Vec<Vec<[u8; 32]>>,
@@ -375,6 +397,7 @@ impl LedgerState {
             api_keys: BTreeMap::new(),
             inference_escrow: BTreeMap::new(),
             inference_settled: BTreeMap::new(),
+            listings: BTreeMap::new(),
             blocks: vec![BlockHeader::genesis(genesis.time_ms)],
             block_transactions: vec![Vec::new()],
             pending: Vec::new(),
@@ -561,6 +584,9 @@ impl LedgerState {
                 alias,
             } => self.publish_model(from, asset, *price_per_1k_rows, alias),
             Call::UnpublishModel { asset } => self.unpublish_model(from, asset),
+            Call::ListAsset { asset, price } => self.list_asset(from, asset, *price),
+            Call::UnlistAsset { asset } => self.unlist_asset(from, asset),
+            Call::BuyAsset { asset, max_price } => self.buy_asset(from, asset, *max_price),
             Call::FundInference { amount } => self.fund_inference(from, *amount),
             Call::WithdrawInference { amount } => self.withdraw_inference(from, *amount),
             Call::CreateApiKey { key_hash, label } => self.create_api_key(from, key_hash, label),

@@ -1,5 +1,5 @@
-//! Which compute node serves a batch: the allocator's cost model ([`crate::placement`]) with the
-//! gateway as the data's source — the batch crosses the gateway's path to the node, waits behind
+//! Which compute node serves a batch: the allocator's cost model (the scheduler's placement, over
+//! [`aic_protocol::path_model`]) with the gateway as the data's source — the batch crosses the gateway's path to the node, waits behind
 //! the batches already there and runs at the node's measured speed, all divided by the node's
 //! reputation. A pure function of what the gateway knows, so it is unit-tested here.
 //!
@@ -15,7 +15,7 @@ use std::cmp::Ordering;
 
 use aic_protocol::NodeId;
 
-use crate::placement::NetworkModel;
+use aic_protocol::path_model::NetworkModel;
 
 /// RTT assumed for a node the gateway has not connected to yet: a datacenter path, so an unknown
 /// node is neither preferred to a measured near one nor shunned.

@@ -5,8 +5,9 @@
 //!  HTTPS call ──► key (hash) + escrow + publication: one ledger read ──► encode raw columns
 //!       │            (http, access)                                    (the dataset's import)
 //!       ▼
-//!  reserve the call's cost ──► batch with other calls ──► least-loaded compute node (QUIC, mTLS)
-//!       (meter)                   (dispatch)              └─ fails: another node, rows counted once
+//!  reserve the call's cost ──► batch with other calls ──► cheapest compute node (QUIC, mTLS)
+//!       (meter)                   (dispatch)     (placement) └─ fails or stalls: the next node,
+//!                                                               rows counted once
 //!       ▼
 //!  outputs ──► labels + probabilities / prediction ──► rows metered ──► SettleInference per period
 //! ```

@@ -1,5 +1,7 @@
 //! Where a call's rows run: calls for one model wait a bounded delay for company and go to a
-//! compute node together (up to a bounded batch, and within a frame); the node is the cheapest
+//! compute node together (up to a bounded batch, and within a frame; at most one batch of the
+//! model per usable node at a time, so calls gather while the nodes are busy); the node is the
+//! cheapest
 //! by the gateway's placement ([`super::placement`]: its path to the node, the batches already
 //! there, the node's measured speed and its reputation), and a batch a node fails is retried on
 //! the next, so a node that dies mid-stream loses no call. Rows are counted only once a node has
@@ -13,6 +15,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,18 +24,16 @@ use aic_ledger::Address;
 use aic_protocol::messages::{InferRequest, NodeState, PeerRequest, PeerResponse, ServedModel};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::{NodeId, Role};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
 use super::metrics::GatewayMetrics;
 use super::placement::{self, BatchDemand, Candidate};
-use crate::placement::NetworkModel;
+use aic_protocol::path_model::NetworkModel;
 
 /// Encoded values one batch may carry, inputs or outputs: well within a 4 MiB frame.
 const MAX_BATCH_VALUES: usize = 768 * 1024;
-/// Batches of one model in flight at once.
-const BATCHES_IN_FLIGHT: usize = 8;
 /// How long a node that failed a batch is passed over.
 const FAILED_NODE_COOLDOWN: Duration = Duration::from_secs(10);
 /// How long one batch may take on a node.
@@ -271,17 +272,32 @@ impl Dispatcher {
         tx
     }
 
-    /// Gathers calls for one model into batches and runs each on a node.
+    /// Gathers calls for one model into batches and runs each on a node. At most one batch of
+    /// the model per usable node is out at a time: a node's device runs batches one after
+    /// another, so while every node is busy the calls gather here into bigger batches (a wide
+    /// model's weights are read once for the whole batch) instead of queueing on the nodes.
     async fn batch_loop(self: Arc<Self>, model: ServedModel, mut queue: mpsc::Receiver<Pending>) {
-        let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(Notify::new());
+        // A call too big to join the last batch starts the next one.
+        let mut carried: Option<Pending> = None;
         loop {
-            let first = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                next = queue.recv() => match next {
-                    Some(first) => first,
-                    None => return,
+            let first = match carried.take() {
+                Some(first) => first,
+                None => tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    next = queue.recv() => match next {
+                        Some(first) => first,
+                        None => return,
+                    },
                 },
             };
+            while in_flight.load(Ordering::SeqCst) >= self.node_slots() {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = finished.notified() => {}
+                }
+            }
             let width = first.features.cols.max(1);
             // Within the row bound, and within a frame for inputs and outputs alike.
             let max_rows = self.max_rows.min((MAX_BATCH_VALUES / width).max(1));
@@ -289,7 +305,7 @@ impl Dispatcher {
             let mut batch = vec![first];
             // Waiting for company pays only under load: with no batch of this model on a node,
             // the call goes at once, with whatever already queued behind it.
-            let idle = in_flight.available_permits() == BATCHES_IN_FLIGHT;
+            let idle = in_flight.load(Ordering::SeqCst) == 0;
             let deadline = tokio::time::Instant::now() + self.max_delay;
             while rows < max_rows {
                 let next = if idle {
@@ -309,27 +325,40 @@ impl Dispatcher {
                         batch.push(next);
                     }
                     Some(next) => {
-                        // Too big to join: it starts the next batch, which runs now too.
-                        self.clone().launch(&model, vec![next], &in_flight).await;
+                        carried = Some(next);
                         break;
                     }
                     None => break,
                 }
             }
-            self.clone().launch(&model, batch, &in_flight).await;
+            self.metrics.queue_depth.sub(batch.len() as i64);
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            let (dispatcher, model, in_flight, finished) =
+                (self.clone(), model.clone(), in_flight.clone(), finished.clone());
+            tokio::spawn(async move {
+                dispatcher.run_batch(&model, batch).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                // One waiter (this loop); a permit is kept if it is not waiting yet.
+                finished.notify_one();
+            });
         }
     }
 
-    async fn launch(self: Arc<Self>, model: &ServedModel, batch: Vec<Pending>, in_flight: &Arc<Semaphore>) {
-        self.metrics.queue_depth.sub(batch.len() as i64);
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let model = model.clone();
-        tokio::spawn(async move {
-            self.run_batch(&model, batch).await;
-            drop(permit);
-        });
+    /// How many batches of one model may be out at once: one per node not outvoted lately.
+    fn node_slots(&self) -> usize {
+        let distrusted = self.distrusted.lock().expect("distrusted");
+        let usable = self
+            .nodes
+            .lock()
+            .expect("nodes")
+            .iter()
+            .filter(|n| {
+                distrusted
+                    .get(&n.id)
+                    .is_none_or(|at| at.elapsed() >= DISTRUST_FOR)
+            })
+            .count();
+        usable.max(1)
     }
 
     /// Runs one batch, on another node after each failure, and answers every call in it.
