@@ -291,7 +291,8 @@ fn measure(workload: &Workload, served: &ServedGraph, calls: &Calls, pixels: &[V
         .collect();
     let total: Duration = latencies.iter().sum();
     latencies.sort();
-    let mut cpu = CpuBackend::default();
+    // As a compute node runs it: the CPU backend on every core (`cpu_threads = 0`).
+    let mut cpu = CpuBackend::with_threads(0);
     let one_row = Matrix::new(1, 64, pixels[0].clone()).unwrap();
     let mut local: Vec<Duration> = (0..sequential)
         .map(|_| {
@@ -379,7 +380,7 @@ fn measure(workload: &Workload, served: &ServedGraph, calls: &Calls, pixels: &[V
         ms(percentile(&concurrent, 0.5)),
         ms(percentile(&concurrent, 0.99))
     );
-    println!("  in-process  {local_rows:>10.0} rows/s   (forward passes of {CLIENTS} rows, one thread)");
+    println!("  in-process  {local_rows:>10.0} rows/s   (forward passes of {CLIENTS} rows, every core)");
     let batches = after.batches - before.batches;
     println!(
         "  {batches:.0} batches (verifications included), mean {:.1} rows; compute nodes busy {:.2} s of {:.2} s",

@@ -60,6 +60,10 @@ pub struct BatchingSettings {
     pub max_delay_us: u64,
     /// Attempts per batch on different compute nodes before the callers get an error.
     pub attempts: u32,
+    /// Batches of one model out at once: 0 for one per usable compute node (nodes with their
+    /// own devices); set it lower where nodes share one machine's cores or one GPU, where
+    /// batches in parallel only contend and smaller ones waste the device.
+    pub max_in_flight: u32,
 }
 
 /// The `[limits]` table.
@@ -99,6 +103,7 @@ impl Default for BatchingSettings {
             max_rows: 256,
             max_delay_us: 500,
             attempts: 3,
+            max_in_flight: 0,
         }
     }
 }

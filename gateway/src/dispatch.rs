@@ -121,6 +121,8 @@ pub struct Dispatcher {
     max_delay: Duration,
     network: NetworkModel,
     attempts: u32,
+    /// Batches of one model out at once (0: one per usable node).
+    max_in_flight: u32,
     metrics: GatewayMetrics,
     shutdown: CancellationToken,
 }
@@ -150,6 +152,7 @@ impl Dispatcher {
             max_delay: Duration::from_micros(batching.max_delay_us),
             network: NetworkModel::default(),
             attempts: batching.attempts,
+            max_in_flight: batching.max_in_flight,
             metrics,
             shutdown,
         }
@@ -344,7 +347,8 @@ impl Dispatcher {
         }
     }
 
-    /// How many batches of one model may be out at once: one per node not outvoted lately.
+    /// How many batches of one model may be out at once: one per node not outvoted lately, or
+    /// fewer where the configuration says the nodes share their hardware.
     fn node_slots(&self) -> usize {
         let distrusted = self.distrusted.lock().expect("distrusted");
         let usable = self
@@ -358,7 +362,10 @@ impl Dispatcher {
                     .is_none_or(|at| at.elapsed() >= DISTRUST_FOR)
             })
             .count();
-        usable.max(1)
+        match self.max_in_flight {
+            0 => usable.max(1),
+            limit => usable.min(limit as usize).max(1),
+        }
     }
 
     /// Runs one batch, on another node after each failure, and answers every call in it.
