@@ -153,6 +153,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             shutdown: CancellationToken::new(),
         }
     };
+    let plaza_shutdown = CancellationToken::new();
     let outcome = async {
         let mut metrics_urls = Map::new();
         let mut replicas = Vec::new();
@@ -313,6 +314,17 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             write_toml(&profile_path, &profile)?;
         }
         let gateway = serve_trained_model(dir, &client, &job, https_addr).await?;
+        // The console reads the grid as the devnet's client, through the replica it uses now.
+        let current: ClientProfile = config::load(Some(&profile_path), &json!({}))?;
+        let plaza = aic_plaza::start(
+            aic_plaza::PlazaSettings {
+                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                scheduler: current.scheduler,
+                identity: current.tls,
+            },
+            plaza_shutdown.clone(),
+        )
+        .await?;
         let lottery_blocks = wait_for_lottery_block(&client).await?;
         wait_for_reward_epoch(&client).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;
@@ -326,6 +338,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             digits,
             job,
             gateway,
+            plaza: json!({ "url": plaza.url }),
             lottery_blocks,
         };
         report(dir, args, &profile_path, &status)?;
@@ -335,6 +348,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     }
     .await;
+    plaza_shutdown.cancel();
     grid.stop().await;
     outcome
 }
@@ -869,6 +883,8 @@ struct GridStatus {
     job: Value,
     /// The gateway serving the job's trained model: its URL, the model's name, a demo key.
     gateway: Value,
+    /// The AI PLAZA console: its URL, with the login token.
+    plaza: Value,
     /// Blocks whose proposer won the lottery (a session's ticket holder, co-signed).
     lottery_blocks: Vec<Value>,
 }
@@ -883,6 +899,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
         digits,
         job,
         gateway,
+        plaza,
         lottery_blocks,
     } = status;
     let chain_verified = *chain_verified;
@@ -929,6 +946,7 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
             "datasets": [dataset_json],
             "job": job,
             "gateway": gateway,
+            "plaza": plaza,
             "chain": {
                 "height": ledger.block_height,
                 "verified": chain_verified,
@@ -1003,6 +1021,9 @@ fn report(dir: &Path, args: &DevnetArgs, profile_path: &Path, status: &GridStatu
             gateway["api_key_file"].as_str().unwrap_or_default(),
             gateway["model"].as_str().unwrap_or_default()
         );
+    }
+    if let Some(url) = plaza["url"].as_str() {
+        println!("\nAI PLAZA console: {url}");
     }
     println!("\nmetrics:");
     for (name, url) in metrics {

@@ -14,6 +14,7 @@ mod model_export;
 mod model_use;
 mod nodes;
 mod onnx;
+mod plaza;
 mod roles;
 mod wallet;
 
@@ -67,6 +68,8 @@ enum Command {
     Job(job::JobArgs),
     /// Run an inference gateway (`--config`), or manage your API keys and inference escrow.
     Gateway(gateway::GatewayArgs),
+    /// The AI PLAZA web console for your grid, on loopback (open the address it prints).
+    Plaza(plaza::PlazaArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -118,6 +121,7 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::Model(args) => job::run_model(args).await,
             Command::Job(args) => job::run_job(args).await,
             Command::Gateway(args) => gateway::run(args).await,
+            Command::Plaza(args) => plaza::run(args).await,
             Command::Ca(_) => unreachable!("handled synchronously"),
         }
     })

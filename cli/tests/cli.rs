@@ -1,6 +1,7 @@
 //! The `aic` binary end to end: the devnet in both modes, and the errors an operator meets first.
 
 mod gateway;
+mod plaza;
 mod support;
 
 use std::collections::BTreeMap;
@@ -375,10 +376,13 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
         profile,
         status["datasets"][0]["asset"].as_str().unwrap(),
     );
+    let console = plaza::Console::open(&status);
+    plaza::check_the_console(&console, &status);
     check_the_marketplace(
         &data_dir,
         profile,
         status["datasets"][0]["asset"].as_str().unwrap(),
+        &console,
     );
     // Softmax regression 64 → 10: 640 weights and 10 biases.
     check_trained_model_export(
@@ -404,7 +408,8 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
 /// it; a buyer who will pay less than the price is refused (code 129) and charged nothing; one
 /// who agrees buys it — the price to the seller and the asset to the buyer in one transaction —
 /// and the listing is gone.
-fn check_the_marketplace(data_dir: &std::path::Path, profile: &str, digits: &str) {
+fn check_the_marketplace(data_dir: &std::path::Path, profile: &str, digits: &str, console: &plaza::Console) {
+    const NAME: &str = "for-sale <script>alert(1)</script>";
     let wallet = |name: &str| data_dir.join(format!("wallets/{name}.key")).display().to_string();
     let (seller, buyer) = (wallet("model-owner"), wallet("user"));
     let run = |args: &[&str], who: &str| -> Value {
@@ -426,7 +431,7 @@ fn check_the_marketplace(data_dir: &std::path::Path, profile: &str, digits: &str
             "model",
             "register",
             "--name",
-            "for-sale",
+            NAME,
             "--kind",
             "softmax",
             "--for-dataset",
@@ -443,7 +448,21 @@ fn check_the_marketplace(data_dir: &std::path::Path, profile: &str, digits: &str
         .iter()
         .find(|row| row["id"] == model)
         .unwrap_or_else(|| panic!("listed: {market}"));
-    assert_eq!((&row["price"], &row["name"]), (&json!("2.5"), &json!("for-sale")));
+    assert_eq!((&row["price"], &row["name"]), (&json!("2.5"), &json!(NAME)));
+    // The console lists it, the name a user chose escaped, not run.
+    let (code, market) = console.get("/market");
+    assert_eq!(code, 200);
+    assert!(
+        market.contains("2.5 AIC") && market.contains(&format!("/assets/{model}")),
+        "{market}"
+    );
+    assert!(
+        market.contains("for-sale &#60;script&#62;") && !market.contains("<script>"),
+        "{market}"
+    );
+    let (code, page) = console.get(&format!("/assets/{model}"));
+    assert_eq!(code, 200);
+    assert!(page.contains("<dd id=\"price\">2.5 AIC</dd>"), "{page}");
 
     let (seller_before, buyer_before) = (balance(&seller), balance(&buyer));
     let cheap = aic(&[

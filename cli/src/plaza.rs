@@ -1,0 +1,40 @@
+//! `aic plaza`: the AI PLAZA web console for the grid your profile names, served by this process
+//! on loopback with your client certificate; open the address it prints (it carries the login
+//! token).
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::nodes::ClientArgs;
+
+#[derive(Args, Clone, Debug)]
+pub struct PlazaArgs {
+    /// Where the console listens: a loopback address (reach it from elsewhere through an SSH
+    /// tunnel).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn run(args: PlazaArgs) -> anyhow::Result<()> {
+    let profile = args.client.load()?;
+    let shutdown = CancellationToken::new();
+    let plaza = aic_plaza::start(
+        aic_plaza::PlazaSettings {
+            listen: args.listen,
+            scheduler: profile.scheduler.clone(),
+            identity: profile.tls.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    println!("AI PLAZA: {}", plaza.url);
+    println!("Ctrl-C stops it.");
+    crate::roles::shutdown_signal().await?;
+    shutdown.cancel();
+    let _ = plaza.stopped.await;
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The AI PLAZA console as a browser meets it over HTTP: the login token from the printed URL
+//! becomes a cookie; without it every page is refused; pages render what the ledger and the
+//! scheduler say, with the asset names a user chose escaped.
+
+use serde_json::Value;
+
+/// A logged-in browser session: the cookie the console set for the token in its URL.
+pub struct Console {
+    client: reqwest::blocking::Client,
+    base: String,
+    cookie: String,
+}
+
+impl Console {
+    /// Opens the URL the devnet printed, as a browser would: 303 to the page, with the cookie.
+    pub fn open(status: &Value) -> Self {
+        let url = status["plaza"]["url"]
+            .as_str()
+            .expect("the devnet reports its console");
+        let client = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let response = client.get(url).send().unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            303,
+            "the token is exchanged for a cookie"
+        );
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .expect("a session cookie")
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        assert!(!response.headers()["location"].to_str().unwrap().contains("token"));
+        let base = url.split("/?").next().unwrap().to_string();
+        Console {
+            client,
+            base,
+            cookie: cookie.split(';').next().unwrap().to_string(),
+        }
+    }
+
+    /// A page's status and HTML.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    }
+
+    /// The same page without the cookie: another local user's browser, or a stranger's link.
+    pub fn get_without_login(&self, path: &str) -> (u16, String) {
+        let response = self.client.get(format!("{}{path}", self.base)).send().unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    }
+}
+
+/// Every page of the console against the running devnet.
+pub fn check_the_console(console: &Console, status: &Value) {
+    let (code, page) = console.get_without_login("/");
+    assert_eq!(code, 401, "{page}");
+    assert!(page.contains("login token"), "{page}");
+    let (code, _) = console.get_without_login("/?token=not-the-token");
+    assert_eq!(code, 401);
+
+    let (code, network) = console.get("/");
+    assert_eq!(code, 200, "{network}");
+    for name in ["scheduler-1", "storage-1", "compute-1", "compute-3"] {
+        assert!(network.contains(&format!("<td>{name}</td>")), "{name}: {network}");
+    }
+    let chain_id = status["ledger"]["chain_id"].as_str().unwrap();
+    assert!(network.contains(chain_id), "{network}");
+
+    let trained = status["job"]["trained_model"].as_str().unwrap();
+    let (code, card) = console.get(&format!("/assets/{trained}"));
+    assert_eq!(code, 200, "{card}");
+    assert!(card.contains("trained by job"), "{card}");
+
+    let (code, missing) = console.get("/assets/00000000000000000000000000000000");
+    assert_eq!(code, 404, "an unknown asset is a 404 page: {missing}");
+    assert!(missing.contains("No such asset"));
+    assert_eq!(console.get("/assets/not-an-id").0, 404);
+    assert_eq!(console.get("/no/such/page").0, 404);
+
+    let (code, chain) = console.get("/chain");
+    assert_eq!(code, 200);
+    assert!(chain.contains("<table id=\"blocks\">"), "{chain}");
+    let (code, css) = console.get("/plaza.css");
+    assert_eq!(code, 200);
+    assert!(css.contains("AI PLAZA"));
+}

@@ -1,0 +1,70 @@
+//! The console's login: a random token in the URL printed at start, then a cookie. The cookie is
+//! HTTP-only and same-site strict, so a page from another site cannot ride on it; the token is
+//! compared by hash, so timing says nothing about it.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{http::StatusCode, HttpResponse};
+
+const COOKIE: &str = "aic_plaza";
+
+/// The secret a browser proves it was given.
+#[derive(Clone)]
+pub struct LoginToken(String);
+
+impl LoginToken {
+    pub fn generate() -> Self {
+        LoginToken(hex::encode(rand::random::<[u8; 32]>()))
+    }
+
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
+    fn matches(&self, offered: &str) -> bool {
+        blake3::hash(offered.as_bytes()) == blake3::hash(self.0.as_bytes())
+    }
+}
+
+/// Lets a request through with the token (query or cookie); a token in the query sets the
+/// cookie and redirects to the same page without it, so it does not linger in history.
+pub async fn require_token(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let token = request
+        .app_data::<actix_web::web::Data<crate::pages::State>>()
+        .map(|state| state.token.clone())
+        .expect("the console's state");
+    let from_query = request
+        .query_string()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .map(str::to_string);
+    if let Some(offered) = from_query {
+        if token.matches(&offered) {
+            let cookie = Cookie::build(COOKIE, offered)
+                .http_only(true)
+                .same_site(SameSite::Strict)
+                .path("/")
+                .finish();
+            let response = HttpResponse::SeeOther()
+                .insert_header(("location", request.path().to_string()))
+                .cookie(cookie)
+                .finish();
+            return Ok(request.into_response(response));
+        }
+    } else if request
+        .cookie(COOKIE)
+        .is_some_and(|cookie| token.matches(cookie.value()))
+    {
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    }
+    let page = crate::pages::error_page(
+        StatusCode::UNAUTHORIZED,
+        "Open the console with the address `aic plaza` (or `aic devnet`) printed: it carries the login token.",
+    );
+    Ok(request.into_response(page))
+}

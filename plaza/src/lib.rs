@@ -1,0 +1,93 @@
+//! AI PLAZA: the grid's web console. The user runs it (`aic plaza`, or `aic devnet` starts one)
+//! with their own client certificate, like the CLI: keys never leave this process and no
+//! browser wallet exists. It reads the ledger and the scheduler — no indexer of its own — and
+//! renders pages on the server (askama templates, every asset embedded in the binary: no CDN,
+//! no build step).
+//!
+//! ```text
+//!  browser ──HTTP, loopback, login token──► plaza (actix-web) ──QUIC + mTLS, the user's cert──► scheduler
+//!                                              pages: network · market · chain · asset
+//! ```
+//!
+//! It listens on loopback only; a page needs the login token the URL printed at start carries
+//! (kept in a same-site, HTTP-only cookie after the first visit), so another local user's
+//! browser or a web page the user visits cannot read it.
+
+pub mod auth;
+pub mod grid;
+pub mod pages;
+
+use std::net::SocketAddr;
+
+use aic_protocol::certs::IdentityFiles;
+use tokio_util::sync::CancellationToken;
+
+/// How a console starts.
+#[derive(Clone, Debug)]
+pub struct PlazaSettings {
+    /// A loopback address (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The scheduler replica the console reads the grid through.
+    pub scheduler: String,
+    /// The user's client certificate.
+    pub identity: IdentityFiles,
+}
+
+/// Why a console could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PlazaError {
+    #[error(
+        "the console listens on loopback only (asked for {0}); reach it from elsewhere through an SSH tunnel"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("the listener: {0}")]
+    Listen(std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] aic_protocol::Error),
+}
+
+/// A running console.
+pub struct Plaza {
+    pub addr: SocketAddr,
+    /// The address to open: it carries the login token.
+    pub url: String,
+    pub stopped: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a console; it stops when `shutdown` is cancelled.
+pub async fn start(settings: PlazaSettings, shutdown: CancellationToken) -> Result<Plaza, PlazaError> {
+    if !settings.listen.ip().is_loopback() {
+        return Err(PlazaError::NotLoopback(settings.listen));
+    }
+    let grid = grid::Grid::new(&settings.identity, settings.scheduler.clone())?;
+    let token = auth::LoginToken::generate();
+    let listener = std::net::TcpListener::bind(settings.listen).map_err(PlazaError::Listen)?;
+    let addr = listener.local_addr().map_err(PlazaError::Listen)?;
+    let url = format!("http://{addr}/?token={}", token.text());
+    let state = actix_web::web::Data::new(pages::State { grid, token });
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(auth::require_token))
+            .configure(pages::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)
+    .map_err(PlazaError::Listen)?
+    .run();
+    let handle = server.handle();
+    let stopped = tokio::spawn(async move {
+        tokio::select! {
+            result = server => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "the console's server stopped");
+                }
+            }
+            _ = shutdown.cancelled() => handle.stop(true).await,
+        }
+    });
+    tracing::info!(%addr, "AI PLAZA console serving");
+    Ok(Plaza { addr, url, stopped })
+}

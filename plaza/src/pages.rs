@@ -1,0 +1,420 @@
+//! The console's pages: each reads what it shows from the ledger and the scheduler when asked,
+//! renders it on the server, and shows what it could not read as a banner above the rest.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use aic_ledger::api::{LedgerRequest, LedgerResponse, MAX_LISTINGS_PER_REQUEST};
+use aic_ledger::state::{Asset, Provenance};
+use aic_protocol::AssetId;
+use askama::Template;
+
+use crate::auth::LoginToken;
+use crate::grid::Grid;
+
+/// Blocks the chain page shows, newest first.
+const RECENT_BLOCKS: u64 = 25;
+const STYLESHEET: &str = include_str!("../assets/plaza.css");
+
+/// What every handler shares.
+pub struct State {
+    pub grid: Grid,
+    pub token: LoginToken,
+}
+
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/", web::get().to(network))
+        .route("/market", web::get().to(market))
+        .route("/chain", web::get().to(chain))
+        .route("/assets/{id}", web::get().to(asset))
+        .route("/plaza.css", web::get().to(stylesheet))
+        .default_service(web::to(|| async {
+            error_page(StatusCode::NOT_FOUND, "There is no such page.")
+        }));
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    problems: Vec<String>,
+    message: &'a str,
+}
+
+/// A page that says what went wrong, with its status.
+pub fn error_page(status: StatusCode, message: &str) -> HttpResponse {
+    let title = status.canonical_reason().unwrap_or("Error");
+    render(
+        status,
+        &ErrorPage {
+            title,
+            problems: Vec::new(),
+            message,
+        },
+    )
+}
+
+fn render(status: StatusCode, page: &impl Template) -> HttpResponse {
+    match page.render() {
+        Ok(html) => HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .insert_header((
+                "content-security-policy",
+                "default-src 'self'; frame-ancestors 'none'",
+            ))
+            .insert_header(("x-content-type-options", "nosniff"))
+            .body(html),
+        Err(error) => HttpResponse::InternalServerError().body(format!("rendering the page: {error}")),
+    }
+}
+
+async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .body(STYLESHEET)
+}
+
+struct ChainFacts {
+    chain_id: String,
+    height: u64,
+    supply: String,
+    burned: String,
+    issued: String,
+    accrued: String,
+}
+
+struct NodeRow {
+    name: String,
+    role: String,
+    state: String,
+    device: String,
+    memory: String,
+    gflops: String,
+    reputation: String,
+    penalties: usize,
+}
+
+struct PenaltyRow {
+    node: String,
+    job: String,
+    reason: String,
+    slashed: String,
+}
+
+#[derive(Template)]
+#[template(path = "network.html")]
+struct NetworkPage {
+    title: &'static str,
+    problems: Vec<String>,
+    chain: Option<ChainFacts>,
+    nodes: Vec<NodeRow>,
+    penalties: Vec<PenaltyRow>,
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Nodes with their device, memory, measured speed, reputation and penalties; the chain head and
+/// the money supply.
+async fn network(state: web::Data<State>) -> HttpResponse {
+    let mut problems = Vec::new();
+    let chain = match state.grid.ledger(&LedgerRequest::Status).await {
+        Ok(LedgerResponse::Status(s)) => Some(ChainFacts {
+            chain_id: s.chain_id,
+            height: s.block_height,
+            supply: s.total_supply.to_string(),
+            burned: s.burned.to_string(),
+            issued: s.issued.to_string(),
+            accrued: s.accrued_rewards.to_string(),
+        }),
+        Ok(other) => {
+            problems.push(format!("unexpected ledger answer: {other:?}"));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("The ledger could not be read: {e}"));
+            None
+        }
+    };
+    let ratings = state.grid.ratings().await.unwrap_or_else(|e| {
+        problems.push(format!("Reputations could not be read: {e}"));
+        serde_json::Value::Null
+    });
+    let listed = state.grid.nodes().await.unwrap_or_else(|e| {
+        problems.push(format!("The node list could not be read: {e}"));
+        Vec::new()
+    });
+    let penalties: Vec<PenaltyRow> = ratings["penalties"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| PenaltyRow {
+            node: p["node"].as_str().unwrap_or_default().to_string(),
+            job: p["job"].as_str().unwrap_or_default().to_string(),
+            reason: p["reason"].as_str().unwrap_or_default().to_string(),
+            slashed: p["slashed"].as_str().unwrap_or("0").to_string(),
+        })
+        .collect();
+    let nodes = listed
+        .iter()
+        .map(|n| {
+            let record = &ratings["records"][n.node_id.to_string()];
+            NodeRow {
+                name: n.name.clone(),
+                role: n.role.to_string(),
+                state: n.state.as_str().to_string(),
+                device: n.capacity.device.clone(),
+                memory: gib(n.capacity.memory_bytes),
+                gflops: if n.capacity.measured_mflops == 0 {
+                    "—".into()
+                } else {
+                    format!("{:.1}", n.capacity.measured_mflops as f64 / 1000.0)
+                },
+                reputation: record["reputation"]
+                    .as_f64()
+                    .map_or_else(|| "1.00".into(), |r| format!("{r:.2}")),
+                penalties: penalties.iter().filter(|p| p.node == n.name).count(),
+            }
+        })
+        .collect();
+    render(
+        StatusCode::OK,
+        &NetworkPage {
+            title: "Network",
+            problems,
+            chain,
+            nodes,
+            penalties,
+        },
+    )
+}
+
+struct ListingRow {
+    id: String,
+    short_id: String,
+    kind: String,
+    name: String,
+    price: String,
+    seller: String,
+}
+
+#[derive(Template)]
+#[template(path = "market.html")]
+struct MarketPage {
+    title: &'static str,
+    problems: Vec<String>,
+    listings: Vec<ListingRow>,
+}
+
+/// Every asset for sale.
+async fn market(state: web::Data<State>) -> HttpResponse {
+    let mut problems = Vec::new();
+    let mut listings = Vec::new();
+    let mut after = None;
+    loop {
+        let page = LedgerRequest::Listings {
+            after,
+            limit: MAX_LISTINGS_PER_REQUEST,
+        };
+        match state.grid.ledger(&page).await {
+            Ok(LedgerResponse::Listings(got)) => {
+                let full = got.len() == MAX_LISTINGS_PER_REQUEST as usize;
+                after = got.last().map(|(id, _, _)| *id);
+                listings.extend(got.into_iter().map(|(id, listing, asset)| ListingRow {
+                    id: id.to_string(),
+                    short_id: id.to_string()[..12].to_string(),
+                    kind: format!("{:?}", asset.kind),
+                    name: asset.metadata.name,
+                    price: listing.price.to_string(),
+                    seller: listing.seller.short(),
+                }));
+                if !full {
+                    break;
+                }
+            }
+            Ok(other) => {
+                problems.push(format!("unexpected ledger answer: {other:?}"));
+                break;
+            }
+            Err(e) => {
+                problems.push(format!("The listings could not be read: {e}"));
+                break;
+            }
+        }
+    }
+    render(
+        StatusCode::OK,
+        &MarketPage {
+            title: "Marketplace",
+            problems,
+            listings,
+        },
+    )
+}
+
+struct BlockRow {
+    height: u64,
+    time: String,
+    proposer: String,
+    cosigners: usize,
+    transactions: u32,
+}
+
+#[derive(Template)]
+#[template(path = "chain.html")]
+struct ChainPage {
+    title: &'static str,
+    problems: Vec<String>,
+    blocks: Vec<BlockRow>,
+}
+
+/// The latest blocks: who proposed each (the lottery's winner) and who co-signed it.
+async fn chain(state: web::Data<State>) -> HttpResponse {
+    let mut problems = Vec::new();
+    let height = match state.grid.ledger(&LedgerRequest::Status).await {
+        Ok(LedgerResponse::Status(s)) => s.block_height,
+        Ok(_) | Err(_) => {
+            problems.push("The ledger could not be read.".to_string());
+            0
+        }
+    };
+    let from = height.saturating_sub(RECENT_BLOCKS - 1);
+    let mut blocks = match state
+        .grid
+        .ledger(&LedgerRequest::Blocks {
+            from,
+            count: RECENT_BLOCKS,
+        })
+        .await
+    {
+        Ok(LedgerResponse::Blocks(blocks)) => blocks
+            .into_iter()
+            .map(|(header, _)| BlockRow {
+                height: header.height,
+                time: utc(header.timestamp_ms),
+                proposer: header.proposer.short(),
+                cosigners: header.signatures.len(),
+                transactions: header.tx_count,
+            })
+            .collect(),
+        Ok(_) | Err(_) => {
+            problems.push("The blocks could not be read.".to_string());
+            Vec::new()
+        }
+    };
+    blocks.reverse();
+    render(
+        StatusCode::OK,
+        &ChainPage {
+            title: "Chain",
+            problems,
+            blocks,
+        },
+    )
+}
+
+/// `YYYY-MM-DD hh:mm:ss` of a Unix time in milliseconds.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let rest = secs % 86_400;
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        aic_protocol::encoding::date_text((secs / 86_400) as i64),
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+#[derive(Template)]
+#[template(path = "asset.html")]
+struct AssetPage {
+    title: String,
+    problems: Vec<String>,
+    id: String,
+    kind: String,
+    owner: String,
+    provenance: String,
+    usage_fee: String,
+    price: Option<String>,
+    manifest: String,
+}
+
+/// One asset: what it is, who owns it, where it came from, its manifest and its price if listed.
+async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+    let Ok(id) = id.parse::<AssetId>() else {
+        return error_page(StatusCode::NOT_FOUND, "That is not an asset id.");
+    };
+    let found: Asset = match state.grid.ledger(&LedgerRequest::Asset(id)).await {
+        Ok(LedgerResponse::Asset(Some(asset))) => asset,
+        Ok(LedgerResponse::Asset(None)) => {
+            return error_page(StatusCode::NOT_FOUND, "No such asset: never minted, or burned.")
+        }
+        Ok(_) | Err(_) => {
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The ledger could not be read; try again shortly.",
+            )
+        }
+    };
+    let price = listed_price(&state.grid, id).await;
+    let manifest = serde_json::from_str::<serde_json::Value>(&found.metadata.manifest)
+        .and_then(|m| serde_json::to_string_pretty(&m))
+        .unwrap_or_else(|_| found.metadata.manifest.clone());
+    let provenance = match &found.provenance {
+        Provenance::Registered => "registered by its author".to_string(),
+        Provenance::Imported { attesters } => {
+            format!("imported, attested by {} storage replicas", attesters.len())
+        }
+        Provenance::Trained { job } => format!("trained by job {job}"),
+    };
+    render(
+        StatusCode::OK,
+        &AssetPage {
+            title: found.metadata.name.clone(),
+            problems: Vec::new(),
+            id: id.to_string(),
+            kind: format!("{:?}", found.kind),
+            owner: found.owner.to_string(),
+            provenance,
+            usage_fee: found.metadata.usage_fee.to_string(),
+            price,
+            manifest,
+        },
+    )
+}
+
+/// The asset's price if it is listed: the first listing from its id on (listings are ordered by
+/// asset id, and the page starts after the id just below it).
+async fn listed_price(grid: &Grid, id: AssetId) -> Option<String> {
+    let below = u128::from_be_bytes(*id.as_bytes())
+        .checked_sub(1)
+        .map(|n| AssetId::from_bytes(n.to_be_bytes()));
+    match grid
+        .ledger(&LedgerRequest::Listings {
+            after: below,
+            limit: 1,
+        })
+        .await
+    {
+        Ok(LedgerResponse::Listings(listed)) => listed
+            .first()
+            .filter(|(listed, _, _)| *listed == id)
+            .map(|(_, listing, _)| listing.price.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_milliseconds_read_as_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        // 2026-11-30 15:45:55 UTC.
+        assert_eq!(utc(1_796_053_555_000), "2026-11-30 15:45:55");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}
