@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use aic_ledger::api::{LedgerRequest, LedgerResponse, MAX_LISTINGS_PER_REQUEST};
 use aic_ledger::state::{Asset, Provenance};
+use aic_ledger::tx::AssetKind;
 use aic_protocol::AssetId;
 use askama::Template;
 
@@ -24,6 +25,8 @@ pub struct State {
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/", web::get().to(network))
+        .route("/datasets", web::get().to(datasets))
+        .route("/models", web::get().to(models))
         .route("/market", web::get().to(market))
         .route("/chain", web::get().to(chain))
         .route("/assets/{id}", web::get().to(asset))
@@ -190,6 +193,192 @@ async fn network(state: web::Data<State>) -> HttpResponse {
     )
 }
 
+/// Every asset on the ledger, or why not.
+async fn all_assets(grid: &Grid, problems: &mut Vec<String>) -> Vec<(AssetId, Asset)> {
+    match grid.ledger(&LedgerRequest::Assets { owner: None }).await {
+        Ok(LedgerResponse::Assets(assets)) => assets,
+        Ok(other) => {
+            problems.push(format!("unexpected ledger answer: {other:?}"));
+            Vec::new()
+        }
+        Err(e) => {
+            problems.push(format!("The assets could not be read: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+fn manifest_of(asset: &Asset) -> serde_json::Value {
+    serde_json::from_str(&asset.metadata.manifest).unwrap_or(serde_json::Value::Null)
+}
+
+struct DatasetRow {
+    id: String,
+    name: String,
+    rows: String,
+    columns: String,
+    label: String,
+    classes: String,
+    fee: String,
+    owner: String,
+}
+
+#[derive(Template)]
+#[template(path = "datasets.html")]
+struct DatasetsPage {
+    title: &'static str,
+    problems: Vec<String>,
+    datasets: Vec<DatasetRow>,
+}
+
+/// Every imported dataset, as its import published it: rows, columns, label, classes, fee.
+async fn datasets(state: web::Data<State>) -> HttpResponse {
+    let mut problems = Vec::new();
+    let datasets = all_assets(&state.grid, &mut problems)
+        .await
+        .into_iter()
+        .filter(|(_, a)| a.kind == AssetKind::Dataset)
+        .map(|(id, a)| {
+            let manifest = manifest_of(&a);
+            let count = |key: &str| manifest[key].as_array().map_or(0, Vec::len);
+            DatasetRow {
+                id: id.to_string(),
+                name: a.metadata.name.clone(),
+                rows: manifest["rows"]
+                    .as_u64()
+                    .map_or_else(|| "?".into(), |r| r.to_string()),
+                columns: count("features").to_string(),
+                label: manifest["label"].as_str().unwrap_or_default().to_string(),
+                classes: count("classes").to_string(),
+                fee: a.metadata.usage_fee.to_string(),
+                owner: a.owner.short(),
+            }
+        })
+        .collect();
+    render(
+        StatusCode::OK,
+        &DatasetsPage {
+            title: "Datasets",
+            problems,
+            datasets,
+        },
+    )
+}
+
+struct TrainedRow {
+    id: String,
+    name: String,
+    accuracy: String,
+    dataset: String,
+    dataset_name: String,
+    model: String,
+    model_name: String,
+    owner: String,
+}
+
+struct ModelRow {
+    id: String,
+    name: String,
+    fee: String,
+    owner: String,
+}
+
+#[derive(Template)]
+#[template(path = "models.html")]
+struct ModelsPage {
+    title: &'static str,
+    problems: Vec<String>,
+    trained: Vec<TrainedRow>,
+    models: Vec<ModelRow>,
+}
+
+/// What a TrainedModel's manifest says it came from, with the names of those assets.
+struct Lineage {
+    dataset: String,
+    dataset_name: String,
+    model: String,
+    model_name: String,
+    job: String,
+    accuracy: String,
+}
+
+fn lineage_of(asset: &Asset, names: &std::collections::HashMap<String, String>) -> Option<Lineage> {
+    let manifest = manifest_of(asset);
+    let dataset = manifest["dataset_asset"].as_str()?.to_string();
+    let model = manifest["model_asset"].as_str()?.to_string();
+    let name = |id: &String| {
+        names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id[..12.min(id.len())].to_string())
+    };
+    Some(Lineage {
+        dataset_name: name(&dataset),
+        model_name: name(&model),
+        dataset,
+        model,
+        job: manifest["job"].as_str().unwrap_or_default().to_string(),
+        accuracy: accuracy_text(&manifest),
+    })
+}
+
+fn accuracy_text(manifest: &serde_json::Value) -> String {
+    match (manifest["accuracy"].as_f64(), manifest["r2"].as_f64()) {
+        (Some(accuracy), _) => format!("{:.1} %", accuracy * 100.0),
+        (None, Some(r2)) => format!("R² {r2:.3}"),
+        (None, None) => "—".into(),
+    }
+}
+
+/// Trained models with their held-out accuracy and where they came from; model descriptions.
+async fn models(state: web::Data<State>) -> HttpResponse {
+    let mut problems = Vec::new();
+    let assets = all_assets(&state.grid, &mut problems).await;
+    let names: std::collections::HashMap<String, String> = assets
+        .iter()
+        .map(|(id, a)| (id.to_string(), a.metadata.name.clone()))
+        .collect();
+    let trained = assets
+        .iter()
+        .filter(|(_, a)| a.kind == AssetKind::TrainedModel)
+        .map(|(id, a)| {
+            let lineage = lineage_of(a, &names);
+            TrainedRow {
+                id: id.to_string(),
+                name: a.metadata.name.clone(),
+                accuracy: accuracy_text(&manifest_of(a)),
+                dataset: lineage.as_ref().map(|l| l.dataset.clone()).unwrap_or_default(),
+                dataset_name: lineage
+                    .as_ref()
+                    .map(|l| l.dataset_name.clone())
+                    .unwrap_or_default(),
+                model: lineage.as_ref().map(|l| l.model.clone()).unwrap_or_default(),
+                model_name: lineage.map(|l| l.model_name).unwrap_or_default(),
+                owner: a.owner.short(),
+            }
+        })
+        .collect();
+    let models = assets
+        .iter()
+        .filter(|(_, a)| a.kind == AssetKind::Model)
+        .map(|(id, a)| ModelRow {
+            id: id.to_string(),
+            name: a.metadata.name.clone(),
+            fee: a.metadata.usage_fee.to_string(),
+            owner: a.owner.short(),
+        })
+        .collect();
+    render(
+        StatusCode::OK,
+        &ModelsPage {
+            title: "Models",
+            problems,
+            trained,
+            models,
+        },
+    )
+}
+
 struct ListingRow {
     id: String,
     short_id: String,
@@ -338,6 +527,7 @@ struct AssetPage {
     provenance: String,
     usage_fee: String,
     price: Option<String>,
+    lineage: Option<Lineage>,
     manifest: String,
 }
 
@@ -359,6 +549,17 @@ async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
         }
     };
     let price = listed_price(&state.grid, id).await;
+    let lineage = if found.kind == AssetKind::TrainedModel {
+        let mut problems = Vec::new();
+        let names = all_assets(&state.grid, &mut problems)
+            .await
+            .into_iter()
+            .map(|(id, a)| (id.to_string(), a.metadata.name))
+            .collect();
+        lineage_of(&found, &names)
+    } else {
+        None
+    };
     let manifest = serde_json::from_str::<serde_json::Value>(&found.metadata.manifest)
         .and_then(|m| serde_json::to_string_pretty(&m))
         .unwrap_or_else(|_| found.metadata.manifest.clone());
@@ -380,6 +581,7 @@ async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
             provenance,
             usage_fee: found.metadata.usage_fee.to_string(),
             price,
+            lineage,
             manifest,
         },
     )

@@ -86,6 +86,27 @@ pub fn check_the_console(console: &Console, status: &Value) {
     assert_eq!(code, 200, "{card}");
     assert!(card.contains("trained by job"), "{card}");
 
+    // Its card says where it came from, as the ledger's manifest records it.
+    let dataset = status["datasets"][0]["asset"].as_str().unwrap();
+    assert!(
+        card.contains("<dd id=\"lineage\">") && card.contains(&format!("href=\"/assets/{dataset}\"")),
+        "{card}"
+    );
+    let (code, models) = console.get("/models");
+    assert_eq!(code, 200);
+    assert!(
+        models.contains(&format!("href=\"/assets/{trained}\"")),
+        "{models}"
+    );
+    let accuracy = status["job"]["accuracy"].as_f64().unwrap();
+    assert!(models.contains(&format!("{:.1} %", accuracy * 100.0)), "{models}");
+    let (code, datasets) = console.get("/datasets");
+    assert_eq!(code, 200);
+    assert!(
+        datasets.contains(&format!("href=\"/assets/{dataset}\"")) && datasets.contains("<td>digit</td>"),
+        "{datasets}"
+    );
+
     let (code, missing) = console.get("/assets/00000000000000000000000000000000");
     assert_eq!(code, 404, "an unknown asset is a 404 page: {missing}");
     assert!(missing.contains("No such asset"));
