@@ -1,8 +1,10 @@
 //! The console's line to the grid: one QUIC connection with the user's certificate to the
 //! scheduler, dialled again when it breaks. A read that fails says why, so a page renders what it
-//! could and shows the rest as unavailable.
+//! could and shows the rest as unavailable. A dial is bounded, and a scheduler that did not
+//! answer is not dialled again for a few seconds: pages stay quick while it is down.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_protocol::certs::IdentityFiles;
@@ -12,10 +14,17 @@ use aic_protocol::transport::{self, TransportTuning};
 use aic_protocol::Role;
 use tokio::sync::Mutex;
 
+/// How long a dial may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a scheduler that did not answer is taken as down.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
 pub struct Grid {
     endpoint: quinn::Endpoint,
     scheduler: String,
     client: Mutex<Option<RpcClient>>,
+    /// The last failed dial: when, and why.
+    down: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl Grid {
@@ -32,6 +41,7 @@ impl Grid {
             endpoint,
             scheduler,
             client: Mutex::new(None),
+            down: std::sync::Mutex::new(None),
         })
     }
 
@@ -40,11 +50,31 @@ impl Grid {
         if let Some(client) = held.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let client = RpcClient::connect(&self.endpoint, &self.scheduler, Role::Scheduler)
-            .await
-            .map_err(|e| format!("the scheduler at {} does not answer: {e}", self.scheduler))?;
-        *held = Some(client.clone());
-        Ok(client)
+        if let Some((at, why)) = self.down.lock().expect("down").as_ref() {
+            if at.elapsed() < DOWN_FOR {
+                return Err(why.clone());
+            }
+        }
+        let dialled = tokio::time::timeout(
+            DIAL_TIMEOUT,
+            RpcClient::connect(&self.endpoint, &self.scheduler, Role::Scheduler),
+        )
+        .await;
+        let failure = match dialled {
+            Ok(Ok(client)) => {
+                *self.down.lock().expect("down") = None;
+                *held = Some(client.clone());
+                return Ok(client);
+            }
+            Ok(Err(e)) => format!("the scheduler at {} does not answer: {e}", self.scheduler),
+            Err(_) => format!(
+                "the scheduler at {} does not answer (no handshake within {} s)",
+                self.scheduler,
+                DIAL_TIMEOUT.as_secs()
+            ),
+        };
+        *self.down.lock().expect("down") = Some((Instant::now(), failure.clone()));
+        Err(failure)
     }
 
     /// One ledger read.
