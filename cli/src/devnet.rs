@@ -321,6 +321,8 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 scheduler: current.scheduler,
                 identity: current.tls,
+                // The job's payer: the account that owns the trained model.
+                wallet: Some(ledger_client::load_wallet(&dir.join("wallets").join("user.key"))?),
             },
             plaza_shutdown.clone(),
         )

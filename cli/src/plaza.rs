@@ -15,18 +15,27 @@ pub struct PlazaArgs {
     /// tunnel).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Your wallet: the Wallet page shows its account (the key stays in this process).
+    #[arg(long)]
+    pub wallet: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 pub async fn run(args: PlazaArgs) -> anyhow::Result<()> {
     let profile = args.client.load()?;
+    let wallet = args
+        .wallet
+        .as_deref()
+        .map(crate::ledger_client::load_wallet)
+        .transpose()?;
     let shutdown = CancellationToken::new();
     let plaza = aic_plaza::start(
         aic_plaza::PlazaSettings {
             listen: args.listen,
             scheduler: profile.scheduler.clone(),
             identity: profile.tls.clone(),
+            wallet,
         },
         shutdown.clone(),
     )

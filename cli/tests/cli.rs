@@ -377,7 +377,7 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
         status["datasets"][0]["asset"].as_str().unwrap(),
     );
     let console = plaza::Console::open(&status);
-    plaza::check_the_console(&console, &status);
+    plaza::check_the_console(&console, &status, &data_dir);
     check_the_marketplace(
         &data_dir,
         profile,

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  browser ──HTTP, loopback, login token──► plaza (actix-web) ──QUIC + mTLS, the user's cert──► scheduler
-//!                                              pages: network · market · chain · asset
+//!                          pages: network · datasets · models · market · chain · wallet · asset
 //! ```
 //!
 //! It listens on loopback only; a page needs the login token the URL printed at start carries
@@ -31,6 +31,8 @@ pub struct PlazaSettings {
     pub scheduler: String,
     /// The user's client certificate.
     pub identity: IdentityFiles,
+    /// The user's wallet, whose account the Wallet page shows; its key stays in this process.
+    pub wallet: Option<aic_ledger::Keypair>,
 }
 
 /// Why a console could not start.
@@ -64,7 +66,11 @@ pub async fn start(settings: PlazaSettings, shutdown: CancellationToken) -> Resu
     let listener = std::net::TcpListener::bind(settings.listen).map_err(PlazaError::Listen)?;
     let addr = listener.local_addr().map_err(PlazaError::Listen)?;
     let url = format!("http://{addr}/?token={}", token.text());
-    let state = actix_web::web::Data::new(pages::State { grid, token });
+    let state = actix_web::web::Data::new(pages::State {
+        grid,
+        token,
+        wallet: settings.wallet,
+    });
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(state.clone())

@@ -20,6 +20,7 @@ const STYLESHEET: &str = include_str!("../assets/plaza.css");
 pub struct State {
     pub grid: Grid,
     pub token: LoginToken,
+    pub wallet: Option<aic_ledger::Keypair>,
 }
 
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -29,6 +30,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/models", web::get().to(models))
         .route("/market", web::get().to(market))
         .route("/chain", web::get().to(chain))
+        .route("/wallet", web::get().to(wallet))
         .route("/assets/{id}", web::get().to(asset))
         .route("/plaza.css", web::get().to(stylesheet))
         .default_service(web::to(|| async {
@@ -606,6 +608,109 @@ async fn listed_price(grid: &Grid, id: AssetId) -> Option<String> {
             .map(|(_, listing, _)| listing.price.to_string()),
         _ => None,
     }
+}
+
+/// Lines of history the wallet page shows.
+const HISTORY_LINES: u32 = 50;
+
+struct WalletFacts {
+    address: String,
+    balance: String,
+    spendable: String,
+    stake: String,
+    inference_escrow: String,
+    /// Id, kind, name.
+    assets: Vec<(String, String, String)>,
+    /// Block, transaction (short), event.
+    history: Vec<(u64, String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "wallet.html")]
+struct WalletPage {
+    title: &'static str,
+    problems: Vec<String>,
+    wallet: Option<WalletFacts>,
+}
+
+/// The console user's account: balances, stake, inference escrow, assets and recent history.
+async fn wallet(state: web::Data<State>) -> HttpResponse {
+    let mut problems = Vec::new();
+    let wallet = match &state.wallet {
+        None => None,
+        Some(key) => {
+            let address = key.address();
+            let requests = [
+                LedgerRequest::Account(address),
+                LedgerRequest::ApiKeys(address),
+                LedgerRequest::Assets { owner: Some(address) },
+                LedgerRequest::History {
+                    account: address,
+                    limit: HISTORY_LINES,
+                },
+            ];
+            let (account, escrow, assets, history) = tokio::join!(
+                state.grid.ledger(&requests[0]),
+                state.grid.ledger(&requests[1]),
+                state.grid.ledger(&requests[2]),
+                state.grid.ledger(&requests[3]),
+            );
+            let mut facts = WalletFacts {
+                address: address.to_string(),
+                balance: "?".into(),
+                spendable: "?".into(),
+                stake: "?".into(),
+                inference_escrow: "?".into(),
+                assets: Vec::new(),
+                history: Vec::new(),
+            };
+            match account {
+                Ok(LedgerResponse::Account(view)) => {
+                    facts.balance = view.account.balance.to_string();
+                    facts.spendable = view.spendable.to_string();
+                    facts.stake = view.account.stake.to_string();
+                }
+                _ => problems.push("The account could not be read.".to_string()),
+            }
+            if let Ok(LedgerResponse::ApiKeys { escrow, .. }) = escrow {
+                facts.inference_escrow = escrow.to_string();
+            }
+            match assets {
+                Ok(LedgerResponse::Assets(owned)) => {
+                    facts.assets = owned
+                        .into_iter()
+                        .map(|(id, a)| (id.to_string(), format!("{:?}", a.kind), a.metadata.name))
+                        .collect()
+                }
+                _ => problems.push("The account's assets could not be read.".to_string()),
+            }
+            match history {
+                Ok(LedgerResponse::History(entries)) => {
+                    facts.history = entries
+                        .into_iter()
+                        .rev()
+                        .map(|h| {
+                            (
+                                h.block_height,
+                                hex::encode(&h.tx_hash[..6]),
+                                format!("{:?}", h.event),
+                            )
+                        })
+                        .collect()
+                }
+                _ => problems.push("The account's history could not be read.".to_string()),
+            }
+            Some(facts)
+        }
+    };
+    render(
+        StatusCode::OK,
+        &WalletPage {
+            title: "Wallet",
+            problems,
+            wallet,
+        },
+    )
 }
 
 #[cfg(test)]

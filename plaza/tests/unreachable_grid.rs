@@ -28,6 +28,7 @@ fn pages_render_with_a_banner_when_the_scheduler_does_not_answer() {
                 // Nothing listens there: every read fails at once.
                 scheduler: "127.0.0.1:9".into(),
                 identity,
+                wallet: None,
             },
             shutdown.clone(),
         ))

@@ -66,7 +66,7 @@ impl Console {
 }
 
 /// Every page of the console against the running devnet.
-pub fn check_the_console(console: &Console, status: &Value) {
+pub fn check_the_console(console: &Console, status: &Value, data_dir: &std::path::Path) {
     let (code, page) = console.get_without_login("/");
     assert_eq!(code, 401, "{page}");
     assert!(page.contains("login token"), "{page}");
@@ -105,6 +105,39 @@ pub fn check_the_console(console: &Console, status: &Value) {
     assert!(
         datasets.contains(&format!("href=\"/assets/{dataset}\"")) && datasets.contains("<td>digit</td>"),
         "{datasets}"
+    );
+
+    // The devnet's console shows the user's wallet, as `aic wallet balance` does.
+    let user = data_dir.join("wallets/user.key");
+    let balance = super::aic(&[
+        "wallet",
+        "balance",
+        "--profile",
+        status["profile"].as_str().unwrap(),
+        "--wallet",
+        user.to_str().unwrap(),
+        "--json",
+    ]);
+    let balance: Value = serde_json::from_slice(&balance.stdout).unwrap();
+    let (code, wallet) = console.get("/wallet");
+    assert_eq!(code, 200);
+    assert!(
+        wallet.contains(&format!(
+            "<code id=\"address\">{}</code>",
+            balance["address"].as_str().unwrap()
+        )),
+        "{wallet}"
+    );
+    assert!(
+        wallet.contains(&format!(
+            "<b id=\"balance\">{} AIC</b>",
+            balance["account"]["balance"].as_str().unwrap()
+        )),
+        "{balance} {wallet}"
+    );
+    assert!(
+        wallet.contains(&format!("href=\"/assets/{trained}\"")),
+        "the payer owns the trained model"
     );
 
     let (code, missing) = console.get("/assets/00000000000000000000000000000000");
