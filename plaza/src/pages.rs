@@ -30,6 +30,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/models", web::get().to(models))
         .route("/market", web::get().to(market))
         .route("/chain", web::get().to(chain))
+        .route("/chain/verify", web::get().to(verify))
         .route("/wallet", web::get().to(wallet))
         .route("/assets/{id}", web::get().to(asset))
         .route("/plaza.css", web::get().to(stylesheet))
@@ -501,6 +502,51 @@ async fn chain(state: web::Data<State>) -> HttpResponse {
             title: "Chain",
             problems,
             blocks,
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "verify.html")]
+struct VerifyPage {
+    title: &'static str,
+    problems: Vec<String>,
+    /// The blocks checked, when all verify.
+    verified: Option<usize>,
+    failure: String,
+}
+
+/// Fetches every block from genesis and checks the chain here, trusting no replica's word.
+async fn verify(state: web::Data<State>) -> HttpResponse {
+    let mut blocks = Vec::new();
+    let outcome = loop {
+        let page = LedgerRequest::Blocks {
+            from: blocks.len() as u64,
+            count: aic_ledger::api::MAX_BLOCKS_PER_REQUEST,
+        };
+        match state.grid.ledger(&page).await {
+            Ok(LedgerResponse::Blocks(got)) if got.is_empty() => {
+                let (headers, transactions): (Vec<_>, Vec<_>) = blocks.into_iter().unzip();
+                break aic_ledger::block::verify_chain(&headers, &transactions)
+                    .map(|()| headers.len())
+                    .map_err(|e| format!("The chain does not verify: {e}"));
+            }
+            Ok(LedgerResponse::Blocks(mut got)) => blocks.append(&mut got),
+            Ok(other) => break Err(format!("unexpected ledger answer: {other:?}")),
+            Err(e) => break Err(format!("The blocks could not be read: {e}")),
+        }
+    };
+    let (verified, failure) = match outcome {
+        Ok(count) => (Some(count), String::new()),
+        Err(failure) => (None, failure),
+    };
+    render(
+        StatusCode::OK,
+        &VerifyPage {
+            title: "Chain verification",
+            problems: Vec::new(),
+            verified,
+            failure,
         },
     )
 }

@@ -149,6 +149,12 @@ pub fn check_the_console(console: &Console, status: &Value, data_dir: &std::path
     let (code, chain) = console.get("/chain");
     assert_eq!(code, 200);
     assert!(chain.contains("<table id=\"blocks\">"), "{chain}");
+    let (code, verified) = console.get("/chain/verify");
+    assert_eq!(code, 200);
+    assert!(
+        verified.contains("<p id=\"verdict\" class=\"ok\">All "),
+        "the console checks the chain itself: {verified}"
+    );
     let (code, css) = console.get("/plaza.css");
     assert_eq!(code, 200);
     assert!(css.contains("AI PLAZA"));
