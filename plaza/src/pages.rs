@@ -598,12 +598,19 @@ async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
     };
     let price = listed_price(&state.grid, id).await;
     let lineage = if found.kind == AssetKind::TrainedModel {
-        let mut problems = Vec::new();
-        let names = all_assets(&state.grid, &mut problems)
-            .await
-            .into_iter()
-            .map(|(id, a)| (id.to_string(), a.metadata.name))
-            .collect();
+        // The names of the two assets it came from: two reads, not the whole asset table.
+        let manifest = manifest_of(&found);
+        let mut names = std::collections::HashMap::new();
+        for key in ["dataset_asset", "model_asset"] {
+            let Some(source) = manifest[key].as_str().and_then(|id| id.parse::<AssetId>().ok()) else {
+                continue;
+            };
+            if let Ok(LedgerResponse::Asset(Some(asset))) =
+                state.grid.ledger(&LedgerRequest::Asset(source)).await
+            {
+                names.insert(source.to_string(), asset.metadata.name);
+            }
+        }
         lineage_of(&found, &names)
     } else {
         None
