@@ -6,6 +6,8 @@
 #   vulkan-validationlayers the Khronos validation layer, enabled by the kernel tests
 #   prometheus              the server and promtool, for cli/tests/ops.rs (config, rules, alert
 #                           tests, and a real Prometheus scraping a devnet)
+#   chromium, chromium-driver  a real headless browser and its WebDriver, which walk the AI
+#                           PLAZA console in cli/tests/plaza/browser.rs
 #   python3 and pip         for the Python packages below
 # and, from PyPI, when missing:
 #   onnx, onnxruntime       an independent reader of the exported ONNX files (its full checker,
@@ -18,6 +20,8 @@ ldconfig -p | grep -q 'libvulkan\.so\.1' || need+=(libvulkan1)
 command -v glslc >/dev/null || need+=(glslc)
 [ -e /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ] || need+=(vulkan-validationlayers)
 { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v python3 >/dev/null || need+=(python3)
 { command -v python3 >/dev/null && python3 -m pip --version; } >/dev/null 2>&1 || need+=(python3-pip)
 

@@ -307,6 +307,24 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             replica_dies,
             followers: others.iter().map(|(_, c)| c.clone()).collect(),
         };
+        // The console reads the grid as the devnet's user, through every replica: it is up
+        // before the main job, so a drill that kills a replica kills the one it reads through.
+        let plaza = aic_plaza::start(
+            aic_plaza::PlazaSettings {
+                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                schedulers: replicas.iter().map(|r| r.addr.clone()).collect(),
+                identity: profile.tls.clone(),
+                // The job's payer: the account that owns the trained model.
+                wallet: Some(ledger_client::load_wallet(&dir.join("wallets").join("user.key"))?),
+                gateway: Some(aic_plaza::GatewayLink {
+                    url: format!("https://{https_addr}"),
+                    ca: profile.tls.ca.display().to_string(),
+                }),
+                form_lifetime: aic_plaza::forms::DEFAULT_FORM_LIFETIME,
+            },
+            plaza_shutdown.clone(),
+        )
+        .await?;
         let job = main_job(dir, &client, &profile, &payout, &digits, args, &drill).await?;
         if let (true, Some((profile, other))) = (replica_dies, others.into_iter().next()) {
             // scheduler-1 is gone: the rest of the run, and the profile, use scheduler-2.
@@ -314,19 +332,6 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             write_toml(&profile_path, &profile)?;
         }
         let gateway = serve_trained_model(dir, &client, &job, https_addr).await?;
-        // The console reads the grid as the devnet's client, through the replica it uses now.
-        let current: ClientProfile = config::load(Some(&profile_path), &json!({}))?;
-        let plaza = aic_plaza::start(
-            aic_plaza::PlazaSettings {
-                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                scheduler: current.scheduler,
-                identity: current.tls,
-                // The job's payer: the account that owns the trained model.
-                wallet: Some(ledger_client::load_wallet(&dir.join("wallets").join("user.key"))?),
-            },
-            plaza_shutdown.clone(),
-        )
-        .await?;
         let lottery_blocks = wait_for_lottery_block(&client).await?;
         wait_for_reward_epoch(&client).await?;
         let ledger = wait_for_ledger(&client, deadline).await?;

@@ -18,6 +18,14 @@ pub struct PlazaArgs {
     /// Your wallet: the Wallet page shows its account (the key stays in this process).
     #[arg(long)]
     pub wallet: Option<std::path::PathBuf>,
+    /// Another scheduler replica to read through when the profile's stops answering (repeat
+    /// for each).
+    #[arg(long)]
+    pub replica: Vec<String>,
+    /// The inference gateway's address (https://host:port), for the call a published model's
+    /// page shows.
+    #[arg(long)]
+    pub gateway: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -33,9 +41,16 @@ pub async fn run(args: PlazaArgs) -> anyhow::Result<()> {
     let plaza = aic_plaza::start(
         aic_plaza::PlazaSettings {
             listen: args.listen,
-            scheduler: profile.scheduler.clone(),
+            schedulers: std::iter::once(profile.scheduler.clone())
+                .chain(args.replica.iter().cloned())
+                .collect(),
             identity: profile.tls.clone(),
             wallet,
+            gateway: args.gateway.clone().map(|url| aic_plaza::GatewayLink {
+                url,
+                ca: profile.tls.ca.display().to_string(),
+            }),
+            form_lifetime: aic_plaza::forms::DEFAULT_FORM_LIFETIME,
         },
         shutdown.clone(),
     )

@@ -10,7 +10,7 @@ use crate::block::BlockHeader;
 use crate::error::TxError;
 use crate::keys::Address;
 use crate::raft::types::{ReplicaAddr, ReplicaId};
-use crate::state::{Account, ApiKey, Asset, Event, HistoryEntry, Publication};
+use crate::state::{Account, ApiKey, Asset, Event, HistoryEntry, JobLogFilter, JobSummary, Publication};
 use crate::tx::SignedTransaction;
 
 /// Most blocks one `Blocks` answer carries.
@@ -74,6 +74,15 @@ pub enum LedgerRequest {
         after: Option<AssetId>,
         limit: u32,
     },
+    /// The job log, newest first: entries numbered below `before`, at most `limit` (capped at
+    /// [`crate::state::MAX_JOB_LOG_PER_REQUEST`]).
+    JobLog {
+        filter: JobLogFilter,
+        before: Option<u64>,
+        limit: u32,
+    },
+    /// One job's log entry, with its number.
+    JobSummary(aic_protocol::JobId),
 }
 
 impl LedgerRequest {
@@ -97,6 +106,8 @@ impl LedgerRequest {
             LedgerRequest::InferenceAccess { .. } => "inference_access",
             LedgerRequest::ApiKeys(_) => "api_keys",
             LedgerRequest::Listings { .. } => "listings",
+            LedgerRequest::JobLog { .. } => "job_log",
+            LedgerRequest::JobSummary(_) => "job_summary",
         }
     }
 
@@ -232,6 +243,12 @@ pub enum LedgerResponse {
     },
     /// Each listed asset, its listing and the asset itself.
     Listings(Vec<(AssetId, crate::state::Listing, Asset)>),
+    /// Entries of the job log with their numbers, newest first; and how many the log holds.
+    JobLog {
+        entries: Vec<(u64, JobSummary)>,
+        total: u64,
+    },
+    JobSummary(Option<(u64, JobSummary)>),
 }
 
 /// A published model as a gateway serves it.

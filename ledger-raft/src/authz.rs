@@ -56,6 +56,8 @@ pub const TABLE: &[LedgerRule] = &[
     rule("inference_access", EVERYONE),
     rule("api_keys", EVERYONE),
     rule("listings", EVERYONE),
+    rule("job_log", EVERYONE),
+    rule("job_summary", EVERYONE),
     rule("add_learner", OPERATORS),
     rule("change_membership", OPERATORS),
 ];

@@ -143,6 +143,10 @@ pub enum Call {
     RecordJob {
         job: JobId,
         runner: NodeId,
+        /// The dataset and model assets the job trains: the job log and the dataset's usage
+        /// name them.
+        dataset: AssetId,
+        model: AssetId,
         #[serde(with = "serde_bytes")]
         request: Vec<u8>,
     },

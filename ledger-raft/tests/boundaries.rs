@@ -199,6 +199,8 @@ async fn a_lagging_follower_catches_up_on_entries_larger_than_a_frame() {
         Call::RecordJob {
             job,
             runner,
+            dataset: aic_protocol::AssetId::from_bytes([1; 16]),
+            model: aic_protocol::AssetId::from_bytes([2; 16]),
             request: vec![1],
         },
     ))

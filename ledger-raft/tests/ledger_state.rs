@@ -486,6 +486,8 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
     let record = Call::RecordJob {
         job,
         runner: first,
+        dataset: aic_protocol::AssetId::from_bytes([1; 16]),
+        model: aic_protocol::AssetId::from_bytes([2; 16]),
         request: b"request".to_vec(),
     };
     // No escrow, no record; only the system key records.
@@ -504,6 +506,8 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
     let too_big = Call::RecordJob {
         job: JobId::random(),
         runner: first,
+        dataset: aic_protocol::AssetId::from_bytes([1; 16]),
+        model: aic_protocol::AssetId::from_bytes([2; 16]),
         request: vec![0; aic_ledger::state::MAX_JOB_REQUEST_BYTES + 1],
     };
     assert!(w.send(&system, too_big).is_err());

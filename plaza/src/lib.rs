@@ -13,9 +13,14 @@
 //! (kept in a same-site, HTTP-only cookie after the first visit), so another local user's
 //! browser or a web page the user visits cannot read it.
 
+pub mod actions;
 pub mod auth;
+pub mod builder;
+pub mod forms;
 pub mod grid;
+pub mod jobs;
 pub mod pages;
+pub mod plots;
 
 use std::net::SocketAddr;
 
@@ -27,12 +32,26 @@ use tokio_util::sync::CancellationToken;
 pub struct PlazaSettings {
     /// A loopback address (port 0: any free port).
     pub listen: SocketAddr,
-    /// The scheduler replica the console reads the grid through.
-    pub scheduler: String,
+    /// The scheduler replicas the console reads the grid through, the preferred first; it
+    /// moves to the next when one stops answering.
+    pub schedulers: Vec<String>,
     /// The user's client certificate.
     pub identity: IdentityFiles,
     /// The user's wallet, whose account the Wallet page shows; its key stays in this process.
     pub wallet: Option<aic_ledger::Keypair>,
+    /// The inference gateway users call, for the snippet a published model's page shows.
+    pub gateway: Option<GatewayLink>,
+    /// How long a rendered form may be sent.
+    pub form_lifetime: std::time::Duration,
+}
+
+/// Where the grid's inference gateway is, as a user's client reaches it.
+#[derive(Clone, Debug)]
+pub struct GatewayLink {
+    /// `https://host:port`.
+    pub url: String,
+    /// The CA certificate file that verifies it.
+    pub ca: String,
 }
 
 /// Why a console could not start.
@@ -61,7 +80,7 @@ pub async fn start(settings: PlazaSettings, shutdown: CancellationToken) -> Resu
     if !settings.listen.ip().is_loopback() {
         return Err(PlazaError::NotLoopback(settings.listen));
     }
-    let grid = grid::Grid::new(&settings.identity, settings.scheduler.clone())?;
+    let grid = grid::Grid::new(&settings.identity, settings.schedulers.clone())?;
     let token = auth::LoginToken::generate();
     let listener = std::net::TcpListener::bind(settings.listen).map_err(PlazaError::Listen)?;
     let addr = listener.local_addr().map_err(PlazaError::Listen)?;
@@ -70,6 +89,8 @@ pub async fn start(settings: PlazaSettings, shutdown: CancellationToken) -> Resu
         grid,
         token,
         wallet: settings.wallet,
+        forms: forms::Forms::new(settings.form_lifetime),
+        gateway: settings.gateway,
     });
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()

@@ -15,12 +15,16 @@ use crate::grid::Grid;
 /// Blocks the chain page shows, newest first.
 const RECENT_BLOCKS: u64 = 25;
 const STYLESHEET: &str = include_str!("../assets/plaza.css");
+const SCRIPT: &str = include_str!("../assets/plaza.js");
 
 /// What every handler shares.
 pub struct State {
     pub grid: Grid,
     pub token: LoginToken,
     pub wallet: Option<aic_ledger::Keypair>,
+    pub forms: crate::forms::Forms,
+    /// Where a published model is called, for the ready-to-paste snippet.
+    pub gateway: Option<crate::GatewayLink>,
 }
 
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -32,8 +36,19 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/chain", web::get().to(chain))
         .route("/chain/verify", web::get().to(verify))
         .route("/wallet", web::get().to(wallet))
+        .route("/wallet/transfer", web::post().to(crate::actions::transfer))
+        .route("/wallet/top-up", web::post().to(crate::actions::top_up))
+        .route("/wallet/api-keys", web::post().to(crate::actions::create_api_key))
         .route("/assets/{id}", web::get().to(asset))
+        .route("/assets/{id}", web::post().to(crate::actions::asset_action))
+        .route("/jobs", web::get().to(crate::jobs::history))
+        .route("/jobs/{id}", web::get().to(crate::jobs::job))
+        .route("/jobs/{id}/events", web::get().to(crate::jobs::events))
+        .route("/builder", web::get().to(crate::builder::builder))
+        .route("/builder/model", web::post().to(crate::builder::add_model))
+        .route("/builder/train", web::post().to(crate::builder::train))
         .route("/plaza.css", web::get().to(stylesheet))
+        .route("/plaza.js", web::get().to(script))
         .default_service(web::to(|| async {
             error_page(StatusCode::NOT_FOUND, "There is no such page.")
         }));
@@ -60,7 +75,7 @@ pub fn error_page(status: StatusCode, message: &str) -> HttpResponse {
     )
 }
 
-fn render(status: StatusCode, page: &impl Template) -> HttpResponse {
+pub(crate) fn render(status: StatusCode, page: &impl Template) -> HttpResponse {
     match page.render() {
         Ok(html) => HttpResponse::build(status)
             .content_type("text/html; charset=utf-8")
@@ -72,6 +87,12 @@ fn render(status: StatusCode, page: &impl Template) -> HttpResponse {
             .body(html),
         Err(error) => HttpResponse::InternalServerError().body(format!("rendering the page: {error}")),
     }
+}
+
+async fn script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(SCRIPT)
 }
 
 async fn stylesheet() -> HttpResponse {
@@ -197,7 +218,7 @@ async fn network(state: web::Data<State>) -> HttpResponse {
 }
 
 /// Every asset on the ledger, or why not.
-async fn all_assets(grid: &Grid, problems: &mut Vec<String>) -> Vec<(AssetId, Asset)> {
+pub(crate) async fn all_assets(grid: &Grid, problems: &mut Vec<String>) -> Vec<(AssetId, Asset)> {
     match grid.ledger(&LedgerRequest::Assets { owner: None }).await {
         Ok(LedgerResponse::Assets(assets)) => assets,
         Ok(other) => {
@@ -211,7 +232,7 @@ async fn all_assets(grid: &Grid, problems: &mut Vec<String>) -> Vec<(AssetId, As
     }
 }
 
-fn manifest_of(asset: &Asset) -> serde_json::Value {
+pub(crate) fn manifest_of(asset: &Asset) -> serde_json::Value {
     serde_json::from_str(&asset.metadata.manifest).unwrap_or(serde_json::Value::Null)
 }
 
@@ -325,7 +346,7 @@ fn lineage_of(asset: &Asset, names: &std::collections::HashMap<String, String>) 
     })
 }
 
-fn accuracy_text(manifest: &serde_json::Value) -> String {
+pub(crate) fn accuracy_text(manifest: &serde_json::Value) -> String {
     match (manifest["accuracy"].as_f64(), manifest["r2"].as_f64()) {
         (Some(accuracy), _) => format!("{:.1} %", accuracy * 100.0),
         (None, Some(r2)) => format!("R² {r2:.3}"),
@@ -552,7 +573,7 @@ async fn verify(state: web::Data<State>) -> HttpResponse {
 }
 
 /// `YYYY-MM-DD hh:mm:ss` of a Unix time in milliseconds.
-fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let rest = secs % 86_400;
     format!(
@@ -564,11 +585,32 @@ fn utc(ms: u64) -> String {
     )
 }
 
+/// A storage node's copy of a dataset.
+struct HoldingRow {
+    node: String,
+    state: String,
+    healthy: u32,
+    shards: u32,
+    bytes: String,
+}
+
+/// What a dataset's page adds: where it is stored, a sample, and what paid for it.
+struct DatasetFacts {
+    holdings: Vec<HoldingRow>,
+    replicas_wanted: u32,
+    preview_columns: Vec<String>,
+    preview_rows: Vec<Vec<String>>,
+    usage: Vec<crate::jobs::JobRow>,
+    /// Fees the listed jobs paid its owner.
+    fees_paid: String,
+}
+
 #[derive(Template)]
 #[template(path = "asset.html")]
 struct AssetPage {
     title: String,
     problems: Vec<String>,
+    notice: Option<&'static str>,
     id: String,
     kind: String,
     owner: String,
@@ -577,13 +619,44 @@ struct AssetPage {
     price: Option<String>,
     lineage: Option<Lineage>,
     manifest: String,
+    dataset: Option<DatasetFacts>,
+    /// The console's wallet owns it.
+    mine: bool,
+    has_wallet: bool,
+    is_trained: bool,
+    /// Its publication (alias or id, price per 1,000 rows) and the call to paste.
+    published: Option<(String, String)>,
+    snippet: Option<String>,
+    errors: crate::forms::FieldErrors,
+    form: crate::forms::FormToken,
+}
+
+#[derive(serde::Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
 }
 
 /// One asset: what it is, who owns it, where it came from, its manifest and its price if listed.
-async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+async fn asset(state: web::Data<State>, id: web::Path<String>, query: web::Query<DoneQuery>) -> HttpResponse {
     let Ok(id) = id.parse::<AssetId>() else {
         return error_page(StatusCode::NOT_FOUND, "That is not an asset id.");
     };
+    asset_view(
+        &state,
+        id,
+        Default::default(),
+        crate::actions::notice_of(query.done.as_deref()),
+    )
+    .await
+}
+
+/// The asset page, with the errors of a form sent from it beside their fields.
+pub(crate) async fn asset_view(
+    state: &State,
+    id: AssetId,
+    errors: crate::forms::FieldErrors,
+    notice: Option<&'static str>,
+) -> HttpResponse {
     let found: Asset = match state.grid.ledger(&LedgerRequest::Asset(id)).await {
         Ok(LedgerResponse::Asset(Some(asset))) => asset,
         Ok(LedgerResponse::Asset(None)) => {
@@ -596,6 +669,7 @@ async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
             )
         }
     };
+    let mut problems = Vec::new();
     let price = listed_price(&state.grid, id).await;
     let lineage = if found.kind == AssetKind::TrainedModel {
         // The names of the two assets it came from: two reads, not the whole asset table.
@@ -615,6 +689,32 @@ async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
     } else {
         None
     };
+    let dataset = if found.kind == AssetKind::Dataset {
+        Some(dataset_facts(state, id, &found, &mut problems).await)
+    } else {
+        None
+    };
+    let published = if found.kind == AssetKind::TrainedModel {
+        publication_of(state, id).await
+    } else {
+        None
+    };
+    let features = match published {
+        Some(_) => trained_features(state, &found).await,
+        None => Vec::new(),
+    };
+    let snippet = published.as_ref().and_then(|(name, _)| {
+        let gateway = state.gateway.as_ref()?;
+        let body = crate::actions::sample_body(&features).replace('\'', "'\\''");
+        crate::actions::Snippet {
+            gateway: &gateway.url,
+            ca: &gateway.ca,
+            model: name,
+            body: &body,
+        }
+        .render()
+        .ok()
+    });
     let manifest = serde_json::from_str::<serde_json::Value>(&found.metadata.manifest)
         .and_then(|m| serde_json::to_string_pretty(&m))
         .unwrap_or_else(|_| found.metadata.manifest.clone());
@@ -625,11 +725,18 @@ async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
         }
         Provenance::Trained { job } => format!("trained by job {job}"),
     };
+    let mine = state.wallet.as_ref().is_some_and(|w| w.address() == found.owner);
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     render(
-        StatusCode::OK,
+        status,
         &AssetPage {
             title: found.metadata.name.clone(),
-            problems: Vec::new(),
+            problems,
+            notice,
             id: id.to_string(),
             kind: format!("{:?}", found.kind),
             owner: found.owner.to_string(),
@@ -638,10 +745,124 @@ async fn asset(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
             price,
             lineage,
             manifest,
+            dataset,
+            mine,
+            has_wallet: state.wallet.is_some(),
+            is_trained: found.kind == AssetKind::TrainedModel,
+            published,
+            snippet,
+            errors,
+            form: state.forms.issue(),
         },
     )
 }
 
+/// The features a trained model takes: those of the dataset its manifest names.
+async fn trained_features(state: &State, asset: &Asset) -> Vec<aic_protocol::encoding::Feature> {
+    let Some(dataset) = manifest_of(asset)["dataset_asset"]
+        .as_str()
+        .and_then(|id| id.parse::<AssetId>().ok())
+    else {
+        return Vec::new();
+    };
+    match state.grid.ledger(&LedgerRequest::Asset(dataset)).await {
+        Ok(LedgerResponse::Asset(Some(found))) => {
+            serde_json::from_value(manifest_of(&found)["features"].clone()).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A trained model's live publication: the name a caller uses and the price per 1,000 rows.
+async fn publication_of(state: &State, id: AssetId) -> Option<(String, String)> {
+    let request = LedgerRequest::InferenceAccess {
+        key_hash: [0; 32],
+        model: id.to_string(),
+    };
+    match state.grid.ledger(&request).await {
+        Ok(LedgerResponse::InferenceAccess(access)) => access.model.map(|m| {
+            (
+                m.publication.alias.clone().unwrap_or_else(|| id.to_string()),
+                m.publication.price_per_1k_rows.to_string(),
+            )
+        }),
+        _ => None,
+    }
+}
+
+/// Where a dataset is stored, a sample of it, and the jobs that paid for it (from the ledger's
+/// job log, newest first).
+async fn dataset_facts(
+    state: &State,
+    id: AssetId,
+    asset: &Asset,
+    problems: &mut Vec<String>,
+) -> DatasetFacts {
+    let dataset_id = aic_protocol::manifest::dataset_id_of_hash(&asset.metadata.content_hash);
+    let mut facts = DatasetFacts {
+        holdings: Vec::new(),
+        replicas_wanted: 0,
+        preview_columns: Vec::new(),
+        preview_rows: Vec::new(),
+        usage: Vec::new(),
+        fees_paid: String::new(),
+    };
+    match state.grid.nodes().await {
+        Ok(nodes) => {
+            for node in &nodes {
+                for holding in node.holdings.iter().filter(|h| h.dataset == dataset_id) {
+                    facts.replicas_wanted = holding.replicas_wanted;
+                    facts.holdings.push(HoldingRow {
+                        node: node.name.clone(),
+                        state: node.state.as_str().to_string(),
+                        healthy: holding.healthy_shards,
+                        shards: holding.shards,
+                        bytes: format!("{:.1} MiB", holding.bytes as f64 / (1u64 << 20) as f64),
+                    });
+                }
+            }
+        }
+        Err(e) => problems.push(format!("Where it is stored could not be read: {e}")),
+    }
+    match crate::builder::preview(state, asset).await {
+        Ok((columns, rows)) => {
+            facts.preview_columns = columns;
+            facts.preview_rows = rows;
+        }
+        Err(e) => problems.push(format!("The preview could not be read: {e}")),
+    }
+    let request = LedgerRequest::JobLog {
+        filter: aic_ledger::state::JobLogFilter::Asset(id),
+        before: None,
+        limit: crate::jobs::JOBS_PER_PAGE,
+    };
+    match state.grid.ledger(&request).await {
+        Ok(LedgerResponse::JobLog { entries, .. }) => {
+            let entries: Vec<_> = entries
+                .into_iter()
+                .filter(|(_, s)| s.dataset == Some(id))
+                .collect();
+            let fees = entries.iter().fold(aic_ledger::Amount::ZERO, |sum, (_, s)| {
+                sum.checked_add(s.dataset_fee).unwrap_or(sum)
+            });
+            facts.fees_paid = fees.to_string();
+            let mut names = std::collections::HashMap::new();
+            names.insert(id, asset.metadata.name.clone());
+            for model in entries.iter().filter_map(|(_, s)| s.model) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(model) {
+                    if let Ok(LedgerResponse::Asset(Some(found))) =
+                        state.grid.ledger(&LedgerRequest::Asset(model)).await
+                    {
+                        slot.insert(found.metadata.name);
+                    }
+                }
+            }
+            facts.usage = crate::jobs::job_rows(&entries, &names);
+        }
+        Ok(_) | Err(_) => problems.push("The jobs that used it could not be read.".to_string()),
+    }
+    facts
+}
 /// The asset's price if it is listed: the first listing from its id on (listings are ordered by
 /// asset id, and the page starts after the id just below it).
 async fn listed_price(grid: &Grid, id: AssetId) -> Option<String> {
@@ -683,11 +904,41 @@ struct WalletFacts {
 struct WalletPage {
     title: &'static str,
     problems: Vec<String>,
+    notice: Option<&'static str>,
     wallet: Option<WalletFacts>,
+    /// A key just created, shown this once.
+    new_api_key: Option<String>,
+    errors: crate::forms::FieldErrors,
+    form: crate::forms::FormToken,
 }
 
 /// The console user's account: balances, stake, inference escrow, assets and recent history.
-async fn wallet(state: web::Data<State>) -> HttpResponse {
+async fn wallet(state: web::Data<State>, query: web::Query<DoneQuery>) -> HttpResponse {
+    let notice = crate::actions::notice_of(query.done.as_deref());
+    let mut page = wallet_page(&state, Default::default(), None).await;
+    page.notice = notice;
+    render(StatusCode::OK, &page)
+}
+
+/// The wallet page after a form: its errors beside their fields (422), or a new API key.
+pub(crate) async fn wallet_view(
+    state: &State,
+    errors: crate::forms::FieldErrors,
+    new_api_key: Option<String>,
+) -> HttpResponse {
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    render(status, &wallet_page(state, errors, new_api_key).await)
+}
+
+async fn wallet_page(
+    state: &State,
+    errors: crate::forms::FieldErrors,
+    new_api_key: Option<String>,
+) -> WalletPage {
     let mut problems = Vec::new();
     let wallet = match &state.wallet {
         None => None,
@@ -756,14 +1007,15 @@ async fn wallet(state: web::Data<State>) -> HttpResponse {
             Some(facts)
         }
     };
-    render(
-        StatusCode::OK,
-        &WalletPage {
-            title: "Wallet",
-            problems,
-            wallet,
-        },
-    )
+    WalletPage {
+        title: "Wallet",
+        problems,
+        notice: None,
+        wallet,
+        new_api_key,
+        errors,
+        form: state.forms.issue(),
+    }
 }
 
 #[cfg(test)]

@@ -1,15 +1,94 @@
 //! The console with its scheduler gone, as the user's browser meets it: every page still renders
 //! — what could not be read named in a banner, the rest as it stands — instead of failing; the
-//! login still holds.
+//! login still holds. Its forms are refused without a fresh CSRF token of its own, check their
+//! fields on the server (each error beside its field), and send nothing the grid cannot take.
 
 use std::time::Duration;
 
 use aic_plaza::{start, PlazaSettings};
-use aic_protocol::certs::{CertificateAuthority, Validity};
+use aic_protocol::certs::{CertificateAuthority, IdentityFiles, Validity};
 use aic_protocol::Role;
 
+struct Browser {
+    client: reqwest::blocking::Client,
+    base: String,
+    cookie: String,
+}
+
+impl Browser {
+    fn login(url: &str, addr: std::net::SocketAddr) -> Self {
+        let client = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let login = client.get(url).send().unwrap();
+        assert_eq!(login.status().as_u16(), 303);
+        let cookie = login.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_string();
+        Browser {
+            client,
+            base: format!("http://{addr}"),
+            cookie,
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    }
+
+    fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .form(form)
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    }
+}
+
+/// The value of the first hidden field `name` on a page.
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} field: {page}"))
+        + marker.len();
+    page[start..].split('"').next().unwrap().to_string()
+}
+
+fn console(
+    runtime: &tokio::runtime::Runtime,
+    identity: &IdentityFiles,
+    form_lifetime: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> aic_plaza::Plaza {
+    runtime
+        .block_on(start(
+            PlazaSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                // Nothing listens at either: every read fails at once, on each replica in turn.
+                schedulers: vec!["127.0.0.1:9".into(), "127.0.0.1:11".into()],
+                identity: identity.clone(),
+                wallet: Some(aic_ledger::Keypair::generate()),
+                gateway: None,
+                form_lifetime,
+            },
+            shutdown.clone(),
+        ))
+        .unwrap()
+}
+
 #[test]
-fn pages_render_with_a_banner_when_the_scheduler_does_not_answer() {
+fn pages_render_with_a_banner_and_forms_send_nothing_when_the_scheduler_does_not_answer() {
     aic_protocol::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let ca = CertificateAuthority::generate("plaza-test").unwrap();
@@ -21,48 +100,124 @@ fn pages_render_with_a_banner_when_the_scheduler_does_not_answer() {
         .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let plaza = runtime
-        .block_on(start(
-            PlazaSettings {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                // Nothing listens there: every read fails at once.
-                scheduler: "127.0.0.1:9".into(),
-                identity,
-                wallet: None,
-            },
-            shutdown.clone(),
-        ))
-        .unwrap();
-    let client = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    let login = client.get(&plaza.url).send().unwrap();
-    assert_eq!(login.status().as_u16(), 303);
-    let cookie = login.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_string();
-    let base = format!("http://{}", plaza.addr);
-    for path in ["/", "/datasets", "/models", "/market", "/chain"] {
-        let response = client
-            .get(format!("{base}{path}"))
-            .header("cookie", &cookie)
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200, "{path}");
-        let page = response.text().unwrap();
+    let plaza = console(&runtime, &identity, Duration::from_secs(3600), &shutdown);
+    let browser = Browser::login(&plaza.url, plaza.addr);
+    for path in [
+        "/",
+        "/datasets",
+        "/models",
+        "/market",
+        "/chain",
+        "/jobs",
+        "/builder",
+        "/wallet",
+    ] {
+        let (code, page) = browser.get(path);
+        assert_eq!(code, 200, "{path}");
         assert!(
             page.contains("class=\"banner\"") && page.contains("could not be read"),
             "{path}: {page}"
         );
     }
     // A page that needs the ledger to exist at all says so with its status.
-    let asset = client
-        .get(format!("{base}/assets/00000000000000000000000000000001"))
-        .header("cookie", &cookie)
-        .send()
-        .unwrap();
-    assert_eq!(asset.status().as_u16(), 503);
+    let (code, _) = browser.get("/assets/00000000000000000000000000000001");
+    assert_eq!(code, 503);
+    let (code, page) = browser.get("/jobs/not-a-job");
+    assert_eq!(code, 404, "{page}");
+    // A job page renders its frame and says what it could not read.
+    let (code, page) = browser.get(&format!("/jobs/{}", aic_protocol::JobId::random()));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("could not be read"), "{page}");
+
+    // Forms: no token, a forged one, then a good one with bad fields.
+    let (_, wallet) = browser.get("/wallet");
+    let csrf = hidden(&wallet, "csrf");
+    let key = hidden(&wallet, "idempotency");
+    let (code, page) = browser.post(
+        "/wallet/transfer",
+        &[("idempotency", &key), ("to", "x"), ("amount", "1")],
+    );
+    assert_eq!(code, 403, "{page}");
+    assert!(page.contains("no CSRF token"), "{page}");
+    let forged = format!("{}.{}", csrf.split('.').next().unwrap(), "0".repeat(64));
+    let (code, page) = browser.post(
+        "/wallet/transfer",
+        &[
+            ("csrf", &forged),
+            ("idempotency", &key),
+            ("to", "x"),
+            ("amount", "1"),
+        ],
+    );
+    assert_eq!(code, 403, "{page}");
+    assert!(page.contains("not issued by this console"), "{page}");
+    let (code, page) = browser.post(
+        "/wallet/transfer",
+        &[
+            ("csrf", &csrf),
+            ("idempotency", &key),
+            ("to", "nobody"),
+            ("amount", "-3"),
+        ],
+    );
+    assert_eq!(code, 422, "{page}");
+    assert!(
+        page.contains("id=\"to-error\"") && page.contains("Not an address"),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"amount-error\"") && page.contains("is not an amount"),
+        "{page}"
+    );
+    // Good fields, but the grid is down: nothing was sent, said beside the amount, and the same
+    // form (its key released) may be sent again once the grid is back.
+    let to = aic_ledger::Keypair::generate().address().to_string();
+    for _ in 0..2 {
+        let (code, page) = browser.post(
+            "/wallet/transfer",
+            &[
+                ("csrf", &csrf),
+                ("idempotency", &key),
+                ("to", &to),
+                ("amount", "1.5"),
+            ],
+        );
+        assert_eq!(code, 422, "{page}");
+        assert!(
+            page.contains("could not be reached, so nothing was sent"),
+            "{page}"
+        );
+    }
+    let (code, page) = browser.post(
+        "/builder/model",
+        &[
+            ("csrf", &csrf),
+            ("idempotency", &key),
+            ("spec", "name = \"x\"\nnot toml at all ["),
+        ],
+    );
+    assert_eq!(code, 422, "{page}");
+    assert!(
+        page.contains("id=\"spec-error\"") && page.contains("does not read"),
+        "{page}"
+    );
+
+    // A console whose forms live no time at all: every form it rendered has expired.
+    let instant = console(&runtime, &identity, Duration::ZERO, &shutdown);
+    let browser = Browser::login(&instant.url, instant.addr);
+    let (_, wallet) = browser.get("/wallet");
+    let (code, page) = browser.post(
+        "/wallet/top-up",
+        &[
+            ("csrf", &hidden(&wallet, "csrf")),
+            ("idempotency", &hidden(&wallet, "idempotency")),
+            ("amount", "1"),
+        ],
+    );
+    assert_eq!(code, 403, "{page}");
+    assert!(page.contains("the form expired"), "{page}");
+
     shutdown.cancel();
     runtime.block_on(plaza.stopped).unwrap();
+    runtime.block_on(instant.stopped).unwrap();
 }

@@ -377,6 +377,19 @@ impl LedgerReplica {
                     .filter_map(|(id, listing)| Some((*id, *listing, a.state.assets.get(id)?.clone())))
                     .collect()
             }))),
+            LedgerRequest::JobLog {
+                filter,
+                before,
+                limit,
+            } => Ok(self.read(|a| LedgerResponse::JobLog {
+                entries: a.state.job_log.page(filter, before, limit),
+                total: a.state.job_log.len() as u64,
+            })),
+            LedgerRequest::JobSummary(job) => {
+                Ok(LedgerResponse::JobSummary(self.read(|a| {
+                    a.state.job_log.get(&job).map(|(n, summary)| (n, summary.clone()))
+                })))
+            }
             LedgerRequest::Status => Ok(LedgerResponse::Status(self.status())),
             LedgerRequest::Audit => Ok(LedgerResponse::Audit(
                 self.read(|a| a.state.audit().map_err(|v| v.to_string())),

@@ -6,7 +6,7 @@
 //! escrow is released: paid work is never resumed, so never paid twice.
 
 use aic_protocol::tensor::TensorRef;
-use aic_protocol::{JobId, NodeId};
+use aic_protocol::{AssetId, JobId, NodeId};
 use serde::{Deserialize, Serialize};
 
 use super::{Event, LedgerState, TxResult};
@@ -52,7 +52,14 @@ fn too_large(what: &str, len: usize, max: usize) -> TxError {
 }
 
 impl LedgerState {
-    pub(super) fn record_job(&mut self, job: &JobId, runner: NodeId, request: &[u8]) -> TxResult {
+    pub(super) fn record_job(
+        &mut self,
+        job: &JobId,
+        runner: NodeId,
+        dataset: AssetId,
+        model: AssetId,
+        request: &[u8],
+    ) -> TxResult {
         if !self.escrows.contains_key(job) {
             return Err(TxError::UnknownEscrow(job.to_string()));
         }
@@ -74,7 +81,12 @@ impl LedgerState {
                 takeovers: 0,
             },
         );
-        Ok(vec![Event::JobRecorded { job: *job, runner }])
+        Ok(vec![Event::JobRecorded {
+            job: *job,
+            runner,
+            dataset,
+            model,
+        }])
     }
 
     pub(super) fn checkpoint_job(

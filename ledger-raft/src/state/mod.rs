@@ -19,6 +19,8 @@ pub use inference::{
 mod invariants;
 mod market;
 pub use market::Listing;
+mod job_log;
+pub use job_log::{JobLog, JobLogFilter, JobOutcome, JobSummary, MAX_JOB_LOG_PER_REQUEST};
 mod jobs;
 pub use jobs::{
     CheckpointTensors, JobRecord, MAX_CHECKPOINT_HOLDERS, MAX_JOB_PROGRESS_BYTES, MAX_JOB_REQUEST_BYTES,
@@ -174,6 +176,9 @@ pub enum Event {
     JobRecorded {
         job: JobId,
         runner: NodeId,
+        /// What the job trains on and with, as the scheduler admitted it.
+        dataset: AssetId,
+        model: AssetId,
     },
     JobCheckpointed {
         job: JobId,
@@ -336,6 +341,8 @@ pub struct LedgerState {
     pub escrows: BTreeMap<JobId, Escrow>,
     /// Running jobs' records, each beside its open escrow; removed when the escrow is released.
     pub jobs: BTreeMap<JobId, JobRecord>,
+    /// Every job ever escrowed, kept after it ends: the job history.
+    pub job_log: JobLog,
     /// AIC minted into accounts at genesis (the reserve excluded).
     pub genesis_supply: Amount,
     pub burned: Amount,
@@ -384,6 +391,7 @@ impl LedgerState {
             operators: BTreeSet::new(),
             escrows: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            job_log: JobLog::default(),
             genesis_supply: Amount::ZERO,
             burned: genesis.unsold_fundraiser,
             issued: Amount::ZERO,
@@ -513,6 +521,10 @@ impl LedgerState {
         self.applied_transactions += 1;
         self.pending.push(hash);
         let height = self.height() + 1;
+        let assets = &self.assets;
+        self.job_log.note(&events, height, self.time_ms, |id| {
+            assets.get(id).map(|asset| asset.provenance.clone())
+        });
         for event in &events {
             for party in event.parties() {
                 let history = self.history.entry(party).or_default();
@@ -567,7 +579,13 @@ impl LedgerState {
                 reason,
             } => self.slash(account, *amount, reason),
             Call::Reward { to, amount } => self.reward(to, *amount),
-            Call::RecordJob { job, runner, request } => self.record_job(job, *runner, request),
+            Call::RecordJob {
+                job,
+                runner,
+                dataset,
+                model,
+                request,
+            } => self.record_job(job, *runner, *dataset, *model, request),
             Call::CheckpointJob {
                 job,
                 runner,

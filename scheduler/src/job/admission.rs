@@ -410,6 +410,8 @@ async fn start(ctx: &JobContext, request: JobRequest, submitter: NodeId) -> Resu
     let call = Call::RecordJob {
         job: request.job,
         runner: ctx.me,
+        dataset: request.dataset_asset,
+        model: request.model_asset,
         request: serde_json::to_vec(&recorded).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?,
     };
     if let Err(error) = system.submit(&ctx.ledger, call).await {

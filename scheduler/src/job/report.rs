@@ -101,6 +101,7 @@ impl JobReport {
             "budget": plan.budget.to_string(),
             "rounds": start_round,
             "tasks": [],
+            "curve": [],
             "spot_checks": [],
             "penalties": [],
             "payments": [],
@@ -190,6 +191,8 @@ impl JobReport {
                 self.value["rounds"] = json!(rounds);
                 self.value["epoch"] = json!(epoch);
                 self.value["loss"] = json!(loss);
+                // The training curve, one point a round (the console plots it).
+                push(&mut self.value["curve"], json!({"round": rounds, "loss": loss}));
                 self.value["wire"] = fx
                     .wire
                     .report(rounds.saturating_sub(self.start_round), self.model_bytes);
