@@ -8,6 +8,8 @@
 #                           tests, and a real Prometheus scraping a devnet)
 #   chromium, chromium-driver  a real headless browser and its WebDriver, which walk the AI
 #                           PLAZA console in cli/tests/plaza/browser.rs
+#   curl                    runs the call a published model's console page gives (the
+#                           browser walk pastes it as a user would)
 #   python3 and pip         for the Python packages below
 # and, from PyPI, when missing:
 #   onnx, onnxruntime       an independent reader of the exported ONNX files (its full checker,
@@ -20,6 +22,7 @@ ldconfig -p | grep -q 'libvulkan\.so\.1' || need+=(libvulkan1)
 command -v glslc >/dev/null || need+=(glslc)
 [ -e /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ] || need+=(vulkan-validationlayers)
 { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
+command -v curl >/dev/null || need+=(curl)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v python3 >/dev/null || need+=(python3)

@@ -393,6 +393,8 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
         status["job"]["trained_model"].as_str().unwrap(),
         65 * 10,
     );
+    // The whole story again, in a real browser: build, train, watch, publish, sell, buy, call.
+    plaza::browser::walk_the_story(&status, &data_dir);
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(devnet.id() as i32),
@@ -503,46 +505,21 @@ fn check_the_marketplace(data_dir: &std::path::Path, profile: &str, digits: &str
 /// (`tests/gateway/mod.rs`).
 #[test]
 fn the_gateway_outvotes_a_lying_node_and_loses_no_call_when_another_dies() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("devnet");
-    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
-        .args([
-            "devnet",
-            "--json",
+    let rows = gateway::DRILL_ROWS.to_string();
+    let (devnet, status) = devnet_serving(
+        &data_dir,
+        &[
             "--processes",
             "--faulty-inference-percent",
             "100",
             "--kill-compute-on-inference-rows",
-            &gateway::DRILL_ROWS.to_string(),
-            "--timeout-secs",
-            "60",
-            "--data-dir",
-        ])
-        .arg(&data_dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut status_line = String::new();
-    BufReader::new(devnet.stdout.take().unwrap())
-        .read_line(&mut status_line)
-        .unwrap();
-    let status: Value = serde_json::from_str(&status_line).expect("a status line");
-    // The devnet stops with the test, whatever the checks find.
-    struct Stop(u32);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    let stop = Stop(devnet.id());
+            &rows,
+        ],
+    );
     gateway::check_a_lying_node_and_a_dead_one(&status, &data_dir);
-    drop(stop);
-    assert!(devnet.wait().unwrap().success());
+    devnet.stop();
 }
 
 /// A flooding client over HTTPS: a gateway allowing one call a minute and a burst of two answers
@@ -1692,9 +1669,63 @@ fn a_compute_node_killed_mid_job_has_its_tasks_rerun_and_the_job_finishes() {
     }
 }
 
+/// A devnet left serving; stopped (SIGTERM, then killed) if a check fails before the test
+/// stops it, so no devnet outlives its test.
+struct ServingDevnet(std::process::Child);
+
+impl ServingDevnet {
+    /// Stops it as an operator would, and checks it stopped cleanly.
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let exit = self.0.wait().unwrap();
+        assert!(exit.success(), "SIGTERM is a graceful stop: {exit}");
+    }
+}
+
+impl Drop for ServingDevnet {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `aic devnet --json` with `extra` flags and leaves it serving; answers it and the
+/// status it printed once the grid was up.
+fn devnet_serving(data_dir: &std::path::Path, extra: &[&str]) -> (ServingDevnet, Value) {
+    use std::io::{BufRead, BufReader};
+    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(["devnet", "--json", "--timeout-secs", "60", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status_line = String::new();
+    BufReader::new(devnet.stdout.take().unwrap())
+        .read_line(&mut status_line)
+        .unwrap();
+    let status = serde_json::from_str(&status_line).expect("a status line");
+    (ServingDevnet(devnet), status)
+}
+
 #[test]
 fn a_scheduler_replica_killed_mid_job_has_the_job_resumed_by_the_new_leader() {
-    let status = devnet_once(&["--processes", "--kill-scheduler-at-round", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (devnet, status) = devnet_serving(
+        &dir.path().join("devnet"),
+        &["--processes", "--kill-scheduler-at-round", "5"],
+    );
+    // The console was reading through the replica the drill killed: its pages still show the
+    // job, read through the replicas left.
+    plaza::check_a_job_after_its_leader_died(&plaza::Console::open(&status), &status["job"]);
+    devnet.stop();
     let job = &status["job"];
     // Done, accurate, every payment once (work before the kill included) and the escrow
     // balanced to the base unit.

@@ -166,6 +166,12 @@ impl LedgerRequest {
                 after: None,
                 limit: 1,
             },
+            LedgerRequest::JobLog {
+                filter: JobLogFilter::All,
+                before: None,
+                limit: 1,
+            },
+            LedgerRequest::JobSummary(aic_protocol::JobId::from_bytes([9; 16])),
         ]
     }
 

@@ -89,13 +89,12 @@ fn refused(errors: &mut FieldErrors, field: &str, error: SubmitError) {
     }
 }
 
-fn wallet_of(state: &State) -> Result<&aic_ledger::Keypair, HttpResponse> {
-    state.wallet.as_ref().ok_or_else(|| {
-        error_page(
-            StatusCode::FORBIDDEN,
-            "This console was started without a wallet (aic plaza --wallet FILE), so it cannot sign.",
-        )
-    })
+/// The answer to a form that needs the wallet this console was started without.
+pub(crate) fn no_wallet() -> HttpResponse {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "This console was started without a wallet (aic plaza --wallet FILE), so it cannot sign.",
+    )
 }
 
 #[derive(Deserialize)]
@@ -108,9 +107,8 @@ pub struct TransferForm {
 
 /// Sends AIC from the user's wallet.
 pub async fn transfer(state: web::Data<State>, form: web::Form<TransferForm>) -> HttpResponse {
-    let key = match wallet_of(&state) {
-        Ok(key) => key.clone(),
-        Err(page) => return page,
+    let Some(key) = state.wallet.clone() else {
+        return no_wallet();
     };
     let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
         Gate::Act(attempt) => attempt,
@@ -150,9 +148,8 @@ pub struct AmountForm {
 
 /// Moves AIC into the user's inference escrow, which pays for gateway calls.
 pub async fn top_up(state: web::Data<State>, form: web::Form<AmountForm>) -> HttpResponse {
-    let key = match wallet_of(&state) {
-        Ok(key) => key.clone(),
-        Err(page) => return page,
+    let Some(key) = state.wallet.clone() else {
+        return no_wallet();
     };
     let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
         Gate::Act(attempt) => attempt,
@@ -181,9 +178,8 @@ pub struct ApiKeyForm {
 
 /// Creates an API key for the gateway: its hash goes on the ledger, the key is shown once.
 pub async fn create_api_key(state: web::Data<State>, form: web::Form<ApiKeyForm>) -> HttpResponse {
-    let key = match wallet_of(&state) {
-        Ok(key) => key.clone(),
-        Err(page) => return page,
+    let Some(key) = state.wallet.clone() else {
+        return no_wallet();
     };
     let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
         Gate::Act(attempt) => attempt,
@@ -231,9 +227,8 @@ pub async fn asset_action(
     let Ok(asset) = id.parse::<AssetId>() else {
         return error_page(StatusCode::NOT_FOUND, "That is not an asset id.");
     };
-    let key = match wallet_of(&state) {
-        Ok(key) => key.clone(),
-        Err(page) => return page,
+    let Some(key) = state.wallet.clone() else {
+        return no_wallet();
     };
     let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
         Gate::Act(attempt) => attempt,

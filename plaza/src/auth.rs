@@ -8,23 +8,29 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{http::StatusCode, HttpResponse};
 
-const COOKIE: &str = "aic_plaza";
-
-/// The secret a browser proves it was given.
+/// The secret a browser proves it was given, and the cookie that carries it: named after the
+/// console's port, since browsers share cookies between the ports of one host and two consoles
+/// (a seller's and a buyer's) must not log each other out.
 #[derive(Clone)]
-pub struct LoginToken(String);
+pub struct LoginToken {
+    secret: String,
+    cookie: String,
+}
 
 impl LoginToken {
-    pub fn generate() -> Self {
-        LoginToken(hex::encode(rand::random::<[u8; 32]>()))
+    pub fn generate(port: u16) -> Self {
+        LoginToken {
+            secret: hex::encode(rand::random::<[u8; 32]>()),
+            cookie: format!("aic_plaza_{port}"),
+        }
     }
 
     pub fn text(&self) -> &str {
-        &self.0
+        &self.secret
     }
 
     fn matches(&self, offered: &str) -> bool {
-        blake3::hash(offered.as_bytes()) == blake3::hash(self.0.as_bytes())
+        blake3::hash(offered.as_bytes()) == blake3::hash(self.secret.as_bytes())
     }
 }
 
@@ -45,7 +51,7 @@ pub async fn require_token(
         .map(str::to_string);
     if let Some(offered) = from_query {
         if token.matches(&offered) {
-            let cookie = Cookie::build(COOKIE, offered)
+            let cookie = Cookie::build(token.cookie.clone(), offered)
                 .http_only(true)
                 .same_site(SameSite::Strict)
                 .path("/")
@@ -57,7 +63,7 @@ pub async fn require_token(
             return Ok(request.into_response(response));
         }
     } else if request
-        .cookie(COOKIE)
+        .cookie(&token.cookie)
         .is_some_and(|cookie| token.matches(cookie.value()))
     {
         return Ok(next.call(request).await?.map_into_boxed_body());

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::actions::{amount_field, gate, see_other, Gate};
 use crate::forms::{FieldErrors, FormToken};
 use crate::grid::SubmitError;
-use crate::pages::{all_assets, error_page, manifest_of, render, State};
+use crate::pages::{all_assets, manifest_of, render, State};
 
 /// Rows the preview shows.
 const PREVIEW_ROWS: u32 = 10;
@@ -320,10 +320,7 @@ pub struct ModelForm {
 /// Puts a model description on the ledger (a template or one pasted), then on to the quote.
 pub async fn add_model(state: web::Data<State>, form: web::Form<ModelForm>) -> HttpResponse {
     let Some(key) = state.wallet.clone() else {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "This console was started without a wallet, so it cannot sign.",
-        );
+        return crate::actions::no_wallet();
     };
     let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
         Gate::Act(attempt) => attempt,
@@ -421,10 +418,7 @@ pub struct TrainForm {
 /// Escrows the budget and starts the job, after the same checks the quote page made.
 pub async fn train(state: web::Data<State>, form: web::Form<TrainForm>) -> HttpResponse {
     let Some(key) = state.wallet.clone() else {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "This console was started without a wallet, so it cannot sign.",
-        );
+        return crate::actions::no_wallet();
     };
     let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
         Gate::Act(attempt) => attempt,

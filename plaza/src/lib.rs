@@ -81,9 +81,9 @@ pub async fn start(settings: PlazaSettings, shutdown: CancellationToken) -> Resu
         return Err(PlazaError::NotLoopback(settings.listen));
     }
     let grid = grid::Grid::new(&settings.identity, settings.schedulers.clone())?;
-    let token = auth::LoginToken::generate();
     let listener = std::net::TcpListener::bind(settings.listen).map_err(PlazaError::Listen)?;
     let addr = listener.local_addr().map_err(PlazaError::Listen)?;
+    let token = auth::LoginToken::generate(addr.port());
     let url = format!("http://{addr}/?token={}", token.text());
     let state = actix_web::web::Data::new(pages::State {
         grid,
@@ -91,6 +91,14 @@ pub async fn start(settings: PlazaSettings, shutdown: CancellationToken) -> Resu
         wallet: settings.wallet,
         forms: forms::Forms::new(settings.form_lifetime),
         gateway: settings.gateway,
+    });
+    // The first replica is dialled now: the first page finds its connection ready, and a
+    // replica lost later is noticed on that connection as a user's page would notice it.
+    let warm = state.clone();
+    tokio::spawn(async move {
+        if let Err(why) = warm.grid.ledger(&aic_ledger::api::LedgerRequest::Status).await {
+            tracing::info!(%why, "the console could not reach the grid yet");
+        }
     });
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()

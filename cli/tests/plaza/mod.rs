@@ -2,6 +2,8 @@
 //! becomes a cookie; without it every page is refused; pages render what the ledger and the
 //! scheduler say, with the asset names a user chose escaped.
 
+pub mod browser;
+
 use serde_json::Value;
 
 /// A logged-in browser session: the cookie the console set for the token in its URL.
@@ -17,6 +19,7 @@ impl Console {
         let url = status["plaza"]["url"]
             .as_str()
             .expect("the devnet reports its console");
+        aic_protocol::install_crypto_provider();
         let client = reqwest::blocking::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -158,4 +161,24 @@ pub fn check_the_console(console: &Console, status: &Value, data_dir: &std::path
     let (code, css) = console.get("/plaza.css");
     assert_eq!(code, 200);
     assert!(css.contains("AI PLAZA"));
+}
+
+/// A job whose scheduler replica (the Raft leader the console read through) was killed mid-job:
+/// its page and the history still show it, from the ledger's job log and the replica that
+/// resumed it.
+pub fn check_a_job_after_its_leader_died(console: &Console, job: &Value) {
+    let id = job["id"].as_str().unwrap();
+    let (code, page) = console.get(&format!("/jobs/{id}"));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("<dd id=\"outcome\">settled</dd>"), "{page}");
+    assert!(page.contains("rounds checkpointed</dt><dd>60 ("), "{page}");
+    assert!(
+        page.contains("taken over by another replica"),
+        "the takeover is on the ledger: {page}"
+    );
+    assert!(page.contains("id=\"trained-model\""), "{page}");
+    assert!(page.contains("id=\"lineage-graph\""), "{page}");
+    let (code, history) = console.get("/jobs");
+    assert_eq!(code, 200, "{history}");
+    assert!(history.contains(&format!("href=\"/jobs/{id}\"")), "{history}");
 }

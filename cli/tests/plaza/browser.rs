@@ -1,0 +1,300 @@
+//! The AI PLAZA story in a real headless Chromium (Debian's `chromium`, driven through
+//! `chromedriver` over WebDriver): a user previews a dataset in the Easy AI Builder, picks a
+//! template, sees the quote, trains, watches the job's progress arrive over server-sent events,
+//! opens the trained model's card and lineage, finds the job on the dataset's page, lists the
+//! model for sale and publishes it; a second user buys it from a console of their own; the call
+//! the page gives is pasted into a shell and answered; the chain is verified. Each step
+//! saves a screenshot under the test target's `plaza-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::Value;
+
+/// How long the walk waits for one page element (a job to finish is the longest).
+const ELEMENT_WAIT: Duration = Duration::from_secs(30);
+const JOB_WAIT: Duration = Duration::from_secs(300);
+
+/// chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_driver() -> Driver {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (ops/install-test-deps.sh installs chromium-driver)");
+    // Held from here, so it is stopped however the wait below ends.
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    // chromedriver is ready when its port accepts: bounded in tries.
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return driver;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("chromedriver did not listen on port {port}");
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1500"],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plaza-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn snap(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    client
+        .wait()
+        .at_most(ELEMENT_WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn click(client: &Client, css: &str) {
+    client
+        .wait()
+        .at_most(ELEMENT_WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Fills a form's fields by name and submits it, as a user typing and pressing its button.
+async fn fill_and_send(client: &Client, form: &str, fields: &[(&str, &str)]) {
+    let form = client.form(Locator::Css(form)).await.unwrap();
+    for (name, value) in fields {
+        form.set_by_name(name, value).await.unwrap();
+    }
+    form.submit().await.unwrap();
+}
+
+/// Starts `aic plaza` for another wallet, as a second user would; answers its URL. Its output
+/// is drained for as long as it runs (a closed pipe would stop it at its next line).
+fn second_console(data_dir: &Path, wallet: &Path) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(["plaza", "--listen", "127.0.0.1:0", "--profile"])
+        .arg(data_dir.join("client.toml"))
+        .arg("--wallet")
+        .arg(wallet)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    output.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut output, &mut std::io::sink()));
+    let url = line
+        .trim()
+        .strip_prefix("AI PLAZA: ")
+        .unwrap_or_else(|| panic!("aic plaza printed {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+/// The whole story, on the running devnet.
+pub fn walk_the_story(status: &Value, data_dir: &Path) {
+    let driver = start_driver();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(walk(&driver, status, data_dir));
+}
+
+async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
+    let url = status["plaza"]["url"].as_str().unwrap();
+    let base = url.split("/?").next().unwrap().to_string();
+    let user = browser(driver).await;
+    user.goto(url).await.unwrap();
+    assert!(text_of(&user, "#nodes").await.contains("compute-1"));
+    snap(&user, "01-network").await;
+
+    // The Easy AI Builder: a dataset, previewed.
+    click(&user, "nav a[href='/builder']").await;
+    click(&user, "#builder-datasets a.choose").await;
+    let preview = text_of(&user, "#preview").await;
+    assert!(preview.contains("label"), "{preview}");
+    snap(&user, "02-builder-preview").await;
+    // A model from a template, registered on the ledger by the console.
+    let form = user.form(Locator::Css("#model-form")).await.unwrap();
+    form.set_by_name("template", "digits-mlp").await.unwrap();
+    form.submit().await.unwrap();
+    // The quote before any escrow: for two epochs.
+    let first_quote = text_of(&user, "#quote-amount").await;
+    fill_and_send(&user, "form[action='/builder'][method='get']", &[("epochs", "2")]).await;
+    let quote = text_of(&user, "#quote-amount").await;
+    assert!(
+        !quote.is_empty() && quote != first_quote,
+        "{first_quote} → {quote}"
+    );
+    snap(&user, "03-builder-quote").await;
+    let balance_before = balance(&user, &base).await;
+    click(&user, "#train").await;
+
+    // The job's page: progress pushed over server-sent events until it is done.
+    let job_url = user.current_url().await.unwrap().to_string();
+    assert!(job_url.contains("/jobs/"), "{job_url}");
+    user.wait()
+        .at_most(JOB_WAIT)
+        .for_element(Locator::XPath("//b[@id='job-state' and text()='done']"))
+        .await
+        .expect("the job finishes, its page told so without a reload");
+    assert!(text_of(&user, "#job-accuracy").await.contains('%'));
+    user.find(Locator::Css("#curve svg"))
+        .await
+        .expect("the training curve");
+    assert!(text_of(&user, "#tasks").await.contains("compute-"));
+    snap(&user, "04-job-done").await;
+    // Reloaded, the ledger's record: settled, with its trained model and the lineage graph.
+    user.goto(&job_url).await.unwrap();
+    assert_eq!(text_of(&user, "#outcome").await, "settled");
+    user.find(Locator::Css("#lineage-graph svg"))
+        .await
+        .expect("the lineage graph");
+    snap(&user, "05-job-lineage").await;
+    click(&user, "#trained-model").await;
+    let card = user.current_url().await.unwrap().to_string();
+    assert!(text_of(&user, "#lineage").await.contains("digits"));
+
+    // Publish it for inference, list it for sale.
+    let alias = format!("builder-{}", &job_url.rsplit('/').next().unwrap()[..8]);
+    fill_and_send(&user, "#publish-form", &[("price", "0.5"), ("alias", &alias)]).await;
+    assert!(text_of(&user, "#notice").await.contains("Published"));
+    let snippet = text_of(&user, "#snippet").await;
+    fill_and_send(&user, "#list-form", &[("price", "3")]).await;
+    assert!(text_of(&user, "#notice").await.contains("Listed"));
+    assert_eq!(text_of(&user, "#price").await, "3 AIC");
+    snap(&user, "06-trained-model-card").await;
+
+    // The dataset's page names the job that paid for it.
+    let dataset = status["datasets"][0]["asset"].as_str().unwrap();
+    user.goto(&format!("{base}/assets/{dataset}")).await.unwrap();
+    let job_id = job_url.rsplit('/').next().unwrap();
+    let usage = user
+        .find(Locator::Css(&format!("#usage a[href='/jobs/{job_id}']")))
+        .await;
+    assert!(usage.is_ok(), "the dataset's usage lists job {job_id}");
+    assert!(text_of(&user, "#holdings").await.contains("storage-"));
+    snap(&user, "07-dataset").await;
+    assert!(
+        balance(&user, &base).await < balance_before,
+        "the job was paid for"
+    );
+
+    // A second user buys it from their own console, in their own browser session.
+    let caller = data_dir.join("wallets/caller.key");
+    let (mut console, buyer_url) = second_console(data_dir, &caller);
+    let buyer = browser(driver).await;
+    buyer.goto(&buyer_url).await.unwrap();
+    click(&buyer, "nav a[href='/market']").await;
+    let card_path = card.trim_start_matches(&base).to_string();
+    click(&buyer, &format!("a[href='{card_path}']")).await;
+    click(&buyer, "#buy-form button").await;
+    assert!(text_of(&buyer, "#notice").await.contains("Bought"));
+    snap(&buyer, "08-bought").await;
+    let buyer_address = {
+        buyer
+            .goto(&format!("{}/wallet", buyer_url.split("/?").next().unwrap()))
+            .await
+            .unwrap();
+        text_of(&buyer, "#address").await
+    };
+    user.goto(&card).await.unwrap();
+    assert_eq!(
+        text_of(&user, "#owner").await,
+        buyer_address,
+        "the model is the buyer's"
+    );
+    buyer.close().await.unwrap();
+    let _ = console.kill();
+    let _ = console.wait();
+
+    // The call the page gave, pasted into a shell with a real API key: answered.
+    let api_key = std::fs::read_to_string(data_dir.join("gateway-api-key")).unwrap();
+    let script = snippet.replace(
+        "export AIC_API_KEY=aic_...",
+        &format!("export AIC_API_KEY={}", api_key.trim()),
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -e\n{script}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"outputs\""), "{stdout}");
+
+    // The chain: the blocks that hold all of it, verified in the console's own process.
+    click(&user, "nav a[href='/chain']").await;
+    let blocks = text_of(&user, "#blocks").await;
+    assert!(blocks.lines().count() > 5, "{blocks}");
+    snap(&user, "09-chain").await;
+    click(&user, "a[href='/chain/verify']").await;
+    assert!(text_of(&user, "#verdict").await.contains("blocks verify"));
+    user.close().await.unwrap();
+}
+
+/// The wallet page's balance, in AIC.
+async fn balance(client: &Client, base: &str) -> f64 {
+    let back = client.current_url().await.unwrap().to_string();
+    client.goto(&format!("{base}/wallet")).await.unwrap();
+    let text = text_of(client, "#balance").await;
+    client.goto(&back).await.unwrap();
+    text.trim_end_matches(" AIC").parse().unwrap()
+}
