@@ -88,28 +88,38 @@ async fn snap(client: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
-async fn text_of(client: &Client, css: &str) -> String {
-    client
+/// Waits for an element; when it never comes, fails with what the page said instead (and a
+/// screenshot of it).
+async fn element(client: &Client, css: &str) -> fantoccini::elements::Element {
+    match client
         .wait()
         .at_most(ELEMENT_WAIT)
         .for_element(Locator::Css(css))
         .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    {
+        Ok(found) => found,
+        Err(error) => {
+            snap(client, "failure").await;
+            let page = match client.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let url = client
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            panic!("{css}: {error} on {url}; the page says:\n{page}");
+        }
+    }
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    element(client, css).await.text().await.unwrap()
 }
 
 async fn click(client: &Client, css: &str) {
-    client
-        .wait()
-        .at_most(ELEMENT_WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    element(client, css).await.click().await.unwrap();
 }
 
 /// Fills a form's fields by name and submits it, as a user typing and pressing its button.
@@ -163,7 +173,13 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
 
     // The Easy AI Builder: a dataset, previewed.
     click(&user, "nav a[href='/builder']").await;
-    click(&user, "#builder-datasets a.choose").await;
+    // The devnet's digits (the suite imports others beside it).
+    let digits = status["datasets"][0]["asset"].as_str().unwrap();
+    click(
+        &user,
+        &format!("#builder-datasets a[href='/builder?dataset={digits}']"),
+    )
+    .await;
     let preview = text_of(&user, "#preview").await;
     assert!(preview.contains("label"), "{preview}");
     snap(&user, "02-builder-preview").await;
@@ -219,8 +235,7 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
     snap(&user, "06-trained-model-card").await;
 
     // The dataset's page names the job that paid for it.
-    let dataset = status["datasets"][0]["asset"].as_str().unwrap();
-    user.goto(&format!("{base}/assets/{dataset}")).await.unwrap();
+    user.goto(&format!("{base}/assets/{digits}")).await.unwrap();
     let job_id = job_url.rsplit('/').next().unwrap();
     let usage = user
         .find(Locator::Css(&format!("#usage a[href='/jobs/{job_id}']")))
