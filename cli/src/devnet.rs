@@ -312,6 +312,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let plaza = aic_plaza::start(
             aic_plaza::PlazaSettings {
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                remote_https: None,
                 schedulers: replicas.iter().map(|r| r.addr.clone()).collect(),
                 identity: profile.tls.clone(),
                 // The job's payer: the account that owns the trained model.

@@ -11,10 +11,17 @@ use crate::nodes::ClientArgs;
 
 #[derive(Args, Clone, Debug)]
 pub struct PlazaArgs {
-    /// Where the console listens: a loopback address (reach it from elsewhere through an SSH
-    /// tunnel).
+    /// Where the console listens: a loopback address, unless it serves HTTPS (reach a loopback
+    /// console from elsewhere through an SSH tunnel).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate (PEM, from the cluster CA, naming this host): what lets
+    /// the console listen beyond loopback. The login token is still required.
+    #[arg(long, requires = "remote_https_key")]
+    pub remote_https_cert: Option<std::path::PathBuf>,
+    /// The private key of `--remote-https-cert` (PEM).
+    #[arg(long, requires = "remote_https_cert")]
+    pub remote_https_key: Option<std::path::PathBuf>,
     /// Your wallet: the Wallet page shows its account (the key stays in this process).
     #[arg(long)]
     pub wallet: Option<std::path::PathBuf>,
@@ -41,6 +48,14 @@ pub async fn run(args: PlazaArgs) -> anyhow::Result<()> {
     let plaza = aic_plaza::start(
         aic_plaza::PlazaSettings {
             listen: args.listen,
+            remote_https: match (&args.remote_https_cert, &args.remote_https_key) {
+                (Some(cert), Some(key)) => Some(aic_protocol::certs::IdentityFiles {
+                    ca: profile.tls.ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
             schedulers: std::iter::once(profile.scheduler.clone())
                 .chain(args.replica.iter().cloned())
                 .collect(),

@@ -15,13 +15,16 @@ use actix_web::{http::StatusCode, HttpResponse};
 pub struct LoginToken {
     secret: String,
     cookie: String,
+    /// Served over HTTPS: the cookie is marked Secure.
+    secure: bool,
 }
 
 impl LoginToken {
-    pub fn generate(port: u16) -> Self {
+    pub fn generate(port: u16, secure: bool) -> Self {
         LoginToken {
             secret: hex::encode(rand::random::<[u8; 32]>()),
             cookie: format!("aic_plaza_{port}"),
+            secure,
         }
     }
 
@@ -54,6 +57,7 @@ pub async fn require_token(
             let cookie = Cookie::build(token.cookie.clone(), offered)
                 .http_only(true)
                 .same_site(SameSite::Strict)
+                .secure(token.secure)
                 .path("/")
                 .finish();
             let response = HttpResponse::SeeOther()

@@ -222,7 +222,14 @@ async fn builder_page(
     let request = job_request(JobId::random(), dataset_id, model_id, &graph, epochs);
     match state.grid.quote(&request).await {
         Ok((amount, detail)) => {
-            page.budget = amount.clone();
+            // The quote moves with the grid (its nodes' speeds and reputations) until the job
+            // is submitted and quoted again: the budget offered leaves a quarter of headroom,
+            // and what the job does not use is refunded.
+            page.budget = amount
+                .parse::<Amount>()
+                .ok()
+                .and_then(|quote| quote.checked_add(Amount(quote.0 / 4)).ok())
+                .map_or_else(|| amount.clone(), |budget| budget.to_string());
             page.quote = Some((amount, detail));
         }
         // The scheduler's reason (the model does not fit the dataset, …) beside the model.

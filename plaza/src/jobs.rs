@@ -351,28 +351,7 @@ pub async fn job(state: web::Data<State>, id: web::Path<String>) -> HttpResponse
     let row = job_rows(&entries, &names).into_iter().next();
     let lineage = summary.as_ref().and_then(|s| {
         let row = row.as_ref()?;
-        let node = |label: &str, (id, name): (String, String)| plots::LineageNode {
-            label: label.into(),
-            name,
-            href: format!("/assets/{id}"),
-        };
-        Some(plots::lineage(&plots::LineageGraph {
-            dataset: node("Dataset", row.dataset.clone()?),
-            model: node("Model", row.model.clone()?),
-            job: plots::LineageNode {
-                label: "Job".into(),
-                name: row.id[..12.min(row.id.len())].to_string(),
-                href: format!("/jobs/{}", row.id),
-            },
-            trained: s.trained_model.map(|t| plots::LineageNode {
-                label: "TrainedModel".into(),
-                name: t.to_string()[..12].to_string(),
-                href: format!("/assets/{t}"),
-            }),
-            dataset_fee: s.dataset_fee.to_string(),
-            model_fee: s.model_fee.to_string(),
-            compute_paid: s.compute_paid.to_string(),
-        }))
+        Some(lineage_graph(s, row.dataset.clone()?, row.model.clone()?))
     });
     let live = live_part(&state, job, summary.as_ref()).await;
     let live = live
@@ -398,6 +377,33 @@ pub async fn job(state: web::Data<State>, id: web::Path<String>) -> HttpResponse
             live,
         },
     )
+}
+
+/// Dataset and model → job → trained model, with what the job paid each, as an SVG graph.
+pub fn lineage_graph(s: &JobSummary, dataset: (String, String), model: (String, String)) -> String {
+    let node = |label: &str, (id, name): (String, String)| plots::LineageNode {
+        label: label.into(),
+        name,
+        href: format!("/assets/{id}"),
+    };
+    let job = s.job.to_string();
+    plots::lineage(&plots::LineageGraph {
+        dataset: node("Dataset", dataset),
+        model: node("Model", model),
+        job: plots::LineageNode {
+            label: "Job".into(),
+            name: job[..12].to_string(),
+            href: format!("/jobs/{job}"),
+        },
+        trained: s.trained_model.map(|t| plots::LineageNode {
+            label: "TrainedModel".into(),
+            name: t.to_string()[..12].to_string(),
+            href: format!("/assets/{t}"),
+        }),
+        dataset_fee: s.dataset_fee.to_string(),
+        model_fee: s.model_fee.to_string(),
+        compute_paid: s.compute_paid.to_string(),
+    })
 }
 
 /// Server-sent events: the job's live part each time it changes, then `done` when it ends.

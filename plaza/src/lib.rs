@@ -9,8 +9,9 @@
 //!                          pages: network · datasets · models · market · chain · wallet · asset
 //! ```
 //!
-//! It listens on loopback only; a page needs the login token the URL printed at start carries
-//! (kept in a same-site, HTTP-only cookie after the first visit), so another local user's
+//! It listens on loopback, or beyond it only when it serves HTTPS with a certificate from the
+//! cluster CA; either way a page needs the login token the URL printed at start carries (kept in
+//! a same-site, HTTP-only cookie after the first visit, Secure over HTTPS), so another user's
 //! browser or a web page the user visits cannot read it.
 
 pub mod actions;
@@ -30,8 +31,12 @@ use tokio_util::sync::CancellationToken;
 /// How a console starts.
 #[derive(Clone, Debug)]
 pub struct PlazaSettings {
-    /// A loopback address (port 0: any free port).
+    /// Where to listen (port 0: any free port): loopback, unless `remote_https` is set.
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate (issued by the cluster CA for the console's host name),
+    /// which is what allows listening beyond loopback: the login token and the cookie then never
+    /// cross the network in the clear.
+    pub remote_https: Option<IdentityFiles>,
     /// The scheduler replicas the console reads the grid through, the preferred first; it
     /// moves to the next when one stops answering.
     pub schedulers: Vec<String>,
@@ -58,7 +63,8 @@ pub struct GatewayLink {
 #[derive(Debug, thiserror::Error)]
 pub enum PlazaError {
     #[error(
-        "the console listens on loopback only (asked for {0}); reach it from elsewhere through an SSH tunnel"
+        "the console listens on loopback unless it serves HTTPS (asked for {0}): pass --remote-https-cert and \
+         --remote-https-key (a certificate from the cluster CA for this host), or reach it through an SSH tunnel"
     )]
     NotLoopback(SocketAddr),
     #[error("the listener: {0}")]
@@ -77,14 +83,17 @@ pub struct Plaza {
 
 /// Starts a console; it stops when `shutdown` is cancelled.
 pub async fn start(settings: PlazaSettings, shutdown: CancellationToken) -> Result<Plaza, PlazaError> {
-    if !settings.listen.ip().is_loopback() {
-        return Err(PlazaError::NotLoopback(settings.listen));
-    }
+    let https = match (&settings.remote_https, settings.listen.ip().is_loopback()) {
+        (None, false) => return Err(PlazaError::NotLoopback(settings.listen)),
+        (None, true) => None,
+        (Some(files), _) => Some(aic_protocol::tls::https_server_config(&files.load()?)?),
+    };
     let grid = grid::Grid::new(&settings.identity, settings.schedulers.clone())?;
     let listener = std::net::TcpListener::bind(settings.listen).map_err(PlazaError::Listen)?;
     let addr = listener.local_addr().map_err(PlazaError::Listen)?;
-    let token = auth::LoginToken::generate(addr.port());
-    let url = format!("http://{addr}/?token={}", token.text());
+    let token = auth::LoginToken::generate(addr.port(), https.is_some());
+    let scheme = if https.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}/?token={}", token.text());
     let state = actix_web::web::Data::new(pages::State {
         grid,
         token,
@@ -108,8 +117,11 @@ pub async fn start(settings: PlazaSettings, shutdown: CancellationToken) -> Resu
     })
     .workers(1)
     .disable_signals()
-    .shutdown_timeout(2)
-    .listen(listener)
+    .shutdown_timeout(2);
+    let server = match https {
+        Some(tls) => server.listen_rustls_0_23(listener, tls),
+        None => server.listen(listener),
+    }
     .map_err(PlazaError::Listen)?
     .run();
     let handle = server.handle();

@@ -136,6 +136,8 @@ struct NetworkPage {
     chain: Option<ChainFacts>,
     nodes: Vec<NodeRow>,
     penalties: Vec<PenaltyRow>,
+    /// The compute nodes' measured speeds, drawn.
+    speeds: Option<String>,
 }
 
 fn gib(bytes: u64) -> String {
@@ -205,6 +207,11 @@ async fn network(state: web::Data<State>) -> HttpResponse {
             }
         })
         .collect();
+    let speeds: Vec<(String, f64)> = listed
+        .iter()
+        .filter(|n| n.role == aic_protocol::Role::Compute && n.capacity.measured_mflops > 0)
+        .map(|n| (n.name.clone(), n.capacity.measured_mflops as f64 / 1000.0))
+        .collect();
     render(
         StatusCode::OK,
         &NetworkPage {
@@ -213,6 +220,7 @@ async fn network(state: web::Data<State>) -> HttpResponse {
             chain,
             nodes,
             penalties,
+            speeds: crate::plots::node_speeds(&speeds),
         },
     )
 }
@@ -253,15 +261,49 @@ struct DatasetsPage {
     title: &'static str,
     problems: Vec<String>,
     datasets: Vec<DatasetRow>,
+    /// The search, as typed.
+    query: String,
 }
 
-/// Every imported dataset, as its import published it: rows, columns, label, classes, fee.
-async fn datasets(state: web::Data<State>) -> HttpResponse {
+#[derive(serde::Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+}
+
+/// Whether a dataset matches a search: every word of it in its name, label, columns or classes
+/// (ignoring case).
+fn matches_search(asset: &Asset, manifest: &serde_json::Value, query: &str) -> bool {
+    let mut haystack = asset.metadata.name.to_lowercase();
+    haystack.push(' ');
+    haystack.push_str(&manifest["label"].as_str().unwrap_or_default().to_lowercase());
+    for key in ["features", "classes"] {
+        for item in manifest[key].as_array().into_iter().flatten() {
+            haystack.push(' ');
+            let text = item["name"].as_str().or(item.as_str()).unwrap_or_default();
+            haystack.push_str(&text.to_lowercase());
+        }
+    }
+    query
+        .split_whitespace()
+        .all(|word| haystack.contains(&word.to_lowercase()))
+}
+
+/// Every imported dataset, as its import published it: rows, columns, label, classes, fee; or
+/// those a search names.
+async fn datasets(state: web::Data<State>, search: web::Query<SearchQuery>) -> HttpResponse {
     let mut problems = Vec::new();
+    let query = search
+        .q
+        .clone()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect::<String>();
     let datasets = all_assets(&state.grid, &mut problems)
         .await
         .into_iter()
         .filter(|(_, a)| a.kind == AssetKind::Dataset)
+        .filter(|(_, a)| matches_search(a, &manifest_of(a), &query))
         .map(|(id, a)| {
             let manifest = manifest_of(&a);
             let count = |key: &str| manifest[key].as_array().map_or(0, Vec::len);
@@ -285,6 +327,7 @@ async fn datasets(state: web::Data<State>) -> HttpResponse {
             title: "Datasets",
             problems,
             datasets,
+            query,
         },
     )
 }
@@ -618,6 +661,8 @@ struct AssetPage {
     usage_fee: String,
     price: Option<String>,
     lineage: Option<Lineage>,
+    /// The lineage drawn, with the job's payments.
+    lineage_graph: Option<String>,
     manifest: String,
     dataset: Option<DatasetFacts>,
     /// The console's wallet owns it.
@@ -689,6 +734,20 @@ pub(crate) async fn asset_view(
     } else {
         None
     };
+    let mut lineage_graph = None;
+    if let Some(l) = &lineage {
+        if let Ok(job) = l.job.parse::<aic_protocol::JobId>() {
+            if let Ok(LedgerResponse::JobSummary(Some((_, summary)))) =
+                state.grid.ledger(&LedgerRequest::JobSummary(job)).await
+            {
+                lineage_graph = Some(crate::jobs::lineage_graph(
+                    &summary,
+                    (l.dataset.clone(), l.dataset_name.clone()),
+                    (l.model.clone(), l.model_name.clone()),
+                ));
+            }
+        }
+    }
     let dataset = if found.kind == AssetKind::Dataset {
         Some(dataset_facts(state, id, &found, &mut problems).await)
     } else {
@@ -744,6 +803,7 @@ pub(crate) async fn asset_view(
             usage_fee: found.metadata.usage_fee.to_string(),
             price,
             lineage,
+            lineage_graph,
             manifest,
             dataset,
             mine,

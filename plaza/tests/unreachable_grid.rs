@@ -75,6 +75,7 @@ fn console(
         .block_on(start(
             PlazaSettings {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                remote_https: None,
                 // Nothing listens at either: every read fails at once, on each replica in turn.
                 schedulers: vec!["127.0.0.1:9".into(), "127.0.0.1:11".into()],
                 identity: identity.clone(),
@@ -220,4 +221,75 @@ fn pages_render_with_a_banner_and_forms_send_nothing_when_the_scheduler_does_not
     shutdown.cancel();
     runtime.block_on(plaza.stopped).unwrap();
     runtime.block_on(instant.stopped).unwrap();
+}
+
+/// Beyond loopback only over HTTPS: refused without a certificate; with one from the cluster
+/// CA the login goes over TLS and the cookie is marked Secure; plain HTTP gets nothing.
+#[test]
+fn the_console_listens_beyond_loopback_only_over_https() {
+    aic_protocol::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("plaza-test").unwrap();
+    ca.save(dir.path()).unwrap();
+    let identity = ca
+        .issue(Role::Client, "alice", &[], Validity::default())
+        .unwrap()
+        .save(dir.path(), "alice")
+        .unwrap();
+    let server = ca
+        .issue(
+            Role::Client,
+            "console",
+            &["127.0.0.1".to_string()],
+            Validity::default(),
+        )
+        .unwrap()
+        .save(dir.path(), "console")
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let settings = |remote_https: Option<IdentityFiles>| PlazaSettings {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        remote_https,
+        schedulers: vec!["127.0.0.1:9".into()],
+        identity: identity.clone(),
+        wallet: None,
+        gateway: None,
+        form_lifetime: Duration::from_secs(60),
+    };
+    let refused = runtime.block_on(start(settings(None), shutdown.clone()));
+    assert!(matches!(refused, Err(aic_plaza::PlazaError::NotLoopback(_))));
+
+    let plaza = runtime
+        .block_on(start(settings(Some(server)), shutdown.clone()))
+        .unwrap();
+    assert!(plaza.url.starts_with("https://"), "{}", plaza.url);
+    let port = plaza.addr.port();
+    let token = plaza.url.split("token=").nth(1).unwrap();
+    let ca_pem = std::fs::read(&identity.ca).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca_pem).unwrap()])
+        .build()
+        .unwrap();
+    let login = client
+        .get(format!("https://127.0.0.1:{port}/?token={token}"))
+        .send()
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Without the token, over TLS: refused as on loopback.
+    let stranger = client.get(format!("https://127.0.0.1:{port}/")).send().unwrap();
+    assert_eq!(stranger.status().as_u16(), 401);
+    // Plain HTTP to the same port is no way in.
+    let plain = reqwest::blocking::Client::new()
+        .get(format!("http://127.0.0.1:{port}/?token={token}"))
+        .send();
+    assert!(plain.map_or(true, |r| !r.status().is_success() && !r.status().is_redirection()));
+    shutdown.cancel();
+    runtime.block_on(plaza.stopped).unwrap();
 }

@@ -201,7 +201,16 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
 
     // The job's page: progress pushed over server-sent events until it is done.
     let job_url = user.current_url().await.unwrap().to_string();
-    assert!(job_url.contains("/jobs/"), "{job_url}");
+    if !job_url.contains("/jobs/") {
+        let page = user
+            .find(Locator::Css("main"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        panic!("training did not start ({job_url}): {page}");
+    }
     user.wait()
         .at_most(JOB_WAIT)
         .for_element(Locator::XPath("//b[@id='job-state' and text()='done']"))

@@ -61,6 +61,22 @@ impl Console {
         (response.status().as_u16(), response.text().unwrap())
     }
 
+    /// A form sent as a browser sends it: status and where it leads (or the page).
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .form(form)
+            .send()
+            .unwrap();
+        let code = response.status().as_u16();
+        match response.headers().get("location") {
+            Some(location) => (code, location.to_str().unwrap().to_string()),
+            None => (code, response.text().unwrap()),
+        }
+    }
+
     /// The same page without the cookie: another local user's browser, or a stranger's link.
     pub fn get_without_login(&self, path: &str) -> (u16, String) {
         let response = self.client.get(format!("{}{path}", self.base)).send().unwrap();
@@ -103,6 +119,20 @@ pub fn check_the_console(console: &Console, status: &Value, data_dir: &std::path
     );
     let accuracy = status["job"]["accuracy"].as_f64().unwrap();
     assert!(models.contains(&format!("{:.1} %", accuracy * 100.0)), "{models}");
+    let (code, network) = console.get("/");
+    assert_eq!(code, 200);
+    assert!(
+        network.contains("<figure class=\"plot\" id=\"speeds\"><svg"),
+        "{network}"
+    );
+    // Search: every word must match the name, label, a column or a class.
+    let (_, found) = console.get("/datasets?q=DIGIT+pixel_0_0");
+    assert!(found.contains(&format!("href=\"/assets/{dataset}\"")), "{found}");
+    let (_, none) = console.get("/datasets?q=digit+no-such-column");
+    assert!(
+        none.contains("id=\"no-match\"") && !none.contains(&format!("/assets/{dataset}")),
+        "{none}"
+    );
     let (code, datasets) = console.get("/datasets");
     assert_eq!(code, 200);
     assert!(
@@ -161,6 +191,53 @@ pub fn check_the_console(console: &Console, status: &Value, data_dir: &std::path
     let (code, css) = console.get("/plaza.css");
     assert_eq!(code, 200);
     assert!(css.contains("AI PLAZA"));
+
+    // A form sent twice (a double click) acts once: the second send is led to the first's page.
+    let dir = tempfile::tempdir().unwrap();
+    let recipient = dir.path().join("recipient.key");
+    let recipient = recipient.to_str().unwrap();
+    assert!(super::aic(&["wallet", "new", "--wallet", recipient])
+        .status
+        .success());
+    let address = super::aic(&["wallet", "address", "--wallet", recipient]);
+    let address = String::from_utf8(address.stdout).unwrap();
+    let fields = |page: &str, name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = page.find(&marker).unwrap() + marker.len();
+        page[start..].split('"').next().unwrap().to_string()
+    };
+    let (csrf, key) = (fields(&wallet, "csrf"), fields(&wallet, "idempotency"));
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("idempotency", key.as_str()),
+        ("to", address.trim()),
+        ("amount", "0.25"),
+    ];
+    assert_eq!(
+        console.post("/wallet/transfer", &form),
+        (303, "/wallet?done=sent".into())
+    );
+    assert_eq!(
+        console.post("/wallet/transfer", &form),
+        (303, "/wallet?done=sent".into())
+    );
+    let received = super::aic(&[
+        "wallet",
+        "balance",
+        "--profile",
+        status["profile"].as_str().unwrap(),
+        "--wallet",
+        recipient,
+        "--json",
+    ]);
+    let received: Value = serde_json::from_slice(&received.stdout).unwrap();
+    assert_eq!(received["account"]["balance"], "0.25", "sent once: {received}");
+    let (code, page) = console.get("/wallet?done=sent");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<p class=\"notice\" id=\"notice\">Sent.</p>"),
+        "{page}"
+    );
 }
 
 /// A job whose scheduler replica (the Raft leader the console read through) was killed mid-job:
