@@ -103,6 +103,7 @@ fn measure(state: &LedgerState) -> Duration {
                 mine: false,
                 has_wallet: true,
                 older: None,
+                asset: None,
             };
             bytes = page.render().expect("renders").len();
         }

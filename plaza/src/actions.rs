@@ -21,12 +21,12 @@ use crate::pages::{error_page, State};
 
 /// Whether a form may act: its CSRF token is good and its idempotency key is new. Otherwise the
 /// answer to send instead (a refusal, or the page the first send of the same form led to).
-pub enum Gate {
+enum Gate {
     Act(String),
     Answer(HttpResponse),
 }
 
-pub fn gate(state: &State, csrf: Option<&str>, idempotency: Option<&str>) -> Gate {
+fn gate(state: &State, csrf: Option<&str>, idempotency: Option<&str>) -> Gate {
     if let Err(refusal) = state.forms.check_csrf(csrf) {
         return Gate::Answer(error_page(StatusCode::FORBIDDEN, &refusal.to_string()));
     }
@@ -89,6 +89,26 @@ fn refused(errors: &mut FieldErrors, field: &str, error: SubmitError) {
     }
 }
 
+/// A form that signs with the user's key: the key and the claimed idempotency key, or the answer
+/// to send instead (no wallet, a refused token, a form already acted on).
+pub enum Signing {
+    Act {
+        key: aic_ledger::Keypair,
+        attempt: String,
+    },
+    Answer(HttpResponse),
+}
+
+pub fn signing(state: &State, csrf: Option<&str>, idempotency: Option<&str>) -> Signing {
+    let Some(key) = state.wallet.clone() else {
+        return Signing::Answer(no_wallet());
+    };
+    match gate(state, csrf, idempotency) {
+        Gate::Act(attempt) => Signing::Act { key, attempt },
+        Gate::Answer(page) => Signing::Answer(page),
+    }
+}
+
 /// The answer to a form that needs the wallet this console was started without.
 pub(crate) fn no_wallet() -> HttpResponse {
     error_page(
@@ -107,12 +127,9 @@ pub struct TransferForm {
 
 /// Sends AIC from the user's wallet.
 pub async fn transfer(state: web::Data<State>, form: web::Form<TransferForm>) -> HttpResponse {
-    let Some(key) = state.wallet.clone() else {
-        return no_wallet();
-    };
-    let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
-        Gate::Act(attempt) => attempt,
-        Gate::Answer(page) => return page,
+    let (key, attempt) = match signing(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
+        Signing::Act { key, attempt } => (key, attempt),
+        Signing::Answer(page) => return page,
     };
     let mut errors = BTreeMap::new();
     let to = match form.to.as_deref().unwrap_or("").trim().parse::<Address>() {
@@ -148,12 +165,9 @@ pub struct AmountForm {
 
 /// Moves AIC into the user's inference escrow, which pays for gateway calls.
 pub async fn top_up(state: web::Data<State>, form: web::Form<AmountForm>) -> HttpResponse {
-    let Some(key) = state.wallet.clone() else {
-        return no_wallet();
-    };
-    let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
-        Gate::Act(attempt) => attempt,
-        Gate::Answer(page) => return page,
+    let (key, attempt) = match signing(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
+        Signing::Act { key, attempt } => (key, attempt),
+        Signing::Answer(page) => return page,
     };
     let mut errors = BTreeMap::new();
     if let Some(amount) = amount_field(&mut errors, "top_up", form.amount.as_deref()) {
@@ -178,12 +192,9 @@ pub struct ApiKeyForm {
 
 /// Creates an API key for the gateway: its hash goes on the ledger, the key is shown once.
 pub async fn create_api_key(state: web::Data<State>, form: web::Form<ApiKeyForm>) -> HttpResponse {
-    let Some(key) = state.wallet.clone() else {
-        return no_wallet();
-    };
-    let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
-        Gate::Act(attempt) => attempt,
-        Gate::Answer(page) => return page,
+    let (key, attempt) = match signing(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
+        Signing::Act { key, attempt } => (key, attempt),
+        Signing::Answer(page) => return page,
     };
     let mut errors = BTreeMap::new();
     let label = form.label.as_deref().unwrap_or("").trim().to_string();
@@ -227,12 +238,9 @@ pub async fn asset_action(
     let Ok(asset) = id.parse::<AssetId>() else {
         return error_page(StatusCode::NOT_FOUND, "That is not an asset id.");
     };
-    let Some(key) = state.wallet.clone() else {
-        return no_wallet();
-    };
-    let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
-        Gate::Act(attempt) => attempt,
-        Gate::Answer(page) => return page,
+    let (key, attempt) = match signing(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
+        Signing::Act { key, attempt } => (key, attempt),
+        Signing::Answer(page) => return page,
     };
     let mut errors = BTreeMap::new();
     let call = match form.action.as_deref() {
@@ -303,6 +311,7 @@ pub fn notice_of(done: Option<&str>) -> Option<&'static str> {
         "unlist" => "The listing was withdrawn.",
         "buy" => "Bought: the asset is yours and the price went to the seller, in one transaction.",
         "publish" => "Published for inference: the gateway serves it now.",
+        "imported" => "Imported: stored on the storage nodes and minted to you.",
         _ => return None,
     })
 }

@@ -17,7 +17,7 @@ use aic_protocol::{AssetId, JobId};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::actions::{amount_field, gate, see_other, Gate};
+use crate::actions::{amount_field, see_other, signing, Signing};
 use crate::forms::{FieldErrors, FormToken};
 use crate::grid::SubmitError;
 use crate::pages::{all_assets, manifest_of, render, State};
@@ -326,12 +326,9 @@ pub struct ModelForm {
 
 /// Puts a model description on the ledger (a template or one pasted), then on to the quote.
 pub async fn add_model(state: web::Data<State>, form: web::Form<ModelForm>) -> HttpResponse {
-    let Some(key) = state.wallet.clone() else {
-        return crate::actions::no_wallet();
-    };
-    let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
-        Gate::Act(attempt) => attempt,
-        Gate::Answer(page) => return page,
+    let (key, attempt) = match signing(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
+        Signing::Act { key, attempt } => (key, attempt),
+        Signing::Answer(page) => return page,
     };
     let mut errors = BTreeMap::new();
     let pasted = form.spec.as_deref().unwrap_or("").trim().to_string();
@@ -424,12 +421,9 @@ pub struct TrainForm {
 
 /// Escrows the budget and starts the job, after the same checks the quote page made.
 pub async fn train(state: web::Data<State>, form: web::Form<TrainForm>) -> HttpResponse {
-    let Some(key) = state.wallet.clone() else {
-        return crate::actions::no_wallet();
-    };
-    let attempt = match gate(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
-        Gate::Act(attempt) => attempt,
-        Gate::Answer(page) => return page,
+    let (key, attempt) = match signing(&state, form.csrf.as_deref(), form.idempotency.as_deref()) {
+        Signing::Act { key, attempt } => (key, attempt),
+        Signing::Answer(page) => return page,
     };
     let query = BuilderQuery {
         dataset: form.dataset.clone(),

@@ -219,15 +219,20 @@ impl Grid {
         }
     }
 
-    /// Asks a storage node (dialled for this one request) a question of its own.
-    pub async fn storage(&self, address: &str, request: &ClientRequest) -> Result<ClientResponse, String> {
-        let client = tokio::time::timeout(
+    /// A connection to a storage node, for a conversation of several requests (an upload).
+    pub async fn dial_storage(&self, address: &str) -> Result<RpcClient, String> {
+        tokio::time::timeout(
             DIAL_TIMEOUT,
             RpcClient::connect(&self.endpoint, address, Role::Storage),
         )
         .await
         .map_err(|_| format!("the storage node at {address} does not answer"))?
-        .map_err(|e| format!("the storage node at {address} does not answer: {e}"))?;
+        .map_err(|e| format!("the storage node at {address} does not answer: {e}"))
+    }
+
+    /// Asks a storage node (dialled for this one request) a question of its own.
+    pub async fn storage(&self, address: &str, request: &ClientRequest) -> Result<ClientResponse, String> {
+        let client = self.dial_storage(address).await?;
         let answer = client.call(request).await.map_err(|e| e.to_string());
         hang_up(&client);
         answer

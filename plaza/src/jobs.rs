@@ -56,6 +56,8 @@ pub struct JobsPage {
     pub has_wallet: bool,
     /// The link to the next (older) page, if there is one.
     pub older: Option<String>,
+    /// The dataset or model the page is limited to.
+    pub asset: Option<String>,
 }
 
 /// Names of the assets the rows name: one read per distinct asset, not the asset table.
@@ -108,14 +110,23 @@ pub fn job_rows(entries: &[(u64, JobSummary)], names: &HashMap<AssetId, String>)
 pub struct HistoryQuery {
     before: Option<u64>,
     mine: Option<u8>,
+    /// Only the jobs that trained on this dataset or with this model.
+    asset: Option<String>,
 }
 
-/// The job history, newest first, a page at a time; all jobs or the console user's.
+/// The job history, newest first, a page at a time; all jobs, the console user's, or those of
+/// one dataset or model.
 pub async fn history(state: web::Data<State>, query: web::Query<HistoryQuery>) -> HttpResponse {
     let mut problems = Vec::new();
-    let mine = query.mine == Some(1) && state.wallet.is_some();
-    let filter = match (&state.wallet, mine) {
-        (Some(key), true) => JobLogFilter::Payer(key.address()),
+    let asset = match query.asset.as_deref().map(str::parse::<AssetId>) {
+        None => None,
+        Some(Ok(asset)) => Some(asset),
+        Some(Err(_)) => return error_page(StatusCode::NOT_FOUND, "That is not an asset id."),
+    };
+    let mine = query.mine == Some(1) && state.wallet.is_some() && asset.is_none();
+    let filter = match (&state.wallet, mine, asset) {
+        (_, _, Some(asset)) => JobLogFilter::Asset(asset),
+        (Some(key), true, None) => JobLogFilter::Payer(key.address()),
         _ => JobLogFilter::All,
     };
     let request = LedgerRequest::JobLog {
@@ -139,7 +150,10 @@ pub async fn history(state: web::Data<State>, query: web::Query<HistoryQuery>) -
         .then(|| entries.last().map(|(n, _)| *n))
         .flatten()
         .filter(|n| *n > 0)
-        .map(|n| format!("/jobs?before={n}{}", if mine { "&mine=1" } else { "" }));
+        .map(|n| match asset {
+            Some(asset) => format!("/jobs?before={n}&asset={asset}"),
+            None => format!("/jobs?before={n}{}", if mine { "&mine=1" } else { "" }),
+        });
     render(
         StatusCode::OK,
         &JobsPage {
@@ -150,6 +164,7 @@ pub async fn history(state: web::Data<State>, query: web::Query<HistoryQuery>) -
             mine,
             has_wallet: state.wallet.is_some(),
             older,
+            asset: asset.map(|a| a.to_string()),
         },
     )
 }

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod builder;
 pub mod forms;
 pub mod grid;
+pub mod import;
 pub mod jobs;
 pub mod pages;
 pub mod plots;

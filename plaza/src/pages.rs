@@ -31,6 +31,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/", web::get().to(network))
         .route("/datasets", web::get().to(datasets))
+        .route("/datasets/import", web::get().to(crate::import::form))
+        // The multipart body streams; the handler counts the file against its cap.
+        .route("/datasets/import", web::post().to(crate::import::import))
         .route("/models", web::get().to(models))
         .route("/market", web::get().to(market))
         .route("/chain", web::get().to(chain))

@@ -203,6 +203,48 @@ fn pages_render_with_a_banner_and_forms_send_nothing_when_the_scheduler_does_not
         "{page}"
     );
 
+    // The dataset upload: refused beside its field when too big (counted as it arrives), of
+    // the wrong kind, or without the column to predict — before pass 1 reads a byte of it.
+    let (_, import) = browser.get("/datasets/import");
+    let (csrf, key) = (hidden(&import, "csrf"), hidden(&import, "idempotency"));
+    let upload = |file_name: &str, bytes: Vec<u8>, label: &str| {
+        let form = reqwest::blocking::multipart::Form::new()
+            .text("csrf", csrf.clone())
+            .text("idempotency", key.clone())
+            .text("label", label.to_string())
+            .text("fee", "1")
+            .text("replicas", "1")
+            .part(
+                "file",
+                reqwest::blocking::multipart::Part::bytes(bytes).file_name(file_name.to_string()),
+            );
+        let response = browser
+            .client
+            .post(format!("{}/datasets/import", browser.base))
+            .header("cookie", &browser.cookie)
+            .multipart(form)
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    };
+    let too_big = vec![b'1'; aic_plaza::import::MAX_UPLOAD_BYTES as usize + 1];
+    let (code, page) = upload("big.csv", too_big, "y");
+    assert_eq!(code, 422, "{page}");
+    assert!(
+        page.contains("id=\"file-error\"") && page.contains("takes files up to 64 MiB"),
+        "{page}"
+    );
+    let (code, page) = upload("notes.txt", b"a,y\n1,2\n".to_vec(), "y");
+    assert_eq!(code, 422);
+    assert!(page.contains("Choose a .csv or .parquet file"), "{page}");
+    let (code, page) = upload("small.csv", b"a,y\n1,2\n".to_vec(), "");
+    assert_eq!(code, 422);
+    assert!(page.contains("id=\"label-error\""), "{page}");
+    // A column that cannot be imported is named by pass 1, and nothing is stored.
+    let (code, page) = upload("small.csv", b"a,y\n1,x\n2,z\n".to_vec(), "no-such-column");
+    assert_eq!(code, 422);
+    assert!(page.contains("Not imported, nothing stored"), "{page}");
+
     // A console whose forms live no time at all: every form it rendered has expired.
     let instant = console(&runtime, &identity, Duration::ZERO, &shutdown);
     let browser = Browser::login(&instant.url, instant.addr);

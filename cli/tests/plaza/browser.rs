@@ -1,6 +1,6 @@
 //! The AI PLAZA story in a real headless Chromium (Debian's `chromium`, driven through
-//! `chromedriver` over WebDriver): a user previews a dataset in the Easy AI Builder, picks a
-//! template, sees the quote, trains, watches the job's progress arrive over server-sent events,
+//! `chromedriver` over WebDriver): a user imports a CSV file, previews it in the Easy AI Builder,
+//! pastes a model description, sees the quote, trains, watches the job's progress arrive over server-sent events,
 //! opens the trained model's card and lineage, finds the job on the dataset's page, lists the
 //! model for sale and publishes it; a second user buys it from a console of their own; the call
 //! the page gives is pasted into a shell and answered; the chain is verified. Each step
@@ -171,22 +171,35 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
     assert!(text_of(&user, "#nodes").await.contains("compute-1"));
     snap(&user, "01-network").await;
 
-    // The Easy AI Builder: a dataset, previewed.
+    // A dataset imported from the browser: a file chosen, the column to predict named.
+    let upload = tempfile::tempdir().unwrap();
+    let csv = upload.path().join("sides.csv");
+    std::fs::write(&csv, sides_csv(1200)).unwrap();
+    click(&user, "nav a[href='/datasets']").await;
+    click(&user, "#import-link").await;
+    element(&user, "input[name='file']")
+        .await
+        .send_keys(csv.to_str().unwrap())
+        .await
+        .unwrap();
+    fill_and_send(&user, "#import-form", &[("label", "side"), ("fee", "0.5")]).await;
+    assert!(text_of(&user, "#notice").await.contains("Imported"));
+    let imported = user.current_url().await.unwrap();
+    let dataset = imported.path().rsplit('/').next().unwrap().to_string();
+    snap(&user, "02-imported").await;
+
+    // The Easy AI Builder: that dataset, previewed.
     click(&user, "nav a[href='/builder']").await;
-    // The devnet's digits (the suite imports others beside it).
-    let digits = status["datasets"][0]["asset"].as_str().unwrap();
     click(
         &user,
-        &format!("#builder-datasets a[href='/builder?dataset={digits}']"),
+        &format!("#builder-datasets a[href='/builder?dataset={dataset}']"),
     )
     .await;
     let preview = text_of(&user, "#preview").await;
-    assert!(preview.contains("label"), "{preview}");
-    snap(&user, "02-builder-preview").await;
-    // A model from a template, registered on the ledger by the console.
-    let form = user.form(Locator::Css("#model-form")).await.unwrap();
-    form.set_by_name("template", "digits-mlp").await.unwrap();
-    form.submit().await.unwrap();
+    assert!(preview.contains("x1") && preview.contains("left"), "{preview}");
+    snap(&user, "03-builder-preview").await;
+    // A model described by pasting its description, registered on the ledger by the console.
+    fill_and_send(&user, "#model-form", &[("spec", SIDES_MODEL)]).await;
     // The quote before any escrow: for two epochs.
     let first_quote = text_of(&user, "#quote-amount").await;
     fill_and_send(&user, "form[action='/builder'][method='get']", &[("epochs", "2")]).await;
@@ -195,7 +208,7 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
         !quote.is_empty() && quote != first_quote,
         "{first_quote} → {quote}"
     );
-    snap(&user, "03-builder-quote").await;
+    snap(&user, "04-builder-quote").await;
     let balance_before = balance(&user, &base).await;
     click(&user, "#train").await;
 
@@ -221,17 +234,17 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
         .await
         .expect("the training curve");
     assert!(text_of(&user, "#tasks").await.contains("compute-"));
-    snap(&user, "04-job-done").await;
+    snap(&user, "05-job-done").await;
     // Reloaded, the ledger's record: settled, with its trained model and the lineage graph.
     user.goto(&job_url).await.unwrap();
     assert_eq!(text_of(&user, "#outcome").await, "settled");
     user.find(Locator::Css("#lineage-graph svg"))
         .await
         .expect("the lineage graph");
-    snap(&user, "05-job-lineage").await;
+    snap(&user, "06-job-lineage").await;
     click(&user, "#trained-model").await;
     let card = user.current_url().await.unwrap().to_string();
-    assert!(text_of(&user, "#lineage").await.contains("digits"));
+    assert!(text_of(&user, "#lineage").await.contains("sides"));
 
     // Publish it for inference, list it for sale.
     let alias = format!("builder-{}", &job_url.rsplit('/').next().unwrap()[..8]);
@@ -241,17 +254,25 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
     fill_and_send(&user, "#list-form", &[("price", "3")]).await;
     assert!(text_of(&user, "#notice").await.contains("Listed"));
     assert_eq!(text_of(&user, "#price").await, "3 AIC");
-    snap(&user, "06-trained-model-card").await;
+    snap(&user, "07-trained-model-card").await;
 
     // The dataset's page names the job that paid for it.
-    user.goto(&format!("{base}/assets/{digits}")).await.unwrap();
+    user.goto(&format!("{base}/assets/{dataset}")).await.unwrap();
     let job_id = job_url.rsplit('/').next().unwrap();
     let usage = user
         .find(Locator::Css(&format!("#usage a[href='/jobs/{job_id}']")))
         .await;
     assert!(usage.is_ok(), "the dataset's usage lists job {job_id}");
     assert!(text_of(&user, "#holdings").await.contains("storage-"));
-    snap(&user, "07-dataset").await;
+    snap(&user, "08-dataset").await;
+    // Every job that used it, paged from the ledger: this one first.
+    click(&user, "#all-usage").await;
+    assert!(text_of(&user, "#asset-filter").await.contains(&dataset));
+    let newest = element(&user, "#jobs tbody tr a").await;
+    assert_eq!(
+        newest.attr("href").await.unwrap().as_deref(),
+        Some(format!("/jobs/{job_id}").as_str())
+    );
     assert!(
         balance(&user, &base).await < balance_before,
         "the job was paid for"
@@ -267,7 +288,7 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
     click(&buyer, &format!("a[href='{card_path}']")).await;
     click(&buyer, "#buy-form button").await;
     assert!(text_of(&buyer, "#notice").await.contains("Bought"));
-    snap(&buyer, "08-bought").await;
+    snap(&buyer, "09-bought").await;
     let buyer_address = {
         buyer
             .goto(&format!("{}/wallet", buyer_url.split("/?").next().unwrap()))
@@ -308,7 +329,7 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
     click(&user, "nav a[href='/chain']").await;
     let blocks = text_of(&user, "#blocks").await;
     assert!(blocks.lines().count() > 5, "{blocks}");
-    snap(&user, "09-chain").await;
+    snap(&user, "10-chain").await;
     click(&user, "a[href='/chain/verify']").await;
     assert!(text_of(&user, "#verdict").await.contains("blocks verify"));
     user.close().await.unwrap();
@@ -321,4 +342,51 @@ async fn balance(client: &Client, base: &str) -> f64 {
     let text = text_of(client, "#balance").await;
     client.goto(&back).await.unwrap();
     text.trim_end_matches(" AIC").parse().unwrap()
+}
+
+/// A model for the walk's dataset: four numbers in, two classes out.
+const SIDES_MODEL: &str = r#"name = "sides-mlp"
+input = { features = 4 }
+loss = "softmax_cross_entropy"
+
+[[layer]]
+kind = "dense"
+units = 16
+
+[[layer]]
+kind = "relu"
+
+[[layer]]
+name = "logits"
+kind = "dense"
+units = 2
+
+[training]
+optimizer = "adam"
+learning_rate = 0.02
+epochs = 10
+batch_size = 32
+local_steps = 4
+"#;
+
+/// Rows of four numbers and which side of a line the first two put them on: a dataset a user
+/// might bring, made up here so the test needs no download.
+fn sides_csv(rows: usize) -> String {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+    };
+    let mut csv = String::from("x1,x2,x3,x4,side\n");
+    for _ in 0..rows {
+        let x: [f64; 4] = [next(), next(), next(), next()];
+        let side = if x[0] + 0.5 * x[1] > 0.0 { "left" } else { "right" };
+        csv.push_str(&format!(
+            "{:.4},{:.4},{:.4},{:.4},{side}\n",
+            x[0], x[1], x[2], x[3]
+        ));
+    }
+    csv
 }

@@ -232,6 +232,26 @@ pub fn check_the_console(console: &Console, status: &Value, data_dir: &std::path
     ]);
     let received: Value = serde_json::from_slice(&received.stdout).unwrap();
     assert_eq!(received["account"]["balance"], "0.25", "sent once: {received}");
+
+    // The builder's templates: one registered (or found registered) for the digits, then quoted.
+    let (_, builder) = console.get(&format!("/builder?dataset={dataset}"));
+    let (code, location) = console.post(
+        "/builder/model",
+        &[
+            ("csrf", fields(&builder, "csrf").as_str()),
+            ("idempotency", fields(&builder, "idempotency").as_str()),
+            ("dataset", dataset),
+            ("template", "digits-mlp"),
+        ],
+    );
+    assert_eq!(code, 303, "{location}");
+    assert!(
+        location.starts_with(&format!("/builder?dataset={dataset}&model=")),
+        "{location}"
+    );
+    let (code, quoted) = console.get(&location);
+    assert_eq!(code, 200, "{quoted}");
+    assert!(quoted.contains("id=\"quote-amount\""), "{quoted}");
     let (code, page) = console.get("/wallet?done=sent");
     assert_eq!(code, 200);
     assert!(
