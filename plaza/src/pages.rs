@@ -48,7 +48,16 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/jobs/{id}", web::get().to(crate::jobs::job))
         .route("/jobs/{id}/events", web::get().to(crate::jobs::events))
         .route("/builder", web::get().to(crate::builder::builder))
-        .route("/builder/model", web::post().to(crate::builder::add_model))
+        .service(
+            web::resource("/builder/model")
+                // A pasted description may be as long as the model format allows, and
+                // urlencoding can triple it; the handler refuses one over the format's limit
+                // beside its field.
+                .app_data(
+                    web::FormConfig::default().limit(3 * aic_protocol::model_graph::MAX_SPEC_BYTES + 4096),
+                )
+                .route(web::post().to(crate::builder::add_model)),
+        )
         .route("/builder/train", web::post().to(crate::builder::train))
         .route("/plaza.css", web::get().to(stylesheet))
         .route("/plaza.js", web::get().to(script))
@@ -631,6 +640,47 @@ pub(crate) fn utc(ms: u64) -> String {
     )
 }
 
+/// What a trained model's job did, from its runner's report: the spot checks' verdicts and
+/// the compute nodes with what each was paid.
+struct JobWork {
+    checks_agreed: usize,
+    /// Checks that caught a wrong result, or could not decide.
+    checks_failed: usize,
+    /// Node, tasks it ran, what it was paid.
+    nodes: Vec<(String, usize, String)>,
+}
+
+fn job_work(report: &serde_json::Value) -> JobWork {
+    let checks: Vec<&str> = report["spot_checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["verdict"].as_str())
+        .collect();
+    let mut nodes: std::collections::BTreeMap<String, (usize, String)> = Default::default();
+    for task in report["tasks"].as_array().into_iter().flatten() {
+        if let Some(node) = task["node"].as_str() {
+            nodes.entry(node.to_string()).or_insert((0, "0".into())).0 += 1;
+        }
+    }
+    for payment in report["payments"].as_array().into_iter().flatten() {
+        let role = payment["role"].as_str().unwrap_or_default();
+        if let Some(node) = role.strip_prefix("compute (").and_then(|r| r.strip_suffix(')')) {
+            if let Some(entry) = nodes.get_mut(node) {
+                entry.1 = payment["amount"].as_str().unwrap_or("0").to_string();
+            }
+        }
+    }
+    JobWork {
+        checks_agreed: checks.iter().filter(|v| **v == "agreed").count(),
+        checks_failed: checks.iter().filter(|v| **v != "agreed").count(),
+        nodes: nodes
+            .into_iter()
+            .map(|(n, (tasks, paid))| (n, tasks, paid))
+            .collect(),
+    }
+}
+
 /// A storage node's copy of a dataset.
 struct HoldingRow {
     node: String,
@@ -666,6 +716,8 @@ struct AssetPage {
     lineage: Option<Lineage>,
     /// The lineage drawn, with the job's payments.
     lineage_graph: Option<String>,
+    /// From the report of the replica that ran its job, while it has it.
+    work: Option<JobWork>,
     manifest: String,
     dataset: Option<DatasetFacts>,
     /// The console's wallet owns it.
@@ -738,8 +790,12 @@ pub(crate) async fn asset_view(
         None
     };
     let mut lineage_graph = None;
+    let mut work = None;
     if let Some(l) = &lineage {
         if let Ok(job) = l.job.parse::<aic_protocol::JobId>() {
+            if let Ok(Some((_, report))) = state.grid.job(job).await {
+                work = Some(job_work(&report));
+            }
             if let Ok(LedgerResponse::JobSummary(Some((_, summary)))) =
                 state.grid.ledger(&LedgerRequest::JobSummary(job)).await
             {
@@ -807,6 +863,7 @@ pub(crate) async fn asset_view(
             price,
             lineage,
             lineage_graph,
+            work,
             manifest,
             dataset,
             mine,

@@ -202,6 +202,21 @@ fn pages_render_with_a_banner_and_forms_send_nothing_when_the_scheduler_does_not
         page.contains("id=\"spec-error\"") && page.contains("does not read"),
         "{page}"
     );
+    // Descriptions up to the model format's 64 KiB reach the parser (not the framework's 16 KiB
+    // form cap); a longer one is refused beside the field.
+    // (The first is of characters urlencoding triples.)
+    for (filler, says) in [
+        ("%&=".repeat((40 << 10) / 3), "does not read"),
+        ("a".repeat(70 << 10), "A description is at most"),
+    ] {
+        let spec = format!("name = \"x\"\n# {filler}\nnot toml [");
+        let (code, page) = browser.post(
+            "/builder/model",
+            &[("csrf", &csrf), ("idempotency", &key), ("spec", &spec)],
+        );
+        assert_eq!(code, 422, "{} bytes", spec.len());
+        assert!(page.contains(says), "{} bytes: {page}", spec.len());
+    }
 
     // The dataset upload: refused beside its field when too big (counted as it arrives), of
     // the wrong kind, or without the column to predict — before pass 1 reads a byte of it.

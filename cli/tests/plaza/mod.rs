@@ -172,6 +172,12 @@ pub fn check_the_console(console: &Console, status: &Value, data_dir: &std::path
         wallet.contains(&format!("href=\"/assets/{trained}\"")),
         "the payer owns the trained model"
     );
+    // The trained model's card: the work behind it, from its runner's report.
+    let (code, card) = console.get(&format!("/assets/{trained}"));
+    assert_eq!(code, 200);
+    assert!(card.contains("id=\"card-lineage\""), "{card}");
+    assert!(card.contains("<p id=\"card-checks\">Spot checks: "), "{card}");
+    assert!(card.contains("<td>compute-1</td>"), "{card}");
 
     let (code, missing) = console.get("/assets/00000000000000000000000000000000");
     assert_eq!(code, 404, "an unknown asset is a 404 page: {missing}");
