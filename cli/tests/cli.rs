@@ -256,22 +256,10 @@ fn environment_overrides_are_validated_and_named() {
 
 #[test]
 fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("devnet");
-    let mut devnet = Command::new(env!("CARGO_BIN_EXE_aic"))
-        .args(["devnet", "--json", "--timeout-secs", "60", "--data-dir"])
-        .arg(&data_dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // The status line appears once the grid is up; the devnet then keeps serving.
-    let mut status_line = String::new();
-    BufReader::new(devnet.stdout.take().unwrap())
-        .read_line(&mut status_line)
-        .unwrap();
-    let status: Value = serde_json::from_str(&status_line).expect("a status line");
+    let (devnet, status) = devnet_serving(&data_dir, &[]);
     let profile = status["profile"].as_str().unwrap();
 
     let listed = aic(&["nodes", "--json", "--profile", profile]);
@@ -396,13 +384,7 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
     // The whole story again, in a real browser: build, train, watch, publish, sell, buy, call.
     plaza::browser::walk_the_story(&status, &data_dir);
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(devnet.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let exit = devnet.wait().unwrap();
-    assert!(exit.success(), "SIGTERM is a graceful stop: {exit}");
+    devnet.stop();
     assert!(data_dir.join("client.toml").exists(), "a named data dir is kept");
 }
 

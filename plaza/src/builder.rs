@@ -179,7 +179,11 @@ async fn builder_page(
         name: dataset.metadata.name.clone(),
         detail: String::new(),
     });
-    match preview(state, &dataset).await {
+    let previewed = match state.grid.nodes().await {
+        Ok(nodes) => preview(state, &dataset, &nodes).await,
+        Err(e) => Err(e),
+    };
+    match previewed {
         Ok((columns, rows)) => {
             page.preview_columns = columns;
             page.preview_rows = rows;
@@ -243,13 +247,13 @@ async fn builder_page(
     page
 }
 
-/// Rows of a dataset from a storage node that holds it whole.
+/// Rows of a dataset from a storage node that holds it whole, found in the grid's node list.
 pub(crate) async fn preview(
     state: &State,
     dataset: &aic_ledger::state::Asset,
+    nodes: &[aic_protocol::messages::NodeStatus],
 ) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
     let id = aic_protocol::manifest::dataset_id_of_hash(&dataset.metadata.content_hash);
-    let nodes = state.grid.nodes().await?;
     let holder = nodes
         .iter()
         .find(|n| {

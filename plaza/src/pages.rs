@@ -927,29 +927,34 @@ async fn dataset_facts(
         usage: Vec::new(),
         fees_paid: String::new(),
     };
-    match state.grid.nodes().await {
-        Ok(nodes) => {
-            for node in &nodes {
-                for holding in node.holdings.iter().filter(|h| h.dataset == dataset_id) {
-                    facts.replicas_wanted = holding.replicas_wanted;
-                    facts.holdings.push(HoldingRow {
-                        node: node.name.clone(),
-                        state: node.state.as_str().to_string(),
-                        healthy: holding.healthy_shards,
-                        shards: holding.shards,
-                        bytes: format!("{:.1} MiB", holding.bytes as f64 / (1u64 << 20) as f64),
-                    });
-                }
-            }
+    // One node list for both: where the dataset is stored, and which node to ask for rows.
+    let nodes = match state.grid.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            problems.push(format!("Where it is stored could not be read: {e}"));
+            Vec::new()
         }
-        Err(e) => problems.push(format!("Where it is stored could not be read: {e}")),
+    };
+    for node in &nodes {
+        for holding in node.holdings.iter().filter(|h| h.dataset == dataset_id) {
+            facts.replicas_wanted = holding.replicas_wanted;
+            facts.holdings.push(HoldingRow {
+                node: node.name.clone(),
+                state: node.state.as_str().to_string(),
+                healthy: holding.healthy_shards,
+                shards: holding.shards,
+                bytes: format!("{:.1} MiB", holding.bytes as f64 / (1u64 << 20) as f64),
+            });
+        }
     }
-    match crate::builder::preview(state, asset).await {
-        Ok((columns, rows)) => {
-            facts.preview_columns = columns;
-            facts.preview_rows = rows;
+    if !nodes.is_empty() {
+        match crate::builder::preview(state, asset, &nodes).await {
+            Ok((columns, rows)) => {
+                facts.preview_columns = columns;
+                facts.preview_rows = rows;
+            }
+            Err(e) => problems.push(format!("The preview could not be read: {e}")),
         }
-        Err(e) => problems.push(format!("The preview could not be read: {e}")),
     }
     let request = LedgerRequest::JobLog {
         filter: aic_ledger::state::JobLogFilter::Asset(id),

@@ -88,17 +88,23 @@ fn console(
         .unwrap()
 }
 
-#[test]
-fn pages_render_with_a_banner_and_forms_send_nothing_when_the_scheduler_does_not_answer() {
+/// A cluster CA in `dir`, and the user's client identity from it.
+fn cluster_ca(dir: &std::path::Path) -> (CertificateAuthority, IdentityFiles) {
     aic_protocol::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
     let ca = CertificateAuthority::generate("plaza-test").unwrap();
-    ca.save(dir.path()).unwrap();
+    ca.save(dir).unwrap();
     let identity = ca
         .issue(Role::Client, "alice", &[], Validity::default())
         .unwrap()
-        .save(dir.path(), "alice")
+        .save(dir, "alice")
         .unwrap();
+    (ca, identity)
+}
+
+#[test]
+fn pages_render_with_a_banner_and_forms_send_nothing_when_the_scheduler_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, identity) = cluster_ca(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let plaza = console(&runtime, &identity, Duration::from_secs(3600), &shutdown);
@@ -284,15 +290,8 @@ fn pages_render_with_a_banner_and_forms_send_nothing_when_the_scheduler_does_not
 /// CA the login goes over TLS and the cookie is marked Secure; plain HTTP gets nothing.
 #[test]
 fn the_console_listens_beyond_loopback_only_over_https() {
-    aic_protocol::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::generate("plaza-test").unwrap();
-    ca.save(dir.path()).unwrap();
-    let identity = ca
-        .issue(Role::Client, "alice", &[], Validity::default())
-        .unwrap()
-        .save(dir.path(), "alice")
-        .unwrap();
+    let (ca, identity) = cluster_ca(dir.path());
     let server = ca
         .issue(
             Role::Client,

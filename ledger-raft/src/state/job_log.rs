@@ -98,6 +98,16 @@ pub struct JobLog {
     by_asset: BTreeSet<(AssetId, u64)>,
 }
 
+/// The newest entry numbers an index holds for `key`, numbered below `before`.
+fn newest_of<K: Ord + Copy>(index: &BTreeSet<(K, u64)>, key: K, before: u64, limit: usize) -> Vec<u64> {
+    index
+        .range((key, 0)..(key, before))
+        .rev()
+        .take(limit)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
 fn add(sum: &mut Amount, amount: Amount) {
     // Payouts never exceed the escrow they come from, so the sum cannot overflow; should it,
     // the log keeps the largest value rather than stop the ledger.
@@ -130,20 +140,8 @@ impl JobLog {
                 .take(limit)
                 .map(|(n, _)| *n)
                 .collect(),
-            JobLogFilter::Payer(payer) => self
-                .by_payer
-                .range((payer, 0)..(payer, before))
-                .rev()
-                .take(limit)
-                .map(|(_, n)| *n)
-                .collect(),
-            JobLogFilter::Asset(asset) => self
-                .by_asset
-                .range((asset, 0)..(asset, before))
-                .rev()
-                .take(limit)
-                .map(|(_, n)| *n)
-                .collect(),
+            JobLogFilter::Payer(payer) => newest_of(&self.by_payer, payer, before, limit),
+            JobLogFilter::Asset(asset) => newest_of(&self.by_asset, asset, before, limit),
         };
         numbers
             .into_iter()
