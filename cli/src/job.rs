@@ -169,6 +169,10 @@ pub struct SubmitArgs {
     /// trains the same weights (default: drawn from the job id).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Evaluate on the held-out split every N rounds while training, for the accuracy curve
+    /// (each evaluation is quoted and paid; 0: only after the last round).
+    #[arg(long = "evaluate-every", value_name = "ROUNDS", default_value_t = 0)]
+    pub evaluate_every: u32,
     /// Rows per local step: each step takes the next minibatch of a seeded shuffle of the
     /// task's rows (default: the description's, else all of them every step).
     #[arg(long)]
@@ -245,6 +249,7 @@ impl SubmitArgs {
             weight_decay: None,
             batch_size: None,
             seed: None,
+            evaluate_every: 0,
             schedule: None,
             warmup_rounds: 0,
             step_every: 10,
@@ -645,6 +650,7 @@ pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArg
         schedule,
         batch_size: submit.batch_size.or(defaults.batch_size).unwrap_or(0),
         seed: submit.seed,
+        evaluate_every_rounds: submit.evaluate_every,
     };
     let (quote, detail) = match scheduler.call(&ClientRequest::QuoteJob(request.clone())).await? {
         ClientResponse::JobQuote { amount, detail } => {

@@ -10,7 +10,9 @@ use crate::block::BlockHeader;
 use crate::error::TxError;
 use crate::keys::Address;
 use crate::raft::types::{ReplicaAddr, ReplicaId};
-use crate::state::{Account, ApiKey, Asset, Event, HistoryEntry, JobLogFilter, JobSummary, Publication};
+use crate::state::{
+    Account, ApiKey, Asset, Event, HistoryEntry, JobLogFilter, JobSummary, JobWork, Publication,
+};
 use crate::tx::SignedTransaction;
 
 /// Most blocks one `Blocks` answer carries.
@@ -254,7 +256,8 @@ pub enum LedgerResponse {
         entries: Vec<(u64, JobSummary)>,
         total: u64,
     },
-    JobSummary(Option<(u64, JobSummary)>),
+    /// The job's entry number, its summary and its work record.
+    JobSummary(Option<(u64, JobSummary, JobWork)>),
 }
 
 /// A published model as a gateway serves it.

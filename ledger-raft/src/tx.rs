@@ -161,6 +161,13 @@ pub enum Call {
         #[serde(with = "serde_bytes")]
         progress: Vec<u8>,
     },
+    /// Each compute node's part in a job, recorded by its runner before the escrow is released,
+    /// for the job log: what the trained model's card shows of the work behind it.
+    RecordJobWork {
+        job: JobId,
+        runner: NodeId,
+        nodes: Vec<crate::state::NodeWork>,
+    },
     /// Proof-of-Value rewards a settled job earned its verified providers: they accrue and are
     /// issued at the next reward epoch.
     AccrueRewards {
@@ -243,6 +250,7 @@ impl Call {
                 | Call::RecordJob { .. }
                 | Call::CheckpointJob { .. }
                 | Call::TakeOverJob { .. }
+                | Call::RecordJobWork { .. }
                 | Call::AccrueRewards { .. }
                 | Call::PayRewardEpoch { .. }
         )
@@ -277,6 +285,7 @@ impl Call {
             Call::RecordJob { .. } => "record_job",
             Call::CheckpointJob { .. } => "checkpoint_job",
             Call::TakeOverJob { .. } => "take_over_job",
+            Call::RecordJobWork { .. } => "record_job_work",
             Call::AccrueRewards { .. } => "accrue_rewards",
             Call::PayRewardEpoch { .. } => "pay_reward_epoch",
             Call::PublishModel { .. } => "publish_model",

@@ -3,7 +3,8 @@
 
 mod common;
 
-use aic_ledger::state::{JobLogFilter, JobOutcome, MAX_JOB_LOG_PER_REQUEST};
+use aic_ledger::error::TxError;
+use aic_ledger::state::{JobLogFilter, JobOutcome, NodeWork, MAX_JOB_LOG_PER_REQUEST};
 use aic_ledger::tx::{Call, Payout, PayoutKind};
 use aic_protocol::{AssetId, JobId, NodeId};
 use common::{aic, metadata, minted, world};
@@ -50,6 +51,28 @@ fn a_job_is_logged_from_its_escrow_to_its_trained_model_and_stays_after_settling
             round: 4,
             tensors: None,
             progress: Vec::new(),
+        },
+    )
+    .unwrap();
+    // The runner records who did the work before it pays: one node caught by a spot check.
+    let worker = |seed: &[u8], rows, verified_rows, checks_passed, checks_failed| NodeWork {
+        node: NodeId::from_public_key(seed),
+        rows,
+        verified_rows,
+        checks_passed,
+        checks_failed,
+        confirmed_wrong: checks_failed > 0,
+    };
+    let nodes = vec![
+        worker(b"compute-1", 600, 200, 2, 0),
+        worker(b"compute-2", 300, 0, 0, 1),
+    ];
+    w.send(
+        &system,
+        Call::RecordJobWork {
+            job,
+            runner,
+            nodes: nodes.clone(),
         },
     )
     .unwrap();
@@ -105,6 +128,14 @@ fn a_job_is_logged_from_its_escrow_to_its_trained_model_and_stays_after_settling
         (aic(38), aic(4), aic(58))
     );
     assert_eq!(entry.trained_model, Some(trained));
+    // Its work record: the nodes as recorded, every payout.
+    let work = w.state.job_log.work(&job);
+    assert_eq!(work.nodes, nodes);
+    assert_eq!(work.payouts.len(), 4);
+    assert!(work
+        .payouts
+        .contains(&(bob.address(), PayoutKind::Compute, aic(30))));
+    assert!(w.state.job_log.work(&JobId::random()).nodes.is_empty());
     // The dataset's usage and the model's both name the job.
     for asset in [dataset, model] {
         let page = w.state.job_log.page(JobLogFilter::Asset(asset), None, 10);
@@ -181,4 +212,75 @@ fn pages_run_newest_first_from_a_cursor_per_payer_and_are_capped() {
         .job_log
         .page(JobLogFilter::Payer(bob.address()), Some(bobs[4].0), 1);
     assert_eq!(older[0].1.job, jobs[jobs.len() - 11]);
+}
+
+#[test]
+fn a_work_record_comes_only_from_the_runner_of_a_recorded_job_and_names_each_node_once() {
+    let mut w = world();
+    let (alice, system) = (w.alice.clone(), w.system.clone());
+    w.fund(alice.address(), aic(1000));
+    let job = JobId::random();
+    let runner = NodeId::from_public_key(b"sched-1");
+    let node = |seed: &[u8], rows, verified_rows| NodeWork {
+        node: NodeId::from_public_key(seed),
+        rows,
+        verified_rows,
+        checks_passed: 1,
+        checks_failed: 0,
+        confirmed_wrong: false,
+    };
+    let record = |runner, nodes| Call::RecordJobWork { job, runner, nodes };
+    // Before the job is recorded: refused.
+    assert!(matches!(
+        w.send(&system, record(runner, vec![node(b"a", 1, 1)])),
+        Err(TxError::JobNotRecorded(_))
+    ));
+    w.send(&alice, Call::OpenEscrow { job, amount: aic(10) }).unwrap();
+    w.send(
+        &system,
+        Call::RecordJob {
+            job,
+            runner,
+            dataset: AssetId::from_bytes([1; 16]),
+            model: AssetId::from_bytes([2; 16]),
+            request: b"request".to_vec(),
+        },
+    )
+    .unwrap();
+    let refusals = [
+        (
+            record(NodeId::from_public_key(b"sched-2"), vec![node(b"a", 1, 1)]),
+            "another replica",
+        ),
+        (
+            record(runner, vec![node(b"a", 1, 1), node(b"a", 2, 0)]),
+            "a node twice",
+        ),
+        (
+            record(runner, vec![node(b"a", 1, 2)]),
+            "more verified rows than rows",
+        ),
+        (
+            record(
+                runner,
+                (0..1025u32).map(|i| node(&i.to_le_bytes(), 1, 0)).collect(),
+            ),
+            "past the release's payouts",
+        ),
+    ];
+    for (call, why) in refusals {
+        let refused = w.send(&system, call);
+        assert!(
+            matches!(refused, Err(TxError::NotTheRunner { .. } | TxError::Invalid(_))),
+            "{why}: {refused:?}"
+        );
+        assert!(
+            w.state.job_log.work(&job).nodes.is_empty(),
+            "{why}: nothing recorded"
+        );
+    }
+    // A user cannot write it at all: it is a system call.
+    assert!(w.send(&alice, record(runner, vec![node(b"a", 1, 1)])).is_err());
+    w.send(&system, record(runner, vec![node(b"a", 1, 1)])).unwrap();
+    assert_eq!(w.state.job_log.work(&job).nodes.len(), 1);
 }

@@ -24,6 +24,10 @@ use crate::pages::{all_assets, manifest_of, render, State};
 
 /// Rows the preview shows.
 const PREVIEW_ROWS: u32 = 10;
+/// Held-out accuracy after every round unless asked otherwise: the curve the job page plots.
+const DEFAULT_EVALUATE_EVERY: u32 = 1;
+/// The widest evaluation interval the builder takes.
+const MAX_EVALUATE_EVERY: u32 = 10_000;
 /// Most epochs the builder offers (the CLI takes any the scheduler admits).
 const MAX_EPOCHS: u32 = 1000;
 
@@ -66,6 +70,7 @@ struct BuilderPage {
     templates: Vec<(&'static str, &'static str)>,
     model: Option<Choice>,
     epochs: u32,
+    evaluate_every: u32,
     quote: Option<(String, String)>,
     budget: String,
     spec: String,
@@ -79,6 +84,7 @@ pub struct BuilderQuery {
     dataset: Option<String>,
     model: Option<String>,
     epochs: Option<String>,
+    evaluate_every: Option<String>,
 }
 
 /// The builder at whichever step the query reaches.
@@ -163,6 +169,7 @@ async fn builder_page(
         templates: TEMPLATES.iter().map(|(name, about, _)| (*name, *about)).collect(),
         model: None,
         epochs: 0,
+        evaluate_every: DEFAULT_EVALUATE_EVERY,
         quote: None,
         budget: String::new(),
         spec,
@@ -218,12 +225,23 @@ async fn builder_page(
         },
     };
     page.epochs = epochs;
+    let evaluate_every = match query.evaluate_every.as_deref() {
+        None => DEFAULT_EVALUATE_EVERY,
+        Some(text) => evaluate_every_field(&mut page.errors, text).unwrap_or(DEFAULT_EVALUATE_EVERY),
+    };
+    page.evaluate_every = evaluate_every;
     page.model = Some(Choice {
         id: model_id.to_string(),
         name: model.metadata.name.clone(),
         detail: String::new(),
     });
-    let request = job_request(JobId::random(), dataset_id, model_id, &graph, epochs);
+    let request = job_request(
+        JobId::random(),
+        dataset_id,
+        model_id,
+        &graph,
+        (epochs, evaluate_every),
+    );
     match state.grid.quote(&request).await {
         Ok((amount, detail)) => {
             // The quote moves with the grid (its nodes' speeds and reputations) until the job
@@ -299,8 +317,29 @@ pub(crate) async fn preview(
     }
 }
 
-/// The job the builder submits: the model description's training defaults, the epochs chosen.
-fn job_request(job: JobId, dataset: AssetId, model: AssetId, graph: &ModelGraph, epochs: u32) -> JobRequest {
+/// Reads the "held-out accuracy every N rounds" field; a wrong one is noted beside it.
+fn evaluate_every_field(errors: &mut FieldErrors, text: &str) -> Option<u32> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n <= MAX_EVALUATE_EVERY => Some(n),
+        _ => {
+            errors.insert(
+                "evaluate_every".into(),
+                format!("Evaluations come every 0 (only at the end) to {MAX_EVALUATE_EVERY} rounds."),
+            );
+            None
+        }
+    }
+}
+
+/// The job the builder submits: the model description's training defaults, the epochs and the
+/// evaluation interval chosen.
+fn job_request(
+    job: JobId,
+    dataset: AssetId,
+    model: AssetId,
+    graph: &ModelGraph,
+    (epochs, evaluate_every_rounds): (u32, u32),
+) -> JobRequest {
     let defaults = &graph.training;
     JobRequest {
         job,
@@ -316,6 +355,7 @@ fn job_request(job: JobId, dataset: AssetId, model: AssetId, graph: &ModelGraph,
         schedule: defaults.schedule.unwrap_or_default(),
         batch_size: defaults.batch_size.unwrap_or(0),
         seed: None,
+        evaluate_every_rounds,
     }
 }
 
@@ -347,6 +387,7 @@ pub async fn add_model(state: web::Data<State>, form: web::Form<ModelForm>) -> H
         dataset: form.dataset.clone(),
         model,
         epochs: None,
+        evaluate_every: None,
     };
     let graph = match text {
         None => {
@@ -420,6 +461,7 @@ pub struct TrainForm {
     dataset: Option<String>,
     model: Option<String>,
     epochs: Option<String>,
+    evaluate_every: Option<String>,
     budget: Option<String>,
 }
 
@@ -433,6 +475,7 @@ pub async fn train(state: web::Data<State>, form: web::Form<TrainForm>) -> HttpR
         dataset: form.dataset.clone(),
         model: form.model.clone(),
         epochs: form.epochs.clone(),
+        evaluate_every: form.evaluate_every.clone(),
     };
     let mut errors = BTreeMap::new();
     let outcome = async {
@@ -442,8 +485,11 @@ pub async fn train(state: web::Data<State>, form: web::Form<TrainForm>) -> HttpR
         if epochs.is_none() {
             errors.insert("epochs".into(), format!("Epochs are a whole number from 1 to {MAX_EPOCHS}."));
         }
+        let evaluate_every = evaluate_every_field(&mut errors, form.evaluate_every.as_deref().unwrap_or("0"));
         let budget = amount_field(&mut errors, "budget", form.budget.as_deref());
-        let (Some(dataset), Some(model_id), Some(epochs), Some(budget)) = (dataset, model_id, epochs, budget) else {
+        let (Some(dataset), Some(model_id), Some(epochs), Some(evaluate_every), Some(budget)) =
+            (dataset, model_id, epochs, evaluate_every, budget)
+        else {
             return None;
         };
         let model = match state.grid.ledger(&LedgerRequest::Asset(model_id)).await {
@@ -454,7 +500,7 @@ pub async fn train(state: web::Data<State>, form: web::Form<TrainForm>) -> HttpR
             }
         };
         let graph = model_graph::of_manifest(&model.metadata.manifest).ok()?;
-        let request = job_request(JobId::random(), dataset, model_id, &graph, epochs);
+        let request = job_request(JobId::random(), dataset, model_id, &graph, (epochs, evaluate_every));
         let quote = match state.grid.quote(&request).await {
             Ok((amount, _)) => amount.parse::<Amount>().ok()?,
             Err(e) => {

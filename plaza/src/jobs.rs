@@ -204,6 +204,8 @@ struct JobLive {
     accuracy: String,
     escrow_left: String,
     curve: Option<String>,
+    /// The held-out accuracy (or R²) at each evaluation.
+    held_out_curve: Option<String>,
     tasks: Vec<TaskLine>,
     spot_checks: Vec<CheckLine>,
     payments: Vec<(String, String, String)>,
@@ -241,6 +243,26 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// The held-out score per evaluation: accuracy for a classifier, R² for a regression.
+fn held_out_curve(report: &Value) -> Option<String> {
+    let points = report["held_out"].as_array()?;
+    let measure = if points.iter().any(|p| p.get("r2").is_some()) {
+        "r2"
+    } else {
+        "accuracy"
+    };
+    let values: Vec<(u32, f64)> = points
+        .iter()
+        .filter_map(|p| Some((u32::try_from(p["round"].as_u64()?).ok()?, p[measure].as_f64()?)))
+        .collect();
+    let label = if measure == "r2" {
+        "held-out R²"
+    } else {
+        "held-out accuracy"
+    };
+    plots::round_curve(&values, label)
+}
+
 /// The live part of a job's page from the runner's report and the escrow.
 async fn live_part(state: &State, job: JobId, summary: Option<&JobSummary>) -> JobLive {
     let report = state.grid.job(job).await;
@@ -261,6 +283,7 @@ async fn live_part(state: &State, job: JobId, summary: Option<&JobSummary>) -> J
         accuracy: "—".into(),
         escrow_left: escrow,
         curve: None,
+        held_out_curve: None,
         tasks: Vec::new(),
         spot_checks: Vec::new(),
         payments: Vec::new(),
@@ -286,6 +309,16 @@ async fn live_part(state: &State, job: JobId, summary: Option<&JobSummary>) -> J
     live.epoch = text(&report["epoch"]);
     live.loss = number(&report["loss"], 4);
     live.accuracy = crate::pages::accuracy_text(&report);
+    if report["accuracy"].is_null() && report["r2"].is_null() {
+        // Before the final evaluation: the latest periodic one, named by its round.
+        if let Some(point) = report["held_out"].as_array().and_then(|p| p.last()) {
+            live.accuracy = format!(
+                "{} (after round {})",
+                crate::pages::accuracy_text(point),
+                text(&point["round"])
+            );
+        }
+    }
     live.error = text(&report["error"]);
     let curve: Vec<(u32, f64)> = report["curve"]
         .as_array()
@@ -294,6 +327,7 @@ async fn live_part(state: &State, job: JobId, summary: Option<&JobSummary>) -> J
         .filter_map(|p| Some((p["round"].as_u64()? as u32, p["loss"].as_f64()?)))
         .collect();
     live.curve = plots::loss_curve(&curve);
+    live.held_out_curve = held_out_curve(&report);
     let tasks = report["tasks"].as_array().cloned().unwrap_or_default();
     live.tasks = tasks
         .iter()
@@ -336,7 +370,7 @@ async fn live_part(state: &State, job: JobId, summary: Option<&JobSummary>) -> J
 /// The ledger's entry for a job, or why not.
 async fn summary_of(state: &State, job: JobId) -> Result<Option<JobSummary>, String> {
     match state.grid.ledger(&LedgerRequest::JobSummary(job)).await {
-        Ok(LedgerResponse::JobSummary(found)) => Ok(found.map(|(_, s)| s)),
+        Ok(LedgerResponse::JobSummary(found)) => Ok(found.map(|(_, s, _)| s)),
         Ok(other) => Err(format!("unexpected ledger answer: {other:?}")),
         Err(e) => Err(e),
     }

@@ -5,7 +5,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use aic_ledger::api::{LedgerRequest, LedgerResponse, MAX_LISTINGS_PER_REQUEST};
 use aic_ledger::state::{Asset, Provenance};
-use aic_ledger::tx::AssetKind;
+use aic_ledger::tx::{AssetKind, PayoutKind};
+use aic_ledger::Amount;
 use aic_protocol::AssetId;
 use askama::Template;
 
@@ -640,44 +641,72 @@ pub(crate) fn utc(ms: u64) -> String {
     )
 }
 
-/// What a trained model's job did, from its runner's report: the spot checks' verdicts and
-/// the compute nodes with what each was paid.
-struct JobWork {
-    checks_agreed: usize,
-    /// Checks that caught a wrong result, or could not decide.
-    checks_failed: usize,
-    /// Node, tasks it ran, what it was paid.
-    nodes: Vec<(String, usize, String)>,
+/// What a trained model's job did, from the ledger's job log: each compute node's part as the
+/// runner recorded it at settlement (rows, rows a spot check confirmed, checks agreed and
+/// caught) and what the escrow paid it.
+struct CardWork {
+    checks_agreed: u64,
+    checks_caught: u64,
+    nodes: Vec<CardNode>,
 }
 
-fn job_work(report: &serde_json::Value) -> JobWork {
-    let checks: Vec<&str> = report["spot_checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["verdict"].as_str())
-        .collect();
-    let mut nodes: std::collections::BTreeMap<String, (usize, String)> = Default::default();
-    for task in report["tasks"].as_array().into_iter().flatten() {
-        if let Some(node) = task["node"].as_str() {
-            nodes.entry(node.to_string()).or_insert((0, "0".into())).0 += 1;
-        }
-    }
-    for payment in report["payments"].as_array().into_iter().flatten() {
-        let role = payment["role"].as_str().unwrap_or_default();
-        if let Some(node) = role.strip_prefix("compute (").and_then(|r| r.strip_suffix(')')) {
-            if let Some(entry) = nodes.get_mut(node) {
-                entry.1 = payment["amount"].as_str().unwrap_or("0").to_string();
+struct CardNode {
+    name: String,
+    rows: u64,
+    verified_rows: u64,
+    checks: String,
+    paid: String,
+}
+
+/// The card's work section; node names from the registry where the node is still known.
+fn card_work(work: &aic_ledger::state::JobWork, registry: &[aic_protocol::messages::NodeStatus]) -> CardWork {
+    let name_of = |node: &aic_protocol::NodeId| {
+        registry
+            .iter()
+            .find(|n| n.node_id == *node)
+            .map_or_else(|| node.to_string()[..12].to_string(), |n| n.name.clone())
+    };
+    let address_of = |node: &aic_protocol::NodeId| {
+        registry
+            .iter()
+            .find(|n| n.node_id == *node)
+            .and_then(|n| n.payout_address.parse::<aic_ledger::Address>().ok())
+    };
+    let nodes = work
+        .nodes
+        .iter()
+        .map(|n| {
+            let paid = address_of(&n.node).map_or_else(
+                || "?".to_string(),
+                |address| {
+                    work.payouts
+                        .iter()
+                        .filter(|(to, kind, _)| *to == address && *kind == PayoutKind::Compute)
+                        .fold(Amount::ZERO, |sum, (_, _, amount)| {
+                            sum.checked_add(*amount).unwrap_or(sum)
+                        })
+                        .to_string()
+                },
+            );
+            CardNode {
+                name: name_of(&n.node),
+                rows: n.rows,
+                verified_rows: n.verified_rows,
+                checks: match (n.checks_passed, n.checks_failed, n.confirmed_wrong) {
+                    (0, 0, false) => "none".into(),
+                    (passed, 0, false) => format!("{passed} agreed"),
+                    (passed, failed, _) => {
+                        format!("{passed} agreed, {failed} caught: confirmed wrong, unpaid")
+                    }
+                },
+                paid,
             }
-        }
-    }
-    JobWork {
-        checks_agreed: checks.iter().filter(|v| **v == "agreed").count(),
-        checks_failed: checks.iter().filter(|v| **v != "agreed").count(),
-        nodes: nodes
-            .into_iter()
-            .map(|(n, (tasks, paid))| (n, tasks, paid))
-            .collect(),
+        })
+        .collect();
+    CardWork {
+        checks_agreed: work.nodes.iter().map(|n| u64::from(n.checks_passed)).sum(),
+        checks_caught: work.nodes.iter().map(|n| u64::from(n.checks_failed)).sum(),
+        nodes,
     }
 }
 
@@ -717,7 +746,7 @@ struct AssetPage {
     /// The lineage drawn, with the job's payments.
     lineage_graph: Option<String>,
     /// From the report of the replica that ran its job, while it has it.
-    work: Option<JobWork>,
+    work: Option<CardWork>,
     manifest: String,
     dataset: Option<DatasetFacts>,
     /// The console's wallet owns it.
@@ -793,12 +822,11 @@ pub(crate) async fn asset_view(
     let mut work = None;
     if let Some(l) = &lineage {
         if let Ok(job) = l.job.parse::<aic_protocol::JobId>() {
-            if let Ok(Some((_, report))) = state.grid.job(job).await {
-                work = Some(job_work(&report));
-            }
-            if let Ok(LedgerResponse::JobSummary(Some((_, summary)))) =
+            if let Ok(LedgerResponse::JobSummary(Some((_, summary, job_work)))) =
                 state.grid.ledger(&LedgerRequest::JobSummary(job)).await
             {
+                let registry = state.grid.nodes().await.unwrap_or_default();
+                work = Some(card_work(&job_work, &registry));
                 lineage_graph = Some(crate::jobs::lineage_graph(
                     &summary,
                     (l.dataset.clone(), l.dataset_name.clone()),

@@ -10,6 +10,12 @@ const HEIGHT: u32 = 260;
 
 /// The training loss per round; `None` when there is nothing to draw yet.
 pub fn loss_curve(points: &[(u32, f64)]) -> Option<String> {
+    round_curve(points, "training loss")
+}
+
+/// One value per round (`measure` names it on the axis), as a line with a mark at each point:
+/// held-out evaluations may come every few rounds. `None` when there is nothing to draw yet.
+pub fn round_curve(points: &[(u32, f64)], measure: &str) -> Option<String> {
     let finite: Vec<(u32, f64)> = points.iter().copied().filter(|(_, l)| l.is_finite()).collect();
     if finite.is_empty() {
         return None;
@@ -31,12 +37,15 @@ pub fn loss_curve(points: &[(u32, f64)]) -> Option<String> {
         chart
             .configure_mesh()
             .x_desc("round")
-            .y_desc("training loss")
+            .y_desc(measure)
             .light_line_style(WHITE)
             .draw()
             .ok()?;
         chart
             .draw_series(LineSeries::new(finite.iter().copied(), BLUE.stroke_width(2)))
+            .ok()?;
+        chart
+            .draw_series(finite.iter().map(|point| Circle::new(*point, 3, BLUE.filled())))
             .ok()?;
         area.present().ok()?;
     }
@@ -181,6 +190,13 @@ mod tests {
         assert!(svg.contains("<polyline"), "{svg}");
         assert!(svg.contains("training loss"));
         assert!(loss_curve(&[]).is_none());
+        let accuracy = round_curve(&[(2, 0.5), (4, 0.75), (6, 0.9)], "held-out accuracy").unwrap();
+        assert!(accuracy.contains("held-out accuracy"));
+        assert_eq!(
+            accuracy.matches("<circle").count(),
+            3,
+            "a mark at each evaluation"
+        );
         assert!(loss_curve(&[(1, f64::NAN)]).is_none());
         let bars = node_speeds(&[("compute-1".into(), 2.5), ("compute-2".into(), 1.0)]).unwrap();
         assert!(bars.contains("compute-1") && bars.contains("<rect"), "{bars}");

@@ -330,9 +330,23 @@ pub struct JobRequest {
     /// with the same seed trains the same weights. None: drawn from the job id.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Held-out evaluation every this many rounds as the job trains, for its accuracy (or R²)
+    /// curve; each costs one pass over the held-out split and is quoted. 0: only once, after
+    /// the last round.
+    #[serde(default)]
+    pub evaluate_every_rounds: u32,
 }
 
 impl JobRequest {
+    /// How many held-out evaluations a job of `total_rounds` runs: one after every
+    /// `evaluate_every_rounds`-th round before the last, and the final one.
+    pub fn evaluations(&self, total_rounds: u32) -> u32 {
+        match self.evaluate_every_rounds {
+            0 => 1,
+            every => 1 + total_rounds.saturating_sub(1) / every,
+        }
+    }
+
     /// The seed the job trains with: the one asked for, else the job id's first bytes.
     pub fn training_seed(&self) -> u64 {
         self.seed
@@ -1012,5 +1026,39 @@ impl Request for ReplicaRequest {
             ReplicaRequest::InstallSnapshot(_) => "raft_install_snapshot",
             ReplicaRequest::Forward(_) => "forward",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_counts_its_periodic_evaluations_and_the_final_one() {
+        let mut request = JobRequest {
+            job: crate::JobId::from_bytes([1; 16]),
+            dataset_asset: crate::AssetId::from_bytes([2; 16]),
+            model_asset: crate::AssetId::from_bytes([3; 16]),
+            epochs: 3,
+            learning_rate_milli: 100,
+            local_steps: 1,
+            inner_optimizer: InnerOptimizer::Sgd,
+            outer_optimizer: OuterOptimizer::Sgd,
+            outer_learning_rate_milli: 1000,
+            weight_decay_micro: 0,
+            schedule: LrSchedule::Constant,
+            batch_size: 0,
+            seed: None,
+            evaluate_every_rounds: 0,
+        };
+        let counts = |request: &mut JobRequest, every: u32| {
+            request.evaluate_every_rounds = every;
+            [1, 3, 4, 6].map(|rounds| request.evaluations(rounds))
+        };
+        assert_eq!(counts(&mut request, 0), [1, 1, 1, 1]);
+        assert_eq!(counts(&mut request, 1), [1, 3, 4, 6]);
+        // Every 2nd round before the last, then the last: rounds 2 | 2, 3 | 2, 4 | 2, 4, 6.
+        assert_eq!(counts(&mut request, 2), [1, 2, 2, 3]);
+        assert_eq!(counts(&mut request, 10), [1, 1, 1, 1]);
     }
 }

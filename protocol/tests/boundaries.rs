@@ -107,6 +107,7 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         schedule: Default::default(),
         batch_size: 0,
         seed: None,
+        evaluate_every_rounds: 0,
     };
     let registration = Registration {
         role: Role::Compute,

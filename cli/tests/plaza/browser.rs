@@ -15,6 +15,8 @@ use serde_json::Value;
 
 /// How long the walk waits for one page element (a job to finish is the longest).
 const ELEMENT_WAIT: Duration = Duration::from_secs(30);
+/// How often a page that should be left is looked at again.
+const PAGE_CHECK: Duration = Duration::from_millis(50);
 const JOB_WAIT: Duration = Duration::from_secs(300);
 
 /// chromedriver on a free port, stopped when dropped.
@@ -118,8 +120,12 @@ async fn text_of(client: &Client, css: &str) -> String {
     element(client, css).await.text().await.unwrap()
 }
 
+/// Clicks a link or button that leads to another page, and waits until the page it was on is
+/// gone (its root element stale), so the next look is at the new page: a click's navigation
+/// can start after the click answers, and a loaded machine widens that gap.
 async fn click(client: &Client, css: &str) {
-    element(client, css).await.click().await.unwrap();
+    let target = element(client, css).await;
+    leaving(client, target.click()).await;
 }
 
 /// Fills a form's fields by name and submits it, as a user typing and pressing its button.
@@ -128,7 +134,26 @@ async fn fill_and_send(client: &Client, form: &str, fields: &[(&str, &str)]) {
     for (name, value) in fields {
         form.set_by_name(name, value).await.unwrap();
     }
-    form.submit().await.unwrap();
+    leaving(client, form.submit()).await;
+}
+
+/// Runs `action`, which navigates, and answers once the page before it is gone.
+async fn leaving<T>(
+    client: &Client,
+    action: impl std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+) {
+    let before = client.find(Locator::Css("html")).await.unwrap();
+    action.await.unwrap();
+    let checks = ELEMENT_WAIT.as_millis() / PAGE_CHECK.as_millis();
+    for _ in 0..checks {
+        match before.tag_name().await {
+            Err(error) if error.is_stale_element_reference() => return,
+            Err(error) => panic!("checking for the next page: {error}"),
+            Ok(_) => tokio::time::sleep(PAGE_CHECK).await,
+        }
+    }
+    snap(client, "failure").await;
+    panic!("the page did not change within {ELEMENT_WAIT:?}");
 }
 
 /// Starts `aic plaza` for another wallet, as a second user would; answers its URL. Its output
@@ -233,6 +258,13 @@ async fn walk(driver: &Driver, status: &Value, data_dir: &Path) {
     user.find(Locator::Css("#curve svg"))
         .await
         .expect("the training curve");
+    // Held-out accuracy after every round (the builder's default), one mark an evaluation:
+    // two epochs are at least two rounds.
+    let held_out = user
+        .find_all(Locator::Css("#held-out-curve svg circle"))
+        .await
+        .expect("the held-out accuracy curve");
+    assert!(held_out.len() >= 2, "{} evaluations plotted", held_out.len());
     assert!(text_of(&user, "#tasks").await.contains("compute-"));
     snap(&user, "05-job-done").await;
     // Reloaded, the ledger's record: settled, with its trained model and the lineage graph.

@@ -172,11 +172,22 @@ pub fn check_the_console(console: &Console, status: &Value, data_dir: &std::path
         wallet.contains(&format!("href=\"/assets/{trained}\"")),
         "the payer owns the trained model"
     );
-    // The trained model's card: the work behind it, from its runner's report.
+    // The trained model's card: the work behind it, from the ledger's job log — as many
+    // agreed spot checks as the runner's report lists, and the compute nodes by name.
     let (code, card) = console.get(&format!("/assets/{trained}"));
     assert_eq!(code, 200);
     assert!(card.contains("id=\"card-lineage\""), "{card}");
-    assert!(card.contains("<p id=\"card-checks\">Spot checks: "), "{card}");
+    let agreed = status["job"]["spot_checks"]
+        .as_array()
+        .expect("the report lists its spot checks")
+        .iter()
+        .filter(|c| c["verdict"] == "agreed")
+        .count();
+    assert!(agreed > 0, "new nodes are always checked: {}", status["job"]);
+    assert!(
+        card.contains(&format!("settled: {agreed} agreed, 0 caught a wrong result.</p>")),
+        "{card}"
+    );
     assert!(card.contains("<td>compute-1</td>"), "{card}");
 
     let (code, missing) = console.get("/assets/00000000000000000000000000000000");

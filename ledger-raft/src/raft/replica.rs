@@ -385,11 +385,12 @@ impl LedgerReplica {
                 entries: a.state.job_log.page(filter, before, limit),
                 total: a.state.job_log.len() as u64,
             })),
-            LedgerRequest::JobSummary(job) => {
-                Ok(LedgerResponse::JobSummary(self.read(|a| {
-                    a.state.job_log.get(&job).map(|(n, summary)| (n, summary.clone()))
-                })))
-            }
+            LedgerRequest::JobSummary(job) => Ok(LedgerResponse::JobSummary(self.read(|a| {
+                a.state
+                    .job_log
+                    .get(&job)
+                    .map(|(n, summary)| (n, summary.clone(), a.state.job_log.work(&job)))
+            }))),
             LedgerRequest::Status => Ok(LedgerResponse::Status(self.status())),
             LedgerRequest::Audit => Ok(LedgerResponse::Audit(
                 self.read(|a| a.state.audit().map_err(|v| v.to_string())),

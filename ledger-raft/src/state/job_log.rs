@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aic_protocol::{AssetId, JobId};
+use aic_protocol::{AssetId, JobId, NodeId};
 use serde::{Deserialize, Serialize};
 
 use super::{Event, Provenance};
@@ -79,6 +79,30 @@ impl JobSummary {
     }
 }
 
+/// One compute node's part in a job, as the runner recorded it when the job settled: the rows
+/// it was credited, how many of them a spot check confirmed, and the spot checks of its results
+/// that agreed or caught it (a node caught is confirmed wrong: cut from the job, unpaid, slashed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeWork {
+    pub node: NodeId,
+    pub rows: u64,
+    pub verified_rows: u64,
+    pub checks_passed: u32,
+    pub checks_failed: u32,
+    pub confirmed_wrong: bool,
+}
+
+/// Who did a job's work and where its money went, kept beside its summary (and outside the
+/// pages, which stay small): each node's record, every payout and Proof-of-Value reward.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWork {
+    pub nodes: Vec<NodeWork>,
+    /// Paid out of the escrow: to whom, for what, how much (one release, at most its payouts).
+    pub payouts: Vec<(Address, PayoutKind, Amount)>,
+    /// Proof-of-Value rewards accrued for verified rows.
+    pub rewards: Vec<(Address, Amount)>,
+}
+
 /// Which jobs a `JobLog` request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobLogFilter {
@@ -96,6 +120,8 @@ pub struct JobLog {
     by_job: BTreeMap<JobId, u64>,
     by_payer: BTreeSet<(Address, u64)>,
     by_asset: BTreeSet<(AssetId, u64)>,
+    /// Each entry's work record, by entry number (absent until something is recorded).
+    work: BTreeMap<u64, JobWork>,
 }
 
 /// The newest entry numbers an index holds for `key`, numbered below `before`.
@@ -147,6 +173,20 @@ impl JobLog {
             .into_iter()
             .filter_map(|n| Some((n, self.entries.get(&n)?.clone())))
             .collect()
+    }
+
+    /// A job's work record: empty before it settles.
+    pub fn work(&self, job: &JobId) -> JobWork {
+        self.by_job
+            .get(job)
+            .and_then(|number| self.work.get(number))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn work_of(&mut self, job: &JobId) -> Option<&mut JobWork> {
+        let number = *self.by_job.get(job)?;
+        Some(self.work.entry(number).or_default())
     }
 
     fn entry(&mut self, job: &JobId) -> Option<&mut JobSummary> {
@@ -216,9 +256,27 @@ impl JobLog {
                         entry.takeovers = entry.takeovers.saturating_add(1);
                     }
                 }
+                Event::JobWorkRecorded { job, nodes } => {
+                    if let Some(work) = self.work_of(job) {
+                        // A replica that took the job over records it again: the last record
+                        // is the whole job's.
+                        work.nodes = nodes.clone();
+                    }
+                }
+                Event::RewardAccrued { job, to, amount } => {
+                    if let Some(work) = self.work_of(job) {
+                        work.rewards.push((*to, *amount));
+                    }
+                }
                 Event::EscrowPaid {
-                    job, amount, kind, ..
+                    job,
+                    to,
+                    amount,
+                    kind,
                 } => {
+                    if let Some(work) = self.work_of(job) {
+                        work.payouts.push((*to, *kind, *amount));
+                    }
                     if let Some(entry) = self.entry(job) {
                         let sum = match kind {
                             PayoutKind::Compute => &mut entry.compute_paid,

@@ -9,7 +9,8 @@ use aic_protocol::tensor::TensorRef;
 use aic_protocol::{AssetId, JobId, NodeId};
 use serde::{Deserialize, Serialize};
 
-use super::{Event, LedgerState, TxResult};
+use super::escrow::MAX_PAYOUTS;
+use super::{Event, LedgerState, NodeWork, TxResult};
 use crate::error::TxError;
 
 /// Largest encoded job request a record holds.
@@ -89,14 +90,8 @@ impl LedgerState {
         }])
     }
 
-    pub(super) fn checkpoint_job(
-        &mut self,
-        job: &JobId,
-        runner: NodeId,
-        round: u32,
-        tensors: &Option<CheckpointTensors>,
-        progress: &[u8],
-    ) -> TxResult {
+    /// A recorded job's record, if `runner` is the replica running it.
+    fn run_by(&self, job: &JobId, runner: NodeId) -> Result<&JobRecord, TxError> {
         let record = self
             .jobs
             .get(job)
@@ -108,6 +103,18 @@ impl LedgerState {
                 caller: runner.to_string(),
             });
         }
+        Ok(record)
+    }
+
+    pub(super) fn checkpoint_job(
+        &mut self,
+        job: &JobId,
+        runner: NodeId,
+        round: u32,
+        tensors: &Option<CheckpointTensors>,
+        progress: &[u8],
+    ) -> TxResult {
+        let record = self.run_by(job, runner)?;
         if round < record.round {
             return Err(TxError::Invalid(format!(
                 "job {job} is at round {}; a checkpoint cannot go back to {round}",
@@ -147,6 +154,33 @@ impl LedgerState {
             job: *job,
             runner,
             round,
+        }])
+    }
+
+    /// The runner's record of who did a job's work; only the replica running the job may
+    /// write it, while its escrow is open, for at most `MAX_PAYOUTS` nodes.
+    pub(super) fn record_job_work(&mut self, job: &JobId, runner: NodeId, nodes: &[NodeWork]) -> TxResult {
+        self.run_by(job, runner)?;
+        if nodes.len() > MAX_PAYOUTS {
+            return Err(TxError::Invalid(format!(
+                "a job's work names at most {MAX_PAYOUTS} nodes"
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for work in nodes {
+            if !seen.insert(work.node) {
+                return Err(TxError::Invalid(format!("node {} is named twice", work.node)));
+            }
+            if work.verified_rows > work.rows {
+                return Err(TxError::Invalid(format!(
+                    "node {} has more verified rows than rows",
+                    work.node
+                )));
+            }
+        }
+        Ok(vec![Event::JobWorkRecorded {
+            job: *job,
+            nodes: nodes.to_vec(),
         }])
     }
 

@@ -10,6 +10,7 @@ mod blocks;
 mod erc20;
 mod erc721;
 pub use erc721::MAX_MANIFEST_BYTES;
+pub use escrow::MAX_PAYOUTS;
 mod escrow;
 mod inference;
 pub use inference::{
@@ -20,7 +21,7 @@ mod invariants;
 mod market;
 pub use market::Listing;
 mod job_log;
-pub use job_log::{JobLog, JobLogFilter, JobOutcome, JobSummary, MAX_JOB_LOG_PER_REQUEST};
+pub use job_log::{JobLog, JobLogFilter, JobOutcome, JobSummary, JobWork, NodeWork, MAX_JOB_LOG_PER_REQUEST};
 mod jobs;
 pub use jobs::{
     CheckpointTensors, JobRecord, MAX_CHECKPOINT_HOLDERS, MAX_JOB_PROGRESS_BYTES, MAX_JOB_REQUEST_BYTES,
@@ -185,6 +186,10 @@ pub enum Event {
         runner: NodeId,
         round: u32,
     },
+    JobWorkRecorded {
+        job: JobId,
+        nodes: Vec<NodeWork>,
+    },
     JobTakenOver {
         job: JobId,
         from: NodeId,
@@ -295,6 +300,7 @@ impl Event {
             Event::PlatformFeeBurned { .. }
             | Event::JobRecorded { .. }
             | Event::JobCheckpointed { .. }
+            | Event::JobWorkRecorded { .. }
             | Event::JobTakenOver { .. }
             | Event::RewardEpochPaid { .. }
             | Event::ModelUnpublished { .. }
@@ -594,6 +600,7 @@ impl LedgerState {
                 progress,
             } => self.checkpoint_job(job, *runner, *round, tensors, progress),
             Call::TakeOverJob { job, runner } => self.take_over_job(job, *runner),
+            Call::RecordJobWork { job, runner, nodes } => self.record_job_work(job, *runner, nodes),
             Call::AccrueRewards { job, rewards } => self.accrue_rewards(job, rewards),
             Call::PayRewardEpoch { epoch } => self.pay_reward_epoch(*epoch),
             Call::PublishModel {

@@ -326,22 +326,32 @@ pub async fn quote(ctx: &JobContext, request: &JobRequest) -> Result<(Amount, St
     let rows = |entries: &[ShardEntry]| entries.iter().map(|e| e.rows).sum::<u64>();
     let bytes = plan.manifest.shards().map(|e| e.bytes).sum::<u64>();
     let fees = fees(&plan)?;
+    let rounds = request.epochs.saturating_mul(super::engine::rounds_per_epoch(
+        ctx.steps_per_epoch,
+        plan.manifest.train.len(),
+    ));
+    let evaluations = request.evaluations(rounds);
+    let test_rows = rows(&plan.manifest.test)
+        .checked_mul(u64::from(evaluations))
+        .ok_or_else(|| refuse(ErrorCode::InvalidArgument, "the quote overflows"))?;
     let amount = ctx
         .pricing
         .quote(
             fees,
             rows(&plan.manifest.train),
-            rows(&plan.manifest.test),
+            test_rows,
             request.epochs,
             bytes,
             compute,
         )
         .ok_or_else(|| refuse(ErrorCode::InvalidArgument, "the quote overflows"))?;
     let detail = format!(
-        "usage fees {fees} AIC; {} training rows × {} epochs (spot checks counted at the new-node rate) at {} AIC \
-         per million rows; {bytes} bytes to up to {compute} compute nodes at {} AIC per GB; platform fee {} %",
+        "usage fees {fees} AIC; {} training rows × {} epochs (spot checks counted at the new-node rate) and \
+         {} held-out rows × {evaluations} evaluations at {} AIC per million rows; {bytes} bytes to up to \
+         {compute} compute nodes at {} AIC per GB; platform fee {} %",
         rows(&plan.manifest.train),
         request.epochs,
+        rows(&plan.manifest.test),
         ctx.pricing.compute_per_million_rows,
         ctx.pricing.storage_per_gb,
         ctx.pricing.platform_fee_percent

@@ -27,6 +27,10 @@ pub struct Tallies {
     pub storage_bytes: BTreeMap<NodeId, u64>,
     /// Nodes confirmed wrong in this job: never used again, never paid.
     pub banned: BTreeSet<NodeId>,
+    /// Spot checks of each node's results: (agreed, caught). Encoded after the rest of the
+    /// progress (see `Progress::encode`), so checkpoints written before they were counted read.
+    #[serde(skip)]
+    pub checks: BTreeMap<NodeId, (u32, u32)>,
 }
 
 /// A checkpoint's progress field: the tallies and where the round's tasks ran (shard, compute
@@ -38,15 +42,24 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The progress, then the spot-check counts.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("tallies encode")
+        let mut bytes = postcard::to_stdvec(self).expect("tallies encode");
+        bytes.extend(postcard::to_stdvec(&self.tallies.checks).expect("checks encode"));
+        bytes
     }
 
+    /// Reads `encode`'s bytes; without the counts after them (an older checkpoint) the job
+    /// resumes with none counted.
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         if bytes.is_empty() {
             return Ok(Progress::default());
         }
-        postcard::from_bytes(bytes)
+        let (mut progress, rest): (Progress, &[u8]) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            progress.tallies.checks = postcard::from_bytes(rest)?;
+        }
+        Ok(progress)
     }
 }
 
@@ -213,6 +226,8 @@ mod tests {
             tallies.storage_bytes.insert(node(100 + b), 1 << 50);
         }
         tallies.banned.insert(node(7));
+        tallies.checks.insert(node(1), (3, 0));
+        tallies.checks.insert(node(7), (1, 2));
         let progress = Progress {
             tallies,
             assignments: (0..8u8)
@@ -225,5 +240,10 @@ mod tests {
         assert_eq!(Progress::decode(&bytes).unwrap(), progress);
         assert_eq!(Progress::decode(&[]).unwrap(), Progress::default());
         assert!(Progress::decode(&[0xff; 3]).is_err());
+        // A checkpoint from before the checks were counted reads, with none counted.
+        let mut older = progress.clone();
+        older.tallies.checks.clear();
+        let bytes = postcard::to_stdvec(&older).unwrap();
+        assert_eq!(Progress::decode(&bytes).unwrap(), older);
     }
 }

@@ -44,6 +44,14 @@ pub const REPLICA_POLL: Duration = Duration::from_millis(200);
 /// How many times before the job starts anyway (15 s; the tasks then fail without a replica).
 pub const MAX_REPLICA_WAITS: u32 = 75;
 
+/// Rounds in an epoch: `steps_per_epoch`, but never more than there are training shards (each
+/// round takes every n-th shard) and at least one.
+pub fn rounds_per_epoch(steps_per_epoch: u32, train_shards: usize) -> u32 {
+    steps_per_epoch
+        .min(u32::try_from(train_shards).unwrap_or(u32::MAX))
+        .max(1)
+}
+
 /// What the engine needs to know about a job, resolved before it starts.
 #[derive(Clone, Debug)]
 pub struct EngineSetup {
@@ -55,6 +63,8 @@ pub struct EngineSetup {
     /// Rounds per epoch (each round takes every `steps`-th training shard).
     pub steps_per_epoch: u32,
     pub epochs: u32,
+    /// A held-out evaluation after every this many rounds (0: only after the last).
+    pub evaluate_every_rounds: u32,
     /// The model's parameters: the length every update must have.
     pub parameters: u64,
     pub regression: bool,
@@ -284,6 +294,8 @@ pub struct SettleOrder {
     pub verified: Vec<(NodeId, Address, u64)>,
     /// Nodes confirmed wrong in this job, with their accounts.
     pub slash: Vec<(NodeId, Address)>,
+    /// Each compute node's part, for the job log (the trained model's card).
+    pub nodes: Vec<aic_ledger::state::NodeWork>,
     /// The trained weights, when the job completed.
     pub trained: Option<CheckpointTensors>,
 }
@@ -324,7 +336,10 @@ pub enum ReportItem {
         epoch: u32,
         loss: f64,
     },
+    /// A held-out evaluation of the weights after `round`; `last` is the final one.
     Evaluation {
+        round: u32,
+        last: bool,
         rows: u64,
         loss: f64,
         accuracy: Option<f64>,
@@ -417,13 +432,15 @@ pub struct Engine {
     next_exec: u64,
     tasks_minted: u64,
     replica_waits: u32,
+    /// The round after which the latest held-out evaluation ran.
+    evaluated_at: Option<u32>,
     cancelled: bool,
     out: Vec<Command>,
 }
 
 impl Engine {
     pub fn new(setup: EngineSetup) -> Self {
-        let steps = setup.steps_per_epoch.min(setup.train.len() as u32).max(1) as usize;
+        let steps = rounds_per_epoch(setup.steps_per_epoch, setup.train.len()) as usize;
         let groups = (0..steps)
             .map(|s| (0..setup.train.len()).skip(s).step_by(steps).collect())
             .collect();
@@ -445,6 +462,7 @@ impl Engine {
             next_exec: 0,
             tasks_minted: 0,
             replica_waits: 0,
+            evaluated_at: None,
             cancelled: false,
             out: Vec::new(),
         }
@@ -585,14 +603,18 @@ impl Engine {
         round as usize % self.groups.len()
     }
 
-    /// At a round boundary: stop if cancelled, else refresh the nodes for the next round (or
-    /// the evaluation once every round ran).
+    /// At a round boundary: stop if cancelled, else refresh the nodes for the next round, or
+    /// for a held-out evaluation when one is due (every `evaluate_every_rounds`, and the final
+    /// one once every round ran).
     fn begin_round(&mut self) {
         if self.cancelled {
             self.end(Ending::Cancelled);
             return;
         }
-        let evaluate = self.round >= self.total_rounds();
+        let every = self.setup.evaluate_every_rounds;
+        let periodic =
+            every > 0 && self.round > 0 && self.round % every == 0 && self.evaluated_at != Some(self.round);
+        let evaluate = self.round >= self.total_rounds() || periodic;
         self.phase = Phase::Refreshing { evaluate };
         self.out.push(Command::RefreshNodes { after: None });
     }
@@ -1061,6 +1083,26 @@ impl Engine {
         let (Some(original), Some(checker)) = (&s.original, &s.checker) else {
             return;
         };
+        // Each node's record of checks on the work it did: agreed, caught.
+        let (original_node, checker_node) = (original.placement.node, checker.placement.node);
+        let mut count = |node: NodeId, agreed: bool| {
+            let (passed, failed) = self.tallies.checks.entry(node).or_insert((0, 0));
+            let tally = if agreed { passed } else { failed };
+            *tally = tally.saturating_add(1);
+        };
+        match verdict {
+            CheckVerdict::Agreed => count(original_node, true),
+            CheckVerdict::OriginalWrong => count(original_node, false),
+            CheckVerdict::CheckerWrong => {
+                count(original_node, true);
+                count(checker_node, false);
+            }
+            CheckVerdict::Undecided => {}
+        }
+        let s = &self.step.as_ref().expect("a step runs").slots[slot];
+        let (Some(original), Some(checker)) = (&s.original, &s.checker) else {
+            return;
+        };
         self.out.push(Command::Report(ReportItem::SpotCheck {
             round: self.round,
             task: s.task,
@@ -1334,12 +1376,21 @@ impl Engine {
         };
         let round = self.round;
         self.credit(round, &step);
+        let last = round >= self.total_rounds();
         self.out.push(Command::Report(ReportItem::Evaluation {
+            round,
+            last,
             rows,
             loss,
             accuracy,
             r2,
         }));
+        self.evaluated_at = Some(round);
+        if !last {
+            // A periodic evaluation: training goes on from the same weights.
+            self.begin_round();
+            return;
+        }
         self.end(if self.cancelled {
             Ending::Cancelled
         } else {
@@ -1396,12 +1447,33 @@ impl Engine {
             .iter()
             .filter_map(|node| Some((*node, self.payout_address(node)?)))
             .collect();
+        let t = &self.tallies;
+        let nodes = t
+            .compute_rows
+            .keys()
+            .chain(t.checks.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|node| {
+                let (checks_passed, checks_failed) = t.checks.get(node).copied().unwrap_or((0, 0));
+                let rows = t.compute_rows.get(node).copied().unwrap_or(0);
+                aic_ledger::state::NodeWork {
+                    node: *node,
+                    rows,
+                    verified_rows: t.verified_rows.get(node).copied().unwrap_or(0).min(rows),
+                    checks_passed,
+                    checks_failed,
+                    confirmed_wrong: t.banned.contains(node),
+                }
+            })
+            .collect();
         self.phase = Phase::Settling(ending);
         self.out.push(Command::Settle(SettleOrder {
             completed,
             work: self.work_done(completed),
             verified,
             slash,
+            nodes,
             trained: if completed { self.stored.clone() } else { None },
         }));
     }

@@ -108,6 +108,7 @@ fn setup(train: u8, steps: u32, epochs: u32) -> EngineSetup {
         test: vec![shard(10), shard(11)],
         steps_per_epoch: steps,
         epochs,
+        evaluate_every_rounds: 0,
         parameters: PARAMETERS,
         regression: false,
         fees: fees(),
@@ -1139,6 +1140,19 @@ fn a_cancel_during_a_spot_check_stops_the_job_at_the_round_boundary() {
     let order = settle_order(&h.send(Event::Checkpointed(CheckpointOutcome::Recorded)));
     assert!(!order.completed && order.trained.is_none() && order.work.fees.is_empty());
     assert_eq!(order.work.compute_rows.len(), 2);
+    // Node 1's result agreed with node 2's re-run; node 3's was not checked.
+    let parts: Vec<(NodeId, u64, u64, u32, u32)> = order
+        .nodes
+        .iter()
+        .map(|n| (n.node, n.rows, n.verified_rows, n.checks_passed, n.checks_failed))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            (id(1), shard(0).rows, shard(0).rows, 1, 0),
+            (id(3), shard(1).rows, 0, 0, 0)
+        ]
+    );
     assert_eq!(
         h.send(Event::Settled { ok: true }),
         [Command::Finish(Ending::Cancelled)]
@@ -1195,6 +1209,75 @@ fn the_evaluation_runs_unchecked_reports_accuracy_and_settles_completed() {
     assert_eq!(
         h.send(Event::Settled { ok: false }),
         [Command::Finish(Ending::Done)]
+    );
+}
+
+/// The shards a step's placements are for.
+fn placed_shards(commands: &[Command]) -> Vec<ShardEntry> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Place { shard, .. } => Some(shard.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn periodic_evaluations_run_between_rounds_and_the_last_one_ends_the_job() {
+    // Three rounds (one a epoch), held-out accuracy after every second: after round 2, then the
+    // final one after round 3 — as many as the quote counts.
+    let mut s = setup(2, 1, 3);
+    s.evaluate_every_rounds = 2;
+    let (mut h, mut places) = Harness::started(s);
+    let mut evaluations = Vec::new();
+    for round in 1..=3u8 {
+        assert!(
+            placed_shards(&places).iter().all(|e| e != &shard(10)),
+            "round {round} trains"
+        );
+        h.unchecked_round(&execs_of(&places), round);
+        let out = h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+        assert!(out.contains(&Command::RefreshNodes { after: None }), "{out:?}");
+        places = h.send(Event::Nodes(Ok(grid())));
+        if round == 1 {
+            continue;
+        }
+        assert_eq!(
+            placed_shards(&places),
+            [shard(10), shard(11)],
+            "held-out after round {round}"
+        );
+        let execs = execs_of(&places);
+        h.run(execs[0], 1, 0);
+        let out = h.run(execs[1], 2, 0);
+        evaluations.extend(out.iter().filter_map(|c| match c {
+            Command::Report(ReportItem::Evaluation {
+                round,
+                last,
+                accuracy,
+                ..
+            }) => Some((*round, *last, accuracy.is_some())),
+            _ => None,
+        }));
+        if round == 2 {
+            // Training goes on: the nodes are read again for round 3.
+            assert_eq!(decisions(out), [Command::RefreshNodes { after: None }]);
+            places = h.send(Event::Nodes(Ok(grid())));
+        } else {
+            assert!(
+                matches!(out.last(), Some(Command::Checkpoint { round: 3, .. })),
+                "{out:?}"
+            );
+        }
+    }
+    assert_eq!(evaluations, [(2, false, true), (3, true, true)]);
+    // Each evaluation's tasks are credited: the held-out rows twice.
+    let held_out = 2 * (shard(10).rows + shard(11).rows);
+    let trained = 3 * (shard(0).rows + shard(1).rows);
+    assert_eq!(
+        h.engine.tallies().compute_rows.values().sum::<u64>(),
+        held_out + trained
     );
 }
 
@@ -1269,6 +1352,18 @@ fn settlement_pays_no_banned_node_and_no_bytes_of_a_cached_shard() {
     assert!(!order.work.compute_rows.contains_key(&address(1)));
     assert_eq!(order.slash, vec![(id(1), address(1))]);
     assert!(order.verified.iter().all(|(n, _, _)| *n != id(1)));
+    // The work record for the job log: node 1 caught once, confirmed wrong.
+    let record = |b: u8| order.nodes.iter().find(|n| n.node == id(b)).cloned();
+    let caught = record(1).expect("node 1's part is recorded");
+    assert_eq!(
+        (caught.checks_passed, caught.checks_failed, caught.confirmed_wrong),
+        (0, 1, true)
+    );
+    assert!(order
+        .nodes
+        .iter()
+        .all(|n| n.node == id(1) || (n.checks_failed == 0 && !n.confirmed_wrong)));
+    assert!(order.nodes.iter().all(|n| n.verified_rows <= n.rows));
     // Slot 0 came from the storage node (checker's placement), everything else from caches.
     assert_eq!(
         order.work.storage_bytes,

@@ -102,6 +102,7 @@ impl JobReport {
             "rounds": start_round,
             "tasks": [],
             "curve": [],
+            "held_out": [],
             "spot_checks": [],
             "penalties": [],
             "payments": [],
@@ -198,11 +199,25 @@ impl JobReport {
                     .report(rounds.saturating_sub(self.start_round), self.model_bytes);
             }
             ReportItem::Evaluation {
+                round,
+                last,
                 rows,
                 loss,
                 accuracy,
                 r2,
             } => {
+                // The held-out curve, one point an evaluation (the console plots it).
+                let mut point = json!({"round": round, "loss": loss});
+                if let Some(accuracy) = accuracy {
+                    point["accuracy"] = json!(accuracy);
+                }
+                if let Some(r2) = r2 {
+                    point["r2"] = json!(r2);
+                }
+                push(&mut self.value["held_out"], point);
+                if !last {
+                    return;
+                }
                 if let Some(accuracy) = accuracy {
                     self.value["accuracy"] = json!(accuracy);
                 }

@@ -122,6 +122,7 @@ pub fn launch(
         test: plan.manifest.test.clone(),
         steps_per_epoch: ctx.steps_per_epoch,
         epochs: plan.request.epochs,
+        evaluate_every_rounds: plan.request.evaluate_every_rounds,
         parameters: plan.parameters(),
         regression: plan.trainable.is_regression(),
         fees: vec![

@@ -68,6 +68,23 @@ impl Effects {
         let system = self.ctx.system.clone().ok_or("no system key")?;
         let payroll = self.ctx.payroll.clone().ok_or("no system key")?;
         let job = self.plan.request.job;
+        // Who did the work, on the ledger before the escrow (and the job's record) goes: the
+        // trained model's card reads it from the job log. It pays nobody, so a refusal is
+        // logged and settling goes on.
+        let mut nodes = order.nodes;
+        if nodes.len() > aic_ledger::state::MAX_PAYOUTS {
+            nodes.sort_by_key(|n| std::cmp::Reverse(n.rows));
+            nodes.truncate(aic_ledger::state::MAX_PAYOUTS);
+            nodes.sort_by_key(|n| n.node);
+        }
+        let record = Call::RecordJobWork {
+            job,
+            runner: self.ctx.me,
+            nodes,
+        };
+        if let Err(error) = system.submit(&self.ctx.ledger, record).await {
+            warn!(%job, %error, "the job's work record was refused");
+        }
         let settlement = payroll
             .send(Release {
                 job,
