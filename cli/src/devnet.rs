@@ -40,6 +40,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::devnet_control;
 use crate::ledger_client;
 use crate::nodes::{self, ClientProfile};
 use crate::roles::{shutdown_signal, ReadyFile};
@@ -66,7 +67,11 @@ const RESUME_AFTER_SECS: u64 = 10;
 const RESUMED_JOB_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DevnetArgs {
+    /// Act on a running devnet instead of starting one.
+    #[command(subcommand)]
+    pub control: Option<DevnetControl>,
     /// Where to put the CA, configs and logs. Default: a new temporary directory. An existing
     /// directory is reused only if an earlier devnet made it.
     #[arg(long)]
@@ -115,7 +120,18 @@ pub struct DevnetArgs {
     pub task_timeout_secs: u64,
 }
 
+/// What `aic devnet SUBCOMMAND` does to a running devnet.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum DevnetControl {
+    /// Restart one of a running devnet's services (started with --processes), as a
+    /// supervisor would: SIGTERM, wait, start it again from its config.
+    Restart(devnet_control::RestartArgs),
+}
+
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
+    if let Some(DevnetControl::Restart(restart)) = args.control {
+        return devnet_control::restart(restart).await;
+    }
     let (dir, temporary) = prepare_data_dir(args.data_dir.as_deref())?;
     let result = run_in(&dir, &args).await;
     if temporary && args.once {
@@ -154,6 +170,18 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         }
     };
     let plaza_shutdown = CancellationToken::new();
+    // A kill drill is synchronised with the job through the schedulers' drill hook: each holds
+    // the job after the drill's round and tells this socket, which answers once the victim died.
+    let drill_round = args.kill_compute_at_round.or(args.kill_scheduler_at_round);
+    let drill_gate = dir.join("run").join("drill.sock");
+    let drill_listener = match drill_round {
+        Some(_) if args.processes => {
+            std::fs::create_dir_all(dir.join("run"))?;
+            let _ = std::fs::remove_file(&drill_gate);
+            Some(tokio::net::UnixListener::bind(&drill_gate).context("binding the drill's socket")?)
+        }
+        _ => None,
+    };
     let outcome = async {
         let mut metrics_urls = Map::new();
         let mut replicas = Vec::new();
@@ -172,6 +200,12 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             config.jobs.resume_after_ms = args.resume_after_secs * 1000;
             config.jobs.task_timeout_ms = args.task_timeout_secs * 1000;
             config.jobs.reward_epoch_blocks = REWARD_EPOCH_BLOCKS;
+            if let (Some(round), Some(_)) = (drill_round, &drill_listener) {
+                config.jobs.drill = Some(aic_scheduler::job::drill::DrillHook {
+                    hold_after_round: u32::try_from(round).unwrap_or(u32::MAX),
+                    gate: drill_gate.clone(),
+                });
+            }
             let (addr, metrics) = grid.start(dir, name, "scheduler", &config).await?;
             metrics_urls.insert(name.to_string(), json!(metrics));
             replicas.push(ReplicaAddr {
@@ -279,19 +313,19 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         let nodes = wait_until_up(&client, deadline, &mut grid).await?;
         wait_for_ledger(&client, deadline).await?;
         let digits = import_digits(dir, &profile).await?;
-        let (victim, round) = match (args.kill_compute_at_round, args.kill_scheduler_at_round) {
-            (Some(round), _) => ("compute-2", Some(round)),
-            (_, Some(round)) => ("scheduler-1", Some(round)),
-            _ => ("", None),
+        let victim = match (args.kill_compute_at_round, args.kill_scheduler_at_round) {
+            (Some(_), _) => "compute-2",
+            (_, Some(_)) => "scheduler-1",
+            _ => "",
         };
-        let drill = match (round, &grid) {
-            (Some(round), Grid::Processes(children)) => children
-                .iter()
-                .find(|(name, _)| name == victim)
-                .and_then(|(_, child)| child.id())
-                .map(|pid| (round, pid)),
-            _ => None,
-        };
+        if let (Some(listener), Grid::Processes(children)) = (drill_listener, &mut grid) {
+            // The drill owns its victim from here: it kills and reaps it when the job holds.
+            if let Some(service) = children.iter_mut().find(|s| s.name == victim) {
+                if let Some(child) = service.child.take() {
+                    tokio::spawn(kill_when_held(listener, service.name.clone(), child));
+                }
+            }
+        }
         // The other replicas, which follow a job whose replica the drill kills.
         let mut others = Vec::new();
         for replica in &replicas[1..] {
@@ -303,7 +337,6 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         }
         let replica_dies = args.kill_scheduler_at_round.is_some();
         let drill = Drill {
-            kill_at_round: drill,
             replica_dies,
             followers: others.iter().map(|(_, c)| c.clone()).collect(),
         };
@@ -351,7 +384,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         };
         report(dir, args, &profile_path, &status)?;
         if !args.once {
-            shutdown_signal().await?;
+            serve_until_stopped(dir, &mut grid).await?;
         }
         Ok::<_, anyhow::Error>(())
     }
@@ -413,29 +446,6 @@ async fn main_job(
     .await?;
     let submit = crate::job::SubmitArgs::synchronous(digits.asset, model, args.epochs, aic("50"), 0.5);
     let job = crate::job::submit_job(client, &wallets["user"], &submit).await?;
-    if let Some((round, pid)) = drill.kill_at_round {
-        // The drill: once the job reaches `round`, the victim dies without a word (SIGKILL).
-        let watcher = client.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(aic_protocol::messages::ClientResponse::Job { report, .. }) = watcher
-                    .call(&aic_protocol::messages::ClientRequest::JobStatus { job })
-                    .await
-                else {
-                    return;
-                };
-                let report: Value = serde_json::from_str(&report).unwrap_or_default();
-                if report["rounds"].as_u64().unwrap_or(0) >= round || report["state"] != "running" {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-    }
     if !drill.replica_dies {
         let report = crate::job::follow(client, job, !args.json).await?;
         if report["state"] != "moved" {
@@ -530,10 +540,71 @@ async fn serve_trained_model(
     }))
 }
 
+/// Serves until SIGTERM or Ctrl-C; a devnet of processes also takes `aic devnet restart NAME`
+/// on its control socket meanwhile, one at a time.
+async fn serve_until_stopped(dir: &Path, grid: &mut Grid) -> anyhow::Result<()> {
+    let control = match grid {
+        Grid::Processes(_) => Some(devnet_control::bind(dir)?),
+        Grid::InProcess { .. } => None,
+    };
+    let stopped = shutdown_signal();
+    tokio::pin!(stopped);
+    loop {
+        let accepted = async {
+            match &control {
+                Some(listener) => listener.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = &mut stopped => return result,
+            accepted = accepted => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let Some(devnet_control::Request::Restart(name)) =
+                    devnet_control::read_request(&mut stream).await
+                else {
+                    continue;
+                };
+                let outcome = grid.restart(dir, &name).await.map(|ready| {
+                    format!("restarted {name}: QUIC {}, metrics http://{}/metrics", ready.quic, ready.metrics)
+                });
+                if let Err(error) = &outcome {
+                    eprintln!("devnet: restarting {name} failed: {error:#}");
+                }
+                devnet_control::answer(&mut stream, outcome).await;
+            }
+        }
+    }
+}
+
+/// The kill drill's side of the schedulers' drill hook: when the job holds after the drill's
+/// round (the first call on `gate`), SIGKILL the victim, wait until it is gone, and let the job
+/// go on. Later holds (a replica that resumed the job and reached the round again) go straight
+/// on.
+async fn kill_when_held(gate: tokio::net::UnixListener, name: String, mut victim: tokio::process::Child) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let Ok((held, _)) = gate.accept().await else {
+        return;
+    };
+    let mut held = tokio::io::BufReader::new(held);
+    let mut line = String::new();
+    let _ = held.read_line(&mut line).await;
+    // kill() sends SIGKILL and reaps the process: nothing of it runs once this returns.
+    if let Err(error) = victim.kill().await {
+        eprintln!("devnet: the drill could not kill {name}: {error}");
+    }
+    eprintln!(
+        "devnet: drill: killed {name} with the job held at {}",
+        line.trim()
+    );
+    let _ = held.get_mut().write_all(b"go\n").await;
+    while let Ok((mut later, _)) = gate.accept().await {
+        let _ = later.write_all(b"go\n").await;
+    }
+}
+
 /// A failure drill during the main job.
 struct Drill {
-    /// SIGKILL this process once the job reaches this round.
-    kill_at_round: Option<(u64, u32)>,
     /// The job's own replica is the one killed.
     replica_dies: bool,
     /// The other replicas, which follow the job when another replica takes it over.
@@ -700,7 +771,16 @@ enum Grid {
         handles: Vec<ServiceHandle>,
         shutdown: CancellationToken,
     },
-    Processes(Vec<(String, tokio::process::Child)>),
+    Processes(Vec<Service>),
+}
+
+/// A service the devnet started as a process: enough to start it again.
+struct Service {
+    name: String,
+    /// The `aic` subcommand that runs it (`scheduler`, `compute-node`, …).
+    command: String,
+    /// None once a drill has killed it.
+    child: Option<tokio::process::Child>,
 }
 
 impl Grid {
@@ -749,39 +829,35 @@ impl Grid {
                 Ok(started)
             }
             Grid::Processes(children) => {
-                let ready_path = dir.join("run").join(format!("{name}.ready"));
-                let log_path = dir.join("logs").join(format!("{name}.log"));
-                for parent in [&ready_path, &log_path] {
-                    std::fs::create_dir_all(parent.parent().expect("has a parent"))?;
-                }
-                let log = std::fs::File::create(&log_path)
-                    .with_context(|| format!("creating {}", log_path.display()))?;
-                let mut child = tokio::process::Command::new(std::env::current_exe()?);
-                child
-                    .arg(command)
-                    .arg("--config")
-                    .arg(&config_path)
-                    .arg("--ready-file")
-                    .arg(&ready_path)
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .kill_on_drop(true);
-                // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of
-                // the parent; it makes the child exit if the devnet dies without stopping it.
-                unsafe {
-                    child.pre_exec(|| {
-                        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                            .map_err(std::io::Error::from)
-                    });
-                }
-                let mut child = child.spawn().with_context(|| format!("starting {name}"))?;
-                let ready = wait_for_ready(&ready_path, &log_path, &mut child).await;
-                children.push((name.to_string(), child));
+                let (child, ready) = spawn_service(dir, name, command).await;
+                children.push(Service {
+                    name: name.to_string(),
+                    command: command.to_string(),
+                    child,
+                });
                 let ready = ready?;
+                pin_ports(&config_path, &ready)?;
                 Ok((ready.quic, format!("http://{}/metrics", ready.metrics)))
             }
         }
+    }
+
+    /// Restarts a service started as a process, as a supervisor would: SIGTERM and wait (a
+    /// service a drill killed is already gone), then start it again from its config file.
+    async fn restart(&mut self, dir: &Path, name: &str) -> anyhow::Result<ReadyFile> {
+        let Grid::Processes(children) = self else {
+            bail!("only a devnet started with --processes can restart a service");
+        };
+        let Some(service) = children.iter_mut().find(|s| s.name == name) else {
+            let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
+            bail!("no service {name}; the devnet runs {}", names.join(", "));
+        };
+        if let Some(child) = service.child.take() {
+            stop_child(name, child).await;
+        }
+        let (child, ready) = spawn_service(dir, name, &service.command).await;
+        service.child = child;
+        ready
     }
 
     /// Stops every service gracefully and waits for it.
@@ -794,23 +870,107 @@ impl Grid {
                 }
             }
             Grid::Processes(children) => {
-                for (_, child) in &children {
-                    if let Some(pid) = child.id() {
-                        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                    }
+                let running: Vec<(String, tokio::process::Child)> = children
+                    .into_iter()
+                    .filter_map(|s| Some((s.name, s.child?)))
+                    .collect();
+                // All are told at once, then waited for.
+                for (_, child) in &running {
+                    terminate(child);
                 }
-                for (name, mut child) in children {
-                    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-                        Ok(Ok(status)) if status.success() => {}
-                        Ok(Ok(status)) => eprintln!("devnet: {name} exited with {status}"),
-                        _ => {
-                            eprintln!("devnet: {name} did not stop in time; killing it");
-                            let _ = child.kill().await;
-                        }
-                    }
+                for (name, child) in running {
+                    stop_child(&name, child).await;
                 }
             }
+        }
+    }
+}
+
+/// Starts `aic COMMAND --config config/NAME.toml` with its log under logs/, and waits for its
+/// ready file. The child comes back even when it did not get ready, so it is still stopped.
+async fn spawn_service(
+    dir: &Path,
+    name: &str,
+    command: &str,
+) -> (Option<tokio::process::Child>, anyhow::Result<ReadyFile>) {
+    let ready_path = dir.join("run").join(format!("{name}.ready"));
+    let log_path = dir.join("logs").join(format!("{name}.log"));
+    let config_path = dir.join("config").join(format!("{name}.toml"));
+    let started = (|| -> anyhow::Result<tokio::process::Child> {
+        for parent in [&ready_path, &log_path] {
+            std::fs::create_dir_all(parent.parent().expect("has a parent"))?;
+        }
+        // A restart appends to the log and must not read the previous run's ready file.
+        let _ = std::fs::remove_file(&ready_path);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?);
+        child
+            .arg(command)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
+        // parent; it makes the child exit if the devnet dies without stopping it.
+        unsafe {
+            child.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        child.spawn().with_context(|| format!("starting {name}"))
+    })();
+    match started {
+        Ok(mut child) => {
+            let ready = wait_for_ready(&ready_path, &log_path, &mut child).await;
+            (Some(child), ready)
+        }
+        Err(error) => (None, Err(error)),
+    }
+}
+
+/// Writes the ports a service bound into its config file, so a restart listens where its peers
+/// (the Raft membership, the nodes' registrations) already look for it.
+fn pin_ports(config_path: &Path, ready: &ReadyFile) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config_path)?;
+    let mut config: toml::Table = toml::from_str(&text)?;
+    let Some(toml::Value::Table(endpoint)) = config.get_mut("endpoint") else {
+        return Ok(());
+    };
+    endpoint.insert("listen".into(), toml::Value::String(ready.quic.to_string()));
+    endpoint.insert(
+        "metrics_listen".into(),
+        toml::Value::String(ready.metrics.to_string()),
+    );
+    std::fs::write(config_path, toml::to_string(&config)?)?;
+    Ok(())
+}
+
+/// Sends SIGTERM: a graceful stop.
+fn terminate(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// Stops a child gracefully (SIGTERM) and waits for it, killing it after 10 s.
+async fn stop_child(name: &str, mut child: tokio::process::Child) {
+    terminate(&child);
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => eprintln!("devnet: {name} exited with {status}"),
+        _ => {
+            eprintln!("devnet: {name} did not stop in time; killing it");
+            let _ = child.kill().await;
         }
     }
 }
@@ -864,9 +1024,15 @@ async fn wait_until_up(
             return Ok(listed);
         }
         if let Grid::Processes(children) = grid {
-            for (name, child) in children.iter_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("{name} exited with {status}; see its log under logs/");
+            for service in children.iter_mut() {
+                if let Some(status) = service
+                    .child
+                    .as_mut()
+                    .map(|c| c.try_wait())
+                    .transpose()?
+                    .flatten()
+                {
+                    bail!("{} exited with {status}; see its log under logs/", service.name);
                 }
             }
         }

@@ -6,6 +6,7 @@ mod ca;
 mod chain;
 mod dataset;
 mod devnet;
+mod devnet_control;
 mod devnet_prometheus;
 mod gateway;
 mod job;

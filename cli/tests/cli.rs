@@ -1631,17 +1631,23 @@ fn a_compute_node_killed_mid_job_has_its_tasks_rerun_and_the_job_finishes() {
     // Done, accurate, every payment once and the escrow balanced to the base unit.
     check_main_job(job, None);
     assert_eq!(job["rounds"], 60, "every round ran: {job}");
-    // The dead node delivers nothing after it died; what it was running went elsewhere.
+    // The drill held the job after its third round's checkpoint and killed compute-2 then:
+    // it delivers nothing from the fourth round (index 3) on; its work went elsewhere.
     let tasks = job["tasks"].as_array().unwrap();
-    let last_round_of_dead = tasks
+    let rounds_of_dead: Vec<u64> = tasks
         .iter()
         .filter(|t| t["node"] == "compute-2")
         .filter_map(|t| t["round"].as_u64())
-        .max()
-        .unwrap_or(0);
+        .collect();
     assert!(
-        last_round_of_dead <= 4,
-        "no results from compute-2 after it was killed at round 3: {job}"
+        rounds_of_dead.iter().all(|round| *round < 3),
+        "no results from compute-2 after it was killed with the job held at round 3: {rounds_of_dead:?} {job}"
+    );
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t["round"].as_u64() >= Some(3) && t["node"] != "compute-2"),
+        "the rounds after the kill ran elsewhere: {job}"
     );
     for failure in job["failed_attempts"].as_array().unwrap() {
         assert_eq!(
@@ -1707,6 +1713,7 @@ fn a_scheduler_replica_killed_mid_job_has_the_job_resumed_by_the_new_leader() {
     // The console was reading through the replica the drill killed: its pages still show the
     // job, read through the replicas left.
     plaza::check_a_job_after_its_leader_died(&plaza::Console::open(&status), &status["job"]);
+    check_a_killed_replica_restarted(&dir.path().join("devnet"));
     devnet.stop();
     let job = &status["job"];
     // Done, accurate, every payment once (work before the kill included) and the escrow
@@ -1715,9 +1722,9 @@ fn a_scheduler_replica_killed_mid_job_has_the_job_resumed_by_the_new_leader() {
     assert_eq!(job["rounds"], 60, "every round ran: {job}");
     let resumed = &job["resumed"];
     let from = resumed["from_round"].as_u64().expect("the job was resumed");
-    assert!(
-        from >= 5,
-        "resumed from the checkpoint after the kill, not from scratch: {resumed}"
+    assert_eq!(
+        from, 5,
+        "resumed from the checkpoint the drill held the job at, not from scratch: {resumed}"
     );
     assert_ne!(resumed["by"], resumed["previous_runner"], "{resumed}");
     // It went on from the checkpoint's weights, fetched by name from the storage nodes.
@@ -1738,6 +1745,50 @@ fn a_scheduler_replica_killed_mid_job_has_the_job_resumed_by_the_new_leader() {
         .collect();
     assert!(!paid_compute.is_empty(), "{job}");
     assert_eq!(status["chain"]["verified"], true, "{status}");
+}
+
+/// `aic devnet restart` brings back the replica the drill killed, as a supervisor would: it
+/// listens where the membership expects it and catches up with the chain the others grew.
+fn check_a_killed_replica_restarted(data_dir: &std::path::Path) {
+    let data_dir = data_dir.to_str().unwrap();
+    let profile = format!("{data_dir}/client.toml");
+    let height = || {
+        let out = aic(&["ledger", "status", "--json", "--profile", &profile]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["block_height"].as_u64().unwrap()
+    };
+    let unknown = aic(&["devnet", "restart", "scheduler-9", "--data-dir", data_dir]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no service scheduler-9"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let chain_height = height();
+    let out = aic(&["devnet", "restart", "scheduler-1", "--data-dir", data_dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    let metrics = answer
+        .split("metrics http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("the answer names its metrics: {answer}"))
+        .to_string();
+    let restarted = std::time::Instant::now();
+    // Bounded: 30 s of looking, every 50 ms.
+    let caught_up = (0..600).find_map(|_| {
+        let (_, page) = support::http_get(&metrics, "/metrics");
+        if support::sample(&page, "aic_ledger_block_height", "") >= chain_height as f64 {
+            return Some(restarted.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        None
+    });
+    let caught_up = caught_up
+        .unwrap_or_else(|| panic!("scheduler-1 did not reach block {chain_height} after its restart"));
+    eprintln!("scheduler-1 restarted and reached block {chain_height} {caught_up:?} after it listened");
 }
 
 /// `aic model show --spec` checks a description offline: the summary table for a good one, the

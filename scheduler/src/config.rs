@@ -41,6 +41,10 @@ pub struct JobSettings {
     /// The leader resumes a job whose runner has recorded no checkpoint for this long (its
     /// replica died). Longer than a slow round, or a busy runner loses its job.
     pub resume_after_ms: u64,
+    /// A fault drill's hook (written by `aic devnet --kill-*-at-round`; never needed in
+    /// production): hold each job after the checkpoint of a round until the drill is done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::job::drill::DrillHook>,
 }
 
 impl Default for JobSettings {
@@ -56,6 +60,7 @@ impl Default for JobSettings {
             steps_per_epoch: 2,
             task_timeout_ms: 60_000,
             resume_after_ms: 180_000,
+            drill: None,
         }
     }
 }

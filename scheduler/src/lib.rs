@@ -180,6 +180,7 @@ pub async fn start(
         tickets,
         metrics: metrics.clone(),
         task_timeout: Duration::from_millis(config.jobs.task_timeout_ms),
+        drill: config.jobs.drill.clone(),
     };
 
     let mut handle = ServiceHandle::new(name, quic_addr, metrics_addr, shutdown.clone());

@@ -38,6 +38,7 @@ mod admission;
 mod board;
 mod checkpoint;
 mod dispatch;
+pub mod drill;
 pub mod engine;
 mod report;
 mod runner;
@@ -78,4 +79,6 @@ pub struct JobContext {
     /// Block lottery tickets: nodes whose work a spot check confirmed hold one.
     pub tickets: crate::lottery::Tickets,
     pub metrics: SchedulerMetrics,
+    /// A fault drill's hook (`[jobs.drill]`): hold a job at a round until the drill is done.
+    pub drill: Option<drill::DrillHook>,
 }

@@ -18,7 +18,7 @@ use tracing::{info, warn, Instrument, Span};
 use super::admission::{self, Plan, RecordedJob};
 use super::board::{JobState, Open, Update};
 use super::checkpoint::Progress;
-use super::engine::{Command, Ending, Engine, EngineSetup, Event, Resumed};
+use super::engine::{CheckpointOutcome, Command, Ending, Engine, EngineSetup, Event, Resumed};
 use super::report::{JobReport, WireTally};
 use super::JobContext;
 use crate::allocator::UpdateTopology;
@@ -388,7 +388,13 @@ impl Job {
                     tensors,
                     progress,
                 } => self.answer(
-                    async move { Event::Checkpointed(fx.record_checkpoint(at, tensors, progress).await) },
+                    async move {
+                        let outcome = fx.clone().record_checkpoint(at, tensors, progress).await;
+                        if let (Some(drill), CheckpointOutcome::Recorded) = (&fx.ctx.drill, outcome) {
+                            drill.checkpointed(fx.plan.request.job, at).await;
+                        }
+                        Event::Checkpointed(outcome)
+                    },
                     round,
                     ctx,
                 ),
