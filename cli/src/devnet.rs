@@ -126,11 +126,16 @@ pub enum DevnetControl {
     /// Restart one of a running devnet's services (started with --processes), as a
     /// supervisor would: SIGTERM, wait, start it again from its config.
     Restart(devnet_control::RestartArgs),
+    /// SIGKILL one of a running devnet's services (a crash, for drills); `restart` brings it
+    /// back.
+    Kill(devnet_control::RestartArgs),
 }
 
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
-    if let Some(DevnetControl::Restart(restart)) = args.control {
-        return devnet_control::restart(restart).await;
+    match args.control {
+        Some(DevnetControl::Restart(service)) => return devnet_control::ask("restart", service).await,
+        Some(DevnetControl::Kill(service)) => return devnet_control::ask("kill", service).await,
+        None => {}
     }
     let (dir, temporary) = prepare_data_dir(args.data_dir.as_deref())?;
     let result = run_in(&dir, &args).await;
@@ -295,6 +300,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
 
         let profile = ClientProfile {
             scheduler: scheduler_addr,
+            replicas: replicas[1..].iter().map(|r| r.addr.clone()).collect(),
             tls: issue(Role::Client, "client")?.0,
         };
         let profile_path = dir.join("client.toml");
@@ -560,16 +566,19 @@ async fn serve_until_stopped(dir: &Path, grid: &mut Grid) -> anyhow::Result<()> 
             result = &mut stopped => return result,
             accepted = accepted => {
                 let Ok((mut stream, _)) = accepted else { continue };
-                let Some(devnet_control::Request::Restart(name)) =
-                    devnet_control::read_request(&mut stream).await
-                else {
-                    continue;
+                let outcome = match devnet_control::read_request(&mut stream).await {
+                    Some(devnet_control::Request::Restart(name)) => {
+                        grid.restart(dir, &name).await.map(|ready| {
+                            format!("restarted {name}: QUIC {}, metrics http://{}/metrics", ready.quic, ready.metrics)
+                        })
+                    }
+                    Some(devnet_control::Request::Kill(name)) => {
+                        grid.kill(&name).await.map(|()| format!("killed {name}"))
+                    }
+                    None => continue,
                 };
-                let outcome = grid.restart(dir, &name).await.map(|ready| {
-                    format!("restarted {name}: QUIC {}, metrics http://{}/metrics", ready.quic, ready.metrics)
-                });
                 if let Err(error) = &outcome {
-                    eprintln!("devnet: restarting {name} failed: {error:#}");
+                    eprintln!("devnet: {error:#}");
                 }
                 devnet_control::answer(&mut stream, outcome).await;
             }
@@ -845,19 +854,33 @@ impl Grid {
     /// Restarts a service started as a process, as a supervisor would: SIGTERM and wait (a
     /// service a drill killed is already gone), then start it again from its config file.
     async fn restart(&mut self, dir: &Path, name: &str) -> anyhow::Result<ReadyFile> {
-        let Grid::Processes(children) = self else {
-            bail!("only a devnet started with --processes can restart a service");
-        };
-        let Some(service) = children.iter_mut().find(|s| s.name == name) else {
-            let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
-            bail!("no service {name}; the devnet runs {}", names.join(", "));
-        };
+        let service = self.service(name)?;
         if let Some(child) = service.child.take() {
             stop_child(name, child).await;
         }
         let (child, ready) = spawn_service(dir, name, &service.command).await;
         service.child = child;
         ready
+    }
+
+    /// SIGKILLs a service started as a process and reaps it: a crash, for drills.
+    async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let service = self.service(name)?;
+        let Some(mut child) = service.child.take() else {
+            bail!("{name} is not running");
+        };
+        child.kill().await.with_context(|| format!("killing {name}"))
+    }
+
+    fn service(&mut self, name: &str) -> anyhow::Result<&mut Service> {
+        let Grid::Processes(children) = self else {
+            bail!("only a devnet started with --processes runs its services as processes");
+        };
+        let names: Vec<String> = children.iter().map(|s| s.name.clone()).collect();
+        children
+            .iter_mut()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no service {name}; the devnet runs {}", names.join(", ")))
     }
 
     /// Stops every service gracefully and waits for it.

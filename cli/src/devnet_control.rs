@@ -1,7 +1,8 @@
-//! `aic devnet restart NAME --data-dir DIR`: the running devnet's control socket
+//! `aic devnet restart|kill NAME --data-dir DIR`: the running devnet's control socket
 //! (`run/control.sock` in its data dir), through which an operator restarts a service the devnet
-//! started as a process, as a supervisor would. One request a connection: `restart NAME`, then
-//! one line back — `restarted NAME …` or `error: …`.
+//! started as a process, as a supervisor would, or kills one (SIGKILL: a crash, for drills) for a
+//! later restart. One request a connection: `restart NAME` or `kill NAME`, then one line back —
+//! what was done, or `error: …`.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,7 @@ pub fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
 /// A request to the devnet.
 pub enum Request {
     Restart(String),
+    Kill(String),
 }
 
 /// Reads one request from a connection; a malformed one is answered here and yields `None`.
@@ -48,12 +50,15 @@ pub async fn read_request(stream: &mut UnixStream) -> Option<Request> {
         .await;
     let request = match (read, line.trim().split_once(' ')) {
         (Ok(_), Some(("restart", name))) if !name.is_empty() => Some(Request::Restart(name.to_string())),
+        (Ok(_), Some(("kill", name))) if !name.is_empty() => Some(Request::Kill(name.to_string())),
         _ => None,
     };
     if request.is_none() {
         answer(
             stream,
-            Err(anyhow::anyhow!("the devnet understands `restart NAME`")),
+            Err(anyhow::anyhow!(
+                "the devnet understands `restart NAME` and `kill NAME`"
+            )),
         )
         .await;
     }
@@ -69,8 +74,8 @@ pub async fn answer(stream: &mut UnixStream, outcome: anyhow::Result<String>) {
     let _ = stream.write_all(line.as_bytes()).await;
 }
 
-/// The client side: asks the devnet to restart a service and prints its answer.
-pub async fn restart(args: RestartArgs) -> anyhow::Result<()> {
+/// The client side: asks the devnet to `verb` (restart, kill) a service and prints its answer.
+pub async fn ask(verb: &str, args: RestartArgs) -> anyhow::Result<()> {
     let path = socket_path(&args.data_dir);
     let mut stream = UnixStream::connect(&path).await.with_context(|| {
         format!(
@@ -79,7 +84,7 @@ pub async fn restart(args: RestartArgs) -> anyhow::Result<()> {
         )
     })?;
     stream
-        .write_all(format!("restart {}\n", args.name).as_bytes())
+        .write_all(format!("{verb} {}\n", args.name).as_bytes())
         .await?;
     let mut line = String::new();
     BufReader::new(stream).take(4096).read_line(&mut line).await?;

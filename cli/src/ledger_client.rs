@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use aic_ledger::api::{LedgerRequest, LedgerResponse};
+use aic_ledger::api::{LedgerApiError, LedgerRequest, LedgerResponse};
 use aic_ledger::block::{verify_chain, BlockHeader};
+use aic_ledger::remote::RemoteError;
 use aic_ledger::tx::{Call, Transaction};
 use aic_ledger::{Address, Keypair};
 use aic_protocol::rpc::RpcClient;
@@ -15,7 +16,15 @@ pub async fn request(client: &RpcClient, request: &LedgerRequest) -> anyhow::Res
     Ok(aic_ledger::remote::request(client, request).await?)
 }
 
+/// How long a write keeps being sent again while its outcome is unknown (a leader died under it).
+const RESUBMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Signs `call` with `key` at the account's next nonce and submits it; a refusal is an error.
+///
+/// A write whose leader died before answering may or may not have applied; the same signed
+/// transaction is sent again until an answer comes. Its nonce makes that safe: it applies at most
+/// once, and a nonce already spent is checked against the account's history for this very
+/// transaction.
 pub async fn submit(
     client: &RpcClient,
     key: &Keypair,
@@ -34,17 +43,65 @@ pub async fn submit(
         call,
     }
     .sign(key);
-    match request(client, &LedgerRequest::Submit(Box::new(signed))).await? {
-        LedgerResponse::Submitted { hash, index, result } => match result {
-            Ok(events) => Ok((hex::encode(hash), index, events)),
-            // Typed, so a caller can branch on the refusal (`downcast_ref::<TxError>`).
-            Err(refusal) => {
-                let code = refusal.code();
-                Err(anyhow::Error::new(refusal).context(format!("refused (code {code})")))
+    let tx_hash = signed.hash();
+    let deadline = std::time::Instant::now() + RESUBMIT_WAIT;
+    let mut uncertain = false;
+    loop {
+        let sent =
+            aic_ledger::remote::request(client, &LedgerRequest::Submit(Box::new(signed.clone()))).await;
+        match sent {
+            Ok(LedgerResponse::Submitted { hash, index, result }) => match result {
+                Ok(events) => return Ok((hex::encode(hash), index, events)),
+                Err(aic_ledger::error::TxError::BadNonce { .. }) if uncertain => {
+                    return applied_earlier(client, key, tx_hash).await;
+                }
+                // Typed, so a caller can branch on the refusal (`downcast_ref::<TxError>`).
+                Err(refusal) => {
+                    let code = refusal.code();
+                    return Err(anyhow::Error::new(refusal).context(format!("refused (code {code})")));
+                }
+            },
+            Ok(other) => bail!("unexpected answer to a transaction: {other:?}"),
+            Err(RemoteError::Ledger(LedgerApiError::Indeterminate(_)))
+                if std::time::Instant::now() < deadline =>
+            {
+                uncertain = true;
             }
-        },
-        other => bail!("unexpected answer to a transaction: {other:?}"),
+            Err(error) => return Err(error.into()),
+        }
     }
+}
+
+/// After a send whose outcome was unknown, the nonce is spent: by this transaction (found in the
+/// account's recent history), or by another one signed with the same key.
+async fn applied_earlier(
+    client: &RpcClient,
+    key: &Keypair,
+    tx_hash: [u8; 32],
+) -> anyhow::Result<(String, u64, Vec<aic_ledger::state::Event>)> {
+    let LedgerResponse::History(history) = request(
+        client,
+        &LedgerRequest::History {
+            account: key.address(),
+            limit: 100,
+        },
+    )
+    .await?
+    else {
+        bail!("unexpected answer to a history request");
+    };
+    let events: Vec<_> = history
+        .into_iter()
+        .filter(|entry| entry.tx_hash == tx_hash)
+        .map(|entry| entry.event)
+        .collect();
+    if events.is_empty() {
+        bail!(
+            "the transaction's outcome was unknown and its nonce is now spent by another \
+             transaction of this wallet; it was not applied"
+        );
+    }
+    Ok((hex::encode(tx_hash), 0, events))
 }
 
 /// The asset a mint created, from its transaction's events.

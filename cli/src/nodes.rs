@@ -21,6 +21,10 @@ use serde_json::{json, Map, Value};
 pub struct ClientProfile {
     /// The scheduler's QUIC address (host:port).
     pub scheduler: String,
+    /// The cluster's other scheduler replicas, tried in turn when `scheduler` does not answer:
+    /// any replica serves every command (writes are forwarded to the ledger's leader).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     pub tls: IdentityFiles,
 }
 
@@ -28,6 +32,7 @@ impl Default for ClientProfile {
     fn default() -> Self {
         ClientProfile {
             scheduler: "127.0.0.1:7400".into(),
+            replicas: Vec::new(),
             tls: IdentityFiles {
                 ca: "certs/ca.pem".into(),
                 cert: "certs/client.pem".into(),
@@ -41,6 +46,9 @@ impl Validate for ClientProfile {
     fn validate(&self) -> Result<(), Invalid> {
         if !self.scheduler.contains(':') {
             return Err(Invalid::new("scheduler", "must be host:port"));
+        }
+        if self.replicas.iter().any(|r| !r.contains(':')) {
+            return Err(Invalid::new("replicas", "each must be host:port"));
         }
         Ok(())
     }
@@ -77,7 +85,31 @@ pub async fn connect(profile: &ClientProfile) -> anyhow::Result<RpcClient> {
     };
     let tuning = TransportTuning::default();
     let endpoint = transport::endpoint(transport::bind_udp(any, &tuning)?, &identity, &tuning)?;
-    Ok(RpcClient::connect(&endpoint, &profile.scheduler, Role::Scheduler).await?)
+    // Every replica at once; the first to answer serves (each handshake is bounded by the
+    // transport's timeout), so a dead one costs nothing while another is up.
+    let addresses: Vec<&String> = std::iter::once(&profile.scheduler)
+        .chain(&profile.replicas)
+        .collect();
+    let attempts: Vec<_> = addresses
+        .iter()
+        .map(|addr| {
+            let endpoint = endpoint.clone();
+            Box::pin(async move { RpcClient::connect(&endpoint, addr, Role::Scheduler).await })
+        })
+        .collect();
+    let first = futures::future::select_ok(attempts).await;
+    match first {
+        Ok((client, _)) => Ok(client),
+        Err(error) if addresses.len() == 1 => Err(error.into()),
+        Err(error) => anyhow::bail!(
+            "no scheduler replica of {} answers (the last: {error})",
+            addresses
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 pub async fn list_nodes(client: &RpcClient) -> anyhow::Result<Vec<NodeStatus>> {

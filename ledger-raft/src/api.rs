@@ -287,6 +287,13 @@ pub enum LedgerApiError {
     NoLeader,
     #[error("this replica is not the leader and could not reach it: {0}")]
     LeaderUnreachable(String),
+    /// A forwarded write reached for the leader and no answer came back: it may or may not have
+    /// been applied (the account's nonce tells).
+    #[error("the leader did not answer a forwarded write, which may have applied: {0}")]
+    Indeterminate(String),
+    /// The leader could not hear from a majority of the replicas.
+    #[error("fewer than a majority of the ledger's replicas answer")]
+    NoQuorum,
     #[error("raft: {0}")]
     Raft(String),
     #[error("bad request: {0}")]

@@ -22,6 +22,10 @@ pub enum RemoteError {
     Ledger(#[from] LedgerApiError),
     #[error("unexpected answer to a ledger request: {0}")]
     Unexpected(String),
+    /// No leader with a majority behind it answered in time: fewer than a quorum of replicas
+    /// are up or reachable. Nothing was written.
+    #[error("no ledger leader with a majority of replicas within {0:?}; nothing was written")]
+    NoLeaderWithin(Duration),
 }
 
 /// Sends one ledger request; while no leader is known (an election), or while a read's leader
@@ -36,10 +40,15 @@ pub async fn request(client: &RpcClient, request: &LedgerRequest) -> Result<Ledg
         };
         match decode::<LedgerResult>(&bytes)? {
             Ok(response) => return Ok(response),
-            Err(LedgerApiError::NoLeader | LedgerApiError::LeaderUnreachable(_))
-                if Instant::now() < deadline =>
-            {
+            Err(
+                LedgerApiError::NoLeader | LedgerApiError::LeaderUnreachable(_) | LedgerApiError::NoQuorum,
+            ) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(
+                LedgerApiError::NoLeader | LedgerApiError::LeaderUnreachable(_) | LedgerApiError::NoQuorum,
+            ) => {
+                return Err(RemoteError::NoLeaderWithin(LEADER_WAIT));
             }
             Err(LedgerApiError::Raft(_)) if !request.is_write() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;

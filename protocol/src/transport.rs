@@ -189,7 +189,11 @@ pub async fn connect(
     let connecting = endpoint
         .connect(socket_addr, &server_name)
         .map_err(|e| connect_error(e.to_string()))?;
-    let connection = connecting.await.map_err(|e| connect_error(e.to_string()))?;
+    // A dead peer never answers the handshake: give up well before the idle timeout would.
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| connect_error(e.to_string()))?;
     let peer = peer_identity(&connection)?;
     if let Some(expected) = expected {
         if peer.role != expected {
@@ -202,6 +206,9 @@ pub async fn connect(
     }
     Ok((connection, peer))
 }
+
+/// How long a QUIC handshake may take before the peer counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Resolves `host:port` to a socket address and the name the server's certificate must carry.
 async fn resolve(addr: &str) -> Result<(SocketAddr, String)> {

@@ -93,15 +93,20 @@ impl ReplicaPeer {
         E: std::error::Error + DeserializeOwned,
     {
         let client = self.client().await.map_err(unreachable)?;
+        // The connection is put back only when the call answers: a call that fails, or that
+        // openraft cancels at its deadline (a peer that died, or restarted and lost the
+        // connection's state), leaves the next call to connect afresh instead of writing into
+        // a dead connection until QUIC's idle timeout.
+        self.client = None;
         let ReplicaResponse(bytes) = match client.call(&request).await {
             Ok(response) => response,
             Err(error) => {
-                self.client = None;
                 return Err(RPCError::Network(NetworkError::new(&AnyError::error(
                     error.to_string(),
                 ))));
             }
         };
+        self.client = Some(client);
         let result: Result<Resp, E> = postcard::from_bytes(&bytes)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
         result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aic_protocol::messages::{ReplicaRequest, ReplicaResponse};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::{ErrorCode, NodeId, Role, RpcError};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use tokio::sync::Mutex;
 
@@ -98,6 +98,12 @@ pub struct LedgerReplica {
     metrics: LedgerMetrics,
     leader_client: Mutex<Option<(ReplicaId, RpcClient)>>,
 }
+
+/// How long a forwarded request may take on the leader before this replica stops waiting: well
+/// inside a client's own call timeout, so the client hears why and can try again.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for a new leader after the one it was sent to could not be reached.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
 fn raft_error(error: impl std::fmt::Display) -> LedgerApiError {
     LedgerApiError::Raft(error.to_string())
@@ -236,12 +242,36 @@ impl LedgerReplica {
         self.execute(request).await
     }
 
-    /// Executes a request here if this replica leads, else on the leader.
+    /// Executes a request here if this replica leads, else on the leader. A leader that cannot
+    /// be reached (it died; this replica still names it until the election) is waited out:
+    /// once another leader is known the request goes there, within one election's time.
     pub async fn execute(&self, request: LedgerRequest) -> LedgerResult {
-        match self.current_leader() {
-            Some(leader) if leader == self.id => self.execute_here(request).await,
+        let leader = self.current_leader();
+        let first = match leader {
+            Some(leader) if leader == self.id => return self.execute_here(request).await,
             Some(leader) => self.forward(leader, &request).await,
             None => Err(LedgerApiError::NoLeader),
+        };
+        if !matches!(
+            first,
+            Err(LedgerApiError::NoLeader | LedgerApiError::LeaderUnreachable(_))
+        ) {
+            return first;
+        }
+        // Nothing reached a leader (a call that may have is `Indeterminate`, never retried), so
+        // nothing was proposed: trying again cannot apply twice.
+        let changed = self
+            .raft
+            .wait(Some(ELECTION_WAIT))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != leader,
+                "a new leader",
+            )
+            .await;
+        match changed.ok().and_then(|m| m.current_leader) {
+            Some(next) if next == self.id => self.execute_here(request).await,
+            Some(next) => self.forward(next, &request).await,
+            None => first,
         }
     }
 
@@ -255,29 +285,72 @@ impl LedgerReplica {
             .find(|(id, _)| **id == leader)
             .map(|(_, addr)| addr.clone())
             .ok_or(LedgerApiError::NoLeader)?;
-        let mut cached = self.leader_client.lock().await;
-        let client = match cached.as_ref() {
-            Some((id, client)) if *id == leader && !client.is_closed() => client.clone(),
-            _ => {
+        let cached = self
+            .leader_client
+            .lock()
+            .await
+            .as_ref()
+            .filter(|(id, client)| *id == leader && !client.is_closed())
+            .map(|(_, client)| client.clone());
+        let client = match cached {
+            Some(client) => client,
+            None => {
+                // Connecting (bounded by the transport's handshake timeout) holds no lock: a
+                // dead leader's address does not stall every other forward behind it.
                 let client = RpcClient::connect(&self.endpoint, &addr.addr, Role::Scheduler)
                     .await
-                    .map_err(|e| LedgerApiError::LeaderUnreachable(e.to_string()))?;
-                *cached = Some((leader, client.clone()));
+                    .map_err(|e| LedgerApiError::LeaderUnreachable(e.to_string()))?
+                    .with_timeout(FORWARD_TIMEOUT);
+                *self.leader_client.lock().await = Some((leader, client.clone()));
                 client
             }
         };
-        drop(cached);
-        let ReplicaResponse(bytes) = client
-            .call(&ReplicaRequest::Forward(encode(request)))
-            .await
-            .map_err(|e| LedgerApiError::LeaderUnreachable(e.to_string()))?;
-        decode::<LedgerResult>(&bytes)?
+        // A leader that dies mid-call never answers; this replica learns of it when its election
+        // timer fires, and stops waiting then rather than at the call's timeout.
+        let leader_moved = async {
+            let moved = self
+                .raft
+                .wait(Some(FORWARD_TIMEOUT))
+                .metrics(|m| m.current_leader != Some(leader), "the leader to change")
+                .await;
+            if moved.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let forwarded = ReplicaRequest::Forward(encode(request));
+        let answered = tokio::select! {
+            answered = client.call(&forwarded) => answered,
+            () = leader_moved => Err(aic_protocol::Error::Connect {
+                addr: addr.addr.clone(),
+                reason: format!("replica {leader} stopped leading before it answered"),
+            }),
+        };
+        match answered {
+            Ok(ReplicaResponse(bytes)) => decode::<LedgerResult>(&bytes)?,
+            Err(error) => {
+                // A failed call's connection is not trusted again.
+                let mut cached = self.leader_client.lock().await;
+                if cached.as_ref().is_some_and(|(id, _)| *id == leader) {
+                    *cached = None;
+                }
+                // A write the leader may have received may also have been applied.
+                Err(if request.is_write() {
+                    LedgerApiError::Indeterminate(error.to_string())
+                } else {
+                    LedgerApiError::LeaderUnreachable(error.to_string())
+                })
+            }
+        }
     }
 
     /// Executes a request on this replica, which must be the leader.
     async fn execute_here(&self, request: LedgerRequest) -> LedgerResult {
         if !request.is_write() {
-            self.raft.ensure_linearizable().await.map_err(raft_error)?;
+            self.raft.ensure_linearizable().await.map_err(|e| match e {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)) => LedgerApiError::NoLeader,
+                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => LedgerApiError::NoQuorum,
+                other => raft_error(other),
+            })?;
         }
         match request {
             LedgerRequest::Submit(signed) => {
@@ -418,9 +491,8 @@ impl LedgerReplica {
     async fn write(&self, command: LedgerCommand) -> LedgerResult {
         let started = Instant::now();
         let response = self.raft.client_write(command).await.map_err(|e| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-                LedgerApiError::Raft("leadership moved; retry".into())
-            }
+            // Not proposed here: the caller may try again once a leader is known.
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LedgerApiError::NoLeader,
             other => raft_error(other),
         })?;
         self.metrics
