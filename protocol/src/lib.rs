@@ -16,6 +16,7 @@
 //! Nothing here knows about the scheduler's decisions: storage and compute nodes depend on this
 //! crate, never on the control plane.
 
+pub mod alloc_probe;
 pub mod authz;
 pub mod certs;
 pub mod config;

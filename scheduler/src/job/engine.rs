@@ -72,6 +72,9 @@ pub struct EngineSetup {
     pub fees: Vec<(Address, Amount, PayoutKind)>,
     /// Mixed into task ids, so a resumed job's tasks never reuse an earlier runner's ids.
     pub task_seed: u64,
+    /// The account that pays for the job: a node it is paid through never checks the job's
+    /// work.
+    pub payer: Address,
     /// Where a resumed job starts: the checkpoint's round, tallies and tensors.
     pub resumed: Option<Resumed>,
 }
@@ -940,7 +943,8 @@ impl Engine {
             return;
         }
         if check {
-            self.start_exec(slot, ExecRole::Checker, vec![original.placement.node], Vec::new());
+            let exclude = self.could_collude_with(&[original.placement.node]);
+            self.start_exec(slot, ExecRole::Checker, exclude, Vec::new());
         } else {
             self.accept(slot, original, false);
         }
@@ -988,7 +992,8 @@ impl Engine {
                     self.confirm(&[o, c], original.result.rows);
                     self.accept(slot, original, true);
                 } else {
-                    self.start_exec(slot, ExecRole::Third, vec![o, c], Vec::new());
+                    let exclude = self.could_collude_with(&[o, c]);
+                    self.start_exec(slot, ExecRole::Third, exclude, Vec::new());
                 }
             }
             Pair::CheckerThird => {
@@ -1493,6 +1498,36 @@ impl Engine {
         replicas_of(&self.nodes, &self.setup.dataset)
     }
 
+    /// `nodes` and every node that could agree with one of them on a wrong result: the same
+    /// operator (payout account), the same network (an IPv4 /24 or IPv6 /48, unless loopback,
+    /// where a one-machine grid's nodes cannot be told apart by address), or paid through the
+    /// job's own payer. None of them may check `nodes`' work.
+    pub fn could_collude_with(&self, nodes: &[NodeId]) -> Vec<NodeId> {
+        let of = |id: &NodeId| self.nodes.iter().find(|n| n.node_id == *id);
+        let accounts: Vec<&str> = nodes
+            .iter()
+            .filter_map(of)
+            .map(|n| n.payout_address.as_str())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let networks: Vec<Vec<u8>> = nodes
+            .iter()
+            .filter_map(of)
+            .filter_map(|n| network_of(&n.quic_addr))
+            .collect();
+        let payer = self.setup.payer.to_string();
+        let mut excluded = nodes.to_vec();
+        for n in &self.nodes {
+            let related = accounts.contains(&n.payout_address.as_str())
+                || n.payout_address == payer
+                || network_of(&n.quic_addr).is_some_and(|net| networks.contains(&net));
+            if related && !excluded.contains(&n.node_id) {
+                excluded.push(n.node_id);
+            }
+        }
+        excluded
+    }
+
     fn payout_address(&self, node: &NodeId) -> Option<Address> {
         self.nodes
             .iter()
@@ -1549,3 +1584,17 @@ fn s_task(step: &Option<Step>, slot: usize) -> TaskId {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+/// The network a node's address is in, for telling operators apart: an IPv4 /24 or an IPv6 /48.
+/// None for loopback and unspecified addresses (every node of a one-machine grid) and for an
+/// address that does not parse.
+fn network_of(addr: &str) -> Option<Vec<u8>> {
+    let ip = addr.parse::<std::net::SocketAddr>().ok()?.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        return None;
+    }
+    Some(match ip {
+        std::net::IpAddr::V4(v4) => v4.octets()[..3].to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets()[..6].to_vec(),
+    })
+}

@@ -113,6 +113,7 @@ fn setup(train: u8, steps: u32, epochs: u32) -> EngineSetup {
         regression: false,
         fees: fees(),
         task_seed: 42,
+        payer: address(250),
         resumed: None,
     }
 }
@@ -1659,4 +1660,191 @@ fn an_update_a_check_cannot_read_starts_the_task_over_and_judges_nobody() {
         }),
         []
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Colluding nodes
+
+/// What a job run among colluders showed: each spot check's original and verdict, the settle
+/// order, and each checker placement's original with the nodes it excluded.
+struct CollusionRun {
+    verdicts: Vec<(NodeId, CheckVerdict)>,
+    order: SettleOrder,
+    checker_exclusions: Vec<(NodeId, Vec<NodeId>)>,
+}
+
+/// Drives a job to its end, answering every command as the grid would: each task placed on the
+/// first allowed node after the previous placement (round robin), every result checked, the
+/// nodes in `colluders` answering the same wrong update and every other node the right one.
+fn run_with_colluders(mut h: Harness, nodes: &[NodeStatus], colluders: &[NodeId]) -> CollusionRun {
+    use std::collections::VecDeque;
+    let compute: Vec<NodeId> = nodes
+        .iter()
+        .filter(|n| n.role == Role::Compute)
+        .map(|n| n.node_id)
+        .collect();
+    let mut next = 0usize;
+    let mut queue: VecDeque<Command> = h.send(Event::Start).into();
+    let mut verdicts = Vec::new();
+    let mut checker_exclusions = Vec::new();
+    let mut placed: HashMap<u64, NodeId> = HashMap::new();
+    let mut original_of_slot: HashMap<usize, NodeId> = HashMap::new();
+    let mut steps = 0;
+    while let Some(command) = queue.pop_front() {
+        steps += 1;
+        assert!(steps < 100_000, "the job does not end");
+        let answer = match command {
+            Command::RefreshNodes { .. } => Some(Event::Nodes(Ok(nodes.to_vec()))),
+            Command::StoreState => Some(Event::Stored(Ok(tensors(0)))),
+            Command::Place { exec, exclude, .. } => {
+                let node = (0..compute.len())
+                    .map(|i| compute[(next + i) % compute.len()])
+                    .find(|n| !exclude.contains(n));
+                next += 1;
+                if let Some(node) = node {
+                    placed.insert(exec, node);
+                }
+                let b = node.map(|n| compute.iter().position(|c| *c == n).unwrap() as u8 + 1);
+                Some(Event::Placed {
+                    exec,
+                    placement: b.map(placement),
+                })
+            }
+            Command::Dispatch {
+                exec,
+                task,
+                kind,
+                shard,
+                ..
+            } => {
+                let node = placed[&exec];
+                let version = if colluders.contains(&node) { 9 } else { 1 };
+                Some(Event::Ran {
+                    exec,
+                    outcome: Ok(result(task, &shard, kind, version)),
+                })
+            }
+            Command::DrawCheck { slot, node } => {
+                original_of_slot.insert(slot, node);
+                Some(Event::CheckDrawn { slot, check: true })
+            }
+            Command::Compare { slot, pair, a, b } => Some(Event::Compared {
+                slot,
+                pair,
+                outcome: verdict(a.1.update == b.1.update),
+            }),
+            Command::Collect { .. } => Some(Event::Collected(Ok(()))),
+            Command::OuterStep { round } => Some(Event::Stepped(Ok(tensors(round as u8 + 1)))),
+            Command::Checkpoint { .. } => Some(Event::Checkpointed(CheckpointOutcome::Recorded)),
+            Command::Settle(order) => {
+                return CollusionRun {
+                    verdicts,
+                    order,
+                    checker_exclusions,
+                }
+            }
+            Command::Report(ReportItem::SpotCheck {
+                original, verdict, ..
+            }) => {
+                verdicts.push((original, verdict));
+                None
+            }
+            _ => None,
+        };
+        if let Some(event) = answer {
+            let out = h.send(event);
+            // A checker's placement: note whom it may not run on.
+            for c in &out {
+                if let Command::Place { exec, exclude, .. } = c {
+                    if let Some(e) = h.engine.execs.get(exec) {
+                        if e.role == ExecRole::Checker {
+                            let original = original_of_slot.get(&e.slot).copied();
+                            if let Some(original) = original {
+                                checker_exclusions.push((original, exclude.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            queue.extend(out);
+        }
+    }
+    panic!("the job ended without a settle order");
+}
+
+/// Twenty compute nodes; nodes 1 to 4 (20 %) are one operator's, paid to one account.
+fn grid_with_an_operator_of_four() -> Vec<NodeStatus> {
+    let mut nodes: Vec<NodeStatus> = (1..=20).map(|b| node(b, Role::Compute)).collect();
+    for i in 1..4 {
+        nodes[i].payout_address = nodes[0].payout_address.clone();
+    }
+    nodes.push(node(STORAGE, Role::Storage));
+    nodes
+}
+
+#[test]
+fn colluding_nodes_never_check_each_other_and_every_checked_wrong_result_is_caught() {
+    let nodes = grid_with_an_operator_of_four();
+    let colluders = [id(1), id(2), id(3), id(4)];
+    // Forty training shards over two rounds, every result checked.
+    let s = setup(40, 2, 1);
+    let CollusionRun {
+        verdicts,
+        order,
+        checker_exclusions: exclusions,
+    } = run_with_colluders(Harness::new(s), &nodes, &colluders);
+    // A colluder's check never ran on its partner.
+    let of_colluders: Vec<&(NodeId, Vec<NodeId>)> =
+        exclusions.iter().filter(|(o, _)| colluders.contains(o)).collect();
+    assert!(
+        !of_colluders.is_empty(),
+        "the colluders ran tasks: {exclusions:?}"
+    );
+    for (original, exclude) in &of_colluders {
+        assert!(
+            colluders.iter().all(|c| exclude.contains(c)),
+            "{original:?}'s check may not run on its operator's other node: {exclude:?}"
+        );
+    }
+    // Detection: every result a colluder delivered was caught; no honest node penalised.
+    let colluder_checks: Vec<CheckVerdict> = verdicts
+        .iter()
+        .filter(|(o, _)| colluders.contains(o))
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(!colluder_checks.is_empty());
+    assert!(
+        colluder_checks.iter().all(|v| *v == CheckVerdict::OriginalWrong),
+        "{verdicts:?}"
+    );
+    // An honest node's result checked by a colluder: the third run sides with the honest one.
+    assert!(verdicts
+        .iter()
+        .filter(|(o, _)| !colluders.contains(o))
+        .all(|(_, v)| matches!(v, CheckVerdict::Agreed | CheckVerdict::CheckerWrong)));
+    let slashed: Vec<NodeId> = order.slash.iter().map(|(n, _)| *n).collect();
+    eprintln!(
+        "colluders (4 of 20 nodes, one operator): {} of their results checked, {} caught; {} checks of honest \
+         results, none penalised",
+        colluder_checks.len(),
+        colluder_checks.iter().filter(|v| **v == CheckVerdict::OriginalWrong).count(),
+        verdicts.len() - colluder_checks.len()
+    );
+    assert!(slashed.iter().all(|n| colluders.contains(n)), "{slashed:?}");
+    assert!(!slashed.is_empty());
+}
+
+#[test]
+fn a_node_on_the_same_network_or_paid_through_the_payer_is_no_checker() {
+    let mut nodes: Vec<NodeStatus> = (1..=5).map(|b| node(b, Role::Compute)).collect();
+    nodes[0].quic_addr = "203.0.113.10:7000".into();
+    nodes[1].quic_addr = "203.0.113.77:7000".into(); // the same /24
+    nodes[2].quic_addr = "198.51.100.5:7000".into();
+    nodes[3].payout_address = address(250).to_string(); // the job's payer
+    let mut h = Harness::new(setup(2, 1, 1));
+    h.send(Event::Start);
+    h.send(Event::Nodes(Ok(nodes)));
+    assert_eq!(h.engine.could_collude_with(&[id(1)]), vec![id(1), id(2), id(4)]);
+    // Loopback addresses say nothing about operators: only the payer's node is excluded.
+    assert_eq!(h.engine.could_collude_with(&[id(5)]), vec![id(5), id(4)]);
 }

@@ -138,6 +138,7 @@ pub fn launch(
             ),
         ],
         task_seed: rand::random(),
+        payer: plan.payer,
         resumed,
     };
     let start_round = setup.resumed.as_ref().map_or(0, |r| r.round);
