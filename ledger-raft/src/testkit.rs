@@ -70,12 +70,15 @@ pub struct RunningReplica {
     pub replica: Arc<LedgerReplica>,
     pub addr: String,
     shutdown: CancellationToken,
+    endpoint: quinn::Endpoint,
 }
 
 impl RunningReplica {
     /// Stops the replica as a crash would look to its peers: server and Raft gone at once.
     pub async fn kill(self) {
         self.shutdown.cancel();
+        // Every connection dies with the process, clients' included, and with them the socket.
+        self.endpoint.close(0u32.into(), b"killed");
         self.replica.shutdown().await;
     }
 }
@@ -93,6 +96,9 @@ pub struct TestCluster {
     /// membership names.
     addrs: Vec<Option<std::net::SocketAddr>>,
     pub settings: Box<dyn Fn(PathBuf, Genesis) -> ReplicaSettings + Send + Sync>,
+    /// When set, the replicas talk to each other through this fault-injecting network
+    /// (clients connect around it).
+    pub faults: Option<Arc<aic_protocol::fault_net::FaultPlan>>,
 }
 
 impl TestCluster {
@@ -121,6 +127,7 @@ impl TestCluster {
             identities,
             replicas: (0..size).map(|_| None).collect(),
             addrs: vec![None; size],
+            faults: None,
             settings: Box::new(|dir, genesis| {
                 let mut settings = ReplicaSettings::new(dir, genesis);
                 settings.audit_every_entry = true;
@@ -131,12 +138,40 @@ impl TestCluster {
 
     /// Starts (or restarts, on its old data and at its old address) replica `i`.
     pub async fn start(&mut self, i: usize) -> Arc<LedgerReplica> {
-        let tuning = TransportTuning::default();
+        // A short idle timeout: a killed replica's last connections, and with them its socket,
+        // are gone within seconds, so a restart at its address need not wait half a minute.
+        let tuning = TransportTuning {
+            idle_timeout: std::time::Duration::from_secs(1),
+            keep_alive: std::time::Duration::from_millis(250),
+            ..TransportTuning::default()
+        };
         let at = self.addrs[i].unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
-        let socket = transport::bind_udp(at, &tuning).expect("a socket");
+        // A killed replica's socket closes once the last of its tasks has stopped: a restart
+        // at the same address waits for that (bounded: 10 s).
+        let mut tries = 0;
+        let socket = loop {
+            match transport::bind_udp(at, &tuning) {
+                Ok(socket) => break socket,
+                Err(aic_protocol::Error::Bind { cause, .. })
+                    if cause.kind() == std::io::ErrorKind::AddrInUse && tries < 500 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("a socket: {error}"),
+            }
+        };
         self.addrs[i] = Some(socket.local_addr().unwrap());
         let addr = socket.local_addr().unwrap().to_string();
-        let endpoint = transport::endpoint(socket, &self.identities[i], &tuning).expect("an endpoint");
+        let endpoint = match &self.faults {
+            Some(plan) => transport::endpoint_on(
+                aic_protocol::fault_net::FaultySocket::wrap(socket, plan.clone()).expect("a socket"),
+                &self.identities[i],
+                &tuning,
+            ),
+            None => transport::endpoint(socket, &self.identities[i], &tuning),
+        }
+        .expect("an endpoint");
         let settings = (self.settings)(self.base.join(format!("replica-{}", i + 1)), self.genesis.clone());
         let replica = LedgerReplica::start(
             settings,
@@ -150,7 +185,7 @@ impl TestCluster {
         let shutdown = CancellationToken::new();
         let metrics = TransportMetrics::register(&prometheus::Registry::new(), "scheduler").unwrap();
         tokio::spawn(rpc::serve(
-            endpoint,
+            endpoint.clone(),
             Arc::new(ReplicaServer(replica.clone())),
             metrics,
             shutdown.clone(),
@@ -159,8 +194,14 @@ impl TestCluster {
             replica: replica.clone(),
             addr,
             shutdown,
+            endpoint,
         });
         replica
+    }
+
+    /// Where replica `i` listens (once it has started).
+    pub fn addr(&self, i: usize) -> std::net::SocketAddr {
+        self.addrs[i].expect("started once")
     }
 
     pub fn replica(&self, i: usize) -> &Arc<LedgerReplica> {
@@ -210,24 +251,29 @@ impl TestCluster {
 
     /// A connection to replica `i` with a fresh certificate of `role` from the cluster CA.
     pub async fn client_as(&self, i: usize, role: Role) -> LedgerClient {
-        let issued = self
-            .ca
-            .issue(role, role.as_str(), &[], Validity::default())
-            .unwrap();
-        let identity = Identity::from_issued(&self.ca, &issued).unwrap();
-        let tuning = TransportTuning::default();
-        let endpoint = transport::endpoint(
-            transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
-            &identity,
-            &tuning,
-        )
-        .unwrap();
+        let endpoint = self.client_endpoint(role);
         let addr = &self.replicas[i].as_ref().expect("running").addr;
         LedgerClient(
             RpcClient::connect(&endpoint, addr, Role::Scheduler)
                 .await
                 .expect("connect"),
         )
+    }
+
+    /// A client endpoint on loopback with a fresh certificate of `role` from the cluster CA.
+    pub fn client_endpoint(&self, role: Role) -> quinn::Endpoint {
+        let issued = self
+            .ca
+            .issue(role, role.as_str(), &[], Validity::default())
+            .unwrap();
+        let identity = Identity::from_issued(&self.ca, &issued).unwrap();
+        let tuning = TransportTuning::default();
+        transport::endpoint(
+            transport::bind_udp("127.0.0.1:0".parse().unwrap(), &tuning).unwrap(),
+            &identity,
+            &tuning,
+        )
+        .unwrap()
     }
 
     /// Replica ids by index, for membership checks.

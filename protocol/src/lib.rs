@@ -22,6 +22,7 @@ pub mod certs;
 pub mod config;
 pub mod encoding;
 pub mod error;
+pub mod fault_net;
 pub mod frame;
 pub mod hex_serde;
 pub mod ids;

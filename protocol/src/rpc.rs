@@ -219,8 +219,14 @@ impl<H: RpcHandler> ConnectionContext<H> {
                         bytes: budget.clone(),
                         limits: self.limits,
                     };
+                    // A request still running at shutdown is dropped with the server: nothing
+                    // of the server (its handler, its endpoint) outlives it in a request task.
+                    let shutdown = self.shutdown.clone();
                     tokio::spawn(async move {
-                        serve_stream(&*handler, &peer, &metrics, request, send, recv).await
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = serve_stream(&*handler, &peer, &metrics, request, send, recv) => {}
+                        }
                     });
                 }
                 Err(error) => {

@@ -138,6 +138,33 @@ pub fn outbound_endpoint(identity: &Identity) -> Result<quinn::Endpoint> {
 /// Makes an endpoint on a bound socket that serves with mutual TLS and dials out with the same
 /// identity. Must be called inside a tokio runtime.
 pub fn endpoint(socket: UdpSocket, identity: &Identity, tuning: &TransportTuning) -> Result<quinn::Endpoint> {
+    let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
+    endpoint_on(socket, identity, tuning)
+}
+
+/// An endpoint on a socket of the caller's making: a test's fault-injecting one
+/// ([`crate::fault_net::FaultySocket`]).
+pub fn endpoint_on(
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    identity: &Identity,
+    tuning: &TransportTuning,
+) -> Result<quinn::Endpoint> {
+    let (server, client) = endpoint_configs(identity, tuning)?;
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        tuning.endpoint_config()?,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// The server and client halves of an endpoint: mutual TLS with `identity`, `tuning`'s transport.
+fn endpoint_configs(
+    identity: &Identity,
+    tuning: &TransportTuning,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     let transport = Arc::new(tuning.transport_config());
 
     let server_crypto = QuicServerConfig::try_from(tls::server_config(identity)?)
@@ -149,15 +176,7 @@ pub fn endpoint(socket: UdpSocket, identity: &Identity, tuning: &TransportTuning
         .map_err(|e| Error::Transport(format!("QUIC client crypto: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
-
-    let mut endpoint = quinn::Endpoint::new(
-        tuning.endpoint_config()?,
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    Ok((server, client))
 }
 
 /// Reads the verified peer's identity from an established connection.
