@@ -75,6 +75,9 @@ impl ClientArgs {
     }
 }
 
+/// How long the profile's own scheduler may take to answer before the other replicas are asked.
+const PRIMARY_HEAD_START: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Connects to the scheduler named by `profile` with the profile's client certificate.
 pub async fn connect(profile: &ClientProfile) -> anyhow::Result<RpcClient> {
     let identity = profile.tls.load()?;
@@ -85,16 +88,23 @@ pub async fn connect(profile: &ClientProfile) -> anyhow::Result<RpcClient> {
     };
     let tuning = TransportTuning::default();
     let endpoint = transport::endpoint(transport::bind_udp(any, &tuning)?, &identity, &tuning)?;
-    // Every replica at once; the first to answer serves (each handshake is bounded by the
-    // transport's timeout), so a dead one costs nothing while another is up.
+    // The profile's scheduler first; every other replica too once it has had a head start, and
+    // the first to answer serves (each handshake is bounded by the transport's timeout), so a
+    // dead scheduler costs the head start while another replica is up.
     let addresses: Vec<&String> = std::iter::once(&profile.scheduler)
         .chain(&profile.replicas)
         .collect();
     let attempts: Vec<_> = addresses
         .iter()
-        .map(|addr| {
+        .enumerate()
+        .map(|(i, addr)| {
             let endpoint = endpoint.clone();
-            Box::pin(async move { RpcClient::connect(&endpoint, addr, Role::Scheduler).await })
+            Box::pin(async move {
+                if i > 0 {
+                    tokio::time::sleep(PRIMARY_HEAD_START).await;
+                }
+                RpcClient::connect(&endpoint, addr, Role::Scheduler).await
+            })
         })
         .collect();
     let first = futures::future::select_ok(attempts).await;

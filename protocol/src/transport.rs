@@ -227,7 +227,7 @@ pub async fn connect(
 }
 
 /// How long a QUIC handshake may take before the peer counts as unreachable.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves `host:port` to a socket address and the name the server's certificate must carry.
 async fn resolve(addr: &str) -> Result<(SocketAddr, String)> {

@@ -37,6 +37,8 @@ impl RaftNetworkFactory<LedgerRaft> for QuicNetwork {
             target,
             addr: node.clone(),
             client: None,
+            connecting: None,
+            unanswered_since: None,
         }
     }
 }
@@ -47,7 +49,17 @@ pub struct ReplicaPeer {
     target: ReplicaId,
     addr: ReplicaAddr,
     client: Option<RpcClient>,
+    /// A connection being made. It runs as its own task, so openraft cancelling the call that
+    /// started it (each has one heartbeat interval) does not cancel the handshake: under load a
+    /// handshake may take longer than any one call may.
+    connecting: Option<tokio::task::JoinHandle<Result<RpcClient, String>>>,
+    /// Since when calls on the current connection have gone unanswered (failed or cancelled).
+    unanswered_since: Option<std::time::Instant>,
 }
+
+/// A connection that has answered nothing for this long is made again: its peer died or
+/// restarted (QUIC would notice only at its idle timeout).
+const UNANSWERED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 type Rpc<T, E> = Result<T, RPCError<ReplicaId, ReplicaAddr, E>>;
 
@@ -58,21 +70,26 @@ fn unreachable<E: std::error::Error>(error: impl std::fmt::Display) -> RPCError<
 impl ReplicaPeer {
     async fn client(&mut self) -> Result<RpcClient, String> {
         if let Some(client) = self.client.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+            if self
+                .unanswered_since
+                .is_none_or(|t| t.elapsed() <= UNANSWERED_FOR)
+            {
+                return Ok(client.clone());
+            }
+            self.client = None;
         }
-        let client = RpcClient::connect(&self.endpoint, &self.addr.addr, Role::Scheduler)
-            .await
-            .map_err(|e| e.to_string())?;
-        if client.peer().node_id.to_string() != self.addr.node_id {
-            return Err(format!(
-                "{} answered as {}, membership says replica {} is {}",
-                self.addr.addr,
-                client.peer().node_id.short(),
+        let connecting = self.connecting.get_or_insert_with(|| {
+            tokio::spawn(connect_checked(
+                self.endpoint.clone(),
+                self.addr.clone(),
                 self.target,
-                self.addr.node_id
-            ));
-        }
+            ))
+        });
+        let made = connecting.await;
+        self.connecting = None;
+        let client = made.map_err(|e| e.to_string())??;
         self.client = Some(client.clone());
+        self.unanswered_since = None;
         Ok(client)
     }
 
@@ -93,20 +110,19 @@ impl ReplicaPeer {
         E: std::error::Error + DeserializeOwned,
     {
         let client = self.client().await.map_err(unreachable)?;
-        // The connection is put back only when the call answers: a call that fails, or that
-        // openraft cancels at its deadline (a peer that died, or restarted and lost the
-        // connection's state), leaves the next call to connect afresh instead of writing into
-        // a dead connection until QUIC's idle timeout.
-        self.client = None;
+        // Cleared when the call answers; a call that fails, or that openraft cancels at its
+        // deadline, leaves it set, and a connection unanswered for long is made again.
+        self.unanswered_since.get_or_insert_with(std::time::Instant::now);
         let ReplicaResponse(bytes) = match client.call(&request).await {
             Ok(response) => response,
             Err(error) => {
+                self.client = None;
                 return Err(RPCError::Network(NetworkError::new(&AnyError::error(
                     error.to_string(),
                 ))));
             }
         };
-        self.client = Some(client);
+        self.unanswered_since = None;
         let result: Result<Resp, E> = postcard::from_bytes(&bytes)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
         result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
@@ -185,6 +201,26 @@ impl RaftNetwork<LedgerRaft> for ReplicaPeer {
     ) -> Rpc<VoteResponse<ReplicaId>, RaftError<ReplicaId>> {
         self.send(ReplicaRequest::Vote, &rpc).await
     }
+}
+
+/// Connects to a replica and checks it is the one the membership names.
+async fn connect_checked(
+    endpoint: quinn::Endpoint,
+    addr: ReplicaAddr,
+    target: ReplicaId,
+) -> Result<RpcClient, String> {
+    let client = RpcClient::connect(&endpoint, &addr.addr, Role::Scheduler)
+        .await
+        .map_err(|e| e.to_string())?;
+    if client.peer().node_id.to_string() != addr.node_id {
+        return Err(format!(
+            "{} answered as {}, membership says replica {target} is {}",
+            addr.addr,
+            client.peer().node_id.short(),
+            addr.node_id
+        ));
+    }
+    Ok(client)
 }
 
 #[cfg(test)]
