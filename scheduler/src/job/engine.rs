@@ -943,7 +943,7 @@ impl Engine {
             return;
         }
         if check {
-            let exclude = self.could_collude_with(&[original.placement.node]);
+            let exclude = self.independent_of(&[original.placement.node]);
             self.start_exec(slot, ExecRole::Checker, exclude, Vec::new());
         } else {
             self.accept(slot, original, false);
@@ -992,7 +992,7 @@ impl Engine {
                     self.confirm(&[o, c], original.result.rows);
                     self.accept(slot, original, true);
                 } else {
-                    let exclude = self.could_collude_with(&[o, c]);
+                    let exclude = self.independent_of(&[o, c]);
                     self.start_exec(slot, ExecRole::Third, exclude, Vec::new());
                 }
             }
@@ -1526,6 +1526,22 @@ impl Engine {
             }
         }
         excluded
+    }
+
+    /// Whom a check of `nodes`' work must avoid: every node that could collude with them when
+    /// another compute node is up; else only `nodes` themselves. A grid of one operator (a lab
+    /// cluster) still re-runs work on its other nodes, which catches faulty hardware, though not
+    /// collusion.
+    fn independent_of(&self, nodes: &[NodeId]) -> Vec<NodeId> {
+        let independent = self.could_collude_with(nodes);
+        let any_left = self.nodes.iter().any(|n| {
+            n.role == Role::Compute && n.state == NodeState::Up && !independent.contains(&n.node_id)
+        });
+        if any_left {
+            independent
+        } else {
+            nodes.to_vec()
+        }
     }
 
     fn payout_address(&self, node: &NodeId) -> Option<Address> {

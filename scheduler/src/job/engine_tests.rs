@@ -1848,3 +1848,19 @@ fn a_node_on_the_same_network_or_paid_through_the_payer_is_no_checker() {
     // Loopback addresses say nothing about operators: only the payer's node is excluded.
     assert_eq!(h.engine.could_collude_with(&[id(5)]), vec![id(5), id(4)]);
 }
+
+#[test]
+fn a_grid_of_one_operator_still_checks_its_nodes_against_each_other() {
+    // Every node paid to one account: no independent checker exists, so a check runs on any
+    // other node (it catches faulty hardware, not collusion) rather than not at all.
+    let mut nodes: Vec<NodeStatus> = (1..=3).map(|b| node(b, Role::Compute)).collect();
+    for n in &mut nodes {
+        n.payout_address = address(1).to_string();
+    }
+    nodes.push(node(STORAGE, Role::Storage));
+    let mut h = Harness::new(setup(2, 1, 1));
+    h.send(Event::Start);
+    h.send(Event::Nodes(Ok(nodes)));
+    assert_eq!(h.engine.could_collude_with(&[id(1)]), vec![id(1), id(2), id(3)]);
+    assert_eq!(h.engine.independent_of(&[id(1)]), vec![id(1)]);
+}
