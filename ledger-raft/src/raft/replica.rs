@@ -292,21 +292,9 @@ impl LedgerReplica {
             .as_ref()
             .filter(|(id, client)| *id == leader && !client.is_closed())
             .map(|(_, client)| client.clone());
-        let client = match cached {
-            Some(client) => client,
-            None => {
-                // Connecting (bounded by the transport's handshake timeout) holds no lock: a
-                // dead leader's address does not stall every other forward behind it.
-                let client = RpcClient::connect(&self.endpoint, &addr.addr, Role::Scheduler)
-                    .await
-                    .map_err(|e| LedgerApiError::LeaderUnreachable(e.to_string()))?
-                    .with_timeout(FORWARD_TIMEOUT);
-                *self.leader_client.lock().await = Some((leader, client.clone()));
-                client
-            }
-        };
         // A leader that dies mid-call never answers; this replica learns of it when its election
-        // timer fires, and stops waiting then rather than at the call's timeout.
+        // timer fires, and stops waiting then (connecting or waiting for the answer) rather than
+        // at a timeout.
         let leader_moved = async {
             let moved = self
                 .raft
@@ -317,10 +305,30 @@ impl LedgerReplica {
                 std::future::pending::<()>().await;
             }
         };
+        tokio::pin!(leader_moved);
+        let client = match cached {
+            Some(client) => client,
+            None => {
+                // Connecting (bounded by the transport's handshake timeout) holds no lock: a
+                // dead leader's address does not stall every other forward behind it. Nothing
+                // was sent yet, so giving up here is `LeaderUnreachable`, safe to send elsewhere.
+                let connected = tokio::select! {
+                    connected = RpcClient::connect(&self.endpoint, &addr.addr, Role::Scheduler) => {
+                        connected.map_err(|e| LedgerApiError::LeaderUnreachable(e.to_string()))
+                    }
+                    () = &mut leader_moved => Err(LedgerApiError::LeaderUnreachable(format!(
+                        "replica {leader} stopped leading while this replica connected to it"
+                    ))),
+                };
+                let client = connected?.with_timeout(FORWARD_TIMEOUT);
+                *self.leader_client.lock().await = Some((leader, client.clone()));
+                client
+            }
+        };
         let forwarded = ReplicaRequest::Forward(encode(request));
         let answered = tokio::select! {
             answered = client.call(&forwarded) => answered,
-            () = leader_moved => Err(aic_protocol::Error::Connect {
+            () = &mut leader_moved => Err(aic_protocol::Error::Connect {
                 addr: addr.addr.clone(),
                 reason: format!("replica {leader} stopped leading before it answered"),
             }),
