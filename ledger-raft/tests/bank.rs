@@ -14,7 +14,7 @@
 //!
 //! CI runs 20 leader kills and 10 partitions; `AIC_BANK_ROUNDS=N` runs N times as many.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,7 +167,7 @@ async fn owner(
     chain: String,
     mut connections: Connections,
     history: Arc<Mutex<Vec<Op>>>,
-    acknowledged: Arc<AtomicU64>,
+    acknowledged: Arc<tokio::sync::watch::Sender<u64>>,
     stop: Arc<AtomicBool>,
     seed: u64,
 ) {
@@ -211,7 +211,7 @@ async fn owner(
         let completed = applied.map(|_| Instant::now());
         if applied == Some(true) {
             nonce += 1;
-            acknowledged.fetch_add(1, Ordering::SeqCst);
+            acknowledged.send_modify(|n| *n += 1);
         }
         history.lock().unwrap().push(Op::Transfer {
             from: me,
@@ -240,19 +240,16 @@ async fn owner(
     }
 }
 
-/// Waits (bounded) until the clients acknowledged `more` transfers since `from`.
-async fn progress(acknowledged: &AtomicU64, from: u64, more: u64, what: &str) -> u64 {
-    let deadline = Instant::now() + STALL;
-    loop {
-        let now = acknowledged.load(Ordering::SeqCst);
-        if now >= from + more {
-            return now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no progress within {STALL:?} after {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Waits (bounded) until the clients acknowledged `more` transfers since `from`: woken by each
+/// acknowledgement, not by a timer.
+async fn progress(acknowledged: &tokio::sync::watch::Sender<u64>, from: u64, more: u64, what: &str) -> u64 {
+    let mut seen = acknowledged.subscribe();
+    let reached = tokio::time::timeout(STALL, seen.wait_for(|n| *n >= from + more))
+        .await
+        .map(|now| now.map(|n| *n));
+    match reached {
+        Ok(Ok(now)) => now,
+        _ => panic!("no progress within {STALL:?} after {what}"),
     }
 }
 
@@ -308,7 +305,7 @@ async fn every_acknowledged_transfer_survives_leader_kills_and_partitions_exactl
 
     let addrs: Vec<String> = (0..3).map(|i| cluster.addr(i).to_string()).collect();
     let history = Arc::new(Mutex::new(Vec::new()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
+    let acknowledged = Arc::new(tokio::sync::watch::Sender::new(0u64));
     let stop = Arc::new(AtomicBool::new(false));
     let mut owners = Vec::new();
     for (me, key) in keys.iter().enumerate() {
@@ -371,7 +368,7 @@ async fn every_acknowledged_transfer_survives_leader_kills_and_partitions_exactl
     let (dropped, duplicated, delayed) = plan.counts();
     eprintln!(
         "bank: {kills} leader kills, {partitions} partitions, {} transfers acknowledged; datagrams dropped {dropped}, duplicated {duplicated}, delayed {delayed}",
-        acknowledged.load(Ordering::SeqCst)
+        *acknowledged.borrow()
     );
 
     // Every replica converges on one state.
