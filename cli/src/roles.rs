@@ -162,10 +162,20 @@ where
         write_ready_file(path, &handle)?;
     }
     info!(quic = %handle.quic_addr, metrics = %handle.metrics_url(), "serving; Ctrl-C or SIGTERM stops");
-    shutdown_signal().await?;
-    info!("stopping");
-    handle.stop().await;
-    Ok(())
+    let failure = handle.failure();
+    tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            info!("stopping");
+            handle.stop().await;
+            Ok(())
+        }
+        reason = failure.reported() => {
+            tracing::error!(%reason, "stopping: the service cannot go on");
+            handle.stop().await;
+            anyhow::bail!("{title} stopped: {reason}")
+        }
+    }
 }
 
 /// The addresses a started service bound, for a parent process that asked for port 0 (a

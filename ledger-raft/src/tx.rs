@@ -161,6 +161,19 @@ pub enum Call {
         #[serde(with = "serde_bytes")]
         progress: Vec<u8>,
     },
+    /// A job goes back to an earlier round: a node found wrong had results no spot check
+    /// confirmed in the rounds since, so they are re-run without it from the weights `round`
+    /// started with. Only the job's runner may, and only backwards.
+    RewindJob {
+        job: JobId,
+        runner: NodeId,
+        round: u32,
+        tensors: crate::state::CheckpointTensors,
+        #[serde(with = "serde_bytes")]
+        progress: Vec<u8>,
+        /// The node found wrong.
+        wrong: NodeId,
+    },
     /// Each compute node's part in a job, recorded by its runner before the escrow is released,
     /// for the job log: what the trained model's card shows of the work behind it.
     RecordJobWork {
@@ -249,6 +262,7 @@ impl Call {
                 | Call::MintTrainedModel { .. }
                 | Call::RecordJob { .. }
                 | Call::CheckpointJob { .. }
+                | Call::RewindJob { .. }
                 | Call::TakeOverJob { .. }
                 | Call::RecordJobWork { .. }
                 | Call::AccrueRewards { .. }
@@ -284,6 +298,7 @@ impl Call {
             Call::MintTrainedModel { .. } => "mint_trained_model",
             Call::RecordJob { .. } => "record_job",
             Call::CheckpointJob { .. } => "checkpoint_job",
+            Call::RewindJob { .. } => "rewind_job",
             Call::TakeOverJob { .. } => "take_over_job",
             Call::RecordJobWork { .. } => "record_job_work",
             Call::AccrueRewards { .. } => "accrue_rewards",

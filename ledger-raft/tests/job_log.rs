@@ -54,6 +54,37 @@ fn a_job_is_logged_from_its_escrow_to_its_trained_model_and_stays_after_settling
         },
     )
     .unwrap();
+    // compute-2 is caught in round 4 with unconfirmed results since round 1: the job goes back.
+    let rewound_weights = aic_ledger::state::CheckpointTensors {
+        weights: aic_protocol::tensor::TensorRef::of(&[1.0; 4]),
+        optimizer_state: None,
+        holders: vec![NodeId::from_public_key(b"storage-1")],
+    };
+    w.send(
+        &system,
+        Call::RewindJob {
+            job,
+            runner,
+            round: 1,
+            tensors: rewound_weights,
+            progress: Vec::new(),
+            wrong: NodeId::from_public_key(b"compute-2"),
+        },
+    )
+    .unwrap();
+    for round in 2..=4 {
+        w.send(
+            &system,
+            Call::CheckpointJob {
+                job,
+                runner,
+                round,
+                tensors: None,
+                progress: Vec::new(),
+            },
+        )
+        .unwrap();
+    }
     // The runner records who did the work before it pays: one node caught by a spot check.
     let worker = |seed: &[u8], rows, verified_rows, checks_passed, checks_failed| NodeWork {
         node: NodeId::from_public_key(seed),
@@ -135,6 +166,7 @@ fn a_job_is_logged_from_its_escrow_to_its_trained_model_and_stays_after_settling
     assert!(work
         .payouts
         .contains(&(bob.address(), PayoutKind::Compute, aic(30))));
+    assert_eq!(work.rewinds, vec![(4, 1, NodeId::from_public_key(b"compute-2"))]);
     assert!(w.state.job_log.work(&JobId::random()).nodes.is_empty());
     // The dataset's usage and the model's both name the job.
     for asset in [dataset, model] {

@@ -588,6 +588,52 @@ fn a_job_record_follows_its_runner_checkpoints_forward_and_goes_with_the_payout(
     );
     assert_eq!(record.tensors, Some(tensors(3)));
 
+    // A rewind: only backwards, only by the runner, with tensors held somewhere; then the
+    // rounds go forward again from there.
+    let wrong = NodeId::from_public_key(b"wrong");
+    let rewind = |runner: NodeId, round: u32, tensors: CheckpointTensors| Call::RewindJob {
+        job,
+        runner,
+        round,
+        tensors,
+        progress: b"{}".to_vec(),
+        wrong,
+    };
+    assert!(
+        w.send(&system, rewind(second, 3, tensors(3))).is_err(),
+        "not forward"
+    );
+    assert!(matches!(
+        w.send(&system, rewind(first, 1, tensors(1))).unwrap_err(),
+        TxError::NotTheRunner { .. }
+    ));
+    let nowhere = CheckpointTensors {
+        holders: Vec::new(),
+        ..tensors(1)
+    };
+    assert!(w.send(&system, rewind(second, 1, nowhere)).is_err());
+    assert_eq!(
+        w.send(&alice, rewind(second, 1, tensors(1))).unwrap_err(),
+        TxError::NotSystem
+    );
+    assert_eq!(w.state.jobs[&job].round, 3, "nothing refused changed the record");
+    let events = w.send(&system, rewind(second, 1, tensors(1))).unwrap();
+    assert_eq!(
+        events,
+        vec![Event::JobRewound {
+            job,
+            runner: second,
+            from: 3,
+            to: 1,
+            wrong
+        }]
+    );
+    let record = &w.state.jobs[&job];
+    assert_eq!((record.round, record.checkpoints), (1, 4));
+    assert_eq!(record.tensors, Some(tensors(1)));
+    w.send(&system, checkpoint(second, 2)).unwrap();
+    w.send(&system, checkpoint(second, 3)).unwrap();
+
     // Releasing the escrow settles the job: its record goes, and it cannot be resumed.
     w.send(
         &system,

@@ -648,6 +648,8 @@ struct CardWork {
     checks_agreed: u64,
     checks_caught: u64,
     nodes: Vec<CardNode>,
+    /// Each time the job went back to drop a wrong node's unconfirmed results: what it says.
+    rewinds: Vec<String>,
 }
 
 struct CardNode {
@@ -703,10 +705,22 @@ fn card_work(work: &aic_ledger::state::JobWork, registry: &[aic_protocol::messag
             }
         })
         .collect();
+    let rewinds = work
+        .rewinds
+        .iter()
+        .map(|(from, to, wrong)| {
+            format!(
+                "{} found wrong after round {from}: rounds {} to {from} trained again without it",
+                name_of(wrong),
+                to + 1
+            )
+        })
+        .collect();
     CardWork {
         checks_agreed: work.nodes.iter().map(|n| u64::from(n.checks_passed)).sum(),
         checks_caught: work.nodes.iter().map(|n| u64::from(n.checks_failed)).sum(),
         nodes,
+        rewinds,
     }
 }
 
@@ -1181,5 +1195,22 @@ mod tests {
         // 2026-11-30 15:45:55 UTC.
         assert_eq!(utc(1_796_053_555_000), "2026-11-30 15:45:55");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn the_card_says_which_rounds_a_rewind_trained_again_and_whom_it_dropped() {
+        let wrong = aic_protocol::NodeId::from_public_key(b"compute-3");
+        let work = aic_ledger::state::JobWork {
+            rewinds: vec![(7, 2, wrong)],
+            ..Default::default()
+        };
+        let card = card_work(&work, &[]);
+        assert_eq!(
+            card.rewinds,
+            vec![format!(
+                "{} found wrong after round 7: rounds 3 to 7 trained again without it",
+                &wrong.to_string()[..12]
+            )]
+        );
     }
 }

@@ -120,6 +120,30 @@ pub struct ServiceHandle {
     pub metrics_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    failure: Failure,
+}
+
+/// A part of a service that stopped for good on its own (a ledger replica whose storage
+/// failed): the process must stop and exit non-zero, so its supervisor restarts it, rather
+/// than live on looking healthy.
+#[derive(Clone, Debug, Default)]
+pub struct Failure {
+    reason: std::sync::Arc<std::sync::OnceLock<String>>,
+    failed: CancellationToken,
+}
+
+impl Failure {
+    /// Reports why the service cannot go on (the first report stands).
+    pub fn report(&self, reason: String) {
+        let _ = self.reason.set(reason);
+        self.failed.cancel();
+    }
+
+    /// Waits for a report and answers its reason.
+    pub async fn reported(&self) -> String {
+        self.failed.cancelled().await;
+        self.reason.get().cloned().unwrap_or_default()
+    }
 }
 
 impl ServiceHandle {
@@ -135,7 +159,13 @@ impl ServiceHandle {
             metrics_addr,
             shutdown,
             tasks: JoinSet::new(),
+            failure: Failure::default(),
         }
+    }
+
+    /// Where a part of the service reports that it stopped for good.
+    pub fn failure(&self) -> Failure {
+        self.failure.clone()
     }
 
     /// Runs `task` as part of the service; it must return once the shutdown token is cancelled.

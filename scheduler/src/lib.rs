@@ -184,6 +184,20 @@ pub async fn start(
     };
 
     let mut handle = ServiceHandle::new(name, quic_addr, metrics_addr, shutdown.clone());
+    // A replica whose Raft core stopped (its log could not be written durably) takes the
+    // process down with it, so the supervisor restarts it on the disk as it is then.
+    let failure = handle.failure();
+    let (watched, watching) = (ledger.clone(), shutdown.clone());
+    handle.spawn(async move {
+        tokio::select! {
+            biased;
+            () = watching.cancelled() => {}
+            reason = watched.stopped() => {
+                tracing::error!(%reason, "the ledger replica stopped");
+                failure.report(format!("the ledger replica stopped: {reason}"));
+            }
+        }
+    });
     if let Some(system) = jobs.system.clone() {
         handle.spawn(reward_epochs::run(
             ledger.clone(),

@@ -46,6 +46,10 @@ pub struct SchedulerMetrics {
     pub jobs_running: IntGauge,
     pub jobs_finished: IntCounterVec,
     pub job_rounds: IntCounter,
+    /// Rewinds: a node found wrong had unconfirmed results in earlier rounds.
+    pub job_rewinds: IntCounter,
+    /// Rounds those rewinds threw away (and so ran again).
+    pub job_rounds_discarded: IntCounter,
     /// Task updates refused while collecting or comparing them, by reason.
     pub tensor_refusals: IntCounterVec,
     /// The smallest share of its escrow any running job has left after what it owes so far
@@ -137,6 +141,21 @@ impl SchedulerMetrics {
                 IntCounter::new(
                     "aic_scheduler_job_rounds_total",
                     "Training rounds completed (updates reduced, weights updated and stored)",
+                )?,
+            )?,
+            job_rewinds: registered(
+                registry,
+                IntCounter::new(
+                    "aic_scheduler_job_rewinds_total",
+                    "Jobs sent back to an earlier round because a node found wrong had unconfirmed \
+                     results in the weights",
+                )?,
+            )?,
+            job_rounds_discarded: registered(
+                registry,
+                IntCounter::new(
+                    "aic_scheduler_job_rounds_discarded_total",
+                    "Training rounds thrown away by rewinds (run again without the wrong node)",
                 )?,
             )?,
             tensor_refusals: registered(

@@ -9,7 +9,10 @@
 //! ```
 //!
 //! On open the file is read back; a torn record at the tail (a crash mid-append, never
-//! acknowledged) is cut off. Entries stay in memory as well: the log is bounded by snapshots
+//! acknowledged) is cut off. An append that fails (a full disk, a failed fsync) is never
+//! acknowledged: what it wrote is cut off again where the disk allows, and the error goes to
+//! openraft, which stops the replica (a storage error is fatal); it rejoins once restarted on a
+//! disk with room. Entries stay in memory as well: the log is bounded by snapshots
 //! and purging, and reads are served from memory.
 
 use std::collections::BTreeMap;
@@ -26,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use super::disk_faults::{self, DiskFaults};
 use super::types::{Entry, LedgerRaft, LogId, ReplicaId, StorageError};
 
 /// Largest record accepted when reading the log back (a corrupt length is not trusted).
@@ -44,6 +48,8 @@ struct Inner {
     vote: Option<Vote<ReplicaId>>,
     purged: Option<LogId>,
     committed: Option<LogId>,
+    /// Faults a test put under the log (none in production).
+    faults: Option<Arc<DiskFaults>>,
 }
 
 /// The durable log store; clones share the same files (openraft asks for a reader handle).
@@ -88,6 +94,11 @@ fn read_small<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<
 impl FileLogStore {
     /// Opens (or creates) the log in `dir`.
     pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_with(dir, None)
+    }
+
+    /// Opens the log with `faults` under its appends (tests).
+    pub fn open_with(dir: &Path, faults: Option<Arc<DiskFaults>>) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let path = dir.join("log");
         let mut file = OpenOptions::new()
@@ -111,6 +122,7 @@ impl FileLogStore {
                 vote: read_small(dir, "vote")?,
                 purged: read_small(dir, "purged")?,
                 committed: read_small(dir, "committed")?,
+                faults,
             })),
         })
     }
@@ -139,6 +151,21 @@ impl FileLogStore {
             offset += 12 + u64::from(len);
         }
         Ok((entries, offset))
+    }
+}
+
+impl Inner {
+    /// Writes `bytes` at the end of the log and syncs them, through the test's faults if any.
+    fn write_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(room) = self.faults.as_ref().and_then(|f| f.room_for(bytes.len())) {
+            self.file.write_all(&bytes[..room])?;
+            return Err(disk_faults::no_space());
+        }
+        self.file.write_all(bytes)?;
+        if let Some(faults) = &self.faults {
+            faults.fsync()?;
+        }
+        self.file.sync_data()
     }
 }
 
@@ -220,11 +247,15 @@ impl RaftLogStorage<LedgerRaft> for FileLogStore {
             placed.push((entry, offset));
             offset += 12 + u64::from(len);
         }
-        let result = inner
-            .file
-            .write_all(&buffer)
-            .and_then(|()| inner.file.sync_data());
+        let result = inner.write_durably(&buffer);
         if let Err(e) = result {
+            // Not durable, so never acknowledged. Cut what part of the batch reached the file,
+            // so that nothing follows a torn record (a full disk still allows shrinking).
+            let end = inner.end;
+            if let Err(cut) = inner.file.set_len(end) {
+                tracing::error!(error = %cut, "cutting a failed append off the log");
+            }
+            tracing::error!(error = %e, "the Raft log could not be written durably; this replica stops");
             callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
             return Err(io_err(e));
         }

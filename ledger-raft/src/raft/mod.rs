@@ -1,6 +1,7 @@
 //! The ledger on openraft: type configuration, durable log store, state machine with
 //! snapshots, and the replica that ties them to the QUIC network.
 
+pub mod disk_faults;
 pub mod log_store;
 pub mod mem_log_store;
 pub mod network;

@@ -46,6 +46,8 @@ pub struct ReplicaSettings {
     pub logs_kept_after_snapshot: u64,
     /// Keep the Raft log in memory only. For the benchmark's baseline; never durable.
     pub volatile_log: bool,
+    /// Faults under the log's disk (tests of a full disk or a failing fsync).
+    pub disk_faults: Option<Arc<super::disk_faults::DiskFaults>>,
 }
 
 impl ReplicaSettings {
@@ -59,6 +61,7 @@ impl ReplicaSettings {
             snapshot_every_entries: 5000,
             logs_kept_after_snapshot: 1000,
             volatile_log: false,
+            disk_faults: None,
         }
     }
 
@@ -138,8 +141,8 @@ impl LedgerReplica {
         let raft = if settings.volatile_log {
             Raft::new(id, config, network, MemLogStore::default(), machine).await
         } else {
-            let log =
-                FileLogStore::open(&settings.dir.join("log")).map_err(|e| storage_error(e.to_string()))?;
+            let log = FileLogStore::open_with(&settings.dir.join("log"), settings.disk_faults.clone())
+                .map_err(|e| storage_error(e.to_string()))?;
             Raft::new(id, config, network, log, machine).await
         }
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
@@ -178,8 +181,28 @@ impl LedgerReplica {
         f(&self.shared.read().expect("state lock"))
     }
 
+    /// Waits until this replica's Raft core stops for good (a storage error, a panic inside
+    /// it, a shutdown) and answers why. The process running it must stop too, non-zero, so
+    /// that its supervisor restarts it: a replica whose core is gone neither votes, replicates
+    /// nor applies, while everything else in the process would still look alive.
+    pub async fn stopped(&self) -> String {
+        let mut watch = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &watch.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if watch.changed().await.is_err() {
+                return "the Raft core stopped".into();
+            }
+        }
+    }
+
+    /// The leader this replica knows of; none once its Raft core has stopped (what it last
+    /// believed is stale from then on).
     pub fn current_leader(&self) -> Option<ReplicaId> {
-        self.raft.metrics().borrow().current_leader
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.running_state.as_ref().ok().and(metrics.current_leader)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -608,19 +631,21 @@ async fn watch_leadership(raft: Raft, metrics: LedgerMetrics) {
     let mut watch = raft.metrics();
     let mut leader = None;
     loop {
-        let (term, current, me) = {
+        let (term, current, me, running) = {
             let m = watch.borrow_and_update();
-            (m.current_term, m.current_leader, m.id)
+            (m.current_term, m.current_leader, m.id, m.running_state.is_ok())
         };
         metrics.raft_term.set(term as i64);
-        metrics.is_leader.set(i64::from(current == Some(me)));
+        // A core that stopped leads nothing, whatever it last believed.
+        metrics.is_leader.set(i64::from(running && current == Some(me)));
         if current != leader {
             if current.is_some() {
                 metrics.leader_changes.inc();
             }
             leader = current;
         }
-        if watch.changed().await.is_err() {
+        if !running || watch.changed().await.is_err() {
+            metrics.is_leader.set(0);
             return;
         }
     }

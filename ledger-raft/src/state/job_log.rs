@@ -101,6 +101,8 @@ pub struct JobWork {
     pub payouts: Vec<(Address, PayoutKind, Amount)>,
     /// Proof-of-Value rewards accrued for verified rows.
     pub rewards: Vec<(Address, Amount)>,
+    /// Each rewind: rounds done before it, the round it went back to, the node found wrong.
+    pub rewinds: Vec<(u32, u32, NodeId)>,
 }
 
 /// Which jobs a `JobLog` request asks for.
@@ -249,6 +251,13 @@ impl JobLog {
                 Event::JobCheckpointed { job, round, .. } => {
                     if let Some(entry) = self.entry(job) {
                         entry.rounds = entry.rounds.max(*round);
+                    }
+                }
+                Event::JobRewound {
+                    job, from, to, wrong, ..
+                } => {
+                    if let Some(work) = self.work_of(job) {
+                        work.rewinds.push((*from, *to, *wrong));
                     }
                 }
                 Event::JobTakenOver { job, .. } => {

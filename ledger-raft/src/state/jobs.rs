@@ -52,6 +52,37 @@ fn too_large(what: &str, len: usize, max: usize) -> TxError {
     TxError::Invalid(format!("{what} of {len} bytes exceeds {max}"))
 }
 
+/// A checkpoint's tensors: held by 1 to `MAX_CHECKPOINT_HOLDERS` storage nodes, non-empty
+/// weights, and an optimizer state shaped like them.
+fn check_tensors(tensors: &CheckpointTensors) -> Result<(), TxError> {
+    if tensors.holders.is_empty() || tensors.holders.len() > MAX_CHECKPOINT_HOLDERS {
+        return Err(TxError::Invalid(format!(
+            "a checkpoint names 1 to {MAX_CHECKPOINT_HOLDERS} storage nodes holding its tensors"
+        )));
+    }
+    if tensors.weights.elements == 0
+        || tensors
+            .optimizer_state
+            .is_some_and(|state| state.elements != tensors.weights.elements)
+    {
+        return Err(TxError::Invalid(
+            "a checkpoint's optimizer state must be shaped like its (non-empty) weights".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_progress(progress: &[u8]) -> Result<(), TxError> {
+    if progress.len() > MAX_JOB_PROGRESS_BYTES {
+        return Err(too_large(
+            "checkpointed progress",
+            progress.len(),
+            MAX_JOB_PROGRESS_BYTES,
+        ));
+    }
+    Ok(())
+}
+
 impl LedgerState {
     pub(super) fn record_job(
         &mut self,
@@ -122,28 +153,9 @@ impl LedgerState {
             )));
         }
         if let Some(tensors) = tensors {
-            if tensors.holders.is_empty() || tensors.holders.len() > MAX_CHECKPOINT_HOLDERS {
-                return Err(TxError::Invalid(format!(
-                    "a checkpoint names 1 to {MAX_CHECKPOINT_HOLDERS} storage nodes holding its tensors"
-                )));
-            }
-            if tensors.weights.elements == 0
-                || tensors
-                    .optimizer_state
-                    .is_some_and(|state| state.elements != tensors.weights.elements)
-            {
-                return Err(TxError::Invalid(
-                    "a checkpoint's optimizer state must be shaped like its (non-empty) weights".into(),
-                ));
-            }
+            check_tensors(tensors)?;
         }
-        if progress.len() > MAX_JOB_PROGRESS_BYTES {
-            return Err(too_large(
-                "checkpointed progress",
-                progress.len(),
-                MAX_JOB_PROGRESS_BYTES,
-            ));
-        }
+        check_progress(progress)?;
         let checkpoints = record.checkpoints.checked_add(1).ok_or(TxError::Overflow)?;
         let record = self.jobs.get_mut(job).expect("checked above");
         record.round = round;
@@ -154,6 +166,42 @@ impl LedgerState {
             job: *job,
             runner,
             round,
+        }])
+    }
+
+    /// Sends a job back to the start of an earlier round (see `Call::RewindJob`): its record
+    /// names the weights that round started with from now on.
+    pub(super) fn rewind_job(
+        &mut self,
+        job: &JobId,
+        runner: NodeId,
+        round: u32,
+        tensors: &CheckpointTensors,
+        progress: &[u8],
+        wrong: NodeId,
+    ) -> TxResult {
+        let record = self.run_by(job, runner)?;
+        if round >= record.round {
+            return Err(TxError::Invalid(format!(
+                "job {job} is at round {}; a rewind must go back, not to {round}",
+                record.round
+            )));
+        }
+        check_tensors(tensors)?;
+        check_progress(progress)?;
+        let checkpoints = record.checkpoints.checked_add(1).ok_or(TxError::Overflow)?;
+        let record = self.jobs.get_mut(job).expect("checked above");
+        let from = record.round;
+        record.round = round;
+        record.tensors = Some(tensors.clone());
+        record.progress = progress.to_vec();
+        record.checkpoints = checkpoints;
+        Ok(vec![Event::JobRewound {
+            job: *job,
+            runner,
+            from,
+            to: round,
+            wrong,
         }])
     }
 

@@ -190,6 +190,13 @@ pub enum Event {
         job: JobId,
         nodes: Vec<NodeWork>,
     },
+    JobRewound {
+        job: JobId,
+        runner: NodeId,
+        from: u32,
+        to: u32,
+        wrong: NodeId,
+    },
     JobTakenOver {
         job: JobId,
         from: NodeId,
@@ -301,6 +308,7 @@ impl Event {
             | Event::JobRecorded { .. }
             | Event::JobCheckpointed { .. }
             | Event::JobWorkRecorded { .. }
+            | Event::JobRewound { .. }
             | Event::JobTakenOver { .. }
             | Event::RewardEpochPaid { .. }
             | Event::ModelUnpublished { .. }
@@ -599,6 +607,14 @@ impl LedgerState {
                 tensors,
                 progress,
             } => self.checkpoint_job(job, *runner, *round, tensors, progress),
+            Call::RewindJob {
+                job,
+                runner,
+                round,
+                tensors,
+                progress,
+                wrong,
+            } => self.rewind_job(job, *runner, *round, tensors, progress, *wrong),
             Call::TakeOverJob { job, runner } => self.take_over_job(job, *runner),
             Call::RecordJobWork { job, runner, nodes } => self.record_job_work(job, *runner, nodes),
             Call::AccrueRewards { job, rewards } => self.accrue_rewards(job, rewards),

@@ -39,25 +39,55 @@ pub struct Tallies {
 pub struct Progress {
     pub tallies: Tallies,
     pub assignments: Vec<(ShardId, NodeId, NodeId)>,
+    /// Where the job would go back to if a node were found wrong. Encoded after the checks
+    /// (see `encode`), so checkpoints written before rewinds existed read.
+    #[serde(skip)]
+    pub rewind: RewindPoints,
+}
+
+/// The rounds a job can rewind to. A node's results that no spot check confirmed are trusted
+/// only until the node is found wrong; then every round from its earliest such result is
+/// re-run without it. So the job keeps, for each node, that earliest round, and the weights the
+/// round started from: one set of weights per distinct round, typically the first round only
+/// (every node joins then), not one per round.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewindPoints {
+    /// Each node's earliest round with an accepted result no spot check confirmed.
+    pub first_unverified: BTreeMap<NodeId, u32>,
+    /// The start of every round some node's `first_unverified` names.
+    pub starts: BTreeMap<u32, RoundStart>,
+}
+
+/// What a rewind to a round restores: the weights the round started from and the rows spot
+/// checks had confirmed before it (Proof of Value counts only what stays in the model).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundStart {
+    pub tensors: CheckpointTensors,
+    pub verified_rows: BTreeMap<NodeId, u64>,
 }
 
 impl Progress {
-    /// The progress, then the spot-check counts.
+    /// The progress, then the spot-check counts, then the rewind points.
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = postcard::to_stdvec(self).expect("tallies encode");
         bytes.extend(postcard::to_stdvec(&self.tallies.checks).expect("checks encode"));
+        bytes.extend(postcard::to_stdvec(&self.rewind).expect("rewind points encode"));
         bytes
     }
 
-    /// Reads `encode`'s bytes; without the counts after them (an older checkpoint) the job
-    /// resumes with none counted.
+    /// Reads `encode`'s bytes; without the counts or rewind points after them (an older
+    /// checkpoint) the job resumes with none.
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         if bytes.is_empty() {
             return Ok(Progress::default());
         }
         let (mut progress, rest): (Progress, &[u8]) = postcard::take_from_bytes(bytes)?;
         if !rest.is_empty() {
-            progress.tallies.checks = postcard::from_bytes(rest)?;
+            let (checks, rest) = postcard::take_from_bytes(rest)?;
+            progress.tallies.checks = checks;
+            if !rest.is_empty() {
+                progress.rewind = postcard::from_bytes(rest)?;
+            }
         }
         Ok(progress)
     }
@@ -93,6 +123,41 @@ impl Effects {
                 CheckpointOutcome::NotRecorded
             }
         }
+    }
+
+    /// Goes back to the start of round `round`: its weights restored from the storage nodes
+    /// that kept them, then the rewind recorded on the ledger (which names these weights from
+    /// now on). Restoring failing is an error; the ledger's answer is read like a checkpoint's.
+    pub async fn rewind(
+        self: Arc<Self>,
+        round: u32,
+        tensors: CheckpointTensors,
+        progress: Progress,
+        wrong: NodeId,
+    ) -> Result<CheckpointOutcome, String> {
+        self.restore(&tensors).await?;
+        self.mean_update.lock().expect("mean update").take();
+        let Some(system) = self.ctx.system.clone() else {
+            return Ok(CheckpointOutcome::NotRecorded);
+        };
+        let call = Call::RewindJob {
+            job: self.plan.request.job,
+            runner: self.ctx.me,
+            round,
+            tensors,
+            progress: progress.encode(),
+            wrong,
+        };
+        Ok(match system.try_submit(&self.ctx.ledger, call).await {
+            Ok(_) => CheckpointOutcome::Recorded,
+            Err(Refusal::Ledger(
+                aic_ledger::TxError::NotTheRunner { .. } | aic_ledger::TxError::JobNotRecorded(_),
+            )) => CheckpointOutcome::TakenOver,
+            Err(error) => {
+                warn!(job = %self.plan.request.job, ?error, "rewind not recorded");
+                CheckpointOutcome::NotRecorded
+            }
+        })
     }
 
     /// Storage nodes up, nearest to the runner's view first (the registry's order), with their
@@ -228,20 +293,45 @@ mod tests {
         tallies.banned.insert(node(7));
         tallies.checks.insert(node(1), (3, 0));
         tallies.checks.insert(node(7), (1, 2));
+        let weights = |b: u8| CheckpointTensors {
+            weights: aic_protocol::tensor::TensorRef::of(&[f32::from(b); 4]),
+            optimizer_state: None,
+            holders: vec![node(100)],
+        };
+        let mut rewind = RewindPoints::default();
+        for b in 0..8 {
+            rewind.first_unverified.insert(node(b), u32::from(b % 2));
+        }
+        for round in 0..2u8 {
+            rewind.starts.insert(
+                u32::from(round),
+                RoundStart {
+                    tensors: weights(round),
+                    verified_rows: tallies.verified_rows.clone(),
+                },
+            );
+        }
         let progress = Progress {
             tallies,
             assignments: (0..8u8)
                 .map(|b| (ShardId::of_content(&[b]), node(b), node(100 + b)))
                 .collect(),
+            rewind,
         };
         let bytes = progress.encode();
-        // A round of 8 tasks over 16 nodes fits the 2 KB a checkpoint may cost, whatever the model.
-        assert!(bytes.len() < 2_048, "{} bytes", bytes.len());
+        // A round of 8 tasks over 16 nodes, with two rounds to rewind to, fits the 4 KB a
+        // checkpoint may cost, whatever the model.
+        assert!(bytes.len() < 4_096, "{} bytes", bytes.len());
         assert_eq!(Progress::decode(&bytes).unwrap(), progress);
         assert_eq!(Progress::decode(&[]).unwrap(), Progress::default());
         assert!(Progress::decode(&[0xff; 3]).is_err());
-        // A checkpoint from before the checks were counted reads, with none counted.
+        // A checkpoint from before rewinds reads, with nothing to rewind to; one from before
+        // the checks were counted reads, with none counted.
         let mut older = progress.clone();
+        older.rewind = RewindPoints::default();
+        let mut bytes = postcard::to_stdvec(&older).unwrap();
+        bytes.extend(postcard::to_stdvec(&older.tallies.checks).unwrap());
+        assert_eq!(Progress::decode(&bytes).unwrap(), older);
         older.tallies.checks.clear();
         let bytes = postcard::to_stdvec(&older).unwrap();
         assert_eq!(Progress::decode(&bytes).unwrap(), older);

@@ -13,6 +13,9 @@
 //!             checker → Compare → maybe a third: Place/Dispatch → Compare ×2 → verdict]
 //!             → re-run unverified results of nodes banned this step → Collect (shard order)
 //!             → OuterStep → Checkpoint → DropTensors (superseded) → Publish
+//!  a node found wrong whose unconfirmed results are in earlier rounds: Rewind to the start of
+//!             its earliest such round (weights restored, the ledger told) → DropTensors (the
+//!             discarded rounds') → the rounds from there, without it
 //!  at the end: RefreshNodes → evaluate the held-out shards → Checkpoint (the claim) → Settle
 //!             → Finish. A checkpoint refused because another replica runs the job: Finish(Moved)
 //! ```
@@ -28,7 +31,7 @@ use aic_protocol::messages::{NodeState, NodeStatus, TaskKind, TaskResult};
 use aic_protocol::tensor::TensorRef;
 use aic_protocol::{JobId, NodeId, Role, TaskId};
 
-use super::checkpoint::{Progress, Tallies};
+use super::checkpoint::{Progress, RewindPoints, RoundStart, Tallies};
 use crate::payroll::WorkDone;
 use crate::placement::Placement;
 use crate::rating::{self, Verdict};
@@ -85,6 +88,8 @@ pub struct Resumed {
     pub round: u32,
     pub tallies: Tallies,
     pub tensors: Option<CheckpointTensors>,
+    /// The rounds the job can still rewind to.
+    pub rewind: RewindPoints,
 }
 
 /// One execution of a task that produced a result, with where it ran.
@@ -197,6 +202,9 @@ pub enum Event {
     /// The outer step was applied and the new weights stored (answers `OuterStep`).
     Stepped(Result<CheckpointTensors, String>),
     Checkpointed(CheckpointOutcome),
+    /// The weights a rewind goes back to were restored and the ledger told (answers
+    /// `Rewind`), or restoring them failed.
+    Rewound(Result<CheckpointOutcome, String>),
     /// Settlement ran (answers `Settle`); whether it succeeded.
     Settled {
         ok: bool,
@@ -274,6 +282,16 @@ pub enum Command {
         tensors: Option<CheckpointTensors>,
         progress: Progress,
     },
+    /// Go back to the start of `round`: restore its weights (and optimizer state) from
+    /// `tensors`, and record on the ledger that the job rewound there because `wrong` was found
+    /// wrong (answers `Rewound`). Answers to anything asked before it are stale: the actor
+    /// drops them (see `Engine::generation`).
+    Rewind {
+        round: u32,
+        tensors: CheckpointTensors,
+        progress: Progress,
+        wrong: NodeId,
+    },
     /// Forget tensors no checkpoint names any more.
     DropTensors {
         tensors: Vec<TensorRef>,
@@ -338,6 +356,13 @@ pub enum ReportItem {
         rounds: u32,
         epoch: u32,
         loss: f64,
+    },
+    /// The job went back from `from` rounds done to `to`, because `node` was found wrong: the
+    /// rounds after `to` are re-run without it.
+    Rewound {
+        from: u32,
+        to: u32,
+        node: NodeId,
     },
     /// A held-out evaluation of the weights after `round`; `last` is the final one.
     Evaluation {
@@ -411,6 +436,8 @@ enum Phase {
     Collecting,
     OuterStepping,
     Checkpointing,
+    /// Restoring the weights a rewind goes back to.
+    Rewinding,
     /// The final checkpoint before paying: a replica that took the job over settles it.
     Claiming(Ending),
     Settling(Ending),
@@ -437,6 +464,14 @@ pub struct Engine {
     replica_waits: u32,
     /// The round after which the latest held-out evaluation ran.
     evaluated_at: Option<u32>,
+    /// Where a node found wrong sends the job back to.
+    rewind: RewindPoints,
+    /// Confirmed rows when the running training round started (what a rewind to it restores).
+    verified_at_round_start: BTreeMap<NodeId, u64>,
+    /// Tensors of the rounds a rewind discarded: dropped once the ledger names the rewind.
+    discarded: Vec<CheckpointTensors>,
+    /// Bumped at each rewind: answers to commands of an earlier generation are stale.
+    generation: u64,
     cancelled: bool,
     out: Vec<Command>,
 }
@@ -447,9 +482,9 @@ impl Engine {
         let groups = (0..steps)
             .map(|s| (0..setup.train.len()).skip(s).step_by(steps).collect())
             .collect();
-        let (round, tallies, stored) = match &setup.resumed {
-            Some(r) => (r.round, r.tallies.clone(), r.tensors.clone()),
-            None => (0, Tallies::default(), None),
+        let (round, tallies, stored, rewind) = match &setup.resumed {
+            Some(r) => (r.round, r.tallies.clone(), r.tensors.clone(), r.rewind.clone()),
+            None => (0, Tallies::default(), None, RewindPoints::default()),
         };
         Engine {
             setup,
@@ -466,9 +501,25 @@ impl Engine {
             tasks_minted: 0,
             replica_waits: 0,
             evaluated_at: None,
+            rewind,
+            verified_at_round_start: BTreeMap::new(),
+            discarded: Vec::new(),
+            generation: 0,
             cancelled: false,
             out: Vec::new(),
         }
+    }
+
+    /// Which run of the rounds the engine is in: bumped when a rewind throws the running
+    /// round away. The actor tags what it carries out with it and drops an answer that comes
+    /// back under an older one (a task or check of a discarded round).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The rounds the job can rewind to.
+    pub fn rewind_points(&self) -> &RewindPoints {
+        &self.rewind
     }
 
     /// Rounds the job trains in all.
@@ -507,6 +558,7 @@ impl Engine {
             Event::Collected(outcome) => self.on_collected(outcome),
             Event::Stepped(stored) => self.on_stepped(stored),
             Event::Checkpointed(outcome) => self.on_checkpointed(outcome),
+            Event::Rewound(outcome) => self.on_rewound(outcome),
             Event::Settled { ok: _ } => self.on_settled(),
             Event::Cancel => self.cancelled = true,
         }
@@ -575,6 +627,7 @@ impl Engine {
                 }
             }
             Phase::Refreshing { evaluate: false } => {
+                self.verified_at_round_start = self.tallies.verified_rows.clone();
                 let shards = self.groups[self.group_of(self.round)]
                     .iter()
                     .map(|&i| self.setup.train[i].clone())
@@ -1080,7 +1133,90 @@ impl Engine {
         self.tallies.banned.insert(wrong);
         self.out.push(Command::Ban { node: wrong });
         self.confirm(&honest, accepted.result.rows);
+        if let Some(&to) = self.rewind.first_unverified.get(&wrong) {
+            // Its unconfirmed results of earlier rounds are in the weights: go back before them.
+            self.rewind_to(to, wrong);
+            return;
+        }
         self.accept(slot, accepted, true);
+    }
+
+    /// Throws away the running round and every round from `to` on, and starts again from the
+    /// weights round `to` started with, without `wrong` (banned already). Compute rows of the
+    /// discarded rounds stay credited: honest nodes did that work as asked, and `wrong` — whose
+    /// results caused the re-run — is paid nothing and slashed. Confirmed rows (Proof of Value)
+    /// go back to what they were: only what stays in the model earns rewards.
+    fn rewind_to(&mut self, to: u32, wrong: NodeId) {
+        let Some(start) = self.rewind.starts.get(&to).cloned() else {
+            // Every round a node's `first_unverified` names has its start kept (`note_unverified`).
+            self.fail(format!("no weights kept to rewind to round {to}"));
+            return;
+        };
+        let from = self.round;
+        self.step = None;
+        self.execs.clear();
+        self.generation += 1;
+        self.rewind.first_unverified.retain(|_, round| *round < to);
+        let later = self.rewind.starts.split_off(&to);
+        self.discarded = later
+            .into_values()
+            .map(|s| s.tensors)
+            .chain(self.stored.take())
+            .chain(self.superseded.take())
+            .filter(|t| *t != start.tensors)
+            .collect();
+        self.discarded.dedup();
+        self.tallies.verified_rows = start.verified_rows.clone();
+        self.round = to;
+        self.stored = Some(start.tensors.clone());
+        self.evaluated_at = self.evaluated_at.filter(|round| *round <= to);
+        self.phase = Phase::Rewinding;
+        self.out.push(Command::Report(ReportItem::Rewound {
+            from,
+            to,
+            node: wrong,
+        }));
+        self.out.push(Command::Rewind {
+            round: to,
+            tensors: start.tensors,
+            progress: Progress {
+                tallies: self.tallies.clone(),
+                assignments: Vec::new(),
+                rewind: self.rewind.clone(),
+            },
+            wrong,
+        });
+    }
+
+    fn on_rewound(&mut self, outcome: Result<CheckpointOutcome, String>) {
+        if self.phase != Phase::Rewinding {
+            return;
+        }
+        match outcome {
+            Err(error) => self.fail(format!("rewinding to round {}: {error}", self.round)),
+            Ok(CheckpointOutcome::TakenOver) => self.moved(),
+            Ok(CheckpointOutcome::Recorded) => {
+                // The ledger names the rewound weights: the discarded rounds' can go.
+                for tensors in std::mem::take(&mut self.discarded) {
+                    self.drop_tensors(tensors);
+                }
+                self.begin_round();
+            }
+            Ok(CheckpointOutcome::NotRecorded) => {
+                // The ledger still names the latest weights: keep them.
+                self.discarded.clear();
+                self.begin_round();
+            }
+        }
+    }
+
+    fn drop_tensors(&mut self, tensors: CheckpointTensors) {
+        self.out.push(Command::DropTensors {
+            tensors: std::iter::once(tensors.weights)
+                .chain(tensors.optimizer_state)
+                .collect(),
+            holders: tensors.holders,
+        });
     }
 
     fn report_check(&mut self, slot: usize, third: Option<NodeId>, verdict: CheckVerdict) {
@@ -1249,9 +1385,10 @@ impl Engine {
                 return;
             }
         };
-        self.superseded = self.stored.replace(tensors);
         let step = self.step.take().expect("a step ran");
         let round = self.round;
+        self.note_unverified(round, &step);
+        self.superseded = self.stored.replace(tensors);
         let rows: u64 = step.slots.iter().map(|s| accepted(s).result.rows).sum();
         let loss: f64 = step
             .slots
@@ -1276,8 +1413,31 @@ impl Engine {
             progress: Progress {
                 tallies: self.tallies.clone(),
                 assignments,
+                rewind: self.rewind.clone(),
             },
         });
+    }
+
+    /// Notes the round as the earliest one with an unconfirmed result of each node that had
+    /// none before, and keeps the weights the round started from while any node names it.
+    fn note_unverified(&mut self, round: u32, step: &Step) {
+        let mut named = false;
+        for s in &step.slots {
+            if let Some((done, false)) = &s.accepted {
+                if let std::collections::btree_map::Entry::Vacant(entry) =
+                    self.rewind.first_unverified.entry(done.placement.node)
+                {
+                    entry.insert(round);
+                    named = true;
+                }
+            }
+        }
+        if let (true, Some(start)) = (named, self.stored.clone()) {
+            self.rewind.starts.entry(round).or_insert(RoundStart {
+                tensors: start,
+                verified_rows: self.verified_at_round_start.clone(),
+            });
+        }
     }
 
     /// Credits a step's accepted tasks: rows to the compute node, the shard's bytes to the
@@ -1339,6 +1499,10 @@ impl Engine {
         let (Some(old), Some(new)) = (self.superseded.take(), self.stored.as_ref()) else {
             return;
         };
+        if self.rewind.starts.values().any(|start| start.tensors == old) {
+            // A rewind may still go back to these weights.
+            return;
+        }
         let tensors: Vec<TensorRef> = std::iter::once(old.weights)
             .chain(old.optimizer_state)
             .filter(|t| *t != new.weights && Some(*t) != new.optimizer_state)
@@ -1426,6 +1590,7 @@ impl Engine {
             progress: Progress {
                 tallies: self.tallies.clone(),
                 assignments: Vec::new(),
+                rewind: self.rewind.clone(),
             },
         });
     }
@@ -1472,6 +1637,12 @@ impl Engine {
                 }
             })
             .collect();
+        // Settled here: no rewind can come any more, so the rounds kept for one can go.
+        for start in std::mem::take(&mut self.rewind.starts).into_values() {
+            if Some(&start.tensors) != self.stored.as_ref() {
+                self.drop_tensors(start.tensors);
+            }
+        }
         self.phase = Phase::Settling(ending);
         self.out.push(Command::Settle(SettleOrder {
             completed,

@@ -282,12 +282,22 @@ fn is_error(command: &Command) -> bool {
 }
 
 fn claim(round: u32, stored: Option<CheckpointTensors>, tallies: Tallies) -> Command {
+    claim_with(round, stored, tallies, RewindPoints::default())
+}
+
+fn claim_with(
+    round: u32,
+    stored: Option<CheckpointTensors>,
+    tallies: Tallies,
+    rewind: RewindPoints,
+) -> Command {
     Command::Checkpoint {
         round,
         tensors: stored,
         progress: Progress {
             tallies,
             assignments: Vec::new(),
+            rewind,
         },
     }
 }
@@ -403,6 +413,7 @@ fn a_resumed_job_starts_at_its_round_with_its_weights_and_tallies() {
         round: 1,
         tallies: tallies.clone(),
         tensors: Some(tensors(7)),
+        rewind: RewindPoints::default(),
     });
     let mut h = Harness::new(s);
     h.send(Event::Start);
@@ -1067,19 +1078,216 @@ fn the_outer_step_failing_fails_the_job() {
 }
 
 #[test]
-fn a_recorded_checkpoint_drops_the_superseded_weights_and_starts_the_next_round() {
+fn a_recorded_checkpoint_drops_the_superseded_weights_unless_a_rewind_may_go_back_to_them() {
     let (mut h, places) = Harness::started(setup(2, 1, 2));
-    h.unchecked_round(&execs_of(&places), 1);
+    let out = h.unchecked_round(&execs_of(&places), 1);
+    // Round 0 took nodes 1 and 2's first unconfirmed results: a rewind would go back to the
+    // weights it started from, so they stay.
+    let Some(Command::Checkpoint { progress, .. }) = out.last() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        progress.rewind.first_unverified,
+        BTreeMap::from([(id(1), 0), (id(2), 0)])
+    );
+    assert_eq!(progress.rewind.starts.keys().copied().collect::<Vec<_>>(), [0]);
+    assert_eq!(progress.rewind.starts[&0].tensors, tensors(0));
+    assert_eq!(
+        h.send(Event::Checkpointed(CheckpointOutcome::Recorded)),
+        [Command::Publish, Command::RefreshNodes { after: None }]
+    );
+    // Round 1's results are the same nodes' later ones: the weights it started from go.
+    let places = h.send(Event::Nodes(Ok(grid())));
+    h.unchecked_round(&execs_of(&places), 2);
     assert_eq!(
         h.send(Event::Checkpointed(CheckpointOutcome::Recorded)),
         [
             Command::DropTensors {
-                tensors: vec![tensors(0).weights],
+                tensors: vec![tensors(1).weights],
                 holders: vec![id(STORAGE)]
             },
             Command::Publish,
             Command::RefreshNodes { after: None },
         ]
+    );
+}
+
+#[test]
+fn a_round_of_confirmed_results_keeps_no_weights_to_rewind_to() {
+    let (mut h, places) = Harness::started(setup(1, 1, 2));
+    let exec = execs_of(&places)[0];
+    h.run(exec, 1, 1);
+    let place = h.send(Event::CheckDrawn { slot: 0, check: true });
+    h.run(execs_of(&place)[0], 2, 1);
+    h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        outcome: Comparison::Agree,
+    });
+    h.send(Event::Collected(Ok(())));
+    let out = h.send(Event::Stepped(Ok(tensors(1))));
+    let Some(Command::Checkpoint { progress, .. }) = out.last() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(progress.rewind, RewindPoints::default());
+    assert!(matches!(
+        &h.send(Event::Checkpointed(CheckpointOutcome::Recorded))[0],
+        Command::DropTensors { tensors: t, .. } if *t == vec![tensors(0).weights]
+    ));
+}
+
+/// Round 0 of a two-round job (one shard a round) runs on node 1 unchecked; in round 1 a spot
+/// check finds node 1 wrong. Answers the harness and the verdict's commands.
+fn caught_in_round_one() -> (Harness, Vec<Command>) {
+    let (mut h, places) = Harness::started(setup(2, 2, 1));
+    h.unchecked_round(&execs_of(&places), 1);
+    h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+    let places = h.send(Event::Nodes(Ok(grid())));
+    h.run(execs_of(&places)[0], 1, 9);
+    let place = h.send(Event::CheckDrawn { slot: 0, check: true });
+    h.run(execs_of(&place)[0], 2, 1);
+    let place = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        outcome: Comparison::Disagree,
+    });
+    h.run(execs_of(&place)[0], 3, 1);
+    h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::CheckerThird,
+        outcome: Comparison::Agree,
+    });
+    let out = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalThird,
+        outcome: Comparison::Disagree,
+    });
+    (h, out)
+}
+
+#[test]
+fn a_node_found_wrong_sends_the_job_back_before_its_unconfirmed_results() {
+    let (mut h, out) = caught_in_round_one();
+    assert!(out.contains(&Command::Ban { node: id(1) }));
+    assert!(out.contains(&Command::Report(ReportItem::Rewound {
+        from: 1,
+        to: 0,
+        node: id(1)
+    })));
+    let Some(Command::Rewind {
+        round,
+        tensors: to,
+        progress,
+        wrong,
+    }) = out.last()
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((*round, to, *wrong), (0, &tensors(0), id(1)));
+    // Nothing is left to rewind to; the ban stays; the rows node 2 and 3 confirmed in the
+    // discarded round earn nothing; the compute rows done stay credited.
+    assert_eq!(progress.rewind, RewindPoints::default());
+    assert!(progress.tallies.banned.contains(&id(1)));
+    assert!(progress.tallies.verified_rows.is_empty());
+    assert_eq!(
+        progress.tallies.compute_rows,
+        BTreeMap::from([(id(1), shard(0).rows)])
+    );
+    assert_eq!(h.engine.rounds(), 0);
+    assert_eq!(h.engine.generation(), 1);
+    // The rewind recorded: the discarded round's weights go, and round 0 runs again from the
+    // weights it started with, away from node 1.
+    assert_eq!(
+        h.send(Event::Rewound(Ok(CheckpointOutcome::Recorded))),
+        [
+            Command::DropTensors {
+                tensors: vec![tensors(1).weights],
+                holders: vec![id(STORAGE)]
+            },
+            Command::RefreshNodes { after: None },
+        ]
+    );
+    let places = h.send(Event::Nodes(Ok(grid())));
+    let [Command::Place {
+        exec,
+        shard: s,
+        exclude,
+        ..
+    }] = places.as_slice()
+    else {
+        panic!("{places:?}")
+    };
+    assert_eq!((s, exclude), (&shard(0), &vec![id(1)]));
+    let dispatched = h.send(Event::Placed {
+        exec: *exec,
+        placement: Some(placement(2)),
+    });
+    assert!(
+        matches!(&dispatched[..], [Command::Dispatch { round: 0, weights, .. }] if *weights == tensors(0)),
+        "{dispatched:?}"
+    );
+}
+
+#[test]
+fn a_rewind_the_ledger_did_not_record_keeps_the_weights_it_names() {
+    let (mut h, _) = caught_in_round_one();
+    assert_eq!(
+        h.send(Event::Rewound(Ok(CheckpointOutcome::NotRecorded))),
+        [Command::RefreshNodes { after: None }]
+    );
+    let (mut h, _) = caught_in_round_one();
+    assert_eq!(
+        h.send(Event::Rewound(Ok(CheckpointOutcome::TakenOver))),
+        [Command::Finish(Ending::Moved)]
+    );
+    let (mut h, _) = caught_in_round_one();
+    let out = h.send(Event::Rewound(Err("no storage node holds the weights".into())));
+    assert!(out.iter().any(is_error), "{out:?}");
+}
+
+#[test]
+fn a_resumed_job_rewinds_to_a_round_its_earlier_runner_kept() {
+    let (h, places) = Harness::started(setup(2, 2, 1));
+    let mut h = h;
+    let out = h.unchecked_round(&execs_of(&places), 1);
+    let Some(Command::Checkpoint { progress, .. }) = out.last() else {
+        panic!("{out:?}")
+    };
+    // Another replica resumes from the checkpoint after round 0, then catches node 1.
+    let mut s = setup(2, 2, 1);
+    s.task_seed = 7;
+    s.resumed = Some(Resumed {
+        round: 1,
+        tallies: progress.tallies.clone(),
+        tensors: Some(tensors(1)),
+        rewind: Progress::decode(&progress.encode()).unwrap().rewind,
+    });
+    let mut h = Harness::new(s);
+    h.send(Event::Start);
+    h.send(Event::Nodes(Ok(grid())));
+    let places = h.send(Event::Nodes(Ok(grid())));
+    h.run(execs_of(&places)[0], 1, 9);
+    let place = h.send(Event::CheckDrawn { slot: 0, check: true });
+    h.run(execs_of(&place)[0], 2, 1);
+    let place = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalChecker,
+        outcome: Comparison::Disagree,
+    });
+    h.run(execs_of(&place)[0], 3, 1);
+    h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::CheckerThird,
+        outcome: Comparison::Agree,
+    });
+    let out = h.send(Event::Compared {
+        slot: 0,
+        pair: Pair::OriginalThird,
+        outcome: Comparison::Disagree,
+    });
+    assert!(
+        matches!(out.last(), Some(Command::Rewind { round: 0, tensors: t, .. }) if *t == tensors(0)),
+        "{out:?}"
     );
 }
 
@@ -1127,18 +1335,20 @@ fn a_cancel_during_a_spot_check_stops_the_job_at_the_round_boundary() {
     h.send(Event::Stepped(Ok(tensors(1))));
     let out = h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
     let tallies = h.engine.tallies().clone();
+    // Node 3's unchecked result keeps the round's starting weights for a rewind until the job
+    // is settled.
+    let rewind = h.engine.rewind_points().clone();
+    assert_eq!(rewind.first_unverified, BTreeMap::from([(id(3), 0)]));
     assert_eq!(
         out,
-        [
-            Command::DropTensors {
-                tensors: vec![tensors(0).weights],
-                holders: vec![id(STORAGE)]
-            },
-            Command::Publish,
-            claim(1, Some(tensors(1)), tallies),
-        ]
+        [Command::Publish, claim_with(1, Some(tensors(1)), tallies, rewind),]
     );
-    let order = settle_order(&h.send(Event::Checkpointed(CheckpointOutcome::Recorded)));
+    let out = h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
+    assert!(out.contains(&Command::DropTensors {
+        tensors: vec![tensors(0).weights],
+        holders: vec![id(STORAGE)]
+    }));
+    let order = settle_order(&out);
     assert!(!order.completed && order.trained.is_none() && order.work.fees.is_empty());
     assert_eq!(order.work.compute_rows.len(), 2);
     // Node 1's result agreed with node 2's re-run; node 3's was not checked.
@@ -1382,6 +1592,7 @@ fn a_resumed_jobs_earlier_tallies_are_paid() {
         round: 1,
         tallies,
         tensors: Some(tensors(5)),
+        rewind: RewindPoints::default(),
     });
     let mut h = Harness::new(s);
     h.send(Event::Start);
@@ -1443,7 +1654,8 @@ mod interleavings {
     /// choices pick from everything outstanding.
     struct World {
         h: Harness,
-        pending: Vec<Command>,
+        /// Commands to answer, each with the engine's generation when it was given.
+        pending: Vec<(u64, Command)>,
         choices: Vec<u8>,
         at: usize,
         settled: Vec<SettleOrder>,
@@ -1474,7 +1686,7 @@ mod interleavings {
                     | Command::Report(_)
                     | Command::Publish
                     | Command::DropTensors { .. } => {}
-                    other => self.pending.push(other),
+                    other => self.pending.push((self.h.engine.generation(), other)),
                 }
             }
         }
@@ -1544,6 +1756,11 @@ mod interleavings {
                     c if c % 13 == 12 => CheckpointOutcome::NotRecorded,
                     _ => CheckpointOutcome::Recorded,
                 }),
+                Command::Rewind { .. } => Event::Rewound(match c % 10 {
+                    9 => Err("no storage node holds the weights".into()),
+                    8 => Ok(CheckpointOutcome::NotRecorded),
+                    _ => Ok(CheckpointOutcome::Recorded),
+                }),
                 Command::Settle(order) => {
                     self.settled.push(order);
                     Event::Settled { ok: true }
@@ -1574,8 +1791,10 @@ mod interleavings {
                     let out = w.h.send(Event::Cancel);
                     w.take(out);
                 }
-                let command = w.pending.remove(c as usize % w.pending.len());
-                if let Some(event) = w.answer(command) {
+                let (generation, command) = w.pending.remove(c as usize % w.pending.len());
+                // As the actor does: an answer to a command a rewind discarded is dropped.
+                let stale = generation != w.h.engine.generation();
+                if let Some(event) = w.answer(command).filter(|_| !stale) {
                     let out = w.h.send(event);
                     w.take(out);
                 }
@@ -1863,4 +2082,193 @@ fn a_grid_of_one_operator_still_checks_its_nodes_against_each_other() {
     h.send(Event::Nodes(Ok(nodes)));
     assert_eq!(h.engine.could_collude_with(&[id(1)]), vec![id(1), id(2), id(3)]);
     assert_eq!(h.engine.independent_of(&[id(1)]), vec![id(1)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// No wrong result stays in a model
+
+/// What jobs run beside a node that corrupts some of its results showed.
+#[derive(Debug, Default)]
+struct CorrupterRuns {
+    jobs: u32,
+    /// Jobs in which the corrupter was found wrong.
+    caught: u32,
+    /// Corrupted updates reduced into the weights at some point (before a rewind took them out).
+    entered: u64,
+    /// Corrupted updates in the weights each job ended with.
+    in_final_models: u64,
+    /// Of those, in jobs where the corrupter was found wrong.
+    in_final_models_caught: u64,
+    rewinds: u32,
+    rounds_discarded: u32,
+    rounds_trained: u32,
+}
+
+/// Runs `jobs` jobs of `rounds` rounds of `shards` shards on five compute nodes; node 5 corrupts
+/// `percent` % of its results. Spot checks are drawn by the rater's own rule from each node's
+/// record, kept across jobs, with a seeded draw; answers are carried out in order, and an answer
+/// to a command of a generation a rewind discarded is dropped, as the actor does.
+fn run_beside_a_corrupter(jobs: u32, rounds: u32, shards: u8, percent: u32, seed: u64) -> CorrupterRuns {
+    use std::collections::VecDeque;
+
+    use rand::{Rng, SeedableRng};
+
+    const CORRUPTER: u8 = 5;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut nodes: Vec<NodeStatus> = (1..=5).map(|b| node(b, Role::Compute)).collect();
+    nodes.push(node(STORAGE, Role::Storage));
+    // Every node new to the rater, as on a fresh devnet: checked every time at first, less as
+    // its checks pass; the records carry over from job to job.
+    let mut records: BTreeMap<NodeId, rating::NodeRecord> = BTreeMap::new();
+    let mut runs = CorrupterRuns::default();
+    let mut next_tensor = 0u8;
+    for job in 0..jobs {
+        let mut s = setup(shards, rounds, 1);
+        s.task_seed = u64::from(job);
+        s.train = (0..shards).map(|i| shard(i % 10)).collect();
+        let mut h = Harness::new(s);
+        let mut queue: VecDeque<(u64, Command)> = h.send(Event::Start).into_iter().map(|c| (0, c)).collect();
+        let mut placed: HashMap<u64, u8> = HashMap::new();
+        // Corrupted updates in the weights after each round.
+        let mut model: Vec<u64> = Vec::new();
+        let mut next = 0usize;
+        let mut caught = false;
+        let mut steps = 0;
+        'job: while let Some((generation, command)) = queue.pop_front() {
+            steps += 1;
+            assert!(steps < 1_000_000, "the job does not end");
+            let answer = match command {
+                Command::RefreshNodes { .. } => Some(Event::Nodes(Ok(nodes.clone()))),
+                Command::StoreState => Some(Event::Stored(Ok(tensors(0)))),
+                Command::Place { exec, exclude, .. } => {
+                    let b = (0..5u8)
+                        .map(|i| 1 + (next as u8 + i) % 5)
+                        .find(|b| !exclude.contains(&id(*b)));
+                    next += 1;
+                    if let Some(b) = b {
+                        placed.insert(exec, b);
+                    }
+                    Some(Event::Placed {
+                        exec,
+                        placement: b.map(placement),
+                    })
+                }
+                Command::Dispatch {
+                    exec,
+                    task,
+                    kind,
+                    shard,
+                    ..
+                } => {
+                    let corrupt = placed[&exec] == CORRUPTER && rng.random_range(0..100) < percent;
+                    let version = if corrupt { 9 } else { 1 };
+                    Some(Event::Ran {
+                        exec,
+                        outcome: Ok(result(task, &shard, kind, version)),
+                    })
+                }
+                Command::DrawCheck { slot, node } => {
+                    let record = records.entry(node).or_default();
+                    let check = rating::should_check(record, rng.random::<f64>());
+                    Some(Event::CheckDrawn { slot, check })
+                }
+                Command::Rate { node, matched } => {
+                    let record = records.entry(node).or_default();
+                    if matched {
+                        record.record_match();
+                    } else {
+                        record.record_mismatch();
+                    }
+                    None
+                }
+                Command::Ban { node } => {
+                    caught |= node == id(CORRUPTER);
+                    None
+                }
+                Command::Compare { slot, pair, a, b } => Some(Event::Compared {
+                    slot,
+                    pair,
+                    outcome: verdict(a.1.update == b.1.update),
+                }),
+                Command::Collect { round, parts } => {
+                    let wrong = parts.iter().filter(|p| p.1.hash == [9; 32]).count() as u64;
+                    runs.entered += wrong;
+                    model.truncate(round as usize);
+                    model.push(wrong);
+                    Some(Event::Collected(Ok(())))
+                }
+                Command::OuterStep { .. } => {
+                    next_tensor = next_tensor.wrapping_add(1).max(1);
+                    runs.rounds_trained += 1;
+                    Some(Event::Stepped(Ok(tensors(next_tensor))))
+                }
+                Command::Checkpoint { .. } => Some(Event::Checkpointed(CheckpointOutcome::Recorded)),
+                Command::Rewind { round, .. } => {
+                    runs.rewinds += 1;
+                    runs.rounds_discarded += model.len() as u32 - round;
+                    model.truncate(round as usize);
+                    Some(Event::Rewound(Ok(CheckpointOutcome::Recorded)))
+                }
+                Command::Settle(order) => {
+                    assert!(order.completed, "job {job} did not complete");
+                    break 'job;
+                }
+                _ => None,
+            };
+            if let Some(event) = answer {
+                if generation != h.engine.generation() {
+                    continue;
+                }
+                let out = h.send(event);
+                let generation = h.engine.generation();
+                queue.extend(out.into_iter().map(|c| (generation, c)));
+            }
+        }
+        runs.jobs += 1;
+        let wrong: u64 = model.iter().sum();
+        runs.in_final_models += wrong;
+        if caught {
+            runs.caught += 1;
+            runs.in_final_models_caught += wrong;
+        }
+    }
+    runs
+}
+
+const JOBS: u32 = 20;
+const ROUNDS: u32 = 10;
+const SHARDS: u8 = 100;
+const PERCENT: u32 = 10;
+const SEED: u64 = 17;
+
+#[test]
+fn no_result_of_a_node_found_wrong_stays_in_the_model() {
+    // A node corrupting 10 % of its results beside four honest ones, 30 jobs of 6 rounds of 10
+    // shards: each time it is caught the job rewinds, so none of its results stays in the model.
+    let (jobs, rounds, shards, percent, seed) = (JOBS, ROUNDS, SHARDS, PERCENT, SEED);
+    let runs = run_beside_a_corrupter(jobs, rounds, shards, percent, seed);
+    eprintln!(
+        "a node corrupting 10 % of its results, {} jobs: caught in {}; {} corrupted updates entered \
+         the weights, {} stayed in a final model ({} in jobs that caught it); {} rewinds threw away \
+         {} of {} rounds trained ({:.1} %)",
+        runs.jobs,
+        runs.caught,
+        runs.entered,
+        runs.in_final_models,
+        runs.in_final_models_caught,
+        runs.rewinds,
+        runs.rounds_discarded,
+        runs.rounds_trained,
+        100.0 * f64::from(runs.rounds_discarded) / f64::from(runs.rounds_trained.max(1)),
+    );
+    assert!(runs.caught > 0, "{runs:?}");
+    assert!(
+        runs.rewinds > 0,
+        "some catch came after unconfirmed results: {runs:?}"
+    );
+    assert!(
+        runs.entered > 0,
+        "corrupted updates were reduced before a catch: {runs:?}"
+    );
+    assert_eq!(runs.in_final_models_caught, 0, "{runs:?}");
 }

@@ -106,6 +106,7 @@ impl JobReport {
             "spot_checks": [],
             "penalties": [],
             "payments": [],
+            "rewinds": [],
         });
         JobReport {
             value,
@@ -197,6 +198,36 @@ impl JobReport {
                 self.value["wire"] = fx
                     .wire
                     .report(rounds.saturating_sub(self.start_round), self.model_bytes);
+            }
+            ReportItem::Rewound { from, to, node } => {
+                warn!(job = %fx.plan.request.job, node = %fx.name(&node), from, to,
+                    "a node found wrong had unconfirmed results in earlier rounds; rewinding");
+                metrics.job_rewinds.inc();
+                metrics
+                    .job_rounds_discarded
+                    .inc_by(u64::from(from.saturating_sub(to)));
+                push(
+                    &mut self.value["rewinds"],
+                    json!({"node": fx.name(&node), "from_round": from, "to_round": to}),
+                );
+                self.value["rounds"] = json!(to);
+                // What the model no longer contains: the curves go back with it, and the
+                // discarded rounds' tasks (paid: the work was done as asked) say so.
+                let keep = |point: &Value| point["round"].as_u64().is_some_and(|r| r <= u64::from(to));
+                for curve in ["curve", "held_out"] {
+                    if let Some(points) = self.value[curve].as_array_mut() {
+                        points.retain(keep);
+                    }
+                }
+                if let Some(tasks) = self.value["tasks"].as_array_mut() {
+                    for task in tasks {
+                        if task["kind"] == "gradient"
+                            && task["round"].as_u64().is_some_and(|r| r >= u64::from(to))
+                        {
+                            task["discarded"] = json!(true);
+                        }
+                    }
+                }
             }
             ReportItem::Evaluation {
                 round,

@@ -225,6 +225,7 @@ pub async fn resume(ctx: &JobContext, job: JobId, record: &JobRecord) -> Result<
         round: record.round,
         tallies: progress.tallies,
         tensors: tensors.clone(),
+        rewind: progress.rewind,
     };
     let note = json!({
         "from_round": record.round,
@@ -268,16 +269,22 @@ impl Job {
         self.carry_out(commands, ctx);
     }
 
-    /// Runs `future` on the actor's context and feeds its event back to the engine.
+    /// Runs `future` on the actor's context and feeds its event back to the engine, unless a
+    /// rewind threw away the rounds it was for meanwhile.
     fn answer<F>(&mut self, future: F, span: Span, ctx: &mut Context<Self>)
     where
         F: Future<Output = Event> + 'static,
     {
+        let generation = self.engine.generation();
         ctx.spawn(
             future
                 .instrument(span)
                 .into_actor(self)
-                .map(|event, job, ctx| job.feed(event, ctx)),
+                .map(move |event, job, ctx| {
+                    if job.engine.generation() == generation {
+                        job.feed(event, ctx);
+                    }
+                }),
         );
     }
 
@@ -396,6 +403,16 @@ impl Job {
                         }
                         Event::Checkpointed(outcome)
                     },
+                    round,
+                    ctx,
+                ),
+                Command::Rewind {
+                    round: to,
+                    tensors,
+                    progress,
+                    wrong,
+                } => self.answer(
+                    async move { Event::Rewound(fx.rewind(to, tensors, progress, wrong).await) },
                     round,
                     ctx,
                 ),
