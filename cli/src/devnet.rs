@@ -302,6 +302,7 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
             scheduler: scheduler_addr,
             replicas: replicas[1..].iter().map(|r| r.addr.clone()).collect(),
             tls: issue(Role::Client, "client")?.0,
+            ..ClientProfile::default()
         };
         let profile_path = dir.join("client.toml");
         write_toml(&profile_path, &profile)?;

@@ -25,6 +25,10 @@ pub struct ClientProfile {
     /// any replica serves every command (writes are forwarded to the ledger's leader).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<String>,
+    /// How long a command waits for a ledger leader with a majority of replicas behind it
+    /// before it fails, saying so (an election takes about a second; fewer than a majority of
+    /// replicas up never ends on its own).
+    pub leader_wait_ms: u64,
     pub tls: IdentityFiles,
 }
 
@@ -33,6 +37,7 @@ impl Default for ClientProfile {
         ClientProfile {
             scheduler: "127.0.0.1:7400".into(),
             replicas: Vec::new(),
+            leader_wait_ms: 15_000,
             tls: IdentityFiles {
                 ca: "certs/ca.pem".into(),
                 cert: "certs/client.pem".into(),
@@ -50,6 +55,9 @@ impl Validate for ClientProfile {
         if self.replicas.iter().any(|r| !r.contains(':')) {
             return Err(Invalid::new("replicas", "each must be host:port"));
         }
+        if !(100..=600_000).contains(&self.leader_wait_ms) {
+            return Err(Invalid::new("leader_wait_ms", "must be 100 to 600000"));
+        }
         Ok(())
     }
 }
@@ -63,6 +71,10 @@ pub struct ClientArgs {
     /// The scheduler's QUIC address, overriding the profile.
     #[arg(long, global = true)]
     pub scheduler: Option<String>,
+    /// How long to wait for a ledger leader with a majority before failing, overriding the
+    /// profile's `leader_wait_ms`.
+    #[arg(long, global = true, value_name = "MS")]
+    pub leader_wait_ms: Option<u64>,
 }
 
 impl ClientArgs {
@@ -71,7 +83,12 @@ impl ClientArgs {
         if let Some(scheduler) = &self.scheduler {
             flags.insert("scheduler".into(), json!(scheduler));
         }
-        Ok(config::load(self.profile.as_deref(), &Value::Object(flags))?)
+        if let Some(wait) = self.leader_wait_ms {
+            flags.insert("leader_wait_ms".into(), json!(wait));
+        }
+        let profile: ClientProfile = config::load(self.profile.as_deref(), &Value::Object(flags))?;
+        aic_ledger::remote::set_leader_wait(std::time::Duration::from_millis(profile.leader_wait_ms));
+        Ok(profile)
     }
 }
 

@@ -81,6 +81,11 @@ pub const TABLE: &[Rule] = &[
     rule(P, "replicate", STORAGE),
     rule(P, "fetch_sealed", STORAGE),
     rule(P, "drop_replica", STORAGE),
+    // Re-replication: the scheduler asks a holder to copy a lost node's dataset elsewhere; only
+    // a storage node may hand another one a dataset key and have it pull, or update holders.
+    rule(P, "re_replicate", REPLICAS),
+    rule(P, "take_replica", STORAGE),
+    rule(P, "update_holders", STORAGE),
     rule(P, "run_task", REPLICAS),
     rule(P, "sign_ticket", REPLICAS),
     rule(P, "sign_block", REPLICAS),

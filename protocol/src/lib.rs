@@ -25,6 +25,7 @@ pub mod error;
 pub mod fault_net;
 pub mod frame;
 pub mod hex_serde;
+pub mod holders;
 pub mod ids;
 pub mod logging;
 pub mod manifest;

@@ -858,6 +858,27 @@ pub enum PeerRequest {
         asset: crate::AssetId,
         tensor: crate::tensor::TensorRef,
     },
+    /// Scheduler to a storage node holding `dataset` whole, when another holder is lost for
+    /// good: copy the dataset to `target` (a storage node at `target_addr` that does not hold
+    /// it) and drop `lost` from its holders; answered [`PeerResponse::ReReplicated`].
+    ReReplicate {
+        dataset: String,
+        target: NodeId,
+        target_addr: String,
+        lost: Vec<NodeId>,
+    },
+    /// Storage to storage: take a copy of a dataset from the node asking, which holds it: its
+    /// manifest, its key and the new holder set naming both nodes. Every sealed shard is
+    /// pulled from the asker and checked before the copy is kept; answered
+    /// [`PeerResponse::ReplicaTaken`].
+    TakeReplica {
+        manifest: String,
+        key: [u8; 32],
+        holders: crate::holders::HolderSet,
+    },
+    /// Storage to storage: a holder's newer holder set of a dataset the receiver holds;
+    /// answered [`PeerResponse::HoldersUpdated`].
+    UpdateHolders { holders: crate::holders::HolderSet },
 }
 
 /// A published model a compute node serves: its TrainedModel asset, the weights tensor the asset
@@ -973,6 +994,18 @@ pub enum PeerResponse {
         width: u32,
         outputs: Vec<f32>,
     },
+    /// The target holds the dataset whole; these are its holders now.
+    ReReplicated {
+        holders: Vec<NodeId>,
+    },
+    /// Every shard was pulled, checked and kept.
+    ReplicaTaken {
+        shards: u32,
+    },
+    /// The receiver keeps this epoch of the holder set (its own when it was newer).
+    HoldersUpdated {
+        epoch: u64,
+    },
 }
 
 impl Request for PeerRequest {
@@ -994,6 +1027,9 @@ impl Request for PeerRequest {
             PeerRequest::DropTensor { .. } => "drop_tensor",
             PeerRequest::Infer(_) => "infer",
             PeerRequest::GetPublishedTensor { .. } => "get_published_tensor",
+            PeerRequest::ReReplicate { .. } => "re_replicate",
+            PeerRequest::TakeReplica { .. } => "take_replica",
+            PeerRequest::UpdateHolders { .. } => "update_holders",
         }
     }
 }

@@ -200,7 +200,10 @@ pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
         PeerRequest::GetShard { .. }
         | PeerRequest::Replicate { .. }
         | PeerRequest::FetchSealed { .. }
-        | PeerRequest::DropReplica { .. } => {
+        | PeerRequest::DropReplica { .. }
+        | PeerRequest::ReReplicate { .. }
+        | PeerRequest::TakeReplica { .. }
+        | PeerRequest::UpdateHolders { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards"))
         }
         PeerRequest::RunTask(_) | PeerRequest::SignTicket { .. } | PeerRequest::SignBlock { .. } => {

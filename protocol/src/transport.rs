@@ -95,11 +95,16 @@ impl TransportTuning {
         config
     }
 
-    fn endpoint_config(&self) -> Result<quinn::EndpointConfig> {
-        let mut config = quinn::EndpointConfig::default();
+    /// The endpoint's settings, with the stateless-reset key of `identity` (see
+    /// [`StatelessResetKey`]).
+    fn endpoint_config(&self, identity: &Identity) -> Result<quinn::EndpointConfig> {
+        let mut config = quinn::EndpointConfig::new(Arc::new(StatelessResetKey::of(identity)));
         config
             .max_udp_payload_size(self.max_udp_payload.max(1200))
             .map_err(|e| Error::Transport(format!("endpoint config: {e}")))?;
+        // Every short packet for a connection this endpoint does not know is answered with a
+        // stateless reset, so the connection IDs need not be recognisable to it.
+        config.cid_generator(|| Box::new(RandomConnectionIds));
         Ok(config)
     }
 }
@@ -151,7 +156,7 @@ pub fn endpoint_on(
 ) -> Result<quinn::Endpoint> {
     let (server, client) = endpoint_configs(identity, tuning)?;
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-        tuning.endpoint_config()?,
+        tuning.endpoint_config(identity)?,
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -247,4 +252,62 @@ async fn resolve(addr: &str) -> Result<(SocketAddr, String)> {
         .next()
         .ok_or_else(|| resolve_error("no address found".into()))?;
     Ok((socket_addr, host.trim_matches(['[', ']']).to_string()))
+}
+
+/// The key an endpoint signs its stateless resets with, derived from its identity's private key,
+/// so the same node keeps it across restarts. A process that restarts at its address answers
+/// its peers' packets for the connections its previous run had with a reset they accept: each
+/// peer drops the dead connection at its next packet and connects again, instead of waiting for
+/// calls on it to go unanswered (seconds) or for the idle timeout. The key is as secret as the
+/// private key it comes from; without it nobody can forge a reset.
+pub struct StatelessResetKey([u8; 32]);
+
+impl StatelessResetKey {
+    pub fn of(identity: &Identity) -> Self {
+        StatelessResetKey(blake3::derive_key(
+            "aic 2026 QUIC stateless reset key",
+            identity.key.secret_der(),
+        ))
+    }
+}
+
+impl quinn::crypto::HmacKey for StatelessResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        signature_out.copy_from_slice(&mac.as_bytes()[..signature_out.len()]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> std::result::Result<(), quinn::crypto::CryptoError> {
+        let signature: [u8; 32] = signature.try_into().map_err(|_| quinn::crypto::CryptoError)?;
+        // `blake3::Hash` compares in constant time.
+        if blake3::keyed_hash(&self.0, data) == blake3::Hash::from_bytes(signature) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
+}
+
+/// Random 8-byte connection IDs, as quinn makes them, without a per-process key to recognise
+/// them by (a restarted process must treat its previous run's IDs like its own: see
+/// [`StatelessResetKey`]).
+struct RandomConnectionIds;
+
+impl quinn::ConnectionIdGenerator for RandomConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let bytes: [u8; 8] = rand::random();
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -266,6 +266,20 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
             asset: AssetId::random(),
             tensor: TensorRef::of(&[1.0]),
         },
+        PeerRequest::ReReplicate {
+            dataset: "d".into(),
+            target: node,
+            target_addr: "127.0.0.1:1".into(),
+            lost: vec![node],
+        },
+        PeerRequest::TakeReplica {
+            manifest: "{}".into(),
+            key: [0; 32],
+            holders: aic_protocol::holders::HolderSet::signed("d", 1, Vec::new(), &[0; 32]),
+        },
+        PeerRequest::UpdateHolders {
+            holders: aic_protocol::holders::HolderSet::signed("d", 1, Vec::new(), &[0; 32]),
+        },
     ];
     let replicas: Vec<ReplicaRequest> = vec![
         ReplicaRequest::AppendEntries(vec![1]),
@@ -359,6 +373,21 @@ async fn every_request_and_role_is_allowed_or_refused_as_the_table_says() {
         "list_nodes",
         Role::Compute
     ));
+    // Only storage nodes hand each other a dataset key (and have the receiver pull) or change
+    // who holds a dataset; only a scheduler replica asks a holder to copy a dataset elsewhere.
+    for rpc in ["take_replica", "update_holders", "re_replicate"] {
+        for role in [Role::Compute, Role::Client, Role::Operator, Role::Gateway] {
+            assert!(!authz::allows(FrameKind::PeerRequest, rpc, role), "{role} {rpc}");
+        }
+    }
+    assert_eq!(
+        authz::allowed_roles(FrameKind::PeerRequest, "take_replica"),
+        &[Role::Storage]
+    );
+    assert_eq!(
+        authz::allowed_roles(FrameKind::PeerRequest, "re_replicate"),
+        &[Role::Scheduler]
+    );
     shutdown.cancel();
 }
 

@@ -107,6 +107,10 @@ pub struct MembershipSettings {
     pub missed_heartbeats_before_down: u32,
     /// How many peers each node measures its RTT to per round.
     pub probe_targets_per_node: u32,
+    /// A storage node silent this long (and marked down) is lost for good: the leader has each
+    /// dataset it held copied to another node until every dataset has its replica count again.
+    /// Longer than a restart takes, so a node that comes back is not copied needlessly.
+    pub storage_lost_after_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -129,6 +133,7 @@ impl Default for MembershipSettings {
             heartbeat_interval_ms: 1000,
             missed_heartbeats_before_down: 3,
             probe_targets_per_node: 3,
+            storage_lost_after_ms: 300_000,
         }
     }
 }
@@ -199,6 +204,17 @@ impl Validate for SchedulerConfig {
         }
         if j.resume_after_ms < 1000 {
             return Err(Invalid::new("jobs.resume_after_ms", "must be at least 1000"));
+        }
+        // Shorter than the time to be marked down is allowed: a node counts as lost only once
+        // it is down, so the threshold is then the time to be marked down.
+        if !(1_000..=30 * 86_400_000).contains(&m.storage_lost_after_ms) {
+            return Err(Invalid::new(
+                "membership.storage_lost_after_ms",
+                format!(
+                    "must be between 1000 (a second) and 2592000000 (30 days), got {}",
+                    m.storage_lost_after_ms
+                ),
+            ));
         }
         if m.probe_targets_per_node > 16 {
             return Err(Invalid::new(

@@ -4,8 +4,9 @@
 //! `Registry` (membership, heartbeats, liveness), `Allocator` (placement), `Rater` (Proof of
 //! Value: spot checks, reputation, penalties), `CoinPayroll` (escrow payouts and rewards),
 //! `BlockGenerator` (blocks and the lottery), `JobBoard` (jobs by id) and one `Job` actor per
-//! running job. Decisions live in pure functions (`placement`, `rating`, `payroll`, `lottery`);
-//! the actors carry them out.
+//! running job; on the leader, the `re_replicator` task has a lost storage node's datasets
+//! copied to other storage nodes. Decisions live in pure functions (`placement`, `rating`,
+//! `payroll`, `lottery`, `re_replication`); the actors carry them out.
 //!
 //! [`start`] must run inside an actix `System` built on a multi-thread tokio runtime
 //! (`actix_rt::System::with_tokio_rt`), so quinn's tasks run on tokio workers and reach the
@@ -26,6 +27,8 @@ pub mod placement;
 pub mod provenance;
 pub mod rater;
 pub mod rating;
+pub mod re_replication;
+pub mod re_replicator;
 pub mod registry;
 pub mod resumer;
 pub mod reward_epochs;
@@ -77,6 +80,7 @@ pub async fn start(
     let registry = prometheus::Registry::new();
     let metrics = SchedulerMetrics::register(&registry)?;
     let ledger_metrics = aic_ledger::metrics::LedgerMetrics::register(&registry)?;
+    let re_replication_metrics = re_replicator::ReReplicationMetrics::register(&registry)?;
     let quic_addr = bound.quic_addr()?;
     let metrics_addr = bound.metrics_addr()?;
     let endpoint = transport::endpoint(bound.quic, &identity, &TransportTuning::default())?;
@@ -212,6 +216,19 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    // Twice per heartbeat interval: a lost node is acted on soon after it crosses the threshold.
+    let re_replicator = re_replicator::ReReplicator {
+        registry: registry_addr.clone(),
+        ledger: ledger.clone(),
+        endpoint: endpoint.clone(),
+        rules: re_replication::LossRules {
+            lost_after_ms: config.membership.storage_lost_after_ms,
+        },
+        check_every: (Duration::from_millis(config.membership.heartbeat_interval_ms) / 2)
+            .max(Duration::from_millis(50)),
+        metrics: re_replication_metrics,
+    };
+    handle.spawn(re_replicator.run(shutdown.clone()));
     let api = Arc::new(api::SchedulerApi {
         registry: registry_addr.clone(),
         ledger: ledger.clone(),

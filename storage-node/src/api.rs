@@ -127,6 +127,36 @@ impl RpcHandler for StorageApi {
                 node.drop_tensor(tensor).await?;
                 Ok(Reply::One(PeerResponse::Dropped))
             }
+            PeerRequest::ReReplicate {
+                dataset,
+                target,
+                target_addr,
+                lost,
+            } => {
+                let holders = node
+                    .re_replicate(peer, &dataset, target, &target_addr, &lost)
+                    .await
+                    .map_err(|e| node.handover_refusal(e))?;
+                Ok(Reply::One(PeerResponse::ReReplicated { holders }))
+            }
+            PeerRequest::TakeReplica {
+                manifest,
+                key,
+                holders,
+            } => {
+                let shards = node
+                    .take_replica(peer, &manifest, key, holders)
+                    .await
+                    .map_err(|e| node.handover_refusal(e))?;
+                Ok(Reply::One(PeerResponse::ReplicaTaken { shards }))
+            }
+            PeerRequest::UpdateHolders { holders } => {
+                let epoch = node
+                    .update_holders(peer, holders)
+                    .await
+                    .map_err(|e| node.handover_refusal(e))?;
+                Ok(Reply::One(PeerResponse::HoldersUpdated { epoch }))
+            }
             other => answer_peer(other).map(Reply::One),
         }
     }

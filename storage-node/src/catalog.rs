@@ -1,12 +1,15 @@
 //! The datasets a storage node holds: each one's manifest and its key, kept on the node's disk
 //! (`<data_dir>/datasets/<id>.json` and `<id>.key`, mode 0600). The key never leaves the storage
-//! nodes; the manifest is what the Dataset asset publishes.
+//! nodes; the manifest is what the Dataset asset publishes. Who holds a dataset now is its
+//! [`HolderSet`] (`<id>.holders`), written once a copy was made after the import; until then
+//! the holders are the manifest's replicas.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use aic_protocol::holders::HolderSet;
 use aic_protocol::{AssetId, NodeId, ShardId};
 
 use crate::manifest::Manifest;
@@ -29,6 +32,8 @@ pub struct Catalog {
     /// The asset minted for each dataset this node took the upload of: such a dataset is kept
     /// as long as the asset exists (its holder paid for, or may sell, what it names).
     assets: BTreeMap<String, AssetId>,
+    /// Holder sets newer than the import's placement.
+    holders: BTreeMap<String, HolderSet>,
 }
 
 impl Catalog {
@@ -42,6 +47,7 @@ impl Catalog {
         let mut datasets = BTreeMap::new();
         let mut importers = BTreeMap::new();
         let mut assets = BTreeMap::new();
+        let mut holders = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))? {
             let path = entry.map_err(|e| error(dir, e.to_string()))?.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -77,6 +83,16 @@ impl Catalog {
                     .map_err(|_| error(&asset_path, "not an asset id".into()))?;
                 assets.insert(id.clone(), asset);
             }
+            let holders_path = dir.join(format!("{id}.holders"));
+            if let Ok(text) = std::fs::read_to_string(&holders_path) {
+                let set: HolderSet =
+                    serde_json::from_str(&text).map_err(|e| error(&holders_path, e.to_string()))?;
+                // Written by this node, but checked like any other: a set that does not verify
+                // is not trusted to say who may read the sealed shards.
+                set.verify(&key)
+                    .map_err(|e| error(&holders_path, e.to_string()))?;
+                holders.insert(id.clone(), set);
+            }
             datasets.insert(id, (manifest, DatasetKey::from_bytes(key)));
         }
         Ok(Catalog {
@@ -84,6 +100,25 @@ impl Catalog {
             datasets,
             importers,
             assets,
+            holders,
+        })
+    }
+
+    /// Writes `bytes` to `name` in the catalog's directory atomically (temp file, sync, rename).
+    fn write(&self, name: &str, bytes: &[u8], secret: bool) -> Result<(), CatalogError> {
+        let path = self.dir.join(name);
+        let temp = self.dir.join(format!("{name}.tmp"));
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if secret { 0o600 } else { 0o644 })
+            .open(&temp)
+            .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+            .and_then(|()| std::fs::rename(&temp, &path));
+        result.map_err(|e| CatalogError {
+            path,
+            reason: e.to_string(),
         })
     }
 
@@ -96,30 +131,58 @@ impl Catalog {
         importer: Option<NodeId>,
     ) -> Result<String, CatalogError> {
         let id = dataset_id(&manifest);
-        let write = |name: String, bytes: &[u8], secret: bool| -> Result<(), CatalogError> {
-            let path = self.dir.join(&name);
-            let temp = self.dir.join(format!("{name}.tmp"));
-            let result = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(if secret { 0o600 } else { 0o644 })
-                .open(&temp)
-                .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
-                .and_then(|()| std::fs::rename(&temp, &path));
-            result.map_err(|e| CatalogError {
-                path,
-                reason: e.to_string(),
-            })
-        };
-        write(format!("{id}.key"), key.as_bytes(), true)?;
+        self.write(&format!("{id}.key"), key.as_bytes(), true)?;
         if let Some(importer) = importer {
-            write(format!("{id}.importer"), importer.to_string().as_bytes(), false)?;
+            self.write(&format!("{id}.importer"), importer.to_string().as_bytes(), false)?;
             self.importers.insert(id.clone(), importer);
         }
-        write(format!("{id}.json"), manifest.to_json().as_bytes(), false)?;
+        self.write(&format!("{id}.json"), manifest.to_json().as_bytes(), false)?;
         self.datasets.insert(id.clone(), (manifest, key));
         Ok(id)
+    }
+
+    /// Records a copy taken from another holder: key, holder set, then the manifest (a dataset
+    /// is in the catalog once its manifest is, and by then its holders are the new ones).
+    pub fn add_copy(
+        &mut self,
+        manifest: Manifest,
+        key: DatasetKey,
+        holders: HolderSet,
+    ) -> Result<String, CatalogError> {
+        let id = dataset_id(&manifest);
+        self.write(&format!("{id}.key"), key.as_bytes(), true)?;
+        self.write_holders(&id, &holders)?;
+        self.write(&format!("{id}.json"), manifest.to_json().as_bytes(), false)?;
+        self.holders.insert(id.clone(), holders);
+        self.datasets.insert(id.clone(), (manifest, key));
+        Ok(id)
+    }
+
+    /// Who holds a dataset now: its recorded holder set, or the import's placement.
+    pub fn holders(&self, id: &str) -> Option<HolderSet> {
+        let (manifest, key) = self.datasets.get(id)?;
+        Some(match self.holders.get(id) {
+            Some(set) => set.clone(),
+            None => HolderSet::at_import(id, &manifest.replicas, key.as_bytes()),
+        })
+    }
+
+    /// Keeps `set` as the dataset's holders if it is newer than what is kept; answers the epoch
+    /// kept. The caller has verified it under the dataset's key.
+    pub fn set_holders(&mut self, id: &str, set: HolderSet) -> Result<u64, CatalogError> {
+        let current = self.holders(id).map_or(0, |h| h.epoch);
+        if set.epoch <= current {
+            return Ok(current);
+        }
+        self.write_holders(id, &set)?;
+        let epoch = set.epoch;
+        self.holders.insert(id.to_string(), set);
+        Ok(epoch)
+    }
+
+    fn write_holders(&self, id: &str, set: &HolderSet) -> Result<(), CatalogError> {
+        let json = serde_json::to_string(set).expect("a holder set always encodes");
+        self.write(&format!("{id}.holders"), json.as_bytes(), false)
     }
 
     /// Forgets a dataset (manifest first, so a crash half-way leaves no listed dataset). Its
@@ -130,7 +193,8 @@ impl Catalog {
         };
         self.importers.remove(id);
         self.assets.remove(id);
-        for suffix in ["json", "importer", "asset", "key"] {
+        self.holders.remove(id);
+        for suffix in ["json", "importer", "asset", "holders", "key"] {
             let path = self.dir.join(format!("{id}.{suffix}"));
             match std::fs::remove_file(&path) {
                 Ok(()) => {}

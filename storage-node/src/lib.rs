@@ -4,7 +4,9 @@
 //! measures RTTs to its peers), takes dataset uploads and places them on their replicas, keeps
 //! shards sealed in an object store, serves them to compute nodes holding a scheduler's ticket,
 //! exports them to the Dataset asset's owner, and scrubs and repairs them from other replicas.
-//! It also keeps training jobs' tensors (checkpointed weights), sealed like shards.
+//! When a holder is lost for good, it copies the datasets it shared with it to another node at
+//! the scheduler's request (`handover.rs`). It also keeps training jobs' tensors (checkpointed
+//! weights), sealed like shards.
 
 mod api;
 // The data vocabulary every node shares lives in the protocol crate; these paths stay for the
@@ -15,6 +17,7 @@ pub mod bundled;
 pub mod catalog;
 pub mod config;
 mod export;
+pub mod handover;
 pub mod import;
 pub mod metrics;
 mod node;
@@ -39,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use config::StorageConfig;
+pub use replication::fetch_sealed;
 pub use serving::{encode_ipc, preview_sample, preview_sample_size, MAX_BATCH_BYTES};
 pub use uploads::{MAX_OPEN_UPLOADS, MAX_SHARD_BYTES};
 
@@ -75,8 +79,10 @@ pub fn start(
         .map_err(|e| aic_protocol::Error::Certificate(format!("the node key: {e}")))?;
     let outbound = transport::outbound_endpoint(&identity)?;
     let (holdings, holdings_rx) = tokio::sync::watch::channel(Vec::new());
+    let quic_addr = aic_protocol::node_agent::advertised(&config.endpoint, bound.quic_addr()?);
     let node = Arc::new(StorageNode {
         me: identity.me.node_id,
+        quic_addr,
         node_key,
         store,
         tensors,
@@ -86,6 +92,7 @@ pub fn start(
             storage.uploads_per_client,
             std::time::Duration::from_secs(storage.upload_idle_secs),
         )),
+        handovers: std::sync::Mutex::new(Vec::new()),
         outbound,
         scheduler_addr: config.scheduler.addr.clone(),
         metrics,

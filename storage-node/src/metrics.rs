@@ -9,7 +9,7 @@ use prometheus::{
 use crate::scrub::ScrubReport;
 
 /// Every reason a shard request is refused.
-pub const REJECTION_REASONS: [&str; 20] = [
+pub const REJECTION_REASONS: [&str; 24] = [
     "ticket_expired",
     "ticket_wrong_node",
     "ticket_wrong_dataset",
@@ -30,6 +30,10 @@ pub const REJECTION_REASONS: [&str; 20] = [
     "proof_forged",
     "not_a_dataset",
     "mint_refused",
+    "untrusted_scheduler",
+    "not_a_holder",
+    "bad_holders",
+    "damaged_copy",
 ];
 
 /// Every request whose latency is observed.
@@ -48,6 +52,9 @@ pub struct StorageMetrics {
     pub datasets: IntGauge,
     pub replications: IntCounterVec,
     pub repairs: IntCounterVec,
+    /// Copies of a lost holder's datasets, as the holder handing one over (`source`) and as the
+    /// node taking it (`target`).
+    pub re_replications: IntCounterVec,
 }
 
 impl StorageMetrics {
@@ -127,6 +134,16 @@ impl StorageMetrics {
                     &["result"],
                 )?,
             )?,
+            re_replications: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "aic_storage_re_replications_total",
+                        "Datasets copied to a new holder after a holder was lost, by side and result",
+                    ),
+                    &["side", "result"],
+                )?,
+            )?,
             rejected: registered(
                 registry,
                 IntCounterVec::new(
@@ -155,6 +172,11 @@ impl StorageMetrics {
         }
         for result in ["repaired", "failed"] {
             metrics.repairs.with_label_values(&[result]);
+        }
+        for side in ["source", "target"] {
+            for result in ["ok", "failed"] {
+                metrics.re_replications.with_label_values(&[side, result]);
+            }
         }
         Ok(metrics)
     }

@@ -1,5 +1,6 @@
 //! The state one storage node shares across its requests and background tasks: store, catalog,
-//! trusted schedulers, uploads under way, the outbound endpoint for replica traffic, metrics.
+//! trusted schedulers, uploads under way, copies being handed over, the outbound endpoint for
+//! replica traffic, metrics.
 
 use std::collections::HashSet;
 
@@ -21,6 +22,8 @@ const PEER_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 pub(crate) struct StorageNode {
     /// This node's id, from its certificate.
     pub me: NodeId,
+    /// Where other nodes reach this one (`host:port`), as it registers with the scheduler.
+    pub quic_addr: String,
     /// The certificate's key, which signs this node's import attestations.
     pub node_key: aic_ledger::Keypair,
     pub store: ShardStore,
@@ -30,6 +33,8 @@ pub(crate) struct StorageNode {
     /// Schedulers whose tickets are honoured.
     pub trusted: std::sync::RwLock<HashSet<NodeId>>,
     pub uploads: Mutex<Uploads>,
+    /// Copies under way from this node: (dataset, target). See `handover.rs`.
+    pub handovers: std::sync::Mutex<Vec<(String, NodeId)>>,
     /// Dials other storage nodes and the scheduler, with this node's certificate.
     pub outbound: quinn::Endpoint,
     pub scheduler_addr: String,

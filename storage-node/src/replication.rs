@@ -1,6 +1,7 @@
 //! Copies between storage nodes: placing a new dataset on its replicas, the pull a replica makes
-//! of sealed shards, and repairing a damaged shard from a healthy copy on another replica. Every
+//! of sealed shards, and repairing a damaged shard from a healthy copy on another holder. Every
 //! copy is opened with the dataset key (authentic, hashing to its name) before it is written.
+//! (A lost holder's copy made again elsewhere is `handover.rs`.)
 
 use std::collections::BTreeMap;
 
@@ -201,8 +202,8 @@ impl StorageNode {
         let sealed = {
             let catalog = self.catalog.read().await;
             let (manifest, key) = self.known(&catalog, dataset)?;
-            let caller = peer.node_id.to_string();
-            if !manifest.replicas.iter().any(|r| r.node == caller) {
+            let holders = catalog.holders(dataset).expect("known above");
+            if !self.may_fetch(&holders, &peer.node_id) {
                 return Err(self.refuse(
                     "not_a_replica",
                     ErrorCode::PermissionDenied,
@@ -257,8 +258,8 @@ impl StorageNode {
         self.forget(dataset).await
     }
 
-    /// Re-creates damaged shards from the other replicas their manifests name. Returns how
-    /// many were repaired; the rest stay damaged and are reported by the next scrub.
+    /// Re-creates damaged shards from the dataset's other holders. Returns how many were
+    /// repaired; the rest stay damaged and are reported by the next scrub.
     pub async fn repair_from_peers(&self, damaged: &[ShardId]) -> usize {
         let plan: Vec<(ShardId, String, DatasetKey, Vec<String>)> = {
             let catalog = self.catalog.read().await;
@@ -268,12 +269,13 @@ impl StorageNode {
                 .iter()
                 .filter_map(|shard| {
                     let dataset = expected.get(shard)?;
-                    let (manifest, key) = catalog.get(dataset)?;
-                    let peers = manifest
-                        .replicas
-                        .iter()
+                    let (_, key) = catalog.get(dataset)?;
+                    let peers = catalog
+                        .holders(dataset)?
+                        .holders
+                        .into_iter()
                         .filter(|r| r.node != me)
-                        .map(|r| r.quic_addr.clone())
+                        .map(|r| r.quic_addr)
                         .collect();
                     Some((*shard, dataset.clone(), key.clone(), peers))
                 })

@@ -1,14 +1,16 @@
 //! The storage node's boundaries as an attacker meets them, over real QUIC with each role's
 //! certificate: upload slots per client identity, aborts and idle expiry that leave no shard
 //! behind, a preview that reveals one fixed sample however often it is called, and an import
-//! whose asset cannot be minted leaving nothing stored (issue 12, items 4–6). Tensors (a job's
-//! weights) have their own boundary test, `tensors.rs`.
+//! whose asset cannot be minted leaving nothing stored (issue 12, items 4–6), and a dataset's
+//! key and shards handed over only between storage nodes at a trusted scheduler's request
+//! (issue 17). Tensors (a job's weights) have their own boundary test, `tensors.rs`; a hostile
+//! holder's copy has its own, `handover.rs`.
 
 mod common;
 
 use std::collections::BTreeSet;
 
-use aic_protocol::messages::{ClientRequest, ClientResponse, DatasetPreview};
+use aic_protocol::messages::{ClientRequest, ClientResponse, DatasetPreview, PeerRequest};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::{Error, ErrorCode, Role, RpcError, ShardId};
 use aic_storage_node::import::{preprocess, ImportOptions};
@@ -234,5 +236,95 @@ async fn an_import_whose_asset_is_not_minted_leaves_nothing_stored() {
     }
     // The slot is free again: the same client imports at once.
     import_digits(&node, &client, [2; 32]).await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_storage_nodes_hand_over_a_dataset_and_only_a_trusted_scheduler_asks_for_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca(dir.path());
+    let node = start(dir.path(), &ca);
+    let (owner, _) = connect(&ca, Role::Client, "owner", &node.addr).await;
+    let (dataset, manifest) = import_digits(&node, &owner, [3; 32]).await.unwrap();
+    let shards_before = node.store.list().await.unwrap().len();
+    let key = [7u8; 32];
+    let (other, other_id) = connect(&ca, Role::Storage, "other-storage", &node.addr).await;
+    let elsewhere = aic_storage_node::manifest::ReplicaLocation {
+        node: other_id.to_string(),
+        quic_addr: "127.0.0.1:9".into(),
+    };
+    let holders = aic_protocol::holders::HolderSet::signed(&dataset, 1, vec![elsewhere], &key);
+    let pull = PeerRequest::TakeReplica {
+        manifest: manifest.to_json(),
+        key,
+        holders: holders.clone(),
+    };
+    let update = PeerRequest::UpdateHolders { holders };
+    let copy = PeerRequest::ReReplicate {
+        dataset: dataset.clone(),
+        target: other_id,
+        target_addr: "127.0.0.1:9".into(),
+        lost: Vec::new(),
+    };
+
+    // Compute nodes, people and gateways may neither make this node pull, nor hand it holders,
+    // nor have it hand a dataset (and its key) to another node; a storage node may not ask for
+    // a copy either: the RPC table refuses them before any handler runs.
+    for role in [
+        Role::Compute,
+        Role::Client,
+        Role::Operator,
+        Role::Gateway,
+        Role::Storage,
+    ] {
+        let (caller, _) = connect(&ca, role, &format!("{role}-caller"), &node.addr).await;
+        let refused: Vec<(&str, &PeerRequest)> = if role == Role::Storage {
+            vec![("re_replicate", &copy)]
+        } else {
+            vec![
+                ("take_replica", &pull),
+                ("update_holders", &update),
+                ("re_replicate", &copy),
+            ]
+        };
+        for (rpc, request) in refused {
+            let (code, message) = refusal(caller.call(request).await);
+            assert_eq!(code, ErrorCode::PermissionDenied, "{role} {rpc}: {message}");
+            assert!(message.contains(rpc), "{message}");
+        }
+    }
+    // A scheduler certificate this node never registered with (nor was told to trust) is not
+    // obeyed.
+    let (rogue, _) = connect(&ca, Role::Scheduler, "rogue-scheduler", &node.addr).await;
+    let (code, message) = refusal(rogue.call(&copy).await);
+    assert_eq!(code, ErrorCode::PermissionDenied, "{message}");
+    assert!(
+        message.contains("not a scheduler whose requests this node honours"),
+        "{message}"
+    );
+
+    // Nothing changed: the one dataset, its shards, and no holder set written for it.
+    match owner.call(&ClientRequest::ListDatasets).await.unwrap() {
+        ClientResponse::Datasets(list) => {
+            assert_eq!(
+                list.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+                vec![dataset.clone()]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(node.store.list().await.unwrap().len(), shards_before);
+    assert!(!dir
+        .path()
+        .join(format!("storage/datasets/{dataset}.holders"))
+        .exists());
+    let metrics = aic_protocol::metrics_http::scrape(node.handle.as_ref().unwrap().metrics_addr)
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("aic_storage_requests_rejected_total{reason=\"untrusted_scheduler\"} 1"),
+        "{metrics}"
+    );
+    drop(other);
     node.stop().await;
 }

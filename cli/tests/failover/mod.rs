@@ -149,7 +149,18 @@ pub fn two_replicas_down(data_dir: &Path) {
         cluster.control("kill", name);
     }
     let refused = Instant::now();
-    let out = cluster.transfer(&from, &to, "0.5");
+    // The profile's bound, shortened for this one command.
+    let out = cluster.run(&[
+        "wallet",
+        "transfer",
+        &to,
+        "0.5",
+        "--wallet",
+        &from,
+        "--json",
+        "--leader-wait-ms",
+        "4000",
+    ]);
     assert!(
         !out.status.success(),
         "a write without a majority is never acknowledged"
@@ -163,6 +174,7 @@ pub fn two_replicas_down(data_dir: &Path) {
     let lines: Vec<&str> = error.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {error}");
     assert!(lines[0].contains("majority"), "{error}");
+    assert!(lines[0].contains("within 4s"), "the bound asked for: {error}");
     for name in &down {
         cluster.control("restart", name);
     }

@@ -57,7 +57,11 @@ impl ReplicaSettings {
             genesis,
             audit_every_entry: false,
             heartbeat_interval: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            // openraft waits out a leader lease of the maximum before electing, and twice the
+            // maximum more when it last saw a longer log than its own (a flag it keeps until its
+            // next election): a follower left by a dead leader elects 0.9–1.2 s later, at most
+            // 2.4 s; with 500–1000 ms it took 1.5–4 s. Still three heartbeats or more.
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             snapshot_every_entries: 5000,
             logs_kept_after_snapshot: 1000,
             volatile_log: false,

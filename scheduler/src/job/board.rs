@@ -1,7 +1,10 @@
-//! The job board: every job this replica ran, its state and latest report, the submitter who
-//! may cancel it, and the escrow share it has left (what the escrow alert watches).
+//! The job board: the jobs this replica runs and the last ones it ran, each with its state and
+//! latest report, the submitter who may cancel it, and the escrow share it has left (what the
+//! escrow alert watches). Ended jobs' reports are kept up to a bound, oldest dropped first: a
+//! replica that runs jobs for months must not keep every report (the ledger's job log keeps
+//! every job's summary for good).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -42,16 +45,48 @@ struct Entry {
     escrow_left: f64,
 }
 
+/// Ended jobs whose reports a replica keeps by default.
+pub const KEPT_ENDED_JOBS: usize = 256;
+
 pub struct JobBoard {
     jobs: HashMap<JobId, Entry>,
+    /// Ended jobs, oldest first.
+    ended: VecDeque<JobId>,
+    kept_ended: usize,
     metrics: SchedulerMetrics,
 }
 
 impl JobBoard {
     pub fn new(metrics: SchedulerMetrics) -> Self {
+        Self::keeping(metrics, KEPT_ENDED_JOBS)
+    }
+
+    /// A board that keeps the reports of the last `kept_ended` ended jobs.
+    pub fn keeping(metrics: SchedulerMetrics, kept_ended: usize) -> Self {
         JobBoard {
             jobs: HashMap::new(),
+            ended: VecDeque::new(),
+            kept_ended,
             metrics,
+        }
+    }
+
+    /// Notes that `job` ended, and forgets the oldest ended jobs beyond the bound (one that
+    /// runs again here, resumed, is kept).
+    fn ended(&mut self, job: JobId) {
+        self.ended.retain(|j| *j != job);
+        self.ended.push_back(job);
+        while self.ended.len() > self.kept_ended {
+            let Some(oldest) = self.ended.pop_front() else {
+                break;
+            };
+            if self
+                .jobs
+                .get(&oldest)
+                .is_some_and(|e| e.state != JobState::Running)
+            {
+                self.jobs.remove(&oldest);
+            }
         }
     }
 
@@ -162,9 +197,13 @@ impl Handler<Update> for JobBoard {
                     .with_label_values(&[message.state.as_str()])
                     .inc();
             }
+            let ended = entry.state == JobState::Running && message.state != JobState::Running;
             entry.state = message.state;
             entry.report = message.report;
             entry.escrow_left = message.escrow_left;
+            if ended {
+                self.ended(message.job);
+            }
         }
         self.publish();
     }
@@ -194,5 +233,63 @@ impl Handler<Cancel> for JobBoard {
         }
         entry.cancel.store(true, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(job: JobId, state: JobState) -> Update {
+        Update {
+            job,
+            state,
+            report: json!({"state": state.as_str()}),
+            escrow_left: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_board_keeps_the_last_ended_reports_and_every_running_job() {
+        actix::System::new().block_on(keeps_the_last_ended_reports());
+    }
+
+    async fn keeps_the_last_ended_reports() {
+        let metrics = SchedulerMetrics::register(&prometheus::Registry::new()).unwrap();
+        let board = JobBoard::keeping(metrics, 2).start();
+        let submitter = NodeId::from_public_key(b"user");
+        let jobs: Vec<JobId> = (0..4u8).map(|b| JobId::from_bytes([b; 16])).collect();
+        for job in &jobs {
+            let open = Open {
+                job: *job,
+                submitter,
+                resuming: false,
+            };
+            board.send(open).await.unwrap().unwrap();
+        }
+        // Jobs 0, 1 and 2 end in that order; job 3 runs on.
+        for job in &jobs[..3] {
+            board.send(update(*job, JobState::Done)).await.unwrap();
+        }
+        let state = |job: JobId| {
+            let board = board.clone();
+            async move { board.send(StateOf { job }).await.unwrap() }
+        };
+        assert_eq!(state(jobs[0]).await, None, "the oldest ended report is dropped");
+        assert_eq!(state(jobs[1]).await, Some(JobState::Done));
+        assert_eq!(state(jobs[2]).await, Some(JobState::Done));
+        assert_eq!(state(jobs[3]).await, Some(JobState::Running));
+        // A job that ends again later (resumed here, then ended) counts as the newest.
+        let resumed = Open {
+            job: jobs[1],
+            submitter,
+            resuming: true,
+        };
+        board.send(resumed).await.unwrap().unwrap();
+        board.send(update(jobs[1], JobState::Done)).await.unwrap();
+        board.send(update(jobs[3], JobState::Failed)).await.unwrap();
+        assert_eq!(state(jobs[2]).await, None);
+        assert_eq!(state(jobs[1]).await, Some(JobState::Done));
+        assert_eq!(state(jobs[3]).await, Some(JobState::Failed));
     }
 }
