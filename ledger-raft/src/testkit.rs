@@ -276,6 +276,33 @@ impl TestCluster {
         .unwrap()
     }
 
+    /// Waits until the replicas at `indices` have applied as much as the most advanced of them
+    /// (nothing may be written meanwhile), then checks they hold the same state and answers
+    /// its hash.
+    pub async fn same_state_everywhere(&self, indices: &[usize]) -> [u8; 32] {
+        let target = indices
+            .iter()
+            .map(|&i| self.replica(i).status().applied_index)
+            .max()
+            .expect("some replicas");
+        for &i in indices {
+            let replica = self.replica(i).clone();
+            wait_for(|| replica.status().applied_index >= target).await;
+        }
+        let states: Vec<([u8; 32], u64)> = indices
+            .iter()
+            .map(|&i| {
+                let s = self.replica(i).status();
+                (s.state_hash, s.applied_index)
+            })
+            .collect();
+        assert!(
+            states.windows(2).all(|w| w[0] == w[1]),
+            "replicas differ: {states:?}"
+        );
+        states[0].0
+    }
+
     /// Replica ids by index, for membership checks.
     pub fn ids(&self) -> BTreeMap<usize, ReplicaId> {
         (0..self.replicas.len())

@@ -52,31 +52,6 @@ async fn next_nonce(cluster: &TestCluster, clients: &[LedgerClient], who: Addres
     panic!("no replica answered a nonce query");
 }
 
-async fn same_state_everywhere(cluster: &TestCluster, indices: &[usize]) -> [u8; 32] {
-    let target = indices
-        .iter()
-        .map(|&i| cluster.replica(i).status().applied_index)
-        .max()
-        .unwrap();
-    for &i in indices {
-        let replica = cluster.replica(i).clone();
-        wait_for(|| replica.status().applied_index >= target).await;
-    }
-    // Blocks and transactions have stopped; every replica is at the same index now.
-    let hashes: Vec<([u8; 32], u64)> = indices
-        .iter()
-        .map(|&i| {
-            let s = cluster.replica(i).status();
-            (s.state_hash, s.applied_index)
-        })
-        .collect();
-    assert!(
-        hashes.windows(2).all(|w| w[0] == w[1]),
-        "replicas differ: {hashes:?}"
-    );
-    hashes[0].0
-}
-
 fn new_leader_hint(cluster: &TestCluster) -> usize {
     cluster
         .leader_index()
@@ -162,7 +137,7 @@ async fn killing_the_leader_loses_no_acknowledged_transfer() {
         matches!(replay, Some(Err(TxError::BadNonce { .. }))),
         "{replay:?}"
     );
-    same_state_everywhere(&cluster, &survivors).await;
+    cluster.same_state_everywhere(&survivors).await;
     match client.request(&LedgerRequest::Audit).await.unwrap() {
         LedgerResponse::Audit(result) => result.unwrap(),
         other => panic!("{other:?}"),
@@ -253,7 +228,7 @@ async fn a_follower_that_missed_a_purged_log_catches_up_by_snapshot() {
         restarted.raft().metrics().borrow().snapshot.is_some(),
         "the follower installed a snapshot"
     );
-    same_state_everywhere(&cluster, &[0, 1, 2]).await;
+    cluster.same_state_everywhere(&[0, 1, 2]).await;
 
     // A replay of an early transfer is refused after the snapshot restore, on every replica.
     let replay = first_signed.unwrap();
@@ -262,5 +237,5 @@ async fn a_follower_that_missed_a_purged_log_catches_up_by_snapshot() {
         matches!(refused, Some(Err(TxError::BadNonce { .. }))),
         "{refused:?}"
     );
-    same_state_everywhere(&cluster, &[0, 1, 2]).await;
+    cluster.same_state_everywhere(&[0, 1, 2]).await;
 }

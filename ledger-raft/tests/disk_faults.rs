@@ -73,33 +73,6 @@ async fn submit_anywhere(cluster: &TestCluster, signed: &SignedTransaction) {
     panic!("no leader acknowledged the transfer");
 }
 
-/// Waits until every running replica has applied as much as the most advanced one, then
-/// answers their state hashes (all equal).
-async fn same_state_everywhere(cluster: &TestCluster) -> [u8; 32] {
-    let running: Vec<usize> = (0..3).filter(|&i| cluster.replicas[i].is_some()).collect();
-    let target = running
-        .iter()
-        .map(|&i| cluster.replica(i).status().applied_index)
-        .max()
-        .unwrap();
-    for &i in &running {
-        let replica = cluster.replica(i).clone();
-        wait_for(|| replica.status().applied_index >= target).await;
-    }
-    let hashes: Vec<([u8; 32], u64)> = running
-        .iter()
-        .map(|&i| {
-            let s = cluster.replica(i).status();
-            (s.state_hash, s.applied_index)
-        })
-        .collect();
-    assert!(
-        hashes.windows(2).all(|w| w[0] == w[1]),
-        "replicas differ: {hashes:?}"
-    );
-    hashes[0].0
-}
-
 fn balance(cluster: &TestCluster, i: usize, of: &Address) -> Amount {
     cluster.replica(i).read(|applied| applied.state.balance_of(of))
 }
@@ -158,7 +131,7 @@ async fn a_leader_whose_fsync_fails_stops_says_why_and_rejoins_once_restarted() 
     cluster.kill(leader).await;
     disks[leader].heal();
     cluster.start(leader).await;
-    same_state_everywhere(&cluster).await;
+    cluster.same_state_everywhere(&[0, 1, 2]).await;
     for (to, amount) in &acknowledged {
         for i in 0..3 {
             assert_eq!(
@@ -240,7 +213,7 @@ async fn nothing_is_acknowledged_until_a_majority_wrote_it_durably() {
         &transfer(&cluster, nonce, after, Amount::aic(2).unwrap()),
     )
     .await;
-    same_state_everywhere(&cluster).await;
+    cluster.same_state_everywhere(&[0, 1, 2]).await;
     for i in 0..3 {
         assert_eq!(balance(&cluster, i, &before), Amount::aic(1).unwrap());
         assert_eq!(balance(&cluster, i, &after), Amount::aic(2).unwrap());

@@ -113,13 +113,19 @@ impl Effects {
             tensors,
             progress: progress.encode(),
         };
-        match system.try_submit(&self.ctx.ledger, call).await {
-            Ok(_) => CheckpointOutcome::Recorded,
+        let submitted = system.try_submit(&self.ctx.ledger, call).await;
+        self.outcome(submitted.map(drop), "checkpoint")
+    }
+
+    /// What the ledger's answer to a checkpoint or a rewind means for the job.
+    fn outcome(&self, submitted: Result<(), Refusal>, what: &str) -> CheckpointOutcome {
+        match submitted {
+            Ok(()) => CheckpointOutcome::Recorded,
             Err(Refusal::Ledger(
                 aic_ledger::TxError::NotTheRunner { .. } | aic_ledger::TxError::JobNotRecorded(_),
             )) => CheckpointOutcome::TakenOver,
             Err(error) => {
-                warn!(job = %self.plan.request.job, ?error, "checkpoint not recorded");
+                warn!(job = %self.plan.request.job, ?error, "{what} not recorded");
                 CheckpointOutcome::NotRecorded
             }
         }
@@ -148,16 +154,8 @@ impl Effects {
             progress: progress.encode(),
             wrong,
         };
-        Ok(match system.try_submit(&self.ctx.ledger, call).await {
-            Ok(_) => CheckpointOutcome::Recorded,
-            Err(Refusal::Ledger(
-                aic_ledger::TxError::NotTheRunner { .. } | aic_ledger::TxError::JobNotRecorded(_),
-            )) => CheckpointOutcome::TakenOver,
-            Err(error) => {
-                warn!(job = %self.plan.request.job, ?error, "rewind not recorded");
-                CheckpointOutcome::NotRecorded
-            }
-        })
+        let submitted = system.try_submit(&self.ctx.ledger, call).await;
+        Ok(self.outcome(submitted.map(drop), "rewind"))
     }
 
     /// Storage nodes up, nearest to the runner's view first (the registry's order), with their

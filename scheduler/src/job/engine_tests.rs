@@ -1143,7 +1143,14 @@ fn caught_in_round_one() -> (Harness, Vec<Command>) {
     h.unchecked_round(&execs_of(&places), 1);
     h.send(Event::Checkpointed(CheckpointOutcome::Recorded));
     let places = h.send(Event::Nodes(Ok(grid())));
-    h.run(execs_of(&places)[0], 1, 9);
+    let out = catch_node_one(&mut h, &places);
+    (h, out)
+}
+
+/// The round's only task runs on node 1, which answers wrong; the check on node 2 and the third
+/// run on node 3 agree against it. Answers the verdict's commands.
+fn catch_node_one(h: &mut Harness, places: &[Command]) -> Vec<Command> {
+    h.run(execs_of(places)[0], 1, 9);
     let place = h.send(Event::CheckDrawn { slot: 0, check: true });
     h.run(execs_of(&place)[0], 2, 1);
     let place = h.send(Event::Compared {
@@ -1157,12 +1164,11 @@ fn caught_in_round_one() -> (Harness, Vec<Command>) {
         pair: Pair::CheckerThird,
         outcome: Comparison::Agree,
     });
-    let out = h.send(Event::Compared {
+    h.send(Event::Compared {
         slot: 0,
         pair: Pair::OriginalThird,
         outcome: Comparison::Disagree,
-    });
-    (h, out)
+    })
 }
 
 #[test]
@@ -1266,25 +1272,7 @@ fn a_resumed_job_rewinds_to_a_round_its_earlier_runner_kept() {
     h.send(Event::Start);
     h.send(Event::Nodes(Ok(grid())));
     let places = h.send(Event::Nodes(Ok(grid())));
-    h.run(execs_of(&places)[0], 1, 9);
-    let place = h.send(Event::CheckDrawn { slot: 0, check: true });
-    h.run(execs_of(&place)[0], 2, 1);
-    let place = h.send(Event::Compared {
-        slot: 0,
-        pair: Pair::OriginalChecker,
-        outcome: Comparison::Disagree,
-    });
-    h.run(execs_of(&place)[0], 3, 1);
-    h.send(Event::Compared {
-        slot: 0,
-        pair: Pair::CheckerThird,
-        outcome: Comparison::Agree,
-    });
-    let out = h.send(Event::Compared {
-        slot: 0,
-        pair: Pair::OriginalThird,
-        outcome: Comparison::Disagree,
-    });
+    let out = catch_node_one(&mut h, &places);
     assert!(
         matches!(out.last(), Some(Command::Rewind { round: 0, tensors: t, .. }) if *t == tensors(0)),
         "{out:?}"
