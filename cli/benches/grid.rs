@@ -4,7 +4,9 @@
 //!     three compute nodes, spot checks, settlement) beside the same number of kernel calls run
 //!     locally in one process on the same shards: the grid's overhead.
 //! (d) Verification overhead — re-executions as a share of all executions — and how a node that
-//!     corrupts 10 % of its results fares: caught in how many jobs, after how many bad results.
+//!     corrupts 10 % of its results fares: caught in how many jobs, how many of its corrupted
+//!     results are in the trained model (none once it is caught: the job rewinds before them),
+//!     and how many rounds the rewinds trained again.
 //! (e) A 10 M-parameter MLP over the grid (one OS process per service) with H = 1 and H = 8 local
 //!     steps, beside the same kernel calls in one process: the wall-time ratio, bytes on the wire
 //!     per round ÷ model bytes, the runner's peak RSS (growth during the job) ÷ model bytes, and
@@ -13,8 +15,8 @@
 //!     peak RSS of every process ÷ the model bytes. Heavy (about 10 GB of memory in all), so it
 //!     runs only when asked.
 //!
-//! `cargo bench -p aic-cli --bench grid` runs (c)–(e); `-- large` runs (e) alone, `-- hundred`
-//! runs (f) alone.
+//! `cargo bench -p aic-cli --bench grid` runs (c)–(e); `-- faulty` runs (d)'s corrupting node
+//! alone, `-- large` runs (e) alone, `-- hundred` runs (f) alone.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -57,6 +59,10 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     if std::env::args().any(|a| a == "hundred") {
         hundred_million_parameters();
+        return;
+    }
+    if std::env::args().any(|a| a == "faulty") {
+        corrupting_node();
         return;
     }
     let large_only = std::env::args().any(|a| a == "large");
@@ -135,15 +141,25 @@ fn small_model(shards: &[Vec<arrow_array::RecordBatch>]) {
         tasks + extra,
         100.0 * extra as f64 / (tasks + extra) as f64
     );
+    corrupting_node();
+}
+
+/// (d) continued: jobs beside compute-3 corrupting 10 % of its results.
+fn corrupting_node() {
     let mut caught = 0;
-    let mut slipped = Vec::new();
+    let (mut slipped, mut in_model, mut rerun) = (Vec::new(), Vec::new(), Vec::new());
     let mut overhead = Vec::new();
     for _ in 0..FAULTY_RUNS {
         let (status, log) = devnet(&["--faulty-percent", "10"]);
         let job = &status["job"];
         let (tasks, extra) = executions(job);
         overhead.push(extra as f64 / (tasks + extra) as f64);
-        let injected = log.matches("fault injection: corrupting this result").count();
+        // The compute node logs each result it corrupts, with the task's id.
+        let corrupted: std::collections::BTreeSet<&str> = log
+            .lines()
+            .filter(|l| l.contains("fault injection: corrupting this result"))
+            .filter_map(|l| l.split("task=").nth(1)?.split([' ', ':', '}']).next())
+            .collect();
         let detected = job["spot_checks"]
             .as_array()
             .unwrap()
@@ -156,17 +172,40 @@ fn small_model(shards: &[Vec<arrow_array::RecordBatch>]) {
         if detected > 0 {
             caught += 1;
         }
-        slipped.push(injected.saturating_sub(detected));
+        // In the model: accepted training tasks of rounds no rewind discarded.
+        let kept = job["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"] == "gradient" && t["discarded"].is_null())
+            .filter(|t| corrupted.contains(t["task"].as_str().unwrap_or_default()))
+            .count();
+        let rewinds = job["rewinds"].as_array().cloned().unwrap_or_default();
+        let rounds_rerun: u64 = rewinds
+            .iter()
+            .map(|r| r["from_round"].as_u64().unwrap_or(0) - r["to_round"].as_u64().unwrap_or(0))
+            .sum();
+        slipped.push(corrupted.len().saturating_sub(detected));
+        in_model.push(kept);
+        rerun.push(rounds_rerun);
         println!(
-            "  run: {injected} corrupted results, {detected} caught, accuracy {:.4}, {:.1} % extra compute",
+            "  run: {} corrupted results, {detected} caught, {kept} in the trained model, {} rewinds \
+             re-running {rounds_rerun} rounds, accuracy {:.4}, {:.1} % extra compute",
+            corrupted.len(),
+            rewinds.len(),
             job["accuracy"].as_f64().unwrap(),
             100.0 * extra as f64 / (tasks + extra) as f64
         );
     }
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / FAULTY_RUNS as f64;
     println!(
         "  a node corrupting 10 % of its results: caught and slashed in {caught} of {FAULTY_RUNS} jobs; \
-         corrupted results not caught per job: mean {:.1}; extra compute mean {:.1} %",
-        slipped.iter().sum::<usize>() as f64 / FAULTY_RUNS as f64,
+         corrupted results not caught by a check per job: mean {:.1}; in the trained model: mean {:.1} \
+         (max {}); rounds re-run by rewinds per job: mean {:.1}; extra compute mean {:.1} %",
+        mean(&slipped),
+        mean(&in_model),
+        in_model.iter().max().unwrap_or(&0),
+        rerun.iter().sum::<u64>() as f64 / FAULTY_RUNS as f64,
         100.0 * overhead.iter().sum::<f64>() / FAULTY_RUNS as f64
     );
 }

@@ -8,9 +8,13 @@
 //! - every acknowledged transfer applied exactly once, nothing else applied: each account's
 //!   nonce counts its owner's acknowledged transfers, and every balance is what they imply;
 //! - value conserved (the ledger's audit) and every replica in the same state;
-//! - the reads are linearizable for the counter each account's nonce is: a read sees at least
-//!   the transfers acknowledged before it began, at most those begun before it ended, and no
-//!   read sees less than one that ended before it began.
+//! - the reads are linearizable: a read of an account returns its nonce and its balance, and
+//!   the balance says how many of each other owner's transfers had applied (each owner's amounts
+//!   are multiples of its own power of 10⁵ base units, so what each sent can be told apart, and
+//!   an owner's transfers apply in nonce order). So every read names, per owner, how many of its
+//!   transfers it saw (an exact count, or the range a balance allows); that count must lie
+//!   between the transfers acknowledged before the read began and those begun before it ended,
+//!   and no read may have seen fewer than one that ended before it began.
 //!
 //! CI runs 20 leader kills and 10 partitions; `AIC_BANK_ROUNDS=N` runs N times as many.
 
@@ -66,12 +70,13 @@ enum Op {
         completed: Option<Instant>,
         applied: Option<bool>,
     },
-    /// A read of `account`'s nonce.
+    /// A read of `account`: its nonce and balance.
     Read {
         account: usize,
         invoked: Instant,
         completed: Instant,
         nonce: u64,
+        balance: Amount,
     },
 }
 
@@ -148,6 +153,15 @@ impl Connections {
     }
 }
 
+/// Owner `owner`'s transfers are `k` (1 to 9) times 10^(5·owner) base units: a balance's
+/// digits in base 10⁵ then say how much each owner sent to it (fewer than 11,111 transfers from
+/// one owner to another keep each digit below 10⁵).
+const DIGIT: u128 = 100_000;
+
+fn amount_of(owner: usize, k: u128) -> Amount {
+    Amount(k * DIGIT.pow(owner as u32))
+}
+
 fn sign(chain: &str, key: &Keypair, nonce: u64, to: Address, amount: Amount) -> SignedTransaction {
     Transaction {
         chain_id: chain.to_string(),
@@ -175,10 +189,7 @@ async fn owner(
     let mut nonce = 0u64;
     while !stop.load(Ordering::SeqCst) {
         let to = (me + 1 + draw.below(ACCOUNTS as u64 - 1) as usize) % ACCOUNTS;
-        let amount = Amount::aic(1)
-            .unwrap()
-            .mul_div(1 + u128::from(draw.below(9)), 1000)
-            .unwrap();
+        let amount = amount_of(me, 1 + u128::from(draw.below(9)));
         let signed = sign(&chain, &key, nonce, accounts[to], amount);
         let invoked = Instant::now();
         let submit = LedgerRequest::Submit(Box::new(signed.clone()));
@@ -235,6 +246,7 @@ async fn owner(
                 invoked,
                 completed: Instant::now(),
                 nonce: view.account.nonce,
+                balance: view.account.balance,
             });
         }
     }
@@ -427,69 +439,209 @@ async fn every_acknowledged_transfer_survives_leader_kills_and_partitions_exactl
         assert_eq!(finals[a].nonce, sent[a], "account {a}: applied transfers");
         assert_eq!(finals[a].balance, balance[a], "account {a}: balance");
     }
-    // Linearizable reads of each account's nonce (sorted once: the checks are n log n).
-    for a in 0..ACCOUNTS {
-        let mut acknowledged_at: Vec<Instant> = Vec::new();
-        let mut invoked_at: Vec<Instant> = Vec::new();
-        for op in &history {
-            if let Op::Transfer {
-                from,
-                invoked,
-                completed,
-                applied,
-                ..
-            } = op
-            {
-                if *from == a && *applied != Some(false) {
-                    invoked_at.push(*invoked);
-                    acknowledged_at.extend(*completed);
-                }
-            }
-        }
-        acknowledged_at.sort();
-        invoked_at.sort();
-        let mut reads: Vec<(Instant, Instant, u64)> = history
-            .iter()
-            .filter_map(|op| match op {
-                Op::Read {
-                    account,
-                    invoked,
-                    completed,
-                    nonce,
-                } if *account == a => Some((*invoked, *completed, *nonce)),
-                _ => None,
-            })
-            .collect();
-        for &(invoked, completed, nonce) in &reads {
-            let done_before = acknowledged_at.partition_point(|t| *t < invoked) as u64;
-            let begun_before = invoked_at.partition_point(|t| *t < completed) as u64;
-            assert!(
-                done_before <= nonce && nonce <= begun_before,
-                "account {a}: a read saw {nonce} transfers; {done_before} were acknowledged before it began, {begun_before} begun before it ended"
-            );
-        }
-        // No read sees less than one that ended before it began.
-        reads.sort_by_key(|(_, completed, _)| *completed);
-        let mut most_seen = Vec::with_capacity(reads.len());
-        let mut most = 0;
-        for (_, _, nonce) in &reads {
-            most = most.max(*nonce);
-            most_seen.push(most);
-        }
-        for &(invoked, _, nonce) in &reads {
-            let ended_before = reads.partition_point(|(_, completed, _)| *completed < invoked);
-            if ended_before > 0 {
-                assert!(
-                    most_seen[ended_before - 1] <= nonce,
-                    "account {a}: a read saw {nonce} transfers after one that saw {}",
-                    most_seen[ended_before - 1]
-                );
-            }
-        }
-    }
+    check_reads_linearizable(&history, funding);
     assert!(
         states.windows(2).all(|w| w[0] == w[1]),
         "replicas differ: {states:?}"
     );
     assert!(kills >= KILLS && partitions >= PARTITIONS);
+}
+
+/// Per owner, the fewest and the most of its transfers a read may have seen.
+type Seen = [(u64, u64); ACCOUNTS];
+
+/// How many of each owner's transfers a read saw: exactly (its own account's nonce) or within a
+/// range (another owner's transfers to the read account, told by the balance's digits; its
+/// transfers to other accounts leave the balance alone).
+fn seen_by_read(
+    account: usize,
+    nonce: u64,
+    balance: Amount,
+    funding: Amount,
+    applied: &[Vec<(usize, Amount)>; ACCOUNTS],
+) -> Seen {
+    let own = &applied[account];
+    assert!(
+        nonce as usize <= own.len(),
+        "account {account}: a read saw {nonce} transfers, {} applied",
+        own.len()
+    );
+    let sent: u128 = own[..nonce as usize].iter().map(|(_, a)| a.0).sum();
+    let received = (balance.0 + sent)
+        .checked_sub(funding.0)
+        .unwrap_or_else(|| panic!("account {account}: a read's balance {balance:?} is below what it can be"));
+    let mut seen = [(0, 0); ACCOUNTS];
+    for (owner, transfers) in applied.iter().enumerate() {
+        if owner == account {
+            seen[owner] = (nonce, nonce);
+            continue;
+        }
+        let from_owner = received / DIGIT.pow(owner as u32) % DIGIT;
+        // The counts of the owner's transfers whose part to `account` sums to what it shows.
+        let mut sum = 0u128;
+        let mut range: Option<(u64, u64)> = (from_owner == 0).then_some((0, 0));
+        for (i, (to, amount)) in transfers.iter().enumerate() {
+            if *to == account {
+                sum += amount.0 / DIGIT.pow(owner as u32);
+            }
+            if sum == from_owner {
+                let count = i as u64 + 1;
+                range = Some(range.map_or((count, count), |(lo, _)| (lo, count)));
+            }
+        }
+        seen[owner] = range.unwrap_or_else(|| {
+            panic!("account {account}: a read's balance shows {from_owner} from owner {owner}, no prefix of its transfers sums to that")
+        });
+    }
+    seen
+}
+
+/// The reads against one order of the transfers (see the module documentation).
+fn check_reads_linearizable(history: &[Op], funding: Amount) {
+    // Each owner's applied transfers in nonce order (the order it sent them: it sends the next
+    // only once the previous is answered), with when each was begun and acknowledged.
+    let mut applied: [Vec<(usize, Amount)>; ACCOUNTS] = Default::default();
+    let mut invoked_at: [Vec<Instant>; ACCOUNTS] = Default::default();
+    let mut acknowledged_at: [Vec<Instant>; ACCOUNTS] = Default::default();
+    for op in history {
+        if let Op::Transfer {
+            from,
+            to,
+            amount,
+            invoked,
+            completed,
+            applied: outcome,
+        } = op
+        {
+            if *outcome != Some(false) {
+                applied[*from].push((*to, *amount));
+                invoked_at[*from].push(*invoked);
+                acknowledged_at[*from].extend(*completed);
+            }
+        }
+    }
+    for owner in 0..ACCOUNTS {
+        acknowledged_at[owner].sort();
+        invoked_at[owner].sort();
+    }
+    let mut reads: Vec<(Instant, Instant, Seen)> = history
+        .iter()
+        .filter_map(|op| match op {
+            Op::Read {
+                account,
+                invoked,
+                completed,
+                nonce,
+                balance,
+            } => Some((
+                *invoked,
+                *completed,
+                seen_by_read(*account, *nonce, *balance, funding, &applied),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert!(!reads.is_empty(), "the clients read");
+    for (invoked, completed, seen) in &reads {
+        for owner in 0..ACCOUNTS {
+            let done_before = acknowledged_at[owner].partition_point(|t| t < invoked) as u64;
+            let begun_before = invoked_at[owner].partition_point(|t| t < completed) as u64;
+            let (lo, hi) = seen[owner];
+            assert!(
+                lo <= begun_before && done_before <= hi,
+                "owner {owner}: a read saw {lo}..={hi} of its transfers; {done_before} were acknowledged before it began, {begun_before} begun before it ended"
+            );
+        }
+    }
+    // No read saw fewer of an owner's transfers than one that ended before it began.
+    reads.sort_by_key(|(_, completed, _)| *completed);
+    for owner in 0..ACCOUNTS {
+        let mut most_seen = Vec::with_capacity(reads.len());
+        let mut most = 0;
+        for (_, _, seen) in &reads {
+            most = most.max(seen[owner].0);
+            most_seen.push(most);
+        }
+        for (invoked, _, seen) in &reads {
+            let ended_before = reads.partition_point(|(_, completed, _)| completed < invoked);
+            if ended_before > 0 {
+                assert!(
+                    most_seen[ended_before - 1] <= seen[owner].1,
+                    "owner {owner}: a read saw at most {} of its transfers after one that saw {}",
+                    seen[owner].1,
+                    most_seen[ended_before - 1]
+                );
+            }
+        }
+    }
+    let exact: usize = reads
+        .iter()
+        .map(|(_, _, seen)| seen.iter().filter(|(lo, hi)| lo == hi).count())
+        .sum();
+    eprintln!(
+        "bank: {} reads checked against one order of the transfers ({exact} of {} per-owner counts exact)",
+        reads.len(),
+        reads.len() * ACCOUNTS
+    );
+}
+
+/// A history of owner 0 sending two transfers to account 1 (from 0 to 10 ms and from 40 to
+/// 50 ms), and reads of account 1 at the given times (ms after the start) with what they showed
+/// it received.
+fn two_transfers_and_reads(reads: &[(u64, u64, u128)]) -> Vec<Op> {
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let mut history = vec![
+        Op::Transfer {
+            from: 0,
+            to: 1,
+            amount: amount_of(0, 3),
+            invoked: at(0),
+            completed: Some(at(10)),
+            applied: Some(true),
+        },
+        Op::Transfer {
+            from: 0,
+            to: 1,
+            amount: amount_of(0, 4),
+            invoked: at(40),
+            completed: Some(at(50)),
+            applied: Some(true),
+        },
+    ];
+    for &(invoked, completed, received) in reads {
+        history.push(Op::Read {
+            account: 1,
+            invoked: at(invoked),
+            completed: at(completed),
+            nonce: 0,
+            balance: Amount(FUNDING_FOR_CHECKS.0 + received),
+        });
+    }
+    history
+}
+
+const FUNDING_FOR_CHECKS: Amount = Amount(1_000_000_000);
+
+#[test]
+fn the_read_checker_accepts_reads_that_fit_one_order() {
+    // Before anything, after the first, one overlapping the second, and after both.
+    let history = two_transfers_and_reads(&[(0, 0, 0), (11, 20, 3), (39, 45, 3), (50, 60, 7)]);
+    check_reads_linearizable(&history, FUNDING_FOR_CHECKS);
+}
+
+#[test]
+#[should_panic(expected = "acknowledged before it began")]
+fn the_read_checker_refuses_a_stale_read() {
+    // Begun after the first transfer was acknowledged, it shows none.
+    let history = two_transfers_and_reads(&[(20, 30, 0)]);
+    check_reads_linearizable(&history, FUNDING_FOR_CHECKS);
+}
+
+#[test]
+#[should_panic(expected = "after one that saw")]
+fn the_read_checker_refuses_a_read_going_back() {
+    // Both reads overlap the second transfer; the later one shows less than the earlier.
+    let history = two_transfers_and_reads(&[(41, 45, 7), (46, 49, 3)]);
+    check_reads_linearizable(&history, FUNDING_FOR_CHECKS);
 }
