@@ -161,19 +161,6 @@ pub enum Call {
         #[serde(with = "serde_bytes")]
         progress: Vec<u8>,
     },
-    /// A job goes back to an earlier round: a node found wrong had results no spot check
-    /// confirmed in the rounds since, so they are re-run without it from the weights `round`
-    /// started with. Only the job's runner may, and only backwards.
-    RewindJob {
-        job: JobId,
-        runner: NodeId,
-        round: u32,
-        tensors: crate::state::CheckpointTensors,
-        #[serde(with = "serde_bytes")]
-        progress: Vec<u8>,
-        /// The node found wrong.
-        wrong: NodeId,
-    },
     /// Each compute node's part in a job, recorded by its runner before the escrow is released,
     /// for the job log: what the trained model's card shows of the work behind it.
     RecordJobWork {
@@ -247,6 +234,21 @@ pub enum Call {
     BuyAsset {
         asset: AssetId,
         max_price: Amount,
+    },
+    // Appended (not inserted by topic), so the encodings of the calls above stay (a
+    // signed transaction means what it meant when it was signed).
+    /// A job goes back to an earlier round: a node found wrong had results no spot check
+    /// confirmed in the rounds since, so they are re-run without it from the weights `round`
+    /// started with. Only the job's runner may, and only backwards.
+    RewindJob {
+        job: JobId,
+        runner: NodeId,
+        round: u32,
+        tensors: crate::state::CheckpointTensors,
+        #[serde(with = "serde_bytes")]
+        progress: Vec<u8>,
+        /// The node found wrong.
+        wrong: NodeId,
     },
 }
 

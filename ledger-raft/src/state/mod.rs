@@ -190,13 +190,6 @@ pub enum Event {
         job: JobId,
         nodes: Vec<NodeWork>,
     },
-    JobRewound {
-        job: JobId,
-        runner: NodeId,
-        from: u32,
-        to: u32,
-        wrong: NodeId,
-    },
     JobTakenOver {
         job: JobId,
         from: NodeId,
@@ -273,6 +266,15 @@ pub enum Event {
         seller: Address,
         buyer: Address,
         price: Amount,
+    },
+    // Appended (not inserted by topic), so the encodings of the variants above stay.
+    /// A job went back to an earlier round (`Call::RewindJob`).
+    JobRewound {
+        job: JobId,
+        runner: NodeId,
+        from: u32,
+        to: u32,
+        wrong: NodeId,
     },
 }
 
