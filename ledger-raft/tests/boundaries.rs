@@ -166,6 +166,17 @@ async fn refused_requests_cost_no_raft_entry_and_depose_no_leader() {
 async fn a_lagging_follower_catches_up_on_entries_larger_than_a_frame() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = TestCluster::new(dir.path(), 3);
+    // What is tested is the splitting, not failover: election timeouts far above a loaded
+    // host's worst stall, so the follower catching up never stands for election meanwhile.
+    cluster.settings = Box::new(|dir, genesis| {
+        let mut settings = aic_ledger::raft::replica::ReplicaSettings::new(dir, genesis);
+        settings.audit_every_entry = true;
+        settings.election_timeout = (
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_secs(6),
+        );
+        settings
+    });
     cluster.start_all().await;
     let leader = cluster.leader_index().unwrap();
     let lagging = (leader + 1) % 3;

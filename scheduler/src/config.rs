@@ -82,6 +82,10 @@ pub struct LedgerSettings {
     pub snapshot_every_entries: u64,
     /// Audit the ledger after every applied entry (slow; for tests and investigations).
     pub audit_every_entry: bool,
+    /// How long a follower hears nothing from the leader before it stands for election: a
+    /// random time between these two, after a leader lease as long as the second. Shorter
+    /// fails over sooner; longer rides out a host too loaded to send heartbeats (every 100 ms).
+    pub election_timeout_ms: [u64; 2],
 }
 
 impl Default for LedgerSettings {
@@ -93,6 +97,7 @@ impl Default for LedgerSettings {
             block_interval_ms: 2000,
             snapshot_every_entries: 5000,
             audit_every_entry: false,
+            election_timeout_ms: [300, 600],
         }
     }
 }
@@ -164,6 +169,13 @@ impl Validate for SchedulerConfig {
                 format!("must be between 100 and 600000, got {}", l.block_interval_ms),
             ));
         }
+        let [low, high] = l.election_timeout_ms;
+        if !(300..=60_000).contains(&low) || high <= low || high > 120_000 {
+            return Err(Invalid::new(
+                "ledger.election_timeout_ms",
+                format!("must be [low, high] with 300 <= low < high <= 120000, got [{low}, {high}]"),
+            ));
+        }
         if l.snapshot_every_entries < 10 {
             return Err(Invalid::new(
                 "ledger.snapshot_every_entries",
@@ -223,5 +235,29 @@ impl Validate for SchedulerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_election_timeout_must_be_a_rising_pair_of_at_least_300_ms() {
+        let with = |pair: [u64; 2]| {
+            let mut config = SchedulerConfig::default();
+            config.ledger.election_timeout_ms = pair;
+            config.validate()
+        };
+        assert!(with([300, 600]).is_ok());
+        assert!(with([1000, 2000]).is_ok());
+        for bad in [[100, 600], [600, 600], [600, 300], [300, 200_000]] {
+            let refused = with(bad).expect_err("refused");
+            assert_eq!(
+                refused.key, "ledger.election_timeout_ms",
+                "{bad:?}: {}",
+                refused.reason
+            );
+        }
     }
 }

@@ -115,6 +115,8 @@ pub async fn start(
     let mut settings = ReplicaSettings::new(config.ledger.data_dir.clone(), genesis);
     settings.snapshot_every_entries = config.ledger.snapshot_every_entries;
     settings.audit_every_entry = config.ledger.audit_every_entry;
+    let [low, high] = config.ledger.election_timeout_ms;
+    settings.election_timeout = (Duration::from_millis(low), Duration::from_millis(high));
     let ledger = LedgerReplica::start(
         settings,
         identity.me.node_id,
