@@ -10,10 +10,13 @@ cd "$(dirname "$0")/.."
 minutes="${1:-30}"
 dir="${2:-$(mktemp -d -t aic-soak-XXXXXX)}"
 cargo build --locked -q -p aic-cli
-aic="$PWD/target/debug/aic"
+mkdir -p "$dir"
+# A copy of its own: the devnet restarts services with the binary it runs from, and a build in
+# the checkout meanwhile replaces target/debug/aic (for a moment it is not there at all).
+cp target/debug/aic "$dir/aic"
+aic="$dir/aic"
 samples="$dir/soak-samples.csv"
 errors="$dir/soak-errors.log"
-mkdir -p "$dir"
 : > "$errors"
 
 "$aic" devnet --processes --json --data-dir "$dir/devnet" > "$dir/devnet.json" 2> "$dir/devnet.err" &
