@@ -155,7 +155,8 @@ fn corrupting_node() {
         let (tasks, extra) = executions(job);
         overhead.push(extra as f64 / (tasks + extra) as f64);
         // The compute node logs each result it corrupts, with the task's id.
-        let corrupted: std::collections::BTreeSet<&str> = log
+        let plain = without_colours(&log);
+        let corrupted: std::collections::BTreeSet<&str> = plain
             .lines()
             .filter(|l| l.contains("fault injection: corrupting this result"))
             .filter_map(|l| l.split("task=").nth(1)?.split([' ', ':', '}']).next())
@@ -172,12 +173,13 @@ fn corrupting_node() {
         if detected > 0 {
             caught += 1;
         }
-        // In the model: accepted training tasks of rounds no rewind discarded.
+        // In the model: compute-3's accepted training results of rounds no rewind discarded (a
+        // check's re-run of a task has the task's id, from another node).
         let kept = job["tasks"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|t| t["kind"] == "gradient" && t["discarded"].is_null())
+            .filter(|t| t["kind"] == "gradient" && t["discarded"].is_null() && t["node"] == "compute-3")
             .filter(|t| corrupted.contains(t["task"].as_str().unwrap_or_default()))
             .count();
         let rewinds = job["rewinds"].as_array().cloned().unwrap_or_default();
@@ -208,6 +210,21 @@ fn corrupting_node() {
         rerun.iter().sum::<u64>() as f64 / FAULTY_RUNS as f64,
         100.0 * overhead.iter().sum::<f64>() / FAULTY_RUNS as f64
     );
+}
+
+/// The log without its terminal colour codes (ESC [ … m), so its fields read `name=value`.
+fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut in_code = false;
+    for c in log.chars() {
+        match (in_code, c) {
+            (false, '\u{1b}') => in_code = true,
+            (false, c) => plain.push(c),
+            (true, 'm') => in_code = false,
+            (true, _) => {}
+        }
+    }
+    plain
 }
 
 /// Runs `aic` with `args`, answering its JSON output.
