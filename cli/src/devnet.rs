@@ -336,8 +336,15 @@ async fn run_in(dir: &Path, args: &DevnetArgs) -> anyhow::Result<()> {
         // The other replicas, which follow a job whose replica the drill kills.
         let mut others = Vec::new();
         for replica in &replicas[1..] {
+            // This replica first, then every other (scheduler-1 included: restarted, it may
+            // lead again).
             let profile = ClientProfile {
                 scheduler: replica.addr.clone(),
+                replicas: replicas
+                    .iter()
+                    .filter(|r| r.addr != replica.addr)
+                    .map(|r| r.addr.clone())
+                    .collect(),
                 ..profile.clone()
             };
             others.push((profile.clone(), nodes::connect(&profile).await?));
