@@ -268,7 +268,7 @@ fn promtool_accepts_the_configuration_and_every_alert_passes_its_unit_test() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 14, "{names:?}");
     let unit_tests = std::fs::read_to_string(prometheus.join("tests/alerts_test.yml")).unwrap();
     for name in &names {
         assert!(
@@ -291,8 +291,8 @@ fn rules_and_dashboards_read_only_metrics_the_inventory_lists() {
     let rules = rule_expressions();
     assert_eq!(
         rules.len(),
-        21,
-        "ten recording rules and eleven alerts: {rules:#?}"
+        24,
+        "ten recording rules and fourteen alerts: {rules:#?}"
     );
     for expr in &rules {
         for name in names_in(expr) {
@@ -735,7 +735,7 @@ fn a_real_prometheus_scrapes_a_devnet_that_matches_the_inventory() {
             .iter()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        assert_eq!(rules.len(), 21, "{body}");
+        assert_eq!(rules.len(), 24, "{body}");
         for rule in &rules {
             assert_ne!(rule["health"], "err", "{rule}");
         }
