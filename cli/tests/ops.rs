@@ -576,6 +576,10 @@ fn a_real_prometheus_scrapes_a_devnet_that_matches_the_inventory() {
         assert!(addr.starts_with("127.0.0.1:"), "metrics stay on loopback: {addr}");
         let (code, text) = http_get(addr, "/metrics");
         assert_eq!(code, 200, "{name}");
+        // Beside the metrics: alive, and (a scheduler: its ledger replica leads or follows a
+        // leader and has applied what it holds) ready.
+        assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_string()), "{name}");
+        assert_eq!(http_get(addr, "/readyz"), (200, "ready\n".to_string()), "{name}");
         for secret in &secrets {
             assert!(
                 !text.contains(secret.as_str()),

@@ -112,6 +112,9 @@ async fn a_leader_whose_fsync_fails_stops_says_why_and_rejoins_once_restarted() 
     eprintln!("the replica whose fsync failed stopped: {reason}");
     assert!(reason.contains("os error 5"), "it says the disk failed: {reason}");
     assert!(disks[leader].refused() > 0);
+    // Its `/readyz` says so until the process goes.
+    let not_ready = stopping.readiness().expect_err("a stopped replica is not ready");
+    assert!(not_ready.contains("stopped"), "{not_ready}");
 
     // Another replica leads; writes go on.
     wait_for(|| cluster.leader_index().is_some_and(|l| l != leader)).await;
@@ -132,6 +135,10 @@ async fn a_leader_whose_fsync_fails_stops_says_why_and_rejoins_once_restarted() 
     disks[leader].heal();
     cluster.start(leader).await;
     cluster.same_state_everywhere(&[0, 1, 2]).await;
+    for i in 0..3 {
+        let replica = cluster.replica(i).clone();
+        wait_for(|| replica.readiness().is_ok()).await;
+    }
     for (to, amount) in &acknowledged {
         for i in 0..3 {
             assert_eq!(

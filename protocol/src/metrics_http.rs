@@ -1,10 +1,13 @@
-//! The `/metrics` HTTP endpoint each process serves for Prometheus.
+//! The `/metrics` HTTP endpoint each process serves for Prometheus, with `/healthz` (the process
+//! serves) and `/readyz` (it can do its work: for a scheduler, its ledger replica runs, knows a
+//! leader and has applied what it holds) for supervisors and load balancers.
 //!
-//! It serves only the registry it is given (text exposition format) and nothing else: no
-//! configuration, keys or paths ever appear there. It binds to loopback unless configured.
+//! It serves only the registry it is given (text exposition format) and those two answers:
+//! no configuration, keys or paths ever appear there. It binds to loopback unless configured.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -27,10 +30,25 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves `registry` at `/metrics` on `listener` until `shutdown` is cancelled.
+/// Whether the process can do its work now; the error says why not (one line, for `/readyz`).
+pub type Readiness = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
+/// Serves `registry` at `/metrics` on `listener` until `shutdown` is cancelled; `/readyz`
+/// answers ready whenever the process serves.
 pub async fn serve(
     listener: std::net::TcpListener,
     registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    serve_with_readiness(listener, registry, Arc::new(|| Ok(())), shutdown).await
+}
+
+/// Serves `registry` at `/metrics`, and `/readyz` as `ready` says, until `shutdown` is
+/// cancelled.
+pub async fn serve_with_readiness(
+    listener: std::net::TcpListener,
+    registry: Registry,
+    ready: Readiness,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -45,10 +63,10 @@ pub async fn serve(
                 }
             },
         };
-        let registry = registry.clone();
+        let (registry, ready) = (registry.clone(), ready.clone());
         let service = hyper::service::service_fn(move |request| {
-            let registry = registry.clone();
-            async move { Ok::<_, Infallible>(respond(&registry, &request)) }
+            let (registry, ready) = (registry.clone(), ready.clone());
+            async move { Ok::<_, Infallible>(respond(&registry, &ready, &request)) }
         });
         tokio::spawn(async move {
             if let Err(error) = hyper::server::conn::http1::Builder::new()
@@ -61,7 +79,7 @@ pub async fn serve(
     }
 }
 
-fn respond(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(registry: &Registry, ready: &Readiness, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &str, body: Vec<u8>| {
         Response::builder()
             .status(status)
@@ -69,12 +87,33 @@ fn respond(registry: &Registry, request: &Request<Incoming>) -> Response<Full<By
             .body(Full::new(Bytes::from(body)))
             .expect("static response parts are valid")
     };
-    if request.method() != Method::GET || request.uri().path() != "/metrics" {
+    if request.method() != Method::GET {
         return reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            b"only GET /metrics is served\n".to_vec(),
+            b"only GET /metrics, /healthz and /readyz are served\n".to_vec(),
         );
+    }
+    match request.uri().path() {
+        "/metrics" => {}
+        "/healthz" => return reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        "/readyz" => {
+            return match ready() {
+                Ok(()) => reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+                Err(why) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {why}\n").into_bytes(),
+                ),
+            }
+        }
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                b"only GET /metrics, /healthz and /readyz are served\n".to_vec(),
+            )
+        }
     }
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
@@ -90,10 +129,15 @@ fn respond(registry: &Registry, request: &Request<Incoming>) -> Response<Full<By
 
 /// Fetches `/metrics` from `addr` (an operator's check, and what the cluster tests read).
 pub async fn scrape(addr: SocketAddr) -> Result<String> {
+    get(addr, "/metrics").await
+}
+
+/// Fetches `path` from `addr`'s endpoint: the whole HTTP/1.1 response, status line first.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;

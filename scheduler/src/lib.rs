@@ -243,8 +243,13 @@ pub async fn start(
         shutdown.clone(),
     ));
     let metrics_shutdown = shutdown.clone();
+    let ledger_for_readiness = ledger.clone();
     handle.spawn(async move {
-        if let Err(error) = metrics_http::serve(bound.metrics, registry, metrics_shutdown).await {
+        let replica = ledger_for_readiness;
+        let ready: metrics_http::Readiness = Arc::new(move || replica.readiness());
+        if let Err(error) =
+            metrics_http::serve_with_readiness(bound.metrics, registry, ready, metrics_shutdown).await
+        {
             warn!(%error, "metrics endpoint failed");
         }
     });

@@ -109,6 +109,10 @@ pub struct LedgerReplica {
 /// How long a forwarded request may take on the leader before this replica stops waiting: well
 /// inside a client's own call timeout, so the client hears why and can try again.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Entries a replica may hold unapplied and still be ready: a replica catching up after a
+/// restart is not.
+pub const READY_LAG: u64 = 1_000;
+
 /// How long a request waits for a new leader after the one it was sent to could not be reached.
 const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
@@ -199,6 +203,27 @@ impl LedgerReplica {
                 return "the Raft core stopped".into();
             }
         }
+    }
+
+    /// Whether this replica can serve (`/readyz`): its Raft core runs, it knows a leader, and it
+    /// has applied the entries it holds (within [`READY_LAG`]). The error says why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if let Err(fatal) = &metrics.running_state {
+            return Err(format!("the ledger replica stopped: {fatal}"));
+        }
+        if metrics.current_leader.is_none() {
+            return Err("no ledger leader known (an election, or no majority reachable)".into());
+        }
+        let applied = metrics.last_applied.map_or(0, |id| id.index);
+        let held = metrics.last_log_index.unwrap_or(0);
+        if held.saturating_sub(applied) > READY_LAG {
+            return Err(format!(
+                "{} ledger entries held but not applied yet",
+                held - applied
+            ));
+        }
+        Ok(())
     }
 
     /// The leader this replica knows of; none once its Raft core has stopped (what it last
