@@ -197,3 +197,22 @@ impl ServiceHandle {
         self.stopped().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reported_failure_wakes_the_waiter_with_the_first_reason() {
+        let failure = Failure::default();
+        let waiter = {
+            let failure = failure.clone();
+            tokio::spawn(async move { failure.reported().await })
+        };
+        failure.report("the ledger replica stopped: disk full".into());
+        failure.report("a later reason".into());
+        assert_eq!(waiter.await.unwrap(), "the ledger replica stopped: disk full");
+        // A late waiter hears it too.
+        assert_eq!(failure.reported().await, "the ledger replica stopped: disk full");
+    }
+}
