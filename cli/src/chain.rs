@@ -219,7 +219,6 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
     else {
         bail!("unexpected answer");
     };
-    let voters: Vec<u64> = status.replicas.iter().filter(|r| r.voter).map(|r| r.id).collect();
     let request = match args.command {
         LedgerCommand::Genesis(_) => unreachable!("handled above"),
         LedgerCommand::Status => {
@@ -248,27 +247,12 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
             });
             return Ok(());
         }
-        LedgerCommand::AddLearner { addr, node_id } => LedgerRequest::AddLearner {
-            id: replica_id_of(&node_id),
-            addr: ReplicaAddr {
-                addr,
-                node_id: node_id.to_string(),
-            },
-        },
-        LedgerCommand::Promote { node_ids } => {
-            let mut set = voters;
-            set.extend(node_ids.iter().map(replica_id_of));
-            set.sort_unstable();
-            set.dedup();
-            LedgerRequest::ChangeMembership { voters: set }
-        }
-        LedgerCommand::Remove { node_ids } => {
-            let removed: Vec<u64> = node_ids.iter().map(replica_id_of).collect();
-            let set: Vec<u64> = voters.into_iter().filter(|v| !removed.contains(v)).collect();
-            if set.is_empty() {
-                bail!("refusing to remove every voter");
+        command => {
+            let (request, warning) = membership_change(&status.replicas, command)?;
+            if let Some(warning) = warning {
+                eprintln!("warning: {warning}");
             }
-            LedgerRequest::ChangeMembership { voters: set }
+            request
         }
     };
     let LedgerResponse::MembershipChanged { index } = ledger_client::request(&client, &request).await? else {
@@ -278,4 +262,186 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
         format!("membership changed at log index {index}")
     });
     Ok(())
+}
+
+/// The membership request an `aic ledger` command makes of the cluster as it is, and a warning to
+/// print with it; a change that would do nothing, or undo the cluster, is refused with one line.
+fn membership_change(
+    replicas: &[aic_ledger::api::ReplicaView],
+    command: LedgerCommand,
+) -> anyhow::Result<(LedgerRequest, Option<String>)> {
+    let member = |id: u64| replicas.iter().find(|r| r.id == id);
+    let mut voters: Vec<u64> = replicas.iter().filter(|r| r.voter).map(|r| r.id).collect();
+    let role = |voter: bool| if voter { "voter" } else { "learner" };
+    let request = match command {
+        LedgerCommand::AddLearner { addr, node_id } => {
+            let id = replica_id_of(&node_id);
+            if let Some(r) = member(id) {
+                bail!(
+                    "replica {node_id} is already a {} of this cluster (at {}); nothing changed",
+                    role(r.voter),
+                    r.addr.addr
+                );
+            }
+            return Ok((
+                LedgerRequest::AddLearner {
+                    id,
+                    addr: ReplicaAddr {
+                        addr,
+                        node_id: node_id.to_string(),
+                    },
+                },
+                None,
+            ));
+        }
+        LedgerCommand::Promote { node_ids } => {
+            for node in &node_ids {
+                match member(replica_id_of(node)) {
+                    None => bail!(
+                        "{node} is not a learner of this cluster: add it with `aic ledger add-learner` first; nothing changed"
+                    ),
+                    Some(r) if r.voter => bail!("{node} is already a voter; nothing changed"),
+                    Some(_) => voters.push(replica_id_of(node)),
+                }
+            }
+            voters
+        }
+        LedgerCommand::Remove { node_ids } => {
+            for node in &node_ids {
+                if member(replica_id_of(node)).is_none() {
+                    bail!("{node} is not a member of this cluster; nothing changed");
+                }
+            }
+            let removed: Vec<u64> = node_ids.iter().map(replica_id_of).collect();
+            voters.retain(|v| !removed.contains(v));
+            if voters.is_empty() {
+                bail!("refusing to remove every voter; nothing changed");
+            }
+            voters
+        }
+        LedgerCommand::Status | LedgerCommand::Genesis(_) => bail!("not a membership change"),
+    };
+    let mut voters = request;
+    voters.sort_unstable();
+    voters.dedup();
+    let warning = (voters.len() % 2 == 0).then(|| {
+        format!(
+            "{} voters: a majority is {}, so it survives {} down, no more than {} voters would; \
+             an odd count is the one to aim for",
+            voters.len(),
+            voters.len() / 2 + 1,
+            (voters.len() - 1) / 2,
+            voters.len() - 1
+        )
+    });
+    Ok((LedgerRequest::ChangeMembership { voters }, warning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aic_ledger::api::ReplicaView;
+
+    fn node(b: u8) -> NodeId {
+        hex::encode([b; 32]).parse().expect("64 hex digits")
+    }
+
+    fn view(b: u8, voter: bool) -> ReplicaView {
+        ReplicaView {
+            id: replica_id_of(&node(b)),
+            addr: ReplicaAddr {
+                addr: format!("127.0.0.1:{}", 7400 + u16::from(b)),
+                node_id: node(b).to_string(),
+            },
+            voter,
+        }
+    }
+
+    /// Three voters and a learner.
+    fn cluster() -> Vec<ReplicaView> {
+        vec![view(1, true), view(2, true), view(3, true), view(4, false)]
+    }
+
+    fn refusal(command: LedgerCommand) -> String {
+        membership_change(&cluster(), command)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_replica_added_twice_or_promoted_before_it_was_added_is_refused() {
+        let again = refusal(LedgerCommand::AddLearner {
+            addr: "127.0.0.1:9999".into(),
+            node_id: node(2),
+        });
+        assert!(
+            again.contains("already a voter") && again.contains("nothing changed"),
+            "{again}"
+        );
+        let stranger = refusal(LedgerCommand::Promote {
+            node_ids: vec![node(9)],
+        });
+        assert!(stranger.contains("`aic ledger add-learner` first"), "{stranger}");
+        let voter = refusal(LedgerCommand::Promote {
+            node_ids: vec![node(1)],
+        });
+        assert!(voter.contains("already a voter"), "{voter}");
+        let unknown = refusal(LedgerCommand::Remove {
+            node_ids: vec![node(9)],
+        });
+        assert!(unknown.contains("not a member"), "{unknown}");
+        let everyone = refusal(LedgerCommand::Remove {
+            node_ids: vec![node(1), node(2), node(3)],
+        });
+        assert!(everyone.contains("every voter"), "{everyone}");
+    }
+
+    #[test]
+    fn an_even_voter_count_is_warned_about_and_an_odd_one_is_not() {
+        let (request, warning) = membership_change(
+            &cluster(),
+            LedgerCommand::Promote {
+                node_ids: vec![node(4)],
+            },
+        )
+        .unwrap();
+        let LedgerRequest::ChangeMembership { voters } = request else {
+            panic!("{request:?}")
+        };
+        assert_eq!(voters.len(), 4);
+        let warning = warning.expect("four voters are warned about");
+        assert!(
+            warning.starts_with("4 voters: a majority is 3, so it survives 1 down"),
+            "{warning}"
+        );
+        let (_, warning) = membership_change(
+            &cluster(),
+            LedgerCommand::Remove {
+                node_ids: vec![node(3)],
+            },
+        )
+        .unwrap();
+        assert!(warning.is_some(), "two voters are warned about");
+        let mut five = cluster();
+        five.push(view(5, false));
+        let (request, warning) = membership_change(
+            &five,
+            LedgerCommand::Promote {
+                node_ids: vec![node(4), node(5)],
+            },
+        )
+        .unwrap();
+        assert!(matches!(request, LedgerRequest::ChangeMembership { ref voters } if voters.len() == 5));
+        assert_eq!(warning, None);
+        let (request, warning) = membership_change(
+            &cluster(),
+            LedgerCommand::AddLearner {
+                addr: "127.0.0.1:7405".into(),
+                node_id: node(5),
+            },
+        )
+        .unwrap();
+        assert!(matches!(request, LedgerRequest::AddLearner { .. }));
+        assert_eq!(warning, None);
+    }
 }
