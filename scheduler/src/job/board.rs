@@ -1,8 +1,9 @@
 //! The job board: the jobs this replica runs and the last ones it ran, each with its state and
 //! latest report, the submitter who may cancel it, and the escrow share it has left (what the
-//! escrow alert watches). Ended jobs' reports are kept up to a bound, oldest dropped first: a
-//! replica that runs jobs for months must not keep every report (the ledger's job log keeps
-//! every job's summary for good).
+//! escrow alert watches). Ended jobs' reports are kept up to a bound in number and in bytes,
+//! oldest dropped first: a replica that runs jobs for months must not keep every report (the
+//! ledger's job log keeps every job's summary for good), and one report can be large (every
+//! task of every round).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,41 +46,61 @@ struct Entry {
     escrow_left: f64,
 }
 
-/// Ended jobs whose reports a replica keeps by default.
-pub const KEPT_ENDED_JOBS: usize = 256;
+/// How many ended jobs' reports a replica keeps, and how many bytes of them (as JSON text);
+/// the newest is always kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub jobs: usize,
+    pub bytes: usize,
+}
+
+/// The default: the last 256 ended jobs, within 32 MiB of reports.
+pub const KEPT_ENDED: Retention = Retention {
+    jobs: 256,
+    bytes: 32 * 1024 * 1024,
+};
 
 pub struct JobBoard {
     jobs: HashMap<JobId, Entry>,
-    /// Ended jobs, oldest first.
-    ended: VecDeque<JobId>,
-    kept_ended: usize,
+    /// Ended jobs, oldest first, with their reports' sizes.
+    ended: VecDeque<(JobId, usize)>,
+    ended_bytes: usize,
+    retention: Retention,
     metrics: SchedulerMetrics,
 }
 
 impl JobBoard {
     pub fn new(metrics: SchedulerMetrics) -> Self {
-        Self::keeping(metrics, KEPT_ENDED_JOBS)
+        Self::keeping(metrics, KEPT_ENDED)
     }
 
-    /// A board that keeps the reports of the last `kept_ended` ended jobs.
-    pub fn keeping(metrics: SchedulerMetrics, kept_ended: usize) -> Self {
+    /// A board that keeps ended jobs' reports as `retention` says.
+    pub fn keeping(metrics: SchedulerMetrics, retention: Retention) -> Self {
         JobBoard {
             jobs: HashMap::new(),
             ended: VecDeque::new(),
-            kept_ended,
+            ended_bytes: 0,
+            retention,
             metrics,
         }
     }
 
-    /// Notes that `job` ended, and forgets the oldest ended jobs beyond the bound (one that
-    /// runs again here, resumed, is kept).
-    fn ended(&mut self, job: JobId) {
-        self.ended.retain(|j| *j != job);
-        self.ended.push_back(job);
-        while self.ended.len() > self.kept_ended {
-            let Some(oldest) = self.ended.pop_front() else {
+    /// Notes that `job` ended with a report of `bytes`, and forgets the oldest ended jobs
+    /// beyond the bound (one that runs again here, resumed, is kept).
+    fn ended(&mut self, job: JobId, bytes: usize) {
+        if let Some(at) = self.ended.iter().position(|(j, _)| *j == job) {
+            let (_, earlier) = self.ended.remove(at).expect("found above");
+            self.ended_bytes = self.ended_bytes.saturating_sub(earlier);
+        }
+        self.ended.push_back((job, bytes));
+        self.ended_bytes = self.ended_bytes.saturating_add(bytes);
+        while self.ended.len() > 1
+            && (self.ended.len() > self.retention.jobs || self.ended_bytes > self.retention.bytes)
+        {
+            let Some((oldest, size)) = self.ended.pop_front() else {
                 break;
             };
+            self.ended_bytes = self.ended_bytes.saturating_sub(size);
             if self
                 .jobs
                 .get(&oldest)
@@ -202,7 +223,8 @@ impl Handler<Update> for JobBoard {
             entry.report = message.report;
             entry.escrow_left = message.escrow_left;
             if ended {
-                self.ended(message.job);
+                let bytes = serde_json::to_vec(&entry.report).map_or(0, |text| text.len());
+                self.ended(message.job, bytes);
             }
         }
         self.publish();
@@ -256,7 +278,14 @@ mod tests {
 
     async fn keeps_the_last_ended_reports() {
         let metrics = SchedulerMetrics::register(&prometheus::Registry::new()).unwrap();
-        let board = JobBoard::keeping(metrics, 2).start();
+        let board = JobBoard::keeping(
+            metrics,
+            Retention {
+                jobs: 2,
+                bytes: usize::MAX,
+            },
+        )
+        .start();
         let submitter = NodeId::from_public_key(b"user");
         let jobs: Vec<JobId> = (0..4u8).map(|b| JobId::from_bytes([b; 16])).collect();
         for job in &jobs {
@@ -291,5 +320,58 @@ mod tests {
         assert_eq!(state(jobs[2]).await, None);
         assert_eq!(state(jobs[1]).await, Some(JobState::Done));
         assert_eq!(state(jobs[3]).await, Some(JobState::Failed));
+    }
+
+    #[test]
+    fn the_board_drops_the_oldest_reports_beyond_its_bytes_and_keeps_the_newest() {
+        actix::System::new().block_on(async {
+            let metrics = SchedulerMetrics::register(&prometheus::Registry::new()).unwrap();
+            // Room for about two reports of 1 KB.
+            let retention = Retention {
+                jobs: 100,
+                bytes: 2_500,
+            };
+            let board = JobBoard::keeping(metrics, retention).start();
+            let submitter = NodeId::from_public_key(b"user");
+            let big = json!({"tasks": "x".repeat(1_000)});
+            let jobs: Vec<JobId> = (0..4u8).map(|b| JobId::from_bytes([b; 16])).collect();
+            for job in &jobs {
+                let open = Open {
+                    job: *job,
+                    submitter,
+                    resuming: false,
+                };
+                board.send(open).await.unwrap().unwrap();
+                let done = Update {
+                    job: *job,
+                    state: JobState::Done,
+                    report: big.clone(),
+                    escrow_left: 1.0,
+                };
+                board.send(done).await.unwrap();
+            }
+            let mut kept = Vec::new();
+            for job in &jobs {
+                kept.push(board.send(StateOf { job: *job }).await.unwrap().is_some());
+            }
+            assert_eq!(kept, [false, false, true, true]);
+            // One report larger than the whole bound is still kept, alone.
+            let huge = JobId::from_bytes([9; 16]);
+            let open = Open {
+                job: huge,
+                submitter,
+                resuming: false,
+            };
+            board.send(open).await.unwrap().unwrap();
+            let done = Update {
+                job: huge,
+                state: JobState::Done,
+                report: json!({"tasks": "x".repeat(10_000)}),
+                escrow_left: 1.0,
+            };
+            board.send(done).await.unwrap();
+            assert!(board.send(StateOf { job: huge }).await.unwrap().is_some());
+            assert!(board.send(StateOf { job: jobs[3] }).await.unwrap().is_none());
+        });
     }
 }
