@@ -264,24 +264,42 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why `aic ledger` refuses a membership change (nothing is changed).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum MembershipRefusal {
+    #[error("replica {node} is already a {} of this cluster (at {addr}); nothing changed", if *.voter { "voter" } else { "learner" })]
+    AlreadyMember { node: NodeId, voter: bool, addr: String },
+    #[error(
+        "{0} is not a learner of this cluster: add it with `aic ledger add-learner` first; nothing changed"
+    )]
+    NotALearner(NodeId),
+    #[error("{0} is already a voter; nothing changed")]
+    AlreadyVoter(NodeId),
+    #[error("{0} is not a member of this cluster; nothing changed")]
+    NotAMember(NodeId),
+    #[error("refusing to remove every voter; nothing changed")]
+    EveryVoter,
+    #[error("not a membership change")]
+    NotAChange,
+}
+
 /// The membership request an `aic ledger` command makes of the cluster as it is, and a warning to
 /// print with it; a change that would do nothing, or undo the cluster, is refused with one line.
 fn membership_change(
     replicas: &[aic_ledger::api::ReplicaView],
     command: LedgerCommand,
-) -> anyhow::Result<(LedgerRequest, Option<String>)> {
+) -> Result<(LedgerRequest, Option<String>), MembershipRefusal> {
     let member = |id: u64| replicas.iter().find(|r| r.id == id);
     let mut voters: Vec<u64> = replicas.iter().filter(|r| r.voter).map(|r| r.id).collect();
-    let role = |voter: bool| if voter { "voter" } else { "learner" };
     let request = match command {
         LedgerCommand::AddLearner { addr, node_id } => {
             let id = replica_id_of(&node_id);
             if let Some(r) = member(id) {
-                bail!(
-                    "replica {node_id} is already a {} of this cluster (at {}); nothing changed",
-                    role(r.voter),
-                    r.addr.addr
-                );
+                return Err(MembershipRefusal::AlreadyMember {
+                    node: node_id,
+                    voter: r.voter,
+                    addr: r.addr.addr.clone(),
+                });
             }
             return Ok((
                 LedgerRequest::AddLearner {
@@ -297,10 +315,8 @@ fn membership_change(
         LedgerCommand::Promote { node_ids } => {
             for node in &node_ids {
                 match member(replica_id_of(node)) {
-                    None => bail!(
-                        "{node} is not a learner of this cluster: add it with `aic ledger add-learner` first; nothing changed"
-                    ),
-                    Some(r) if r.voter => bail!("{node} is already a voter; nothing changed"),
+                    None => return Err(MembershipRefusal::NotALearner(*node)),
+                    Some(r) if r.voter => return Err(MembershipRefusal::AlreadyVoter(*node)),
                     Some(_) => voters.push(replica_id_of(node)),
                 }
             }
@@ -309,17 +325,17 @@ fn membership_change(
         LedgerCommand::Remove { node_ids } => {
             for node in &node_ids {
                 if member(replica_id_of(node)).is_none() {
-                    bail!("{node} is not a member of this cluster; nothing changed");
+                    return Err(MembershipRefusal::NotAMember(*node));
                 }
             }
             let removed: Vec<u64> = node_ids.iter().map(replica_id_of).collect();
             voters.retain(|v| !removed.contains(v));
             if voters.is_empty() {
-                bail!("refusing to remove every voter; nothing changed");
+                return Err(MembershipRefusal::EveryVoter);
             }
             voters
         }
-        LedgerCommand::Status | LedgerCommand::Genesis(_) => bail!("not a membership change"),
+        LedgerCommand::Status | LedgerCommand::Genesis(_) => return Err(MembershipRefusal::NotAChange),
     };
     let mut voters = request;
     voters.sort_unstable();
@@ -362,10 +378,8 @@ mod tests {
         vec![view(1, true), view(2, true), view(3, true), view(4, false)]
     }
 
-    fn refusal(command: LedgerCommand) -> String {
-        membership_change(&cluster(), command)
-            .expect_err("refused")
-            .to_string()
+    fn refusal(command: LedgerCommand) -> MembershipRefusal {
+        membership_change(&cluster(), command).expect_err("refused")
     }
 
     #[test]
@@ -374,26 +388,30 @@ mod tests {
             addr: "127.0.0.1:9999".into(),
             node_id: node(2),
         });
-        assert!(
-            again.contains("already a voter") && again.contains("nothing changed"),
-            "{again}"
+        assert_eq!(
+            again,
+            MembershipRefusal::AlreadyMember {
+                node: node(2),
+                voter: true,
+                addr: "127.0.0.1:7402".into()
+            }
         );
         let stranger = refusal(LedgerCommand::Promote {
             node_ids: vec![node(9)],
         });
-        assert!(stranger.contains("`aic ledger add-learner` first"), "{stranger}");
+        assert_eq!(stranger, MembershipRefusal::NotALearner(node(9)));
         let voter = refusal(LedgerCommand::Promote {
             node_ids: vec![node(1)],
         });
-        assert!(voter.contains("already a voter"), "{voter}");
+        assert_eq!(voter, MembershipRefusal::AlreadyVoter(node(1)));
         let unknown = refusal(LedgerCommand::Remove {
             node_ids: vec![node(9)],
         });
-        assert!(unknown.contains("not a member"), "{unknown}");
+        assert_eq!(unknown, MembershipRefusal::NotAMember(node(9)));
         let everyone = refusal(LedgerCommand::Remove {
             node_ids: vec![node(1), node(2), node(3)],
         });
-        assert!(everyone.contains("every voter"), "{everyone}");
+        assert_eq!(everyone, MembershipRefusal::EveryVoter);
     }
 
     #[test]

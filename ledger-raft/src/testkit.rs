@@ -303,6 +303,22 @@ impl TestCluster {
         states[0].0
     }
 
+    /// A transfer of `amount` from the genesis fundraiser to `to`, signed at `nonce`.
+    pub fn fundraiser_transfer(
+        &self,
+        nonce: u64,
+        to: crate::keys::Address,
+        amount: crate::amount::Amount,
+    ) -> crate::tx::SignedTransaction {
+        crate::tx::Transaction {
+            chain_id: self.genesis.chain_id.clone(),
+            from: self.keys.fundraiser.address(),
+            nonce,
+            call: crate::tx::Call::Transfer { to, amount },
+        }
+        .sign(&self.keys.fundraiser)
+    }
+
     /// Replica ids by index, for membership checks.
     pub fn ids(&self) -> BTreeMap<usize, ReplicaId> {
         (0..self.replicas.len())

@@ -6,18 +6,7 @@ use aic_ledger::amount::Amount;
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::raft::replica::ReplicaSettings;
 use aic_ledger::testkit::{wait_for, LedgerClient, TestCluster};
-use aic_ledger::tx::{Call, Transaction};
 use aic_ledger::{Address, Keypair, SignedTransaction, TxError};
-
-fn transfer(cluster: &TestCluster, nonce: u64, to: Address, amount: Amount) -> SignedTransaction {
-    Transaction {
-        chain_id: cluster.genesis.chain_id.clone(),
-        from: cluster.keys.fundraiser.address(),
-        nonce,
-        call: Call::Transfer { to, amount },
-    }
-    .sign(&cluster.keys.fundraiser)
-}
 
 /// Submits through any live replica; after a failure (leadership moving) it waits until a live
 /// replica leads again, then retries. Returns whether the ledger acknowledged the transfer.
@@ -86,7 +75,7 @@ async fn killing_the_leader_loses_no_acknowledged_transfer() {
         let nonce = next_nonce(&cluster, &live, fundraiser).await;
         let to = Keypair::generate().address();
         let amount = Amount::aic(i + 1).unwrap();
-        let signed = transfer(&cluster, nonce, to, amount);
+        let signed = cluster.fundraiser_transfer(nonce, to, amount);
         if let Some(Ok(())) = submit(&cluster, &live, &signed).await {
             acknowledged.push((to, amount));
             first_acknowledged.get_or_insert(signed);
@@ -185,12 +174,8 @@ async fn a_follower_that_missed_a_purged_log_catches_up_by_snapshot() {
     let mut first_signed = None;
     for i in 0..30u128 {
         let nonce = next_nonce(&cluster, &clients, fundraiser).await;
-        let signed = transfer(
-            &cluster,
-            nonce,
-            Keypair::generate().address(),
-            Amount::aic(i + 1).unwrap(),
-        );
+        let signed =
+            cluster.fundraiser_transfer(nonce, Keypair::generate().address(), Amount::aic(i + 1).unwrap());
         assert_eq!(submit(&cluster, &clients, &signed).await, Some(Ok(())));
         first_signed.get_or_insert(signed);
     }

@@ -246,7 +246,8 @@ pub async fn start(
     let ledger_for_readiness = ledger.clone();
     handle.spawn(async move {
         let replica = ledger_for_readiness;
-        let ready: metrics_http::Readiness = Arc::new(move || replica.readiness());
+        let ready: metrics_http::Readiness =
+            Arc::new(move || replica.readiness().map_err(|why| why.to_string()));
         if let Err(error) =
             metrics_http::serve_with_readiness(bound.metrics, registry, ready, metrics_shutdown).await
         {

@@ -109,6 +109,39 @@ pub struct LedgerReplica {
 /// How long a forwarded request may take on the leader before this replica stops waiting: well
 /// inside a client's own call timeout, so the client hears why and can try again.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Why a replica's Raft core stopped for good.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CoreStopped {
+    /// Its log or state could not be written or read (a full disk, a failed fsync).
+    #[error("{0}")]
+    Storage(String),
+    #[error("the Raft core panicked")]
+    Panicked,
+    #[error("the Raft core was shut down")]
+    Shutdown,
+}
+
+impl From<&openraft::error::Fatal<ReplicaId>> for CoreStopped {
+    fn from(fatal: &openraft::error::Fatal<ReplicaId>) -> Self {
+        match fatal {
+            openraft::error::Fatal::StorageError(error) => CoreStopped::Storage(error.to_string()),
+            openraft::error::Fatal::Panicked => CoreStopped::Panicked,
+            openraft::error::Fatal::Stopped => CoreStopped::Shutdown,
+        }
+    }
+}
+
+/// Why a replica is not ready to serve (`/readyz` says it in one line).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("the ledger replica stopped: {0}")]
+    Stopped(CoreStopped),
+    #[error("no ledger leader known (an election, or no majority reachable)")]
+    NoLeader,
+    #[error("{0} ledger entries held but not applied yet")]
+    Behind(u64),
+}
+
 /// Entries a replica may hold unapplied and still be ready: a replica catching up after a
 /// restart is not.
 pub const READY_LAG: u64 = 1_000;
@@ -193,37 +226,34 @@ impl LedgerReplica {
     /// it, a shutdown) and answers why. The process running it must stop too, non-zero, so
     /// that its supervisor restarts it: a replica whose core is gone neither votes, replicates
     /// nor applies, while everything else in the process would still look alive.
-    pub async fn stopped(&self) -> String {
+    pub async fn stopped(&self) -> CoreStopped {
         let mut watch = self.raft.metrics();
         loop {
             if let Err(fatal) = &watch.borrow_and_update().running_state {
-                return fatal.to_string();
+                return CoreStopped::from(fatal);
             }
             if watch.changed().await.is_err() {
-                return "the Raft core stopped".into();
+                return CoreStopped::Shutdown;
             }
         }
     }
 
     /// Whether this replica can serve (`/readyz`): its Raft core runs, it knows a leader, and it
-    /// has applied the entries it holds (within [`READY_LAG`]). The error says why not.
-    pub fn readiness(&self) -> Result<(), String> {
+    /// has applied the entries it holds (within [`READY_LAG`]).
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let metrics = self.raft.metrics().borrow().clone();
         if let Err(fatal) = &metrics.running_state {
-            return Err(format!("the ledger replica stopped: {fatal}"));
+            return Err(NotReady::Stopped(CoreStopped::from(fatal)));
         }
         if metrics.current_leader.is_none() {
-            return Err("no ledger leader known (an election, or no majority reachable)".into());
+            return Err(NotReady::NoLeader);
         }
         let applied = metrics.last_applied.map_or(0, |id| id.index);
         let held = metrics.last_log_index.unwrap_or(0);
-        if held.saturating_sub(applied) > READY_LAG {
-            return Err(format!(
-                "{} ledger entries held but not applied yet",
-                held - applied
-            ));
+        match held.saturating_sub(applied) {
+            behind if behind > READY_LAG => Err(NotReady::Behind(behind)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The leader this replica knows of; none once its Raft core has stopped (what it last

@@ -262,6 +262,22 @@ impl Handler<Cancel> for JobBoard {
 mod tests {
     use super::*;
 
+    /// A board keeping `retention` of ended reports, in a running actor system.
+    fn board(retention: Retention) -> Addr<JobBoard> {
+        let metrics = SchedulerMetrics::register(&prometheus::Registry::new()).unwrap();
+        JobBoard::keeping(metrics, retention).start()
+    }
+
+    /// Opens `job` on `board` for a user.
+    async fn open(board: &Addr<JobBoard>, job: JobId) {
+        let open = Open {
+            job,
+            submitter: NodeId::from_public_key(b"user"),
+            resuming: false,
+        };
+        board.send(open).await.unwrap().unwrap();
+    }
+
     fn update(job: JobId, state: JobState) -> Update {
         Update {
             job,
@@ -277,24 +293,14 @@ mod tests {
     }
 
     async fn keeps_the_last_ended_reports() {
-        let metrics = SchedulerMetrics::register(&prometheus::Registry::new()).unwrap();
-        let board = JobBoard::keeping(
-            metrics,
-            Retention {
-                jobs: 2,
-                bytes: usize::MAX,
-            },
-        )
-        .start();
+        let board = board(Retention {
+            jobs: 2,
+            bytes: usize::MAX,
+        });
         let submitter = NodeId::from_public_key(b"user");
         let jobs: Vec<JobId> = (0..4u8).map(|b| JobId::from_bytes([b; 16])).collect();
         for job in &jobs {
-            let open = Open {
-                job: *job,
-                submitter,
-                resuming: false,
-            };
-            board.send(open).await.unwrap().unwrap();
+            open(&board, *job).await;
         }
         // Jobs 0, 1 and 2 end in that order; job 3 runs on.
         for job in &jobs[..3] {
@@ -325,30 +331,21 @@ mod tests {
     #[test]
     fn the_board_drops_the_oldest_reports_beyond_its_bytes_and_keeps_the_newest() {
         actix::System::new().block_on(async {
-            let metrics = SchedulerMetrics::register(&prometheus::Registry::new()).unwrap();
             // Room for about two reports of 1 KB.
-            let retention = Retention {
+            let board = board(Retention {
                 jobs: 100,
                 bytes: 2_500,
+            });
+            let done = |job: JobId, tasks: usize| Update {
+                job,
+                state: JobState::Done,
+                report: json!({"tasks": "x".repeat(tasks)}),
+                escrow_left: 1.0,
             };
-            let board = JobBoard::keeping(metrics, retention).start();
-            let submitter = NodeId::from_public_key(b"user");
-            let big = json!({"tasks": "x".repeat(1_000)});
             let jobs: Vec<JobId> = (0..4u8).map(|b| JobId::from_bytes([b; 16])).collect();
             for job in &jobs {
-                let open = Open {
-                    job: *job,
-                    submitter,
-                    resuming: false,
-                };
-                board.send(open).await.unwrap().unwrap();
-                let done = Update {
-                    job: *job,
-                    state: JobState::Done,
-                    report: big.clone(),
-                    escrow_left: 1.0,
-                };
-                board.send(done).await.unwrap();
+                open(&board, *job).await;
+                board.send(done(*job, 1_000)).await.unwrap();
             }
             let mut kept = Vec::new();
             for job in &jobs {
@@ -357,19 +354,8 @@ mod tests {
             assert_eq!(kept, [false, false, true, true]);
             // One report larger than the whole bound is still kept, alone.
             let huge = JobId::from_bytes([9; 16]);
-            let open = Open {
-                job: huge,
-                submitter,
-                resuming: false,
-            };
-            board.send(open).await.unwrap().unwrap();
-            let done = Update {
-                job: huge,
-                state: JobState::Done,
-                report: json!({"tasks": "x".repeat(10_000)}),
-                escrow_left: 1.0,
-            };
-            board.send(done).await.unwrap();
+            open(&board, huge).await;
+            board.send(done(huge, 10_000)).await.unwrap();
             assert!(board.send(StateOf { job: huge }).await.unwrap().is_some());
             assert!(board.send(StateOf { job: jobs[3] }).await.unwrap().is_none());
         });
