@@ -6,7 +6,8 @@
 //! (d) Verification overhead — re-executions as a share of all executions — and how a node that
 //!     corrupts 10 % of its results fares: caught in how many jobs, how many of its corrupted
 //!     results are in the trained model (none once it is caught: the job rewinds before them),
-//!     and how many rounds the rewinds trained again.
+//!     and how many rounds the rewinds trained again; with sampled checks, then with every
+//!     result checked (`--verify every`).
 //! (e) A 10 M-parameter MLP over the grid (one OS process per service) with H = 1 and H = 8 local
 //!     steps, beside the same kernel calls in one process: the wall-time ratio, bytes on the wire
 //!     per round ÷ model bytes, the runner's peak RSS (growth during the job) ÷ model bytes, and
@@ -144,13 +145,21 @@ fn small_model(shards: &[Vec<arrow_array::RecordBatch>]) {
     corrupting_node();
 }
 
-/// (d) continued: jobs beside compute-3 corrupting 10 % of its results.
+/// (d) continued: jobs beside compute-3 corrupting 10 % of its results, sampled checks, then
+/// every result checked.
 fn corrupting_node() {
+    for verify in ["sampled", "every"] {
+        println!("  --verify {verify}:");
+        jobs_beside_a_corrupter(verify);
+    }
+}
+
+fn jobs_beside_a_corrupter(verify: &str) {
     let mut caught = 0;
     let (mut slipped, mut in_model, mut rerun) = (Vec::new(), Vec::new(), Vec::new());
     let mut overhead = Vec::new();
     for _ in 0..FAULTY_RUNS {
-        let (status, log) = devnet(&["--faulty-percent", "10"]);
+        let (status, log) = devnet(&["--faulty-percent", "10", "--verify", verify]);
         let job = &status["job"];
         let (tasks, extra) = executions(job);
         overhead.push(extra as f64 / (tasks + extra) as f64);

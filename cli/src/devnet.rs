@@ -95,6 +95,10 @@ pub struct DevnetArgs {
     /// watch the rater catch and slash it).
     #[arg(long, default_value_t = 0)]
     pub faulty_percent: u8,
+    /// Which of the main job's results are checked on another node: a sample drawn from each
+    /// node's record, or every one.
+    #[arg(long = "verify", value_enum, default_value_t = crate::job::VerifyArg::Sampled)]
+    pub verification: crate::job::VerifyArg,
     /// Start compute-3 corrupting this percentage of its inference outputs (fault injection, to
     /// watch the gateway's verification outvote it), with every batch verified.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -458,7 +462,8 @@ async fn main_job(
         aic("0.5"),
     )
     .await?;
-    let submit = crate::job::SubmitArgs::synchronous(digits.asset, model, args.epochs, aic("50"), 0.5);
+    let mut submit = crate::job::SubmitArgs::synchronous(digits.asset, model, args.epochs, aic("50"), 0.5);
+    submit.verification = args.verification;
     let job = crate::job::submit_job(client, &wallets["user"], &submit).await?;
     if !drill.replica_dies {
         let report = crate::job::follow(client, job, !args.json).await?;

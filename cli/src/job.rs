@@ -7,7 +7,9 @@ use std::time::Duration;
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
 use aic_ledger::tx::{AssetKind, AssetMetadata, Call};
 use aic_ledger::{Amount, Keypair};
-use aic_protocol::messages::{ClientRequest, ClientResponse, JobRequest, LrSchedule, ModelShape};
+use aic_protocol::messages::{
+    ClientRequest, ClientResponse, JobRequest, LrSchedule, ModelShape, Verification,
+};
 use aic_protocol::model_graph::{self, ModelGraph};
 use aic_protocol::rpc::RpcClient;
 use aic_protocol::{AssetId, JobId};
@@ -203,9 +205,20 @@ pub struct SubmitArgs {
     /// The outer optimizer's learning rate (1 with outer SGD applies the mean update as is).
     #[arg(long, default_value_t = 1.0)]
     pub outer_lr: f64,
+    /// Which results are re-executed on an independent node before they enter the weights:
+    /// `sampled` at each node's rate from its record (a node found wrong rewinds the job), or
+    /// `every` one (no unconfirmed result in the model; twice the compute).
+    #[arg(long = "verify", value_enum, default_value_t = VerifyArg::Sampled)]
+    pub verification: VerifyArg,
     /// Return once the job runs instead of following it.
     #[arg(long)]
     pub detach: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    Sampled,
+    Every,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -256,6 +269,7 @@ impl SubmitArgs {
             step_factor: 0.5,
             outer_optimizer: OuterOptimizerArg::Sgd,
             outer_lr: 1.0,
+            verification: VerifyArg::Sampled,
             detach: true,
         }
     }
@@ -651,6 +665,10 @@ pub async fn submit_job(scheduler: &RpcClient, key: &Keypair, submit: &SubmitArg
         batch_size: submit.batch_size.or(defaults.batch_size).unwrap_or(0),
         seed: submit.seed,
         evaluate_every_rounds: submit.evaluate_every,
+        verification: match submit.verification {
+            VerifyArg::Sampled => Verification::Sampled,
+            VerifyArg::Every => Verification::Every,
+        },
     };
     let (quote, detail) = match scheduler.call(&ClientRequest::QuoteJob(request.clone())).await? {
         ClientResponse::JobQuote { amount, detail } => {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aic_protocol::config::{self, Validate};
+use aic_protocol::config::{self, Invalid, Preflight, Validate};
 use aic_protocol::service::ServiceHandle;
 use anyhow::Context;
 use clap::Args;
@@ -144,7 +144,7 @@ pub(crate) async fn run_service<C, Fut>(
     start: impl FnOnce(C, CancellationToken) -> Fut,
 ) -> anyhow::Result<()>
 where
-    C: Serialize + DeserializeOwned + Default + Validate,
+    C: Serialize + DeserializeOwned + Default + Validate + Preflight,
     Fut: std::future::Future<Output = anyhow::Result<ServiceHandle>>,
 {
     if args.print_sample_config {
@@ -154,8 +154,12 @@ where
     let config: C = config::load(args.config.as_deref(), &Value::Object(flags))?;
     if args.check_config {
         print!("{}", toml::to_string_pretty(&config)?);
-        return Ok(());
+        return refuse_problems(title, &config.preflight(true));
     }
+    // What the config names is checked before anything starts, so a missing file is one line
+    // per problem rather than whichever part of the service trips over it first. The ports are
+    // bound next, and say so themselves.
+    refuse_problems(title, &config.preflight(false))?;
     let shutdown = CancellationToken::new();
     let handle = start(config, shutdown.clone()).await?;
     if let Some(path) = &args.ready_file {
@@ -175,6 +179,18 @@ where
             handle.stop().await;
             anyhow::bail!("{title} stopped: {reason}")
         }
+    }
+}
+
+/// Prints each problem as one line on stderr; an error saying how many when there are any.
+fn refuse_problems(title: &str, problems: &[Invalid]) -> anyhow::Result<()> {
+    for problem in problems {
+        eprintln!("{title}: {}: {}", problem.key, problem.reason);
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => anyhow::bail!("{title}: the config names something unusable (above)"),
+        n => anyhow::bail!("{title}: the config names {n} unusable things (above)"),
     }
 }
 

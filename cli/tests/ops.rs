@@ -380,13 +380,8 @@ fn the_sample_config_of_every_role_loads_and_keeps_metrics_on_loopback() {
         ("gateway", "gateway.toml"),
     ] {
         let path = repo().join("ops/config").join(file);
-        let text = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_aic"))
-                .arg(role)
-                .arg("--config")
-                .arg(&path)
-                .arg("--check-config"),
-        );
+        let output = aic(&[role, "--check-config", "--config", path.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&output.stdout);
         let loaded: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{role}: {e}\n{text}"));
         let metrics = loaded["endpoint"]["metrics_listen"].as_str().unwrap();
         assert!(metrics.starts_with("127.0.0.1:"), "{role}: {metrics}");
@@ -396,6 +391,13 @@ fn the_sample_config_of_every_role_loads_and_keeps_metrics_on_loopback() {
                 .unwrap()
                 .starts_with("/etc/aic/tls/"),
             "{role}"
+        );
+        // This machine has no /etc/aic: the check opens what the sample names and says so.
+        assert!(!output.status.success(), "{role}");
+        assert!(
+            problem_keys(&output, role).contains(&"endpoint.tls.cert".to_string()),
+            "{role}: {}",
+            String::from_utf8_lossy(&output.stderr)
         );
     }
     // A bad value in a sample-derived file is named, with the file.
@@ -416,6 +418,175 @@ fn the_sample_config_of_every_role_loads_and_keeps_metrics_on_loopback() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("metrics_listen"), "{stderr}");
+}
+
+fn aic(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("aic runs")
+}
+
+/// The config keys of the one-line problems `aic <role> --check-config` printed.
+fn problem_keys(output: &std::process::Output, role: &str) -> Vec<String> {
+    let prefix = format!("aic {role}: ");
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(&prefix)?
+                .split_once(": ")
+                .map(|(key, _)| key.to_string())
+        })
+        .collect()
+}
+
+/// A scheduler's files as the operator guide makes them, in `dir`, and its config naming them.
+fn scheduler_files(dir: &Path) -> PathBuf {
+    let path = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args(["ca", "init", "--dir", &path("certs")]));
+    for (role, name) in [
+        ("scheduler", "sched-0"),
+        ("scheduler", "sched-1"),
+        ("storage", "storage-0"),
+    ] {
+        run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args([
+            "ca",
+            "issue",
+            "--dir",
+            &path("certs"),
+            "--role",
+            role,
+            "--name",
+            name,
+        ]));
+    }
+    let mut addresses = Vec::new();
+    for who in [
+        "fundraiser",
+        "advisors",
+        "company",
+        "team",
+        "operations",
+        "system",
+        "stranger",
+    ] {
+        let wallet = path(&format!("wallets/{who}.key"));
+        run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args(["wallet", "new", "--wallet", &wallet]));
+        let address =
+            run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args(["wallet", "address", "--wallet", &wallet]));
+        addresses.push(address.trim().to_string());
+    }
+    run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args([
+        "ledger",
+        "genesis",
+        "--chain-id",
+        "aic-check",
+        "--fundraiser",
+        &addresses[0],
+        "--advisors",
+        &addresses[1],
+        "--company",
+        &addresses[2],
+        "--team",
+        &addresses[3],
+        "--operations",
+        &addresses[4],
+        "--system-key",
+        &addresses[5],
+        "--out",
+        &path("genesis.toml"),
+    ]));
+    let config = format!(
+        "[endpoint]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [endpoint.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+         [ledger]\ndata_dir = \"{}\"\ngenesis = \"{}\"\n[jobs]\nsystem_key = \"{}\"\n",
+        path("certs/ca.pem"),
+        path("certs/sched-0.pem"),
+        path("certs/sched-0.key"),
+        path("ledger"),
+        path("genesis.toml"),
+        path("wallets/system.key"),
+    );
+    std::fs::write(dir.join("scheduler.toml"), config).unwrap();
+    dir.join("scheduler.toml")
+}
+
+#[test]
+fn check_config_opens_every_file_the_config_names_and_reports_each_problem_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = scheduler_files(dir.path());
+    let config = config.to_str().unwrap();
+    let check = |config: &str| aic(&["scheduler", "--check-config", "--config", config]);
+    let good = check(config);
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert_eq!(problem_keys(&good, "scheduler"), Vec::<String>::new());
+
+    // Another node's key, a storage certificate, no genesis, a system key genesis does not name,
+    // a data dir under a file, and a metrics port in use: one line each, and non-zero.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("sched-0.key", "sched-1.key")
+        .replace("genesis.toml", "absent-genesis.toml")
+        .replace("wallets/system.key", "wallets/stranger.key")
+        .replace("ledger\"", "genesis.toml/ledger\"")
+        .replace(
+            "metrics_listen = \"127.0.0.1:0\"",
+            &format!("metrics_listen = \"{}\"", held.local_addr().unwrap()),
+        );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, &text).unwrap();
+    let output = check(bad.to_str().unwrap());
+    assert!(!output.status.success());
+    let mut keys = problem_keys(&output, "scheduler");
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "endpoint.metrics_listen",
+            "endpoint.tls.key",
+            "ledger.data_dir",
+            "ledger.genesis",
+        ],
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // With genesis back, the system key that is not genesis's is found too.
+    std::fs::write(&bad, text.replace("absent-genesis.toml", "genesis.toml")).unwrap();
+    let output = check(bad.to_str().unwrap());
+    assert!(problem_keys(&output, "scheduler").contains(&"jobs.system_key".to_string()));
+
+    // A storage certificate in a scheduler's config.
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(config)
+            .unwrap()
+            .replace("sched-0.", "storage-0."),
+    )
+    .unwrap();
+    assert_eq!(
+        problem_keys(&check(bad.to_str().unwrap()), "scheduler"),
+        ["endpoint.tls.cert"]
+    );
+
+    // Started for real with a missing genesis: the same one line, no panic, non-zero.
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(config)
+            .unwrap()
+            .replace("genesis.toml", "absent.toml"),
+    )
+    .unwrap();
+    let started = aic(&["scheduler", "--config", bad.to_str().unwrap()]);
+    assert!(!started.status.success());
+    let stderr = String::from_utf8_lossy(&started.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        problem_keys(&started, "scheduler"),
+        ["ledger.genesis"],
+        "{stderr}"
+    );
 }
 
 #[test]

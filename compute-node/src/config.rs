@@ -116,3 +116,9 @@ impl Validate for ComputeConfig {
         aic_protocol::config::check_payout_address("compute.payout_address", &self.compute.payout_address)
     }
 }
+
+impl aic_protocol::config::Preflight for ComputeConfig {
+    fn preflight(&self, ports: bool) -> Vec<Invalid> {
+        aic_protocol::preflight::endpoint(&self.endpoint, aic_protocol::Role::Compute, ports)
+    }
+}

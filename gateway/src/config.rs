@@ -206,3 +206,25 @@ impl Validate for GatewayConfig {
         Ok(())
     }
 }
+
+impl aic_protocol::config::Preflight for GatewayConfig {
+    fn preflight(&self, ports: bool) -> Vec<Invalid> {
+        use aic_protocol::preflight;
+        let mut problems =
+            preflight::identity("endpoint.tls", &self.endpoint.tls, aic_protocol::Role::Gateway);
+        if ports {
+            problems.extend(preflight::tcp_port_free(
+                "endpoint.https_listen",
+                self.endpoint.https_listen,
+            ));
+            problems.extend(preflight::tcp_port_free(
+                "endpoint.metrics_listen",
+                self.endpoint.metrics_listen,
+            ));
+        }
+        if let Err(reason) = aic_ledger::Keypair::from_wallet_file(&self.settlement.key) {
+            problems.push(Invalid::new("settlement.key", reason));
+        }
+        problems
+    }
+}

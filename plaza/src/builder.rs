@@ -356,6 +356,7 @@ fn job_request(
         batch_size: defaults.batch_size.unwrap_or(0),
         seed: None,
         evaluate_every_rounds,
+        verification: Default::default(),
     }
 }
 

@@ -18,6 +18,14 @@ pub trait Validate {
     fn validate(&self) -> Result<(), Invalid>;
 }
 
+/// What a configuration names outside itself (files, directories, ports), checked before the
+/// service starts; see [`crate::preflight`] for the checks.
+pub trait Preflight {
+    /// Every problem found, one per key and reason; none when the service can start. `ports`:
+    /// also check that its listen addresses are free (not when the caller is about to bind them).
+    fn preflight(&self, ports: bool) -> Vec<Invalid>;
+}
+
 /// One invalid value: the dotted key and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {

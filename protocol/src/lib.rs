@@ -35,6 +35,7 @@ pub mod metrics_http;
 pub mod model_graph;
 pub mod node_agent;
 pub mod path_model;
+pub mod preflight;
 pub mod report;
 pub mod rpc;
 pub mod service;

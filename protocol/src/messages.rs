@@ -335,6 +335,25 @@ pub struct JobRequest {
     /// the last round.
     #[serde(default)]
     pub evaluate_every_rounds: u32,
+    /// Which training results are re-executed on an independent node before they enter the
+    /// weights.
+    #[serde(default)]
+    pub verification: Verification,
+}
+
+/// Which of a job's training results are re-executed on an independent compute node (one that
+/// shares no operator, subnet or payer with the first) before they enter the weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    /// A sample, at each node's rate from its record (adaptive replication: every result of a
+    /// new node, at least 1 in 20 of a trusted one). A node found wrong sends the job back to
+    /// before its first unconfirmed result; a node never caught can leave wrong results in.
+    #[default]
+    Sampled,
+    /// Every result: none enters the weights unconfirmed, so no wrong result is in the final
+    /// model unless two independent nodes return the same wrong one. Twice the compute.
+    Every,
 }
 
 impl JobRequest {
@@ -1086,6 +1105,7 @@ mod tests {
             batch_size: 0,
             seed: None,
             evaluate_every_rounds: 0,
+            verification: Verification::Sampled,
         };
         let counts = |request: &mut JobRequest, every: u32| {
             request.evaluate_every_rounds = every;

@@ -108,6 +108,7 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         batch_size: 0,
         seed: None,
         evaluate_every_rounds: 0,
+        verification: Default::default(),
     };
     let registration = Registration {
         role: Role::Compute,

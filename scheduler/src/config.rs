@@ -238,6 +238,49 @@ impl Validate for SchedulerConfig {
     }
 }
 
+impl aic_protocol::config::Preflight for SchedulerConfig {
+    fn preflight(&self, ports: bool) -> Vec<Invalid> {
+        use aic_protocol::preflight;
+        let mut problems = preflight::endpoint(&self.endpoint, aic_protocol::Role::Scheduler, ports);
+        problems.extend(preflight::directory_writable(
+            "ledger.data_dir",
+            &self.ledger.data_dir,
+        ));
+        let genesis = preflight::file_readable("ledger.genesis", &self.ledger.genesis).map_or_else(
+            || {
+                aic_ledger::genesis::Genesis::load(&self.ledger.genesis)
+                    .map_err(|reason| Invalid::new("ledger.genesis", reason))
+            },
+            Err,
+        );
+        let genesis = match genesis {
+            Ok(genesis) => Some(genesis),
+            Err(problem) => {
+                problems.push(problem);
+                None
+            }
+        };
+        if !self.jobs.system_key.as_os_str().is_empty() {
+            match aic_ledger::Keypair::from_wallet_file(&self.jobs.system_key) {
+                Err(reason) => problems.push(Invalid::new("jobs.system_key", reason)),
+                Ok(key) => {
+                    if let Some(genesis) = genesis.filter(|g| g.system_key != key.address()) {
+                        problems.push(Invalid::new(
+                            "jobs.system_key",
+                            format!(
+                                "{} is not the genesis system key ({})",
+                                self.jobs.system_key.display(),
+                                genesis.system_key
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

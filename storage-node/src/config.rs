@@ -112,3 +112,24 @@ impl Validate for StorageConfig {
         Ok(())
     }
 }
+
+impl aic_protocol::config::Preflight for StorageConfig {
+    fn preflight(&self, ports: bool) -> Vec<Invalid> {
+        use aic_protocol::preflight;
+        let mut problems = preflight::endpoint(&self.endpoint, aic_protocol::Role::Storage, ports);
+        problems.extend(preflight::directory_writable(
+            "storage.data_dir",
+            &self.storage.data_dir,
+        ));
+        let store = &self.storage.store;
+        let local = match store.split_once("://") {
+            None if !store.is_empty() => Some(PathBuf::from(store)),
+            Some(("file", path)) => Some(PathBuf::from(path)),
+            _ => None,
+        };
+        if let Some(path) = local {
+            problems.extend(preflight::directory_writable("storage.store", &path));
+        }
+        problems
+    }
+}

@@ -27,7 +27,7 @@ use aic_ledger::state::CheckpointTensors;
 use aic_ledger::tx::PayoutKind;
 use aic_ledger::{Address, Amount};
 use aic_protocol::manifest::ShardEntry;
-use aic_protocol::messages::{NodeState, NodeStatus, TaskKind, TaskResult};
+use aic_protocol::messages::{NodeState, NodeStatus, TaskKind, TaskResult, Verification};
 use aic_protocol::tensor::TensorRef;
 use aic_protocol::{JobId, NodeId, Role, TaskId};
 
@@ -80,6 +80,8 @@ pub struct EngineSetup {
     pub payer: Address,
     /// Where a resumed job starts: the checkpoint's round, tallies and tensors.
     pub resumed: Option<Resumed>,
+    /// Whether every training result is checked, or a sample drawn by the rater.
+    pub verification: Verification,
 }
 
 /// A checkpoint a resumed job starts from.
@@ -912,10 +914,20 @@ impl Engine {
                 let message = format!("task on shard {}: {}", slot.entry.id, why.join("; "));
                 self.fail(message);
             }
-            // No other node could re-run it now: the result stands unverified.
+            // No other node could re-run it now: the result stands unverified, unless the job
+            // was promised that none does.
             ExecRole::Checker => {
                 let original = slot.original.clone().expect("a checker follows an original");
-                self.accept(e.slot, original, false);
+                if self.setup.verification == Verification::Every {
+                    let message = format!(
+                        "task on shard {}: every result must be checked and no other compute node could \
+                         re-run it",
+                        slot.entry.id
+                    );
+                    self.fail(message);
+                } else {
+                    self.accept(e.slot, original, false);
+                }
             }
             // Nothing can decide between the two: the round cannot be trusted.
             ExecRole::Third => self.decide(e.slot, None),
@@ -928,7 +940,10 @@ impl Engine {
         match role {
             ExecRole::Original if kind == TaskKind::Gradient => {
                 self.slot_mut(slot).original = Some(done);
-                self.out.push(Command::DrawCheck { slot, node });
+                match self.setup.verification {
+                    Verification::Sampled => self.out.push(Command::DrawCheck { slot, node }),
+                    Verification::Every => self.on_check_drawn(slot, true),
+                }
             }
             ExecRole::Original => {
                 self.slot_mut(slot).original = Some(done.clone());

@@ -115,6 +115,7 @@ fn setup(train: u8, steps: u32, epochs: u32) -> EngineSetup {
         task_seed: 42,
         payer: address(250),
         resumed: None,
+        verification: Verification::Sampled,
     }
 }
 
@@ -2090,13 +2091,23 @@ struct CorrupterRuns {
     rewinds: u32,
     rounds_discarded: u32,
     rounds_trained: u32,
+    /// Training tasks run, checks and re-runs included, and the rounds' own tasks.
+    executions: u64,
+    tasks: u64,
 }
 
 /// Runs `jobs` jobs of `rounds` rounds of `shards` shards on five compute nodes; node 5 corrupts
 /// `percent` % of its results. Spot checks are drawn by the rater's own rule from each node's
 /// record, kept across jobs, with a seeded draw; answers are carried out in order, and an answer
 /// to a command of a generation a rewind discarded is dropped, as the actor does.
-fn run_beside_a_corrupter(jobs: u32, rounds: u32, shards: u8, percent: u32, seed: u64) -> CorrupterRuns {
+fn run_beside_a_corrupter(
+    jobs: u32,
+    rounds: u32,
+    shards: u8,
+    percent: u32,
+    seed: u64,
+    verification: Verification,
+) -> CorrupterRuns {
     use std::collections::VecDeque;
 
     use rand::{Rng, SeedableRng};
@@ -2114,6 +2125,7 @@ fn run_beside_a_corrupter(jobs: u32, rounds: u32, shards: u8, percent: u32, seed
         let mut s = setup(shards, rounds, 1);
         s.task_seed = u64::from(job);
         s.train = (0..shards).map(|i| shard(i % 10)).collect();
+        s.verification = verification;
         let mut h = Harness::new(s);
         let mut queue: VecDeque<(u64, Command)> = h.send(Event::Start).into_iter().map(|c| (0, c)).collect();
         let mut placed: HashMap<u64, u8> = HashMap::new();
@@ -2148,6 +2160,9 @@ fn run_beside_a_corrupter(jobs: u32, rounds: u32, shards: u8, percent: u32, seed
                     shard,
                     ..
                 } => {
+                    if kind == TaskKind::Gradient {
+                        runs.executions += 1;
+                    }
                     let corrupt = placed[&exec] == CORRUPTER && rng.random_range(0..100) < percent;
                     let version = if corrupt { 9 } else { 1 };
                     Some(Event::Ran {
@@ -2181,6 +2196,7 @@ fn run_beside_a_corrupter(jobs: u32, rounds: u32, shards: u8, percent: u32, seed
                 Command::Collect { round, parts } => {
                     let wrong = parts.iter().filter(|p| p.1.hash == [9; 32]).count() as u64;
                     runs.entered += wrong;
+                    runs.tasks += parts.len() as u64;
                     model.truncate(round as usize);
                     model.push(wrong);
                     Some(Event::Collected(Ok(())))
@@ -2234,11 +2250,11 @@ fn no_result_of_a_node_found_wrong_stays_in_the_model() {
     // A node corrupting 10 % of its results beside four honest ones, 30 jobs of 6 rounds of 10
     // shards: each time it is caught the job rewinds, so none of its results stays in the model.
     let (jobs, rounds, shards, percent, seed) = (JOBS, ROUNDS, SHARDS, PERCENT, SEED);
-    let runs = run_beside_a_corrupter(jobs, rounds, shards, percent, seed);
+    let runs = run_beside_a_corrupter(jobs, rounds, shards, percent, seed, Verification::Sampled);
     eprintln!(
         "a node corrupting 10 % of its results, {} jobs: caught in {}; {} corrupted updates entered \
          the weights, {} stayed in a final model ({} in jobs that caught it); {} rewinds threw away \
-         {} of {} rounds trained ({:.1} %)",
+         {} of {} rounds trained ({:.1} %); {} executions for {} tasks ({:.2}×)",
         runs.jobs,
         runs.caught,
         runs.entered,
@@ -2248,6 +2264,9 @@ fn no_result_of_a_node_found_wrong_stays_in_the_model() {
         runs.rounds_discarded,
         runs.rounds_trained,
         100.0 * f64::from(runs.rounds_discarded) / f64::from(runs.rounds_trained.max(1)),
+        runs.executions,
+        runs.tasks,
+        runs.executions as f64 / runs.tasks.max(1) as f64,
     );
     assert!(runs.caught > 0, "{runs:?}");
     assert!(
@@ -2259,4 +2278,67 @@ fn no_result_of_a_node_found_wrong_stays_in_the_model() {
         "corrupted updates were reduced before a catch: {runs:?}"
     );
     assert_eq!(runs.in_final_models_caught, 0, "{runs:?}");
+}
+
+#[test]
+fn with_every_result_checked_no_corrupted_result_ever_enters_the_weights() {
+    // The same corrupter, every result checked: each corrupted update is caught before its round
+    // is reduced, so none enters the weights, none is rewound, and the node is caught in every
+    // job. The price: every task runs at least twice.
+    let runs = run_beside_a_corrupter(JOBS, ROUNDS, SHARDS, PERCENT, SEED, Verification::Every);
+    eprintln!(
+        "every result checked, {} jobs: caught in {}; {} corrupted updates entered the weights; \
+         {} executions for {} tasks ({:.2}×)",
+        runs.jobs,
+        runs.caught,
+        runs.entered,
+        runs.executions,
+        runs.tasks,
+        runs.executions as f64 / runs.tasks.max(1) as f64,
+    );
+    assert_eq!(runs.caught, runs.jobs, "{runs:?}");
+    assert_eq!(
+        (runs.entered, runs.in_final_models, runs.rewinds),
+        (0, 0, 0),
+        "{runs:?}"
+    );
+    assert!(runs.executions >= 2 * runs.tasks, "{runs:?}");
+}
+
+#[test]
+fn with_every_result_checked_the_check_follows_the_result_without_a_draw() {
+    let mut s = setup(2, 1, 1);
+    s.verification = Verification::Every;
+    let (mut h, places) = Harness::started(s);
+    let out = decisions(h.run(execs_of(&places)[0], 2, 1));
+    assert!(
+        matches!(&out[..], [Command::Place { shard: s, exclude, .. }] if *s == shard(0) && exclude == &vec![id(2)]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn with_every_result_checked_a_result_no_other_node_can_check_fails_the_job() {
+    let mut s = setup(1, 1, 1);
+    s.verification = Verification::Every;
+    let mut h = Harness::new(s);
+    let one_compute = vec![node(1, Role::Compute), node(STORAGE, Role::Storage)];
+    h.send(Event::Start);
+    h.send(Event::Nodes(Ok(one_compute.clone())));
+    h.send(Event::Stored(Ok(tensors(0))));
+    let places = h.send(Event::Nodes(Ok(one_compute)));
+    let place = h.run(execs_of(&places)[0], 1, 1);
+    let out = h.send(Event::Placed {
+        exec: execs_of(&place)[0],
+        placement: None,
+    });
+    assert!(out.iter().any(is_error), "{out:?}");
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Collect { .. })),
+        "the unchecked result was not reduced: {out:?}"
+    );
+    assert!(
+        matches!(out.last(), Some(Command::Checkpoint { round: 0, .. })),
+        "the job ends, claimed before it is paid: {out:?}"
+    );
 }

@@ -92,6 +92,7 @@ impl JobReport {
             "model": plan.model_json(),
             "epochs": plan.request.epochs,
             "local_steps": plan.request.local_steps,
+            "verification": plan.request.verification,
             "batch_size": plan.request.batch_size,
             "seed": plan.request.training_seed(),
             "inner_optimizer": plan.request.inner_optimizer,

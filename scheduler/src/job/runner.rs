@@ -140,6 +140,7 @@ pub fn launch(
         task_seed: rand::random(),
         payer: plan.payer,
         resumed,
+        verification: plan.request.verification,
     };
     let start_round = setup.resumed.as_ref().map_or(0, |r| r.round);
     let mut report = JobReport::new(&ctx, plan, start_round);
