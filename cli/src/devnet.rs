@@ -1283,7 +1283,10 @@ fn prepare_data_dir(dir: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join(MARKER), b"made by aic devnet\n")?;
-    Ok((dir.to_path_buf(), false))
+    // Absolute, so the profiles and configs written inside name files that any working
+    // directory finds.
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    Ok((dir, false))
 }
 
 fn write_toml(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ mod model_use;
 mod nodes;
 mod onnx;
 mod plaza;
+mod profile;
 mod roles;
 mod wallet;
 
@@ -71,6 +72,8 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// The AI PLAZA web console for your grid, on loopback (open the address it prints).
     Plaza(plaza::PlazaArgs),
+    /// The client profile every command reads: write one, check one.
+    Profile(profile::ProfileArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +90,7 @@ fn main() -> std::process::ExitCode {
 
     let result = match cli.command {
         Command::Ca(command) => ca::run(command),
+        Command::Profile(args) => profile::run(args),
         command => run_async(command),
     };
     match result {
@@ -123,7 +127,7 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::Job(args) => job::run_job(args).await,
             Command::Gateway(args) => gateway::run(args).await,
             Command::Plaza(args) => plaza::run(args).await,
-            Command::Ca(_) => unreachable!("handled synchronously"),
+            Command::Ca(_) | Command::Profile(_) => unreachable!("handled synchronously"),
         }
     })
 }

@@ -65,7 +65,8 @@ impl Validate for ClientProfile {
 /// Flags shared by every client command.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ClientArgs {
-    /// Client profile (TOML with `scheduler` and `[tls]`); `aic devnet` writes one.
+    /// Client profile (TOML with `scheduler` and `[tls]`; `aic profile init` or `aic devnet`
+    /// writes one).
     #[arg(long, env = "AIC_PROFILE", global = true)]
     pub profile: Option<PathBuf>,
     /// The scheduler's QUIC address, overriding the profile.
@@ -86,7 +87,10 @@ impl ClientArgs {
         if let Some(wait) = self.leader_wait_ms {
             flags.insert("leader_wait_ms".into(), json!(wait));
         }
-        let profile: ClientProfile = config::load(self.profile.as_deref(), &Value::Object(flags))?;
+        let mut profile: ClientProfile = config::load(self.profile.as_deref(), &Value::Object(flags))?;
+        if let Some(file) = &self.profile {
+            crate::profile::resolve_relative_to(&mut profile, file);
+        }
         aic_ledger::remote::set_leader_wait(std::time::Duration::from_millis(profile.leader_wait_ms));
         Ok(profile)
     }
@@ -223,6 +227,8 @@ pub fn nodes_json(nodes: &[NodeStatus]) -> Value {
                     "version": node.version,
                     "last_heartbeat_ms_ago": node.last_heartbeat_ms_ago,
                     "times_marked_down": node.times_marked_down,
+                    "payout_address": node.payout_address,
+                    "unpaid": is_unpaid(node),
                     "capacity": {
                         "cpu_cores": node.capacity.cpu_cores,
                         "memory_bytes": node.capacity.memory_bytes,
@@ -246,6 +252,11 @@ pub fn nodes_json(nodes: &[NodeStatus]) -> Value {
     )
 }
 
+/// A provider (storage or compute node) with no payout address: it works for nothing.
+fn is_unpaid(node: &NodeStatus) -> bool {
+    matches!(node.role, Role::Storage | Role::Compute) && node.payout_address.is_empty()
+}
+
 fn names_by_id(nodes: &[NodeStatus]) -> HashMap<String, String> {
     nodes
         .iter()
@@ -264,9 +275,10 @@ pub fn render_table(nodes: &[NodeStatus]) -> String {
         "LAST HEARTBEAT",
         "NODE ID",
         "DOWN",
+        "PAID TO",
         "RTT TO PEERS",
     ];
-    let rows: Vec<[String; 8]> = nodes
+    let rows: Vec<[String; 9]> = nodes
         .iter()
         .map(|node| {
             let heartbeat = node
@@ -295,6 +307,11 @@ pub fn render_table(nodes: &[NodeStatus]) -> String {
                 heartbeat,
                 node.node_id.short(),
                 node.times_marked_down.to_string(),
+                match (&node.role, node.payout_address.as_str()) {
+                    _ if is_unpaid(node) => "unpaid".to_string(),
+                    (_, "") => "-".to_string(),
+                    (_, address) => address.chars().take(12).collect(),
+                },
                 rtts,
             ]
         })
@@ -321,4 +338,47 @@ pub fn render_table(nodes: &[NodeStatus]) -> String {
         table.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aic_protocol::messages::{Capacity, NodeState};
+    use aic_protocol::NodeId;
+
+    fn node(name: &str, role: Role, payout_address: &str) -> NodeStatus {
+        NodeStatus {
+            node_id: NodeId::from_public_key(name.as_bytes()),
+            name: name.into(),
+            role,
+            version: String::new(),
+            quic_addr: "127.0.0.1:7410".into(),
+            metrics_addr: String::new(),
+            state: NodeState::Up,
+            last_heartbeat_ms_ago: Some(100),
+            times_marked_down: 0,
+            capacity: Capacity::default(),
+            rtts: Vec::new(),
+            holdings: Vec::new(),
+            payout_address: payout_address.into(),
+        }
+    }
+
+    #[test]
+    fn a_provider_without_a_payout_address_shows_as_unpaid() {
+        let nodes = [
+            node("storage-1", Role::Storage, ""),
+            node("compute-1", Role::Compute, "aa11bb22cc33dd44ee55ff6677889900aabbccdd"),
+            node("scheduler-1", Role::Scheduler, ""),
+        ];
+        let table = render_table(&nodes);
+        let row = |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+        assert!(row("storage-1").contains(" unpaid "), "{table}");
+        assert!(row("compute-1").contains(" aa11bb22cc33 "), "{table}");
+        assert!(!row("scheduler-1").contains("unpaid"), "{table}");
+        let listed = nodes_json(&nodes);
+        assert_eq!(listed[0]["unpaid"], true);
+        assert_eq!(listed[1]["unpaid"], false);
+        assert_eq!(listed[2]["unpaid"], false);
+    }
 }

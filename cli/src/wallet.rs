@@ -40,6 +40,11 @@ pub enum WalletCommand {
     Approve { spender: String, amount: Amount },
     /// How much SPENDER may still move for OWNER.
     Allowance { owner: String, spender: String },
+    /// Lock AMOUNT of the wallet's AIC as stake: what a provider's payout account puts at risk
+    /// (a node confirmed wrong is slashed from it).
+    Stake { amount: Amount },
+    /// Unlock AMOUNT of the wallet's stake.
+    Unstake { amount: Amount },
     /// The wallet's recent events.
     History {
         #[arg(long, default_value_t = 50)]
@@ -107,6 +112,19 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
                 args.json,
                 json!({"tx": hash, "index": index, "spender": spender, "amount": amount}),
                 || format!("{spender} may now move up to {amount} AIC\ntx {hash}"),
+            );
+        }
+        WalletCommand::Stake { amount } | WalletCommand::Unstake { amount } => {
+            let key = load_wallet(&path)?;
+            let (call, done) = match args.command {
+                WalletCommand::Stake { .. } => (Call::Stake { amount }, "staked"),
+                _ => (Call::Unstake { amount }, "unstaked"),
+            };
+            let (hash, index, _) = ledger_client::submit(&client, &key, call).await?;
+            print_out(
+                args.json,
+                json!({"tx": hash, "index": index, done: amount}),
+                || format!("{done} {amount} AIC\ntx {hash}"),
             );
         }
         WalletCommand::Allowance { owner, spender } => {

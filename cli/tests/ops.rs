@@ -1015,3 +1015,194 @@ fn a_renewed_certificate_keeps_its_node_id_and_a_missing_key_is_named() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("nobody.key"), "{stderr}");
 }
+
+#[test]
+fn a_node_key_signed_from_a_request_never_leaves_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_dir, node_dir) = (dir.path().join("ca"), dir.path().join("node"));
+    let (ca, node) = (ca_dir.to_str().unwrap(), node_dir.to_str().unwrap());
+    run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args(["ca", "init", "--dir", ca]));
+    run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args([
+        "ca",
+        "request",
+        "--dir",
+        node,
+        "--name",
+        "storage-9",
+    ]));
+    let key = node_dir.join("storage-9.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let csr = node_dir.join("storage-9.csr");
+    run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args([
+        "ca",
+        "issue",
+        "--dir",
+        ca,
+        "--role",
+        "storage",
+        "--name",
+        "storage-9",
+        "--csr",
+        csr.to_str().unwrap(),
+    ]));
+    assert!(
+        !ca_dir.join("storage-9.key").exists(),
+        "no key was made on the CA host"
+    );
+    std::fs::copy(ca_dir.join("storage-9.pem"), node_dir.join("storage-9.pem")).unwrap();
+    std::fs::copy(ca_dir.join("ca.pem"), node_dir.join("ca.pem")).unwrap();
+    // The node's own key and the signed certificate make a storage node's identity.
+    let config = dir.path().join("storage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[endpoint]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [endpoint.tls]\nca = \"{node}/ca.pem\"\ncert = \"{node}/storage-9.pem\"\nkey = \"{node}/storage-9.key\"\n\
+             [storage]\ndata_dir = \"{node}/data\"\n"
+        ),
+    )
+    .unwrap();
+    let checked = aic(&[
+        "storage-node",
+        "--check-config",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A rotation: a new request for the same key, signed, still matches the node's key.
+    let key_before = std::fs::read(&key).unwrap();
+    run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args([
+        "ca",
+        "request",
+        "--dir",
+        node,
+        "--name",
+        "storage-9",
+        "--renew",
+    ]));
+    assert_eq!(std::fs::read(&key).unwrap(), key_before);
+    run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args([
+        "ca",
+        "issue",
+        "--dir",
+        ca,
+        "--role",
+        "storage",
+        "--name",
+        "storage-9",
+        "--days",
+        "30",
+        "--csr",
+        csr.to_str().unwrap(),
+    ]));
+    std::fs::copy(ca_dir.join("storage-9.pem"), node_dir.join("storage-9.pem")).unwrap();
+    let rechecked = aic(&[
+        "storage-node",
+        "--check-config",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        rechecked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rechecked.stderr)
+    );
+
+    // A request altered on its way (one character of its signature) is refused, and nothing is
+    // written.
+    let pem = std::fs::read_to_string(&csr).unwrap();
+    let mut lines: Vec<String> = pem.lines().map(str::to_string).collect();
+    let signature_line = lines.len() - 2;
+    let mut chars: Vec<char> = lines[signature_line].chars().collect();
+    chars[2] = if chars[2] == 'A' { 'B' } else { 'A' };
+    lines[signature_line] = chars.into_iter().collect();
+    let forged = dir.path().join("forged.csr");
+    std::fs::write(&forged, lines.join("\n") + "\n").unwrap();
+    let refused = aic(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca,
+        "--role",
+        "storage",
+        "--name",
+        "forged",
+        "--csr",
+        forged.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(!ca_dir.join("forged.pem").exists());
+}
+
+#[test]
+fn a_profile_written_by_profile_init_works_from_any_directory_and_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let c = certs.to_str().unwrap();
+    run_ok(Command::new(env!("CARGO_BIN_EXE_aic")).args(["ca", "init", "--dir", c]));
+    for (role, name) in [("client", "ops"), ("storage", "storage-0")] {
+        run_ok(
+            Command::new(env!("CARGO_BIN_EXE_aic"))
+                .args(["ca", "issue", "--dir", c, "--role", role, "--name", name]),
+        );
+    }
+    let out = dir.path().join("client.toml");
+    let init = |name: &str, out: &Path| {
+        aic(&[
+            "profile",
+            "init",
+            "--out",
+            out.to_str().unwrap(),
+            "--scheduler",
+            "127.0.0.1:7400",
+            "--replica",
+            "127.0.0.1:7401",
+            "--ca",
+            &format!("{c}/ca.pem"),
+            "--cert",
+            &format!("{c}/{name}.pem"),
+            "--key",
+            &format!("{c}/{name}.key"),
+        ])
+    };
+    let made = init("ops", &out);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        !init("ops", &out).status.success(),
+        "a profile is never overwritten"
+    );
+    let wrong_role = init("storage-0", &dir.path().join("storage.toml"));
+    assert!(!wrong_role.status.success());
+    assert!(!dir.path().join("storage.toml").exists());
+
+    // Relative paths count from the profile's directory, whatever the working directory.
+    let relative = dir.path().join("relative.toml");
+    std::fs::write(
+        &relative,
+        "scheduler = \"127.0.0.1:7400\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/ops.pem\"\nkey = \"certs/ops.key\"\n",
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    for profile in [&out, &relative] {
+        let checked = Command::new(env!("CARGO_BIN_EXE_aic"))
+            .args(["profile", "check", "--profile"])
+            .arg(profile)
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap();
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+}

@@ -214,7 +214,10 @@ impl TestCluster {
             self.start(i).await;
         }
         let first = self.replica(0).clone();
-        first.bootstrap().await.expect("bootstrap");
+        assert_eq!(
+            first.bootstrap().await.expect("bootstrap"),
+            crate::raft::replica::Bootstrap::Started
+        );
         wait_for(|| first.is_leader()).await;
         let mut voters = vec![first.id];
         for i in 1..self.replicas.len() {

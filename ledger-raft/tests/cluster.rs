@@ -194,6 +194,11 @@ async fn a_follower_that_missed_a_purged_log_catches_up_by_snapshot() {
     // It comes back on its old data and rejoins: first as a learner, then as a voter.
     let restarted = cluster.start(lagging).await;
     assert_eq!(restarted.id, lagging_id);
+    // A config that still says `bootstrap = true` leaves a replica with a log as it is.
+    assert_eq!(
+        restarted.bootstrap().await.unwrap(),
+        aic_ledger::raft::replica::Bootstrap::AlreadyMember
+    );
     leader_replica
         .execute(LedgerRequest::AddLearner {
             id: restarted.id,

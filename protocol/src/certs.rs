@@ -10,8 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, PKCS_ED25519,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, PKCS_ED25519,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -171,7 +171,35 @@ impl CertificateAuthority {
         validity: Validity,
     ) -> Result<IssuedCertificate> {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rcgen_error)?;
-        self.sign(key, role, name, extra_names, validity)
+        let (node_id, cert_pem) = self.sign(&key, role, name, extra_names, validity)?;
+        Ok(IssuedCertificate {
+            role,
+            node_id,
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a certificate request made where its key lives (`aic ca request`), so the key
+    /// never leaves that host. Only the request's public key is taken from it: role, name and
+    /// names come from the CA's operator. Answers the node id and the certificate (PEM).
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        role: Role,
+        name: &str,
+        extra_names: &[String],
+        validity: Validity,
+    ) -> Result<(NodeId, String)> {
+        // Parsing checks the request's own signature: whoever sent it holds its key.
+        let request = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::Certificate(format!("not a valid certificate request: {e}")))?;
+        if request.public_key.algorithm() != &PKCS_ED25519 {
+            return Err(Error::Certificate(
+                "the request's key is not Ed25519: only Ed25519 keys carry an AIC node id".into(),
+            ));
+        }
+        self.sign(&request.public_key, role, name, extra_names, validity)
     }
 
     /// Renews a certificate: a new one for the key in `key_pem`, so the holder keeps its node id
@@ -190,18 +218,24 @@ impl CertificateAuthority {
                 "only Ed25519 keys carry an AIC node id".into(),
             ));
         }
-        self.sign(key, role, name, extra_names, validity)
+        let (node_id, cert_pem) = self.sign(&key, role, name, extra_names, validity)?;
+        Ok(IssuedCertificate {
+            role,
+            node_id,
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
     }
 
     fn sign(
         &self,
-        key: KeyPair,
+        key: &impl PublicKeyData,
         role: Role,
         name: &str,
         extra_names: &[String],
         validity: Validity,
-    ) -> Result<IssuedCertificate> {
-        let node_id = NodeId::from_public_key(key.public_key_raw());
+    ) -> Result<(NodeId, String)> {
+        let node_id = NodeId::from_public_key(key.der_bytes());
         let mut names: Vec<String> = vec![dns_safe(name)];
         names.extend(LOOPBACK_NAMES.iter().map(|s| s.to_string()));
         names.extend(extra_names.iter().cloned());
@@ -224,14 +258,35 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         (params.not_before, params.not_after) = validity.bounds();
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(rcgen_error)?;
-        let cert = params.signed_by(&key, &issuer).map_err(rcgen_error)?;
-        Ok(IssuedCertificate {
-            role,
-            node_id,
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = params.signed_by(key, &issuer).map_err(rcgen_error)?;
+        Ok((node_id, cert.pem()))
     }
+}
+
+/// A new Ed25519 key and a certificate request for it, made on the host that will keep the key
+/// (`aic ca request`): the request goes to the CA, the key stays. Answers (key PEM, request PEM).
+pub fn new_request(name: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rcgen_error)?;
+    let request = request_for(&key, name)?;
+    Ok((key.serialize_pem(), request))
+}
+
+/// A certificate request for the key already in `key_pem` (a renewal that keeps the node id).
+pub fn renewal_request(key_pem: &str, name: &str) -> Result<String> {
+    let key = KeyPair::from_pem(key_pem).map_err(rcgen_error)?;
+    if key.algorithm() != &PKCS_ED25519 {
+        return Err(Error::Certificate(
+            "only Ed25519 keys carry an AIC node id".into(),
+        ));
+    }
+    request_for(&key, name)
+}
+
+fn request_for(key: &KeyPair, name: &str) -> Result<String> {
+    let mut params = CertificateParams::new(vec![dns_safe(name)]).map_err(rcgen_error)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let request = params.serialize_request(key).map_err(rcgen_error)?;
+    request.pem().map_err(rcgen_error)
 }
 
 /// How long an issued certificate is valid.

@@ -240,6 +240,14 @@ pub fn start_node<H: RpcHandler>(
 ) -> Result<ServiceHandle> {
     let identity = settings.tls.load()?;
     let component = role.as_str();
+    if extras.payout_address.is_empty() {
+        // Not an error (a lab's own nodes need no pay), but never silent: `aic nodes` shows
+        // such a node as unpaid too.
+        tracing::warn!(
+            "no payout address: this node's work is never paid; set [{component}] payout_address \
+             to a wallet's address (aic wallet address --wallet FILE)"
+        );
+    }
     let transport_metrics = TransportMetrics::register(&registry, component)?;
     let agent_metrics = AgentMetrics::register(&registry, component)?;
 

@@ -127,10 +127,19 @@ pub async fn start(
     .await
     .map_err(|e| StartError::Ledger(e.to_string()))?;
     if config.ledger.bootstrap {
-        ledger
+        let bootstrapped = ledger
             .bootstrap()
             .await
             .map_err(|e| StartError::Ledger(e.to_string()))?;
+        match bootstrapped {
+            aic_ledger::raft::replica::Bootstrap::Started => {
+                info!("ledger.bootstrap: started a new one-replica cluster")
+            }
+            aic_ledger::raft::replica::Bootstrap::AlreadyMember => info!(
+                "ledger.bootstrap is set, but this replica already belongs to a cluster: ignored \
+                 (set it to false)"
+            ),
+        }
     }
     let node_key = aic_ledger::Keypair::from_pkcs8_der(identity.key.secret_der())
         .map_err(|e| StartError::Ledger(format!("the scheduler key cannot sign blocks: {e}")))?;

@@ -109,6 +109,15 @@ pub struct LedgerReplica {
 /// How long a forwarded request may take on the leader before this replica stops waiting: well
 /// inside a client's own call timeout, so the client hears why and can try again.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// What [`LedgerReplica::bootstrap`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A new one-replica cluster.
+    Started,
+    /// Nothing: this replica already belongs to a cluster.
+    AlreadyMember,
+}
+
 /// Why a replica's Raft core stopped for good.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CoreStopped {
@@ -203,12 +212,23 @@ impl LedgerReplica {
         Ok(replica)
     }
 
-    /// Makes this replica a one-member cluster if it has never been part of one.
-    pub async fn bootstrap(&self) -> Result<(), ReplicaError> {
+    /// Makes this replica a one-member cluster if it has never been part of one; a replica that
+    /// has (its log or vote is not empty) is left as it is.
+    pub async fn bootstrap(&self) -> Result<Bootstrap, ReplicaError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?
+        {
+            return Ok(Bootstrap::AlreadyMember);
+        }
         let members = BTreeMap::from([(self.id, self.me.clone())]);
         match self.raft.initialize(members).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Ok(()) => Ok(Bootstrap::Started),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+                Ok(Bootstrap::AlreadyMember)
+            }
             Err(e) => Err(ReplicaError::Raft(e.to_string())),
         }
     }
