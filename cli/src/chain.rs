@@ -143,6 +143,36 @@ pub enum LedgerCommand {
     Remove { node_ids: Vec<NodeId> },
     /// Write a genesis file for a new cluster (every replica must be given the same file).
     Genesis(GenesisArgs),
+    /// Back the ledger up online: the leader takes a snapshot and it is fetched into FILE
+    /// (never over an existing file). Needs the operator's profile.
+    Backup {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// What a backup holds: chain, height, last log index, members.
+    Inspect {
+        #[arg(long)]
+        backup: std::path::PathBuf,
+    },
+    /// Restore one replica of a cluster being restored as a whole from a backup, into its empty
+    /// data dir (the service stopped). Run it for every replica of the new cluster with the
+    /// same backup and the same --voter list; replicas the list leaves out (retired ones) are
+    /// not members any more. A data dir holding data is refused: a single lost replica rejoins
+    /// empty instead (add-learner, promote).
+    Restore {
+        #[arg(long)]
+        backup: std::path::PathBuf,
+        /// The replica's data dir ([ledger] data_dir); must be empty or absent.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// The cluster's genesis file: the backup must be of its chain.
+        #[arg(long)]
+        genesis: std::path::PathBuf,
+        /// A replica of the restored cluster by node id (repeatable; `aic ledger inspect` lists
+        /// the backup's members).
+        #[arg(long = "voter", required = true)]
+        voters: Vec<NodeId>,
+    },
 }
 
 #[derive(Args, Clone, Debug)]
@@ -211,16 +241,34 @@ fn write_genesis(args: GenesisArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
-    if let LedgerCommand::Genesis(genesis) = args.command {
-        return write_genesis(genesis);
+    match args.command {
+        LedgerCommand::Genesis(genesis) => return write_genesis(genesis),
+        LedgerCommand::Inspect { backup } => {
+            let info = aic_ledger::backup::describe(&aic_ledger::backup::read_file(&backup)?)?;
+            print_out(args.json, backup_json(&info), || backup_text(&info));
+            return Ok(());
+        }
+        LedgerCommand::Restore {
+            backup,
+            data_dir,
+            genesis,
+            voters,
+        } => return restore(&backup, &data_dir, &genesis, &voters, args.json),
+        _ => {}
     }
     let client = nodes::connect(&args.client.load()?).await?;
+    if let LedgerCommand::Backup { out } = &args.command {
+        return backup(&client, out, args.json).await;
+    }
     let LedgerResponse::Status(status) = ledger_client::request(&client, &LedgerRequest::Status).await?
     else {
         bail!("unexpected answer");
     };
     let request = match args.command {
-        LedgerCommand::Genesis(_) => unreachable!("handled above"),
+        LedgerCommand::Genesis(_)
+        | LedgerCommand::Inspect { .. }
+        | LedgerCommand::Restore { .. }
+        | LedgerCommand::Backup { .. } => unreachable!("handled above"),
         LedgerCommand::Status => {
             let value = serde_json::to_value(&status)?;
             print_out(args.json, value, || {
@@ -262,6 +310,140 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
         format!("membership changed at log index {index}")
     });
     Ok(())
+}
+
+/// Fetches an online backup piece by piece into `out`.
+async fn backup(
+    client: &aic_protocol::rpc::RpcClient,
+    out: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    if out.exists() {
+        bail!("{} exists; a backup is never overwritten", out.display());
+    }
+    let mut snapshot = None;
+    let mut bytes = Vec::new();
+    loop {
+        let request = LedgerRequest::Backup {
+            snapshot,
+            offset: bytes.len() as u64,
+        };
+        let LedgerResponse::Backup {
+            snapshot: hash,
+            total,
+            bytes: piece,
+        } = ledger_client::request(client, &request).await?
+        else {
+            bail!("unexpected answer to a backup request");
+        };
+        if total > aic_ledger::backup::MAX_BACKUP_BYTES {
+            bail!(
+                "the ledger's snapshot is {total} bytes, over the {} a backup takes",
+                aic_ledger::backup::MAX_BACKUP_BYTES
+            );
+        }
+        if piece.is_empty() && (bytes.len() as u64) < total {
+            bail!(
+                "the leader answered an empty piece at {} of {total} bytes",
+                bytes.len()
+            );
+        }
+        snapshot = Some(hash);
+        bytes.extend_from_slice(&piece);
+        if bytes.len() as u64 >= total {
+            if blake3::hash(&bytes).as_bytes() != &hash {
+                bail!("the backup's pieces do not add up to the snapshot the leader took; nothing written");
+            }
+            break;
+        }
+    }
+    let info = aic_ledger::backup::describe(&bytes)?;
+    aic_ledger::backup::write_file(out, &bytes)?;
+    let mut value = backup_json(&info);
+    value["file"] = json!(out);
+    value["bytes"] = json!(bytes.len());
+    print_out(json, value, || {
+        format!(
+            "wrote {} ({} bytes)\n{}",
+            out.display(),
+            bytes.len(),
+            backup_text(&info)
+        )
+    });
+    Ok(())
+}
+
+/// Fills one replica's empty data dir from a backup, as a member of the restored cluster.
+fn restore(
+    backup: &std::path::Path,
+    data_dir: &std::path::Path,
+    genesis: &std::path::Path,
+    voters: &[NodeId],
+    json: bool,
+) -> anyhow::Result<()> {
+    let genesis = aic_ledger::genesis::Genesis::load(genesis).map_err(anyhow::Error::msg)?;
+    let snapshot = aic_ledger::backup::read_file(backup)?;
+    let ids: Vec<u64> = voters
+        .iter()
+        .map(aic_ledger::raft::types::replica_id_of)
+        .collect();
+    let info = aic_ledger::backup::restore_into(data_dir, &snapshot, &ids, &genesis.chain_id)?;
+    if ids.len() % 2 == 0 {
+        eprintln!(
+            "warning: {} voters: an even count tolerates no more failures than one fewer",
+            ids.len()
+        );
+    }
+    let mut value = backup_json(&info);
+    value["data_dir"] = json!(data_dir);
+    print_out(json, value, || {
+        format!(
+            "restored {} from {}\n{}\nstart the replica; once every voter above is restored and started they elect a leader",
+            data_dir.display(),
+            backup.display(),
+            backup_text(&info)
+        )
+    });
+    Ok(())
+}
+
+fn backup_json(info: &aic_ledger::backup::BackupInfo) -> serde_json::Value {
+    json!({
+        "chain_id": info.chain_id,
+        "last_log_index": info.last_log.map(|l| l.index),
+        "block_height": info.block_height,
+        "state_hash": hex::encode(info.state_hash),
+        "members": info.members.iter().map(|(id, addr)| json!({
+            "id": id,
+            "node_id": addr.node_id,
+            "addr": addr.addr,
+            "voter": info.voters.contains(id),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn backup_text(info: &aic_ledger::backup::BackupInfo) -> String {
+    let mut text = format!(
+        "chain {}  height {}  last log index {}  state {}\nmembers:",
+        info.chain_id,
+        info.block_height,
+        info.last_log.map_or("none".to_string(), |l| l.index.to_string()),
+        &hex::encode(info.state_hash)[..16]
+    );
+    for (id, addr) in &info.members {
+        text.push_str(&format!(
+            "\n  {:<20} {}  {}  {}",
+            id,
+            addr.node_id,
+            addr.addr,
+            if info.voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            }
+        ));
+    }
+    text
 }
 
 /// Why `aic ledger` refuses a membership change (nothing is changed).
@@ -335,7 +517,11 @@ fn membership_change(
             }
             voters
         }
-        LedgerCommand::Status | LedgerCommand::Genesis(_) => return Err(MembershipRefusal::NotAChange),
+        LedgerCommand::Status
+        | LedgerCommand::Genesis(_)
+        | LedgerCommand::Backup { .. }
+        | LedgerCommand::Inspect { .. }
+        | LedgerCommand::Restore { .. } => return Err(MembershipRefusal::NotAChange),
     };
     let mut voters = request;
     voters.sort_unstable();

@@ -368,7 +368,11 @@ mod tests {
     fn a_provider_without_a_payout_address_shows_as_unpaid() {
         let nodes = [
             node("storage-1", Role::Storage, ""),
-            node("compute-1", Role::Compute, "aa11bb22cc33dd44ee55ff6677889900aabbccdd"),
+            node(
+                "compute-1",
+                Role::Compute,
+                "aa11bb22cc33dd44ee55ff6677889900aabbccdd",
+            ),
             node("scheduler-1", Role::Scheduler, ""),
         ];
         let table = render_table(&nodes);

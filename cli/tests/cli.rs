@@ -382,11 +382,77 @@ fn a_running_devnet_answers_aic_nodes_and_stops_cleanly_on_sigterm() {
         status["job"]["trained_model"].as_str().unwrap(),
         65 * 10,
     );
+    check_ledger_backup(dir.path(), &data_dir);
     // The whole story again, in a real browser: build, train, watch, publish, sell, buy, call.
     plaza::browser::walk_the_story(&status, &data_dir);
 
     devnet.stop();
     assert!(data_dir.join("client.toml").exists(), "a named data dir is kept");
+}
+
+/// `aic ledger backup` with the operator's profile (a client's is refused), `inspect` naming the
+/// three replicas, and `restore` filling an empty data dir once and refusing it the second time.
+fn check_ledger_backup(dir: &std::path::Path, data_dir: &std::path::Path) {
+    let operator = data_dir.join("operator.toml");
+    let client = data_dir.join("client.toml");
+    let file = dir.join("ledger.backup");
+    let file_text = file.to_str().unwrap();
+    let refused = aic(&[
+        "ledger",
+        "backup",
+        "--out",
+        file_text,
+        "--profile",
+        client.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success(), "a client certificate takes no backup");
+    assert!(!file.exists());
+    let taken = aic(&[
+        "ledger",
+        "backup",
+        "--out",
+        file_text,
+        "--json",
+        "--profile",
+        operator.to_str().unwrap(),
+    ]);
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    let inspected = aic(&["ledger", "inspect", "--backup", file_text, "--json"]);
+    assert!(inspected.status.success(), "{}", stderr(&inspected));
+    let info: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let members = info["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{info}");
+    assert!(info["block_height"].as_u64().unwrap() > 0);
+    // Two of the three as the restored cluster's voters, into an empty dir: once only.
+    let restored = dir.join("restored-replica");
+    let genesis = data_dir.join("genesis.toml");
+    let restore = || {
+        aic(&[
+            "ledger",
+            "restore",
+            "--backup",
+            file_text,
+            "--data-dir",
+            restored.to_str().unwrap(),
+            "--genesis",
+            genesis.to_str().unwrap(),
+            "--voter",
+            members[0]["node_id"].as_str().unwrap(),
+            "--voter",
+            members[1]["node_id"].as_str().unwrap(),
+            "--json",
+        ])
+    };
+    let first = restore();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let restored_info: Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(restored_info["state_hash"], info["state_hash"]);
+    assert!(restored.join("state/snapshot").exists());
+    let again = restore();
+    assert!(
+        !again.status.success(),
+        "a data dir with data is never restored over"
+    );
 }
 
 /// The marketplace from the command line: a model's owner lists it and `aic asset market` shows

@@ -85,6 +85,12 @@ pub enum LedgerRequest {
     },
     /// One job's log entry, with its number.
     JobSummary(aic_protocol::JobId),
+    /// A piece of an online backup: `snapshot: None` takes a fresh snapshot on the leader and
+    /// answers its first piece; later pieces name it and their offset.
+    Backup {
+        snapshot: Option<[u8; 32]>,
+        offset: u64,
+    },
 }
 
 impl LedgerRequest {
@@ -110,6 +116,7 @@ impl LedgerRequest {
             LedgerRequest::Listings { .. } => "listings",
             LedgerRequest::JobLog { .. } => "job_log",
             LedgerRequest::JobSummary(_) => "job_summary",
+            LedgerRequest::Backup { .. } => "backup",
         }
     }
 
@@ -174,6 +181,11 @@ impl LedgerRequest {
                 limit: 1,
             },
             LedgerRequest::JobSummary(aic_protocol::JobId::from_bytes([9; 16])),
+            // A snapshot nobody took: refused as gone, nothing read.
+            LedgerRequest::Backup {
+                snapshot: Some([7; 32]),
+                offset: 0,
+            },
         ]
     }
 
@@ -258,6 +270,12 @@ pub enum LedgerResponse {
     },
     /// The job's entry number, its summary and its work record.
     JobSummary(Option<(u64, JobSummary, JobWork)>),
+    /// A piece of a backup: the snapshot's hash, its length and the bytes from the offset asked.
+    Backup {
+        snapshot: [u8; 32],
+        total: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 /// A published model as a gateway serves it.
@@ -304,6 +322,12 @@ pub enum LedgerApiError {
     /// Refused before consensus (no Raft entry was written): see the transaction error.
     #[error("refused before consensus: {0}")]
     Refused(TxError),
+    /// The backup's snapshot is no longer the one the leader holds (it took a newer one, or
+    /// leadership moved): start the backup again.
+    #[error(
+        "the snapshot being backed up is gone (a newer one was taken, or the leader changed); start again"
+    )]
+    BackupGone,
 }
 
 pub type LedgerResult = Result<LedgerResponse, LedgerApiError>;

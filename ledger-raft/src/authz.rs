@@ -60,6 +60,8 @@ pub const TABLE: &[LedgerRule] = &[
     rule("job_summary", EVERYONE),
     rule("add_learner", OPERATORS),
     rule("change_membership", OPERATORS),
+    // Public data, but each backup makes the leader take a snapshot: for the people who run it.
+    rule("backup", OPERATORS),
 ];
 
 /// Whether a certificate of `role` may make `request`.

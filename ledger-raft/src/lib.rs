@@ -14,6 +14,7 @@
 pub mod amount;
 pub mod api;
 pub mod authz;
+pub mod backup;
 pub mod block;
 pub mod error;
 pub mod genesis;

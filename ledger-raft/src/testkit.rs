@@ -138,6 +138,14 @@ impl TestCluster {
 
     /// Starts (or restarts, on its old data and at its old address) replica `i`.
     pub async fn start(&mut self, i: usize) -> Arc<LedgerReplica> {
+        self.try_start(i).await.expect("a replica")
+    }
+
+    /// [`Self::start`], answering the replica's refusal to start rather than panicking.
+    pub async fn try_start(
+        &mut self,
+        i: usize,
+    ) -> Result<Arc<LedgerReplica>, crate::raft::replica::ReplicaError> {
         // A short idle timeout: a killed replica's last connections, and with them its socket,
         // are gone within seconds, so a restart at its address need not wait half a minute.
         let tuning = TransportTuning {
@@ -180,8 +188,7 @@ impl TestCluster {
             endpoint.clone(),
             LedgerMetrics::unregistered(),
         )
-        .await
-        .expect("a replica");
+        .await?;
         let shutdown = CancellationToken::new();
         let metrics = TransportMetrics::register(&prometheus::Registry::new(), "scheduler").unwrap();
         tokio::spawn(rpc::serve(
@@ -196,7 +203,7 @@ impl TestCluster {
             shutdown,
             endpoint,
         });
-        replica
+        Ok(replica)
     }
 
     /// Where replica `i` listens (once it has started).

@@ -83,6 +83,18 @@ fn write_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Resu
     File::open(dir)?.sync_all()
 }
 
+/// Makes `dir` the log of a replica restored from a snapshot ending at `last`: empty, purged and
+/// committed up to it, no vote (see [`crate::backup::restore_into`]).
+pub(crate) fn write_restored(dir: &Path, last: Option<LogId>) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    File::create(dir.join("log"))?.sync_all()?;
+    if let Some(last) = last {
+        write_atomically(dir, "purged", &Some(last))?;
+        write_atomically(dir, "committed", &Some(last))?;
+    }
+    Ok(())
+}
+
 fn read_small<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
     match fs::read(dir.join(name)) {
         Ok(bytes) => postcard::from_bytes(&bytes).map_err(io::Error::other),

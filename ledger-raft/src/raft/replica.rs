@@ -3,7 +3,7 @@
 //! are linearizable (served by the leader after it confirms its leadership).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +94,13 @@ pub enum ReplicaError {
     Config(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// The data dir is another replica's (copied from it): this replica will not run on it.
+    #[error(
+        "{dir} belongs to the replica with node id {owner}, not to this one; a replica's data dir \
+         is its own: start on an empty one and rejoin (aic ledger add-learner, promote), or \
+         restore the whole cluster (aic ledger restore)"
+    )]
+    ForeignDataDir { dir: PathBuf, owner: String },
 }
 
 pub struct LedgerReplica {
@@ -104,11 +111,41 @@ pub struct LedgerReplica {
     endpoint: quinn::Endpoint,
     metrics: LedgerMetrics,
     leader_client: Mutex<Option<(ReplicaId, RpcClient)>>,
+    /// Where the state machine keeps its snapshot (what a backup reads).
+    snapshot_path: PathBuf,
+    /// The snapshot a backup in progress is fetching: its hash and bytes.
+    backup: Mutex<Option<BackupSnapshot>>,
 }
+
+/// A snapshot a backup is fetching: its BLAKE3 hash and its bytes.
+type BackupSnapshot = ([u8; 32], Arc<Vec<u8>>);
 
 /// How long a forwarded request may take on the leader before this replica stops waiting: well
 /// inside a client's own call timeout, so the client hears why and can try again.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Marks `dir` as this replica's own, or refuses it when it is another replica's: a data dir
+/// copied from another replica carries that replica's vote and log, and a replica started on it
+/// would vote and acknowledge in the other's name.
+fn claim_data_dir(dir: &Path, node_id: &NodeId) -> Result<(), ReplicaError> {
+    let owner = dir.join("replica");
+    let storage = |e: std::io::Error| ReplicaError::Storage {
+        dir: dir.to_path_buf(),
+        reason: format!("{}: {e}", owner.display()),
+    };
+    match std::fs::read_to_string(&owner) {
+        Ok(text) if text.trim() == node_id.to_string() => Ok(()),
+        Ok(text) => Err(ReplicaError::ForeignDataDir {
+            dir: dir.to_path_buf(),
+            owner: text.trim().to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+            std::fs::write(&owner, format!("{node_id}\n")).map_err(storage)
+        }
+        Err(e) => Err(storage(e)),
+    }
+}
+
 /// What [`LedgerReplica::bootstrap`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -175,6 +212,7 @@ impl LedgerReplica {
             dir: settings.dir.clone(),
             reason,
         };
+        claim_data_dir(&settings.dir, &node_id)?;
         let machine = LedgerStateMachine::open(
             &settings.dir.join("state"),
             settings.genesis.clone(),
@@ -207,9 +245,53 @@ impl LedgerReplica {
             endpoint,
             metrics,
             leader_client: Mutex::new(None),
+            snapshot_path: settings.dir.join("state").join("snapshot"),
+            backup: Mutex::new(None),
         });
         tokio::spawn(watch_leadership(replica.raft.clone(), replica.metrics.clone()));
         Ok(replica)
+    }
+
+    /// A piece of an online backup (see [`crate::backup`]): a new snapshot for a new backup, then
+    /// pieces of that one by offset.
+    async fn backup_piece(&self, snapshot: Option<[u8; 32]>, offset: u64) -> LedgerResult {
+        let mut cached = self.backup.lock().await;
+        let (hash, bytes) = match (snapshot, cached.as_ref()) {
+            (None, _) => {
+                let applied = self.read(|a| a.last_applied.map(|l| l.index));
+                self.raft.trigger().snapshot().await.map_err(raft_error)?;
+                if let Some(applied) = applied {
+                    self.raft
+                        .wait(Some(Duration::from_secs(60)))
+                        .metrics(
+                            |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                            "a snapshot for the backup",
+                        )
+                        .await
+                        .map_err(|e| LedgerApiError::Raft(e.to_string()))?;
+                }
+                let bytes = std::fs::read(&self.snapshot_path)
+                    .map_err(|e| LedgerApiError::Raft(format!("reading the snapshot: {e}")))?;
+                let entry = (*blake3::hash(&bytes).as_bytes(), Arc::new(bytes));
+                *cached = Some(entry.clone());
+                entry
+            }
+            (Some(asked), Some((hash, bytes))) if asked == *hash => (*hash, bytes.clone()),
+            (Some(_), _) => return Err(LedgerApiError::BackupGone),
+        };
+        let total = bytes.len() as u64;
+        if offset > total {
+            return Err(LedgerApiError::BadRequest(format!(
+                "offset {offset} is past the snapshot's {total} bytes"
+            )));
+        }
+        let start = offset as usize;
+        let end = (start + crate::backup::BACKUP_PIECE_BYTES).min(bytes.len());
+        Ok(LedgerResponse::Backup {
+            snapshot: hash,
+            total,
+            bytes: bytes[start..end].to_vec(),
+        })
     }
 
     /// Makes this replica a one-member cluster if it has never been part of one; a replica that
@@ -575,6 +657,7 @@ impl LedgerReplica {
                     .map(|(n, summary)| (n, summary.clone(), a.state.job_log.work(&job)))
             }))),
             LedgerRequest::Status => Ok(LedgerResponse::Status(self.status())),
+            LedgerRequest::Backup { snapshot, offset } => self.backup_piece(snapshot, offset).await,
             LedgerRequest::Audit => Ok(LedgerResponse::Audit(
                 self.read(|a| a.state.audit().map_err(|v| v.to_string())),
             )),

@@ -33,10 +33,11 @@ pub struct Applied {
 /// A shared, read-only view of the applied state.
 pub type SharedState = Arc<RwLock<Applied>>;
 
+/// A snapshot as `dir/snapshot` holds it, and as a backup carries it.
 #[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta<ReplicaId, ReplicaAddr>,
-    data: Vec<u8>,
+pub(crate) struct SnapshotFile {
+    pub(crate) meta: SnapshotMeta<ReplicaId, ReplicaAddr>,
+    pub(crate) data: Vec<u8>,
 }
 
 pub struct LedgerStateMachine {
