@@ -136,6 +136,16 @@ pub struct DatasetMint {
     pub attestations: Vec<ImportAttestation>,
 }
 
+/// The scheduler replicas the ledger's membership names (voters and learners, `host:port`), as
+/// of the membership entry at `membership_index`: a node keeps the newest set it has heard, so a
+/// replica that was removed (and may not know it yet) cannot bring itself back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerReplicas {
+    pub membership_index: u64,
+    /// Empty while the answering replica knows no membership.
+    pub addrs: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
     Register(Registration),
@@ -150,9 +160,13 @@ pub enum NodeResponse {
         node_id: NodeId,
         heartbeat_interval_ms: u64,
         probe_targets: Vec<ProbeTarget>,
+        /// The ledger's scheduler replicas, for the node to register with.
+        scheduler_replicas: SchedulerReplicas,
     },
     HeartbeatAccepted {
         probe_targets: Vec<ProbeTarget>,
+        /// As in `Registered`: the node follows changes to the replica set from here.
+        scheduler_replicas: SchedulerReplicas,
     },
     DatasetMinted {
         asset: crate::AssetId,

@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorCode, Result, RpcError};
 use crate::ids::{NodeId, Role};
 use crate::messages::{
     Capacity, DatasetHolding, Heartbeat, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ProbeTarget,
-    Registration, RttSample,
+    Registration, RttSample, SchedulerReplicas,
 };
 use crate::metrics::{registered, TransportMetrics};
 use crate::rpc::{self, RpcClient, RpcHandler};
@@ -170,7 +170,8 @@ pub type RegisteredHook = Arc<dyn Fn(&PeerIdentity) + Send + Sync>;
 pub struct AgentSettings {
     pub role: Role,
     pub name: String,
-    /// Every scheduler replica to register with; the first one's probe targets are followed.
+    /// The scheduler replicas to register with until one answers with the ledger's replica set
+    /// (seeds: the set the ledger names is followed from then on).
     pub scheduler_addrs: Vec<String>,
     pub quic_addr: String,
     pub metrics_addr: String,
@@ -304,7 +305,9 @@ pub fn advertised(settings: &EndpointSettings, bound: SocketAddr) -> String {
 }
 
 /// Keeps the node registered and heartbeating with every scheduler replica until `shutdown`;
-/// reconnects to each with backoff.
+/// reconnects to each with backoff. The configured addresses are seeds: once a replica answers
+/// with the ledger's replica set, the node follows that set (a replica added is registered with,
+/// one removed is let go) without a restart.
 pub async fn run_agent(
     endpoint: quinn::Endpoint,
     settings: AgentSettings,
@@ -320,119 +323,197 @@ pub async fn run_agent(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let sessions = settings.scheduler_addrs.iter().enumerate().map(|(i, addr)| {
-        // Only the primary's probe targets steer the prober; the others get the same RTTs.
-        let targets = (i == 0).then(|| targets_tx.clone());
-        stay_registered(
-            &endpoint,
-            addr,
-            &settings,
-            &metrics,
-            &latest_rtts,
-            targets,
-            &shutdown,
-        )
+    let (learned_tx, mut learned_rx) = watch::channel(SchedulerReplicas::default());
+    let session = Arc::new(Session {
+        endpoint,
+        settings,
+        metrics,
+        latest_rtts,
+        targets_tx,
+        learned_tx,
     });
-    futures::future::join_all(sessions).await;
+    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        let learned = learned_rx.borrow_and_update().addrs.clone();
+        let wanted = wanted_schedulers(&session.settings.scheduler_addrs, &learned);
+        running.retain(|addr, stop| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                info!(scheduler = %addr, "no longer a scheduler replica of the ledger; letting it go");
+                stop.cancel();
+            }
+            keep
+        });
+        for addr in wanted {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            let stop = shutdown.child_token();
+            running.insert(addr.clone(), stop.clone());
+            let session = session.clone();
+            sessions.spawn(async move { session.stay_registered(&addr, &stop).await });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = learned_rx.changed() => if changed.is_err() { break },
+        }
+    }
+    while sessions.join_next().await.is_some() {}
     debug!("membership agent stopped");
 }
 
-/// Registers with the scheduler at `addr` and heartbeats it, registering again whenever the
-/// session breaks, until `shutdown`.
-async fn stay_registered(
-    endpoint: &quinn::Endpoint,
-    addr: &str,
-    settings: &AgentSettings,
-    metrics: &AgentMetrics,
-    latest_rtts: &Mutex<HashMap<NodeId, RttSample>>,
-    targets_tx: Option<watch::Sender<(Duration, Vec<ProbeTarget>)>>,
-    shutdown: &CancellationToken,
-) {
-    let send_targets = |interval: Duration, targets: Vec<ProbeTarget>| {
-        if let Some(tx) = &targets_tx {
-            let _ = tx.send((interval, targets));
-        }
+/// The scheduler addresses to stay registered with: the replica set the ledger names, once a
+/// replica has told it (at most [`MAX_SCHEDULER_REPLICAS`] + 1); the configured seeds before.
+pub fn wanted_schedulers(seeds: &[String], learned: &[String]) -> Vec<String> {
+    let mut wanted: Vec<String> = if learned.is_empty() {
+        seeds.to_vec()
+    } else {
+        learned.to_vec()
     };
-    let mut backoff = Duration::from_millis(100);
-    let mut sequence = 0u64;
-    while !shutdown.is_cancelled() {
-        let session = async {
-            let client = RpcClient::connect(endpoint, addr, Role::Scheduler).await?;
-            let (interval, targets) = register(&client, settings).await?;
-            metrics.registrations.with_label_values(&["ok"]).inc();
-            metrics.scheduler_connected.inc();
-            if let Some(hook) = &settings.on_registered {
-                hook(client.peer());
-            }
-            send_targets(interval, targets);
-            Ok::<_, Error>((client, interval))
-        };
-        let (client, interval) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            session = session => match session {
-                Ok(session) => session,
-                Err(error) => {
-                    metrics.registrations.with_label_values(&["error"]).inc();
-                    warn!(scheduler = %addr, %error, retry_in = ?backoff, "cannot register");
-                    let _ = tokio::time::timeout(backoff, shutdown.cancelled()).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(100);
-        info!(scheduler = %client.peer().name, "registered");
+    wanted.sort();
+    wanted.dedup();
+    wanted.truncate(MAX_SCHEDULER_REPLICAS + 1);
+    wanted
+}
 
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => {}
+/// Takes `heard` as the replica set when it is not empty and no older than `known`; answers
+/// whether the set changed.
+pub fn follow(known: &mut SchedulerReplicas, mut heard: SchedulerReplicas) -> bool {
+    if heard.addrs.is_empty() || heard.membership_index < known.membership_index {
+        return false;
+    }
+    heard.addrs.sort();
+    heard.addrs.dedup();
+    if heard.addrs == known.addrs {
+        known.membership_index = heard.membership_index;
+        return false;
+    }
+    *known = heard;
+    true
+}
+
+/// What every scheduler session of one node shares.
+struct Session {
+    endpoint: quinn::Endpoint,
+    settings: AgentSettings,
+    metrics: AgentMetrics,
+    latest_rtts: Arc<Mutex<HashMap<NodeId, RttSample>>>,
+    targets_tx: watch::Sender<(Duration, Vec<ProbeTarget>)>,
+    /// The newest replica set the schedulers answered, for [`run_agent`] to follow.
+    learned_tx: watch::Sender<SchedulerReplicas>,
+}
+
+impl Session {
+    fn learned(&self, replicas: SchedulerReplicas) {
+        self.learned_tx.send_if_modified(|known| {
+            let newer = follow(known, replicas);
+            if newer {
+                info!(replicas = ?known.addrs, index = known.membership_index, "the ledger's scheduler replicas");
             }
-            sequence += 1;
-            let rtts: Vec<RttSample> = latest_rtts.lock().expect("rtt map").values().copied().collect();
-            let holdings = settings
-                .holdings
-                .as_ref()
-                .map(|h| h.borrow().clone())
-                .unwrap_or_default();
-            let heartbeat = NodeRequest::Heartbeat(Heartbeat {
-                sequence,
-                rtts,
-                holdings,
-            });
-            match client.call(&heartbeat).await {
-                Ok(NodeResponse::HeartbeatAccepted { probe_targets }) => {
-                    metrics.heartbeats.with_label_values(&["ok"]).inc();
-                    send_targets(interval, probe_targets);
+            newer
+        });
+    }
+
+    /// Registers with the scheduler at `addr` and heartbeats it, registering again whenever the
+    /// session breaks, until `stop`.
+    async fn stay_registered(&self, addr: &str, stop: &CancellationToken) {
+        let (settings, metrics) = (&self.settings, &self.metrics);
+        let mut backoff = Duration::from_millis(100);
+        let mut sequence = 0u64;
+        while !stop.is_cancelled() {
+            let session = async {
+                let client = RpcClient::connect(&self.endpoint, addr, Role::Scheduler).await?;
+                let (interval, targets, replicas) = register(&client, settings).await?;
+                metrics.registrations.with_label_values(&["ok"]).inc();
+                metrics.scheduler_connected.inc();
+                if let Some(hook) = &settings.on_registered {
+                    hook(client.peer());
                 }
-                Ok(other) => {
-                    metrics.heartbeats.with_label_values(&["error"]).inc();
-                    warn!(?other, "unexpected answer to a heartbeat");
+                let _ = self.targets_tx.send((interval, targets));
+                self.learned(replicas);
+                Ok::<_, Error>((client, interval))
+            };
+            let (client, interval) = tokio::select! {
+                _ = stop.cancelled() => break,
+                session = session => match session {
+                    Ok(session) => session,
+                    Err(error) => {
+                        metrics.registrations.with_label_values(&["error"]).inc();
+                        warn!(scheduler = %addr, %error, retry_in = ?backoff, "cannot register");
+                        let _ = tokio::time::timeout(backoff, stop.cancelled()).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                },
+            };
+            backoff = Duration::from_millis(100);
+            info!(scheduler = %client.peer().name, "registered");
+
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = ticker.tick() => {}
                 }
-                Err(Error::Rpc(RpcError {
-                    code: ErrorCode::UnknownNode,
-                    ..
-                })) => {
-                    // The scheduler lost us (it restarted): register again on a fresh session.
-                    metrics.heartbeats.with_label_values(&["unknown_node"]).inc();
-                    info!(scheduler = %addr, "scheduler does not know this node; registering again");
-                    break;
-                }
-                Err(error) => {
-                    metrics.heartbeats.with_label_values(&["error"]).inc();
-                    warn!(scheduler = %addr, %error, "heartbeat failed; reconnecting");
-                    break;
+                sequence += 1;
+                let rtts: Vec<RttSample> = self
+                    .latest_rtts
+                    .lock()
+                    .expect("rtt map")
+                    .values()
+                    .copied()
+                    .collect();
+                let holdings = settings
+                    .holdings
+                    .as_ref()
+                    .map(|h| h.borrow().clone())
+                    .unwrap_or_default();
+                let heartbeat = NodeRequest::Heartbeat(Heartbeat {
+                    sequence,
+                    rtts,
+                    holdings,
+                });
+                match client.call(&heartbeat).await {
+                    Ok(NodeResponse::HeartbeatAccepted {
+                        probe_targets,
+                        scheduler_replicas,
+                    }) => {
+                        metrics.heartbeats.with_label_values(&["ok"]).inc();
+                        let _ = self.targets_tx.send((interval, probe_targets));
+                        self.learned(scheduler_replicas);
+                    }
+                    Ok(other) => {
+                        metrics.heartbeats.with_label_values(&["error"]).inc();
+                        warn!(?other, "unexpected answer to a heartbeat");
+                    }
+                    Err(Error::Rpc(RpcError {
+                        code: ErrorCode::UnknownNode,
+                        ..
+                    })) => {
+                        // The scheduler lost us (it restarted): register again on a fresh session.
+                        metrics.heartbeats.with_label_values(&["unknown_node"]).inc();
+                        info!(scheduler = %addr, "scheduler does not know this node; registering again");
+                        break;
+                    }
+                    Err(error) => {
+                        metrics.heartbeats.with_label_values(&["error"]).inc();
+                        warn!(scheduler = %addr, %error, "heartbeat failed; reconnecting");
+                        break;
+                    }
                 }
             }
+            metrics.scheduler_connected.dec();
         }
-        metrics.scheduler_connected.dec();
     }
 }
 
-async fn register(client: &RpcClient, settings: &AgentSettings) -> Result<(Duration, Vec<ProbeTarget>)> {
+async fn register(
+    client: &RpcClient,
+    settings: &AgentSettings,
+) -> Result<(Duration, Vec<ProbeTarget>, SchedulerReplicas)> {
     let registration = NodeRequest::Register(Registration {
         role: settings.role,
         name: settings.name.clone(),
@@ -446,10 +527,12 @@ async fn register(client: &RpcClient, settings: &AgentSettings) -> Result<(Durat
         NodeResponse::Registered {
             heartbeat_interval_ms,
             probe_targets,
+            scheduler_replicas,
             ..
         } => Ok((
             Duration::from_millis(heartbeat_interval_ms.max(10)),
             probe_targets,
+            scheduler_replicas,
         )),
         NodeResponse::HeartbeatAccepted { .. } | NodeResponse::DatasetMinted { .. } => Err(
             Error::UnexpectedFrame("another request's answer to a registration"),

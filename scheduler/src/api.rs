@@ -26,6 +26,31 @@ fn unavailable(error: actix::MailboxError) -> RpcError {
 }
 
 impl SchedulerApi {
+    /// A registration's or heartbeat's answer with the scheduler replicas the ledger's
+    /// membership names (voters and learners): nodes follow the replica set from it, so a
+    /// replica added or removed needs no node restart.
+    fn with_replicas(&self, mut answer: NodeResponse) -> NodeResponse {
+        let members = self.ledger.read(|a| aic_protocol::messages::SchedulerReplicas {
+            membership_index: a.membership.log_id().map_or(0, |id| id.index),
+            addrs: a
+                .membership
+                .membership()
+                .nodes()
+                .map(|(_, replica)| replica.addr.clone())
+                .collect(),
+        });
+        if let NodeResponse::Registered {
+            scheduler_replicas, ..
+        }
+        | NodeResponse::HeartbeatAccepted {
+            scheduler_replicas, ..
+        } = &mut answer
+        {
+            *scheduler_replicas = members;
+        }
+        answer
+    }
+
     async fn job_status(&self, job: aic_protocol::JobId) -> Result<ClientResponse, RpcError> {
         match self
             .jobs
@@ -54,12 +79,14 @@ impl RpcHandler for SchedulerApi {
                 .registry
                 .send(Register { peer, registration })
                 .await
-                .map_err(unavailable)?,
+                .map_err(unavailable)?
+                .map(|answer| self.with_replicas(answer)),
             NodeRequest::Heartbeat(heartbeat) => self
                 .registry
                 .send(ReceiveHeartbeat { peer, heartbeat })
                 .await
-                .map_err(unavailable)?,
+                .map_err(unavailable)?
+                .map(|answer| self.with_replicas(answer)),
             NodeRequest::AttestImport(mint) => {
                 crate::provenance::mint_attested_dataset(&self.jobs, &peer, *mint).await
             }

@@ -126,6 +126,8 @@ impl Handler<Register> for Registry {
                     node_id: message.peer.node_id,
                     heartbeat_interval_ms: self.interval_ms(),
                     probe_targets,
+                    // Filled from the ledger's membership by the API, which holds the replica.
+                    scheduler_replicas: Default::default(),
                 })
             }
             Err(error) => {
@@ -153,7 +155,10 @@ impl Handler<ReceiveHeartbeat> for Registry {
                 if !events.is_empty() {
                     self.apply(events);
                 }
-                Ok(NodeResponse::HeartbeatAccepted { probe_targets })
+                Ok(NodeResponse::HeartbeatAccepted {
+                    probe_targets,
+                    scheduler_replicas: Default::default(),
+                })
             }
             Err(error) => {
                 self.metrics

@@ -131,9 +131,11 @@ impl aic_protocol::rpc::RpcHandler for MintingScheduler {
                 node_id: peer.node_id,
                 heartbeat_interval_ms: 1000,
                 probe_targets: Vec::new(),
+                scheduler_replicas: Default::default(),
             }),
             NodeRequest::Heartbeat(_) => Ok(NodeResponse::HeartbeatAccepted {
                 probe_targets: Vec::new(),
+                scheduler_replicas: Default::default(),
             }),
             NodeRequest::AttestImport(mint) => {
                 let message = ImportAttestation::message(&mint.content_hash, &mint.owner);
