@@ -1206,3 +1206,107 @@ fn a_profile_written_by_profile_init_works_from_any_directory_and_is_checked() {
         );
     }
 }
+
+/// Every `aic` command the guides show (`ops/README.md`, `README.md`): its subcommands exist and
+/// every flag it uses is one that subcommand takes, so a renamed command or flag fails here
+/// before an operator meets it.
+#[test]
+fn every_aic_command_in_the_guides_names_real_subcommands_and_flags() {
+    let mut checked = 0;
+    for guide in ["ops/README.md", "README.md"] {
+        let text = std::fs::read_to_string(repo().join(guide)).unwrap();
+        for command in aic_commands(&text) {
+            check_command(guide, &command);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} aic commands found in the guides");
+    // The check itself catches a renamed flag and a renamed command.
+    for wrong in [
+        &["ledger", "backup", "--output", "x"][..],
+        &["ledger", "snapshot", "--out", "x"][..],
+    ] {
+        let words: Vec<String> = wrong.iter().map(|w| w.to_string()).collect();
+        assert!(
+            std::panic::catch_unwind(|| check_command("test", &words)).is_err(),
+            "{wrong:?} passed"
+        );
+    }
+}
+
+/// The `aic …` invocations in the guides' shell blocks, continuation lines joined.
+fn aic_commands(markdown: &str) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    let mut in_shell = false;
+    let mut joined = String::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            in_shell = line.trim() == "```sh";
+            continue;
+        }
+        if !in_shell {
+            continue;
+        }
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let line = line.split(" #").next().unwrap_or_default();
+        if let Some(head) = line.strip_suffix('\\') {
+            joined.push_str(head);
+            continue;
+        }
+        joined.push_str(line);
+        let full = std::mem::take(&mut joined).replace("cargo run -p aic-cli -- ", "aic ");
+        for segment in full.split(['&', ';', '|', '(', ')', '{', '}', '$']) {
+            let words: Vec<String> = segment.split_whitespace().map(str::to_string).collect();
+            // A command starts the segment (after a shell keyword); `kubectl -n aic …` is not one.
+            let start = usize::from(words.first().is_some_and(|w| w == "do" || w == "then"));
+            if words.get(start).is_some_and(|w| w == "aic") {
+                commands.push(words[start + 1..].to_vec());
+            }
+        }
+    }
+    commands
+}
+
+fn check_command(guide: &str, words: &[String]) {
+    let help = |path: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_aic"))
+            .args(path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let mut path: Vec<&str> = Vec::new();
+    for word in words {
+        if word.starts_with('-') {
+            break;
+        }
+        let mut longer = path.clone();
+        longer.push(word);
+        match help(&longer) {
+            Some(text) if text.contains(&format!("Usage: aic {}", longer.join(" "))) => path = longer,
+            _ => break,
+        }
+    }
+    assert!(
+        !path.is_empty(),
+        "{guide}: `aic {}` names no subcommand",
+        words.join(" ")
+    );
+    let usage = help(&path).unwrap();
+    for flag in words.iter().filter(|w| w.starts_with("--")) {
+        let flag = flag.split('=').next().unwrap();
+        let known = usage.match_indices(flag).any(|(at, _)| {
+            usage[at + flag.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-'))
+        });
+        assert!(known, "{guide}: `aic {}` does not take {flag}", words.join(" "));
+    }
+}
