@@ -18,6 +18,7 @@ mod onnx;
 mod plaza;
 mod profile;
 mod roles;
+mod storage;
 mod wallet;
 
 use clap::{Parser, Subcommand};
@@ -74,6 +75,8 @@ enum Command {
     Plaza(plaza::PlazaArgs),
     /// The client profile every command reads: write one, check one.
     Profile(profile::ProfileArgs),
+    /// A storage node's backup and restore (dataset keys recovered from their escrows).
+    Storage(storage::StorageArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -127,6 +130,7 @@ fn run_async(command: Command) -> anyhow::Result<()> {
             Command::Job(args) => job::run_job(args).await,
             Command::Gateway(args) => gateway::run(args).await,
             Command::Plaza(args) => plaza::run(args).await,
+            Command::Storage(args) => storage::run(args).await,
             Command::Ca(_) | Command::Profile(_) => unreachable!("handled synchronously"),
         }
     })

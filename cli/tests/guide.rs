@@ -298,7 +298,12 @@ fn up_on(scheduler: &str, profile: &Path, name: &str) -> Option<String> {
 #[test]
 fn the_operator_guide_walked_on_loopback() {
     aic_protocol::install_crypto_provider();
-    let temp = tempfile::tempdir().unwrap();
+    // AIC_GUIDE_KEEP=1 keeps the processes' logs and data for a look after a failure.
+    let temp = tempfile::Builder::new()
+        .prefix("aic-guide-")
+        .disable_cleanup(std::env::var_os("AIC_GUIDE_KEEP").is_some())
+        .tempdir()
+        .unwrap();
     let dir = temp.path();
     let ca_host = dir.join("ca-host");
 
@@ -310,6 +315,7 @@ fn the_operator_guide_walked_on_loopback() {
         ("sched-1", "scheduler"),
         ("sched-2", "scheduler"),
         ("storage-0", "storage"),
+        ("storage-1", "storage"),
         ("gpu-1", "compute"),
     ] {
         ids.insert(name, certificate(dir, &ca_host, name, role));
@@ -440,6 +446,8 @@ fn the_operator_guide_walked_on_loopback() {
     let payout = addresses["provider"].clone();
     let storage_config = config(dir, "storage-0", "storage.toml", &seed, &payout);
     let mut storage = Service::start(dir, "storage-0", "storage-node", storage_config);
+    let second_config = config(dir, "storage-1", "storage.toml", &seed, &payout);
+    let mut second_storage = Service::start(dir, "storage-1", "storage-node", second_config);
     let compute_config = config(dir, "gpu-1", "compute.toml", &seed, &payout);
     let mut compute = Service::start(dir, "gpu-1", "compute-node", compute_config);
     for scheduler in &schedulers {
@@ -476,6 +484,122 @@ fn the_operator_guide_walked_on_loopback() {
             .clone()
     };
     transfer("100");
+
+    // --- A storage node's disk lost: restored from a backup holding no key, its dataset's key
+    // recovered from the storage node it was escrowed with.
+    let digits = repo().join("storage-node/data/digits/digits.csv");
+    let imported = json(&[
+        "dataset",
+        "import",
+        text(&digits),
+        "--label",
+        "digit",
+        "--replicas",
+        "1",
+        "--storage",
+        &storage.quic,
+        "--wallet",
+        text(&fundraiser),
+        "--json",
+        "--profile",
+        text(&client),
+    ]);
+    let dataset = imported["dataset"].as_str().unwrap().to_string();
+    let storage_data = dir.join("storage-0/data/storage");
+    let escrow_record = storage_data.join(format!("datasets/{dataset}.escrow"));
+    until("the dataset's key is escrowed with storage-1", || {
+        std::fs::read(&escrow_record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|r| r["nodes"].as_array().is_some_and(|n| !n.is_empty()))
+    });
+    let preview = |storage: &Service| {
+        aic(&[
+            "dataset",
+            "preview",
+            &dataset,
+            "--rows",
+            "3",
+            "--storage",
+            &storage.quic,
+            "--json",
+            "--profile",
+            text(&client),
+        ])
+    };
+    let columns_before =
+        serde_json::from_slice::<Value>(&preview(&storage).stdout).unwrap()["columns"].clone();
+    let storage_backup = dir.join("storage-0.backup");
+    ok(&[
+        "storage",
+        "backup",
+        "--config",
+        text(&storage.config),
+        "--out",
+        text(&storage_backup),
+    ]);
+    let mut in_backup = vec![storage_backup.clone()];
+    while let Some(path) = in_backup.pop() {
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let path = entry.unwrap().path();
+            assert!(
+                !path.to_string_lossy().ends_with(".key"),
+                "a key in the backup: {}",
+                path.display()
+            );
+            if path.is_dir() {
+                in_backup.push(path);
+            }
+        }
+    }
+    storage.stop();
+    std::fs::remove_dir_all(&storage_data).unwrap();
+    ok(&[
+        "storage",
+        "restore",
+        "--config",
+        text(&storage.config),
+        "--from",
+        text(&storage_backup),
+    ]);
+    storage.run(dir);
+    let restored = preview(&storage);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&restored.stdout).unwrap()["columns"],
+        columns_before
+    );
+    // The node's key of the dataset is only given back to a holder: another storage node
+    // restored with this backup recovers nothing.
+    let other_restore = dir.join("storage-1-restore-attempt");
+    let stranger_config = dir.join("storage-1/stranger.toml");
+    std::fs::write(
+        &stranger_config,
+        std::fs::read_to_string(&second_storage.config)
+            .unwrap()
+            .replace("data/storage\"", "storage-1-restore-attempt\""),
+    )
+    .unwrap();
+    let refused = aic(&[
+        "storage",
+        "restore",
+        "--config",
+        text(&stranger_config),
+        "--from",
+        text(&storage_backup),
+        "--json",
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a node that never held the dataset gets no key"
+    );
+    let report: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(report["recovered"].as_array().unwrap().len(), 0, "{report}");
+    assert!(!other_restore.join(format!("datasets/{dataset}.key")).exists());
 
     // --- Backing up the ledger, online.
     let backup = dir.join("ledger.backup");
@@ -530,10 +654,16 @@ fn the_operator_guide_walked_on_loopback() {
     });
 
     // --- A full restart: everything stopped (SIGTERM) and started again.
-    for service in schedulers.iter_mut().chain([&mut storage, &mut compute]) {
+    for service in schedulers
+        .iter_mut()
+        .chain([&mut storage, &mut second_storage, &mut compute])
+    {
         service.stop();
     }
-    for service in schedulers.iter_mut().chain([&mut storage, &mut compute]) {
+    for service in schedulers
+        .iter_mut()
+        .chain([&mut storage, &mut second_storage, &mut compute])
+    {
         service.run(dir);
     }
     until("a leader after the restart", || {
@@ -581,7 +711,10 @@ fn the_operator_guide_walked_on_loopback() {
     ok(&["chain", "verify", "--profile", text(&client)]);
     ok(&["chain", "audit", "--profile", text(&client)]);
 
-    for service in schedulers.iter_mut().chain([&mut storage, &mut compute]) {
+    for service in schedulers
+        .iter_mut()
+        .chain([&mut storage, &mut second_storage, &mut compute])
+    {
         service.stop();
     }
 }

@@ -157,6 +157,13 @@ async fn a_cluster_restored_from_an_online_backup_drops_a_retired_replica_and_go
         v.sort();
         v
     });
+    // The new leader's term is past the backup's last entry's, so its entries follow them.
+    let term = cluster.replica(leader).raft().metrics().borrow().current_term;
+    assert!(
+        term > info.last_log.unwrap().leader_id.term,
+        "term {term}, backup {:?}",
+        info.last_log
+    );
     // The work after the backup is gone; the ledger goes on from the backup's nonce.
     let client = cluster.client(leader).await;
     assert_eq!(

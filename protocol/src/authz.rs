@@ -28,8 +28,15 @@ const ANY_NODE: &[Role] = &[Role::Scheduler, Role::Storage, Role::Compute];
 const PEOPLE: &[Role] = &[Role::Client, Role::Operator];
 /// People, and scheduler replicas reading the grid for a job.
 const PEOPLE_AND_REPLICAS: &[Role] = &[Role::Client, Role::Operator, Role::Scheduler];
-/// Who looks up the grid's nodes: people, replicas, and gateways placing inference.
-const NODE_READERS: &[Role] = &[Role::Client, Role::Operator, Role::Scheduler, Role::Gateway];
+/// Who looks up the grid's nodes: people, replicas, gateways placing inference, and storage
+/// nodes choosing where to escrow their datasets' keys.
+const NODE_READERS: &[Role] = &[
+    Role::Client,
+    Role::Operator,
+    Role::Scheduler,
+    Role::Gateway,
+    Role::Storage,
+];
 const EVERYONE: &[Role] = &[
     Role::Client,
     Role::Operator,
@@ -86,6 +93,8 @@ pub const TABLE: &[Rule] = &[
     rule(P, "re_replicate", REPLICAS),
     rule(P, "take_replica", STORAGE),
     rule(P, "update_holders", STORAGE),
+    rule(P, "escrow_key", STORAGE),
+    rule(P, "recover_key", STORAGE),
     rule(P, "run_task", REPLICAS),
     rule(P, "sign_ticket", REPLICAS),
     rule(P, "sign_block", REPLICAS),

@@ -912,6 +912,16 @@ pub enum PeerRequest {
     /// Storage to storage: a holder's newer holder set of a dataset the receiver holds;
     /// answered [`PeerResponse::HoldersUpdated`].
     UpdateHolders { holders: crate::holders::HolderSet },
+    /// Storage → storage: keep this dataset's key, sealed to the receiver's node key, for the
+    /// nodes named in `holders` to recover after they lose it (`aic storage restore`).
+    EscrowKey {
+        dataset: String,
+        sealed: SealedKey,
+        holders: Vec<NodeId>,
+    },
+    /// Storage → storage: the key of `dataset` this node escrowed with the receiver, sealed to
+    /// the caller's node key; only for a node its depositor named.
+    RecoverKey { dataset: String },
 }
 
 /// A published model a compute node serves: its TrainedModel asset, the weights tensor the asset
@@ -962,6 +972,17 @@ impl ServedModel {
             holders,
         })
     }
+}
+
+/// A secret sealed to one node's key: an ephemeral X25519 public key, and AES-256-GCM over the
+/// secret under a key derived from the Diffie-Hellman of that ephemeral key with the recipient's
+/// (its Ed25519 node key in Montgomery form). See `aic_storage_node::escrow`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedKey {
+    pub ephemeral: [u8; 32],
+    pub nonce: [u8; 12],
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
 }
 
 /// A batch of rows, already encoded as the model's features (row-major, `rows` × `width`).
@@ -1039,6 +1060,12 @@ pub enum PeerResponse {
     HoldersUpdated {
         epoch: u64,
     },
+    /// The escrowed key is kept.
+    Escrowed,
+    /// The dataset's key, sealed to the caller's node key.
+    RecoveredKey {
+        sealed: SealedKey,
+    },
 }
 
 impl Request for PeerRequest {
@@ -1063,6 +1090,8 @@ impl Request for PeerRequest {
             PeerRequest::ReReplicate { .. } => "re_replicate",
             PeerRequest::TakeReplica { .. } => "take_replica",
             PeerRequest::UpdateHolders { .. } => "update_holders",
+            PeerRequest::EscrowKey { .. } => "escrow_key",
+            PeerRequest::RecoverKey { .. } => "recover_key",
         }
     }
 }

@@ -204,7 +204,9 @@ pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
         | PeerRequest::DropReplica { .. }
         | PeerRequest::ReReplicate { .. }
         | PeerRequest::TakeReplica { .. }
-        | PeerRequest::UpdateHolders { .. } => {
+        | PeerRequest::UpdateHolders { .. }
+        | PeerRequest::EscrowKey { .. }
+        | PeerRequest::RecoverKey { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards"))
         }
         PeerRequest::RunTask(_) | PeerRequest::SignTicket { .. } | PeerRequest::SignBlock { .. } => {

@@ -281,6 +281,16 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
         PeerRequest::UpdateHolders {
             holders: aic_protocol::holders::HolderSet::signed("d", 1, Vec::new(), &[0; 32]),
         },
+        PeerRequest::EscrowKey {
+            dataset: "d".into(),
+            sealed: aic_protocol::messages::SealedKey {
+                ephemeral: [0; 32],
+                nonce: [0; 12],
+                ciphertext: vec![0; 48],
+            },
+            holders: vec![node],
+        },
+        PeerRequest::RecoverKey { dataset: "d".into() },
     ];
     let replicas: Vec<ReplicaRequest> = vec![
         ReplicaRequest::AppendEntries(vec![1]),

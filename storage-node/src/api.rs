@@ -99,6 +99,14 @@ impl RpcHandler for StorageApi {
                 ticket,
             } => node.get_shard(peer, &dataset, &shard, &ticket).await,
             PeerRequest::FetchSealed { dataset, shard } => node.serve_sealed(peer, &dataset, &shard).await,
+            PeerRequest::EscrowKey {
+                dataset,
+                sealed,
+                holders,
+            } => Ok(Reply::One(
+                node.keep_escrow(peer, dataset, sealed, holders).await?,
+            )),
+            PeerRequest::RecoverKey { dataset } => Ok(Reply::One(node.recover_escrow(peer, &dataset).await?)),
             PeerRequest::Replicate {
                 manifest,
                 key,

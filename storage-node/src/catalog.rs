@@ -194,7 +194,7 @@ impl Catalog {
         self.importers.remove(id);
         self.assets.remove(id);
         self.holders.remove(id);
-        for suffix in ["json", "importer", "asset", "holders", "key"] {
+        for suffix in ["json", "importer", "asset", "holders", "escrow", "key"] {
             let path = self.dir.join(format!("{id}.{suffix}"));
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -249,6 +249,24 @@ impl Catalog {
 
     pub fn get(&self, id: &str) -> Option<&(Manifest, DatasetKey)> {
         self.datasets.get(id)
+    }
+
+    /// Where this node's key of `id` is escrowed (`<id>.escrow`); nowhere when unrecorded.
+    pub fn escrowed_with(&self, id: &str) -> crate::escrow::EscrowedWith {
+        std::fs::read(self.dir.join(format!("{id}.escrow")))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records where this node's key of `id` is escrowed.
+    pub fn set_escrowed_with(
+        &self,
+        id: &str,
+        escrowed: &crate::escrow::EscrowedWith,
+    ) -> Result<(), CatalogError> {
+        let json = serde_json::to_vec(escrowed).expect("an escrow record always encodes");
+        self.write(&format!("{id}.escrow"), &json, false)
     }
 
     pub fn ids(&self) -> impl Iterator<Item = &String> {

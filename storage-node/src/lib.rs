@@ -13,12 +13,15 @@ mod api;
 // storage node's own code and its users.
 pub use aic_protocol::{encoding, manifest, report, shard_fetch, upload as upload_client};
 pub mod attest;
+pub mod backup;
 pub mod bundled;
 pub mod catalog;
 pub mod config;
+pub mod escrow;
 mod export;
 pub mod handover;
 pub mod import;
+mod key_escrow;
 pub mod metrics;
 mod node;
 mod replication;
@@ -97,6 +100,8 @@ pub fn start(
         scheduler_addr: config.scheduler.addr.clone(),
         metrics,
         holdings,
+        deposits: escrow::Deposits::open(&storage.data_dir.join("escrow"))
+            .map_err(|e| aic_protocol::Error::Transport(format!("the escrow directory: {e}")))?,
     });
     // The scheduler this node registers with signs the tickets it will be shown.
     let trusting = node.clone();
@@ -130,8 +135,25 @@ pub fn start(
     )?;
     let interval = std::time::Duration::from_secs(storage.scrub_interval_secs);
     handle.spawn(sweep_uploads(node.clone(), shutdown.clone()));
+    handle.spawn(escrow_loop(node.clone(), shutdown.clone()));
     handle.spawn(scrub_loop(node, interval, shutdown));
     Ok(handle)
+}
+
+/// Escrows dataset keys not yet escrowed enough, every [`key_escrow::ESCROW_INTERVAL`], until
+/// shutdown.
+async fn escrow_loop(node: Arc<StorageNode>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(key_escrow::ESCROW_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let made = node.escrow_keys().instrument(tracing::info_span!("escrow")).await;
+        if made > 0 {
+            tracing::info!(made, "dataset keys escrowed with other storage nodes");
+        }
+    }
 }
 
 /// Abandons idle uploads (and deletes their shards) until shutdown.

@@ -9,7 +9,7 @@ use prometheus::{
 use crate::scrub::ScrubReport;
 
 /// Every reason a shard request is refused.
-pub const REJECTION_REASONS: [&str; 24] = [
+pub const REJECTION_REASONS: [&str; 26] = [
     "ticket_expired",
     "ticket_wrong_node",
     "ticket_wrong_dataset",
@@ -34,6 +34,8 @@ pub const REJECTION_REASONS: [&str; 24] = [
     "not_a_holder",
     "bad_holders",
     "damaged_copy",
+    "bad_escrow",
+    "no_escrow",
 ];
 
 /// Every request whose latency is observed.

@@ -41,6 +41,8 @@ pub(crate) struct StorageNode {
     pub metrics: StorageMetrics,
     /// What this node holds, for the heartbeat; refreshed by the scrubber and on every change.
     pub holdings: watch::Sender<Vec<DatasetHolding>>,
+    /// Other storage nodes' dataset keys kept here in escrow, sealed to this node.
+    pub deposits: crate::escrow::Deposits,
 }
 
 impl StorageNode {

@@ -84,13 +84,19 @@ fn write_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Resu
 }
 
 /// Makes `dir` the log of a replica restored from a snapshot ending at `last`: empty, purged and
-/// committed up to it, no vote (see [`crate::backup::restore_into`]).
+/// committed up to it (see [`crate::backup::restore_into`]). Its vote is in the term of that last
+/// entry, for no replica: a leader of the restored cluster is elected in a later term, so its
+/// entries follow the snapshot's in term order, as Raft requires (a vote left empty, at term 0,
+/// let a leader of term 1 append after entries of a higher term, and its writes stalled).
 pub(crate) fn write_restored(dir: &Path, last: Option<LogId>) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     File::create(dir.join("log"))?.sync_all()?;
     if let Some(last) = last {
         write_atomically(dir, "purged", &Some(last))?;
         write_atomically(dir, "committed", &Some(last))?;
+        // Replica ids are hashes of node keys: 0 names no replica.
+        let vote: Vote<ReplicaId> = Vote::new(last.leader_id.term, 0);
+        write_atomically(dir, "vote", &Some(vote))?;
     }
     Ok(())
 }
