@@ -556,6 +556,7 @@ mod tests {
                 node_id: node(b).to_string(),
             },
             voter,
+            matched_index: None,
         }
     }
 

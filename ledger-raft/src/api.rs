@@ -213,6 +213,10 @@ pub struct ReplicaView {
     pub id: ReplicaId,
     pub addr: ReplicaAddr,
     pub voter: bool,
+    /// The last log index the leader knows this replica holds (answered by the leader; none
+    /// from a follower, or for a replica it has not heard from).
+    #[serde(default)]
+    pub matched_index: Option<u64>,
 }
 
 /// The ledger at a glance.

@@ -1,7 +1,8 @@
-//! A replica brought back on an older copy of its data dir (the "restore one replica" mistake):
-//! the rest of the cluster keeps committing, the leader's Raft core keeps running (it took the
-//! follower's log going back as a conflict to search from, not as a panic), and the replica
-//! catches up. A replica given another replica's data dir refuses to start on it.
+//! A replica brought back on an older copy of its data dir (the "restore one replica" mistake)
+//! refuses to start when the leader says it had acknowledged more; when nobody can say, the
+//! leader's Raft core keeps running (it takes the follower's log going back as a conflict to
+//! search from, not as a panic) and the replica catches up. A replica given another replica's
+//! data dir refuses to start on it.
 
 use aic_ledger::amount::Amount;
 use aic_ledger::api::{LedgerRequest, LedgerResponse};
@@ -35,18 +36,33 @@ async fn transfer(cluster: &TestCluster, client: &LedgerClient, n: u128) {
     };
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OlderCopy {
+    /// Its own data dir, with a leader to ask at start.
+    Own,
+    /// Its own, with the start-up check off (as when no peer answers): the leader must cope.
+    OwnUnchecked,
+    /// The other follower's.
+    Other,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_restored_from_an_older_copy_does_not_stop_the_leader() {
-    restore_from_an_older_copy(false).await;
+async fn a_replica_refuses_to_start_on_an_older_copy_of_its_own_data_dir() {
+    restore_from_an_older_copy(OlderCopy::Own).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_on_an_older_copy_unchecked_does_not_stop_the_leader() {
+    restore_from_an_older_copy(OlderCopy::OwnUnchecked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refuses_to_start_on_another_replicas_data_dir() {
-    restore_from_an_older_copy(true).await;
+    restore_from_an_older_copy(OlderCopy::Other).await;
 }
 
-/// `other`: the copy is the other follower's data dir rather than its own.
-async fn restore_from_an_older_copy(other: bool) {
+async fn restore_from_an_older_copy(kind: OlderCopy) {
+    let other = kind == OlderCopy::Other;
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = TestCluster::new(dir.path(), 3);
     cluster.start_all().await;
@@ -100,6 +116,30 @@ async fn restore_from_an_older_copy(other: bool) {
         );
         return;
     }
+    if kind == OlderCopy::Own {
+        // The leader knows it acknowledged more than the copy holds.
+        let refused = cluster.try_start(stale).await;
+        assert!(
+            matches!(
+                refused,
+                Err(aic_ledger::raft::replica::ReplicaError::RevertedLog { held, acknowledged, .. })
+                    if acknowledged > held
+            ),
+            "{:?}",
+            refused.map(|r| r.id)
+        );
+        for n in 21..=23 {
+            transfer(&cluster, &client, n).await;
+        }
+        assert!(leader_replica.is_leader());
+        return;
+    }
+    cluster.settings = Box::new(|dir, genesis| {
+        let mut settings = aic_ledger::raft::replica::ReplicaSettings::new(dir, genesis);
+        settings.audit_every_entry = true;
+        settings.check_log_with_peers = false;
+        settings
+    });
     let restored = cluster.start(stale).await;
     let leader_id = leader_replica.id;
     // It hears from the leader (which then learns its log went back).

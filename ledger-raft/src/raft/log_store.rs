@@ -145,6 +145,30 @@ impl FileLogStore {
         })
     }
 
+    /// Where the durable log ends (its last entry, else its purge point) and the replicas the
+    /// latest membership entry in it names: what a replica checks against its peers at start.
+    pub async fn durable_end(&self) -> (Option<LogId>, Vec<(ReplicaId, super::types::ReplicaAddr)>) {
+        let inner = self.inner.lock().await;
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|(e, _)| e.log_id)
+            .or(inner.purged);
+        let members = inner
+            .entries
+            .values()
+            .rev()
+            .find_map(|(entry, _)| match &entry.payload {
+                openraft::EntryPayload::Membership(membership) => {
+                    Some(membership.nodes().map(|(id, addr)| (*id, addr.clone())).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        (last, members)
+    }
+
     fn read_records(file: &File) -> io::Result<(Indexed, u64)> {
         let mut reader = BufReader::new(file);
         let mut entries = BTreeMap::new();

@@ -48,6 +48,9 @@ pub struct ReplicaSettings {
     pub volatile_log: bool,
     /// Faults under the log's disk (tests of a full disk or a failing fsync).
     pub disk_faults: Option<Arc<super::disk_faults::DiskFaults>>,
+    /// Ask the peers at start whether this replica's log reaches what it acknowledged (see
+    /// [`ReplicaError::RevertedLog`]). Off only in a test of what happens when none can say.
+    pub check_log_with_peers: bool,
 }
 
 impl ReplicaSettings {
@@ -66,6 +69,7 @@ impl ReplicaSettings {
             logs_kept_after_snapshot: 1000,
             volatile_log: false,
             disk_faults: None,
+            check_log_with_peers: true,
         }
     }
 
@@ -94,6 +98,18 @@ pub enum ReplicaError {
     Config(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// The log ends before what the leader knows this replica acknowledged: the data dir is an
+    /// older copy of its own. A replica on it could vote again in a term it already voted in.
+    #[error(
+        "this replica's log ends at index {held}, but the leader ({peer}) knows it acknowledged up \
+         to index {acknowledged}: its data dir is an older copy. Do not run on it: start on an empty \
+         data dir and rejoin (aic ledger remove, add-learner, promote)"
+    )]
+    RevertedLog {
+        held: u64,
+        acknowledged: u64,
+        peer: String,
+    },
     /// The data dir is another replica's (copied from it): this replica will not run on it.
     #[error(
         "{dir} belongs to the replica with node id {owner}, not to this one; a replica's data dir \
@@ -123,6 +139,64 @@ type BackupSnapshot = ([u8; 32], Arc<Vec<u8>>);
 /// How long a forwarded request may take on the leader before this replica stops waiting: well
 /// inside a client's own call timeout, so the client hears why and can try again.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a starting replica waits for its peers' word on what it acknowledged.
+const REVERT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the replicas of the stored membership (through any of them, the leader) how far the
+/// leader knows this replica's log reached, and refuses a log that ends before that: an older
+/// copy of the data dir put back. No peer answering (a whole cluster starting) proves nothing
+/// either way, and the replica starts.
+async fn check_not_reverted(
+    endpoint: &quinn::Endpoint,
+    me: ReplicaId,
+    held: u64,
+    members: &[(ReplicaId, ReplicaAddr)],
+) -> Result<(), ReplicaError> {
+    let mut asks = tokio::task::JoinSet::new();
+    for (_, addr) in members.iter().filter(|(id, _)| *id != me) {
+        let endpoint = endpoint.clone();
+        let addr = addr.clone();
+        asks.spawn(async move {
+            let client = RpcClient::connect(&endpoint, &addr.addr, Role::Scheduler)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ReplicaResponse(bytes) = client
+                .call(&ReplicaRequest::Forward(encode(&LedgerRequest::Status)))
+                .await
+                .map_err(|e| e.to_string())?;
+            match decode::<LedgerResult>(&bytes).map_err(|e| e.to_string())? {
+                Ok(LedgerResponse::Status(status)) => Ok((addr.addr, status)),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(error) => Err(error.to_string()),
+            }
+        });
+    }
+    let first_answer = async {
+        while let Some(done) = asks.join_next().await {
+            if let Ok(Ok(answer)) = done {
+                return Some(answer);
+            }
+        }
+        None
+    };
+    let Ok(Some((peer, status))) = tokio::time::timeout(REVERT_CHECK_TIMEOUT, first_answer).await else {
+        return Ok(());
+    };
+    let acknowledged = status
+        .replicas
+        .iter()
+        .find(|r| r.id == me)
+        .and_then(|r| r.matched_index);
+    match acknowledged {
+        Some(acknowledged) if acknowledged > held => Err(ReplicaError::RevertedLog {
+            held,
+            acknowledged,
+            peer,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Marks `dir` as this replica's own, or refuses it when it is another replica's: a data dir
 /// copied from another replica carries that replica's vote and log, and a replica started on it
 /// would vote and acknowledge in the other's name.
@@ -231,6 +305,26 @@ impl LedgerReplica {
         } else {
             let log = FileLogStore::open_with(&settings.dir.join("log"), settings.disk_faults.clone())
                 .map_err(|e| storage_error(e.to_string()))?;
+            let (last_log, log_members) = log.durable_end().await;
+            let (applied, snapshot_members) = {
+                let applied = shared.read().expect("state lock");
+                let members: Vec<(ReplicaId, ReplicaAddr)> = applied
+                    .membership
+                    .membership()
+                    .nodes()
+                    .map(|(id, addr)| (*id, addr.clone()))
+                    .collect();
+                (applied.last_applied, members)
+            };
+            let held = last_log.max(applied).map(|l| l.index);
+            let members = if log_members.is_empty() {
+                snapshot_members
+            } else {
+                log_members
+            };
+            if let (Some(held), true) = (held, settings.check_log_with_peers) {
+                check_not_reverted(&endpoint, id, held, &members).await?;
+            }
             Raft::new(id, config, network, log, machine).await
         }
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
@@ -758,6 +852,11 @@ impl LedgerReplica {
                 id: *id,
                 addr: addr.clone(),
                 voter: voters.contains(id),
+                matched_index: metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|log_id| log_id.index),
             })
             .collect();
         self.read(|a| LedgerStatus {
