@@ -219,6 +219,10 @@ fn ca_issue_then_a_metrics_port_in_use_is_named() {
     assert!(issued.status.success(), "{}", stderr(&issued));
     let bad_role = aic(&["ca", "issue", "--dir", certs, "--role", "admin", "--name", "x"]);
     assert!(!bad_role.status.success());
+    let storage = aic(&[
+        "ca", "issue", "--dir", certs, "--role", "storage", "--name", "store",
+    ]);
+    assert!(storage.status.success(), "{}", stderr(&storage));
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -226,11 +230,13 @@ fn ca_issue_then_a_metrics_port_in_use_is_named() {
     std::fs::write(
         &config,
         format!(
-            "[endpoint]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:{port}\"\n[endpoint.tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/sched.pem\"\nkey = \"{certs}/sched.key\"\n"
+            "[endpoint]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:{port}\"\n[endpoint.tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/store.pem\"\nkey = \"{certs}/store.key\"\n[storage]\ndata_dir = \"{}\"\n",
+            dir.path().join("data").display()
         ),
     )
     .unwrap();
-    let output = aic(&["scheduler", "--config", config.to_str().unwrap()]);
+    // Every file the config names is there: the port is what fails, when the node binds it.
+    let output = aic(&["storage-node", "--config", config.to_str().unwrap()]);
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(
