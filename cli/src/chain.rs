@@ -143,6 +143,17 @@ pub enum LedgerCommand {
     Remove { node_ids: Vec<NodeId> },
     /// Write a genesis file for a new cluster (every replica must be given the same file).
     Genesis(GenesisArgs),
+    /// Rejoin a replica that lost its data (started again on an empty data dir): removed from the
+    /// membership if it is still in it, added as a learner (which waits until it has caught
+    /// up), then promoted to voter. Needs the operator's profile and a majority without it.
+    Rejoin {
+        /// The replica's QUIC address (host:port).
+        #[arg(long)]
+        addr: String,
+        /// The replica's node id (its certificate's; `aic ledger status` lists them).
+        #[arg(long)]
+        node_id: NodeId,
+    },
     /// Back the ledger up online: the leader takes a snapshot and it is fetched into FILE
     /// (never over an existing file). Needs the operator's profile.
     Backup {
@@ -260,6 +271,9 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
     if let LedgerCommand::Backup { out } = &args.command {
         return backup(&client, out, args.json).await;
     }
+    if let LedgerCommand::Rejoin { addr, node_id } = &args.command {
+        return rejoin(&client, addr, *node_id, args.json).await;
+    }
     let LedgerResponse::Status(status) = ledger_client::request(&client, &LedgerRequest::Status).await?
     else {
         bail!("unexpected answer");
@@ -268,7 +282,8 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
         LedgerCommand::Genesis(_)
         | LedgerCommand::Inspect { .. }
         | LedgerCommand::Restore { .. }
-        | LedgerCommand::Backup { .. } => unreachable!("handled above"),
+        | LedgerCommand::Backup { .. }
+        | LedgerCommand::Rejoin { .. } => unreachable!("handled above"),
         LedgerCommand::Status => {
             let value = serde_json::to_value(&status)?;
             print_out(args.json, value, || {
@@ -309,6 +324,72 @@ pub async fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
     print_out(args.json, json!({"membership_log_index": index}), || {
         format!("membership changed at log index {index}")
     });
+    Ok(())
+}
+
+/// Removes (when still a member), adds as a learner and promotes one replica, each step checked
+/// against the membership as it then is.
+async fn rejoin(
+    client: &aic_protocol::rpc::RpcClient,
+    addr: &str,
+    node_id: NodeId,
+    json: bool,
+) -> anyhow::Result<()> {
+    let replicas = || async {
+        match ledger_client::request(client, &LedgerRequest::Status).await? {
+            LedgerResponse::Status(status) => Ok::<_, anyhow::Error>(status.replicas),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    };
+    let change = |request: LedgerRequest| async move {
+        match ledger_client::request(client, &request).await? {
+            LedgerResponse::MembershipChanged { index } => Ok::<_, anyhow::Error>(index),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    };
+    let id = replica_id_of(&node_id);
+    let mut steps = Vec::new();
+    if replicas().await?.iter().any(|r| r.id == id) {
+        let (request, _) = membership_change(
+            &replicas().await?,
+            LedgerCommand::Remove {
+                node_ids: vec![node_id],
+            },
+        )?;
+        steps.push(("removed", change(request).await?));
+    }
+    let (request, _) = membership_change(
+        &replicas().await?,
+        LedgerCommand::AddLearner {
+            addr: addr.to_string(),
+            node_id,
+        },
+    )?;
+    steps.push(("added as a learner, caught up", change(request).await?));
+    let (request, warning) = membership_change(
+        &replicas().await?,
+        LedgerCommand::Promote {
+            node_ids: vec![node_id],
+        },
+    )?;
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+    steps.push(("promoted to voter", change(request).await?));
+    print_out(
+        json,
+        json!(steps
+            .iter()
+            .map(|(step, index)| json!({"step": step, "membership_log_index": index}))
+            .collect::<Vec<_>>()),
+        || {
+            steps
+                .iter()
+                .map(|(step, index)| format!("{node_id}: {step} (membership at log index {index})"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
     Ok(())
 }
 
@@ -521,7 +602,8 @@ fn membership_change(
         | LedgerCommand::Genesis(_)
         | LedgerCommand::Backup { .. }
         | LedgerCommand::Inspect { .. }
-        | LedgerCommand::Restore { .. } => return Err(MembershipRefusal::NotAChange),
+        | LedgerCommand::Restore { .. }
+        | LedgerCommand::Rejoin { .. } => return Err(MembershipRefusal::NotAChange),
     };
     let mut voters = request;
     voters.sort_unstable();

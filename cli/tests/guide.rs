@@ -617,6 +617,31 @@ fn the_operator_guide_walked_on_loopback() {
     transfer("5");
     assert_ne!(balance(), balance_at_backup);
 
+    // --- One replica's disk lost: it starts on an empty data dir and rejoins.
+    schedulers[1].stop();
+    std::fs::remove_dir_all(dir.join("sched-1/data/ledger")).unwrap();
+    schedulers[1].run(dir);
+    let rejoin_addr = schedulers[1].quic.clone();
+    ok(&[
+        "ledger",
+        "rejoin",
+        "--addr",
+        &rejoin_addr,
+        "--node-id",
+        &ids["sched-1"],
+        "--profile",
+        text(&operator),
+    ]);
+    assert_eq!(voters(&status(&client)), three);
+    until("the rejoined replica holds the ledger again", || {
+        let status = status(&client);
+        let applied = status["applied_index"].as_u64().unwrap();
+        status["replicas"].as_array().unwrap().iter().any(|r| {
+            r["addr"]["node_id"] == ids["sched-1"].as_str()
+                && r["matched_index"].as_u64().is_some_and(|m| m >= applied)
+        })
+    });
+
     // --- Retiring a replica: removed, then stopped; the nodes let it go.
     ok(&["ledger", "remove", &ids["sched-2"], "--profile", text(&operator)]);
     let mut retired = schedulers.pop().unwrap();

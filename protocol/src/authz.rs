@@ -95,6 +95,7 @@ pub const TABLE: &[Rule] = &[
     rule(P, "update_holders", STORAGE),
     rule(P, "escrow_key", STORAGE),
     rule(P, "recover_key", STORAGE),
+    rule(P, "list_tensors", REPLICAS),
     rule(P, "run_task", REPLICAS),
     rule(P, "sign_ticket", REPLICAS),
     rule(P, "sign_block", REPLICAS),

@@ -922,6 +922,9 @@ pub enum PeerRequest {
     /// Storage → storage: the key of `dataset` this node escrowed with the receiver, sealed to
     /// the caller's node key; only for a node its depositor named.
     RecoverKey { dataset: String },
+    /// Scheduler → storage: every whole tensor the node keeps, with its age, for the leader's
+    /// sweep of tensors nothing on the ledger names any more.
+    ListTensors,
 }
 
 /// A published model a compute node serves: its TrainedModel asset, the weights tensor the asset
@@ -973,6 +976,9 @@ impl ServedModel {
         })
     }
 }
+
+/// The most tensors one `ListTensors` answer names.
+pub const MAX_LISTED_TENSORS: usize = 20_000;
 
 /// A secret sealed to one node's key: an ephemeral X25519 public key, and AES-256-GCM over the
 /// secret under a key derived from the Diffie-Hellman of that ephemeral key with the recipient's
@@ -1066,6 +1072,12 @@ pub enum PeerResponse {
     RecoveredKey {
         sealed: SealedKey,
     },
+    /// The node's whole tensors and how many seconds ago each was completed (at most
+    /// `MAX_LISTED_TENSORS`; `more` when there were others).
+    Tensors {
+        tensors: Vec<(crate::tensor::TensorRef, u64)>,
+        more: bool,
+    },
 }
 
 impl Request for PeerRequest {
@@ -1092,6 +1104,7 @@ impl Request for PeerRequest {
             PeerRequest::UpdateHolders { .. } => "update_holders",
             PeerRequest::EscrowKey { .. } => "escrow_key",
             PeerRequest::RecoverKey { .. } => "recover_key",
+            PeerRequest::ListTensors => "list_tensors",
         }
     }
 }

@@ -206,9 +206,8 @@ pub fn answer_peer(request: PeerRequest) -> Result<PeerResponse, RpcError> {
         | PeerRequest::TakeReplica { .. }
         | PeerRequest::UpdateHolders { .. }
         | PeerRequest::EscrowKey { .. }
-        | PeerRequest::RecoverKey { .. } => {
-            Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards"))
-        }
+        | PeerRequest::RecoverKey { .. }
+        | PeerRequest::ListTensors => Err(RpcError::new(ErrorCode::Unsupported, "this node holds no shards")),
         PeerRequest::RunTask(_) | PeerRequest::SignTicket { .. } | PeerRequest::SignBlock { .. } => {
             Err(RpcError::new(ErrorCode::Unsupported, "this node runs no tasks"))
         }

@@ -291,6 +291,7 @@ fn every_request() -> Vec<(FrameKind, &'static str, Frame)> {
             holders: vec![node],
         },
         PeerRequest::RecoverKey { dataset: "d".into() },
+        PeerRequest::ListTensors,
     ];
     let replicas: Vec<ReplicaRequest> = vec![
         ReplicaRequest::AppendEntries(vec![1]),

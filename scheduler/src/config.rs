@@ -41,6 +41,9 @@ pub struct JobSettings {
     /// The leader resumes a job whose runner has recorded no checkpoint for this long (its
     /// replica died). Longer than a slow round, or a busy runner loses its job.
     pub resume_after_ms: u64,
+    /// A tensor on a storage node that no ledger entry names (a failed job's weights, or ones a
+    /// ledger restore forgot) is dropped by the leader's sweep once it is this old.
+    pub tensor_sweep_grace_secs: u64,
     /// A fault drill's hook (written by `aic devnet --kill-*-at-round`; never needed in
     /// production): hold each job after the checkpoint of a round until the drill is done.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,6 +63,7 @@ impl Default for JobSettings {
             steps_per_epoch: 2,
             task_timeout_ms: 60_000,
             resume_after_ms: 180_000,
+            tensor_sweep_grace_secs: 86_400,
             drill: None,
         }
     }
@@ -213,6 +217,12 @@ impl Validate for SchedulerConfig {
         }
         if j.reward_epoch_blocks == 0 {
             return Err(Invalid::new("jobs.reward_epoch_blocks", "must be at least 1"));
+        }
+        if j.tensor_sweep_grace_secs < 3600 {
+            return Err(Invalid::new(
+                "jobs.tensor_sweep_grace_secs",
+                "must be at least 3600 (a running job's newest weights are named only at its next checkpoint)",
+            ));
         }
         if j.resume_after_ms < 1000 {
             return Err(Invalid::new("jobs.resume_after_ms", "must be at least 1000"));

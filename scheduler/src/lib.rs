@@ -32,6 +32,7 @@ pub mod re_replicator;
 pub mod registry;
 pub mod resumer;
 pub mod reward_epochs;
+pub mod tensor_sweeper;
 pub mod vivaldi;
 
 use std::sync::Arc;
@@ -240,6 +241,16 @@ pub async fn start(
         metrics: re_replication_metrics,
     };
     handle.spawn(re_replicator.run(shutdown.clone()));
+    let grace = Duration::from_secs(config.jobs.tensor_sweep_grace_secs);
+    let tensor_sweeper = tensor_sweeper::TensorSweeper {
+        ledger: ledger.clone(),
+        registry: registry_addr.clone(),
+        endpoint: endpoint.clone(),
+        grace,
+        // A few sweeps per grace period, not more than one a minute.
+        every: (grace / 4).max(Duration::from_secs(60)),
+    };
+    handle.spawn(tensor_sweeper.run(shutdown.clone()));
     let api = Arc::new(api::SchedulerApi {
         registry: registry_addr.clone(),
         ledger: ledger.clone(),

@@ -107,6 +107,7 @@ impl RpcHandler for StorageApi {
                 node.keep_escrow(peer, dataset, sealed, holders).await?,
             )),
             PeerRequest::RecoverKey { dataset } => Ok(Reply::One(node.recover_escrow(peer, &dataset).await?)),
+            PeerRequest::ListTensors => Ok(Reply::One(node.list_tensors().await?)),
             PeerRequest::Replicate {
                 manifest,
                 key,

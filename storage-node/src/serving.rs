@@ -481,6 +481,16 @@ impl StorageNode {
             .map_err(|e| self.tensor_refusal(e))
     }
 
+    /// The whole tensors this node keeps, with their ages (for the leader's sweep).
+    pub async fn list_tensors(&self) -> Result<aic_protocol::messages::PeerResponse, RpcError> {
+        let (tensors, more) = self
+            .tensors
+            .list_complete(aic_protocol::messages::MAX_LISTED_TENSORS)
+            .await
+            .map_err(|e| self.tensor_refusal(e))?;
+        Ok(aic_protocol::messages::PeerResponse::Tensors { tensors, more })
+    }
+
     fn tensor_refusal(&self, error: crate::tensor_store::TensorStoreError) -> RpcError {
         use crate::tensor_store::TensorStoreError as E;
         let code = match &error {

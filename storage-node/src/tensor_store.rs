@@ -67,6 +67,13 @@ struct Pending {
     touched: Instant,
 }
 
+/// Seconds since the Unix epoch, as object stores date their objects.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub struct TensorStore {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
@@ -219,6 +226,50 @@ impl TensorStore {
         Ok(true)
     }
 
+    /// Every whole tensor kept (its completion marker written), with how many seconds ago it
+    /// was completed; at most `limit`, and whether there were more.
+    pub async fn list_complete(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<(TensorRef, u64)>, bool), TensorStoreError> {
+        let root = Path::from(format!("{}/tensors", self.prefix));
+        let mut listing = self.inner.list(Some(&root));
+        let now = unix_now();
+        let mut tensors = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            let mut parts: Vec<_> = meta.location.parts().collect();
+            if parts.last().is_none_or(|p| p.as_ref() != "complete") {
+                continue;
+            }
+            parts.pop();
+            let Some(hex_hash) = parts.last().map(|p| p.as_ref().to_string()) else {
+                continue;
+            };
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(&hex_hash, &mut hash).is_err() {
+                continue;
+            }
+            if tensors.len() == limit {
+                return Ok((tensors, true));
+            }
+            let elements: u64 = match self.inner.get(&meta.location).await {
+                Ok(result) => match std::str::from_utf8(&result.bytes().await?)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                {
+                    Some(elements) => elements,
+                    None => continue,
+                },
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let age = now.saturating_sub(meta.last_modified.timestamp().max(0) as u64);
+            tensors.push((TensorRef { hash, elements }, age));
+        }
+        Ok((tensors, false))
+    }
+
     /// Forgets a tensor (its marker first, so it is never served half-deleted).
     pub async fn delete(&self, tensor: &TensorRef) -> Result<(), TensorStoreError> {
         for path in std::iter::once(self.complete_path(tensor))
@@ -343,6 +394,30 @@ mod tests {
             .put_chunk(peer, tensor, 0, &to_bytes(chunks[0]))
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn only_whole_tensors_are_listed_and_a_deleted_one_is_gone_from_the_list() {
+        let store = store();
+        let peer = NodeId::from_public_key(b"scheduler");
+        let small = vec![1.0f32; 10];
+        let whole = TensorRef::of(&small);
+        assert!(store.put_chunk(peer, whole, 0, &to_bytes(&small)).await.unwrap());
+        let large: Vec<f32> = (0..TENSOR_CHUNK_ELEMENTS + 1).map(|i| i as f32).collect();
+        let half = TensorRef::of(&large);
+        assert!(!store
+            .put_chunk(peer, half, 0, &to_bytes(&large[..TENSOR_CHUNK_ELEMENTS]))
+            .await
+            .unwrap());
+        let (listed, more) = store.list_complete(10).await.unwrap();
+        assert!(!more);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, whole);
+        assert!(listed[0].1 < 60, "just completed: {listed:?}");
+        let (none, more) = store.list_complete(0).await.unwrap();
+        assert!(none.is_empty() && more, "a full answer says there were more");
+        store.delete(&whole).await.unwrap();
+        assert!(store.list_complete(10).await.unwrap().0.is_empty());
     }
 
     #[tokio::test]

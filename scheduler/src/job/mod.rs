@@ -36,7 +36,7 @@ use crate::registry::Registry;
 
 mod admission;
 mod board;
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod dispatch;
 pub mod drill;
 pub mod engine;
