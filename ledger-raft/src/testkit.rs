@@ -95,6 +95,10 @@ pub struct TestCluster {
     /// Where each replica listens once started: a restart binds the same address, which the
     /// membership names.
     addrs: Vec<Option<std::net::SocketAddr>>,
+    /// A killed replica's address, bound again as soon as it is free and held until the replica
+    /// restarts on it, so no other socket of this machine (a client's ephemeral port) takes it
+    /// in between.
+    reserved: Vec<Option<std::net::UdpSocket>>,
     pub settings: Box<dyn Fn(PathBuf, Genesis) -> ReplicaSettings + Send + Sync>,
     /// When set, the replicas talk to each other through this fault-injecting network
     /// (clients connect around it).
@@ -127,6 +131,7 @@ impl TestCluster {
             identities,
             replicas: (0..size).map(|_| None).collect(),
             addrs: vec![None; size],
+            reserved: (0..size).map(|_| None).collect(),
             faults: None,
             settings: Box::new(|dir, genesis| {
                 let mut settings = ReplicaSettings::new(dir, genesis);
@@ -154,10 +159,14 @@ impl TestCluster {
             ..TransportTuning::default()
         };
         let at = self.addrs[i].unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let mut reserved = self.reserved[i].take();
         // A killed replica's socket closes once the last of its tasks has stopped: a restart
         // at the same address waits for that (bounded: 10 s).
         let mut tries = 0;
         let socket = loop {
+            if let Some(socket) = reserved.take() {
+                break socket;
+            }
             match transport::bind_udp(at, &tuning) {
                 Ok(socket) => break socket,
                 Err(aic_protocol::Error::Bind { cause, .. })
@@ -247,6 +256,19 @@ impl TestCluster {
     pub async fn kill(&mut self, i: usize) {
         if let Some(running) = self.replicas[i].take() {
             running.kill().await;
+        }
+        // Hold the address for the restart (bounded: 10 s for the old socket to close).
+        if let Some(at) = self.addrs[i] {
+            let tuning = TransportTuning::default();
+            for _ in 0..500 {
+                match transport::bind_udp(at, &tuning) {
+                    Ok(socket) => {
+                        self.reserved[i] = Some(socket);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            }
         }
     }
 
