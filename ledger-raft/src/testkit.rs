@@ -352,6 +352,24 @@ impl TestCluster {
     }
 
     /// Replica ids by index, for membership checks.
+    /// The fundraiser pays `aic` AIC to a new account through `client`; the transfer must apply.
+    pub async fn fundraiser_pays(&self, client: &LedgerClient, aic: u128) {
+        let fundraiser = self.keys.fundraiser.address();
+        let nonce = client.nonce(fundraiser).await.expect("a nonce");
+        let amount = crate::amount::Amount::aic(aic).expect("an amount");
+        let signed = self.fundraiser_transfer(nonce, crate::keys::Keypair::generate().address(), amount);
+        match client
+            .request(&LedgerRequest::Submit(Box::new(signed)))
+            .await
+            .expect("an answer")
+        {
+            crate::api::LedgerResponse::Submitted { result, .. } => {
+                result.expect("applied");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     pub fn ids(&self) -> BTreeMap<usize, ReplicaId> {
         (0..self.replicas.len())
             .filter_map(|i| self.replicas[i].as_ref().map(|r| (i, r.replica.id)))

@@ -3,26 +3,10 @@
 //! the backup, elect a leader among themselves and go on. A restore never fills a data dir that
 //! holds a replica's data, nor names a voter the backup does not know, nor reads a damaged file.
 
-use aic_ledger::amount::Amount;
 use aic_ledger::api::{LedgerApiError, LedgerRequest, LedgerResponse};
 use aic_ledger::backup::{self, RestoreRefusal};
 use aic_ledger::raft::replica::LedgerReplica;
-use aic_ledger::testkit::{wait_for, LedgerClient, TestCluster};
-use aic_ledger::Keypair;
-
-async fn transfer(cluster: &TestCluster, client: &LedgerClient, n: u128) {
-    let fundraiser = cluster.keys.fundraiser.address();
-    let nonce = client.nonce(fundraiser).await.unwrap();
-    let signed = cluster.fundraiser_transfer(nonce, Keypair::generate().address(), Amount::aic(n).unwrap());
-    match client
-        .request(&LedgerRequest::Submit(Box::new(signed)))
-        .await
-        .unwrap()
-    {
-        LedgerResponse::Submitted { result, .. } => result.unwrap(),
-        other => panic!("{other:?}"),
-    };
-}
+use aic_ledger::testkit::{wait_for, TestCluster};
 
 /// The whole backup, piece by piece, as `aic ledger backup` fetches it.
 async fn fetch_backup(replica: &LedgerReplica) -> Vec<u8> {
@@ -61,7 +45,7 @@ async fn a_cluster_restored_from_an_online_backup_drops_a_retired_replica_and_go
     let leader = cluster.leader_index().unwrap();
     let client = cluster.client(leader).await;
     for n in 1..=5 {
-        transfer(&cluster, &client, n).await;
+        cluster.fundraiser_pays(&client, n).await;
     }
     let leader_replica = cluster.replica(leader).clone();
     let snapshot = fetch_backup(&leader_replica).await;
@@ -103,7 +87,7 @@ async fn a_cluster_restored_from_an_online_backup_drops_a_retired_replica_and_go
 
     // Work after the backup, then every replica is lost.
     for n in 6..=8 {
-        transfer(&cluster, &client, n).await;
+        cluster.fundraiser_pays(&client, n).await;
     }
     drop((client, leader_replica));
     let ids = cluster.ids();
@@ -170,7 +154,7 @@ async fn a_cluster_restored_from_an_online_backup_drops_a_retired_replica_and_go
         client.nonce(cluster.keys.fundraiser.address()).await.unwrap(),
         nonce_at_backup
     );
-    transfer(&cluster, &client, 9).await;
+    cluster.fundraiser_pays(&client, 9).await;
     let other = cluster.replica(1 - leader).clone();
     let leader_hash = cluster.replica(leader).read(|a| a.state.state_hash());
     wait_for(|| other.read(|a| a.state.state_hash()) == leader_hash).await;

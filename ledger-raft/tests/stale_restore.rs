@@ -4,10 +4,7 @@
 //! search from, not as a panic) and the replica catches up. A replica given another replica's
 //! data dir refuses to start on it.
 
-use aic_ledger::amount::Amount;
-use aic_ledger::api::{LedgerRequest, LedgerResponse};
-use aic_ledger::testkit::{wait_for, LedgerClient, TestCluster};
-use aic_ledger::Keypair;
+use aic_ledger::testkit::{wait_for, TestCluster};
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -20,20 +17,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
-}
-
-async fn transfer(cluster: &TestCluster, client: &LedgerClient, n: u128) {
-    let fundraiser = cluster.keys.fundraiser.address();
-    let nonce = client.nonce(fundraiser).await.unwrap();
-    let signed = cluster.fundraiser_transfer(nonce, Keypair::generate().address(), Amount::aic(n).unwrap());
-    match client
-        .request(&LedgerRequest::Submit(Box::new(signed)))
-        .await
-        .unwrap()
-    {
-        LedgerResponse::Submitted { result, .. } => result.unwrap(),
-        other => panic!("{other:?}"),
-    };
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -75,7 +58,7 @@ async fn restore_from_an_older_copy(kind: OlderCopy) {
     };
     let client = cluster.client(leader).await;
     for n in 1..=3 {
-        transfer(&cluster, &client, n).await;
+        cluster.fundraiser_pays(&client, n).await;
     }
     // The operator's "backup": a copy of the follower's data dir, taken with it stopped.
     cluster.kill(copied).await;
@@ -84,7 +67,7 @@ async fn restore_from_an_older_copy(kind: OlderCopy) {
     cluster.start(copied).await;
     let data = dir.path().join(format!("replica-{}", stale + 1));
     for n in 4..=20 {
-        transfer(&cluster, &client, n).await;
+        cluster.fundraiser_pays(&client, n).await;
     }
     let leader_replica = cluster.replica(leader).clone();
     let stale_id = cluster.replica(stale).id;
@@ -129,7 +112,7 @@ async fn restore_from_an_older_copy(kind: OlderCopy) {
             refused.map(|r| r.id)
         );
         for n in 21..=23 {
-            transfer(&cluster, &client, n).await;
+            cluster.fundraiser_pays(&client, n).await;
         }
         assert!(leader_replica.is_leader());
         return;
@@ -145,7 +128,7 @@ async fn restore_from_an_older_copy(kind: OlderCopy) {
     // It hears from the leader (which then learns its log went back).
     wait_for(|| restored.raft().metrics().borrow().current_leader == Some(leader_id)).await;
     for n in 21..=30 {
-        transfer(&cluster, &client, n).await;
+        cluster.fundraiser_pays(&client, n).await;
     }
     // The leader replicates the new entries to it: it either catches up from where its log
     // really is, or the leader's core stops (what happened before).

@@ -171,13 +171,7 @@ impl CertificateAuthority {
         validity: Validity,
     ) -> Result<IssuedCertificate> {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(rcgen_error)?;
-        let (node_id, cert_pem) = self.sign(&key, role, name, extra_names, validity)?;
-        Ok(IssuedCertificate {
-            role,
-            node_id,
-            cert_pem,
-            key_pem: key.serialize_pem(),
-        })
+        self.sign_with_key(key, role, name, extra_names, validity)
     }
 
     /// Signs a certificate request made where its key lives (`aic ca request`), so the key
@@ -218,6 +212,18 @@ impl CertificateAuthority {
                 "only Ed25519 keys carry an AIC node id".into(),
             ));
         }
+        self.sign_with_key(key, role, name, extra_names, validity)
+    }
+
+    /// A certificate for `key`, handed back with it.
+    fn sign_with_key(
+        &self,
+        key: KeyPair,
+        role: Role,
+        name: &str,
+        extra_names: &[String],
+        validity: Validity,
+    ) -> Result<IssuedCertificate> {
         let (node_id, cert_pem) = self.sign(&key, role, name, extra_names, validity)?;
         Ok(IssuedCertificate {
             role,

@@ -149,12 +149,7 @@ impl FileLogStore {
     /// latest membership entry in it names: what a replica checks against its peers at start.
     pub async fn durable_end(&self) -> (Option<LogId>, Vec<(ReplicaId, super::types::ReplicaAddr)>) {
         let inner = self.inner.lock().await;
-        let last = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|(e, _)| e.log_id)
-            .or(inner.purged);
+        let last = inner.last_log_id();
         let members = inner
             .entries
             .values()
@@ -197,6 +192,15 @@ impl FileLogStore {
 }
 
 impl Inner {
+    /// The last entry's id, else the purge point.
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries
+            .values()
+            .next_back()
+            .map(|(e, _)| e.log_id)
+            .or(self.purged)
+    }
+
     /// Writes `bytes` at the end of the log and syncs them, through the test's faults if any.
     fn write_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
         if let Some(room) = self.faults.as_ref().and_then(|f| f.room_for(bytes.len())) {
@@ -230,12 +234,7 @@ impl RaftLogStorage<LedgerRaft> for FileLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<LedgerRaft>, StorageError> {
         let inner = self.inner.lock().await;
-        let last = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|(e, _)| e.log_id)
-            .or(inner.purged);
+        let last = inner.last_log_id();
         Ok(LogState {
             last_purged_log_id: inner.purged,
             last_log_id: last,
