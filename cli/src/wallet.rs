@@ -170,11 +170,14 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints JSON or the human text.
+/// Prints JSON or the human text. A reader that went away (`aic … | head`) ends the output
+/// quietly rather than with a panic.
 pub fn print_out(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    use std::io::Write;
+    let out = if json {
+        serde_json::to_string_pretty(&value).unwrap_or_default()
     } else {
-        println!("{}", text());
-    }
+        text()
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{out}");
 }
