@@ -113,15 +113,7 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
 
 /// What is wrong with the files a profile names: a client or an operator certificate will do.
 fn problems(profile: &ClientProfile) -> Vec<Invalid> {
-    let as_client = preflight::identity("tls", &profile.tls, Role::Client);
-    if as_client.is_empty() {
-        return as_client;
-    }
-    let as_operator = preflight::identity("tls", &profile.tls, Role::Operator);
-    if as_operator.is_empty() {
-        return as_operator;
-    }
-    as_client
+    preflight::identity_of_any("tls", &profile.tls, &[Role::Client, Role::Operator])
 }
 
 fn report(problems: &[Invalid]) -> anyhow::Result<()> {

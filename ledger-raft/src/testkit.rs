@@ -159,24 +159,11 @@ impl TestCluster {
             ..TransportTuning::default()
         };
         let at = self.addrs[i].unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
-        let mut reserved = self.reserved[i].take();
-        // A killed replica's socket closes once the last of its tasks has stopped: a restart
-        // at the same address waits for that (bounded: 10 s).
-        let mut tries = 0;
-        let socket = loop {
-            if let Some(socket) = reserved.take() {
-                break socket;
-            }
-            match transport::bind_udp(at, &tuning) {
-                Ok(socket) => break socket,
-                Err(aic_protocol::Error::Bind { cause, .. })
-                    if cause.kind() == std::io::ErrorKind::AddrInUse && tries < 500 =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(error) => panic!("a socket: {error}"),
-            }
+        let socket = match self.reserved[i].take() {
+            Some(socket) => socket,
+            None => bind_when_free(at, &tuning)
+                .await
+                .unwrap_or_else(|error| panic!("a socket: {error}")),
         };
         self.addrs[i] = Some(socket.local_addr().unwrap());
         let addr = socket.local_addr().unwrap().to_string();
@@ -257,18 +244,9 @@ impl TestCluster {
         if let Some(running) = self.replicas[i].take() {
             running.kill().await;
         }
-        // Hold the address for the restart (bounded: 10 s for the old socket to close).
+        // Hold the address for the restart.
         if let Some(at) = self.addrs[i] {
-            let tuning = TransportTuning::default();
-            for _ in 0..500 {
-                match transport::bind_udp(at, &tuning) {
-                    Ok(socket) => {
-                        self.reserved[i] = Some(socket);
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                }
-            }
+            self.reserved[i] = bind_when_free(at, &TransportTuning::default()).await.ok();
         }
     }
 
@@ -399,6 +377,26 @@ impl LedgerClient {
 }
 
 /// Waits (bounded: 20 s) until `condition` holds.
+/// Binds `at` once a killed replica's socket there has closed, which happens when the last of
+/// its tasks has stopped (bounded: 10 s).
+async fn bind_when_free(
+    at: std::net::SocketAddr,
+    tuning: &TransportTuning,
+) -> Result<std::net::UdpSocket, aic_protocol::Error> {
+    let mut tries = 0;
+    loop {
+        match transport::bind_udp(at, tuning) {
+            Err(aic_protocol::Error::Bind { cause, .. })
+                if cause.kind() == std::io::ErrorKind::AddrInUse && tries < 500 =>
+            {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            bound => return bound,
+        }
+    }
+}
+
 pub async fn wait_for(condition: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(20));

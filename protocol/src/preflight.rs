@@ -27,6 +27,11 @@ pub fn endpoint(settings: &EndpointSettings, role: Role, ports: bool) -> Vec<Inv
 
 /// The CA, certificate and key at `files`: readable, parseable, matching, valid now, of `role`.
 pub fn identity(key: &str, files: &IdentityFiles, role: Role) -> Vec<Invalid> {
+    identity_of_any(key, files, &[role])
+}
+
+/// [`identity`], for a certificate of any of `roles`.
+pub fn identity_of_any(key: &str, files: &IdentityFiles, roles: &[Role]) -> Vec<Invalid> {
     let read = |name: &str, path: &Path| {
         std::fs::read_to_string(path).map_err(|e| {
             Invalid::new(
@@ -87,13 +92,15 @@ pub fn identity(key: &str, files: &IdentityFiles, role: Role) -> Vec<Invalid> {
         }
     }
     if let Some(Ok(subject)) = &subject {
-        if subject.role != role {
+        if !roles.contains(&subject.role) {
+            let wanted: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
             problems.push(Invalid::new(
                 format!("{key}.cert"),
                 format!(
-                    "{} is a {} certificate; this service needs a {role} one",
+                    "{} is a {} certificate; this needs a {} one",
                     files.cert.display(),
-                    subject.role
+                    subject.role,
+                    wanted.join(" or ")
                 ),
             ));
         }

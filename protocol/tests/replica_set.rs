@@ -19,6 +19,8 @@ struct FakeScheduler {
     replicas: Mutex<SchedulerReplicas>,
     registrations: AtomicU64,
     heartbeats: AtomicU64,
+    /// Woken at every registration or heartbeat this scheduler answers.
+    heard: Arc<tokio::sync::Notify>,
 }
 
 impl aic_protocol::rpc::RpcHandler for FakeScheduler {
@@ -27,6 +29,7 @@ impl aic_protocol::rpc::RpcHandler for FakeScheduler {
         match request {
             NodeRequest::Register(_) => {
                 self.registrations.fetch_add(1, Ordering::SeqCst);
+                self.heard.notify_waiters();
                 Ok(NodeResponse::Registered {
                     node_id: peer.node_id,
                     heartbeat_interval_ms: 20,
@@ -36,6 +39,7 @@ impl aic_protocol::rpc::RpcHandler for FakeScheduler {
             }
             NodeRequest::Heartbeat(_) => {
                 self.heartbeats.fetch_add(1, Ordering::SeqCst);
+                self.heard.notify_waiters();
                 Ok(NodeResponse::HeartbeatAccepted {
                     probe_targets: Vec::new(),
                     scheduler_replicas,
@@ -61,6 +65,7 @@ fn endpoint(ca: &CertificateAuthority, role: Role, name: &str) -> quinn::Endpoin
 fn start_scheduler(
     ca: &CertificateAuthority,
     name: &str,
+    heard: &Arc<tokio::sync::Notify>,
     shutdown: &CancellationToken,
 ) -> (String, Arc<FakeScheduler>) {
     let endpoint = endpoint(ca, Role::Scheduler, name);
@@ -69,6 +74,7 @@ fn start_scheduler(
         replicas: Mutex::new(SchedulerReplicas::default()),
         registrations: AtomicU64::new(0),
         heartbeats: AtomicU64::new(0),
+        heard: heard.clone(),
     });
     let metrics =
         aic_protocol::metrics::TransportMetrics::register(&prometheus::Registry::new(), "scheduler").unwrap();
@@ -81,14 +87,21 @@ fn start_scheduler(
     (addr, handler)
 }
 
-async fn until(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if check() {
-            return;
+/// Waits until `check` holds, looking again each time a scheduler hears from the node (bounded:
+/// 10 s in all).
+async fn until(heard: &tokio::sync::Notify, what: &str, check: impl Fn() -> bool) {
+    let waiting = async {
+        loop {
+            let next = heard.notified();
+            if check() {
+                return;
+            }
+            next.await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 fn set(index: u64, addrs: &[&String]) -> SchedulerReplicas {
@@ -103,8 +116,9 @@ async fn a_node_follows_the_replica_set_the_ledger_names() {
     aic_protocol::install_crypto_provider();
     let ca = CertificateAuthority::generate("replica-set").unwrap();
     let shutdown = CancellationToken::new();
-    let (a, scheduler_a) = start_scheduler(&ca, "sched-a", &shutdown);
-    let (b, scheduler_b) = start_scheduler(&ca, "sched-b", &shutdown);
+    let heard = Arc::new(tokio::sync::Notify::new());
+    let (a, scheduler_a) = start_scheduler(&ca, "sched-a", &heard, &shutdown);
+    let (b, scheduler_b) = start_scheduler(&ca, "sched-b", &heard, &shutdown);
     *scheduler_a.replicas.lock().unwrap() = set(5, &[&a]);
 
     let registry = prometheus::Registry::new();
@@ -126,7 +140,7 @@ async fn a_node_follows_the_replica_set_the_ledger_names() {
         metrics.clone(),
         shutdown.clone(),
     ));
-    until("registered with the seed", || {
+    until(&heard, "registered with the seed", || {
         scheduler_a.heartbeats.load(Ordering::SeqCst) > 0
     })
     .await;
@@ -135,24 +149,24 @@ async fn a_node_follows_the_replica_set_the_ledger_names() {
     // B joins the cluster: the seed's answers name it, and the node registers with it.
     *scheduler_a.replicas.lock().unwrap() = set(7, &[&a, &b]);
     *scheduler_b.replicas.lock().unwrap() = set(7, &[&a, &b]);
-    until("registered with the added replica", || {
+    until(&heard, "registered with the added replica", || {
         scheduler_b.heartbeats.load(Ordering::SeqCst) > 0
     })
     .await;
-    until("two schedulers connected", || {
+    until(&heard, "two schedulers connected", || {
         metrics.scheduler_connected.get() == 2
     })
     .await;
 
     // A is removed; it still answers with its own older set (index 7), B with the new one.
     *scheduler_b.replicas.lock().unwrap() = set(9, &[&b]);
-    until("the removed replica let go", || {
+    until(&heard, "the removed replica let go", || {
         metrics.scheduler_connected.get() == 1
     })
     .await;
     let a_heartbeats = scheduler_a.heartbeats.load(Ordering::SeqCst);
     let b_heartbeats = scheduler_b.heartbeats.load(Ordering::SeqCst);
-    until("more heartbeats to the remaining replica", || {
+    until(&heard, "more heartbeats to the remaining replica", || {
         scheduler_b.heartbeats.load(Ordering::SeqCst) >= b_heartbeats + 5
     })
     .await;

@@ -34,6 +34,8 @@ pub struct Catalog {
     assets: BTreeMap<String, AssetId>,
     /// Holder sets newer than the import's placement.
     holders: BTreeMap<String, HolderSet>,
+    /// Where this node's key of each dataset is escrowed (`<id>.escrow`), read once at open.
+    escrows: BTreeMap<String, crate::escrow::EscrowedWith>,
 }
 
 impl Catalog {
@@ -48,6 +50,7 @@ impl Catalog {
         let mut importers = BTreeMap::new();
         let mut assets = BTreeMap::new();
         let mut holders = BTreeMap::new();
+        let mut escrows = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))? {
             let path = entry.map_err(|e| error(dir, e.to_string()))?.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -93,6 +96,12 @@ impl Catalog {
                     .map_err(|e| error(&holders_path, e.to_string()))?;
                 holders.insert(id.clone(), set);
             }
+            if let Some(escrowed) = std::fs::read(dir.join(format!("{id}.escrow")))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            {
+                escrows.insert(id.clone(), escrowed);
+            }
             datasets.insert(id, (manifest, DatasetKey::from_bytes(key)));
         }
         Ok(Catalog {
@@ -101,6 +110,7 @@ impl Catalog {
             importers,
             assets,
             holders,
+            escrows,
         })
     }
 
@@ -194,6 +204,7 @@ impl Catalog {
         self.importers.remove(id);
         self.assets.remove(id);
         self.holders.remove(id);
+        self.escrows.remove(id);
         for suffix in ["json", "importer", "asset", "holders", "escrow", "key"] {
             let path = self.dir.join(format!("{id}.{suffix}"));
             match std::fs::remove_file(&path) {
@@ -251,22 +262,21 @@ impl Catalog {
         self.datasets.get(id)
     }
 
-    /// Where this node's key of `id` is escrowed (`<id>.escrow`); nowhere when unrecorded.
+    /// Where this node's key of `id` is escrowed; nowhere when unrecorded.
     pub fn escrowed_with(&self, id: &str) -> crate::escrow::EscrowedWith {
-        std::fs::read(self.dir.join(format!("{id}.escrow")))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        self.escrows.get(id).cloned().unwrap_or_default()
     }
 
-    /// Records where this node's key of `id` is escrowed.
+    /// Records where this node's key of `id` is escrowed (`<id>.escrow`).
     pub fn set_escrowed_with(
-        &self,
+        &mut self,
         id: &str,
         escrowed: &crate::escrow::EscrowedWith,
     ) -> Result<(), CatalogError> {
         let json = serde_json::to_vec(escrowed).expect("an escrow record always encodes");
-        self.write(&format!("{id}.escrow"), &json, false)
+        self.write(&format!("{id}.escrow"), &json, false)?;
+        self.escrows.insert(id.to_string(), escrowed.clone());
+        Ok(())
     }
 
     pub fn ids(&self) -> impl Iterator<Item = &String> {
