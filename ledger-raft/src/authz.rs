@@ -82,8 +82,9 @@ pub const MAX_LEDGER_REQUEST_BYTES: usize = MAX_SYSTEM_TX_BYTES + 4096;
 /// How far ahead of the account's next nonce a transaction may be and still be proposed.
 pub const MAX_NONCE_AHEAD: u64 = 1024;
 
-/// The checks that need no state: size for its kind, chain, signature, system key. Run by the
-/// replica that receives a request, before it forwards it to the leader.
+/// The cheap checks that need no state: size for its kind, chain, system key. Run by the
+/// replica that receives a request, before it forwards it to the leader. The signature is
+/// verified once, by the leader, in the batch it proposes ([`crate::raft::group_commit`]).
 pub fn check_stateless(state: &LedgerState, signed: &SignedTransaction) -> Result<(), TxError> {
     let tx = &signed.tx;
     let system = tx.call.is_system();
@@ -113,16 +114,13 @@ pub fn check_stateless(state: &LedgerState, signed: &SignedTransaction) -> Resul
             got: tx.chain_id.clone(),
         });
     }
-    if !signed.verify() {
-        return Err(TxError::BadSignature);
-    }
     Ok(())
 }
 
 /// The leader's last check before it proposes a transaction that passed [`check_stateless`]
 /// where it entered: a nonce neither spent nor implausibly far ahead, on the leader's applied
 /// state. A refusal here costs no Raft entry; what passes is checked again when the entry is
-/// applied (signature included).
+/// applied.
 pub fn check_nonce(state: &LedgerState, signed: &SignedTransaction) -> Result<(), TxError> {
     let expected = state.account(&signed.tx.from).nonce;
     let got = signed.tx.nonce;

@@ -17,6 +17,8 @@ pub struct LedgerMetrics {
     pub leader_changes: IntCounter,
     pub applied_index: IntGauge,
     pub commit_latency: Histogram,
+    /// Transactions per batch entry the leader proposed (group commit).
+    pub batch_transactions: Histogram,
     pub transactions: IntCounterVec,
     /// Encoded bytes of the transactions applied (what each kind costs every replica's log).
     pub transaction_bytes: IntCounterVec,
@@ -62,9 +64,19 @@ impl LedgerMetrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "aic_ledger_commit_latency_seconds",
-                        "Time from proposing a command to its commit and application",
+                        "Time from submitting a command to its commit and application (a transaction: including its wait for a batch)",
                     )
                     .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14)?),
+                )?,
+            )?,
+            batch_transactions: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "aic_ledger_batch_transactions",
+                        "Transactions in each batch entry the leader proposed (group commit)",
+                    )
+                    .buckets(prometheus::exponential_buckets(1.0, 2.0, 11)?),
                 )?,
             )?,
             transactions: registered(
@@ -169,6 +181,12 @@ impl LedgerMetrics {
 
     /// Publishes the economy and the chain head of `state` (after each batch it applies).
     pub fn record_state(&self, state: &LedgerState) {
+        self.record_head(state);
+        self.record_held(state);
+    }
+
+    /// The gauges that cost nothing to read: height, pending, supply, burned, issued, fees.
+    pub fn record_head(&self, state: &LedgerState) {
         self.block_height.set(state.height() as i64);
         if let Some(head) = state.blocks.last() {
             self.last_block_timestamp.set(head.timestamp_ms as f64 / 1000.0);
@@ -178,6 +196,11 @@ impl LedgerMetrics {
         self.burned.set(state.burned.as_aic_f64());
         self.issued.set(state.issued.as_aic_f64());
         self.fees.set(state.cumulative_fees.as_aic_f64());
+    }
+
+    /// What escrows and stakes hold: sums over every escrow and account, so recounted only
+    /// after entries whose events can move them (not after plain transfers and approvals).
+    pub fn record_held(&self, state: &LedgerState) {
         // Both sums are parts of the supply (audited), so they cannot overflow; checked anyway.
         let escrowed = total(state.escrows.values().map(|e| e.remaining));
         self.escrowed.set(escrowed.as_aic_f64());

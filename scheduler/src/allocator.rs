@@ -1,6 +1,7 @@
 //! The `Allocator` actor (the Resource Allocator): keeps network coordinates for every node,
 //! fitted from the RTTs the nodes report, and the tasks in flight on each compute node, and
-//! places tasks with the pure [`crate::placement`] function.
+//! places tasks with the pure [`crate::placement`] function, or a whole round of them at once
+//! with [`crate::round_placement`].
 
 use std::collections::HashMap;
 
@@ -8,7 +9,10 @@ use actix::prelude::*;
 use aic_protocol::messages::{NodeState, NodeStatus};
 use aic_protocol::{NodeId, Role};
 
-use crate::placement::{self, ComputeCandidate, NetworkModel, Placement, ReplicaLocation, TaskDemand};
+use crate::placement::{
+    self, ComputeCandidate, NetworkModel, Placement, ReplicaLocation, RoundTask, TaskDemand,
+};
+use crate::round_placement::place_round;
 use crate::vivaldi::Coordinates;
 
 /// Feeds the RTT samples in a fresh node list into the coordinates, and remembers the list.
@@ -31,11 +35,28 @@ pub struct Place {
     pub exclude: Vec<NodeId>,
 }
 
+/// Chooses compute nodes for the tasks of a round at once: the same nodes as sending a
+/// [`Place`] for each in turn, in a fraction of the time. Each chosen node counts its tasks.
+#[derive(Message)]
+#[rtype(result = "Vec<Option<Placement<NodeId>>>")]
+pub struct PlaceRound {
+    pub tasks: Vec<Place>,
+}
+
 /// A task placed earlier has finished (or failed) on `node`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Finished {
     pub node: NodeId,
+    /// The placement's compute estimate, which leaves the node's queue.
+    pub compute_secs: f64,
+}
+
+/// What a compute node has in flight: how many tasks, and their estimated seconds of compute.
+#[derive(Clone, Copy, Debug, Default)]
+struct Busy {
+    tasks: u32,
+    queued_secs: f64,
 }
 
 /// The rater's latest reputation for a node.
@@ -50,7 +71,7 @@ pub struct SetReputation {
 pub struct Allocator {
     coordinates: Coordinates<NodeId>,
     nodes: Vec<NodeStatus>,
-    in_flight: HashMap<NodeId, u32>,
+    in_flight: HashMap<NodeId, Busy>,
     reputation: HashMap<NodeId, f64>,
     network: NetworkModel,
 }
@@ -73,32 +94,30 @@ impl Handler<UpdateTopology> for Allocator {
     }
 }
 
-impl Handler<Place> for Allocator {
-    type Result = Option<Placement<NodeId>>;
-
-    fn handle(&mut self, task: Place, _: &mut Self::Context) -> Self::Result {
-        let candidates: Vec<ComputeCandidate<NodeId>> = self
-            .nodes
+impl Allocator {
+    /// Every compute node that is up, as the placement sees it.
+    fn candidates(&self) -> Vec<ComputeCandidate<NodeId>> {
+        self.nodes
             .iter()
-            .filter(|n| {
-                n.role == Role::Compute && n.state == NodeState::Up && !task.exclude.contains(&n.node_id)
-            })
+            .filter(|n| n.role == Role::Compute && n.state == NodeState::Up)
             .map(|n| {
-                let busy = self.in_flight.get(&n.node_id).copied().unwrap_or(0);
-                let flops = (n.capacity.measured_mflops as f64 * 1e6).max(1e6);
+                let busy = self.in_flight.get(&n.node_id).copied().unwrap_or_default();
                 ComputeCandidate {
                     node: n.node_id,
                     coordinate: self.coordinates.get(&n.node_id),
-                    free_slots: n.capacity.task_slots.saturating_sub(busy),
+                    free_slots: n.capacity.task_slots.saturating_sub(busy.tasks),
                     // The device runs tasks one after another: the ones in flight come first.
-                    queue_secs: f64::from(busy) * task.flops / flops,
+                    queue_secs: busy.queued_secs,
                     reputation: self.reputation.get(&n.node_id).copied().unwrap_or(1.0),
                     device_memory_bytes: n.capacity.device_memory_bytes,
-                    flops_per_sec: flops,
+                    flops_per_sec: (n.capacity.measured_mflops as f64 * 1e6).max(1e6),
                 }
             })
-            .collect();
-        let demand = TaskDemand {
+            .collect()
+    }
+
+    fn demand(&self, task: &Place) -> TaskDemand<NodeId> {
+        TaskDemand {
             shard_bytes: task.shard_bytes,
             flops: task.flops,
             memory_bytes: task.memory_bytes,
@@ -110,10 +129,46 @@ impl Handler<Place> for Allocator {
                     coordinate: self.coordinates.get(node),
                 })
                 .collect(),
-        };
-        let chosen = placement::best(&demand, &candidates, &self.network)?;
-        *self.in_flight.entry(chosen.node).or_insert(0) += 1;
+        }
+    }
+
+    fn count(&mut self, placed: &Placement<NodeId>) {
+        let busy = self.in_flight.entry(placed.node).or_default();
+        busy.tasks += 1;
+        busy.queued_secs += placed.compute_secs;
+    }
+}
+
+impl Handler<Place> for Allocator {
+    type Result = Option<Placement<NodeId>>;
+
+    fn handle(&mut self, task: Place, _: &mut Self::Context) -> Self::Result {
+        let mut candidates = self.candidates();
+        candidates.retain(|c| !task.exclude.contains(&c.node));
+        let chosen = placement::best(&self.demand(&task), &candidates, &self.network)?;
+        self.count(&chosen);
         Some(chosen)
+    }
+}
+
+impl Handler<PlaceRound> for Allocator {
+    type Result = Vec<Option<Placement<NodeId>>>;
+
+    fn handle(&mut self, round: PlaceRound, _: &mut Self::Context) -> Self::Result {
+        let candidates = self.candidates();
+        let tasks: Vec<RoundTask<NodeId>> = round
+            .tasks
+            .into_iter()
+            .map(|task| RoundTask {
+                demand: self.demand(&task),
+                exclude: task.exclude,
+            })
+            .collect();
+        let placed = place_round(&tasks, &candidates, &self.network);
+        for chosen in placed.iter().flatten() {
+            self.count(chosen);
+        }
+        placed
     }
 }
 
@@ -122,7 +177,13 @@ impl Handler<Finished> for Allocator {
 
     fn handle(&mut self, message: Finished, _: &mut Self::Context) {
         if let Some(busy) = self.in_flight.get_mut(&message.node) {
-            *busy = busy.saturating_sub(1);
+            busy.tasks = busy.tasks.saturating_sub(1);
+            // Sums of floats drift: an idle node's queue is exactly empty.
+            busy.queued_secs = if busy.tasks == 0 {
+                0.0
+            } else {
+                (busy.queued_secs - message.compute_secs).max(0.0)
+            };
         }
     }
 }

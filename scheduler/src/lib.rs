@@ -32,6 +32,7 @@ pub mod re_replicator;
 pub mod registry;
 pub mod resumer;
 pub mod reward_epochs;
+pub mod round_placement;
 pub mod tensor_sweeper;
 pub mod vivaldi;
 

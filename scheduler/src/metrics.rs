@@ -191,7 +191,7 @@ impl SchedulerMetrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "aic_scheduler_placement_duration_seconds",
-                        "Time the allocator takes to rank compute nodes for a task",
+                        "Time the allocator takes to choose compute nodes for a task, or for a whole round at once",
                     )
                     .buckets(prometheus::exponential_buckets(0.00001, 4.0, 9)?),
                 )?,

@@ -93,12 +93,12 @@ pub fn best<K: Clone + Ord>(
         .min_by(compare)
 }
 
-fn place_on<K: Clone + Ord>(
+pub(crate) fn place_on<K: Clone + Ord>(
     task: &TaskDemand<K>,
     candidate: &ComputeCandidate<K>,
     network: &NetworkModel,
 ) -> Option<Placement<K>> {
-    if candidate.free_slots == 0 || candidate.device_memory_bytes < task.memory_bytes {
+    if !eligible(task, candidate) {
         return None;
     }
     let (replica, rtt_ms, transfer_secs) = task
@@ -109,22 +109,89 @@ fn place_on<K: Clone + Ord>(
             (r, rtt, network.transfer_secs(task.shard_bytes, rtt))
         })
         .min_by(|a, b| a.2.total_cmp(&b.2).then_with(|| a.0.node.cmp(&b.0.node)))?;
-    let compute_secs = task.flops / candidate.flops_per_sec.max(1.0);
-    let reputation = candidate.reputation.clamp(0.01, 1.0);
-    let cost = (transfer_secs + candidate.queue_secs.max(0.0) + compute_secs) / reputation;
+    let terms = CostTerms::of(task, candidate);
     Some(Placement {
         node: candidate.node.clone(),
         replica: replica.node.clone(),
         rtt_ms,
         transfer_secs,
-        queue_secs: candidate.queue_secs.max(0.0),
-        compute_secs,
-        reputation,
-        cost,
+        queue_secs: terms.queue_secs,
+        compute_secs: terms.compute_secs,
+        reputation: terms.reputation,
+        cost: terms.cost(transfer_secs),
     })
 }
 
-fn compare<K: Ord>(a: &Placement<K>, b: &Placement<K>) -> Ordering {
+/// The terms of a candidate's cost that do not depend on where the data comes from. One
+/// function computes the cost for the per-task and the whole-round placement, so both reach the
+/// same floating-point value for the same node.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CostTerms {
+    pub queue_secs: f64,
+    pub compute_secs: f64,
+    pub reputation: f64,
+}
+
+impl CostTerms {
+    pub(crate) fn of<K>(task: &TaskDemand<K>, candidate: &ComputeCandidate<K>) -> Self {
+        CostTerms {
+            queue_secs: candidate.queue_secs.max(0.0),
+            compute_secs: task.flops / candidate.flops_per_sec.max(1.0),
+            reputation: candidate.reputation.clamp(0.01, 1.0),
+        }
+    }
+
+    /// Monotone in `transfer_secs`: the cheapest replica's transfer gives the cheapest cost.
+    pub(crate) fn cost(&self, transfer_secs: f64) -> f64 {
+        (transfer_secs + self.queue_secs + self.compute_secs) / self.reputation
+    }
+}
+
+/// Whether `candidate` can take `task` at all: a free slot and enough device memory.
+pub(crate) fn eligible<K>(task: &TaskDemand<K>, candidate: &ComputeCandidate<K>) -> bool {
+    candidate.free_slots > 0 && candidate.device_memory_bytes >= task.memory_bytes
+}
+
+/// What placing a task on a node leaves of it: one slot fewer, and the task's compute queued
+/// behind what was there.
+pub fn occupy<K>(candidate: &mut ComputeCandidate<K>, placed: &Placement<K>) {
+    candidate.free_slots = candidate.free_slots.saturating_sub(1);
+    candidate.queue_secs = placed.queue_secs + placed.compute_secs;
+}
+
+/// The reference for a round: each task in turn gets the cheapest node left (as [`best`]),
+/// which then counts the task. Skips the nodes a task excludes. O(tasks × candidates); the
+/// round placement gives the same answers at a fraction of the cost.
+pub fn place_one_by_one<K: Clone + Ord>(
+    tasks: &[RoundTask<K>],
+    candidates: &[ComputeCandidate<K>],
+    network: &NetworkModel,
+) -> Vec<Option<Placement<K>>> {
+    let mut nodes = candidates.to_vec();
+    tasks
+        .iter()
+        .map(|task| {
+            let (index, placed) = nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !task.exclude.contains(&c.node))
+                .filter_map(|(i, c)| Some((i, place_on(&task.demand, c, network)?)))
+                .min_by(|a, b| compare(&a.1, &b.1))?;
+            occupy(&mut nodes[index], &placed);
+            Some(placed)
+        })
+        .collect()
+}
+
+/// One task of a round, with the nodes it must not use (ones that failed it, or the node whose
+/// result it checks).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundTask<K> {
+    pub demand: TaskDemand<K>,
+    pub exclude: Vec<K>,
+}
+
+pub(crate) fn compare<K: Ord>(a: &Placement<K>, b: &Placement<K>) -> Ordering {
     a.cost
         .total_cmp(&b.cost)
         .then_with(|| b.reputation.total_cmp(&a.reputation))

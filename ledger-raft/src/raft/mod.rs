@@ -2,6 +2,7 @@
 //! snapshots, and the replica that ties them to the QUIC network.
 
 pub mod disk_faults;
+pub mod group_commit;
 pub mod log_store;
 pub mod mem_log_store;
 pub mod network;

@@ -14,6 +14,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use tokio::sync::Mutex;
 
+use super::group_commit::GroupCommit;
 use super::log_store::FileLogStore;
 use super::mem_log_store::MemLogStore;
 use super::network::QuicNetwork;
@@ -127,6 +128,8 @@ pub struct LedgerReplica {
     endpoint: quinn::Endpoint,
     metrics: LedgerMetrics,
     leader_client: Mutex<Option<(ReplicaId, RpcClient)>>,
+    /// Where submitted transactions wait for their batch while this replica leads.
+    group_commit: GroupCommit,
     /// Where the state machine keeps its snapshot (what a backup reads).
     snapshot_path: PathBuf,
     /// The snapshot a backup in progress is fetching: its hash and bytes.
@@ -328,8 +331,10 @@ impl LedgerReplica {
             Raft::new(id, config, network, log, machine).await
         }
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let group_commit = GroupCommit::start(raft.clone(), shared.clone(), metrics.clone());
         let replica = Arc::new(LedgerReplica {
             id,
+            group_commit,
             me: ReplicaAddr {
                 addr: advertised,
                 node_id: node_id.to_string(),
@@ -640,13 +645,11 @@ impl LedgerReplica {
         }
         match request {
             LedgerRequest::Submit(signed) => {
-                // Signature, chain and size were checked where the request entered (`admit`, on
-                // this replica or the follower that forwarded it; the scheduler's own system
-                // transactions are signed here). A refusal costs no Raft entry; what passes is
-                // checked again, whole, when the entry is applied.
-                self.read(|a| authz::check_nonce(&a.state, &signed))
-                    .map_err(LedgerApiError::Refused)?;
-                self.write(LedgerCommand::Transaction(*signed)).await
+                // Chain, size and authority were checked where the request entered (`admit`, on
+                // this replica or the follower that forwarded it). The signature and the nonce
+                // are checked in the batch (group_commit), before it is proposed; what passes is
+                // checked again, all but the signature, when the entry is applied.
+                self.group_commit.submit(*signed).await
             }
             LedgerRequest::Account(address) => Ok(self.read(|a| {
                 LedgerResponse::Account(AccountView {
@@ -796,7 +799,9 @@ impl LedgerReplica {
                 index: response.log_id.index,
                 result: result.map(|_| Vec::new()),
             }),
-            CommandOutcome::None => Err(LedgerApiError::Raft("a command gave no outcome".into())),
+            CommandOutcome::Batch(_) | CommandOutcome::None => Err(LedgerApiError::Raft(
+                "a command gave no outcome of its own".into(),
+            )),
         }
     }
 

@@ -16,12 +16,13 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    CommandOutcome, Entry, LedgerCommand, LedgerRaft, LogId, ReplicaAddr, ReplicaId, StorageError,
+    CommandOutcome, Entry, LedgerCommand, LedgerRaft, LogId, ReplicaAddr, ReplicaId, StorageError, TxOutcome,
 };
-use crate::error::InvariantViolation;
+use crate::error::{InvariantViolation, TxError};
 use crate::genesis::Genesis;
 use crate::metrics::LedgerMetrics;
-use crate::state::LedgerState;
+use crate::state::{Event, LedgerState};
+use crate::tx::SignedTransaction;
 
 /// What the replica's readers see: the state and how far it is applied.
 pub struct Applied {
@@ -94,6 +95,25 @@ impl LedgerStateMachine {
         self.shared.clone()
     }
 
+    /// Counts an applied transaction (by kind and outcome) and its bytes.
+    fn count(&self, signed: &SignedTransaction, result: &Result<Vec<Event>, TxError>) {
+        let kind = signed.tx.call.kind();
+        let label = match result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.metrics.transactions.with_label_values(&[kind, label]).inc();
+        if let Ok(bytes) = postcard::experimental::serialized_size(signed) {
+            self.metrics
+                .transaction_bytes
+                .with_label_values(&[kind])
+                .inc_by(bytes as u64);
+        }
+        if let Ok(events) = result {
+            self.metrics.record_events(events);
+        }
+    }
+
     fn apply_one(&self, applied: &mut Applied, entry: Entry) -> Result<CommandOutcome, InvariantViolation> {
         applied.last_applied = Some(entry.log_id);
         let outcome = match entry.payload {
@@ -103,27 +123,24 @@ impl LedgerStateMachine {
                 CommandOutcome::None
             }
             EntryPayload::Normal(LedgerCommand::Transaction(signed)) => {
-                let kind = signed.tx.call.kind();
                 let result = applied.state.apply_transaction(&signed);
-                let label = match &result {
-                    Ok(_) => "ok",
-                    Err(e) => e.label(),
-                };
-                self.metrics.transactions.with_label_values(&[kind, label]).inc();
-                if let Ok(encoded) = postcard::to_stdvec(&signed) {
-                    self.metrics
-                        .transaction_bytes
-                        .with_label_values(&[kind])
-                        .inc_by(encoded.len() as u64);
-                }
-                if let Ok(events) = &result {
-                    self.metrics.record_events(events);
-                }
+                self.count(&signed, &result);
                 CommandOutcome::Transaction {
                     hash: signed.hash(),
                     result,
                 }
             }
+            EntryPayload::Normal(LedgerCommand::Batch(batch)) => CommandOutcome::Batch(
+                batch
+                    .iter()
+                    .map(|signed| {
+                        let hash = signed.hash();
+                        let result = applied.state.apply_verified(signed, hash);
+                        self.count(signed, &result);
+                        TxOutcome { hash, result }
+                    })
+                    .collect(),
+            ),
             EntryPayload::Normal(LedgerCommand::SealBlock(header)) => {
                 let result = applied.state.apply_block(&header);
                 if result.is_ok() {
@@ -184,6 +201,30 @@ impl RaftSnapshotBuilder<LedgerRaft> for LedgerStateMachine {
     }
 }
 
+/// Whether an applied entry may have moved what escrows and stakes hold: anything but
+/// transactions whose events are only transfers and approvals (of tokens or assets).
+fn may_move_held(outcome: &CommandOutcome) -> bool {
+    let plain = |result: &Result<Vec<Event>, TxError>| {
+        result.as_ref().map_or(true, |events| {
+            events.iter().all(|event| {
+                matches!(
+                    event,
+                    Event::Transfer { .. }
+                        | Event::Approval { .. }
+                        | Event::AssetTransfer { .. }
+                        | Event::AssetApproval { .. }
+                        | Event::ApprovalForAll { .. }
+                )
+            })
+        })
+    };
+    match outcome {
+        CommandOutcome::Transaction { result, .. } => !plain(result),
+        CommandOutcome::Batch(outcomes) => !outcomes.iter().all(|o| plain(&o.result)),
+        CommandOutcome::Block(_) | CommandOutcome::None => true,
+    }
+}
+
 impl RaftStateMachine<LedgerRaft> for LedgerStateMachine {
     type SnapshotBuilder = Self;
 
@@ -201,10 +242,14 @@ impl RaftStateMachine<LedgerRaft> for LedgerStateMachine {
     {
         let mut applied = self.shared.write().expect("state lock");
         let mut outcomes = Vec::new();
+        let mut held_may_move = false;
         for entry in entries {
             let log_id = entry.log_id;
             match self.apply_one(&mut applied, entry) {
-                Ok(outcome) => outcomes.push(outcome),
+                Ok(outcome) => {
+                    held_may_move |= may_move_held(&outcome);
+                    outcomes.push(outcome);
+                }
                 Err(violation) => {
                     // Fatal by design: openraft stops this replica on a storage error.
                     self.metrics.invariant_violations.inc();
@@ -213,7 +258,10 @@ impl RaftStateMachine<LedgerRaft> for LedgerStateMachine {
                 }
             }
         }
-        self.metrics.record_state(&applied.state);
+        self.metrics.record_head(&applied.state);
+        if held_may_move {
+            self.metrics.record_held(&applied.state);
+        }
         Ok(outcomes)
     }
 

@@ -44,8 +44,13 @@ impl fmt::Display for ReplicaAddr {
 /// What the ledger's log carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerCommand {
+    /// One transaction; every replica verifies its signature when applying it.
     Transaction(SignedTransaction),
     SealBlock(BlockHeader),
+    /// Many transactions in one entry (group commit), applied in order, each succeeding or
+    /// failing alone. The leader that proposed it verified every signature before proposing
+    /// (see [`crate::raft::group_commit`]); replicas check everything else again.
+    Batch(Vec<SignedTransaction>),
 }
 
 impl fmt::Display for LedgerCommand {
@@ -55,6 +60,7 @@ impl fmt::Display for LedgerCommand {
                 write!(f, "tx {} from {}", tx.tx.call.kind(), tx.tx.from.short())
             }
             LedgerCommand::SealBlock(header) => write!(f, "seal block {}", header.height),
+            LedgerCommand::Batch(batch) => write!(f, "batch of {} tx", batch.len()),
         }
     }
 }
@@ -67,8 +73,17 @@ pub enum CommandOutcome {
         result: Result<Vec<Event>, TxError>,
     },
     Block(Result<u64, TxError>),
+    /// A batch's transactions, in order.
+    Batch(Vec<TxOutcome>),
     /// Blank and membership entries.
     None,
+}
+
+/// What applying one transaction of a batch gave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxOutcome {
+    pub hash: [u8; 32],
+    pub result: Result<Vec<Event>, TxError>,
 }
 
 openraft::declare_raft_types!(

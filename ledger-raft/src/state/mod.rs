@@ -505,15 +505,22 @@ impl LedgerState {
     /// Applies one signed transaction. On `Err` nothing changed; on `Ok` the sender's nonce moved
     /// on by one, and the events are in the parties' histories.
     pub fn apply_transaction(&mut self, signed: &SignedTransaction) -> TxResult {
+        if signed.tx.chain_id == self.genesis.chain_id && !signed.verify() {
+            return Err(TxError::BadSignature);
+        }
+        self.apply_verified(signed, signed.hash())
+    }
+
+    /// Applies a transaction whose signature the proposing leader verified (a batch entry's):
+    /// every other check is made here, on every replica. `hash` is the transaction's
+    /// [`SignedTransaction::hash`].
+    pub fn apply_verified(&mut self, signed: &SignedTransaction, hash: [u8; 32]) -> TxResult {
         let tx = &signed.tx;
         if tx.chain_id != self.genesis.chain_id {
             return Err(TxError::WrongChain {
                 expected: self.genesis.chain_id.clone(),
                 got: tx.chain_id.clone(),
             });
-        }
-        if !signed.verify() {
-            return Err(TxError::BadSignature);
         }
         if tx.call.is_system() && tx.from != self.genesis.system_key {
             return Err(TxError::NotSystem);
@@ -530,7 +537,6 @@ impl LedgerState {
         }
         let next_nonce = expected.checked_add(1).ok_or(TxError::Overflow)?;
 
-        let hash = signed.hash();
         let events = self.dispatch(&tx.from, tx.nonce, &tx.call)?;
 
         self.accounts.entry(tx.from).or_default().nonce = next_nonce;

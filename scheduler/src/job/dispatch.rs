@@ -19,7 +19,7 @@ use tracing::warn;
 
 use super::engine::{CollectFailure, Comparison};
 use super::runner::Effects;
-use crate::allocator::{Finished, Place};
+use crate::allocator::{Finished, Place, PlaceRound};
 use crate::data_plane::{self, Part, PlaneError};
 use crate::placement::Placement;
 use crate::rater::{Penalty, RecordPenalty, ShouldCheck};
@@ -69,26 +69,50 @@ impl Effects {
         exclude: Vec<NodeId>,
     ) -> Option<Placement<NodeId>> {
         let replicas = super::engine::replicas_of(&self.nodes(), &self.plan.dataset);
-        let flops = shard.rows as f64 * self.plan.parameters() as f64 * 6.0;
+        let task = self.placement_request(shard, replicas, exclude);
         let placing = Instant::now();
-        let placed = self
-            .ctx
-            .allocator
-            .send(Place {
-                shard_bytes: shard.bytes,
-                flops,
-                memory_bytes: shard.bytes.saturating_mul(4),
-                replicas,
-                exclude,
-            })
-            .await
-            .ok()
-            .flatten();
+        let placed = self.ctx.allocator.send(task).await.ok().flatten();
         self.ctx
             .metrics
             .placement_duration
             .observe(placing.elapsed().as_secs_f64());
         placed
+    }
+
+    /// The allocator's nodes for many tasks at once (a round's), in order: the same nodes as
+    /// placing them one after another.
+    pub async fn place_round(
+        self: Arc<Self>,
+        tasks: Vec<(ShardEntry, Vec<NodeId>)>,
+    ) -> Vec<Option<Placement<NodeId>>> {
+        let count = tasks.len();
+        let replicas = super::engine::replicas_of(&self.nodes(), &self.plan.dataset);
+        let tasks = tasks
+            .into_iter()
+            .map(|(shard, exclude)| self.placement_request(&shard, replicas.clone(), exclude))
+            .collect();
+        let placing = Instant::now();
+        let placed = self
+            .ctx
+            .allocator
+            .send(PlaceRound { tasks })
+            .await
+            .unwrap_or_else(|_| vec![None; count]);
+        self.ctx
+            .metrics
+            .placement_duration
+            .observe(placing.elapsed().as_secs_f64());
+        placed
+    }
+
+    fn placement_request(&self, shard: &ShardEntry, replicas: Vec<NodeId>, exclude: Vec<NodeId>) -> Place {
+        Place {
+            shard_bytes: shard.bytes,
+            flops: shard.rows as f64 * self.plan.parameters() as f64 * 6.0,
+            memory_bytes: shard.bytes.saturating_mul(4),
+            replicas,
+            exclude,
+        }
     }
 
     /// Runs a task on the placed node and frees its slot with the allocator afterwards.
@@ -102,7 +126,10 @@ impl Effects {
         weights: &CheckpointTensors,
     ) -> Result<TaskResult, String> {
         let outcome = self.run_on(task, kind, round, shard, placement, weights).await;
-        self.ctx.allocator.do_send(Finished { node: placement.node });
+        self.ctx.allocator.do_send(Finished {
+            node: placement.node,
+            compute_secs: placement.compute_secs,
+        });
         if let Ok(result) = &outcome {
             self.wire.add_fetched(result.weights_fetched_bytes);
         }

@@ -297,7 +297,62 @@ impl Job {
         ctx.spawn(future.instrument(span).into_actor(self));
     }
 
+    /// Like [`Self::answer`], for a future that answers several events, fed in order.
+    fn answer_all<F>(&mut self, future: F, span: Span, ctx: &mut Context<Self>)
+    where
+        F: Future<Output = Vec<Event>> + 'static,
+    {
+        let generation = self.engine.generation();
+        ctx.spawn(
+            future
+                .instrument(span)
+                .into_actor(self)
+                .map(move |events, job, ctx| {
+                    for event in events {
+                        if job.engine.generation() != generation {
+                            return;
+                        }
+                        job.feed(event, ctx);
+                    }
+                }),
+        );
+    }
+
     fn carry_out(&mut self, commands: Vec<Command>, ctx: &mut Context<Self>) {
+        // The placements asked for at once (a round's tasks) are made at once: one pass of the
+        // allocator over the nodes, the same choices as one request each.
+        let immediate = |c: &Command| matches!(c, Command::Place { after: None, .. });
+        if commands.iter().filter(|c| immediate(c)).count() < 2 {
+            return self.carry_out_each(commands, ctx);
+        }
+        let (now, rest): (Vec<Command>, Vec<Command>) = commands.into_iter().partition(immediate);
+        let fx = self.effects.clone();
+        let round = tracing::info_span!(parent: &self.span, "round", round = self.engine.rounds());
+        let (execs, tasks): (Vec<u64>, Vec<_>) = now
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Place {
+                    exec, shard, exclude, ..
+                } => Some((exec, (shard, exclude))),
+                _ => None,
+            })
+            .unzip();
+        self.answer_all(
+            async move {
+                let placed = fx.place_round(tasks).await;
+                execs
+                    .into_iter()
+                    .zip(placed)
+                    .map(|(exec, placement)| Event::Placed { exec, placement })
+                    .collect()
+            },
+            round,
+            ctx,
+        );
+        self.carry_out_each(rest, ctx);
+    }
+
+    fn carry_out_each(&mut self, commands: Vec<Command>, ctx: &mut Context<Self>) {
         for command in commands {
             let fx = self.effects.clone();
             let round = tracing::info_span!(parent: &self.span, "round", round = self.engine.rounds());
