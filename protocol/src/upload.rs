@@ -164,6 +164,9 @@ pub fn write_parquet(batch: &arrow_array::RecordBatch) -> Result<Vec<u8>, String
             ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
         ))
         .set_max_row_group_row_count(Some(batch.num_rows().max(1)))
+        // Standardised features are nearly all distinct: a dictionary only costs the import a
+        // hash of every value (11 % of its time) before falling back to plain pages.
+        .set_dictionary_enabled(false)
         .build();
     let mut out = Vec::new();
     let mut writer =

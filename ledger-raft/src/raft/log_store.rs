@@ -74,13 +74,24 @@ fn checksum(body: &[u8]) -> [u8; 8] {
 
 /// Writes `value` to `dir/name` so that a crash leaves either the old or the new file.
 fn write_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    let bytes = postcard::to_stdvec(value).map_err(io::Error::other)?;
-    let temp = dir.join(format!("{name}.tmp"));
-    let mut file = File::create(&temp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    fs::rename(&temp, dir.join(name))?;
+    let temp = write_temp(dir, name, value)?;
+    temp.sync_all()?;
+    fs::rename(dir.join(format!("{name}.tmp")), dir.join(name))?;
     File::open(dir)?.sync_all()
+}
+
+/// Replaces `dir/name` by rename without waiting for the disk: for a hint that may be lost or
+/// older after a crash (the commit index, which the leader tells again), never for the vote.
+fn write_hint<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    write_temp(dir, name, value)?;
+    fs::rename(dir.join(format!("{name}.tmp")), dir.join(name))
+}
+
+fn write_temp<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<File> {
+    let bytes = postcard::to_stdvec(value).map_err(io::Error::other)?;
+    let mut file = File::create(dir.join(format!("{name}.tmp")))?;
+    file.write_all(&bytes)?;
+    Ok(file)
 }
 
 /// Makes `dir` the log of a replica restored from a snapshot ending at `last`: empty, purged and
@@ -139,7 +150,11 @@ impl FileLogStore {
                 end,
                 vote: read_small(dir, "vote")?,
                 purged: read_small(dir, "purged")?,
-                committed: read_small(dir, "committed")?,
+                // A hint written without fsync: one a crash left unreadable is no hint.
+                committed: read_small(dir, "committed").unwrap_or_else(|error| {
+                    tracing::warn!(%error, "the saved commit index is unreadable; the leader will tell it again");
+                    None
+                }),
                 faults,
             })),
         })
@@ -259,7 +274,9 @@ impl RaftLogStorage<LedgerRaft> for FileLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().await;
-        write_atomically(&inner.dir, "committed", &committed).map_err(io_err)?;
+        // Only a hint for a faster restart (openraft re-learns the commit index from the leader),
+        // saved at every commit: two fsyncs here would double each commit's disk waits.
+        write_hint(&inner.dir, "committed", &committed).map_err(io_err)?;
         inner.committed = committed;
         Ok(())
     }

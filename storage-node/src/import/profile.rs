@@ -3,7 +3,7 @@
 //! and missing-value policy, its line in the import report, and every refusal, naming the column,
 //! the count and an example value.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef};
@@ -83,7 +83,8 @@ pub(super) struct ColumnProfile {
     median_values: Option<Vec<f64>>,
     dates: Moments,
     first_non_date: Option<(u64, String)>,
-    distinct: BTreeMap<String, u64>,
+    /// Counts by value: looked up for every value of the file, so hashed (sorted where shown).
+    distinct: HashMap<String, u64>,
     distinct_overflow: bool,
     text_chars: u64,
     text_words: u64,
@@ -137,7 +138,9 @@ impl ColumnProfile {
                     ),
                 });
             }
-            if value.parse::<f64>().is_ok_and(|v| !v.is_finite()) {
+            // Parsed once: a number that is not finite is refused, a finite one counted.
+            let parsed = value.parse::<f64>().ok();
+            if parsed.is_some_and(|v| !v.is_finite()) {
                 return Err(ImportError::Unencodable {
                     file: file.to_string(),
                     column: self.name.clone(),
@@ -147,7 +150,7 @@ impl ColumnProfile {
             self.present += 1;
             self.text_chars += value.chars().count() as u64;
             self.text_words += value.split_whitespace().count() as u64;
-            match parse_number(value) {
+            match parsed {
                 Some(number) => {
                     self.numbers.add(number);
                     if number.fract() == 0.0 {
@@ -190,6 +193,13 @@ impl ColumnProfile {
             }
         }
         Ok(())
+    }
+
+    /// The distinct values in text order.
+    fn values_in_order(&self) -> Vec<String> {
+        let mut values: Vec<String> = self.distinct.keys().cloned().collect();
+        values.sort_unstable();
+        values
     }
 
     fn distinct(&self) -> Option<u64> {
@@ -370,13 +380,13 @@ pub(super) fn decide(
         }
         ColumnType::Categorical => {
             if profile.distinct_overflow || profile.distinct.len() > MAX_CATEGORIES {
-                let example = profile.distinct.keys().next().cloned().unwrap_or_default();
+                let example = profile.distinct.keys().min().cloned().unwrap_or_default();
                 return Err(refuse(format!(
                     "more than {MAX_CATEGORIES} distinct values (e.g. {example:?}): too many categories to one-hot"
                 )));
             }
             FeatureEncoding::Categorical {
-                categories: profile.distinct.keys().cloned().collect(),
+                categories: profile.values_in_order(),
             }
         }
     };
@@ -533,12 +543,12 @@ pub(super) fn decide_label(
             "more than {MAX_CATEGORIES} classes: a label names classes (--target for a number)"
         )));
     }
-    let classes = order_classes(profile.distinct.keys().cloned().collect());
+    let classes = order_classes(profile.values_in_order());
     let mut report = profile.report("label", "categorical", false);
     report.encoding = format!("class index, {} classes", classes.len());
     report.policy = policy_text;
-    for (class, count) in &profile.distinct {
-        if *count == 1 {
+    for class in profile.values_in_order() {
+        if profile.distinct[&class] == 1 {
             report.warnings.push(format!(
                 "class {class:?} has a single row: it cannot be learned or tested"
             ));
