@@ -109,7 +109,7 @@ fn main() {
         let import_secs = started.elapsed().as_secs_f64();
         std::fs::remove_file(&csv).unwrap();
         println!(
-            "  import (2 passes, standardise, split, Parquet zstd, seal, store): {:>9.0} rows/s {:>7.1} MB/s",
+            "  import (2 passes, standardise, split, Parquet LZ4, seal, store): {:>9.0} rows/s {:>7.1} MB/s",
             rows as f64 / import_secs,
             mb(bytes) / import_secs
         );
