@@ -305,7 +305,15 @@ impl RaftLogStorage<LedgerRaft> for FileLogStore {
             placed.push((entry, offset));
             offset += 12 + u64::from(len);
         }
-        let result = inner.write_durably(&buffer);
+        // The fsync blocks this thread for as long as the disk takes: on a multi-threaded
+        // runtime the thread's other tasks (the network, the other replicas' cores) move to
+        // another worker meanwhile instead of waiting behind it.
+        let result = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| inner.write_durably(&buffer))
+            }
+            _ => inner.write_durably(&buffer),
+        };
         if let Err(e) = result {
             // Not durable, so never acknowledged. Cut what part of the batch reached the file,
             // so that nothing follows a torn record (a full disk still allows shrinking).

@@ -316,7 +316,7 @@ pub fn analyse(
     let skipped: Vec<bool> = columns.iter().map(|c| options.exclude.contains(c)).collect();
     let mut budget = DistinctBudget::default();
     let mut rows: u64 = 0;
-    let mut batches = source.batches().map_err(&input)?;
+    let mut batches = source.batches().and_then(|b| b.read_ahead()).map_err(&input)?;
     while let Some(batch) = batches.next() {
         let batch = batch.map_err(&input)?;
         let first_row = rows + 1;
@@ -502,7 +502,7 @@ pub async fn encode(
         sink,
     );
     let source = BatchSource::open(&analysis.file, options.batch_rows).map_err(&input)?;
-    let mut batches = source.batches().map_err(&input)?;
+    let mut batches = source.batches().and_then(|b| b.read_ahead()).map_err(&input)?;
     let mut row_number: u64 = 0;
     let (mut kept, mut dropped) = (0u64, 0u64);
     while let Some(batch) = batches.next() {

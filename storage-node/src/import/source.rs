@@ -290,3 +290,65 @@ impl<R: std::io::Read> std::io::Read for CountingReader<R> {
         Ok(n)
     }
 }
+
+/// How many decoded batches may wait for the importer: the parse of the next batches overlaps
+/// the work on this one, and memory stays bounded.
+const READ_AHEAD_BATCHES: usize = 2;
+
+/// [`Batches`] decoded on a thread of their own, at most [`READ_AHEAD_BATCHES`] ahead of their
+/// consumer, in the same order: an import's passes parse on one core and profile or encode on
+/// another. Dropping it stops the thread and waits for it.
+pub(super) struct ReadAhead {
+    received: Option<std::sync::mpsc::Receiver<(Result<RecordBatch, String>, u64)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    bytes_read: u64,
+}
+
+impl Batches {
+    pub fn read_ahead(mut self) -> Result<ReadAhead, String> {
+        let (send, received) = std::sync::mpsc::sync_channel(READ_AHEAD_BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("aic-import-read".into())
+            .spawn(move || {
+                while let Some(batch) = self.next() {
+                    let failed = batch.is_err();
+                    // A consumer gone (it refused the file) or a read error ends the reading.
+                    if send.send((batch, self.bytes_read())).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| format!("starting the reading thread: {e}"))?;
+        Ok(ReadAhead {
+            received: Some(received),
+            thread: Some(thread),
+            bytes_read: 0,
+        })
+    }
+}
+
+impl ReadAhead {
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+}
+
+impl Iterator for ReadAhead {
+    type Item = Result<RecordBatch, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (batch, bytes_read) = self.received.as_ref()?.recv().ok()?;
+        self.bytes_read = bytes_read;
+        Some(batch)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Without a receiver the thread's next send fails and it returns.
+        self.received.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
