@@ -226,6 +226,7 @@ fn main() {
         for (name, f) in [
             ("3 durable replicas, loopback QUIC + mTLS", &replicated),
             ("baseline: 1 replica, in-memory log, no net", &base),
+            ("3 durable replicas, 1 sender (no queue)", &unloaded),
         ] {
             println!(
                 "  {:<44} {:>10.0} {:>10.2} {:>10.2} {:>7}",
@@ -241,14 +242,6 @@ fn main() {
             replicated.per_second / base.per_second,
             replicated.p50.as_secs_f64() / base.p50.as_secs_f64(),
             replicated.p99.as_secs_f64() / base.p99.as_secs_f64()
-        );
-        println!(
-            "  {:<44} {:>10.0} {:>10.2} {:>10.2} {:>7}",
-            "3 durable replicas, 1 sender (no queue)",
-            unloaded.per_second,
-            unloaded.p50.as_secs_f64() * 1e3,
-            unloaded.p99.as_secs_f64() * 1e3,
-            unloaded.committed
         );
         println!(
             "  fsync of a 4 KiB append in the same directory: p50 {:.2} ms, p99 {:.2} ms",

@@ -30,6 +30,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// A storage node at a random place on the 200 × 200 ms plane.
+fn random_storage(rng: &mut StdRng, node: u32) -> ReplicaLocation<u32> {
+    ReplicaLocation {
+        node,
+        coordinate: Coordinate {
+            position: [rng.random_range(0.0..200.0), rng.random_range(0.0..200.0), 0.0],
+            height: 0.5,
+            error: 0.2,
+        },
+    }
+}
+
 fn compute_nodes(rng: &mut StdRng) -> Vec<ComputeCandidate<u32>> {
     (0..NODES as u32)
         .map(|node| ComputeCandidate {
@@ -55,16 +67,7 @@ fn decisions_per_second(rng: &mut StdRng) {
             shard_bytes: 128 << 10,
             flops: 1e8,
             memory_bytes: 1 << 20,
-            replicas: (0..2)
-                .map(|r| ReplicaLocation {
-                    node: 1_000_000 + r,
-                    coordinate: Coordinate {
-                        position: [rng.random_range(0.0..200.0), rng.random_range(0.0..200.0), 0.0],
-                        height: 0.5,
-                        error: 0.2,
-                    },
-                })
-                .collect(),
+            replicas: (0..2).map(|r| random_storage(rng, 1_000_000 + r)).collect(),
         })
         .collect();
     let network = NetworkModel::default();
@@ -246,16 +249,8 @@ fn a_whole_round(rng: &mut StdRng) {
     const STORAGE: u32 = 20;
     const RUNS: usize = 5;
     let candidates = compute_nodes(rng);
-    let storage: Vec<ReplicaLocation<u32>> = (0..STORAGE)
-        .map(|s| ReplicaLocation {
-            node: 1_000_000 + s,
-            coordinate: Coordinate {
-                position: [rng.random_range(0.0..200.0), rng.random_range(0.0..200.0), 0.0],
-                height: 0.5,
-                error: 0.2,
-            },
-        })
-        .collect();
+    let storage: Vec<ReplicaLocation<u32>> =
+        (0..STORAGE).map(|s| random_storage(rng, 1_000_000 + s)).collect();
     let tasks: Vec<RoundTask<u32>> = (0..TASKS)
         .map(|_| {
             let first = rng.random_range(0..storage.len());

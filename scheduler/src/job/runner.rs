@@ -276,17 +276,7 @@ impl Job {
     where
         F: Future<Output = Event> + 'static,
     {
-        let generation = self.engine.generation();
-        ctx.spawn(
-            future
-                .instrument(span)
-                .into_actor(self)
-                .map(move |event, job, ctx| {
-                    if job.engine.generation() == generation {
-                        job.feed(event, ctx);
-                    }
-                }),
-        );
+        self.answer_all(async move { vec![future.await] }, span, ctx);
     }
 
     /// Runs `future` on the actor's context; nothing comes back to the engine.
@@ -297,7 +287,8 @@ impl Job {
         ctx.spawn(future.instrument(span).into_actor(self));
     }
 
-    /// Like [`Self::answer`], for a future that answers several events, fed in order.
+    /// Runs `future` on the actor's context and feeds the events it answers back to the engine
+    /// in order, unless a rewind threw away the rounds they were for meanwhile.
     fn answer_all<F>(&mut self, future: F, span: Span, ctx: &mut Context<Self>)
     where
         F: Future<Output = Vec<Event>> + 'static,
