@@ -29,6 +29,12 @@ pub const MAX_BATCH_TRANSACTIONS: usize = 1024;
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Batches proposed and not yet committed. While these wait, the next batch grows.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Batches this large have their signatures verified on several threads.
+const PARALLEL_FROM: usize = 64;
+/// At most this many verifying threads per batch.
+const MAX_THREADS: usize = 8;
+/// Batches this small are verified on the batching task itself.
+const CHECKED_IN_PLACE: usize = 4;
 /// Submissions waiting for a batch; a full queue makes submitters wait (backpressure).
 const QUEUE: usize = 4 * MAX_BATCH_TRANSACTIONS;
 
@@ -119,12 +125,17 @@ async fn propose_batches(
         let Some(batch) = next_batch(&mut queue, &mut carried).await else {
             return;
         };
-        // Verification is CPU work: off the async threads, which carry the network.
-        let shared_for_checks = shared.clone();
-        let checked = tokio::task::spawn_blocking(move || admit(batch, &shared_for_checks)).await;
-        let Ok(admitted) = checked else {
-            // The check panicked (a bug): its waiters hear that their sender was dropped.
-            continue;
+        // Verification is CPU work: a large batch's goes off the async threads, which carry the
+        // network; a few signatures (tens of µs each) cost less than the hop to another thread.
+        let admitted = if batch.len() <= CHECKED_IN_PLACE {
+            admit(batch, &shared)
+        } else {
+            let shared_for_checks = shared.clone();
+            match tokio::task::spawn_blocking(move || admit(batch, &shared_for_checks)).await {
+                Ok(admitted) => admitted,
+                // The check panicked (a bug): its waiters hear that their sender was dropped.
+                Err(_) => continue,
+            }
         };
         if admitted.is_empty() {
             continue;
@@ -153,10 +164,31 @@ async fn propose_batches(
 /// Signatures (strict Ed25519) and nonces, on the leader's applied state. What fails is answered
 /// at once and left out of the batch.
 fn admit(batch: Vec<Pending>, shared: &SharedState) -> Vec<Pending> {
+    // A large batch's signatures are verified on every core at once: the batch waits for its
+    // verification before it is proposed, and the next one behind it.
+    let valid: Vec<bool> = if batch.len() >= PARALLEL_FROM {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS);
+        let share = batch.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = batch
+                .chunks(share)
+                .map(|part| scope.spawn(move || part.iter().map(|p| p.signed.verify()).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|part| part.join().expect("verifying signatures"))
+                .collect()
+        })
+    } else {
+        batch.iter().map(|p| p.signed.verify()).collect()
+    };
     let verified: Vec<Pending> = batch
         .into_iter()
-        .filter_map(|pending| {
-            if pending.signed.verify() {
+        .zip(valid)
+        .filter_map(|(pending, valid)| {
+            if valid {
                 Some(pending)
             } else {
                 let _ = pending

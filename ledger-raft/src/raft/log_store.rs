@@ -5,7 +5,7 @@
 //! dir/log        [len u32][blake3[..8] of body][body = postcard Entry] …
 //! dir/vote       postcard Option<Vote>      (write temp, fsync, rename, fsync dir)
 //! dir/purged     postcard Option<LogId>
-//! dir/committed  postcard Option<LogId>
+//! dir/committed  postcard Option<LogId>   (a hint: every 64 entries, no fsync)
 //! ```
 //!
 //! On open the file is read back; a torn record at the tail (a crash mid-append, never
@@ -32,6 +32,9 @@ use tokio::sync::Mutex;
 use super::disk_faults::{self, DiskFaults};
 use super::types::{Entry, LedgerRaft, LogId, ReplicaId, StorageError};
 
+/// How many entries the saved commit index may trail the real one.
+const COMMIT_HINT_EVERY: u64 = 64;
+
 /// Largest record accepted when reading the log back (a corrupt length is not trusted).
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 
@@ -48,6 +51,8 @@ struct Inner {
     vote: Option<Vote<ReplicaId>>,
     purged: Option<LogId>,
     committed: Option<LogId>,
+    /// The commit index the `committed` file holds.
+    committed_on_disk: Option<LogId>,
     /// Faults a test put under the log (none in production).
     faults: Option<Arc<DiskFaults>>,
 }
@@ -142,6 +147,10 @@ impl FileLogStore {
             file.sync_all()?;
         }
         file = OpenOptions::new().read(true).append(true).open(&path)?;
+        let committed: Option<LogId> = read_small(dir, "committed").unwrap_or_else(|error| {
+            tracing::warn!(%error, "the saved commit index is unreadable; the leader will tell it again");
+            None
+        });
         Ok(FileLogStore {
             inner: Arc::new(Mutex::new(Inner {
                 dir: dir.to_path_buf(),
@@ -151,10 +160,8 @@ impl FileLogStore {
                 vote: read_small(dir, "vote")?,
                 purged: read_small(dir, "purged")?,
                 // A hint written without fsync: one a crash left unreadable is no hint.
-                committed: read_small(dir, "committed").unwrap_or_else(|error| {
-                    tracing::warn!(%error, "the saved commit index is unreadable; the leader will tell it again");
-                    None
-                }),
+                committed,
+                committed_on_disk: committed,
                 faults,
             })),
         })
@@ -274,9 +281,14 @@ impl RaftLogStorage<LedgerRaft> for FileLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().await;
-        // Only a hint for a faster restart (openraft re-learns the commit index from the leader),
-        // saved at every commit: two fsyncs here would double each commit's disk waits.
-        write_hint(&inner.dir, "committed", &committed).map_err(io_err)?;
+        // Only a hint for a faster restart (openraft re-learns the commit index from the leader,
+        // and re-applies from an older one): written without fsync, and only every
+        // `COMMIT_HINT_EVERY` entries, since openraft saves it at every commit.
+        let written = inner.committed_on_disk.map_or(0, |c| c.index);
+        if committed.is_some_and(|c| c.index >= written.saturating_add(COMMIT_HINT_EVERY)) {
+            write_hint(&inner.dir, "committed", &committed).map_err(io_err)?;
+            inner.committed_on_disk = committed;
+        }
         inner.committed = committed;
         Ok(())
     }
