@@ -108,25 +108,38 @@ pub enum CellError {
     NotADate(String),
 }
 
+/// `text` without leading and trailing whitespace, as [`str::trim`]; a cell that starts and ends
+/// in a visible ASCII character (almost every cell of a data file) is returned as it is, without
+/// the Unicode scan (the import calls this for every cell, in both passes).
+pub fn trimmed(text: &str) -> &str {
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => text,
+        _ => text.trim(),
+    }
+}
+
 /// Whether `raw` is a missing value under `markers` (trimmed, ignoring ASCII case).
 pub fn is_missing(raw: Option<&str>, markers: &[String]) -> bool {
     match raw {
         None => true,
         Some(text) => {
-            let text = text.trim();
-            markers.iter().any(|m| m.trim().eq_ignore_ascii_case(text))
+            let text = trimmed(text);
+            // Trimming only shortens a marker: one shorter than the cell cannot match it.
+            markers
+                .iter()
+                .any(|m| m.len() >= text.len() && trimmed(m).eq_ignore_ascii_case(text))
         }
     }
 }
 
 /// A finite number, or `None`.
 pub fn parse_number(raw: &str) -> Option<f64> {
-    raw.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+    trimmed(raw).parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` (or `YYYY/MM/DD`) date, or `None`.
 pub fn parse_date(raw: &str) -> Option<i64> {
-    let raw = raw.trim();
+    let raw = trimmed(raw);
     let mut parts = raw.split(['-', '/']);
     let (year, month, day) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || year.len() != 4 || month.len() != 2 || day.len() != 2 {
@@ -227,7 +240,7 @@ impl Feature {
             FeatureEncoding::Categorical { categories } => {
                 out.fill(0.0);
                 let at = categories
-                    .binary_search_by(|c| c.as_str().cmp(raw.trim()))
+                    .binary_search_by(|c| c.as_str().cmp(trimmed(raw)))
                     .unwrap_or(categories.len());
                 out[at] = 1.0;
             }
@@ -239,6 +252,32 @@ impl Feature {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimmed_cells_are_what_str_trim_gives() {
+        for cell in [
+            "",
+            " ",
+            "0.5",
+            " 0.5",
+            "0.5 ",
+            "\t-1e5\n",
+            "NA",
+            " na ",
+            "\u{a0}7\u{2003}",
+            "\u{a0}",
+            "é",
+            " é ",
+            "a b",
+        ] {
+            assert_eq!(trimmed(cell), cell.trim(), "{cell:?}");
+        }
+        let markers = vec!["NA".to_string(), " null ".to_string()];
+        assert!(is_missing(Some(" na"), &markers));
+        assert!(is_missing(Some("NULL"), &markers));
+        assert!(!is_missing(Some("0.25"), &markers));
+        assert!(is_missing(None, &markers));
+    }
 
     #[test]
     fn dates_count_days_from_the_epoch() {

@@ -523,7 +523,7 @@ pub async fn encode(
                 dropped += 1;
                 continue;
             }
-            let raw_label = raw_label.expect("present").trim();
+            let raw_label = crate::encoding::trimmed(raw_label.expect("present"));
             let label = match &analysis.target {
                 // Standardised like the features, so training is well scaled whatever the
                 // target's units; a prediction is mapped back with the manifest's mean and std.

@@ -10,7 +10,7 @@ use arrow_array::{Array, ArrayRef};
 
 use super::{ColumnType, ImportError, ImportOptions, MAX_CATEGORIES, MAX_CELL_BYTES};
 use crate::encoding::{
-    is_missing, parse_date, parse_number, Feature, FeatureEncoding, MissingPolicy, MISSING_LEVEL,
+    is_missing, parse_date, parse_number, trimmed, Feature, FeatureEncoding, MissingPolicy, MISSING_LEVEL,
 };
 use crate::report::ColumnReport;
 
@@ -127,7 +127,7 @@ impl ColumnProfile {
                 self.first_missing_row.get_or_insert(row);
                 continue;
             }
-            let value = raw.expect("present").trim();
+            let value = trimmed(raw.expect("present"));
             if value.len() > MAX_CELL_BYTES {
                 return Err(ImportError::Unencodable {
                     file: file.to_string(),
