@@ -33,8 +33,6 @@ const BATCHES_IN_FLIGHT: usize = 4;
 const PARALLEL_FROM: usize = 64;
 /// At most this many verifying threads per batch.
 const MAX_THREADS: usize = 8;
-/// Batches this small are verified on the batching task itself.
-const CHECKED_IN_PLACE: usize = 4;
 /// Submissions waiting for a batch; a full queue makes submitters wait (backpressure).
 const QUEUE: usize = 4 * MAX_BATCH_TRANSACTIONS;
 
@@ -125,17 +123,12 @@ async fn propose_batches(
         let Some(batch) = next_batch(&mut queue, &mut carried).await else {
             return;
         };
-        // Verification is CPU work: a large batch's goes off the async threads, which carry the
-        // network; a few signatures (tens of µs each) cost less than the hop to another thread.
-        let admitted = if batch.len() <= CHECKED_IN_PLACE {
-            admit(batch, &shared)
-        } else {
-            let shared_for_checks = shared.clone();
-            match tokio::task::spawn_blocking(move || admit(batch, &shared_for_checks)).await {
-                Ok(admitted) => admitted,
-                // The check panicked (a bug): its waiters hear that their sender was dropped.
-                Err(_) => continue,
-            }
+        // Verification is CPU work: off the async threads, which carry the network.
+        let shared_for_checks = shared.clone();
+        let admitted = match tokio::task::spawn_blocking(move || admit(batch, &shared_for_checks)).await {
+            Ok(admitted) => admitted,
+            // The check panicked (a bug): its waiters hear that their sender was dropped.
+            Err(_) => continue,
         };
         if admitted.is_empty() {
             continue;
