@@ -1,7 +1,7 @@
 //! The `Allocator` actor (the Resource Allocator): keeps network coordinates for every node,
 //! fitted from the RTTs the nodes report, and the tasks in flight on each compute node, and
-//! places tasks with the pure [`crate::placement`] function, or a whole round of them at once
-//! with [`crate::round_placement`].
+//! places tasks, a whole round at once, with the pure [`crate::round_placement`] function (which
+//! chooses what [`crate::placement`]'s per-task ranking would).
 
 use std::collections::HashMap;
 
@@ -9,9 +9,7 @@ use actix::prelude::*;
 use aic_protocol::messages::{NodeState, NodeStatus};
 use aic_protocol::{NodeId, Role};
 
-use crate::placement::{
-    self, ComputeCandidate, NetworkModel, Placement, ReplicaLocation, RoundTask, TaskDemand,
-};
+use crate::placement::{ComputeCandidate, NetworkModel, Placement, ReplicaLocation, RoundTask, TaskDemand};
 use crate::round_placement::place_round;
 use crate::vivaldi::Coordinates;
 
@@ -22,9 +20,7 @@ pub struct UpdateTopology {
     pub nodes: Vec<NodeStatus>,
 }
 
-/// Chooses a compute node for a task; the chosen node counts one more task in flight.
-#[derive(Message)]
-#[rtype(result = "Option<Placement<NodeId>>")]
+/// A task to place; the chosen node counts one more task in flight.
 pub struct Place {
     pub shard_bytes: u64,
     pub flops: f64,
@@ -35,8 +31,9 @@ pub struct Place {
     pub exclude: Vec<NodeId>,
 }
 
-/// Chooses compute nodes for the tasks of a round at once: the same nodes as sending a
-/// [`Place`] for each in turn, in a fraction of the time. Each chosen node counts its tasks.
+/// Chooses compute nodes for tasks (a round's, or one) at once: the same nodes as placing each
+/// in turn with [`crate::placement::best`], in a fraction of the time. Each chosen node counts its
+/// tasks.
 #[derive(Message)]
 #[rtype(result = "Vec<Option<Placement<NodeId>>>")]
 pub struct PlaceRound {
@@ -136,18 +133,6 @@ impl Allocator {
         let busy = self.in_flight.entry(placed.node).or_default();
         busy.tasks += 1;
         busy.queued_secs += placed.compute_secs;
-    }
-}
-
-impl Handler<Place> for Allocator {
-    type Result = Option<Placement<NodeId>>;
-
-    fn handle(&mut self, task: Place, _: &mut Self::Context) -> Self::Result {
-        let mut candidates = self.candidates();
-        candidates.retain(|c| !task.exclude.contains(&c.node));
-        let chosen = placement::best(&self.demand(&task), &candidates, &self.network)?;
-        self.count(&chosen);
-        Some(chosen)
     }
 }
 

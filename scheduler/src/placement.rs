@@ -191,7 +191,7 @@ pub struct RoundTask<K> {
     pub exclude: Vec<K>,
 }
 
-pub(crate) fn compare<K: Ord>(a: &Placement<K>, b: &Placement<K>) -> Ordering {
+fn compare<K: Ord>(a: &Placement<K>, b: &Placement<K>) -> Ordering {
     a.cost
         .total_cmp(&b.cost)
         .then_with(|| b.reputation.total_cmp(&a.reputation))

@@ -177,32 +177,24 @@ fn admit(batch: Vec<Pending>, shared: &SharedState) -> Vec<Pending> {
     } else {
         batch.iter().map(|p| p.signed.verify()).collect()
     };
-    let verified: Vec<Pending> = batch
+    let applied = shared.read().expect("state lock");
+    batch
         .into_iter()
         .zip(valid)
         .filter_map(|(pending, valid)| {
-            if valid {
-                Some(pending)
+            let checked = if valid {
+                authz::check_nonce(&applied.state, &pending.signed)
             } else {
-                let _ = pending
-                    .answer
-                    .send(Err(LedgerApiError::Refused(TxError::BadSignature)));
-                None
-            }
-        })
-        .collect();
-    let applied = shared.read().expect("state lock");
-    verified
-        .into_iter()
-        .filter_map(
-            |pending| match authz::check_nonce(&applied.state, &pending.signed) {
+                Err(TxError::BadSignature)
+            };
+            match checked {
                 Ok(()) => Some(pending),
                 Err(refusal) => {
                     let _ = pending.answer.send(Err(LedgerApiError::Refused(refusal)));
                     None
                 }
-            },
-        )
+            }
+        })
         .collect()
 }
 
@@ -215,40 +207,30 @@ type Committed = Result<
 >;
 
 fn answer_batch(outcome: Committed, answers: Vec<oneshot::Sender<LedgerResult>>) {
-    let response = match outcome {
-        Ok(Ok(response)) => response,
-        Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
-            // Not proposed here: the caller may try again once a leader is known.
-            for answer in answers {
-                let _ = answer.send(Err(LedgerApiError::NoLeader));
-            }
-            return;
-        }
-        Ok(Err(other)) => {
-            for answer in answers {
-                let _ = answer.send(Err(LedgerApiError::Raft(other.to_string())));
-            }
-            return;
-        }
-        Err(_) => {
-            for answer in answers {
-                let _ = answer.send(Err(LedgerApiError::Raft("the Raft core stopped".into())));
-            }
-            return;
-        }
+    let committed = match outcome {
+        Ok(Ok(response)) => match response.data {
+            CommandOutcome::Batch(outcomes) => Ok((response.log_id.index, outcomes)),
+            _ => Err(LedgerApiError::Raft("a batch gave no outcome".into())),
+        },
+        // Not proposed here: the caller may try again once a leader is known.
+        Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(LedgerApiError::NoLeader),
+        Ok(Err(other)) => Err(LedgerApiError::Raft(other.to_string())),
+        Err(_) => Err(LedgerApiError::Raft("the Raft core stopped".into())),
     };
-    let index = response.log_id.index;
-    let CommandOutcome::Batch(outcomes) = response.data else {
-        for answer in answers {
-            let _ = answer.send(Err(LedgerApiError::Raft("a batch gave no outcome".into())));
+    match committed {
+        Ok((index, outcomes)) => {
+            for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                let _ = answer.send(Ok(LedgerResponse::Submitted {
+                    hash: outcome.hash,
+                    index,
+                    result: outcome.result,
+                }));
+            }
         }
-        return;
-    };
-    for (answer, outcome) in answers.into_iter().zip(outcomes) {
-        let _ = answer.send(Ok(LedgerResponse::Submitted {
-            hash: outcome.hash,
-            index,
-            result: outcome.result,
-        }));
+        Err(error) => {
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
+            }
+        }
     }
 }

@@ -74,24 +74,26 @@ fn checksum(body: &[u8]) -> [u8; 8] {
 
 /// Writes `value` to `dir/name` so that a crash leaves either the old or the new file.
 fn write_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    let temp = write_temp(dir, name, value)?;
-    temp.sync_all()?;
-    fs::rename(dir.join(format!("{name}.tmp")), dir.join(name))?;
+    let (temp, file) = write_temp(dir, name, value)?;
+    file.sync_all()?;
+    fs::rename(temp, dir.join(name))?;
     File::open(dir)?.sync_all()
 }
 
 /// Replaces `dir/name` by rename without waiting for the disk: for a hint that may be lost or
 /// older after a crash (the commit index, which the leader tells again), never for the vote.
 fn write_hint<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    write_temp(dir, name, value)?;
-    fs::rename(dir.join(format!("{name}.tmp")), dir.join(name))
+    let (temp, _) = write_temp(dir, name, value)?;
+    fs::rename(temp, dir.join(name))
 }
 
-fn write_temp<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<File> {
+/// `value` written to `dir/name.tmp`: the path and the open file.
+fn write_temp<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<(PathBuf, File)> {
     let bytes = postcard::to_stdvec(value).map_err(io::Error::other)?;
-    let mut file = File::create(dir.join(format!("{name}.tmp")))?;
+    let temp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&temp)?;
     file.write_all(&bytes)?;
-    Ok(file)
+    Ok((temp, file))
 }
 
 /// Makes `dir` the log of a replica restored from a snapshot ending at `last`: empty, purged and

@@ -778,30 +778,29 @@ impl LedgerReplica {
         }
     }
 
-    async fn write(&self, command: LedgerCommand) -> LedgerResult {
+    /// Proposes a block seal and waits for it to apply. (Transactions are proposed in batches,
+    /// by [`GroupCommit`].)
+    async fn write_block(&self, header: crate::block::BlockHeader) -> LedgerResult {
         let started = Instant::now();
-        let response = self.raft.client_write(command).await.map_err(|e| match e {
-            // Not proposed here: the caller may try again once a leader is known.
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LedgerApiError::NoLeader,
-            other => raft_error(other),
-        })?;
+        let response = self
+            .raft
+            .client_write(LedgerCommand::SealBlock(header))
+            .await
+            .map_err(|e| match e {
+                // Not proposed here: the caller may try again once a leader is known.
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LedgerApiError::NoLeader,
+                other => raft_error(other),
+            })?;
         self.metrics
             .commit_latency
             .observe(started.elapsed().as_secs_f64());
         match response.data {
-            CommandOutcome::Transaction { hash, result } => Ok(LedgerResponse::Submitted {
-                hash,
-                index: response.log_id.index,
-                result,
-            }),
             CommandOutcome::Block(result) => Ok(LedgerResponse::Submitted {
                 hash: [0; 32],
                 index: response.log_id.index,
                 result: result.map(|_| Vec::new()),
             }),
-            CommandOutcome::Batch(_) | CommandOutcome::None => Err(LedgerApiError::Raft(
-                "a command gave no outcome of its own".into(),
-            )),
+            _ => Err(LedgerApiError::Raft("a block seal gave no block outcome".into())),
         }
     }
 
@@ -819,7 +818,7 @@ impl LedgerReplica {
     /// Commits a signed block header through Raft (leader only); every replica checks it.
     pub async fn commit_block(&self, header: crate::block::BlockHeader) -> Result<u64, String> {
         let height = header.height;
-        match self.write(LedgerCommand::SealBlock(header)).await {
+        match self.write_block(header).await {
             Ok(LedgerResponse::Submitted { result: Ok(_), .. }) => Ok(height),
             Ok(LedgerResponse::Submitted { result: Err(e), .. }) => Err(e.to_string()),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
@@ -839,7 +838,7 @@ impl LedgerReplica {
         header.proposer_key = key.address();
         header.sign(key);
         let height = header.height;
-        Some(match self.write(LedgerCommand::SealBlock(header)).await {
+        Some(match self.write_block(header).await {
             Ok(LedgerResponse::Submitted { result: Ok(_), .. }) => Ok(height),
             Ok(LedgerResponse::Submitted { result: Err(e), .. }) => Err(e.to_string()),
             Ok(other) => Err(format!("unexpected answer {other:?}")),

@@ -202,25 +202,16 @@ impl RaftSnapshotBuilder<LedgerRaft> for LedgerStateMachine {
 }
 
 /// Whether an applied entry may have moved what escrows and stakes hold: anything but
-/// transactions whose events are only transfers and approvals (of tokens or assets).
+/// transactions whose events all leave holdings alone (a refused one has none).
 fn may_move_held(outcome: &CommandOutcome) -> bool {
-    let plain = |result: &Result<Vec<Event>, TxError>| {
-        result.as_ref().map_or(true, |events| {
-            events.iter().all(|event| {
-                matches!(
-                    event,
-                    Event::Transfer { .. }
-                        | Event::Approval { .. }
-                        | Event::AssetTransfer { .. }
-                        | Event::AssetApproval { .. }
-                        | Event::ApprovalForAll { .. }
-                )
-            })
-        })
+    let moves = |result: &Result<Vec<Event>, TxError>| {
+        result
+            .as_ref()
+            .is_ok_and(|events| !events.iter().all(Event::leaves_holdings_alone))
     };
     match outcome {
-        CommandOutcome::Transaction { result, .. } => !plain(result),
-        CommandOutcome::Batch(outcomes) => !outcomes.iter().all(|o| plain(&o.result)),
+        CommandOutcome::Transaction { result, .. } => moves(result),
+        CommandOutcome::Batch(outcomes) => outcomes.iter().any(|o| moves(&o.result)),
         CommandOutcome::Block(_) | CommandOutcome::None => true,
     }
 }

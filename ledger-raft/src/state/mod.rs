@@ -289,6 +289,19 @@ impl Event {
         })
     }
 
+    /// Whether the event only moves balances, allowances or asset ownership: nothing an escrow
+    /// or a stake holds.
+    pub fn leaves_holdings_alone(&self) -> bool {
+        matches!(
+            self,
+            Event::Transfer { .. }
+                | Event::Approval { .. }
+                | Event::AssetTransfer { .. }
+                | Event::AssetApproval { .. }
+                | Event::ApprovalForAll { .. }
+        )
+    }
+
     /// The accounts whose history this event belongs in.
     fn parties(&self) -> Vec<Address> {
         let mut parties = Vec::new();

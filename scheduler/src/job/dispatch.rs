@@ -68,15 +68,10 @@ impl Effects {
         shard: &ShardEntry,
         exclude: Vec<NodeId>,
     ) -> Option<Placement<NodeId>> {
-        let replicas = super::engine::replicas_of(&self.nodes(), &self.plan.dataset);
-        let task = self.placement_request(shard, replicas, exclude);
-        let placing = Instant::now();
-        let placed = self.ctx.allocator.send(task).await.ok().flatten();
-        self.ctx
-            .metrics
-            .placement_duration
-            .observe(placing.elapsed().as_secs_f64());
-        placed
+        self.place_round(vec![(shard.clone(), exclude)])
+            .await
+            .pop()
+            .flatten()
     }
 
     /// The allocator's nodes for many tasks at once (a round's), in order: the same nodes as

@@ -543,12 +543,13 @@ pub(super) fn decide_label(
             "more than {MAX_CATEGORIES} classes: a label names classes (--target for a number)"
         )));
     }
-    let classes = order_classes(profile.values_in_order());
+    let values = profile.values_in_order();
+    let classes = order_classes(values.clone());
     let mut report = profile.report("label", "categorical", false);
     report.encoding = format!("class index, {} classes", classes.len());
     report.policy = policy_text;
-    for class in profile.values_in_order() {
-        if profile.distinct[&class] == 1 {
+    for class in &values {
+        if profile.distinct[class] == 1 {
             report.warnings.push(format!(
                 "class {class:?} has a single row: it cannot be learned or tested"
             ));
