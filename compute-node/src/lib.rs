@@ -28,10 +28,12 @@ use aic_protocol::messages::{
 use aic_protocol::node_agent::{answer_peer, local_capacity, start_node, NodeExtras};
 use aic_protocol::rpc::{Reply, RpcClient, RpcHandler};
 use aic_protocol::service::{BoundSockets, ServiceHandle};
+use aic_protocol::shard_fetch::SHARDS_IN_FLIGHT;
 use aic_protocol::tensor::TensorRef;
 use aic_protocol::transport;
 use aic_protocol::{ErrorCode, Role, RpcError};
 use arrow_array::RecordBatch;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -215,26 +217,17 @@ impl ComputeNode {
             .map_err(|_| RpcError::new(ErrorCode::Unavailable, "shutting down"))?;
         let fetch_started = Instant::now();
         let (weights, weights_fetched_bytes) = self.weights(&spec, parameters).await?;
-        let mut batches: Vec<RecordBatch> = Vec::new();
-        let mut cache_hits = 0u32;
-        for source in &spec.shards {
-            if let Some(cached) = self.cache.lock().await.get(&source.dataset, &source.shard) {
-                cache_hits += 1;
-                self.metrics.cache.with_label_values(&["hit"]).inc();
-                batches.extend(cached.iter().cloned());
-                continue;
-            }
-            self.metrics.cache.with_label_values(&["miss"]).inc();
-            let fetched = Arc::new(self.fetch(source).await?);
-            self.metrics
-                .fetched_bytes
-                .inc_by(fetched.iter().map(|b| b.get_array_memory_size() as u64).sum());
-            batches.extend(fetched.iter().cloned());
-            self.cache
-                .lock()
-                .await
-                .insert(&source.dataset, source.shard, fetched);
-        }
+        // Shards in the task's order, a few fetched at once (see `SHARDS_IN_FLIGHT`).
+        let shards: Vec<(Arc<Vec<RecordBatch>>, bool)> = futures::stream::iter(spec.shards.iter().cloned())
+            .map(|source| async move { self.cached_or_fetched(&source).await })
+            .buffered(SHARDS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let cache_hits = shards.iter().filter(|(_, hit)| *hit).count() as u32;
+        let batches: Vec<RecordBatch> = shards
+            .iter()
+            .flat_map(|(shard, _)| shard.iter().cloned())
+            .collect();
         let fetch_micros = fetch_started.elapsed().as_micros() as u64;
         let compute_started = Instant::now();
         let mut computed = self
@@ -348,6 +341,28 @@ impl ComputeNode {
             ErrorCode::Unavailable,
             format!("{what}: {}", failures.join("; ")),
         ))
+    }
+
+    /// A task's shard from the cache, else from its storage node (then cached); `true` for a
+    /// cache hit.
+    async fn cached_or_fetched(
+        &self,
+        source: &aic_protocol::messages::ShardSource,
+    ) -> Result<(Arc<Vec<RecordBatch>>, bool), RpcError> {
+        if let Some(cached) = self.cache.lock().await.get(&source.dataset, &source.shard) {
+            self.metrics.cache.with_label_values(&["hit"]).inc();
+            return Ok((cached, true));
+        }
+        self.metrics.cache.with_label_values(&["miss"]).inc();
+        let fetched = Arc::new(self.fetch(source).await?);
+        self.metrics
+            .fetched_bytes
+            .inc_by(fetched.iter().map(|b| b.get_array_memory_size() as u64).sum());
+        self.cache
+            .lock()
+            .await
+            .insert(&source.dataset, source.shard, fetched.clone());
+        Ok((fetched, false))
     }
 
     async fn storage_client(&self, addr: &str) -> Result<RpcClient, RpcError> {

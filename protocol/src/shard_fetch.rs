@@ -6,6 +6,13 @@ use crate::rpc::RpcClient;
 use crate::ticket::SignedTicket;
 use crate::ShardId;
 use arrow_array::RecordBatch;
+use futures::{StreamExt, TryStreamExt};
+
+/// How many shards a compute node asks for at once. Fetched one at a time, each shard's round
+/// trip left both machines idle in turn: the storage node waited while the compute node decoded,
+/// and the other way round. With a few in flight the storage node opens, checks and encodes the
+/// next shards while this side decodes the last; each is still a whole, checked `GetShard`.
+pub const SHARDS_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -51,6 +58,21 @@ pub async fn fetch_shard(
         }
     }
     Err(invalid("the stream ended before the shard did".into()))
+}
+
+/// Fetches shards of one dataset from one storage node, [`SHARDS_IN_FLIGHT`] at a time, and
+/// returns them in the order asked; the first failure ends the fetch.
+pub async fn fetch_shards(
+    client: &RpcClient,
+    dataset: &str,
+    shards: &[ShardId],
+    ticket: &SignedTicket,
+) -> Result<Vec<Vec<RecordBatch>>, FetchError> {
+    futures::stream::iter(shards)
+        .map(|shard| fetch_shard(client, dataset, shard, ticket))
+        .buffered(SHARDS_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Decodes one frame's Arrow IPC stream, from a storage node the compute node does not have to

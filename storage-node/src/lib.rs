@@ -91,6 +91,7 @@ pub fn start(
         tensors,
         catalog: tokio::sync::RwLock::new(catalog),
         trusted: std::sync::RwLock::new(trusted),
+        verified_tickets: Default::default(),
         uploads: tokio::sync::Mutex::new(uploads::Uploads::new(
             storage.uploads_per_client,
             std::time::Duration::from_secs(storage.upload_idle_secs),

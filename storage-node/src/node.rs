@@ -32,6 +32,8 @@ pub(crate) struct StorageNode {
     pub catalog: RwLock<Catalog>,
     /// Schedulers whose tickets are honoured.
     pub trusted: std::sync::RwLock<HashSet<NodeId>>,
+    /// Tickets whose signatures were verified here: a task's shards share one ticket.
+    pub verified_tickets: aic_protocol::ticket::VerifiedTickets,
     pub uploads: Mutex<Uploads>,
     /// Copies under way from this node: (dataset, target). See `handover.rs`.
     pub handovers: std::sync::Mutex<Vec<(String, NodeId)>>,

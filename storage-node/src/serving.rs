@@ -2,7 +2,6 @@
 //! preview sample for any client, and shards streamed as Arrow IPC to compute nodes holding a
 //! ticket.
 
-use std::collections::HashSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aic_protocol::certs::PeerIdentity;
@@ -190,8 +189,17 @@ impl StorageNode {
         ticket: &SignedTicket,
     ) -> Result<Reply<PeerResponse>, RpcError> {
         let timer = RequestTimer::start(self.metrics.request_duration.with_label_values(&["get_shard"]));
-        let trusted: HashSet<_> = self.trusted.read().expect("trusted set").clone();
-        if let Err(e) = ticket.check(&peer.node_id, dataset, now_ms(), |id| trusted.contains(id)) {
+        let checked = {
+            let trusted = self.trusted.read().expect("trusted set");
+            ticket.check_remembered(
+                &peer.node_id,
+                dataset,
+                now_ms(),
+                |id| trusted.contains(id),
+                &self.verified_tickets,
+            )
+        };
+        if let Err(e) = checked {
             return Err(self.refuse(e.reason(), ErrorCode::PermissionDenied, e.to_string()));
         }
         let plaintext = self.open_shard(dataset, shard).await?;
@@ -367,10 +375,17 @@ impl StorageNode {
                     "a compute node reads a tensor with a scheduler's ticket",
                 ));
             };
-            let trusted: HashSet<_> = self.trusted.read().expect("trusted set").clone();
-            if let Err(e) = ticket.check(&peer.node_id, &tensor.ticket_name(), now_ms(), |id| {
-                trusted.contains(id)
-            }) {
+            let checked = {
+                let trusted = self.trusted.read().expect("trusted set");
+                ticket.check_remembered(
+                    &peer.node_id,
+                    &tensor.ticket_name(),
+                    now_ms(),
+                    |id| trusted.contains(id),
+                    &self.verified_tickets,
+                )
+            };
+            if let Err(e) = checked {
                 return Err(self.refuse(e.reason(), ErrorCode::PermissionDenied, e.to_string()));
             }
         }

@@ -15,7 +15,7 @@ use aic_protocol::ticket::{ShardTicket, SignedTicket};
 use aic_protocol::{Error, ErrorCode, JobId, NodeId, Role, RpcError, ShardId};
 use aic_storage_node::catalog::Catalog;
 use aic_storage_node::import::{import_file, read_shard, ImportOptions};
-use aic_storage_node::shard_fetch::{fetch_shard, FetchError};
+use aic_storage_node::shard_fetch::{fetch_shard, fetch_shards, FetchError, SHARDS_IN_FLIGHT};
 use aic_storage_node::shard_store::ShardStore;
 use aic_storage_node::StorageConfig;
 use arrow_array::RecordBatch;
@@ -111,6 +111,27 @@ async fn shards_are_served_only_against_valid_tickets() {
         manifest.train[0].rows
     );
 
+    // A task's shards, a few in flight, come back whole and in the order asked (each twice here,
+    // to ask for more than are fetched at once).
+    let all: Vec<ShardId> = manifest
+        .train
+        .iter()
+        .chain(&manifest.train)
+        .map(|s| s.id.parse().unwrap())
+        .collect();
+    assert!(all.len() > SHARDS_IN_FLIGHT, "more shards than fetched at once");
+    let fetched = fetch_shards(&compute, &dataset, &all, &valid).await.unwrap();
+    assert_eq!(fetched.len(), all.len());
+    for (id, batches) in all.iter().zip(&fetched) {
+        assert_eq!(batches, &read_shard(&store, &key, id).await.unwrap());
+    }
+    // The ticket's signature, verified once and remembered, vouches for no altered copy.
+    let mut extended = valid.clone();
+    extended.ticket.expires_ms += 1;
+    assert!(refusal(get(&compute, &dataset, extended).await)
+        .1
+        .contains("does not verify"));
+
     let expired = ticket(compute_id, &dataset, now_ms() - 1, &scheduler_key);
     assert_eq!(
         refusal(get(&compute, &dataset, expired).await).1,
@@ -188,15 +209,16 @@ async fn shards_are_served_only_against_valid_tickets() {
     let metrics = aic_protocol::metrics_http::scrape(node.metrics_addr)
         .await
         .unwrap();
-    for reason in [
-        "ticket_expired",
-        "ticket_wrong_node",
-        "ticket_wrong_dataset",
-        "ticket_untrusted",
-        "ticket_forged",
-        "corrupt_shard",
+    for (reason, count) in [
+        ("ticket_expired", 1),
+        ("ticket_wrong_node", 1),
+        ("ticket_wrong_dataset", 1),
+        ("ticket_untrusted", 1),
+        // The extended copy of a remembered ticket and a forged signature.
+        ("ticket_forged", 2),
+        ("corrupt_shard", 1),
     ] {
-        let line = format!("aic_storage_requests_rejected_total{{reason=\"{reason}\"}} 1");
+        let line = format!("aic_storage_requests_rejected_total{{reason=\"{reason}\"}} {count}");
         assert!(metrics.contains(&line), "missing {line} in:\n{metrics}");
     }
     assert!(

@@ -5,7 +5,8 @@
 //! dir/log        [len u32][blake3[..8] of body][body = postcard Entry] …
 //! dir/vote       postcard Option<Vote>      (write temp, fsync, rename, fsync dir)
 //! dir/purged     postcard Option<LogId>
-//! dir/committed  postcard Option<LogId>   (a hint: no fsync)
+//! dir/committed  the commit index           (a hint overwritten in place, no fsync: see
+//!                                           [`super::commit_hint`])
 //! ```
 //!
 //! On open the file is read back; a torn record at the tail (a crash mid-append, never
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use super::commit_hint::CommitHint;
 use super::disk_faults::{self, DiskFaults};
 use super::types::{Entry, LedgerRaft, LogId, ReplicaId, StorageError};
 
@@ -48,6 +50,7 @@ struct Inner {
     vote: Option<Vote<ReplicaId>>,
     purged: Option<LogId>,
     committed: Option<LogId>,
+    hint: CommitHint,
     /// Faults a test put under the log (none in production).
     faults: Option<Arc<DiskFaults>>,
 }
@@ -74,26 +77,13 @@ fn checksum(body: &[u8]) -> [u8; 8] {
 
 /// Writes `value` to `dir/name` so that a crash leaves either the old or the new file.
 fn write_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    let (temp, file) = write_temp(dir, name, value)?;
-    file.sync_all()?;
-    fs::rename(temp, dir.join(name))?;
-    File::open(dir)?.sync_all()
-}
-
-/// Replaces `dir/name` by rename without waiting for the disk: for a hint that may be lost or
-/// older after a crash (the commit index, which the leader tells again), never for the vote.
-fn write_hint<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    let (temp, _) = write_temp(dir, name, value)?;
-    fs::rename(temp, dir.join(name))
-}
-
-/// `value` written to `dir/name.tmp`: the path and the open file.
-fn write_temp<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<(PathBuf, File)> {
     let bytes = postcard::to_stdvec(value).map_err(io::Error::other)?;
     let temp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&temp)?;
     file.write_all(&bytes)?;
-    Ok((temp, file))
+    file.sync_all()?;
+    fs::rename(temp, dir.join(name))?;
+    File::open(dir)?.sync_all()
 }
 
 /// Makes `dir` the log of a replica restored from a snapshot ending at `last`: empty, purged and
@@ -106,7 +96,7 @@ pub(crate) fn write_restored(dir: &Path, last: Option<LogId>) -> io::Result<()> 
     File::create(dir.join("log"))?.sync_all()?;
     if let Some(last) = last {
         write_atomically(dir, "purged", &Some(last))?;
-        write_atomically(dir, "committed", &Some(last))?;
+        CommitHint::save_durably(dir, &Some(last))?;
         // Replica ids are hashes of node keys: 0 names no replica.
         let vote: Vote<ReplicaId> = Vote::new(last.leader_id.term, 0);
         write_atomically(dir, "vote", &Some(vote))?;
@@ -144,10 +134,7 @@ impl FileLogStore {
             file.sync_all()?;
         }
         file = OpenOptions::new().read(true).append(true).open(&path)?;
-        let committed: Option<LogId> = read_small(dir, "committed").unwrap_or_else(|error| {
-            tracing::warn!(%error, "the saved commit index is unreadable; the leader will tell it again");
-            None
-        });
+        let (hint, committed) = CommitHint::open(dir)?;
         Ok(FileLogStore {
             inner: Arc::new(Mutex::new(Inner {
                 dir: dir.to_path_buf(),
@@ -158,6 +145,7 @@ impl FileLogStore {
                 purged: read_small(dir, "purged")?,
                 // A hint written without fsync: one a crash left unreadable is no hint.
                 committed,
+                hint,
                 faults,
             })),
         })
@@ -281,7 +269,7 @@ impl RaftLogStorage<LedgerRaft> for FileLogStore {
         // without fsync: two fsyncs here doubled every commit's disk waits. It is kept current at
         // every commit: written only every 64 entries, a read right after a full restart missed
         // a committed transfer (the guide walk caught it), so a lag stays a machine crash's.
-        write_hint(&inner.dir, "committed", &committed).map_err(io_err)?;
+        inner.hint.save(&committed).map_err(io_err)?;
         inner.committed = committed;
         Ok(())
     }

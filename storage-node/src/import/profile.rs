@@ -84,7 +84,7 @@ pub(super) struct ColumnProfile {
     dates: Moments,
     first_non_date: Option<(u64, String)>,
     /// Counts by value: looked up for every value of the file, so hashed (sorted where shown).
-    distinct: HashMap<String, u64>,
+    distinct: HashMap<String, u64, foldhash::fast::RandomState>,
     distinct_overflow: bool,
     text_chars: u64,
     text_words: u64,
@@ -148,8 +148,18 @@ impl ColumnProfile {
                 });
             }
             self.present += 1;
-            self.text_chars += value.chars().count() as u64;
-            self.text_words += value.split_whitespace().count() as u64;
+            match parsed {
+                // A number is ASCII, one word, and never a date (a date has two dashes or
+                // slashes between its digits): no scan of it is needed.
+                Some(_) => {
+                    self.text_chars += value.len() as u64;
+                    self.text_words += 1;
+                }
+                None => {
+                    self.text_chars += value.chars().count() as u64;
+                    self.text_words += value.split_whitespace().count() as u64;
+                }
+            }
             match parsed {
                 Some(number) => {
                     self.numbers.add(number);
@@ -174,7 +184,7 @@ impl ColumnProfile {
                         .get_or_insert_with(|| (row, value.to_string()));
                 }
             }
-            match parse_date(value) {
+            match parsed.is_none().then(|| parse_date(value)).flatten() {
                 Some(days) => self.dates.add(days as f64),
                 None => {
                     self.first_non_date

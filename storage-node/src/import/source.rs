@@ -257,22 +257,32 @@ impl<R> LineLimit<R> {
     }
 }
 
+impl<R> LineLimit<R> {
+    fn check_line(&self) -> std::io::Result<()> {
+        if self.line > MAX_LINE_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a line is longer than {MAX_LINE_BYTES} bytes"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<R: std::io::Read> std::io::Read for LineLimit<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        for &byte in &buf[..n] {
-            if byte == b'\n' {
-                self.line = 0;
-            } else {
-                self.line += 1;
-                if self.line > MAX_LINE_BYTES {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("a line is longer than {MAX_LINE_BYTES} bytes"),
-                    ));
-                }
-            }
+        // Line ends found with memchr's vector search: a byte-by-byte loop here took a
+        // twentieth of an import.
+        let mut start = 0usize;
+        for end in memchr::memchr_iter(b'\n', &buf[..n]) {
+            self.line += end - start;
+            self.check_line()?;
+            self.line = 0;
+            start = end + 1;
         }
+        self.line += n - start;
+        self.check_line()?;
         Ok(n)
     }
 }
