@@ -6,27 +6,29 @@
 //!          numbers, dates, distinct values → type (as told or inferred), encoding, missing-value
 //!          policy, the import report; every refusal here, before anything is stored
 //!  pass 2 (encode):  stream again → drop, fill or encode each cell by its feature (one-hot,
-//!          standardised, days), split train/test by a seeded hash of the row number, cut shards
-//!          of `shard_rows`, write Parquet (zstd), name by BLAKE3, hand to the sink
+//!          standardised, days) column by column, batches on every core, in file order; split
+//!          train/test by a seeded hash of the row number, cut shards of `shard_rows`, write
+//!          Parquet (LZ4), name by BLAKE3, hand to the sink
 //! ```
 //!
-//! Memory stays bounded by the batch size and one shard per split, whatever the file's size:
-//! a CSV line is at most [`MAX_LINE_BYTES`], a file at most [`MAX_COLUMNS`] columns (counted
+//! Memory stays bounded by the batch size (a few batches in flight) and one shard per split,
+//! whatever the file's size: a CSV line is at most [`MAX_LINE_BYTES`], a file at most [`MAX_COLUMNS`] columns (counted
 //! from the header before anything is parsed), a text cell at most [`MAX_CELL_BYTES`], distinct
 //! values are tracked within a fixed budget, and the column encodings must fit the manifest the
 //! ledger publishes ([`MAX_ENCODING_BYTES`]). Statistics that would overflow are refused in
 //! pass 1 with the column named.
 
+mod columns;
+mod ordered;
 mod profile;
 mod shards;
 mod source;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aic_protocol::ShardId;
-use arrow_array::cast::AsArray;
-use arrow_array::Array;
 use bytes::Bytes;
 
 pub use aic_protocol::upload::{write_parquet, ShardSink, SinkError};
@@ -34,13 +36,15 @@ pub use profile::{date_text, AUTO_CATEGORY_LIMIT, MAX_MEDIAN_VALUES};
 pub use shards::read_shard;
 pub use source::{read_text_rows, InputFormat, TextRows};
 
-use crate::encoding::{is_missing, parse_number, Feature, MissingPolicy, DEFAULT_NULL_MARKERS};
+use crate::encoding::{Feature, MissingPolicy, DEFAULT_NULL_MARKERS};
 use crate::manifest::{Excluded, Manifest, Target};
 use crate::report::ColumnReport;
 use crate::sealing::DatasetKey;
 use crate::shard_store::ShardStore;
+use columns::BatchEncoder;
+use ordered::OrderedMap;
 use profile::{ColumnProfile, Decision, DistinctBudget};
-use shards::{Label, ShardWriter};
+use shards::ShardWriter;
 use source::BatchSource;
 
 /// Most distinct values a column may have to be one-hot encoded (and classes a label may have).
@@ -493,7 +497,6 @@ pub async fn encode(
     if let Some(shape) = options.image_shape {
         check_image_shape(shape, &features).map_err(input)?;
     }
-    let label_policy = options.label_missing();
     let mut writer = ShardWriter::new(
         &input_columns,
         &options.label,
@@ -502,72 +505,62 @@ pub async fn encode(
         sink,
     );
     let source = BatchSource::open(&analysis.file, options.batch_rows).map_err(&input)?;
-    let mut batches = source.batches().and_then(|b| b.read_ahead()).map_err(&input)?;
-    let mut row_number: u64 = 0;
-    let (mut kept, mut dropped) = (0u64, 0u64);
-    while let Some(batch) = batches.next() {
-        let batch = batch.map_err(&input)?;
-        let cells: Vec<_> = analysis
-            .features
-            .iter()
-            .map(|(column, _)| batch.column(*column).as_string::<i32>().clone())
-            .collect();
-        let labels = batch.column(analysis.label_index).as_string::<i32>().clone();
-        'rows: for r in 0..batch.num_rows() {
-            let row = row_number;
-            row_number += 1;
-            let raw_label = (!labels.is_null(r)).then(|| labels.value(r));
-            if is_missing(raw_label, &analysis.null_markers) {
-                // Pass 1 refused missing labels unless the policy drops their rows.
-                debug_assert_eq!(label_policy, MissingPolicy::DropRow);
-                dropped += 1;
-                continue;
-            }
-            let raw_label = crate::encoding::trimmed(raw_label.expect("present"));
-            let label = match &analysis.target {
-                // Standardised like the features, so training is well scaled whatever the
-                // target's units; a prediction is mapped back with the manifest's mean and std.
-                Some(target) => Label::Value(
-                    ((parse_number(raw_label).expect("checked in pass 1") - target.mean) / target.std) as f32,
-                ),
-                None => Label::Class(
-                    analysis
-                        .classes
-                        .iter()
-                        .position(|c| c == raw_label)
-                        .expect("seen in pass 1") as u32,
-                ),
-            };
-            let mut encoded = vec![0f32; width];
-            let mut at = 0;
-            for ((_, feature), column) in analysis.features.iter().zip(&cells) {
-                let raw = (!column.is_null(r)).then(|| column.value(r));
-                let missing = is_missing(raw, &analysis.null_markers);
-                let span = &mut encoded[at..at + feature.width()];
-                match feature.encode_into(raw.unwrap_or(""), missing, span) {
-                    Ok(()) => {}
-                    Err(crate::encoding::CellError::Missing) if feature.missing == MissingPolicy::DropRow => {
-                        dropped += 1;
-                        continue 'rows;
-                    }
-                    Err(error) => {
-                        return Err(ImportError::Unencodable {
-                            file: file_name.clone(),
-                            column: feature.name.clone(),
-                            reason: format!("row {}: {error}", row + 1),
-                        })
-                    }
-                }
-                at += feature.width();
-            }
-            let test = is_test_row(options.seed, row, options.test_fraction);
-            writer.push(test, encoded, label).await?;
-            kept += 1;
+    let mut batches = source.batches().map_err(&input)?;
+    // The file is parsed on one thread and its batches encoded on one per core, handed back in
+    // file order; shards are cut and written here.
+    let encoder = Arc::new(BatchEncoder {
+        file: file_name.clone(),
+        features: analysis.features.clone(),
+        label_index: analysis.label_index,
+        classes: analysis.classes.clone(),
+        target: analysis.target.clone(),
+        markers: analysis.null_markers.clone(),
+        seed: options.seed,
+        test_fraction: options.test_fraction,
+    });
+    let mut first_row = 0u64;
+    let mut failed = false;
+    let numbered = std::iter::from_fn(move || {
+        // Nothing is read past a parse error.
+        if failed {
+            return None;
         }
+        let batch = batches.next()?;
+        failed = batch.is_err();
+        let numbered = batch.map(|batch| (first_row, batch));
+        if let Ok((_, batch)) = &numbered {
+            first_row += batch.num_rows() as u64;
+        }
+        Some((numbered, batches.bytes_read()))
+    });
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let encoded = OrderedMap::spawn(
+        "aic-import-encode",
+        numbered,
+        threads,
+        move |(batch, bytes_read)| {
+            let (first_row, batch) = batch?;
+            let rows = batch.num_rows() as u64;
+            Ok::<_, String>((encoder.encode(&batch, first_row), first_row + rows, bytes_read))
+        },
+    )
+    .map_err(|e| input(format!("starting the encoding threads: {e}")))?;
+    let (mut row_number, mut kept, mut dropped) = (0u64, 0u64, 0u64);
+    for result in encoded {
+        let (rows, rows_read, bytes_read) = result.map_err(&input)?;
+        let rows = rows?;
+        for (split, test) in [(0, false), (1, true)] {
+            kept += rows.rows[split].len() as u64;
+            writer
+                .push_rows(test, &rows.rows[split], &rows.columns, &rows.labels[split])
+                .await?;
+        }
+        dropped += rows.dropped;
+        row_number = rows_read;
         progress(Progress {
             pass: 2,
             rows: row_number,
-            bytes: batches.bytes_read(),
+            bytes: bytes_read,
         });
     }
     if kept == 0 {

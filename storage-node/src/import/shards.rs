@@ -1,5 +1,5 @@
 //! The second pass's output: encoded rows collected per split and cut into Parquet shards
-//! (zstd, one row group), each named by the BLAKE3 hash of its bytes and handed to a sink; and
+//! (LZ4, one row group), each named by the BLAKE3 hash of its bytes and handed to a sink; and
 //! reading a stored shard back.
 
 use std::sync::Arc;
@@ -25,6 +25,7 @@ pub(super) struct ShardWriter<'a, S> {
     schema: SchemaRef,
     shard_rows: usize,
     sink: &'a mut S,
+    /// Per split: the rows not yet written, column by column, and their labels.
     pending: [(Vec<Vec<f32>>, Vec<Label>); 2],
     written: [Vec<ShardEntry>; 2],
 }
@@ -58,25 +59,46 @@ impl<'a, S: ShardSink> ShardWriter<'a, S> {
         }
     }
 
-    pub async fn push(&mut self, test: bool, row: Vec<f32>, label: Label) -> Result<(), ImportError> {
+    /// Adds rows `rows` of an encoded batch (`columns[c][row]`) to a split, with their labels
+    /// (`labels[i]` is row `rows[i]`'s), writing a shard each time the split has `shard_rows`.
+    pub async fn push_rows(
+        &mut self,
+        test: bool,
+        rows: &[u32],
+        columns: &[Vec<f32>],
+        labels: &[Label],
+    ) -> Result<(), ImportError> {
         let split = usize::from(test);
-        self.pending[split].0.push(row);
-        self.pending[split].1.push(label);
-        if self.pending[split].1.len() == self.shard_rows {
-            self.flush(split).await?;
+        let mut from = 0usize;
+        while from < rows.len() {
+            let (pending, pending_labels) = &mut self.pending[split];
+            if pending.is_empty() {
+                *pending = vec![Vec::with_capacity(self.shard_rows); columns.len()];
+            }
+            let take = (self.shard_rows - pending_labels.len()).min(rows.len() - from);
+            let chunk = &rows[from..from + take];
+            for (values, column) in pending.iter_mut().zip(columns) {
+                values.extend(chunk.iter().map(|&r| column[r as usize]));
+            }
+            pending_labels.extend_from_slice(&labels[from..from + take]);
+            from += take;
+            if pending_labels.len() == self.shard_rows {
+                self.flush(split).await?;
+            }
         }
         Ok(())
     }
 
     async fn flush(&mut self, split: usize) -> Result<(), ImportError> {
-        let (rows, labels) = std::mem::take(&mut self.pending[split]);
-        if rows.is_empty() {
+        let (values, labels) = std::mem::take(&mut self.pending[split]);
+        if labels.is_empty() {
             return Ok(());
         }
-        let features = self.schema.fields().len() - 1;
-        let mut columns: Vec<ArrayRef> = (0..features)
-            .map(|f| Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r[f]))) as ArrayRef)
+        let mut columns: Vec<ArrayRef> = values
+            .into_iter()
+            .map(|column| Arc::new(Float32Array::from(column)) as ArrayRef)
             .collect();
+        let features = columns.len();
         let label: ArrayRef = match self.schema.field(features).data_type() {
             DataType::UInt32 => Arc::new(UInt32Array::from_iter_values(labels.iter().map(|l| match l {
                 Label::Class(c) => *c,
