@@ -241,11 +241,7 @@ mod tests {
 
     /// What reading the batch row by row, feature by feature, gives: the values of the rows
     /// kept, the rows dropped, or the first bad cell as (row, feature).
-    fn row_by_row(
-        features: &[FeatureColumn<'_>],
-        label_missing: &[bool],
-        markers: &[String],
-    ) -> Settled {
+    fn row_by_row(features: &[FeatureColumn<'_>], label_missing: &[bool], markers: &[String]) -> Settled {
         let mut kept = Vec::new();
         let mut dropped = Vec::new();
         'rows: for (row, label_missing) in label_missing.iter().enumerate() {
@@ -275,11 +271,7 @@ mod tests {
         Ok((kept, dropped))
     }
 
-    fn columnwise(
-        features: &[FeatureColumn<'_>],
-        label_missing: &[bool],
-        markers: &[String],
-    ) -> Settled {
+    fn columnwise(features: &[FeatureColumn<'_>], label_missing: &[bool], markers: &[String]) -> Settled {
         let mut batch = EncodedBatch::default();
         batch
             .encode(features, label_missing, markers)

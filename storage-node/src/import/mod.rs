@@ -21,6 +21,7 @@
 mod columns;
 mod ordered;
 mod profile;
+mod profile_groups;
 mod shards;
 mod source;
 
@@ -43,7 +44,8 @@ use crate::sealing::DatasetKey;
 use crate::shard_store::ShardStore;
 use columns::BatchEncoder;
 use ordered::OrderedMap;
-use profile::{ColumnProfile, Decision, DistinctBudget};
+use profile::{ColumnProfile, Decision};
+use profile_groups::ProfileGroups;
 use shards::ShardWriter;
 use source::BatchSource;
 
@@ -312,29 +314,60 @@ pub fn analyse(
             })?;
     check_options(options, &columns, &file_name)?;
     let markers = options.markers();
-
+    let skipped: Vec<bool> = columns.iter().map(|c| options.exclude.contains(c)).collect();
+    let profiled = skipped.iter().filter(|s| !**s).count();
     let mut profiles: Vec<ColumnProfile> = columns
         .iter()
-        .map(|c| ColumnProfile::new(c, options.missing.get(c) == Some(&MissingPolicy::Median)))
+        .map(|c| {
+            ColumnProfile::new(
+                c,
+                options.missing.get(c) == Some(&MissingPolicy::Median),
+                profiled,
+            )
+        })
         .collect();
-    let skipped: Vec<bool> = columns.iter().map(|c| options.exclude.contains(c)).collect();
-    let mut budget = DistinctBudget::default();
+    // The file is parsed on one thread and its columns profiled in groups, one thread each.
+    let groups = ProfileGroups::start(
+        profiles
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !skipped[*i])
+            .map(|(i, profile)| (i, std::mem::take(profile)))
+            .collect(),
+        &markers,
+        &file_name,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    )
+    .map_err(|e| input(format!("starting the profiling threads: {e}")))?;
     let mut rows: u64 = 0;
+    let mut unreadable = None;
     let mut batches = source.batches().and_then(|b| b.read_ahead()).map_err(&input)?;
     while let Some(batch) = batches.next() {
-        let batch = batch.map_err(&input)?;
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                unreadable = Some(error);
+                break;
+            }
+        };
         let first_row = rows + 1;
         rows += batch.num_rows() as u64;
-        for (i, column) in batch.columns().iter().enumerate() {
-            if !skipped[i] {
-                profiles[i].add(column, &markers, first_row, &mut budget, &file_name)?;
-            }
+        if !groups.add(first_row, &batch) {
+            break;
         }
         progress(Progress {
             pass: 1,
             rows,
             bytes: batches.bytes_read(),
         });
+    }
+    // A value refused before the line that cannot be parsed is what reading in order meets
+    // first.
+    for (i, profile) in groups.finish()? {
+        profiles[i] = profile;
+    }
+    if let Some(error) = unreadable {
+        return Err(input(error));
     }
     if rows == 0 {
         return Err(ImportError::Empty { file: file_name });

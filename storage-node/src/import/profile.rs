@@ -23,7 +23,8 @@ const FREE_TEXT_MEAN_CHARS: u64 = 30;
 const FREE_TEXT_MEAN_WORDS: u64 = 4;
 /// A column whose every value differs is an id when it has more rows than this.
 const ID_MIN_ROWS: u64 = 20;
-/// Bytes of distinct values tracked across all columns (a column past its share stops counting).
+/// Bytes of distinct values tracked across all columns, an equal share each (a column past its
+/// share stops counting).
 const DISTINCT_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// Most values kept to compute one column's median.
 pub const MAX_MEDIAN_VALUES: usize = 4_000_000;
@@ -86,24 +87,21 @@ pub(super) struct ColumnProfile {
     /// Counts by value: looked up for every value of the file, so hashed (sorted where shown).
     distinct: HashMap<String, u64, foldhash::fast::RandomState>,
     distinct_overflow: bool,
+    /// Bytes of distinct values this column may still track: its share of
+    /// [`DISTINCT_BUDGET_BYTES`].
+    distinct_budget: usize,
     text_chars: u64,
     text_words: u64,
 }
 
-/// The bytes of distinct values all columns may still track.
-pub(super) struct DistinctBudget(pub usize);
-
-impl Default for DistinctBudget {
-    fn default() -> Self {
-        DistinctBudget(DISTINCT_BUDGET_BYTES)
-    }
-}
-
 impl ColumnProfile {
-    pub fn new(name: &str, keep_values_for_median: bool) -> Self {
+    /// A column's profile, one of `columns` profiled: each tracks distinct values within an
+    /// equal share of the budget, so no column's values crowd out another's.
+    pub fn new(name: &str, keep_values_for_median: bool, columns: usize) -> Self {
         ColumnProfile {
             name: name.to_string(),
             median_values: keep_values_for_median.then(Vec::new),
+            distinct_budget: DISTINCT_BUDGET_BYTES / columns.max(1),
             ..Default::default()
         }
     }
@@ -115,7 +113,6 @@ impl ColumnProfile {
         column: &ArrayRef,
         markers: &[String],
         first_row: u64,
-        budget: &mut DistinctBudget,
         file: &str,
     ) -> Result<(), ImportError> {
         let text = column.as_string::<i32>();
@@ -194,10 +191,10 @@ impl ColumnProfile {
             if let Some(count) = self.distinct.get_mut(value) {
                 *count += 1;
             } else if !self.distinct_overflow {
-                if self.distinct.len() > MAX_CATEGORIES || budget.0 < value.len() {
+                if self.distinct.len() > MAX_CATEGORIES || self.distinct_budget < value.len() {
                     self.distinct_overflow = true;
                 } else {
-                    budget.0 -= value.len();
+                    self.distinct_budget -= value.len();
                     self.distinct.insert(value.to_string(), 1);
                 }
             }
