@@ -468,12 +468,12 @@ async fn run_import(args: &DatasetArgs, import: &ImportArgs) -> anyhow::Result<(
 
 /// Pass 1 of an import on this machine: the report, or the refusal.
 fn analyse_file(import: &ImportArgs) -> anyhow::Result<Analysis> {
-    Ok(analyse(
-        &import.file,
-        &import.dataset_name(),
-        &import.options(),
-        &|_| {},
-    )?)
+    let options = ImportOptions {
+        // A dry run has no pass 2 to keep anything for.
+        spill: !import.dry_run,
+        ..import.options()
+    };
+    Ok(analyse(&import.file, &import.dataset_name(), &options, &|_| {})?)
 }
 
 /// A dataset on the grid: stored on its replicas, its asset minted.

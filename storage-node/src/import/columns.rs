@@ -5,17 +5,29 @@
 //! several at once (see [`super::ordered`]).
 
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_array::types::Float64Type;
+use arrow_array::{Array, Float64Array, RecordBatch, StringArray};
+use arrow_schema::DataType;
 
 use super::shards::Label;
 use super::{is_test_row, ImportError};
-use crate::encoding::{is_missing, parse_number, trimmed, CellError, Feature, MissingPolicy};
+use crate::encoding::{
+    is_missing, parse_number, trimmed, CellError, Feature, FeatureEncoding, MissingPolicy,
+};
 use crate::manifest::Target;
 
-/// A feature's column of the batch, and where its input columns start.
+/// A feature's column of the batch.
 pub(super) struct FeatureColumn<'a> {
     pub feature: &'a Feature,
-    pub cells: &'a StringArray,
+    pub cells: Cells<'a>,
+}
+
+/// A column's cells: their text, or the numbers pass 1 parsed from it (missing values null; see
+/// [`super::spill`]).
+#[derive(Clone, Copy)]
+pub(super) enum Cells<'a> {
+    Text(&'a StringArray),
+    Numbers(&'a Float64Array),
 }
 
 /// What a feature's pass over its column found besides the encoded values.
@@ -126,14 +138,28 @@ pub(super) struct EncodedRows {
 impl BatchEncoder {
     /// Encodes `batch`, whose first row is data row `first_row` of the file (0-based).
     pub fn encode(&self, batch: &RecordBatch, first_row: u64) -> Result<EncodedRows, ImportError> {
-        let columns: Vec<FeatureColumn<'_>> = self
+        let columns = self
             .features
             .iter()
-            .map(|(column, feature)| FeatureColumn {
-                feature,
-                cells: batch.column(*column).as_string::<i32>(),
+            .map(|(column, feature)| {
+                let array = batch.column(*column);
+                let cells = match array.data_type() {
+                    DataType::Float64 => {
+                        // Pass 1 spills numbers only where the text is not needed.
+                        let numeric = matches!(feature.encoding, FeatureEncoding::Numeric { .. });
+                        if !numeric && array.null_count() < array.len() {
+                            return Err(ImportError::Shard(format!(
+                                "column {:?} was kept as numbers but is not numeric",
+                                feature.name
+                            )));
+                        }
+                        Cells::Numbers(array.as_primitive::<Float64Type>())
+                    }
+                    _ => Cells::Text(array.as_string::<i32>()),
+                };
+                Ok(FeatureColumn { feature, cells })
             })
-            .collect();
+            .collect::<Result<Vec<_>, ImportError>>()?;
         let raw_labels = batch.column(self.label_index).as_string::<i32>();
         // Pass 1 refused missing labels unless the label's policy drops their rows.
         let label_missing: Vec<bool> = (0..batch.num_rows())
@@ -192,19 +218,40 @@ fn encode_column(column: &FeatureColumn<'_>, out: &mut [Vec<f32>], markers: &[St
     let feature = column.feature;
     let mut outcome = Outcome::default();
     let mut span = vec![0f32; feature.width()];
-    for row in 0..column.cells.len() {
-        let raw = (!column.cells.is_null(row)).then(|| column.cells.value(row));
-        let missing = is_missing(raw, markers);
-        match feature.encode_into(raw.unwrap_or(""), missing, &mut span) {
-            Ok(()) => {
-                for (values, value) in out.iter_mut().zip(&span) {
-                    values[row] = *value;
-                }
+    let mut settle = |row: usize, encoded: Result<(), CellError>, span: &[f32]| match encoded {
+        Ok(()) => {
+            for (values, value) in out.iter_mut().zip(span) {
+                values[row] = *value;
             }
-            Err(CellError::Missing) if feature.missing == MissingPolicy::DropRow => {
-                outcome.drops.push(row as u32);
+        }
+        Err(CellError::Missing) if feature.missing == MissingPolicy::DropRow => {
+            outcome.drops.push(row as u32);
+        }
+        Err(error) => outcome.errors.push((row as u32, error)),
+    };
+    match column.cells {
+        Cells::Text(text) => {
+            for row in 0..text.len() {
+                let raw = (!text.is_null(row)).then(|| text.value(row));
+                let encoded = feature.encode_into(raw.unwrap_or(""), is_missing(raw, markers), &mut span);
+                settle(row, encoded, &span);
             }
-            Err(error) => outcome.errors.push((row as u32, error)),
+        }
+        Cells::Numbers(numbers) => {
+            for row in 0..numbers.len() {
+                let encoded = match (&feature.encoding, numbers.is_null(row)) {
+                    (_, true) => feature.encode_into("", true, &mut span),
+                    // What `encode_into` computes from the text, from the number pass 1 parsed
+                    // out of the same text.
+                    (FeatureEncoding::Numeric { mean, std }, false) => {
+                        span[0] = ((numbers.value(row) - mean) / std) as f32;
+                        Ok(())
+                    }
+                    // Not spilled so (see `BatchEncoder::encode`); as text, were it ever.
+                    (_, false) => feature.encode_into(&numbers.value(row).to_string(), false, &mut span),
+                };
+                settle(row, encoded, &span);
+            }
         }
     }
     outcome
@@ -213,7 +260,6 @@ fn encode_column(column: &FeatureColumn<'_>, out: &mut [Vec<f32>], markers: &[St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoding::FeatureEncoding;
 
     fn numeric(name: &str, missing: MissingPolicy) -> Feature {
         Feature {
@@ -251,7 +297,10 @@ mod tests {
             }
             let mut encoded = Vec::new();
             for (index, column) in features.iter().enumerate() {
-                let raw = (!column.cells.is_null(row)).then(|| column.cells.value(row));
+                let Cells::Text(cells) = column.cells else {
+                    unreachable!("the reference reads text")
+                };
+                let raw = (!cells.is_null(row)).then(|| cells.value(row));
                 let mut span = vec![0f32; column.feature.width()];
                 match column
                     .feature
@@ -373,7 +422,10 @@ mod tests {
             let columns: Vec<FeatureColumn<'_>> = features
                 .iter()
                 .zip(&arrays)
-                .map(|(feature, cells)| FeatureColumn { feature, cells })
+                .map(|(feature, cells)| FeatureColumn {
+                    feature,
+                    cells: Cells::Text(cells),
+                })
                 .collect();
             let reference = row_by_row(&columns, &label_missing, &markers);
             assert_eq!(

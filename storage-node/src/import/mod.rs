@@ -24,12 +24,14 @@ mod profile;
 mod profile_groups;
 mod shards;
 mod source;
+mod spill;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aic_protocol::ShardId;
+use arrow_array::RecordBatch;
 use bytes::Bytes;
 
 pub use aic_protocol::upload::{write_parquet, ShardSink, SinkError};
@@ -45,9 +47,10 @@ use crate::shard_store::ShardStore;
 use columns::BatchEncoder;
 use ordered::OrderedMap;
 use profile::{ColumnProfile, Decision};
-use profile_groups::ProfileGroups;
+use profile_groups::{ProfileGroups, ProfiledColumn};
 use shards::ShardWriter;
 use source::BatchSource;
+use spill::Spill;
 
 /// Most distinct values a column may have to be one-hot encoded (and classes a label may have).
 pub const MAX_CATEGORIES: usize = 1024;
@@ -117,6 +120,9 @@ pub struct ImportOptions {
     pub null_markers: Vec<String>,
     /// The input columns as images: channels × height × width, row-major pixels.
     pub image_shape: Option<[u64; 3]>,
+    /// Whether pass 1 keeps what it parsed beside the input for pass 2 (see [`spill`]): about
+    /// the input's size on disk, for a pass 2 that reads no CSV. Off for a report alone.
+    pub spill: bool,
 }
 
 impl ImportOptions {
@@ -133,6 +139,7 @@ impl ImportOptions {
             missing: BTreeMap::new(),
             null_markers: Vec::new(),
             image_shape: None,
+            spill: true,
         }
     }
 
@@ -238,11 +245,18 @@ pub struct Analysis {
     /// Data rows read.
     pub rows: u64,
     pub null_markers: Vec<String>,
+    /// What pass 1 parsed, for pass 2, when it was kept.
+    spill: Option<Arc<Spill>>,
 }
 
 impl Analysis {
     pub fn features(&self) -> Vec<Feature> {
         self.features.iter().map(|(_, f)| f.clone()).collect()
+    }
+
+    /// Whether pass 2 will read pass 1's spill rather than parse the file again.
+    pub fn spilled(&self) -> bool {
+        self.spill.is_some()
     }
 
     /// Columns of model input the features encode into.
@@ -326,16 +340,34 @@ pub fn analyse(
             )
         })
         .collect();
-    // The file is parsed on one thread and its columns profiled in groups, one thread each.
+    // The file is parsed on one thread and its columns profiled in groups, one thread each. A
+    // column may be spilled as numbers unless it is the label or typed as something else.
+    let as_numbers = |i: usize| {
+        i != label_index
+            && matches!(
+                options.column_types.get(&columns[i]),
+                None | Some(ColumnType::Numeric)
+            )
+    };
+    let spill_dir = file
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let groups = ProfileGroups::start(
         profiles
             .iter_mut()
             .enumerate()
             .filter(|(i, _)| !skipped[*i])
-            .map(|(i, profile)| (i, std::mem::take(profile)))
+            .map(|(index, profile)| ProfiledColumn {
+                index,
+                profile: std::mem::take(profile),
+                as_numbers: as_numbers(index),
+            })
             .collect(),
+        columns.len(),
         &markers,
         &file_name,
+        options.spill.then_some(spill_dir),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     )
     .map_err(|e| input(format!("starting the profiling threads: {e}")))?;
@@ -363,7 +395,8 @@ pub fn analyse(
     }
     // A value refused before the line that cannot be parsed is what reading in order meets
     // first.
-    for (i, profile) in groups.finish()? {
+    let (profiled, spill) = groups.finish()?;
+    for (i, profile) in profiled {
         profiles[i] = profile;
     }
     if let Some(error) = unreadable {
@@ -436,9 +469,14 @@ pub fn analyse(
         report,
         rows,
         null_markers: markers,
+        spill: None,
     };
     check_encoding_size(&analysis, &file_name)?;
-    Ok(analysis)
+    let spill = spill.filter(|spill| spill.serves(&analysis.features, analysis.label_index));
+    Ok(Analysis {
+        spill: spill.map(Arc::new),
+        ..analysis
+    })
 }
 
 /// The importer's choices name columns that exist, and do not contradict each other.
@@ -537,8 +575,33 @@ pub async fn encode(
         options.shard_rows,
         sink,
     );
-    let source = BatchSource::open(&analysis.file, options.batch_rows).map_err(&input)?;
-    let mut batches = source.batches().map_err(&input)?;
+    // Pass 1's spill where it serves these features, the file parsed again otherwise; with the
+    // bytes of the file read so far (estimated by rows from the spill).
+    let mut batches: Box<dyn Iterator<Item = (Result<RecordBatch, String>, u64)> + Send> = match &analysis
+        .spill
+    {
+        Some(spill) => {
+            let file_bytes = std::fs::metadata(&analysis.file).map_or(0, |m| m.len());
+            let (all_rows, mut rows) = (analysis.rows.max(1), 0u64);
+            let spilled = spill
+                .batches()
+                .map_err(|e| input(format!("reading the spill: {e}")))?;
+            Box::new(spilled.map(move |batch| {
+                rows += batch.as_ref().map_or(0, |b| b.num_rows() as u64);
+                let bytes = u128::from(file_bytes) * u128::from(rows.min(all_rows)) / u128::from(all_rows);
+                (batch, bytes as u64)
+            }))
+        }
+        None => {
+            let mut parsed = BatchSource::open(&analysis.file, options.batch_rows)
+                .and_then(|source| source.batches())
+                .map_err(&input)?;
+            Box::new(std::iter::from_fn(move || {
+                let batch = parsed.next()?;
+                Some((batch, parsed.bytes_read()))
+            }))
+        }
+    };
     // The file is parsed on one thread and its batches encoded on one per core, handed back in
     // file order; shards are cut and written here.
     let encoder = Arc::new(BatchEncoder {
@@ -558,13 +621,13 @@ pub async fn encode(
         if failed {
             return None;
         }
-        let batch = batches.next()?;
+        let (batch, bytes_read) = batches.next()?;
         failed = batch.is_err();
         let numbered = batch.map(|batch| (first_row, batch));
         if let Ok((_, batch)) = &numbered {
             first_row += batch.num_rows() as u64;
         }
-        Some((numbered, batches.bytes_read()))
+        Some((numbered, bytes_read))
     });
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let encoded = OrderedMap::spawn(

@@ -9,8 +9,12 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// A worker's result, or the panic that stopped it (raised again in the consumer, so that a
+/// worker's bug never reads as the end of the source).
+type Outcome<O> = std::thread::Result<O>;
+
 pub(super) struct OrderedMap<O> {
-    results: Vec<Receiver<O>>,
+    results: Vec<Receiver<Outcome<O>>>,
     next: usize,
     threads: Vec<JoinHandle<()>>,
 }
@@ -30,15 +34,18 @@ impl<O: Send + 'static> OrderedMap<O> {
         let mut threads = Vec::with_capacity(workers + 1);
         for worker in 0..workers {
             let (send_item, items) = sync_channel::<I::Item>(1);
-            let (send_result, received) = sync_channel::<O>(1);
+            let (send_result, received) = sync_channel::<Outcome<O>>(1);
             let map = map.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("{name}-{worker}"))
                     .spawn(move || {
                         for item in items {
+                            let outcome =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map(item)));
+                            let panicked = outcome.is_err();
                             // The consumer is gone: stop.
-                            if send_result.send(map(item)).is_err() {
+                            if send_result.send(outcome).is_err() || panicked {
                                 return;
                             }
                         }
@@ -72,9 +79,9 @@ impl<O> Iterator for OrderedMap<O> {
 
     fn next(&mut self) -> Option<O> {
         // The worker whose turn it is has hung up only once the source is exhausted.
-        let result = self.results.get(self.next)?.recv().ok()?;
+        let outcome = self.results.get(self.next)?.recv().ok()?;
         self.next = (self.next + 1) % self.results.len();
-        Some(result)
+        Some(outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     }
 }
 
@@ -108,6 +115,19 @@ mod tests {
                 "{workers} workers"
             );
         }
+    }
+
+    #[test]
+    fn a_worker_that_panics_panics_its_consumer_rather_than_ending_the_source() {
+        let caught = std::panic::catch_unwind(|| {
+            OrderedMap::spawn("test", 0..100u64, 2, |x| {
+                assert!(x != 41, "a bug at item 41");
+                x
+            })
+            .unwrap()
+            .count()
+        });
+        assert!(caught.is_err(), "the panic was seen as the end: {caught:?}");
     }
 
     #[test]

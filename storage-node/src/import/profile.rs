@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef};
 
+use super::spill::NumberColumn;
 use super::{ColumnType, ImportError, ImportOptions, MAX_CATEGORIES, MAX_CELL_BYTES};
 use crate::encoding::{
     is_missing, parse_date, parse_number, trimmed, Feature, FeatureEncoding, MissingPolicy, MISSING_LEVEL,
@@ -107,13 +108,14 @@ impl ColumnProfile {
     }
 
     /// Takes one batch's values of this column; rows are numbered from `first_row` (1-based
-    /// data rows).
+    /// data rows). With `numbers`, records the values as numbers while every present one is.
     pub fn add(
         &mut self,
         column: &ArrayRef,
         markers: &[String],
         first_row: u64,
         file: &str,
+        mut numbers: Option<&mut NumberColumn>,
     ) -> Result<(), ImportError> {
         let text = column.as_string::<i32>();
         for r in 0..text.len() {
@@ -122,6 +124,9 @@ impl ColumnProfile {
             if is_missing(raw, markers) {
                 self.missing += 1;
                 self.first_missing_row.get_or_insert(row);
+                if let Some(numbers) = numbers.as_deref_mut() {
+                    numbers.push_missing();
+                }
                 continue;
             }
             let value = trimmed(raw.expect("present"));
@@ -155,6 +160,12 @@ impl ColumnProfile {
                 None => {
                     self.text_chars += value.chars().count() as u64;
                     self.text_words += value.split_whitespace().count() as u64;
+                }
+            }
+            if let Some(numbers) = numbers.as_deref_mut() {
+                match parsed {
+                    Some(number) => numbers.push(number),
+                    None => numbers.not_a_number(),
                 }
             }
             match parsed {

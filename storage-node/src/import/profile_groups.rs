@@ -7,9 +7,12 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use arrow_array::RecordBatch;
+use std::path::Path;
+
+use arrow_array::{ArrayRef, RecordBatch};
 
 use super::profile::ColumnProfile;
+use super::spill::{NumberColumn, Spill, SpillPart, SpillWriter};
 use super::ImportError;
 
 /// Batches a group's thread may have waiting: the reading runs a little ahead, memory stays
@@ -19,8 +22,20 @@ const QUEUED_BATCHES: usize = 2;
 /// A group's refusal: the batch's first data row, the column, why.
 type Refusal = (u64, usize, ImportError);
 
-/// A group's profiles by source column, and its refusal if it met one.
-type GroupResult = (Vec<(usize, ColumnProfile)>, Option<Refusal>);
+/// A group's profiles by source column, its refusal if it met one, and its spill if it wrote
+/// one whole.
+type GroupResult = (Vec<(usize, ColumnProfile)>, Option<Refusal>, Option<SpillPart>);
+
+/// A column to profile: its source index, its profile, and whether to spill its batches as
+/// numbers where they are all numbers.
+pub(super) struct ProfiledColumn {
+    pub index: usize,
+    pub profile: ColumnProfile,
+    pub as_numbers: bool,
+}
+
+/// Every profiled column's profile by source column, in order, and the spill if it is whole.
+pub(super) type Profiled = (Vec<(usize, ColumnProfile)>, Option<Spill>);
 
 pub(super) struct ProfileGroups {
     queues: Vec<SyncSender<(u64, RecordBatch)>>,
@@ -28,14 +43,23 @@ pub(super) struct ProfileGroups {
     /// The first data row of the earliest batch a group refused; batches after it are not
     /// needed to settle which refusal comes first.
     earliest_refusal: Arc<AtomicU64>,
+    /// Columns of the file.
+    columns: usize,
+}
+
+fn profiles_of(columns: Vec<ProfiledColumn>) -> Vec<(usize, ColumnProfile)> {
+    columns.into_iter().map(|c| (c.index, c.profile)).collect()
 }
 
 impl ProfileGroups {
-    /// Starts `groups` threads over `profiles` (source column, profile), dealt in order.
+    /// Starts `groups` threads over `profiles`, dealt in order; with `spill_dir`, each group
+    /// also spills what it parsed there (see [`super::spill`]).
     pub fn start(
-        profiles: Vec<(usize, ColumnProfile)>,
+        profiles: Vec<ProfiledColumn>,
+        columns: usize,
         markers: &[String],
         file: &str,
+        spill_dir: Option<&Path>,
         groups: usize,
     ) -> std::io::Result<Self> {
         let groups = groups.clamp(1, profiles.len().max(1));
@@ -46,7 +70,14 @@ impl ProfileGroups {
         let mut profiles = profiles.into_iter().peekable();
         let mut index = 0;
         while profiles.peek().is_some() {
-            let mut mine: Vec<(usize, ColumnProfile)> = profiles.by_ref().take(per_group).collect();
+            let mut mine: Vec<ProfiledColumn> = profiles.by_ref().take(per_group).collect();
+            // Without a spill file pass 2 parses the file again; nothing else changes.
+            let mut spill = spill_dir.and_then(|dir| {
+                let columns = mine.iter().map(|c| (c.index, c.profile.name.clone())).collect();
+                SpillWriter::create(dir, columns)
+                    .inspect_err(|e| tracing::warn!(dir = %dir.display(), "no import spill: {e}"))
+                    .ok()
+            });
             let (queue, batches) = sync_channel::<(u64, RecordBatch)>(QUEUED_BATCHES);
             let (markers, file, earliest) = (markers.to_vec(), file.to_string(), earliest_refusal.clone());
             threads.push(
@@ -54,17 +85,41 @@ impl ProfileGroups {
                     .name(format!("aic-import-profile-{index}"))
                     .spawn(move || {
                         for (first_row, batch) in batches {
-                            for (column, profile) in &mut mine {
-                                if let Err(error) =
-                                    profile.add(batch.column(*column), &markers, first_row, &file)
-                                {
+                            let mut arrays: Vec<ArrayRef> = Vec::with_capacity(mine.len());
+                            for column in &mut mine {
+                                let source = batch.column(column.index);
+                                let mut numbers = (column.as_numbers && spill.is_some())
+                                    .then(|| NumberColumn::with_capacity(batch.num_rows()));
+                                let added =
+                                    column
+                                        .profile
+                                        .add(source, &markers, first_row, &file, numbers.as_mut());
+                                if let Err(error) = added {
                                     earliest.fetch_min(first_row, Ordering::SeqCst);
-                                    let refusal = (first_row, *column, error);
-                                    return (mine, Some(refusal));
+                                    let refusal = (first_row, column.index, error);
+                                    return (profiles_of(mine), Some(refusal), None);
+                                }
+                                if spill.is_some() {
+                                    arrays.push(match numbers.and_then(NumberColumn::finish) {
+                                        Some(numbers) => Arc::new(numbers),
+                                        None => source.clone(),
+                                    });
+                                }
+                            }
+                            if let Some(writer) = spill.as_mut() {
+                                if let Err(e) = writer.write(arrays) {
+                                    tracing::warn!("the import spill stopped: {e}");
+                                    spill = None;
                                 }
                             }
                         }
-                        (mine, None)
+                        let part = spill.and_then(|writer| {
+                            writer
+                                .finish()
+                                .inspect_err(|e| tracing::warn!("the import spill stopped: {e}"))
+                                .ok()
+                        });
+                        (profiles_of(mine), None, part)
                     })?,
             );
             queues.push(queue);
@@ -74,6 +129,7 @@ impl ProfileGroups {
             queues,
             threads,
             earliest_refusal,
+            columns,
         })
     }
 
@@ -90,15 +146,21 @@ impl ProfileGroups {
         true
     }
 
-    /// Waits for every group: the profiles in source-column order, or the refusal of the
-    /// earliest batch (of its first column where several groups refused it).
-    pub fn finish(self) -> Result<Vec<(usize, ColumnProfile)>, ImportError> {
+    /// Waits for every group: the profiles in source-column order and the spill if every group
+    /// wrote its part whole, or the refusal of the earliest batch (of its first column where
+    /// several groups refused it).
+    pub fn finish(self) -> Result<Profiled, ImportError> {
         drop(self.queues);
         let mut profiles = Vec::new();
         let mut first: Option<Refusal> = None;
+        let mut parts = Some(Vec::new());
         for thread in self.threads {
-            let (mine, refusal) = thread.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let (mine, refusal, part) = thread.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             profiles.extend(mine);
+            parts = parts.zip(part).map(|(mut parts, part)| {
+                parts.push(part);
+                parts
+            });
             if let Some(refusal) = refusal {
                 if first.as_ref().is_none_or(|f| (refusal.0, refusal.1) < (f.0, f.1)) {
                     first = Some(refusal);
@@ -109,7 +171,7 @@ impl ProfileGroups {
             Some((_, _, error)) => Err(error),
             None => {
                 profiles.sort_by_key(|(column, _)| *column);
-                Ok(profiles)
+                Ok((profiles, parts.and_then(|parts| Spill::new(parts, self.columns))))
             }
         }
     }
@@ -132,9 +194,14 @@ mod tests {
 
     fn profile(batches: &[RecordBatch], groups: usize) -> Result<Vec<String>, String> {
         let profiles = (0..4)
-            .map(|i| (i, ColumnProfile::new(&format!("c{i}"), false, 4)))
+            .map(|index| ProfiledColumn {
+                index,
+                profile: ColumnProfile::new(&format!("c{index}"), false, 4),
+                as_numbers: true,
+            })
             .collect();
-        let running = ProfileGroups::start(profiles, &["NA".to_string()], "file.csv", groups).unwrap();
+        let running =
+            ProfileGroups::start(profiles, 4, &["NA".to_string()], "file.csv", None, groups).unwrap();
         let mut first_row = 1;
         for batch in batches {
             if !running.add(first_row, batch) {
@@ -144,7 +211,7 @@ mod tests {
         }
         running
             .finish()
-            .map(|profiles| profiles.into_iter().map(|(_, p)| p.name).collect())
+            .map(|(profiles, _)| profiles.into_iter().map(|(_, p)| p.name).collect())
             .map_err(|e| e.to_string())
     }
 

@@ -2,6 +2,7 @@
 //! (LZ4, one row group), each named by the BLAKE3 hash of its bytes and handed to a sink; and
 //! reading a stored shard back.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::{write_parquet, ImportError, ShardSink};
@@ -20,6 +21,17 @@ pub(super) enum Label {
     Value(f32),
 }
 
+/// Shards encoded to Parquet at once, off the importing thread, while it goes on cutting rows
+/// and handing finished shards to the sink.
+const SHARDS_BUILDING: usize = 4;
+
+/// A shard built: its name, its Parquet bytes and its rows.
+struct Built {
+    id: ShardId,
+    parquet: Vec<u8>,
+    rows: u64,
+}
+
 /// Collects rows per split and writes a shard whenever one is full.
 pub(super) struct ShardWriter<'a, S> {
     schema: SchemaRef,
@@ -27,6 +39,9 @@ pub(super) struct ShardWriter<'a, S> {
     sink: &'a mut S,
     /// Per split: the rows not yet written, column by column, and their labels.
     pending: [(Vec<Vec<f32>>, Vec<Label>); 2],
+    /// Shards being built, oldest first, with their split: handed to the sink in this order,
+    /// so that each split's shards are listed in file order.
+    building: VecDeque<(usize, tokio::task::JoinHandle<Result<Built, String>>)>,
     written: [Vec<ShardEntry>; 2],
 }
 
@@ -55,6 +70,7 @@ impl<'a, S: ShardSink> ShardWriter<'a, S> {
             shard_rows,
             sink,
             pending: [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())],
+            building: VecDeque::new(),
             written: [Vec::new(), Vec::new()],
         }
     }
@@ -89,36 +105,37 @@ impl<'a, S: ShardSink> ShardWriter<'a, S> {
         Ok(())
     }
 
+    /// Starts building a shard of the split's pending rows; hands the oldest shards built to
+    /// the sink while more than [`SHARDS_BUILDING`] are under way.
     async fn flush(&mut self, split: usize) -> Result<(), ImportError> {
         let (values, labels) = std::mem::take(&mut self.pending[split]);
         if labels.is_empty() {
             return Ok(());
         }
-        let mut columns: Vec<ArrayRef> = values
-            .into_iter()
-            .map(|column| Arc::new(Float32Array::from(column)) as ArrayRef)
-            .collect();
-        let features = columns.len();
-        let label: ArrayRef = match self.schema.field(features).data_type() {
-            DataType::UInt32 => Arc::new(UInt32Array::from_iter_values(labels.iter().map(|l| match l {
-                Label::Class(c) => *c,
-                Label::Value(_) => unreachable!("a classification writer gets classes"),
-            }))),
-            _ => Arc::new(Float32Array::from_iter_values(labels.iter().map(|l| match l {
-                Label::Value(v) => *v,
-                Label::Class(_) => unreachable!("a regression writer gets values"),
-            }))),
+        let schema = self.schema.clone();
+        self.building.push_back((
+            split,
+            tokio::task::spawn_blocking(move || build_shard(schema, values, labels)),
+        ));
+        while self.building.len() > SHARDS_BUILDING {
+            self.store_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn store_oldest(&mut self) -> Result<(), ImportError> {
+        let Some((split, building)) = self.building.pop_front() else {
+            return Ok(());
         };
-        columns.push(label);
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| ImportError::Shard(e.to_string()))?;
-        let parquet = write_parquet(&batch).map_err(ImportError::Shard)?;
-        let id = ShardId::of_content(&parquet);
-        let bytes = parquet.len() as u64;
-        self.sink.put(id, parquet).await?;
+        let built = building
+            .await
+            .map_err(|e| ImportError::Shard(format!("building a shard: {e}")))?
+            .map_err(ImportError::Shard)?;
+        let bytes = built.parquet.len() as u64;
+        self.sink.put(built.id, built.parquet).await?;
         self.written[split].push(ShardEntry {
-            id: id.to_string(),
-            rows: batch.num_rows() as u64,
+            id: built.id.to_string(),
+            rows: built.rows,
             bytes,
         });
         Ok(())
@@ -127,9 +144,39 @@ impl<'a, S: ShardSink> ShardWriter<'a, S> {
     pub async fn finish(mut self) -> Result<(Vec<ShardEntry>, Vec<ShardEntry>), ImportError> {
         self.flush(0).await?;
         self.flush(1).await?;
+        while !self.building.is_empty() {
+            self.store_oldest().await?;
+        }
         let [train, test] = self.written;
         Ok((train, test))
     }
+}
+
+/// A shard's Parquet bytes and name from its columns and labels.
+fn build_shard(schema: SchemaRef, values: Vec<Vec<f32>>, labels: Vec<Label>) -> Result<Built, String> {
+    let mut columns: Vec<ArrayRef> = values
+        .into_iter()
+        .map(|column| Arc::new(Float32Array::from(column)) as ArrayRef)
+        .collect();
+    let features = columns.len();
+    let label: ArrayRef = match schema.field(features).data_type() {
+        DataType::UInt32 => Arc::new(UInt32Array::from_iter_values(labels.iter().map(|l| match l {
+            Label::Class(c) => *c,
+            Label::Value(_) => unreachable!("a classification writer gets classes"),
+        }))),
+        _ => Arc::new(Float32Array::from_iter_values(labels.iter().map(|l| match l {
+            Label::Value(v) => *v,
+            Label::Class(_) => unreachable!("a regression writer gets values"),
+        }))),
+    };
+    columns.push(label);
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())?;
+    let parquet = write_parquet(&batch)?;
+    Ok(Built {
+        id: ShardId::of_content(&parquet),
+        parquet,
+        rows: batch.num_rows() as u64,
+    })
 }
 
 /// Reads a stored shard back: fetch, open (authenticity and content hash), decode Parquet.
