@@ -10,11 +10,10 @@ use arrow_array::{Array, Float64Array, RecordBatch, StringArray};
 use arrow_schema::DataType;
 
 use super::shards::Label;
-use super::{is_test_row, ImportError};
+use super::{is_test_row, Analysis, ImportError};
 use crate::encoding::{
     is_missing, parse_number, trimmed, CellError, Feature, FeatureEncoding, MissingPolicy,
 };
-use crate::manifest::Target;
 
 /// A feature's column of the batch.
 pub(super) struct FeatureColumn<'a> {
@@ -50,8 +49,7 @@ pub(super) struct BadCell {
     pub error: CellError,
 }
 
-/// Reused between batches: one buffer per input column.
-#[derive(Default)]
+/// A batch's input columns, and the rows a missing value drops.
 pub(super) struct EncodedBatch {
     /// Input column `c`'s values, one per row of the batch (rows that end up dropped hold
     /// whatever their cells encoded to).
@@ -61,39 +59,32 @@ pub(super) struct EncodedBatch {
 }
 
 impl EncodedBatch {
-    /// Encodes `rows` rows of every feature column; `label_missing[r]` drops row `r` before any
-    /// feature is looked at. Answers the first bad cell of a row that is not dropped before it.
+    /// Encodes every feature column; `label_missing[r]` drops row `r` before any feature is
+    /// looked at. Answers the first bad cell of a row that is not dropped before it.
     pub fn encode(
-        &mut self,
         features: &[FeatureColumn<'_>],
         label_missing: &[bool],
         markers: &[String],
-    ) -> Result<(), BadCell> {
-        let rows = label_missing.len();
+    ) -> Result<Self, BadCell> {
         let width: usize = features.iter().map(|f| f.feature.width()).sum();
-        self.columns.resize_with(width, Vec::new);
-        for column in &mut self.columns {
-            column.clear();
-            column.resize(rows, 0.0);
-        }
+        let mut columns = vec![vec![0f32; label_missing.len()]; width];
         // Each feature encodes into its own slice of the input columns.
         let mut outcomes = Vec::with_capacity(features.len());
-        let mut rest = self.columns.as_mut_slice();
+        let mut rest = columns.as_mut_slice();
         for feature in features {
             let (mine, after) = rest.split_at_mut(feature.feature.width());
             outcomes.push(encode_column(feature, mine, markers));
             rest = after;
         }
 
-        self.dropped.clear();
-        self.dropped.extend_from_slice(label_missing);
+        let mut dropped = label_missing.to_vec();
         let mut first_bad: Option<BadCell> = None;
         for (index, outcome) in outcomes.into_iter().enumerate() {
             // A row dropped by the label or an earlier feature is never encoded row by row, so
             // its error does not count; a later feature's drop does not excuse it.
             for (row, error) in outcome.errors {
                 let row = row as usize;
-                if !self.dropped[row] && first_bad.as_ref().is_none_or(|bad| row < bad.row) {
+                if !dropped[row] && first_bad.as_ref().is_none_or(|bad| row < bad.row) {
                     first_bad = Some(BadCell {
                         row,
                         feature: index,
@@ -102,27 +93,20 @@ impl EncodedBatch {
                 }
             }
             for row in outcome.drops {
-                self.dropped[row as usize] = true;
+                dropped[row as usize] = true;
             }
         }
         match first_bad {
             Some(bad) => Err(bad),
-            None => Ok(()),
+            None => Ok(EncodedBatch { columns, dropped }),
         }
     }
 }
 
-/// Everything pass 2 needs to encode a batch on its own: what pass 1 decided.
+/// Encodes a batch on its own, as pass 1 decided.
 pub(super) struct BatchEncoder {
     pub file: String,
-    /// The source column of each feature, with the feature.
-    pub features: Vec<(usize, Feature)>,
-    pub label_index: usize,
-    pub classes: Vec<String>,
-    pub target: Option<Target>,
-    pub markers: Vec<String>,
-    pub seed: u64,
-    pub test_fraction: f64,
+    pub analysis: Analysis,
 }
 
 /// One batch encoded: the input columns, and per split (train, test) the rows kept, in file
@@ -138,7 +122,9 @@ pub(super) struct EncodedRows {
 impl BatchEncoder {
     /// Encodes `batch`, whose first row is data row `first_row` of the file (0-based).
     pub fn encode(&self, batch: &RecordBatch, first_row: u64) -> Result<EncodedRows, ImportError> {
-        let columns = self
+        let analysis = &self.analysis;
+        let markers = &analysis.null_markers;
+        let columns = analysis
             .features
             .iter()
             .map(|(column, feature)| {
@@ -160,24 +146,18 @@ impl BatchEncoder {
                 Ok(FeatureColumn { feature, cells })
             })
             .collect::<Result<Vec<_>, ImportError>>()?;
-        let raw_labels = batch.column(self.label_index).as_string::<i32>();
+        let raw_labels = batch.column(analysis.label_index).as_string::<i32>();
         // Pass 1 refused missing labels unless the label's policy drops their rows.
         let label_missing: Vec<bool> = (0..batch.num_rows())
-            .map(|r| {
-                is_missing(
-                    (!raw_labels.is_null(r)).then(|| raw_labels.value(r)),
-                    &self.markers,
-                )
-            })
+            .map(|r| is_missing((!raw_labels.is_null(r)).then(|| raw_labels.value(r)), markers))
             .collect();
-        let mut encoded = EncodedBatch::default();
-        encoded
-            .encode(&columns, &label_missing, &self.markers)
-            .map_err(|bad| ImportError::Unencodable {
+        let encoded = EncodedBatch::encode(&columns, &label_missing, markers).map_err(|bad| {
+            ImportError::Unencodable {
                 file: self.file.clone(),
                 column: columns[bad.feature].feature.name.clone(),
                 reason: format!("row {}: {}", first_row + bad.row as u64 + 1, bad.error),
-            })?;
+            }
+        })?;
         let mut rows = [Vec::new(), Vec::new()];
         let mut labels = [Vec::new(), Vec::new()];
         let mut dropped = 0u64;
@@ -187,20 +167,26 @@ impl BatchEncoder {
                 continue;
             }
             let raw_label = trimmed(raw_labels.value(r));
-            let label = match &self.target {
+            let label = match &analysis.target {
                 // Standardised like the features, so training is well scaled whatever the
                 // target's units; a prediction is mapped back with the manifest's mean and std.
                 Some(target) => Label::Value(
                     ((parse_number(raw_label).expect("checked in pass 1") - target.mean) / target.std) as f32,
                 ),
                 None => Label::Class(
-                    self.classes
+                    analysis
+                        .classes
                         .iter()
                         .position(|c| c == raw_label)
                         .expect("seen in pass 1") as u32,
                 ),
             };
-            let split = usize::from(is_test_row(self.seed, first_row + r as u64, self.test_fraction));
+            let row = first_row + r as u64;
+            let split = usize::from(is_test_row(
+                analysis.options.seed,
+                row,
+                analysis.options.test_fraction,
+            ));
             rows[split].push(r as u32);
             labels[split].push(label);
         }
@@ -321,10 +307,8 @@ mod tests {
     }
 
     fn columnwise(features: &[FeatureColumn<'_>], label_missing: &[bool], markers: &[String]) -> Settled {
-        let mut batch = EncodedBatch::default();
-        batch
-            .encode(features, label_missing, markers)
-            .map_err(|bad| (bad.row, bad.feature))?;
+        let batch =
+            EncodedBatch::encode(features, label_missing, markers).map_err(|bad| (bad.row, bad.feature))?;
         let kept = (0..label_missing.len())
             .filter(|r| !batch.dropped[*r])
             .map(|r| batch.columns.iter().map(|c| c[r]).collect())

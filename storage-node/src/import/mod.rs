@@ -2,20 +2,21 @@
 //! [`ShardStore`] or uploaded to a storage node (see [`ShardSink`]).
 //!
 //! ```text
-//!  pass 1 (analyse): stream the file as text → per column: missing values (null markers),
-//!          numbers, dates, distinct values → type (as told or inferred), encoding, missing-value
-//!          policy, the import report; every refusal here, before anything is stored
-//!  pass 2 (encode):  stream again → drop, fill or encode each cell by its feature (one-hot,
+//!  pass 1 (analyse): stream the file as text → per column (in groups, one thread each):
+//!          missing values (null markers), numbers, dates, distinct values → type (as told or
+//!          inferred), encoding, missing-value policy, the import report; every refusal here,
+//!          before anything is stored; what was parsed is spilled beside the input for pass 2
+//!  pass 2 (encode):  stream the spill (or the file again) → drop, fill or encode each cell by its feature (one-hot,
 //!          standardised, days) column by column, batches on every core, in file order; split
 //!          train/test by a seeded hash of the row number, cut shards of `shard_rows`, write
 //!          Parquet (LZ4), name by BLAKE3, hand to the sink
 //! ```
 //!
-//! Memory stays bounded by the batch size (a few batches in flight) and one shard per split,
-//! whatever the file's size: a CSV line is at most [`MAX_LINE_BYTES`], a file at most [`MAX_COLUMNS`] columns (counted
-//! from the header before anything is parsed), a text cell at most [`MAX_CELL_BYTES`], distinct
-//! values are tracked within a fixed budget, and the column encodings must fit the manifest the
-//! ledger publishes ([`MAX_ENCODING_BYTES`]). Statistics that would overflow are refused in
+//! Memory stays bounded by the batch size (a few batches in flight per thread) and a few shards,
+//! whatever the file's size: a CSV line is at most [`MAX_LINE_BYTES`], a file at most
+//! [`MAX_COLUMNS`] columns (counted from the header before anything is parsed), a text cell at
+//! most [`MAX_CELL_BYTES`], distinct values are tracked within a fixed budget, and the column
+//! encodings must fit the manifest the ledger publishes ([`MAX_ENCODING_BYTES`]). Statistics that would overflow are refused in
 //! pass 1 with the column named.
 
 mod columns;
@@ -457,6 +458,7 @@ pub fn analyse(
     if features.is_empty() {
         return Err(input("no feature column is left besides the label".into()));
     }
+    let spill = spill.filter(|spill| spill.serves(&features, label_index));
     let analysis = Analysis {
         file: file.to_path_buf(),
         name: name.to_string(),
@@ -469,14 +471,10 @@ pub fn analyse(
         report,
         rows,
         null_markers: markers,
-        spill: None,
+        spill: spill.map(Arc::new),
     };
     check_encoding_size(&analysis, &file_name)?;
-    let spill = spill.filter(|spill| spill.serves(&analysis.features, analysis.label_index));
-    Ok(Analysis {
-        spill: spill.map(Arc::new),
-        ..analysis
-    })
+    Ok(analysis)
 }
 
 /// The importer's choices name columns that exist, and do not contradict each other.
@@ -606,13 +604,7 @@ pub async fn encode(
     // file order; shards are cut and written here.
     let encoder = Arc::new(BatchEncoder {
         file: file_name.clone(),
-        features: analysis.features.clone(),
-        label_index: analysis.label_index,
-        classes: analysis.classes.clone(),
-        target: analysis.target.clone(),
-        markers: analysis.null_markers.clone(),
-        seed: options.seed,
-        test_fraction: options.test_fraction,
+        analysis: analysis.clone(),
     });
     let mut first_row = 0u64;
     let mut failed = false;

@@ -2,12 +2,11 @@
 //! groups, each group's thread sees every batch in file order, and the refusal answered is the
 //! one reading batch by batch, column by column would meet first.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-use std::path::Path;
 
 use arrow_array::{ArrayRef, RecordBatch};
 
@@ -51,6 +50,53 @@ fn profiles_of(columns: Vec<ProfiledColumn>) -> Vec<(usize, ColumnProfile)> {
     columns.into_iter().map(|c| (c.index, c.profile)).collect()
 }
 
+/// One group's thread: every batch through its columns' profiles, and into its spill while it
+/// has one; stops at its first refusal.
+fn profile_group(
+    batches: Receiver<(u64, RecordBatch)>,
+    mut mine: Vec<ProfiledColumn>,
+    markers: &[String],
+    file: &str,
+    earliest_refusal: &AtomicU64,
+    mut spill: Option<SpillWriter>,
+) -> GroupResult {
+    for (first_row, batch) in batches {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(mine.len());
+        for column in &mut mine {
+            let source = batch.column(column.index);
+            let mut numbers =
+                (column.as_numbers && spill.is_some()).then(|| NumberColumn::with_capacity(batch.num_rows()));
+            if let Err(error) = column
+                .profile
+                .add(source, markers, first_row, file, numbers.as_mut())
+            {
+                earliest_refusal.fetch_min(first_row, Ordering::SeqCst);
+                let refusal = (first_row, column.index, error);
+                return (profiles_of(mine), Some(refusal), None);
+            }
+            if spill.is_some() {
+                arrays.push(match numbers.and_then(NumberColumn::finish) {
+                    Some(numbers) => Arc::new(numbers),
+                    None => source.clone(),
+                });
+            }
+        }
+        if let Some(writer) = spill.as_mut() {
+            if let Err(e) = writer.write(arrays) {
+                tracing::warn!("the import spill stopped: {e}");
+                spill = None;
+            }
+        }
+    }
+    let part = spill.and_then(|writer| {
+        writer
+            .finish()
+            .inspect_err(|e| tracing::warn!("the import spill stopped: {e}"))
+            .ok()
+    });
+    (profiles_of(mine), None, part)
+}
+
 impl ProfileGroups {
     /// Starts `groups` threads over `profiles`, dealt in order; with `spill_dir`, each group
     /// also spills what it parsed there (see [`super::spill`]).
@@ -70,9 +116,9 @@ impl ProfileGroups {
         let mut profiles = profiles.into_iter().peekable();
         let mut index = 0;
         while profiles.peek().is_some() {
-            let mut mine: Vec<ProfiledColumn> = profiles.by_ref().take(per_group).collect();
+            let mine: Vec<ProfiledColumn> = profiles.by_ref().take(per_group).collect();
             // Without a spill file pass 2 parses the file again; nothing else changes.
-            let mut spill = spill_dir.and_then(|dir| {
+            let spill = spill_dir.and_then(|dir| {
                 let columns = mine.iter().map(|c| (c.index, c.profile.name.clone())).collect();
                 SpillWriter::create(dir, columns)
                     .inspect_err(|e| tracing::warn!(dir = %dir.display(), "no import spill: {e}"))
@@ -83,44 +129,7 @@ impl ProfileGroups {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("aic-import-profile-{index}"))
-                    .spawn(move || {
-                        for (first_row, batch) in batches {
-                            let mut arrays: Vec<ArrayRef> = Vec::with_capacity(mine.len());
-                            for column in &mut mine {
-                                let source = batch.column(column.index);
-                                let mut numbers = (column.as_numbers && spill.is_some())
-                                    .then(|| NumberColumn::with_capacity(batch.num_rows()));
-                                let added =
-                                    column
-                                        .profile
-                                        .add(source, &markers, first_row, &file, numbers.as_mut());
-                                if let Err(error) = added {
-                                    earliest.fetch_min(first_row, Ordering::SeqCst);
-                                    let refusal = (first_row, column.index, error);
-                                    return (profiles_of(mine), Some(refusal), None);
-                                }
-                                if spill.is_some() {
-                                    arrays.push(match numbers.and_then(NumberColumn::finish) {
-                                        Some(numbers) => Arc::new(numbers),
-                                        None => source.clone(),
-                                    });
-                                }
-                            }
-                            if let Some(writer) = spill.as_mut() {
-                                if let Err(e) = writer.write(arrays) {
-                                    tracing::warn!("the import spill stopped: {e}");
-                                    spill = None;
-                                }
-                            }
-                        }
-                        let part = spill.and_then(|writer| {
-                            writer
-                                .finish()
-                                .inspect_err(|e| tracing::warn!("the import spill stopped: {e}"))
-                                .ok()
-                        });
-                        (profiles_of(mine), None, part)
-                    })?,
+                    .spawn(move || profile_group(batches, mine, &markers, &file, &earliest, spill))?,
             );
             queues.push(queue);
             index += 1;

@@ -7,7 +7,7 @@
 //! directory) or a feature needs text that was kept as numbers, pass 2 parses the file again.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -65,8 +65,7 @@ impl NumberColumn {
 pub(super) struct SpillWriter {
     columns: Vec<usize>,
     names: Vec<String>,
-    file: NamedTempFile,
-    out: BufWriter<File>,
+    out: BufWriter<NamedTempFile>,
     batches: u64,
     /// Source columns of this group with a batch kept as numbers holding a present value.
     numbers_present: Vec<bool>,
@@ -79,13 +78,12 @@ impl SpillWriter {
             .prefix(".aic-import-")
             .suffix(".spill")
             .tempfile_in(dir)?;
-        let out = BufWriter::with_capacity(1 << 20, file.reopen()?);
+        let out = BufWriter::with_capacity(1 << 20, file);
         let (columns, names): (Vec<usize>, Vec<String>) = columns.into_iter().unzip();
         Ok(SpillWriter {
             numbers_present: vec![false; columns.len()],
             columns,
             names,
-            file,
             out,
             batches: 0,
         })
@@ -113,12 +111,12 @@ impl SpillWriter {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<SpillPart, String> {
-        self.out.flush().map_err(|e| e.to_string())?;
+    pub fn finish(self) -> Result<SpillPart, String> {
+        let file = self.out.into_inner().map_err(|e| e.error().to_string())?;
         Ok(SpillPart {
             columns: self.columns,
             numbers_present: self.numbers_present,
-            file: self.file,
+            file,
             batches: self.batches,
         })
     }
