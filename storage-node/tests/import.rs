@@ -469,3 +469,45 @@ async fn a_spilled_import_writes_the_shards_a_reparsed_one_does() {
         assert_eq!(shards[0], shards[1], "excluding {excluded:?}");
     }
 }
+
+/// Pass 1's spill sits beside the input readable by its owner only, and is gone once the
+/// import is done with it: nothing of the data is left behind in the input's directory.
+#[tokio::test]
+async fn the_spill_is_owner_only_and_removed_with_the_analysis() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("digits.csv");
+    std::fs::copy(digits_path(), &input).unwrap();
+    let spills = || -> Vec<std::fs::Metadata> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap())
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".spill"))
+            .map(|entry| entry.metadata().unwrap())
+            .collect()
+    };
+    let analysis = analyse(&input, "digits", &ImportOptions::new("digit"), &|_| {}).unwrap();
+    assert!(analysis.spilled());
+    let kept = spills();
+    assert!(!kept.is_empty(), "pass 1 spilled beside its input");
+    for spill in &kept {
+        assert_eq!(spill.permissions().mode() & 0o777, 0o600);
+        assert!(spill.len() > 0);
+    }
+    let store = ShardStore::memory();
+    let key = aic_storage_node::sealing::DatasetKey::generate();
+    let mut sink = aic_storage_node::import::SealingSink {
+        store: &store,
+        key: &key,
+    };
+    aic_storage_node::import::encode(&analysis, &mut sink, &|_| {})
+        .await
+        .unwrap();
+    drop(analysis);
+    assert!(spills().is_empty(), "the spill outlived its import");
+    // A refused file leaves no spill either.
+    std::fs::write(&input, "a,label\n1,0\ninf,1\n").unwrap();
+    analyse(&input, "bad", &ImportOptions::new("label"), &|_| {}).unwrap_err();
+    assert!(spills().is_empty(), "a refused import left its spill");
+}
