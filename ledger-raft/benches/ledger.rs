@@ -13,9 +13,11 @@
 //! transfers are signed before the clock starts: signing is the clients' work, on their machines,
 //! not the ledger's (it would share this machine's two cores with the replicas).
 //!
-//! Beside them, the same run measures the disk: `FSYNC_SAMPLES` appends of 4 KiB, each followed
-//! by `fdatasync`, in the cluster's directory, and prints the p99 commit latency over that fsync
-//! p99 (the goal: at most 3×).
+//! Beside them, the same run measures what bounds any ledger on this machine. The CPU: strict
+//! Ed25519 verification of `VERIFY_SAMPLES` transfers on every core (each transaction is verified
+//! once). The disk: `FSYNC_SAMPLES` appends of 4 KiB, each followed by `fdatasync`, in the
+//! cluster's directory; it prints the p99 commit latency over that fsync p99 (the goal: at most
+//! 3×).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +69,35 @@ fn signed(chain: &str, from: &Keypair, nonce: u64, call: Call) -> SignedTransact
 }
 
 const FSYNC_SAMPLES: usize = 200;
+/// Signatures verified, on every core, to measure the bound verification alone sets.
+const VERIFY_SAMPLES: usize = 4_000;
+
+/// Strict verifications per second on every core of this machine: the one check each
+/// transaction costs wherever it goes, so no ledger on this machine commits faster than this.
+fn verification_bound(chain: &str) -> f64 {
+    let key = Keypair::generate();
+    let transactions: Vec<SignedTransaction> = (0..VERIFY_SAMPLES as u64)
+        .map(|nonce| {
+            let call = Call::Transfer {
+                to: Keypair::generate().address(),
+                amount: Amount::base_units(1),
+            };
+            signed(chain, &key, nonce, call)
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = Instant::now();
+    let verified: usize = std::thread::scope(|scope| {
+        let shares: Vec<_> = transactions
+            .chunks(VERIFY_SAMPLES.div_ceil(cores))
+            .map(|share| scope.spawn(move || share.iter().filter(|tx| tx.verify()).count()))
+            .collect();
+        shares.into_iter().map(|share| share.join().unwrap()).sum()
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(verified, VERIFY_SAMPLES, "every sample signature verifies");
+    VERIFY_SAMPLES as f64 / elapsed.as_secs_f64()
+}
 /// Transfers of the one-sender run that measures latency without a queue.
 const UNLOADED_TRANSFERS: usize = 300;
 
@@ -191,6 +222,7 @@ fn main() {
         )
         .await;
 
+        let verify_bound = verification_bound(&chain);
         let (fsync_p50, fsync_p99) = fsync_latency(dir.path());
         let mut cluster = TestCluster::new(&dir.path().join("cluster"), 3);
         cluster.settings = Box::new(ReplicaSettings::new);
@@ -242,6 +274,10 @@ fn main() {
             replicated.per_second / base.per_second,
             replicated.p50.as_secs_f64() / base.p50.as_secs_f64(),
             replicated.p99.as_secs_f64() / base.p99.as_secs_f64()
+        );
+        println!(
+            "  strict Ed25519 verification alone, on all cores: {verify_bound:.0}/s; replicated ÷ that bound {:.2}×",
+            replicated.per_second / verify_bound
         );
         println!(
             "  fsync of a 4 KiB append in the same directory: p50 {:.2} ms, p99 {:.2} ms",
