@@ -82,7 +82,7 @@ fn digits_shards(runtime: &tokio::runtime::Runtime) -> Vec<Vec<arrow_array::Reco
     );
     let store = ShardStore::memory();
     let mut options = ImportOptions::new("digit");
-    options.shard_rows = 256;
+    options.shard_rows = Some(256);
     let (manifest, key) = runtime
         .block_on(import_file(
             std::path::Path::new(digits),

@@ -76,8 +76,10 @@ pub struct ImportArgs {
     /// The dataset's name (default: the file's stem).
     #[arg(long)]
     pub name: Option<String>,
-    #[arg(long, default_value_t = 512)]
-    pub shard_rows: usize,
+    /// Rows per shard (default: shards of about 1 MiB of encoded values, at least 512 rows,
+    /// and at least 64 shards where the file has the rows).
+    #[arg(long)]
+    pub shard_rows: Option<usize>,
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
     /// Seeds the train/test split.
@@ -134,7 +136,7 @@ impl ImportArgs {
             label: Some(label.to_string()),
             target: None,
             name: None,
-            shard_rows: 512,
+            shard_rows: None,
             test_fraction: 0.2,
             seed: 42,
             fee: Amount::ZERO,

@@ -708,7 +708,7 @@ async fn import_digits(dir: &Path, profile: &ClientProfile) -> anyhow::Result<cr
     ledger_client::save_wallet(&dir.join("wallets").join("data-owner.key"), &owner)?;
     let import = crate::dataset::ImportArgs {
         name: Some("digits".into()),
-        shard_rows: 256,
+        shard_rows: Some(256),
         fee: "1".parse().expect("an amount"),
         replicas: STORAGE_NODES.len(),
         ..crate::dataset::ImportArgs::new(file, aic_storage_node::bundled::DIGITS_LABEL)

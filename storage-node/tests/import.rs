@@ -82,7 +82,7 @@ async fn read_split(
 async fn digits_import_round_trips_every_row() {
     let store = ShardStore::memory();
     let mut options = ImportOptions::new("digit");
-    options.shard_rows = 256;
+    options.shard_rows = Some(256);
     let (manifest, key) = import_file(&digits_path(), "digits", &options, &store)
         .await
         .unwrap();
@@ -429,7 +429,7 @@ async fn a_spilled_import_writes_the_shards_a_reparsed_one_does() {
     let file = csv(&mixed);
     let mut options = ImportOptions::new("label");
     options.batch_rows = 16;
-    options.shard_rows = 40;
+    options.shard_rows = Some(40);
     options.missing.insert("x".into(), MissingPolicy::Mean);
     options.missing.insert("y".into(), MissingPolicy::DropRow);
 

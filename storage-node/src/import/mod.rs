@@ -102,12 +102,23 @@ impl std::str::FromStr for ColumnType {
     }
 }
 
+/// Rows per shard at the least when the importer does not say.
+pub const MIN_SHARD_ROWS: usize = 512;
+/// Bytes of encoded values a shard holds when the data allows: each shard is a file, a fetch
+/// and a Parquet footer, and at 512 rows of a few dozen columns (64 KB) making those files was
+/// a third of a large import's time.
+pub const SHARD_TARGET_BYTES: u64 = 1024 * 1024;
+/// Shards a file makes at the least when it has the rows for them (each at least
+/// [`MIN_SHARD_ROWS`]): the training rounds spread a dataset's shards over nodes.
+pub const MIN_SHARDS: u64 = 64;
+
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
     /// The label column (classes), or with `regression` the numeric target.
     pub label: String,
     pub regression: bool,
-    pub shard_rows: usize,
+    /// Rows per shard; `None` lets the data choose (see [`Analysis::shard_rows`]).
+    pub shard_rows: Option<usize>,
     pub test_fraction: f64,
     pub seed: u64,
     pub batch_rows: usize,
@@ -131,7 +142,7 @@ impl ImportOptions {
         ImportOptions {
             label: label.to_string(),
             regression: false,
-            shard_rows: 512,
+            shard_rows: None,
             test_fraction: 0.2,
             seed: 42,
             batch_rows: 8192,
@@ -264,6 +275,25 @@ impl Analysis {
     pub fn input_width(&self) -> u64 {
         self.features.iter().map(|(_, f)| f.width() as u64).sum()
     }
+
+    /// Rows per shard: the importer's, or else enough rows for about [`SHARD_TARGET_BYTES`] of
+    /// encoded values, as long as the file still makes [`MIN_SHARDS`] shards, and never fewer
+    /// than [`MIN_SHARD_ROWS`].
+    pub fn shard_rows(&self) -> usize {
+        self.options
+            .shard_rows
+            .unwrap_or_else(|| default_shard_rows(self.rows, self.input_width()))
+    }
+}
+
+/// Rows per shard for `rows` rows of `input_width` input columns when the importer does not
+/// say (see [`Analysis::shard_rows`]).
+fn default_shard_rows(rows: u64, input_width: u64) -> usize {
+    // Every input column and the label are 4 bytes a row.
+    let row_bytes = input_width.saturating_add(1).saturating_mul(4);
+    let by_size = SHARD_TARGET_BYTES / row_bytes;
+    let spread = rows / MIN_SHARDS;
+    usize::try_from(by_size.min(spread)).map_or(usize::MAX, |rows| rows.max(MIN_SHARD_ROWS))
 }
 
 /// Imports `file` into `store`, sealing shards under a fresh dataset key.
@@ -306,7 +336,10 @@ pub fn analyse(
     options: &ImportOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Analysis, ImportError> {
-    if options.shard_rows == 0 || !(0.0..1.0).contains(&options.test_fraction) || options.batch_rows == 0 {
+    if options.shard_rows == Some(0)
+        || !(0.0..1.0).contains(&options.test_fraction)
+        || options.batch_rows == 0
+    {
         return Err(ImportError::Options(
             "shard rows and batch rows must be > 0 and the test fraction in [0, 1)".into(),
         ));
@@ -570,7 +603,7 @@ pub async fn encode(
         &input_columns,
         &options.label,
         analysis.target.is_some(),
-        options.shard_rows,
+        analysis.shard_rows(),
         sink,
     );
     // Pass 1's spill where it serves these features, the file parsed again otherwise; with the
@@ -666,7 +699,7 @@ pub async fn encode(
         classes: analysis.classes.clone(),
         seed: options.seed,
         test_fraction: options.test_fraction,
-        shard_rows: options.shard_rows,
+        shard_rows: analysis.shard_rows(),
         train,
         test,
         replicas: Vec::new(),
@@ -712,4 +745,26 @@ pub fn is_test_row(seed: u64, row: u64, fraction: f64) -> bool {
     hasher.update(&row.to_le_bytes());
     let draw = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
     (draw as f64 / u64::MAX as f64) < fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_default_to_about_a_mebibyte_without_losing_spread_or_the_floor() {
+        // Small files keep the floor: the digits (1,797 rows of 64 columns) as before.
+        assert_eq!(default_shard_rows(1_797, 64), MIN_SHARD_ROWS);
+        assert_eq!(default_shard_rows(0, 0), MIN_SHARD_ROWS);
+        // A mid-sized file is cut into MIN_SHARDS shards rather than a few big ones.
+        assert_eq!(default_shard_rows(100_000, 32), 100_000 / 64);
+        // A large one into shards of about 1 MiB: 32 features and the label are 132 bytes a row.
+        let rows = default_shard_rows(4_000_000, 32);
+        assert_eq!(rows, (1 << 20) / 132);
+        assert!(rows as u64 * 132 <= SHARD_TARGET_BYTES && (rows as u64 + 1) * 132 > SHARD_TARGET_BYTES);
+        // Rows wider than the target never go below the floor (an image is still 512 rows).
+        assert_eq!(default_shard_rows(10_000_000, 3 * 224 * 224), MIN_SHARD_ROWS);
+        // Widths near u64::MAX do not overflow.
+        assert_eq!(default_shard_rows(u64::MAX, u64::MAX), MIN_SHARD_ROWS);
+    }
 }
