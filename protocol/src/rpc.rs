@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -21,9 +22,7 @@ use tracing::debug;
 
 use crate::certs::PeerIdentity;
 use crate::error::{Error, ErrorCode, Result, RpcError};
-use crate::frame::{
-    read_frame, read_header, read_payload, write_frame, Frame, FrameKind, DEFAULT_MAX_FRAME_LEN,
-};
+use crate::frame::{read_frame, read_header, read_payload, Frame, FrameKind, DEFAULT_MAX_FRAME_LEN};
 use crate::messages::{
     ClientRequest, ClientResponse, NodeRequest, NodeResponse, PeerRequest, PeerResponse, ReplicaRequest,
     ReplicaResponse, Request,
@@ -434,7 +433,7 @@ async fn answer_stream(
         let frame = item.unwrap_or_else(|error| {
             Frame::encode(FrameKind::Error, &error).expect("an RpcError always encodes")
         });
-        if let Err(error) = write_frame(send, &frame).await {
+        if let Err(error) = send_frame(send, frame).await {
             debug!(%error, "could not stream the answer: peer went away");
             return;
         }
@@ -448,11 +447,21 @@ async fn answer_stream(
 async fn answer(send: &mut SendStream, result: std::result::Result<Frame, RpcError>) {
     let frame = result
         .unwrap_or_else(|error| Frame::encode(FrameKind::Error, &error).expect("an RpcError always encodes"));
-    if let Err(error) = write_frame(send, &frame).await {
+    if let Err(error) = send_frame(send, frame).await {
         debug!(%error, "could not answer: peer went away");
         return;
     }
     let _ = send.finish();
+}
+
+/// Writes one answer frame without copying it: quinn takes the header and the payload as they
+/// are (a shard's batch is hundreds of KB).
+async fn send_frame(send: &mut SendStream, frame: Frame) -> Result<()> {
+    let header = frame.header()?.to_bytes();
+    let mut chunks = [Bytes::copy_from_slice(&header), Bytes::from(frame.payload)];
+    send.write_all_chunks(&mut chunks)
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))
 }
 
 /// Every reason a request frame is refused, so each series exists from the start.
