@@ -132,8 +132,7 @@ impl Frame {
         Ok(message)
     }
 
-    /// The frame as bytes on the wire. Fails if the payload cannot be described by the header.
-    /// The header this frame is sent with.
+    /// The header this frame is sent with. Fails if the payload cannot be described by one.
     pub fn header(&self) -> Result<FrameHeader> {
         let len = u32::try_from(self.payload.len()).map_err(|_| Error::FrameTooLarge {
             len: self.payload.len() as u64,
@@ -146,6 +145,7 @@ impl Frame {
         })
     }
 
+    /// The frame as bytes on the wire, header and payload in one buffer.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let header = self.header()?;
         let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
