@@ -6,18 +6,19 @@
 //!          missing values (null markers), numbers, dates, distinct values → type (as told or
 //!          inferred), encoding, missing-value policy, the import report; every refusal here,
 //!          before anything is stored; what was parsed is spilled beside the input for pass 2
-//!  pass 2 (encode):  stream the spill (or the file again) → drop, fill or encode each cell by its feature (one-hot,
-//!          standardised, days) column by column, batches on every core, in file order; split
-//!          train/test by a seeded hash of the row number, cut shards of `shard_rows`, write
-//!          Parquet (LZ4), name by BLAKE3, hand to the sink
+//!  pass 2 (encode):  stream the spill (or the file again) → drop, fill or encode each cell by
+//!          its feature (one-hot, standardised, days) column by column, batches on every core,
+//!          in file order; split train/test by a seeded hash of the row number, cut shards
+//!          (`shard_rows`, or about 1 MiB each), write Parquet (LZ4), name by BLAKE3, hand to
+//!          the sink
 //! ```
 //!
 //! Memory stays bounded by the batch size (a few batches in flight per thread) and a few shards,
 //! whatever the file's size: a CSV line is at most [`MAX_LINE_BYTES`], a file at most
 //! [`MAX_COLUMNS`] columns (counted from the header before anything is parsed), a text cell at
 //! most [`MAX_CELL_BYTES`], distinct values are tracked within a fixed budget, and the column
-//! encodings must fit the manifest the ledger publishes ([`MAX_ENCODING_BYTES`]). Statistics that would overflow are refused in
-//! pass 1 with the column named.
+//! encodings must fit the manifest the ledger publishes ([`MAX_ENCODING_BYTES`]). Statistics
+//! that would overflow are refused in pass 1 with the column named.
 
 mod columns;
 mod ordered;
@@ -599,11 +600,12 @@ pub async fn encode(
     if let Some(shape) = options.image_shape {
         check_image_shape(shape, &features).map_err(input)?;
     }
+    let shard_rows = analysis.shard_rows();
     let mut writer = ShardWriter::new(
         &input_columns,
         &options.label,
         analysis.target.is_some(),
-        analysis.shard_rows(),
+        shard_rows,
         sink,
     );
     // Pass 1's spill where it serves these features, the file parsed again otherwise; with the
@@ -633,8 +635,8 @@ pub async fn encode(
             }))
         }
     };
-    // The file is parsed on one thread and its batches encoded on one per core, handed back in
-    // file order; shards are cut and written here.
+    // The batches are read (from the spill, or parsed from the file) on one thread and encoded
+    // on one per core, handed back in file order; shards are cut and written here.
     let encoder = Arc::new(BatchEncoder {
         file: file_name.clone(),
         analysis: analysis.clone(),
@@ -699,7 +701,7 @@ pub async fn encode(
         classes: analysis.classes.clone(),
         seed: options.seed,
         test_fraction: options.test_fraction,
-        shard_rows: analysis.shard_rows(),
+        shard_rows,
         train,
         test,
         replicas: Vec::new(),
